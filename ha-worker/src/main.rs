@@ -1,0 +1,3 @@
+//! Scenario 4: active/standby worker under leader election, fenced by term.
+
+fn main() {}

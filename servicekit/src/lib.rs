@@ -1,0 +1,1 @@
+//! Shared plumbing for the demo services: telemetry, config, live config, registry, RabbitMQ.

@@ -1,0 +1,3 @@
+//! Scenario 1 front service: accepts tasks over gRPC and learns results through znode watches.
+
+fn main() {}

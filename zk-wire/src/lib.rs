@@ -1,0 +1,35 @@
+//! The Apache ZooKeeper client wire protocol.
+//!
+//! ZooKeeper clients and servers exchange length-prefixed frames whose bodies
+//! are *jute* records: big-endian integers, length-prefixed strings and
+//! buffers (`-1` meaning null), and count-prefixed vectors. This crate holds
+//! that encoding once, for both directions, so the coordinator (which decodes
+//! requests and encodes replies) and the tests' raw client (which does the
+//! opposite) share one implementation, and Apache ZooKeeper itself checks it
+//! in the differential tests.
+//!
+//! # Layout
+//!
+//! - [`codec`]: the jute primitives ([`Jute`], [`Reader`]) and [`DecodeError`].
+//! - [`records`]: every record of `zookeeper.jute` the client protocol uses.
+//! - [`consts`]: opcodes, error codes, event types, permissions, create modes.
+//! - [`request`]: a typed [`Request`] decoded from (opcode, body), including
+//!   the multi-op framing.
+//! - [`response`]: a typed [`Response`] encoded after a [`records::ReplyHeader`].
+//! - [`frame`]: the 4-byte length prefix and the `jute.maxbuffer` limit.
+//!
+//! Decoding never panics and never allocates more than the input could hold:
+//! every length is checked against the bytes that remain. The fuzz target and
+//! the property tests hold it to that.
+
+pub mod codec;
+pub mod consts;
+pub mod frame;
+pub mod records;
+pub mod request;
+pub mod response;
+
+pub use codec::{DecodeError, Jute, Reader};
+pub use consts::{ErrorCode, OpCode};
+pub use request::Request;
+pub use response::Response;

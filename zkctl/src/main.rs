@@ -1,0 +1,3 @@
+//! Operator CLI over the ZooKeeper protocol.
+
+fn main() {}
