@@ -1,0 +1,66 @@
+//! `coordinator`: parse settings, bind, serve until SIGINT/SIGTERM.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = coordinator::Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries one line, the address clients can
+    // use, once the server is listening (tests and scripts start it on port 0).
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            std::process::exit(2);
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        listen = %addr,
+        tick_ms = config.tick_time.as_millis() as u64,
+        min_session_ms = config.min_session_timeout.as_millis() as u64,
+        max_session_ms = config.max_session_timeout.as_millis() as u64,
+        "coordinator starting"
+    );
+    let core = match coordinator::core::Core::open(config) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => {
+            eprintln!("coordinator: cannot open the data dir: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("coordinator listening on {addr}");
+    coordinator::serve(listener, core, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

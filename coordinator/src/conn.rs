@@ -1,0 +1,183 @@
+//! One client connection: framing, the handshake (or a four-letter word),
+//! then requests in order until either side closes.
+//!
+//! Reading and writing are separate tasks. The reader decodes and carries
+//! out each request (in memory, without awaiting anything), which queues the
+//! reply; the writer drains the queue into the socket, coalescing whatever
+//! is queued into one write so a pipelining client costs few syscalls.
+//!
+//! Bad input closes this connection and nothing else: a frame longer than
+//! `jute.maxbuffer`, a handshake that does not decode, a request body that
+//! does not match its opcode. Each is logged with the peer and the reason.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zk_wire::codec::Jute;
+use zk_wire::frame::split_frame;
+use zk_wire::records::{ConnectRequest, RequestHeader};
+use zk_wire::Request;
+
+use crate::core::{Client, ConnShared, Core, Handshake, Outbound};
+use crate::fourlw;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationToken) {
+    let peer = match stream.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let Some(conn) = core.register_conn(peer, tx) else {
+        tracing::warn!(%peer, limit = core.config.max_client_connections, "too many connections from this address; refusing");
+        return;
+    };
+    let span = tracing::debug_span!("conn", id = conn.id, %peer);
+    let _enter = span.enter();
+    drop(_enter);
+    let writer = tokio::spawn(write_loop(rx, wr, conn.queued(), core.durable()));
+    let reason = read_loop(&core, &conn, rd, shutdown).await;
+    let session = conn.session_id.load(Ordering::Relaxed);
+    match &reason {
+        Ok(()) => {
+            tracing::debug!(conn = conn.id, %peer, session = format!("{session:#x}"), "connection closed")
+        }
+        Err(why) => {
+            tracing::info!(conn = conn.id, %peer, session = format!("{session:#x}"), "closing connection: {why}")
+        }
+    }
+    core.unregister_conn(&conn);
+    conn.close();
+    let _ = writer.await;
+}
+
+/// Drains the outbound queue into the socket. A frame waits until the zxid
+/// it reflects is durable; frames are queued in zxid order per connection,
+/// so waiting for the last one of a batch covers them all. With group commit
+/// one fsync releases every reply that was waiting on it.
+async fn write_loop(
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    mut wr: OwnedWriteHalf,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    mut durable: watch::Receiver<i64>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut closing = false;
+    while !closing {
+        let mut need = match rx.recv().await {
+            Some(Outbound::Frame(f, zxid)) => {
+                buf.extend_from_slice(&f);
+                zxid
+            }
+            Some(Outbound::Close) | None => break,
+        };
+        // Coalesce whatever else is already queued (bounded, so one busy
+        // connection cannot build an unbounded buffer here either).
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(Outbound::Frame(f, zxid)) => {
+                    buf.extend_from_slice(&f);
+                    need = need.max(zxid);
+                }
+                Ok(Outbound::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // Copy the value out: a `borrow()` guard kept alive across the await
+        // would hold the channel's lock and block the log thread's update.
+        let on_disk = *durable.borrow();
+        if on_disk < need && durable.wait_for(|d| *d >= need).await.is_err() {
+            // The log failed: nothing more can be acknowledged.
+            return;
+        }
+        let n = buf.len();
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        queued.fetch_sub(n, Ordering::Relaxed);
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn read_loop(
+    core: &Arc<Core>,
+    conn: &Arc<ConnShared>,
+    mut rd: OwnedReadHalf,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let max = core.config.max_buffer;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut client: Option<Client> = None;
+    loop {
+        // Everything already buffered is handled before reading more.
+        loop {
+            if client.is_none() && buf.len() >= 4 {
+                let word = [buf[0], buf[1], buf[2], buf[3]];
+                if let Some(cmd) = fourlw::parse(&word) {
+                    let text = fourlw::run(core, cmd);
+                    conn.send(bytes::Bytes::from(text), 0);
+                    return Ok(());
+                }
+            }
+            let frame = match split_frame(&mut buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(format!("{e}")),
+            };
+            conn.received.fetch_add(1, Ordering::Relaxed);
+            core.stats.packets_received.fetch_add(1, Ordering::Relaxed);
+            match &mut client {
+                None => {
+                    let req = ConnectRequest::decode(&frame).map_err(|e| format!("malformed handshake: {e}"))?;
+                    match core.handshake(conn, &req) {
+                        Handshake::Accepted(c) => client = Some(c),
+                        Handshake::Refused => return Ok(()),
+                        Handshake::Dropped => return Err("client has seen a newer zxid".into()),
+                    }
+                }
+                Some(c) => {
+                    core.touch(c);
+                    let mut body = &frame[..];
+                    let hdr = RequestHeader::read(&mut zk_wire::Reader::new(body))
+                        .map_err(|e| format!("malformed request header: {e}"))?;
+                    body.advance(8);
+                    let req = match Request::decode(hdr.op, body) {
+                        Ok(r) => r,
+                        Err(zk_wire::DecodeError::UnknownOpCode(op)) => Request::Unsupported(unknown_op(op)),
+                        Err(e) => return Err(format!("malformed request (opcode {}): {e}", hdr.op)),
+                    };
+                    if !core.process(c, hdr.xid, req) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read error: {e}")),
+            },
+            _ = conn.closed.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// An opcode the protocol does not define gets the same answer as one we
+/// do not implement.
+fn unknown_op(_op: i32) -> zk_wire::OpCode {
+    zk_wire::OpCode::Error
+}

@@ -1,0 +1,856 @@
+//! The server's shared state and the one place requests are carried out.
+//!
+//! # Ordering, the invariant everything rests on
+//!
+//! ZooKeeper promises each client that replies come in request order, and
+//! that a client sees a watch event before any data that reflects the change
+//! behind it. Both follow from one rule here:
+//!
+//! > every reply and every notification is queued on its connection's
+//! > outbound channel *while holding the tree lock that ordered it*.
+//!
+//! A write takes the tree's write lock, assigns the zxid, applies the txn,
+//! queues the notifications it fired, then queues its own reply. A read takes
+//! the read lock, reads, registers its watch, and queues its reply before
+//! releasing. So a notification queued by a later write cannot overtake the
+//! reply of a read that set the watch, and a read that sees new data is
+//! queued after the notification of that change. No lock is ever held across
+//! I/O: the outbound channels are drained by each connection's writer task.
+//!
+//! Reads run in parallel with each other; writes are serialised, as a single
+//! ordered log of transactions requires, and hold the lock for microseconds.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zk_wire::codec::Jute;
+use zk_wire::consts::{perms, AddWatchMode, OpCode, WatcherType, NOTIFICATION_XID};
+use zk_wire::frame::{finish_frame, start_frame};
+use zk_wire::records::*;
+use zk_wire::request::MultiOp;
+use zk_wire::response::MultiResult;
+use zk_wire::{ErrorCode, Request};
+
+use crate::acl;
+use crate::config::Config;
+use crate::prep;
+use crate::session::{Liveness, Sessions};
+use crate::stats::Stats;
+use crate::storage::{Storage, StorageError};
+use crate::tree::{DataTree, TxnResult};
+use crate::txn::{NodeKind, Txn, TxnHeader};
+use crate::watch::{ConnId, Notification, WatchManager};
+
+/// A connection's outbound queue holds at most this many bytes; a client
+/// that stops reading is disconnected rather than allowed to grow the
+/// server's memory without bound.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+pub enum Outbound {
+    /// A frame, and the zxid that must be durable before it may be sent
+    /// (the state it reflects).
+    Frame(Bytes, i64),
+    /// Flush what is queued, then close the socket.
+    Close,
+}
+
+/// What the server knows of one TCP connection, shared with its tasks.
+pub struct ConnShared {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    /// Cancelled when the server closes the connection (session expired or
+    /// moved, shutdown, slow consumer).
+    pub closed: CancellationToken,
+    pub session_id: AtomicI64,
+    pub timeout_ms: AtomicU64,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    global_sent: Arc<AtomicU64>,
+    pub last_zxid: AtomicI64,
+    pub last_cxid: AtomicI64,
+    pub established: SystemTime,
+}
+
+impl ConnShared {
+    /// Queues a frame that may go out once `zxid` is durable. Never blocks:
+    /// this runs under the tree lock.
+    pub fn send(&self, frame: Bytes, zxid: i64) {
+        let n = frame.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
+            tracing::warn!(conn = self.id, peer = %self.peer, "client is not reading its replies; closing");
+            self.close();
+            return;
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.global_sent.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Outbound::Frame(frame, zxid));
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.send(Outbound::Close);
+        self.closed.cancel();
+    }
+
+    pub fn queued(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
+    }
+}
+
+/// The per-connection state the connection task owns.
+pub struct Client {
+    pub conn: Arc<ConnShared>,
+    pub session_id: i64,
+    pub auth: Vec<Id>,
+    pub live: Arc<Liveness>,
+}
+
+/// How a handshake ended.
+pub enum Handshake {
+    Accepted(Client),
+    /// The session is unknown, expired or the password is wrong: the reply
+    /// (timeout 0) was queued; close after it.
+    Refused,
+    /// The client has seen a newer zxid than ours; ZooKeeper drops such a
+    /// connection without a reply, so the client tries another server.
+    Dropped,
+}
+
+pub struct Core {
+    pub config: Config,
+    tree: RwLock<DataTree>,
+    watches: Mutex<WatchManager>,
+    sessions: Mutex<Sessions>,
+    conns: Mutex<HashMap<ConnId, Arc<ConnShared>>>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    next_conn: AtomicU64,
+    pub stats: Stats,
+    pub started: Instant,
+    /// The write-ahead log, when the server has a data dir.
+    pub storage: Option<Storage>,
+    /// The highest durable zxid (always "everything" without a data dir).
+    durable: watch::Receiver<i64>,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Builds one reply frame: header, then the body if the request succeeded.
+fn frame(xid: i32, zxid: i64, err: i32, body: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    let at = start_frame(&mut out);
+    ReplyHeader { xid, zxid, err }.write(&mut out);
+    if err == 0 {
+        body(&mut out);
+    }
+    finish_frame(&mut out, at);
+    Bytes::from(out)
+}
+
+fn write_data(out: &mut Vec<u8>, data: Option<&Bytes>) {
+    match data {
+        None => (-1i32).write(out),
+        Some(d) => {
+            (d.len() as i32).write(out);
+            out.extend_from_slice(d);
+        }
+    }
+}
+
+fn write_children<'a>(out: &mut Vec<u8>, children: impl ExactSizeIterator<Item = &'a Box<str>>) {
+    (children.len() as i32).write(out);
+    for c in children {
+        (c.len() as i32).write(out);
+        out.extend_from_slice(c.as_bytes());
+    }
+}
+
+impl Core {
+    /// A server state: recovered from `config.data_dir` when there is one,
+    /// empty and in memory otherwise.
+    pub fn open(config: Config) -> Result<Self, StorageError> {
+        let tick = config.tick_time;
+        let (tree, secret, storage) = match &config.data_dir {
+            Some(dir) => {
+                let r = Storage::open(dir)?;
+                (r.tree, r.secret, Some(r.storage))
+            }
+            None => (DataTree::new(), rand::random(), None),
+        };
+        let durable = match &storage {
+            Some(s) => s.durable(),
+            None => watch::channel(i64::MAX).1,
+        };
+        let mut sessions = Sessions::new(secret, tick);
+        // Sessions outlive a restart: each gets a full timeout from now to
+        // reconnect, and expires as usual if its client does not.
+        for (id, timeout_ms) in tree.sessions() {
+            sessions.insert(id, Duration::from_millis(timeout_ms.max(0) as u64));
+        }
+        if !sessions.is_empty() {
+            tracing::info!(sessions = sessions.len(), "restored sessions; each has its timeout to reconnect");
+        }
+        Ok(Core {
+            config,
+            tree: RwLock::new(tree),
+            watches: Mutex::new(WatchManager::default()),
+            sessions: Mutex::new(sessions),
+            conns: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            stats: Stats::default(),
+            started: Instant::now(),
+            storage,
+            durable,
+        })
+    }
+
+    pub fn durable(&self) -> watch::Receiver<i64> {
+        self.durable.clone()
+    }
+
+    // ---- connections -----------------------------------------------------
+
+    /// Admits a connection, or refuses it when its IP is at the limit.
+    pub fn register_conn(&self, peer: SocketAddr, tx: mpsc::UnboundedSender<Outbound>) -> Option<Arc<ConnShared>> {
+        let limit = self.config.max_client_connections;
+        {
+            let mut per_ip = self.per_ip.lock();
+            let n = per_ip.entry(peer.ip()).or_insert(0);
+            if limit > 0 && *n >= limit {
+                return None;
+            }
+            *n += 1;
+        }
+        let conn = Arc::new(ConnShared {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            peer,
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            closed: CancellationToken::new(),
+            session_id: AtomicI64::new(0),
+            timeout_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            global_sent: self.stats.packets_sent.clone(),
+            last_zxid: AtomicI64::new(0),
+            last_cxid: AtomicI64::new(0),
+            established: SystemTime::now(),
+        });
+        self.conns.lock().insert(conn.id, conn.clone());
+        Some(conn)
+    }
+
+    /// Forgets a closed connection: its watches go (they belong to the
+    /// connection), its session stays until it expires or is reattached.
+    pub fn unregister_conn(&self, conn: &ConnShared) {
+        self.conns.lock().remove(&conn.id);
+        self.watches.lock().remove_conn(conn.id);
+        let sid = conn.session_id.load(Ordering::Relaxed);
+        if sid != 0 {
+            if let Some(s) = self.sessions.lock().get_mut(sid) {
+                if s.conn == Some(conn.id) {
+                    s.conn = None;
+                }
+            }
+        }
+        let mut per_ip = self.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&conn.peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&conn.peer.ip());
+            }
+        }
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnShared>> {
+        self.conns.lock().values().cloned().collect()
+    }
+
+    pub fn close_all_connections(&self) {
+        for c in self.connections() {
+            c.close();
+        }
+    }
+
+    // ---- handshake ---------------------------------------------------------
+
+    pub fn handshake(&self, conn: &Arc<ConnShared>, req: &ConnectRequest) -> Handshake {
+        let last_zxid = self.tree.read().last_zxid();
+        if req.last_zxid_seen > last_zxid {
+            tracing::info!(
+                peer = %conn.peer,
+                client_zxid = format!("{:#x}", req.last_zxid_seen),
+                our_zxid = format!("{last_zxid:#x}"),
+                "refusing a client that has seen a newer zxid than ours"
+            );
+            return Handshake::Dropped;
+        }
+        let min = self.config.min_session_timeout.as_millis() as i32;
+        let max = self.config.max_session_timeout.as_millis() as i32;
+        let timeout_ms = req.time_out.clamp(min, max);
+        let timeout = Duration::from_millis(timeout_ms as u64);
+
+        let session_id = if req.session_id == 0 {
+            let mut tree = self.tree.write();
+            let id = self.sessions.lock().open(timeout);
+            let zxid = tree.last_zxid() + 1;
+            let hdr = TxnHeader { session_id: id, cxid: 0, zxid, time: wall_ms() };
+            let txn = Txn::CreateSession { timeout_ms };
+            tree.apply(&hdr, &txn, &mut Vec::new());
+            if let Some(st) = &self.storage {
+                st.append(&hdr, &txn);
+            }
+            id
+        } else {
+            let mut sessions = self.sessions.lock();
+            let password = sessions.password(req.session_id);
+            let valid = req.passwd.as_slice() == password.as_slice()
+                && sessions.get(req.session_id).is_some_and(|s| !s.closing);
+            if !valid {
+                drop(sessions);
+                tracing::info!(peer = %conn.peer, session = format!("{:#x}", req.session_id), "refusing reconnect: session expired or wrong password");
+                let reply = ConnectResponse {
+                    protocol_version: 0,
+                    time_out: 0,
+                    session_id: 0,
+                    passwd: vec![0; 16],
+                    read_only: req.read_only.map(|_| false),
+                };
+                conn.send(connect_frame(&reply), 0);
+                return Handshake::Refused;
+            }
+            let previous = sessions.get_mut(req.session_id).and_then(|s| {
+                s.timeout = timeout;
+                s.conn.take()
+            });
+            drop(sessions);
+            // A session is served by one connection at a time: the old one,
+            // if the client left it half-open, is closed.
+            if let Some(old) = previous.and_then(|id| self.conns.lock().get(&id).cloned()) {
+                tracing::info!(session = format!("{:#x}", req.session_id), old = %old.peer, new = %conn.peer, "session moved to a new connection");
+                old.close();
+            }
+            req.session_id
+        };
+
+        let mut sessions = self.sessions.lock();
+        let now = sessions.now_ms();
+        let password = sessions.password(session_id);
+        let Some(session) = sessions.get_mut(session_id) else {
+            return Handshake::Refused;
+        };
+        session.conn = Some(conn.id);
+        let live = session.live.clone();
+        live.touch(now);
+        drop(sessions);
+        conn.session_id.store(session_id, Ordering::Relaxed);
+        conn.timeout_ms.store(timeout_ms as u64, Ordering::Relaxed);
+        let reply = ConnectResponse {
+            protocol_version: 0,
+            time_out: timeout_ms,
+            session_id,
+            passwd: password.to_vec(),
+            // Mirrors the client: a client that sent no readOnly byte gets none.
+            read_only: req.read_only.map(|_| false),
+        };
+        // The session must be on disk before the client may rely on it.
+        let zxid = self.tree.read().last_zxid();
+        conn.send(connect_frame(&reply), zxid);
+        tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
+        Handshake::Accepted(Client {
+            conn: conn.clone(),
+            session_id,
+            auth: vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }],
+            live,
+        })
+    }
+
+    pub fn touch(&self, client: &Client) {
+        let now = self.sessions.lock().now_ms();
+        client.live.touch(now);
+    }
+
+    // ---- requests ----------------------------------------------------------
+
+    /// Carries out one request and queues its reply. Returns false when the
+    /// connection must close after the reply (closeSession, failed auth).
+    pub fn process(&self, client: &mut Client, xid: i32, req: Request) -> bool {
+        let started = Instant::now();
+        let conn = client.conn.clone();
+        conn.last_cxid.store(xid.into(), Ordering::Relaxed);
+        let keep_open = match req {
+            Request::Ping => {
+                let zxid = self.tree.read().last_zxid();
+                conn.send(frame(xid, zxid, 0, |_| {}), zxid);
+                true
+            }
+            Request::Auth(auth) => self.auth(client, xid, &auth),
+            Request::Create(..)
+            | Request::Delete(_)
+            | Request::SetData(_)
+            | Request::SetAcl(_)
+            | Request::Check(_)
+            | Request::Multi(_) => {
+                self.write(client, xid, &req);
+                true
+            }
+            Request::CloseSession => {
+                self.close_session(client.session_id, Some((client, xid)));
+                false
+            }
+            Request::Unsupported(OpCode::Reconfig) => {
+                // A standalone server has reconfiguration disabled; as in
+                // ZooKeeper the refusal is an error transaction.
+                self.commit(
+                    client.session_id,
+                    xid,
+                    |_, _| Txn::Error(ErrorCode::ReconfigDisabled),
+                    |zxid, _| conn.send(frame(xid, zxid, ErrorCode::ReconfigDisabled.as_i32(), |_| {}), zxid),
+                );
+                true
+            }
+            Request::Unsupported(op) => {
+                // ZooKeeper answers ZUNIMPLEMENTED and then drops the
+                // connection; we answer the same and keep it, so one odd
+                // request does not cost a client its connection.
+                tracing::info!(session = format!("{:#x}", client.session_id), op = ?op, "unimplemented request");
+                let zxid = self.tree.read().last_zxid();
+                conn.send(frame(xid, zxid, ErrorCode::Unimplemented.as_i32(), |_| {}), zxid);
+                true
+            }
+            other => {
+                self.read(client, xid, other);
+                true
+            }
+        };
+        self.stats.record_latency(started.elapsed().as_micros() as u64);
+        keep_open
+    }
+
+    fn auth(&self, client: &mut Client, xid: i32, auth: &AuthPacket) -> bool {
+        let ok = match auth.scheme.as_str() {
+            "digest" => {
+                let id = acl::digest(&String::from_utf8_lossy(&auth.auth));
+                if self.config.super_digest.as_deref() == Some(id.as_str()) {
+                    client.auth.push(Id { scheme: "super".into(), id: String::new() });
+                }
+                let id = Id { scheme: "digest".into(), id };
+                if !client.auth.contains(&id) {
+                    client.auth.push(id);
+                }
+                true
+            }
+            "ip" => true,
+            _ => false,
+        };
+        let err = if ok { 0 } else { ErrorCode::AuthFailed.as_i32() };
+        client.conn.send(frame(xid, 0, err, |_| {}), 0);
+        if !ok {
+            tracing::info!(session = format!("{:#x}", client.session_id), scheme = %auth.scheme, "authentication failed; closing the connection");
+        }
+        ok
+    }
+
+    /// Orders a transaction: under the write lock, builds it (validation
+    /// sees the latest state), assigns the next zxid, applies it, delivers
+    /// the watch events it fired, and hands the result to `reply` while the
+    /// lock is still held.
+    fn commit<R>(
+        &self,
+        session_id: i64,
+        cxid: i32,
+        build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
+        reply: impl FnOnce(i64, &TxnResult) -> R,
+    ) -> R {
+        self.commit_as(session_id, cxid, &[], build, reply)
+    }
+
+    fn commit_as<R>(
+        &self,
+        session_id: i64,
+        cxid: i32,
+        auth: &[Id],
+        build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
+        reply: impl FnOnce(i64, &TxnResult) -> R,
+    ) -> R {
+        let mut tree = self.tree.write();
+        let zxid = tree.last_zxid() + 1;
+        let time = wall_ms();
+        let ctx = prep::Ctx { session_id, auth, extended_types: self.config.extended_types, zxid, time };
+        let txn = build(&tree, &ctx);
+        let hdr = TxnHeader { session_id, cxid, zxid, time };
+        let mut triggers = Vec::new();
+        let result = tree.apply(&hdr, &txn, &mut triggers);
+        if let Some(st) = &self.storage {
+            st.append(&hdr, &txn);
+        }
+        if !triggers.is_empty() {
+            let mut notes = Vec::new();
+            self.watches.lock().fire(&triggers, &mut notes);
+            self.notify(notes, zxid);
+        }
+        reply(zxid, &result)
+    }
+
+    fn notify(&self, notes: Vec<Notification>, zxid: i64) {
+        if notes.is_empty() {
+            return;
+        }
+        let conns = self.conns.lock();
+        for (conn_id, event) in notes {
+            if let Some(c) = conns.get(&conn_id) {
+                c.send(frame(NOTIFICATION_XID, -1, 0, |out| event.write(out)), zxid);
+            }
+        }
+    }
+
+    fn write(&self, client: &Client, xid: i32, req: &Request) {
+        let conn = &client.conn;
+        let op = req.op_code();
+        self.commit_as(
+            client.session_id,
+            xid,
+            &client.auth,
+            |tree, ctx| prep::prepare(tree, ctx, req),
+            |zxid, result| {
+                conn.last_zxid.store(zxid, Ordering::Relaxed);
+                let f = match result {
+                    TxnResult::Error(code) => frame(xid, zxid, code.as_i32(), |_| {}),
+                    TxnResult::Created { path, stat } => frame(xid, zxid, 0, |out| {
+                        path.write(out);
+                        if op != OpCode::Create {
+                            stat.write(out);
+                        }
+                    }),
+                    TxnResult::Stat(stat) => frame(xid, zxid, 0, |out| stat.write(out)),
+                    TxnResult::Multi(results) => frame(xid, zxid, 0, |out| {
+                        multi_results(req, results).write(out);
+                    }),
+                    TxnResult::MultiError(codes) => frame(xid, zxid, 0, |out| {
+                        zk_wire::Response::Multi(codes.iter().map(|c| MultiResult::Error(*c)).collect()).write(out)
+                    }),
+                    TxnResult::Deleted | TxnResult::Checked | TxnResult::SessionCreated | TxnResult::SessionClosed => {
+                        frame(xid, zxid, 0, |_| {})
+                    }
+                };
+                conn.send(f, zxid);
+            },
+        )
+    }
+
+    // ---- reads ---------------------------------------------------------------
+
+    fn read(&self, client: &Client, xid: i32, req: Request) {
+        let conn = &client.conn;
+        let tree = self.tree.read();
+        let zxid = tree.last_zxid();
+        let node_for_read = |path: &str, perm: i32| -> Result<&crate::tree::Node, ErrorCode> {
+            let node = tree.get(path).ok_or(ErrorCode::NoNode)?;
+            acl::check(&node.acl, perm, &client.auth)?;
+            Ok(node)
+        };
+        let mut pending_events = Vec::new();
+        let result: Result<Vec<u8>, ErrorCode> = (|| {
+            let mut out = Vec::new();
+            match &req {
+                Request::Exists(r) => {
+                    if r.path.contains('\0') {
+                        return Err(ErrorCode::BadArguments);
+                    }
+                    // exists sets its watch whether or not the node is
+                    // there: on a missing node it waits for its creation.
+                    if r.watch {
+                        self.watches.lock().add_data(&r.path, conn.id);
+                    }
+                    let node = tree.get(&r.path).ok_or(ErrorCode::NoNode)?;
+                    node.stat().write(&mut out);
+                }
+                Request::GetData(r) => {
+                    let node = node_for_read(&r.path, perms::READ)?;
+                    if r.watch {
+                        self.watches.lock().add_data(&r.path, conn.id);
+                    }
+                    write_data(&mut out, node.data.as_ref());
+                    node.stat().write(&mut out);
+                }
+                Request::GetChildren(r) | Request::GetChildren2(r) => {
+                    let node = node_for_read(&r.path, perms::READ)?;
+                    if r.watch {
+                        self.watches.lock().add_child(&r.path, conn.id);
+                    }
+                    write_children(&mut out, node.children.iter());
+                    if matches!(req, Request::GetChildren2(_)) {
+                        node.stat().write(&mut out);
+                    }
+                }
+                Request::GetAcl(r) => {
+                    let node = node_for_read(&r.path, perms::READ | perms::ADMIN)?;
+                    // Without ADMIN, digest identities are shown with their
+                    // hash masked: reading an ACL must not leak credentials.
+                    let admin = acl::check(&node.acl, perms::ADMIN, &client.auth).is_ok();
+                    let shown: Vec<Acl> = node
+                        .acl
+                        .iter()
+                        .map(|a| {
+                            if !admin && a.id.scheme == "digest" {
+                                let user = a.id.id.split(':').next().unwrap_or_default();
+                                Acl { perms: a.perms, id: Id { scheme: a.id.scheme.clone(), id: format!("{user}:x") } }
+                            } else {
+                                a.clone()
+                            }
+                        })
+                        .collect();
+                    shown.write(&mut out);
+                    node.stat().write(&mut out);
+                }
+                Request::GetAllChildrenNumber(r) => {
+                    node_for_read(&r.path, perms::READ)?;
+                    tree.descendant_count(&r.path).write(&mut out);
+                }
+                Request::GetEphemerals(r) => {
+                    let prefix = r.path.trim();
+                    let all = prefix.is_empty() || prefix == "/";
+                    let list: Vec<String> = tree
+                        .ephemerals_of(client.session_id)
+                        .filter(|p| all || p.starts_with(&r.path))
+                        .cloned()
+                        .collect();
+                    list.write(&mut out);
+                }
+                Request::MultiRead(ops) => {
+                    let mut results = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        let r = match op {
+                            MultiOp::GetData(r) => node_for_read(&r.path, perms::READ).map(|n| {
+                                MultiResult::GetData(GetDataResponse {
+                                    data: n.data.as_ref().map(|d| d.to_vec()),
+                                    stat: n.stat(),
+                                })
+                            }),
+                            MultiOp::GetChildren(r) => node_for_read(&r.path, perms::READ).map(|n| {
+                                MultiResult::GetChildren(ChildrenResponse {
+                                    children: n.children.iter().map(|c| c.to_string()).collect(),
+                                })
+                            }),
+                            _ => Err(ErrorCode::BadArguments),
+                        };
+                        results.push(r.unwrap_or_else(|e| MultiResult::Error(e.as_i32())));
+                    }
+                    zk_wire::Response::Multi(results).write(&mut out);
+                }
+                Request::Sync(r) => r.path.write(&mut out),
+                Request::WhoAmI => {
+                    let infos: Vec<ClientInfo> = client
+                        .auth
+                        .iter()
+                        .map(|id| ClientInfo {
+                            auth_scheme: id.scheme.clone(),
+                            user: match id.scheme.as_str() {
+                                "digest" => id.id.split(':').next().unwrap_or_default().to_string(),
+                                _ => id.id.clone(),
+                            },
+                        })
+                        .collect();
+                    infos.write(&mut out);
+                }
+                Request::CheckWatches(r) | Request::RemoveWatches(r) => {
+                    let kind = WatcherType::from_i32(r.watcher_type).ok_or(ErrorCode::MarshallingError)?;
+                    let mut w = self.watches.lock();
+                    let found = if matches!(req, Request::CheckWatches(_)) {
+                        w.contains(&r.path, kind, conn.id)
+                    } else {
+                        w.remove(&r.path, kind, conn.id)
+                    };
+                    if !found {
+                        return Err(ErrorCode::NoWatcher);
+                    }
+                }
+                Request::AddWatch(r) => {
+                    let mode = AddWatchMode::from_i32(r.mode).ok_or(ErrorCode::MarshallingError)?;
+                    self.watches.lock().add_persistent(&r.path, conn.id, mode == AddWatchMode::PersistentRecursive);
+                    // ZooKeeper answers addWatch with an ErrorResponse(0) body.
+                    0i32.write(&mut out);
+                }
+                Request::SetWatches(w) | Request::SetWatches2(w) => {
+                    self.watches.lock().set_watches(
+                        &tree,
+                        conn.id,
+                        w.relative_zxid,
+                        &w.data_watches,
+                        &w.exist_watches,
+                        &w.child_watches,
+                        &w.persistent_watches,
+                        &w.persistent_recursive_watches,
+                        &mut pending_events,
+                    );
+                }
+                _ => return Err(ErrorCode::Unimplemented),
+            }
+            Ok(out)
+        })();
+        // Events owed by setWatches go out before its reply, as ZooKeeper
+        // sends them.
+        for ev in pending_events {
+            conn.send(frame(NOTIFICATION_XID, -1, 0, |out| ev.write(out)), zxid);
+        }
+        let f = match result {
+            Ok(body) => frame(xid, zxid, 0, |out| out.extend_from_slice(&body)),
+            Err(code) => frame(xid, zxid, code.as_i32(), |_| {}),
+        };
+        // A read may have seen writes not yet on disk: it waits for them.
+        conn.send(f, zxid);
+        drop(tree);
+    }
+
+    // ---- sessions --------------------------------------------------------------
+
+    /// Ends a session: deletes its ephemerals (firing their watches), and
+    /// closes the connection serving it. `requester` is set when the client
+    /// asked (closeSession), and gets the reply.
+    pub fn close_session(&self, session_id: i64, requester: Option<(&Client, i32)>) {
+        let conn_id = {
+            let mut sessions = self.sessions.lock();
+            match sessions.get_mut(session_id) {
+                Some(s) if !s.closing => {
+                    s.closing = true;
+                    s.conn
+                }
+                _ => return,
+            }
+        };
+        self.commit(
+            session_id,
+            requester.map_or(0, |(_, x)| x),
+            |_, _| Txn::CloseSession,
+            |zxid, _| {
+                if let Some((client, xid)) = requester {
+                    client.conn.send(frame(xid, zxid, 0, |_| {}), zxid);
+                }
+            },
+        );
+        self.sessions.lock().remove(session_id);
+        if let Some(c) = conn_id.and_then(|id| self.conns.lock().get(&id).cloned()) {
+            c.close();
+        }
+    }
+
+    /// Expires every session whose deadline has passed. Returns how many.
+    pub fn expire_sessions(&self) -> usize {
+        let expired = self.sessions.lock().expired();
+        for id in &expired {
+            tracing::info!(session = format!("{id:#x}"), "session expired");
+            self.close_session(*id, None);
+        }
+        expired.len()
+    }
+
+    pub fn until_next_tick(&self) -> Duration {
+        self.sessions.lock().until_next_tick()
+    }
+
+    /// Deletes empty containers that have had children, and TTL nodes that
+    /// are childless and unmodified for longer than their TTL.
+    pub fn reap(&self) -> usize {
+        let now = wall_ms();
+        let candidates: Vec<String> = {
+            let tree = self.tree.read();
+            let containers =
+                tree.containers().filter(|p| tree.get(p).is_some_and(|n| n.stat.cversion > 0 && n.children.is_empty()));
+            let ttls = tree.ttls().filter(|p| {
+                tree.get(p).is_some_and(
+                    |n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.children.is_empty() && now - n.stat.mtime > ttl),
+                )
+            });
+            containers.chain(ttls).cloned().collect()
+        };
+        let mut reaped = 0;
+        for path in candidates {
+            // Checked again under the write lock: a child may have arrived.
+            let done = self.commit(
+                0,
+                0,
+                |t, ctx| {
+                    let still = t.get(&path).is_some_and(|n| {
+                        n.children.is_empty()
+                            && match n.kind() {
+                                NodeKind::Container => n.stat.cversion > 0,
+                                NodeKind::Ttl(ttl) => ctx.time - n.stat.mtime > ttl,
+                                _ => false,
+                            }
+                    });
+                    if still {
+                        Txn::Delete { path: path.clone() }
+                    } else {
+                        Txn::Error(ErrorCode::NotEmpty)
+                    }
+                },
+                |_, r| matches!(r, TxnResult::Deleted),
+            );
+            if done {
+                tracing::debug!(path, "reaped");
+                reaped += 1;
+            }
+        }
+        reaped
+    }
+
+    // ---- introspection ---------------------------------------------------------
+
+    pub fn with_tree<R>(&self, f: impl FnOnce(&DataTree) -> R) -> R {
+        f(&self.tree.read())
+    }
+
+    pub fn with_watches<R>(&self, f: impl FnOnce(&WatchManager) -> R) -> R {
+        f(&self.watches.lock())
+    }
+
+    pub fn with_sessions<R>(&self, f: impl FnOnce(&Sessions) -> R) -> R {
+        f(&self.sessions.lock())
+    }
+}
+
+/// The reply of a successful multi: one result per op, shaped by the op's
+/// opcode (a plain create answers with the path only).
+fn multi_results(req: &Request, results: &[TxnResult]) -> zk_wire::Response {
+    let ops: &[MultiOp] = match req {
+        Request::Multi(ops) => ops,
+        _ => &[],
+    };
+    let out = ops
+        .iter()
+        .zip(results)
+        .map(|(op, r)| match (op, r) {
+            (MultiOp::Create(OpCode::Create, _), TxnResult::Created { path, .. }) => {
+                MultiResult::Create(PathResponse { path: path.clone() })
+            }
+            (MultiOp::Create(code, _), TxnResult::Created { path, stat }) => {
+                MultiResult::Create2(*code, Create2Response { path: path.clone(), stat: stat.clone() })
+            }
+            (_, TxnResult::Deleted) => MultiResult::Delete,
+            (_, TxnResult::Stat(stat)) => MultiResult::SetData(StatResponse { stat: stat.clone() }),
+            (_, TxnResult::Checked) => MultiResult::Check,
+            (_, TxnResult::Error(code)) => MultiResult::Error(code.as_i32()),
+            _ => MultiResult::Error(ErrorCode::RuntimeInconsistency.as_i32()),
+        })
+        .collect();
+    zk_wire::Response::Multi(out)
+}
+
+/// The handshake reply: a ConnectResponse with no ReplyHeader.
+pub fn connect_frame(reply: &ConnectResponse) -> Bytes {
+    let mut out = Vec::with_capacity(48);
+    let at = start_frame(&mut out);
+    reply.write(&mut out);
+    finish_frame(&mut out, at);
+    Bytes::from(out)
+}

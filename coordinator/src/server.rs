@@ -1,0 +1,136 @@
+//! The accept loop and the server's background duties.
+//!
+//! Shutdown is one [`CancellationToken`]: the accept loop stops, every
+//! connection's reader sees it and closes, and [`run`] returns once all
+//! connection tasks have finished (tracked by a `TaskTracker`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::conn;
+use crate::core::Core;
+
+/// Serves ZooKeeper clients on `listener` until `shutdown` completes, then
+/// closes every connection and returns.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let core = Arc::new(Core::open(config)?);
+    serve(listener, core, shutdown).await
+}
+
+/// As [`run`], on a [`Core`] the caller holds (tests and the admin API
+/// inspect it).
+pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tracing::info!(addr = %listener.local_addr()?, "serving ZooKeeper clients");
+
+    if let Some(addr) = core.config.admin_listen {
+        let admin = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--admin-listen): {e}"))?;
+        tasks.spawn(crate::admin::serve(admin, core.clone(), token.clone()));
+    }
+    tasks.spawn(expire_sessions(core.clone(), token.clone()));
+    tasks.spawn(reap(core.clone(), token.clone()));
+    if core.storage.is_some() {
+        tasks.spawn(snapshots(core.clone(), token.clone()));
+    }
+    let log_failed = match &core.storage {
+        Some(s) => s.failed.clone(),
+        None => CancellationToken::new(),
+    };
+
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(5);
+                    tasks.spawn(conn::serve(core.clone(), stream, token.clone()));
+                }
+                Err(e) => {
+                    // Running out of file descriptors is the usual cause:
+                    // back off rather than spin, and let connections close.
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            _ = &mut shutdown => break,
+            _ = log_failed.cancelled() => {
+                token.cancel();
+                tasks.close();
+                tasks.wait().await;
+                anyhow::bail!("the transaction log failed (see the error above); stopped so that no acknowledged write can be lost");
+            }
+        }
+    }
+    tracing::info!("shutting down: closing connections");
+    drop(listener);
+    token.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Takes a snapshot once `snap_count` transactions have been logged since the
+/// last one, so recovery replays a bounded log and old segments can go.
+async fn snapshots(core: Arc<Core>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = token.cancelled() => return,
+        }
+        let Some(storage) = &core.storage else { return };
+        if storage.txns_since_snapshot() < core.config.snap_count {
+            continue;
+        }
+        // Serialised under the read lock (writers wait for it), written to
+        // disk outside it.
+        let (zxid, bytes) = core.with_tree(|t| storage.begin_snapshot(t));
+        let core2 = core.clone();
+        let result = tokio::task::spawn_blocking(move || match &core2.storage {
+            Some(s) => s.finish_snapshot(zxid, bytes),
+            None => Ok(()),
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("snapshot at {zxid:#x} failed: {e}"),
+            Err(e) => tracing::error!("snapshot task failed: {e}"),
+        }
+    }
+}
+
+/// Expires idle sessions at each tick boundary, as ZooKeeper's expiry queue
+/// does (sessions are bucketed by tick, so one pass per tick is exact).
+async fn expire_sessions(core: Arc<Core>, token: CancellationToken) {
+    loop {
+        let wait = core.until_next_tick();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = token.cancelled() => return,
+        }
+        core.expire_sessions();
+    }
+}
+
+async fn reap(core: Arc<Core>, token: CancellationToken) {
+    let mut interval = tokio::time::interval(core.config.container_check_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = token.cancelled() => return,
+        }
+        core.reap();
+    }
+}

@@ -1,0 +1,178 @@
+//! Sessions: identity, timeout negotiation, liveness, expiry.
+//!
+//! A session outlives its TCP connections: a client that loses its
+//! connection reconnects with its session id and password and carries on,
+//! as long as it comes back within the timeout. The server expires a session
+//! when it has heard nothing from it for the negotiated timeout, rounded up
+//! to the next tick, as ZooKeeper's expiry queue does. That rounding never
+//! shortens the timeout, which is what lets a client that has heard nothing
+//! for 2/3 of it (and so considers itself disconnected) step down before the
+//! server hands its ephemeral nodes to anyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha1::{Digest, Sha1};
+
+use crate::watch::ConnId;
+
+/// Liveness shared between the session table and the connection serving it,
+/// so a packet costs one atomic store, not a lock.
+#[derive(Debug)]
+pub struct Liveness {
+    /// Milliseconds since the table's epoch when the client was last heard.
+    last_heard: AtomicU64,
+}
+
+impl Liveness {
+    pub fn touch(&self, now_ms: u64) {
+        self.last_heard.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: i64,
+    pub timeout: Duration,
+    pub live: Arc<Liveness>,
+    /// The connection currently serving it, if any.
+    pub conn: Option<ConnId>,
+    /// closeSession was accepted: no new requests, no reattach.
+    pub closing: bool,
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    map: HashMap<i64, Session>,
+    next_id: i64,
+    secret: [u8; 16],
+    epoch: Instant,
+    tick_ms: u64,
+}
+
+/// The password a client must present to reattach: derived from the session
+/// id and a per-server secret, so it never has to be stored (and survives a
+/// restart once the secret is kept in the data dir).
+pub fn password(secret: &[u8; 16], session_id: i64) -> [u8; 16] {
+    let mut h = Sha1::new();
+    h.update(secret);
+    h.update(session_id.to_be_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+impl Sessions {
+    pub fn new(secret: [u8; 16], tick: Duration) -> Self {
+        // ZooKeeper's scheme: milliseconds since the Unix epoch in the middle
+        // bits, the server id (0 here) in the top byte, then counting up.
+        // Ids stay unique across restarts without being stored.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(1);
+        let next_id = (((now_ms << 24) as u64) >> 8) as i64;
+        Sessions {
+            map: HashMap::new(),
+            next_id: next_id.max(1),
+            secret,
+            epoch: Instant::now(),
+            tick_ms: tick.as_millis().max(1) as u64,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn password(&self, id: i64) -> [u8; 16] {
+        password(&self.secret, id)
+    }
+
+    /// Opens a new session with an already negotiated timeout.
+    pub fn open(&mut self, timeout: Duration) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.insert(id, timeout);
+        id
+    }
+
+    /// Registers a session under a known id (a new one, or one recovered
+    /// from the log).
+    pub fn insert(&mut self, id: i64, timeout: Duration) {
+        let live = Arc::new(Liveness { last_heard: AtomicU64::new(self.now_ms()) });
+        self.map.insert(id, Session { id, timeout, live, conn: None, closing: false });
+        if id >= self.next_id {
+            self.next_id = id + 1;
+        }
+    }
+
+    pub fn get(&self, id: i64) -> Option<&Session> {
+        self.map.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: i64) -> Option<&mut Session> {
+        self.map.get_mut(&id)
+    }
+
+    pub fn remove(&mut self, id: i64) -> Option<Session> {
+        self.map.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.map.values()
+    }
+
+    /// Sessions whose deadline has passed and that are not already closing.
+    pub fn expired(&self) -> Vec<i64> {
+        let now = self.now_ms();
+        self.map.values().filter(|s| !s.closing && now >= self.deadline(s)).map(|s| s.id).collect()
+    }
+
+    /// Last heard + timeout, rounded up to the next tick boundary.
+    fn deadline(&self, s: &Session) -> u64 {
+        let t = s.live.last_heard.load(Ordering::Relaxed) + s.timeout.as_millis() as u64;
+        (t / self.tick_ms + 1) * self.tick_ms
+    }
+
+    /// How long until the next tick boundary: when the expiry pass runs.
+    pub fn until_next_tick(&self) -> Duration {
+        let now = self.now_ms();
+        Duration::from_millis((now / self.tick_ms + 1) * self.tick_ms - now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_per_session_and_stable() {
+        let s = [7u8; 16];
+        assert_eq!(password(&s, 1), password(&s, 1));
+        assert_ne!(password(&s, 1), password(&s, 2));
+        assert_ne!(password(&s, 1), password(&[8u8; 16], 1));
+    }
+
+    #[test]
+    fn expiry_never_comes_before_the_timeout() {
+        let mut t = Sessions::new([0; 16], Duration::from_millis(50));
+        let id = t.open(Duration::from_millis(200));
+        assert!(t.expired().is_empty());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(t.expired().is_empty());
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(t.expired(), vec![id]);
+    }
+}

@@ -1,0 +1,371 @@
+//! Watches: who is told when a node changes.
+//!
+//! Watches belong to connections, not sessions (a client re-registers them
+//! with setWatches after reconnecting). Two tables, as in ZooKeeper: *data*
+//! watches (set by exists and getData) and *child* watches (getChildren).
+//! A watch is standard (one-shot), persistent, or persistent-recursive;
+//! addWatch puts a persistent watch in both tables.
+//!
+//! Delivery rules (`WatchManager.triggerWatch` in ZooKeeper):
+//! - standard and persistent watches fire for their exact path; standard
+//!   ones are then removed;
+//! - recursive watches fire for their path and every path below it, except
+//!   for NodeChildrenChanged (a recursive watcher learns of a new child from
+//!   the child's own NodeCreated);
+//! - one change tells each connection at most once, even when it watches the
+//!   node in both tables (a deleted node with data and child watches gives one
+//!   NodeDeleted).
+
+use std::collections::{HashMap, HashSet};
+
+use zk_wire::consts::{EventType, KeeperState, WatcherType};
+use zk_wire::records::WatcherEvent;
+
+use crate::tree::Trigger;
+
+pub type ConnId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Standard,
+    Persistent,
+    PersistentRecursive,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_path: HashMap<String, HashMap<ConnId, Mode>>,
+    by_conn: HashMap<ConnId, HashSet<String>>,
+    recursive: usize,
+}
+
+impl Table {
+    fn add(&mut self, path: &str, conn: ConnId, mode: Mode) {
+        let prev = self.by_path.entry(path.to_string()).or_default().insert(conn, mode);
+        if prev == Some(Mode::PersistentRecursive) {
+            self.recursive -= 1;
+        }
+        if mode == Mode::PersistentRecursive {
+            self.recursive += 1;
+        }
+        self.by_conn.entry(conn).or_default().insert(path.to_string());
+    }
+
+    fn contains(&self, path: &str, conn: ConnId) -> bool {
+        self.by_path.get(path).is_some_and(|m| m.contains_key(&conn))
+    }
+
+    fn remove(&mut self, path: &str, conn: ConnId) -> bool {
+        let Some(watchers) = self.by_path.get_mut(path) else {
+            return false;
+        };
+        let Some(mode) = watchers.remove(&conn) else {
+            return false;
+        };
+        if mode == Mode::PersistentRecursive {
+            self.recursive -= 1;
+        }
+        if watchers.is_empty() {
+            self.by_path.remove(path);
+        }
+        if let Some(paths) = self.by_conn.get_mut(&conn) {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.by_conn.remove(&conn);
+            }
+        }
+        true
+    }
+
+    fn remove_conn(&mut self, conn: ConnId) {
+        for path in self.by_conn.remove(&conn).unwrap_or_default() {
+            if let Some(watchers) = self.by_path.get_mut(&path) {
+                if watchers.remove(&conn) == Some(Mode::PersistentRecursive) {
+                    self.recursive -= 1;
+                }
+                if watchers.is_empty() {
+                    self.by_path.remove(&path);
+                }
+            }
+        }
+    }
+
+    /// Collects (and consumes, for one-shot watches) the watchers of a change
+    /// to `path`, skipping those in `suppress`.
+    fn trigger(&mut self, path: &str, event: EventType, suppress: &HashSet<ConnId>, out: &mut HashSet<ConnId>) {
+        // The exact path: every mode (recursive ones not for child events).
+        let mut emptied = false;
+        if let Some(watchers) = self.by_path.get_mut(path) {
+            let mut fired_once = Vec::new();
+            for (&conn, &mode) in watchers.iter() {
+                if mode == Mode::PersistentRecursive && event == EventType::NodeChildrenChanged {
+                    continue;
+                }
+                if !suppress.contains(&conn) {
+                    out.insert(conn);
+                }
+                if mode == Mode::Standard {
+                    fired_once.push(conn);
+                }
+            }
+            for conn in fired_once {
+                watchers.remove(&conn);
+                if let Some(paths) = self.by_conn.get_mut(&conn) {
+                    paths.remove(path);
+                    if paths.is_empty() {
+                        self.by_conn.remove(&conn);
+                    }
+                }
+            }
+            emptied = watchers.is_empty();
+        }
+        if emptied {
+            self.by_path.remove(path);
+        }
+        // Ancestors: recursive watches only. Skipped entirely while nobody
+        // holds a recursive watch, which keeps the common case to one lookup.
+        if self.recursive == 0 || event == EventType::NodeChildrenChanged {
+            return;
+        }
+        let mut p = path;
+        while p != "/" {
+            p = match p.rfind('/') {
+                Some(0) => "/",
+                Some(i) => &p[..i],
+                None => return,
+            };
+            if let Some(watchers) = self.by_path.get(p) {
+                for (&conn, &mode) in watchers {
+                    if mode == Mode::PersistentRecursive && !suppress.contains(&conn) {
+                        out.insert(conn);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.by_path.values().map(HashMap::len).sum()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WatchManager {
+    data: Table,
+    child: Table,
+}
+
+/// A notification for one connection.
+pub type Notification = (ConnId, WatcherEvent);
+
+fn event(kind: EventType, path: &str) -> WatcherEvent {
+    WatcherEvent { event_type: kind.as_i32(), state: KeeperState::SyncConnected.as_i32(), path: path.to_string() }
+}
+
+impl WatchManager {
+    pub fn add_data(&mut self, path: &str, conn: ConnId) {
+        self.data.add(path, conn, Mode::Standard);
+    }
+
+    pub fn add_child(&mut self, path: &str, conn: ConnId) {
+        self.child.add(path, conn, Mode::Standard);
+    }
+
+    /// addWatch: a persistent watch lives in both tables.
+    pub fn add_persistent(&mut self, path: &str, conn: ConnId, recursive: bool) {
+        let mode = if recursive { Mode::PersistentRecursive } else { Mode::Persistent };
+        self.data.add(path, conn, mode);
+        self.child.add(path, conn, mode);
+    }
+
+    pub fn contains(&self, path: &str, kind: WatcherType, conn: ConnId) -> bool {
+        match kind {
+            WatcherType::Children => self.child.contains(path, conn),
+            WatcherType::Data => self.data.contains(path, conn),
+            WatcherType::Any => self.child.contains(path, conn) || self.data.contains(path, conn),
+        }
+    }
+
+    pub fn remove(&mut self, path: &str, kind: WatcherType, conn: ConnId) -> bool {
+        match kind {
+            WatcherType::Children => self.child.remove(path, conn),
+            WatcherType::Data => self.data.remove(path, conn),
+            WatcherType::Any => {
+                let a = self.child.remove(path, conn);
+                let b = self.data.remove(path, conn);
+                a || b
+            }
+        }
+    }
+
+    /// Forgets a closed connection's watches.
+    pub fn remove_conn(&mut self, conn: ConnId) {
+        self.data.remove_conn(conn);
+        self.child.remove_conn(conn);
+    }
+
+    /// Turns the triggers of one transaction into notifications, in order.
+    pub fn fire(&mut self, triggers: &[Trigger], out: &mut Vec<Notification>) {
+        let none = HashSet::new();
+        for t in triggers {
+            let mut who = HashSet::new();
+            let (kind, path) = match t {
+                Trigger::Created(p) => {
+                    self.data.trigger(p, EventType::NodeCreated, &none, &mut who);
+                    (EventType::NodeCreated, p)
+                }
+                Trigger::DataChanged(p) => {
+                    self.data.trigger(p, EventType::NodeDataChanged, &none, &mut who);
+                    (EventType::NodeDataChanged, p)
+                }
+                Trigger::Deleted(p) => {
+                    self.data.trigger(p, EventType::NodeDeleted, &none, &mut who);
+                    let told = who.clone();
+                    self.child.trigger(p, EventType::NodeDeleted, &told, &mut who);
+                    (EventType::NodeDeleted, p)
+                }
+                Trigger::ChildrenChanged(p) => {
+                    self.child.trigger(p, EventType::NodeChildrenChanged, &none, &mut who);
+                    (EventType::NodeChildrenChanged, p)
+                }
+            };
+            if who.is_empty() {
+                continue;
+            }
+            let ev = event(kind, path);
+            let mut who: Vec<ConnId> = who.into_iter().collect();
+            who.sort_unstable();
+            out.extend(who.into_iter().map(|c| (c, ev.clone())));
+        }
+    }
+
+    /// setWatches after a reconnect: re-arm each watch, or fire at once when
+    /// the node changed since `relative_zxid` (the last zxid the client saw),
+    /// so nothing that happened while it was away is missed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_watches(
+        &mut self,
+        tree: &crate::tree::DataTree,
+        conn: ConnId,
+        relative_zxid: i64,
+        data: &[String],
+        exist: &[String],
+        child: &[String],
+        persistent: &[String],
+        recursive: &[String],
+        out: &mut Vec<WatcherEvent>,
+    ) {
+        for p in data {
+            match tree.get(p) {
+                None => out.push(event(EventType::NodeDeleted, p)),
+                Some(n) if n.stat.mzxid > relative_zxid => out.push(event(EventType::NodeDataChanged, p)),
+                Some(_) => self.data.add(p, conn, Mode::Standard),
+            }
+        }
+        for p in exist {
+            match tree.get(p) {
+                Some(_) => out.push(event(EventType::NodeCreated, p)),
+                None => self.data.add(p, conn, Mode::Standard),
+            }
+        }
+        for p in child {
+            match tree.get(p) {
+                None => out.push(event(EventType::NodeDeleted, p)),
+                Some(n) if n.stat.pzxid > relative_zxid => out.push(event(EventType::NodeChildrenChanged, p)),
+                Some(_) => self.child.add(p, conn, Mode::Standard),
+            }
+        }
+        for p in persistent {
+            self.add_persistent(p, conn, false);
+        }
+        for p in recursive {
+            self.add_persistent(p, conn, true);
+        }
+    }
+
+    /// Total watches (as `mntr`'s watch_count counts them: entries in both tables).
+    pub fn count(&self) -> usize {
+        self.data.count() + self.child.count()
+    }
+
+    pub fn watched_paths(&self) -> usize {
+        let mut paths: HashSet<&str> = self.data.by_path.keys().map(String::as_str).collect();
+        paths.extend(self.child.by_path.keys().map(String::as_str));
+        paths.len()
+    }
+
+    pub fn connections(&self) -> usize {
+        let mut conns: HashSet<ConnId> = self.data.by_conn.keys().copied().collect();
+        conns.extend(self.child.by_conn.keys().copied());
+        conns.len()
+    }
+
+    /// Paths each connection watches (`wchc`).
+    pub fn by_connection(&self) -> HashMap<ConnId, Vec<String>> {
+        let mut out: HashMap<ConnId, HashSet<String>> = HashMap::new();
+        for t in [&self.data, &self.child] {
+            for (c, paths) in &t.by_conn {
+                out.entry(*c).or_default().extend(paths.iter().cloned());
+            }
+        }
+        out.into_iter()
+            .map(|(c, s)| {
+                let mut v: Vec<String> = s.into_iter().collect();
+                v.sort();
+                (c, v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fire(w: &mut WatchManager, t: Trigger) -> Vec<(ConnId, i32, String)> {
+        let mut out = Vec::new();
+        w.fire(&[t], &mut out);
+        out.into_iter().map(|(c, e)| (c, e.event_type, e.path)).collect()
+    }
+
+    #[test]
+    fn standard_watches_fire_once() {
+        let mut w = WatchManager::default();
+        w.add_data("/a", 1);
+        assert_eq!(fire(&mut w, Trigger::DataChanged("/a".into())), vec![(1, 3, "/a".into())]);
+        assert!(fire(&mut w, Trigger::DataChanged("/a".into())).is_empty());
+        assert_eq!(w.count(), 0);
+    }
+
+    #[test]
+    fn delete_tells_each_connection_once() {
+        let mut w = WatchManager::default();
+        w.add_data("/a", 1);
+        w.add_child("/a", 1);
+        w.add_child("/a", 2);
+        assert_eq!(fire(&mut w, Trigger::Deleted("/a".into())), vec![(1, 2, "/a".into()), (2, 2, "/a".into())]);
+        assert_eq!(w.count(), 0);
+    }
+
+    #[test]
+    fn recursive_watches_see_descendants_but_not_child_events() {
+        let mut w = WatchManager::default();
+        w.add_persistent("/a", 1, true);
+        assert_eq!(fire(&mut w, Trigger::Created("/a/b/c".into())), vec![(1, 1, "/a/b/c".into())]);
+        assert!(fire(&mut w, Trigger::ChildrenChanged("/a/b".into())).is_empty());
+        assert!(fire(&mut w, Trigger::ChildrenChanged("/a".into())).is_empty());
+        assert_eq!(fire(&mut w, Trigger::DataChanged("/a".into())), vec![(1, 3, "/a".into())]);
+        assert!(fire(&mut w, Trigger::Created("/ab".into())).is_empty(), "a sibling with the same prefix is not below");
+        assert_eq!(w.count(), 2, "persistent watches stay");
+    }
+
+    #[test]
+    fn persistent_watch_sees_child_events() {
+        let mut w = WatchManager::default();
+        w.add_persistent("/a", 1, false);
+        assert_eq!(fire(&mut w, Trigger::ChildrenChanged("/a".into())), vec![(1, 4, "/a".into())]);
+        assert!(fire(&mut w, Trigger::Created("/a/b".into())).is_empty());
+        w.remove_conn(1);
+        assert_eq!(w.count(), 0);
+    }
+}
