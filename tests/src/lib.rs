@@ -1,0 +1,163 @@
+//! Helpers for end-to-end tests: the workspace's real binaries run as child
+//! processes, on port 0, each in its own scratch directory, killed when the
+//! test ends however it ends.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The path of a workspace binary. `scripts/test.sh` builds them all before
+/// the tests run; a missing one fails the test with that instruction.
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{:x}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("create a scratch dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::SystemTime;
+    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64) ^ (std::process::id() as u64).rotate_left(32)
+}
+
+/// A running child process. Its stdout lines are collected so a test can
+/// wait for a readiness line; its stderr goes to a log file that is printed
+/// if the test fails while the process is alive. Killed (SIGKILL) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], log_dir: &Path) -> Proc {
+        Self::spawn_with_env(name, args, &[], log_dir)
+    }
+
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}-{:x}.log", rand_suffix()));
+        let stderr = std::fs::File::create(&log).expect("create a log file");
+        let mut child = Command::new(binary(name))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { name: name.to_string(), child, lines, log }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => {
+                    panic!("{} did not print {prefix:?} within {timeout:?}; its log:\n{}", self.name, self.log_text())
+                }
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(self.pid(), sig);
+    }
+
+    /// kill -9, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(None) = self.child.try_wait() {
+                eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// Starts the coordinator binary on port 0 with `args`; returns it and the
+/// address it serves.
+pub fn start_coordinator(args: &[&str], log_dir: &Path) -> (Proc, String) {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut p = Proc::spawn("coordinator", &all, log_dir);
+    let addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
+    (p, addr)
+}
