@@ -17,7 +17,7 @@ use thiserror::Error;
 
 /// Every four-letter word the server knows.
 pub const FOUR_LETTER_WORDS: &[&str] =
-    &["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "wchs", "wchc", "dump", "isro"];
+    &["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "wchs", "wchc", "wchp", "dump", "isro"];
 
 /// The settings the server runs with, fully resolved.
 #[derive(Debug, Clone)]

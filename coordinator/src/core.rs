@@ -830,11 +830,15 @@ fn multi_results(req: &Request, results: &[TxnResult]) -> zk_wire::Response {
         .iter()
         .zip(results)
         .map(|(op, r)| match (op, r) {
-            (MultiOp::Create(OpCode::Create, _), TxnResult::Created { path, .. }) => {
+            // As ZooKeeper 3.8 answers: create and create2 inside a multi
+            // are both logged as a create txn and answer the path alone;
+            // createTTL and createContainer answer path and stat under the
+            // create2 opcode.
+            (MultiOp::Create(OpCode::Create | OpCode::Create2, _), TxnResult::Created { path, .. }) => {
                 MultiResult::Create(PathResponse { path: path.clone() })
             }
-            (MultiOp::Create(code, _), TxnResult::Created { path, stat }) => {
-                MultiResult::Create2(*code, Create2Response { path: path.clone(), stat: stat.clone() })
+            (MultiOp::Create(_, _), TxnResult::Created { path, stat }) => {
+                MultiResult::Create2(OpCode::Create2, Create2Response { path: path.clone(), stat: stat.clone() })
             }
             (_, TxnResult::Deleted) => MultiResult::Delete,
             (_, TxnResult::Stat(stat)) => MultiResult::SetData(StatResponse { stat: stat.clone() }),

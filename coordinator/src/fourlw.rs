@@ -37,6 +37,7 @@ pub fn run_unrestricted(core: &Core, cmd: &str) -> String {
         "envi" => envi(),
         "wchs" => wchs(core),
         "wchc" => wchc(core),
+        "wchp" => wchp(core),
         "dump" => dump(core),
         _ => String::new(),
     }
@@ -70,6 +71,13 @@ fn stat(core: &Core) -> String {
     out
 }
 
+/// The soft limit on open files, from /proc (no unsafe getrlimit needed).
+fn max_open_files() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 fn mntr(core: &Core) -> String {
     let (min, avg, max) = core.stats.latency_ms();
     let (zxid, nodes, ephemerals, size) =
@@ -77,6 +85,9 @@ fn mntr(core: &Core) -> String {
     let watches = core.with_watches(|w| w.count());
     let sessions = core.with_sessions(|s| s.len());
     let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    // ZooKeeper's mntr reports the fd limit beside the count (its
+    // UnixOperatingSystemMXBean metrics); monitoring compares the two.
+    let max_fds = max_open_files().map(|n| n.to_string()).unwrap_or_else(|| "-1".into());
     let lines: Vec<(&str, String)> = vec![
         ("zk_version", VERSION.to_string()),
         ("zk_server_state", "standalone".into()),
@@ -92,6 +103,7 @@ fn mntr(core: &Core) -> String {
         ("zk_ephemerals_count", ephemerals.to_string()),
         ("zk_approximate_data_size", size.to_string()),
         ("zk_open_file_descriptor_count", fds.to_string()),
+        ("zk_max_file_descriptor_count", max_fds),
         ("zk_global_sessions", sessions.to_string()),
         ("zk_last_zxid", zxid.to_string()),
         ("zk_uptime", core.started.elapsed().as_millis().to_string()),
@@ -137,10 +149,13 @@ fn cons(core: &Core) -> String {
 fn envi() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!(
-        "Environment:\nzookeeper.version={VERSION}\nhost.name={}\nos.name={}\nos.arch={}\nuser.dir={}\n",
+        // The keys ZooKeeper's envi prints that mean something outside a JVM.
+        "Environment:\nzookeeper.version={VERSION}\nhost.name={}\nos.name={}\nos.arch={}\nuser.name={}\nuser.home={}\nuser.dir={}\n",
         host.trim(),
         std::env::consts::OS,
         std::env::consts::ARCH,
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
+        std::env::var("HOME").unwrap_or_default(),
         std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
     )
 }
@@ -159,6 +174,26 @@ fn wchc(core: &Core) -> String {
             for p in paths {
                 let _ = writeln!(out, "\t{p}");
             }
+        }
+    }
+    out
+}
+
+/// Watches by path, as ZooKeeper's wchp lists them: each watched path, then
+/// the sessions watching it, indented by a tab.
+fn wchp(core: &Core) -> String {
+    let by_conn = core.with_watches(|w| w.by_connection());
+    let mut by_path: std::collections::BTreeMap<&str, Vec<i64>> = std::collections::BTreeMap::new();
+    for c in core.connections() {
+        for p in by_conn.get(&c.id).into_iter().flatten() {
+            by_path.entry(p.as_str()).or_default().push(c.session_id.load(Ordering::Relaxed));
+        }
+    }
+    let mut out = String::new();
+    for (path, sessions) in by_path {
+        let _ = writeln!(out, "{path}");
+        for s in sessions {
+            let _ = writeln!(out, "\t{s:#x}");
         }
     }
     out

@@ -17,11 +17,15 @@
 //!   the multi-op framing.
 //! - [`response`]: a typed [`Response`] encoded after a [`records::ReplyHeader`].
 //! - [`frame`]: the 4-byte length prefix and the `jute.maxbuffer` limit.
+//! - `client` (cargo feature `client`): a raw async client for tests, which
+//!   sends any request with any xid and shows every reply and notification.
 //!
 //! Decoding never panics and never allocates more than the input could hold:
 //! every length is checked against the bytes that remain. The fuzz target and
 //! the property tests hold it to that.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod codec;
 pub mod consts;
 pub mod frame;

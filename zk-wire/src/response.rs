@@ -104,6 +104,12 @@ impl Response {
             OpCode::GetAllChildrenNumber => Response::AllChildrenNumber(Jute::read(&mut r)?),
             OpCode::WhoAmI => Response::WhoAmI(Jute::read(&mut r)?),
             OpCode::Multi | OpCode::MultiRead => Response::Multi(read_multi_results(&mut r)?),
+            // ZooKeeper answers addWatch with an ErrorResponse whose err is
+            // 0 (four zero bytes), not with an empty body.
+            OpCode::AddWatch => {
+                ErrorResponse::read(&mut r)?;
+                Response::Empty
+            }
             _ => Response::Empty,
         };
         r.finish()?;
