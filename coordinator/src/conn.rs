@@ -7,8 +7,10 @@
 //! is queued into one write so a pipelining client costs few syscalls.
 //!
 //! Bad input closes this connection and nothing else: a frame longer than
-//! `jute.maxbuffer`, a handshake that does not decode, a request body that
-//! does not match its opcode. Each is logged with the peer and the reason.
+//! `jute.maxbuffer`, a handshake or a request header that does not decode.
+//! A request body that does not match its opcode is answered with
+//! MarshallingError, as ZooKeeper does, and the connection carries on.
+//! Each is logged with the peer and the reason.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -156,7 +158,11 @@ async fn read_loop(
                     let req = match Request::decode(hdr.op, body) {
                         Ok(r) => r,
                         Err(zk_wire::DecodeError::UnknownOpCode(op)) => Request::Unsupported(unknown_op(op)),
-                        Err(e) => return Err(format!("malformed request (opcode {}): {e}", hdr.op)),
+                        Err(e) => {
+                            tracing::info!(conn = conn.id, peer = %conn.peer, xid = hdr.xid, op = hdr.op, "malformed request: {e}");
+                            core.reject_malformed(c, hdr.xid);
+                            continue;
+                        }
                     };
                     if !core.process(c, hdr.xid, req) {
                         return Ok(());

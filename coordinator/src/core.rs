@@ -437,6 +437,15 @@ impl Core {
         keep_open
     }
 
+    /// Answers a request whose body did not decode for its opcode. As in
+    /// ZooKeeper, that is a MarshallingError reply and the connection
+    /// carries on: the frame's length was sound, so the next frame starts
+    /// where it should.
+    pub fn reject_malformed(&self, client: &Client, xid: i32) {
+        let zxid = self.tree.read().last_zxid();
+        client.conn.send(frame(xid, zxid, ErrorCode::MarshallingError.as_i32(), |_| {}), zxid);
+    }
+
     fn auth(&self, client: &mut Client, xid: i32, auth: &AuthPacket) -> bool {
         let ok = match auth.scheme.as_str() {
             "digest" => {
