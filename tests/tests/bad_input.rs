@@ -267,12 +267,12 @@ fn abuses() -> Vec<Abuse> {
 /// What the server did with the abuse.
 async fn outcome(addr: SocketAddr, abuse: &Abuse) -> String {
     let mut victim = match abuse.when {
-        When::InSession => Some(Client::connect(addr, ConnectOptions::default()).await.unwrap()),
+        When::InSession => Some(Client::connect(addr, ConnectOptions::default()).await.expect("connect the victim")),
         When::BeforeHandshake => None,
     };
     let Some(c) = victim.as_mut() else {
         // Before the handshake there is no client yet: talk raw.
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect raw");
         // The server may close before it has read everything (a bad
         // length is enough): a failed write is not the outcome, the read is.
         let _ = s.write_all(&abuse.bytes).await;
