@@ -266,8 +266,12 @@ impl Run {
 
     /// Opens a new session; it is labelled `s<n>` in the transcript.
     pub async fn connect(&mut self) -> Sess {
+        self.connect_with(ConnectOptions { timeout_ms: SESSION_TIMEOUT_MS, ..ConnectOptions::default() }).await
+    }
+
+    /// Opens a new session with the given handshake.
+    pub async fn connect_with(&mut self, opts: ConnectOptions) -> Sess {
         let label = format!("s{}", self.norm.sessions.len() + 1);
-        let opts = ConnectOptions { timeout_ms: SESSION_TIMEOUT_MS, ..ConnectOptions::default() };
         let c = Client::connect(self.addr, opts).await.unwrap_or_else(|e| panic!("{:?}: connect: {e}", self.kind));
         let hs = c.handshake().clone();
         self.norm.name_session(hs.session_id, &label);
@@ -527,7 +531,30 @@ where
     if tokio::time::timeout(SCENARIO_LIMIT, fut).await.is_err() {
         panic!("{kind:?}: the scenario did not finish within {SCENARIO_LIMIT:?}");
     }
+    // The oracle is long-lived and shared: leave it as we found it, as far
+    // as we can (ephemerals of sessions not closed stay until they expire).
+    if let Ok(mut c) = Client::connect(addr, ConnectOptions::default()).await {
+        let _ = tokio::time::timeout(Duration::from_secs(10), delete_tree(&mut c, root)).await;
+        let _ = c.call(&Request::CloseSession).await;
+    }
     run.log
+}
+
+/// Deletes `path` and everything under it, best effort.
+async fn delete_tree(c: &mut Client, path: &str) {
+    let mut stack = vec![(path.to_string(), false)];
+    while let Some((p, expanded)) = stack.pop() {
+        if expanded {
+            let _ = c.call(&delete(&p, -1)).await;
+            continue;
+        }
+        stack.push((p.clone(), true));
+        if let Ok(Reply { body: Response::Children(ch), .. }) = c.call(&get_children(&p, false)).await {
+            for child in ch.children {
+                stack.push((format!("{p}/{child}"), false));
+            }
+        }
+    }
 }
 
 /// Runs `scenario` against both servers and fails with a side-by-side view

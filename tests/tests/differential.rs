@@ -545,6 +545,55 @@ async fn expiry_deletes_ephemerals_and_fires_watches() {
     .await;
 }
 
+/// A session whose client goes silent expires by itself: its ephemerals go
+/// and the watchers hear of it. The session asks for 4 s, the least Apache
+/// ZooKeeper's test config (tickTime 2 s) grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_session_expires_by_timeout() {
+    differential("timeout", async |t: &mut Run| {
+        let opts = ConnectOptions { timeout_ms: 4_000, ..ConnectOptions::default() };
+        let mut quiet = t.connect_with(opts).await;
+        let mut watcher = t.connect().await;
+        t.call(&mut quiet, create(&t.p("e"), b"", CreateMode::Ephemeral)).await;
+        t.call(&mut watcher, exists(&t.p("e"), true)).await;
+        let (id, pw) = (quiet.c.session_id(), quiet.c.passwd().to_vec());
+        quiet.c.disconnect().await;
+        // Keep the watcher alive while waiting (pings are the test's job).
+        let mut heard = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            watcher.c.ping().await.unwrap();
+            if !watcher.c.take_queued_events().is_empty() {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "{:?}: the session did not expire within 20 s", t.kind);
+        t.call(&mut watcher, exists(&t.p("e"), false)).await;
+        let mut back = t.resume("quiet-again", id, pw, 0).await;
+        let closed = back.c.closed_within(Duration::from_secs(5)).await;
+        t.note(format!("expired reconnect closed: {closed}"));
+    })
+    .await;
+}
+
+/// Clients older than 3.4 send no readOnly byte; the answer then has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_without_the_read_only_byte() {
+    differential("old-client", async |t: &mut Run| {
+        let opts = ConnectOptions { timeout_ms: SESSION_TIMEOUT_MS, read_only: None, ..ConnectOptions::default() };
+        let mut old = t.connect_with(opts).await;
+        t.call(&mut old, create(&t.p("x"), b"old", CreateMode::Ephemeral)).await;
+        t.call(&mut old, get_data(&t.p("x"), false)).await;
+        let opts =
+            ConnectOptions { timeout_ms: SESSION_TIMEOUT_MS, read_only: Some(true), ..ConnectOptions::default() };
+        let mut ro = t.connect_with(opts).await;
+        t.call(&mut ro, get_data(&t.p("x"), false)).await;
+        t.call(&mut ro, create(&t.p("y"), b"", CreateMode::Persistent)).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_session_then_requests() {
     differential("close", async |t: &mut Run| {

@@ -44,7 +44,8 @@ impl MultiResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// A reply with no body: delete, check, ping, auth, setWatches,
-    /// removeWatches, checkWatches, addWatch, closeSession, and every error.
+    /// removeWatches, checkWatches, closeSession, and every error; also
+    /// addWatch, whose body (an ErrorResponse of 0) carries nothing.
     Empty,
     Path(PathResponse),
     Create2(Create2Response),
