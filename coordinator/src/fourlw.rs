@@ -8,7 +8,11 @@ use std::sync::atomic::Ordering;
 use crate::config::FOUR_LETTER_WORDS;
 use crate::core::Core;
 
-pub const VERSION: &str = concat!("coordinator-", env!("CARGO_PKG_VERSION"), " (ZooKeeper 3.8 wire protocol)");
+/// Leads with the ZooKeeper release whose protocol we speak, in ZooKeeper's
+/// own `3.8.0-<build>` form: clients read the leading digits to decide which
+/// features a server has (kazoo's `server_version()` parses `envi`'s
+/// `zookeeper.version`), and the build part says what is really answering.
+pub const VERSION: &str = concat!("3.8.0-coordinator-", env!("CARGO_PKG_VERSION"));
 
 /// The command, if these four bytes are one.
 pub fn parse(word: &[u8; 4]) -> Option<&'static str> {

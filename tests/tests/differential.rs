@@ -756,6 +756,10 @@ fn check_shape(word: &str, text: &str, path: &str) -> Result<(), String> {
             ],
         ),
         "envi" if lines.first() != Some(&"Environment:") => Err("no Environment: header".into()),
+        // Clients parse the leading release digits (kazoo's server_version).
+        "envi" if !lines.iter().any(|l| l.starts_with("zookeeper.version=3.8.")) => {
+            Err("zookeeper.version must start with the 3.8 release it speaks".into())
+        }
         "envi" => need(keys('='), &["zookeeper.version", "host.name", "os.name", "os.arch", "user.name", "user.dir"]),
         "cons" => {
             let ok = lines.iter().filter(|l| !l.is_empty()).all(|l| l.starts_with(" /") && l.contains("](queued="));
