@@ -123,6 +123,25 @@ fn abuses() -> Vec<Abuse> {
             unknown_op: false,
         },
         Abuse {
+            // ZooKeeper refuses a client that has seen a zxid it has not
+            // (it must have talked to a server further ahead) by closing.
+            name: "handshake from a client that has seen a newer zxid",
+            when: When::BeforeHandshake,
+            bytes: frame(
+                &ConnectRequest {
+                    protocol_version: 0,
+                    last_zxid_seen: i64::MAX / 2,
+                    time_out: 10_000,
+                    session_id: 0,
+                    passwd: vec![0; 16],
+                    read_only: Some(false),
+                }
+                .to_bytes(),
+            ),
+            op: OpCode::Error,
+            unknown_op: false,
+        },
+        Abuse {
             name: "empty handshake frame",
             when: When::BeforeHandshake,
             bytes: frame(&[]),

@@ -317,6 +317,21 @@ impl Run {
         }
     }
 
+    /// Like [`Run::call`] for getACL, recording the ACL sorted: an ACL
+    /// built from an `auth` entry lists the session's identities in the
+    /// order ZooKeeper's hash set of them iterates, which means nothing.
+    pub async fn call_acl_unordered(&mut self, s: &mut Sess, req: Request) -> Reply {
+        let what = describe(&self.norm, &req);
+        let mut reply = s.c.call(&req).await.unwrap_or_else(|e| panic!("{:?}: {} {what}: {e}", self.kind, s.label));
+        self.record_events(s);
+        if let Response::GetAcl(a) = &mut reply.body {
+            a.acl.sort_by(|x, y| (&x.id.scheme, &x.id.id, x.perms).cmp(&(&y.id.scheme, &y.id.id, y.perms)));
+        }
+        let line = self.norm.reply(&reply);
+        self.note(format!("{} {what} -> {line} (acl sorted)", s.label));
+        reply
+    }
+
     /// Like [`Run::call`], but a closed connection is a recorded outcome.
     pub async fn call_or_closed(&mut self, s: &mut Sess, req: Request) -> Option<Reply> {
         let what = describe(&self.norm, &req);

@@ -872,3 +872,60 @@ async fn wrong_password_reconnect_leaves_the_live_connection_alone() {
         .await;
     }
 }
+
+/// Session timeouts are clamped to [2, 20] ticks. The coordinator runs here
+/// with the oracle's tickTime (2 s) so the same requests negotiate the same
+/// timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timeouts_are_negotiated_alike() {
+    let config = testkit::CoordinatorConfig {
+        tick_time: Duration::from_secs(2),
+        min_session_timeout: Duration::from_secs(4),
+        max_session_timeout: Duration::from_secs(40),
+        ..testkit::CoordinatorConfig::for_tests()
+    };
+    let coordinator = testkit::start_coordinator(config);
+    let oracle = testkit::zookeeper_addr();
+    for asked in [0, 1, 3_999, 4_000, 10_000, 40_000, 40_001, i32::MAX, -5] {
+        let mut granted = Vec::new();
+        for addr in [coordinator.addr, oracle] {
+            let opts = ConnectOptions { timeout_ms: asked, ..ConnectOptions::default() };
+            let mut c = within("connect", Client::connect(addr, opts)).await.unwrap();
+            granted.push(c.handshake().time_out);
+            let _ = within("close", c.call(&Request::CloseSession)).await;
+        }
+        assert_eq!(
+            granted[0], granted[1],
+            "asked {asked} ms: coordinator granted {}, ZooKeeper {}",
+            granted[0], granted[1]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_packets_of_every_kind() {
+    differential("auth-kinds", async |t: &mut Run| {
+        let mut s = t.connect().await;
+        // Two identities on one session, and the same one twice.
+        t.call(&mut s, auth("digest", b"bob:one")).await;
+        t.call(&mut s, auth("digest", b"carol:two")).await;
+        t.call(&mut s, auth("digest", b"bob:one")).await;
+        t.call(&mut s, Request::WhoAmI).await;
+        t.call(&mut s, create_acl(&t.p("both"), b"", vec![acl(perms::ALL, "auth", "")])).await;
+        t.call_acl_unordered(&mut s, path_req(OpCode::GetAcl, &t.p("both"))).await;
+        // An `auth` ACL entry with an id is still "every identity I have".
+        t.call(&mut s, create_acl(&t.p("named"), b"", vec![acl(perms::READ, "auth", "whoever")])).await;
+        t.call_acl_unordered(&mut s, path_req(OpCode::GetAcl, &t.p("named"))).await;
+        // Explicit digest ids in an ACL need no auth to set.
+        let hashed = acl(perms::ALL, "digest", "bob:AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        t.call(&mut s, create_acl(&t.p("explicit"), b"", vec![hashed])).await;
+        t.call(&mut s, get_data(&t.p("explicit"), false)).await;
+        // ip as an auth scheme: ZooKeeper refuses it as an auth packet.
+        let mut ip = t.connect().await;
+        t.call_or_closed(&mut ip, auth("ip", b"127.0.0.1")).await;
+        // A digest auth without a colon.
+        let mut bad = t.connect().await;
+        t.call_or_closed(&mut bad, auth("digest", b"nocolon")).await;
+    })
+    .await;
+}
