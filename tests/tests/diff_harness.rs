@@ -303,13 +303,22 @@ impl Run {
 
     /// Sends `req`, records the events that arrived before its reply and
     /// then the reply, and returns the reply.
+    ///
+    /// A write's reply also records its header zxid: the zxid of the
+    /// transaction it became (a failed write is an error transaction in
+    /// ZooKeeper and takes a zxid too). A read's header zxid is the server's
+    /// latest, which other tests move on the shared oracle, so it is not
+    /// recorded.
     pub async fn call(&mut self, s: &mut Sess, req: Request) -> Reply {
         let what = describe(&self.norm, &req);
         let r = s.c.call(&req).await;
         self.record_events(s);
         match r {
             Ok(reply) => {
-                let line = self.norm.reply(&reply);
+                let mut line = self.norm.reply(&reply);
+                if req.is_write() {
+                    line = format!("{line} @{}", self.norm.zxid(reply.zxid));
+                }
                 self.note(format!("{} {what} -> {line}", s.label));
                 reply
             }
