@@ -320,6 +320,8 @@ async fn acls_auth_and_refusals() {
         t.call(&mut owner, create_acl(&t.p("nodel"), b"", no_delete)).await;
         t.call(&mut owner, create(&t.p("nodel/c"), b"", CreateMode::Persistent)).await;
         t.call(&mut owner, delete(&t.p("nodel/c"), -1)).await;
+        t.call(&mut owner, set_acl(&t.p("nodel"), open_acl(), 0)).await;
+        t.call(&mut owner, delete(&t.p("nodel/c"), -1)).await;
         // ip scheme: loopback matches, another address does not.
         t.call(&mut owner, create_acl(&t.p("ip-local"), b"l", vec![acl(perms::ALL, "ip", "127.0.0.1")])).await;
         t.call(&mut owner, create_acl(&t.p("ip-net"), b"n", vec![acl(perms::ALL, "ip", "127.0.0.0/8")])).await;
