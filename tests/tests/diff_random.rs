@@ -15,6 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use testkit::Server;
 use zk_wire::consts::CreateMode;
+use zk_wire::records::PathWatchRequest;
 use zk_wire::request::MultiOp;
 use zk_wire::Request;
 
@@ -23,13 +24,38 @@ const PATHS: &[&str] = &["a", "b", "a/x", "a/y", "b/x", "a/x/z"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { path: usize, mode: CreateMode, data: u8 },
-    Delete { path: usize, version: i32 },
-    SetData { path: usize, data: u8, version: i32 },
-    Exists { path: usize, watch: bool },
-    GetData { path: usize, watch: bool },
-    GetChildren { path: usize, watch: bool },
+    Create {
+        path: usize,
+        mode: CreateMode,
+        data: u8,
+    },
+    Delete {
+        path: usize,
+        version: i32,
+    },
+    SetData {
+        path: usize,
+        data: u8,
+        version: i32,
+    },
+    Exists {
+        path: usize,
+        watch: bool,
+    },
+    GetData {
+        path: usize,
+        watch: bool,
+    },
+    GetChildren {
+        path: usize,
+        watch: bool,
+    },
     Multi(Vec<Op>),
+    /// getData / getChildren of each path in one multiRead.
+    MultiRead(Vec<(usize, bool)>),
+    /// The session closes (its ephemerals go, watches fire) and a new one
+    /// takes its place.
+    Restart,
 }
 
 fn leaf() -> impl Strategy<Value = Op> {
@@ -55,9 +81,11 @@ fn leaf() -> impl Strategy<Value = Op> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => leaf(),
+        16 => leaf(),
+        1 => Just(Op::Restart),
+        1 => prop::collection::vec((0..PATHS.len(), any::<bool>()), 1..4).prop_map(Op::MultiRead),
         // A multi holds writes only; reads inside one are a decode error.
-        1 => prop::collection::vec(leaf(), 1..4).prop_map(|ops| {
+        2 => prop::collection::vec(leaf(), 1..4).prop_map(|ops| {
             Op::Multi(ops.into_iter().filter(|o| !matches!(o, Op::Exists { .. } | Op::GetData { .. } | Op::GetChildren { .. })).collect())
         }),
     ]
@@ -77,6 +105,20 @@ fn request(t: &Run, op: &Op) -> Request {
         Op::GetData { path, watch } => get_data(&t.p(PATHS[*path]), *watch),
         Op::GetChildren { path, watch } => get_children(&t.p(PATHS[*path]), *watch),
         Op::Multi(ops) => Request::Multi(ops.iter().filter_map(|o| multi_op(t, o)).collect()),
+        Op::MultiRead(reads) => Request::MultiRead(
+            reads
+                .iter()
+                .map(|(path, data)| {
+                    let r = PathWatchRequest { path: t.p(PATHS[*path]), watch: false };
+                    if *data {
+                        MultiOp::GetData(r)
+                    } else {
+                        MultiOp::GetChildren(r)
+                    }
+                })
+                .collect(),
+        ),
+        Op::Restart => unreachable!("a restart is not a request"),
     }
 }
 
@@ -92,6 +134,15 @@ fn multi_op(t: &Run, op: &Op) -> Option<MultiOp> {
 async fn replay(t: &mut Run, script: &[(usize, Op)]) {
     let mut sessions = [t.connect().await, t.connect().await];
     for (who, op) in script {
+        if let Op::Restart = op {
+            let fresh = t.connect().await;
+            let old = std::mem::replace(&mut sessions[*who], fresh);
+            t.close(old).await;
+            // The other session hears of the ephemerals that went (in an
+            // order ZooKeeper leaves to a hash set: see events_unordered).
+            t.events_unordered(&mut sessions[1 - *who]).await;
+            continue;
+        }
         let req = request(t, op);
         t.call(&mut sessions[*who], req).await;
     }
