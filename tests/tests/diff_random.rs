@@ -4,8 +4,8 @@
 //! each sequence is replayed on the coordinator and on Apache ZooKeeper.
 //! The normalised transcripts (see `diff_harness.rs`) must be identical.
 //!
-//! A failure prints the shrunk sequence and the two transcripts side by side;
-//! set `PROPTEST_RNG_SEED` to replay a run.
+//! A failure prints the shrunk sequence and the two transcripts side by side.
+//! `DIFF_RANDOM_CASES` sets the number of sequences (48 by default).
 
 #[path = "diff_harness.rs"]
 mod harness;
@@ -166,7 +166,9 @@ fn random_sequences_answer_alike() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let coordinator = Server::Coordinator.start();
     let zookeeper = Server::ZooKeeper.start();
-    let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
+    // 48 cases keep the suite fast; DIFF_RANDOM_CASES=2000 for a deeper hunt.
+    let cases = std::env::var("DIFF_RANDOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let result = runner.run(&script(), |script| {
         let root = format!("/{}", testkit::unique("random"));
         let (ours, theirs) = rt.block_on(async {
