@@ -593,6 +593,10 @@ where
     let root = format!("/{}", testkit::unique(name));
     let ours = run_on(Server::Coordinator, coordinator.addr, &root, &scenario).await;
     let theirs = run_on(Server::ZooKeeper, zookeeper.addr, &root, &scenario).await;
+    // DIFF_SHOW=1 prints the transcript even when the servers agree.
+    if std::env::var_os("DIFF_SHOW").is_some() {
+        eprintln!("{name}:\n    {}", ours.join("\n    "));
+    }
     assert_same(name, &ours, &theirs);
 }
 

@@ -931,3 +931,46 @@ async fn auth_packets_of_every_kind() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_removal_by_type_and_mode() {
+    differential("watch-removal", async |t: &mut Run| {
+        let mut w = t.connect().await;
+        let mut s = t.connect().await;
+        let wt = |path: String, ty: WatcherType| WatchTypeRequest { path, watcher_type: ty.as_i32() };
+        let add = |path: String, mode: AddWatchMode| Request::AddWatch(AddWatchRequest { path, mode: mode.as_i32() });
+        t.call(&mut s, create(&t.p("n"), b"", CreateMode::Persistent)).await;
+        // Persistent watches answer to both types.
+        t.call(&mut w, add(t.p("n"), AddWatchMode::Persistent)).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n"), WatcherType::Data))).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n"), WatcherType::Children))).await;
+        t.call(&mut w, Request::RemoveWatches(wt(t.p("n"), WatcherType::Data))).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n"), WatcherType::Children))).await;
+        t.call(&mut s, set_data(&t.p("n"), b"1", -1)).await;
+        t.call(&mut s, create(&t.p("n/c"), b"", CreateMode::Persistent)).await;
+        t.events(&mut w).await;
+        t.call(&mut w, Request::RemoveWatches(wt(t.p("n"), WatcherType::Children))).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n"), WatcherType::Any))).await;
+        // A recursive watch on the parent: is the child "watched"?
+        t.call(&mut w, add(t.p(""), AddWatchMode::PersistentRecursive)).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p(""), WatcherType::Data))).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n/c"), WatcherType::Data))).await;
+        t.call(&mut w, Request::RemoveWatches(wt(t.p("n/c"), WatcherType::Any))).await;
+        // Removing one-shot data and child watches together, then separately.
+        t.call(&mut w, get_data(&t.p("n/c"), true)).await;
+        t.call(&mut w, exists(&t.p("n/c"), true)).await;
+        t.call(&mut w, get_children(&t.p("n/c"), true)).await;
+        t.call(&mut w, Request::RemoveWatches(wt(t.p("n/c"), WatcherType::Data))).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n/c"), WatcherType::Data))).await;
+        t.call(&mut w, Request::CheckWatches(wt(t.p("n/c"), WatcherType::Children))).await;
+        t.call(&mut s, create(&t.p("n/c/d"), b"", CreateMode::Persistent)).await;
+        t.events(&mut w).await;
+        t.call(&mut w, Request::RemoveWatches(wt(t.p(""), WatcherType::Any))).await;
+        t.call(&mut s, set_data(&t.p("n/c"), b"2", -1)).await;
+        t.events(&mut w).await;
+        // Watch removal on a bad path and with an undefined type.
+        t.call(&mut w, Request::RemoveWatches(wt(t.p("bad/"), WatcherType::Any))).await;
+        t.call_or_closed(&mut w, Request::CheckWatches(WatchTypeRequest { path: t.p("n"), watcher_type: 9 })).await;
+    })
+    .await;
+}
