@@ -974,3 +974,27 @@ async fn watch_removal_by_type_and_mode() {
     })
     .await;
 }
+
+/// The system subtree every ZooKeeper has: /zookeeper, its quota and config
+/// nodes, their stats and ACLs, and what a client may do to them. Nothing
+/// here writes: the oracle is shared, and a child created under /zookeeper
+/// would move its cversion and pzxid for every later run. (/zookeeper's own
+/// stat is therefore not compared: cversion -2 on a fresh server, as the
+/// coordinator has it, but any client may have moved it on the oracle.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_nodes() {
+    differential("system", async |t: &mut Run| {
+        let mut s = t.connect().await;
+        t.call(&mut s, get_children("/zookeeper", false)).await;
+        for p in ["/zookeeper/quota", "/zookeeper/config"] {
+            t.call(&mut s, get_data(p, false)).await;
+            t.call(&mut s, get_children2(p, false)).await;
+            t.call(&mut s, path_req(OpCode::GetAcl, p)).await;
+        }
+        t.call(&mut s, set_data("/zookeeper/config", b"x", -1)).await;
+        t.call(&mut s, delete("/zookeeper/config", -1)).await;
+        t.call(&mut s, delete("/zookeeper", -1)).await;
+        t.call(&mut s, delete("/zookeeper/quota", 5)).await;
+    })
+    .await;
+}
