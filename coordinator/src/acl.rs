@@ -103,6 +103,38 @@ fn valid_id(scheme: &str, id: &str) -> bool {
     }
 }
 
+/// Orders a connection's identities as ZooKeeper lists them. ZooKeeper keeps
+/// them in a set backed by a `ConcurrentHashMap`, and whoAmI and the
+/// expansion of an `auth` ACL entry list them in that map's iteration order:
+/// by bucket (`spread(Id.hashCode()) & (table size - 1)`), and in insertion
+/// order within a bucket. A stable sort by bucket reproduces it exactly while
+/// the table has not grown (up to 12 ids in its 16 slots: every real
+/// connection), and closely after.
+pub fn order_like_zookeeper(ids: &mut [Id]) {
+    let mut slots = 16usize;
+    while ids.len() > slots - slots / 4 {
+        slots *= 2;
+    }
+    ids.sort_by_key(|id| java_spread(java_id_hash(id)) as usize & (slots - 1));
+}
+
+/// `String.hashCode()`: over UTF-16 code units, wrapping.
+fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The jute-generated `Id.hashCode()`.
+fn java_id_hash(id: &Id) -> i32 {
+    let h = 17i32.wrapping_mul(37).wrapping_add(java_string_hash(&id.scheme));
+    h.wrapping_mul(37).wrapping_add(java_string_hash(&id.id))
+}
+
+/// `ConcurrentHashMap.spread`.
+fn java_spread(h: i32) -> u32 {
+    let h = h as u32;
+    (h ^ (h >> 16)) & 0x7fff_ffff
+}
+
 /// Checks an ACL a client asks for and expands the `auth` pseudo-scheme into
 /// the connection's authenticated identities (`PrepRequestProcessor.fixupACL`).
 /// Duplicates are dropped; an empty list, an unknown scheme or an `auth`
@@ -166,6 +198,17 @@ mod tests {
         let ip = vec![Acl { perms: perms::ALL, id: id("ip", "10.1.0.0/16") }];
         assert_eq!(check(&ip, perms::READ, &[id("ip", "10.1.200.3")]), Ok(()));
         assert_eq!(check(&ip, perms::READ, &[id("ip", "10.2.0.1")]), Err(ErrorCode::NoAuth));
+    }
+
+    #[test]
+    fn java_hashes() {
+        // Values any JVM gives for "hello".hashCode() and "".hashCode().
+        assert_eq!(java_string_hash("hello"), 99_162_322);
+        assert_eq!(java_string_hash(""), 0);
+        // Insertion order is kept within a bucket, so one id stays put.
+        let mut one = [id("ip", "127.0.0.1")];
+        order_like_zookeeper(&mut one);
+        assert_eq!(one[0], id("ip", "127.0.0.1"));
     }
 
     #[test]

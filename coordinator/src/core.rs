@@ -457,6 +457,8 @@ impl Core {
                 if !client.auth.contains(&id) {
                     client.auth.push(id);
                 }
+                // whoAmI and `auth` ACLs list the ids in ZooKeeper's order.
+                acl::order_like_zookeeper(&mut client.auth);
                 true
             }
             "ip" => true,

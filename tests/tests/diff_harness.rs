@@ -174,11 +174,7 @@ impl Norm {
             Response::GetAcl(a) => format!("{} {}", Self::acl(&a.acl), self.stat(&a.stat)),
             Response::AllChildrenNumber(n) => n.total_number.to_string(),
             Response::WhoAmI(w) => {
-                // ZooKeeper keeps a connection's ids in a hash set, so the
-                // order it lists them in is not part of the protocol.
-                let mut ids: Vec<String> =
-                    w.client_info.iter().map(|i| format!("{}:{}", i.auth_scheme, i.user)).collect();
-                ids.sort();
+                let ids: Vec<String> = w.client_info.iter().map(|i| format!("{}:{}", i.auth_scheme, i.user)).collect();
                 format!("[{}]", ids.join(","))
             }
             Response::Multi(results) => {
@@ -324,21 +320,6 @@ impl Run {
             }
             Err(e) => panic!("{:?}: {} {what}: {e}", self.kind, s.label),
         }
-    }
-
-    /// Like [`Run::call`] for getACL, recording the ACL sorted: an ACL
-    /// built from an `auth` entry lists the session's identities in the
-    /// order ZooKeeper's hash set of them iterates, which means nothing.
-    pub async fn call_acl_unordered(&mut self, s: &mut Sess, req: Request) -> Reply {
-        let what = describe(&self.norm, &req);
-        let mut reply = s.c.call(&req).await.unwrap_or_else(|e| panic!("{:?}: {} {what}: {e}", self.kind, s.label));
-        self.record_events(s);
-        if let Response::GetAcl(a) = &mut reply.body {
-            a.acl.sort_by(|x, y| (&x.id.scheme, &x.id.id, x.perms).cmp(&(&y.id.scheme, &y.id.id, y.perms)));
-        }
-        let line = self.norm.reply(&reply);
-        self.note(format!("{} {what} -> {line} (acl sorted)", s.label));
-        reply
     }
 
     /// Like [`Run::call`], but a closed connection is a recorded outcome.
