@@ -173,7 +173,7 @@ fn zkcli_sees_the_same_answers_from_both_servers() {
         ": cdra".to_string(),
         format!("Insufficient permission : {root}/c"),
         format!("version No is not valid : {root}/c"),
-        format!("Sync is OK"),
+        "Sync is OK".to_string(),
         format!("[{root}/eph]"),
         "Auth scheme: User".to_string(),
         "digest: alice".to_string(),
