@@ -102,6 +102,32 @@ pub enum TxnResult {
     SessionClosed,
 }
 
+/// Orders a closing session's ephemerals the way ZooKeeper 3.8 deletes
+/// them, so watchers see NodeDeleted / NodeChildrenChanged in the same order.
+/// ZooKeeper keeps a session's ephemeral paths in a `HashSet` (insertion
+/// order: creation, i.e. czxid), and closes the session by deleting the
+/// paths of a `clone()` of it, in that clone's iteration order. A Java
+/// `HashMap` iterates by bucket (`(h ^ h >>> 16) & (capacity - 1)`, with `h`
+/// the path's `String.hashCode()`) and in insertion order within a bucket;
+/// the clone is filled in the original's order but sized for its count, so
+/// its buckets differ. Sorting twice, stably, by the two bucket numbers
+/// reproduces it.
+fn order_like_zookeeper_close(paths: &mut [String], created: impl Fn(&String) -> i64) {
+    let bucket = |p: &str, capacity: usize| {
+        let h = p.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c))) as u32;
+        (h ^ (h >> 16)) as usize & (capacity - 1)
+    };
+    // The session's set: 16 slots, doubled whenever more than 3/4 full.
+    let mut original = 16usize;
+    while paths.len() > original - original / 4 {
+        original *= 2;
+    }
+    // `HashMap.clone()` sizes its table by tableSizeFor(count / 0.75 + 1).
+    let clone = ((paths.len() as f64 / 0.75 + 1.0) as usize).max(1).next_power_of_two();
+    paths.sort_by_key(|p| (bucket(p, original), created(p)));
+    paths.sort_by_key(|p| bucket(p, clone));
+}
+
 #[derive(Debug)]
 pub struct DataTree {
     nodes: HashMap<Box<str>, Node>,
@@ -245,8 +271,10 @@ impl DataTree {
             }
             Txn::CloseSession => {
                 self.sessions.remove(&hdr.session_id);
-                let paths: Vec<String> =
+                let mut paths: Vec<String> =
                     self.ephemerals.remove(&hdr.session_id).map(|s| s.into_iter().collect()).unwrap_or_default();
+                let created = |p: &String| self.nodes.get(p.as_str()).map_or(0, |n| n.stat.czxid);
+                order_like_zookeeper_close(&mut paths, created);
                 for p in paths {
                     self.delete_node(&p, hdr.zxid, triggers);
                 }

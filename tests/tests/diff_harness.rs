@@ -359,23 +359,6 @@ impl Run {
         self.note(format!("{} (no more events)", s.label));
     }
 
-    /// Like [`Run::events`], but records the events in sorted order: for
-    /// events whose relative order no client may rely on. (ZooKeeper
-    /// deletes a closing session's ephemerals in the iteration order of a
-    /// Java `HashSet` of their paths, so the order of the NodeDeleted and
-    /// NodeChildrenChanged events an expiry fires is a hash artefact.)
-    pub async fn events_unordered(&mut self, s: &mut Sess) {
-        if let Err(e) = s.c.ping().await {
-            panic!("{:?}: {} ping: {e}", self.kind, s.label);
-        }
-        let mut lines: Vec<String> = s.c.take_queued_events().iter().map(|e| self.norm.event(e)).collect();
-        lines.sort();
-        for line in lines {
-            self.note(format!("{} {line} (unordered)", s.label));
-        }
-        self.note(format!("{} (no more events)", s.label));
-    }
-
     /// Waits for the next event on `s` (one triggered by something other
     /// than this connection's own requests, such as an expiry).
     pub async fn wait_event(&mut self, s: &mut Sess) {

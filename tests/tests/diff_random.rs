@@ -138,9 +138,8 @@ async fn replay(t: &mut Run, script: &[(usize, Op)]) {
             let fresh = t.connect().await;
             let old = std::mem::replace(&mut sessions[*who], fresh);
             t.close(old).await;
-            // The other session hears of the ephemerals that went (in an
-            // order ZooKeeper leaves to a hash set: see events_unordered).
-            t.events_unordered(&mut sessions[1 - *who]).await;
+            // The other session hears of the ephemerals that went.
+            t.events(&mut sessions[1 - *who]).await;
             continue;
         }
         let req = request(t, op);

@@ -519,7 +519,7 @@ async fn expiry_deletes_ephemerals_and_fires_watches() {
         t.call(&mut watcher, get_children(&t.p(""), true)).await;
         t.call(&mut victim, get_data(&t.p("keep"), true)).await;
         t.expire(&victim).await;
-        t.events_unordered(&mut watcher).await;
+        t.events(&mut watcher).await;
         let closed = victim.c.closed_within(Duration::from_secs(5)).await;
         t.note(format!("victim's own connection closed by the server: {closed}"));
         t.call(&mut watcher, get_children(&t.p(""), false)).await;
@@ -543,6 +543,32 @@ async fn expiry_deletes_ephemerals_and_fires_watches() {
         t.close(moved).await;
         let mut reader = t.connect().await;
         t.call(&mut reader, get_children(&t.p(""), false)).await;
+    })
+    .await;
+}
+
+/// A session closes with many ephemerals, some in nested parents: the
+/// watchers hear of each deletion in the order ZooKeeper deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_with_many_ephemerals() {
+    differential("many-ephemerals", async |t: &mut Run| {
+        let mut owner = t.connect().await;
+        let mut watcher = t.connect().await;
+        for dir in ["x", "y"] {
+            t.call(&mut owner, create(&t.p(dir), b"", CreateMode::Persistent)).await;
+            t.call(&mut watcher, get_children(&t.p(dir), true)).await;
+        }
+        for i in 0..20 {
+            let path = t.p(&format!("{}/e{i}", if i % 3 == 0 { "y" } else { "x" }));
+            t.call(&mut owner, create(&path, b"", CreateMode::Ephemeral)).await;
+            t.call(&mut watcher, exists(&path, true)).await;
+        }
+        t.call(&mut owner, create(&t.p("x/q-"), b"", CreateMode::EphemeralSequential)).await;
+        t.call(&mut owner, delete(&t.p("x/e4"), -1)).await;
+        t.events(&mut watcher).await;
+        t.call(&mut watcher, get_children(&t.p("x"), true)).await;
+        t.close(owner).await;
+        t.events(&mut watcher).await;
     })
     .await;
 }
