@@ -56,11 +56,21 @@ fn zkcli(addr: &str, script: &str) -> String {
 }
 
 /// Keeps what the commands printed; normalises zxids (by first appearance),
-/// times and session ids.
-fn normalise(raw: &str) -> Vec<String> {
+/// times and session ids. Watch events are printed by the client's event
+/// thread, interleaved with command output as the two threads race, so they
+/// are taken out and compared as a sorted list.
+fn normalise(raw: &str) -> (Vec<String>, Vec<String>) {
     let mut zxids: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
+    let mut events = Vec::new();
     for line in raw.lines() {
+        if line.starts_with("WatchedEvent ") {
+            events.push(line.to_string());
+            continue;
+        }
+        if line.is_empty() || line == "WATCHER::" {
+            continue;
+        }
         // Log lines, the JVM's logging set-up, and the connection banner.
         let noise = ["SLF4J:", "Connecting to ", "Welcome to ZooKeeper!", "JLine support"];
         if line.starts_with("20") && line.get(4..5) == Some("-") || noise.iter().any(|n| line.starts_with(n)) {
@@ -77,7 +87,8 @@ fn normalise(raw: &str) -> Vec<String> {
         };
         out.push(line);
     }
-    out
+    events.sort();
+    (out, events)
 }
 
 #[test]
@@ -133,10 +144,16 @@ fn zkcli_sees_the_same_answers_from_both_servers() {
     for server in Server::ALL {
         let running = server.start();
         let text = zkcli(&running.connect_string(), &script);
-        outputs.push((server, normalise(&text), text));
+        let (lines, events) = normalise(&text);
+        outputs.push((lines, events, text));
     }
-    let (_, ours, raw) = &outputs[0];
-    let (_, theirs, _) = &outputs[1];
+    let (ours, our_events, raw) = &outputs[0];
+    let (theirs, their_events, _) = &outputs[1];
+    assert_eq!(our_events, their_events, "zkCli saw different watch events");
+    assert!(
+        our_events.iter().any(|e| e.contains("type:PersistentWatchRemoved")),
+        "removewatches reported no removed watch:\n{raw}"
+    );
     if ours != theirs {
         let mut report = String::new();
         for i in 0..ours.len().max(theirs.len()) {
