@@ -30,11 +30,26 @@ fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![prop::collection::vec(any::<u8>(), 0..256), hostile_bytes()]
 }
 
-/// Decodes `bytes` as `T`; if that works, re-encodes and checks the round trip.
+/// Decodes `bytes` as `T`; if that works, re-encodes and checks the round
+/// trip; if not, the error must say where and what.
 fn record_round_trip<T: Jute + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> Result<(), TestCaseError> {
-    if let Ok(v) = T::decode(bytes) {
-        let again = T::decode(&v.to_bytes());
-        prop_assert_eq!(again.as_ref(), Ok(&v));
+    match T::decode(bytes) {
+        Ok(v) => {
+            let again = T::decode(&v.to_bytes());
+            prop_assert_eq!(again.as_ref(), Ok(&v));
+        }
+        Err(e) => clear(&e)?,
+    }
+    Ok(())
+}
+
+/// An error a server can log and a reader can act on: it names the offset
+/// or the count involved, never an empty message.
+fn clear(e: &DecodeError) -> Result<(), TestCaseError> {
+    let text = e.to_string();
+    prop_assert!(text.chars().any(|c| c.is_ascii_digit()), "unhelpful error: {text:?}");
+    if let DecodeError::UnexpectedEof { offset, .. } | DecodeError::BadLength { offset, .. } = e {
+        prop_assert!(text.contains(&offset.to_string()), "error without its offset: {text:?}");
     }
     Ok(())
 }
@@ -73,19 +88,21 @@ proptest! {
                 prop_assert_eq!(Request::decode(req.op_code().as_i32(), &body), Ok(req));
             }
             Err(DecodeError::UnknownOpCode(o)) => prop_assert!(OpCode::from_i32(o).is_none() || o == op),
-            Err(_) => {}
+            Err(e) => clear(&e)?,
         }
     }
 
     #[test]
     fn responses_decode_or_fail_cleanly(op in prop::sample::select(OpCode::ALL.to_vec()), bytes in any_bytes()) {
-        if let Ok(resp) = Response::decode(op, &bytes) {
+        match Response::decode(op, &bytes) {
             // addWatch's body is an ErrorResponse the typed value drops.
-            if op != OpCode::AddWatch {
+            Ok(resp) if op != OpCode::AddWatch => {
                 let mut body = Vec::new();
                 resp.write(&mut body);
                 prop_assert_eq!(Response::decode(op, &body), Ok(resp));
             }
+            Ok(_) => {}
+            Err(e) => clear(&e)?,
         }
     }
 
@@ -104,8 +121,9 @@ proptest! {
                     prop_assert_eq!(seen + buf.len(), bytes.len());
                     break;
                 }
-                Err(FrameError::BadLength { len, .. }) => {
+                Err(e @ FrameError::BadLength { len, .. }) => {
                     prop_assert!(len < 0 || len as usize > max);
+                    prop_assert!(e.to_string().contains(&len.to_string()));
                     break;
                 }
             }
