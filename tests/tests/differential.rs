@@ -1024,3 +1024,33 @@ async fn system_nodes() {
     })
     .await;
 }
+
+/// `check` (opcode 13) on its own, outside a multi: no ZooKeeper client
+/// sends it, and Apache ZooKeeper 3.8.0 never answers it (its final request
+/// processor has no case for it), leaving the client waiting. The coordinator
+/// answers it as the version check it is, so a client that sends it learns
+/// something instead of timing out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_check_is_answered_only_by_the_coordinator() {
+    for server in Server::ALL {
+        let running = server.start();
+        within("lone check", async {
+            let mut c = Client::connect(running.addr, ConnectOptions::default()).await.unwrap();
+            let path = format!("/{}", testkit::unique("check"));
+            assert_eq!(c.call(&create(&path, b"", CreateMode::Ephemeral)).await.unwrap().err, 0);
+            c.set_io_timeout(Duration::from_secs(3));
+            let ok = c.call(&Request::Check(CheckVersionRequest { path: path.clone(), version: 0 })).await;
+            match server {
+                Server::Coordinator => {
+                    assert_eq!(ok.unwrap().err, 0, "right version");
+                    let bad = c.call(&Request::Check(CheckVersionRequest { path, version: 5 })).await.unwrap();
+                    assert_eq!(bad.err, ErrorCode::BadVersion.as_i32(), "wrong version");
+                }
+                Server::ZooKeeper => {
+                    assert!(matches!(ok, Err(zk_wire::client::ClientError::Timeout(_))), "ZooKeeper answered: {ok:?}");
+                }
+            }
+        })
+        .await;
+    }
+}
