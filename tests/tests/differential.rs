@@ -1054,3 +1054,29 @@ async fn a_lone_check_is_answered_only_by_the_coordinator() {
         .await;
     }
 }
+
+/// reconfig on a single server with reconfiguration disabled, as both are:
+/// refused with ReconfigDisabled, and the connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfig_is_disabled_on_both() {
+    for server in Server::ALL {
+        let running = server.start();
+        within("reconfig", async {
+            let mut c = Client::connect(running.addr, ConnectOptions::default()).await.unwrap();
+            // ReconfigRequest: joiningServers, leavingServers, newMembers, curConfigId.
+            let mut body = RequestHeader { xid: 9, op: OpCode::Reconfig.as_i32() }.to_bytes();
+            Some(b"server.2=127.0.0.1:2888:3888".to_vec()).write(&mut body);
+            Option::<Vec<u8>>::None.write(&mut body);
+            Option::<Vec<u8>>::None.write(&mut body);
+            (-1i64).write(&mut body);
+            let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            c.send_raw(&frame).await.unwrap();
+            c.expect_reply(9, OpCode::Reconfig);
+            let r = c.wait_reply(9).await.unwrap();
+            assert_eq!(r.err, ErrorCode::ReconfigDisabled.as_i32(), "{server:?}");
+            assert_eq!(c.call(&exists("/", false)).await.unwrap().err, 0, "{server:?}: connection still serves");
+        })
+        .await;
+    }
+}
