@@ -1,3 +1,385 @@
-//! Operator CLI over the ZooKeeper protocol.
+//! `zkctl`: look at and change a coordination server from the shell.
+//!
+//! It speaks the ZooKeeper protocol through zookeeper-async, so it works the
+//! same against the coordinator and against an Apache ZooKeeper ensemble.
+//! Every command is one short session, except `watch`, which keeps one open
+//! and prints each change until interrupted.
 
-fn main() {}
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use zookeeper_async::{Acl, CreateMode, WatchedEventType, ZkError, ZooKeeper};
+
+const EXAMPLES: &str = "\
+Examples:
+  zkctl tree /                         the whole tree, drawn
+  zkctl set /config/system-b '{\"work_ms\":50}' --create
+                                       change B's simulated work time, live
+  zkctl get /tasks/0b6e…               one task's status
+  zkctl watch /config/system-a         print every change until Ctrl-C
+  zkctl services                       who is alive, with their metadata
+  zkctl --json ls /locks/acct-1        the lock queue, as JSON";
+
+#[derive(Parser)]
+#[command(name = "zkctl", version, about = "Inspect and change a ZooKeeper-protocol server", after_help = EXAMPLES)]
+struct Cli {
+    /// Connect string (host:port[,host:port...]).
+    #[arg(long, env = "ZK_CONNECT", default_value = "127.0.0.1:2181", global = true)]
+    zk: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a znode's data (and, with --json, its stat).
+    Get { path: String },
+    /// Set a znode's data.
+    Set {
+        path: String,
+        value: String,
+        /// Create the znode (and missing parents) if it does not exist.
+        #[arg(long)]
+        create: bool,
+    },
+    /// Create a znode.
+    Create {
+        path: String,
+        #[arg(default_value = "")]
+        value: String,
+        #[arg(long)]
+        ephemeral: bool,
+        #[arg(long)]
+        sequential: bool,
+    },
+    /// Delete a znode; -r deletes its subtree first.
+    Rm {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// List a znode's children, sorted.
+    Ls { path: String },
+    /// Draw the subtree under a path.
+    Tree {
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Print the data of a znode each time it changes, until Ctrl-C.
+    Watch { path: String },
+    /// List registered service instances (under /services) with their metadata.
+    Services {
+        /// Only this service.
+        service: Option<String>,
+        /// Registry root.
+        #[arg(long, default_value = "/services")]
+        root: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("zkctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn connect(addr: &str) -> Result<ZooKeeper> {
+    tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(addr, Duration::from_secs(10), |_| {}))
+        .await
+        .with_context(|| format!("no ZooKeeper server answered at {addr} within 10 s"))?
+        .with_context(|| format!("cannot connect to {addr}"))
+}
+
+/// Names the znode in the error a user sees, instead of a bare `NoNode`.
+fn on(path: &str) -> impl FnOnce(ZkError) -> anyhow::Error + '_ {
+    move |e| match e {
+        ZkError::NoNode => anyhow::anyhow!("no such znode: {path}"),
+        ZkError::NodeExists => anyhow::anyhow!("znode already exists: {path}"),
+        ZkError::NotEmpty => anyhow::anyhow!("{path} has children (use -r)"),
+        other => anyhow::anyhow!("{path}: {other:?}"),
+    }
+}
+
+fn text(data: &[u8]) -> String {
+    String::from_utf8_lossy(data).into_owned()
+}
+
+/// Data as JSON: parsed when it is JSON (config, task status), else a string.
+fn data_json(data: &[u8]) -> Value {
+    serde_json::from_slice(data).unwrap_or_else(|_| Value::String(text(data)))
+}
+
+fn child_path(parent: &str, child: &str) -> String {
+    if parent == "/" {
+        format!("/{child}")
+    } else {
+        format!("{parent}/{child}")
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let zk = connect(&cli.zk).await?;
+    match cli.cmd {
+        Cmd::Get { path } => {
+            let (data, stat) = zk.get_data(&path, false).await.map_err(on(&path))?;
+            if cli.json {
+                let out = json!({"path": path, "data": data_json(&data), "version": stat.version,
+                    "mzxid": stat.mzxid, "ephemeral_owner": stat.ephemeral_owner, "children": stat.num_children});
+                println!("{out}");
+            } else {
+                println!("{}", text(&data));
+            }
+        }
+        Cmd::Set { path, value, create } => match zk.set_data(&path, value.clone().into_bytes(), None).await {
+            Err(ZkError::NoNode) if create => {
+                ensure_parents(&zk, &path).await?;
+                zk.create(&path, value.into_bytes(), Acl::open_unsafe().clone(), CreateMode::Persistent)
+                    .await
+                    .map_err(on(&path))?;
+            }
+            r => {
+                r.map_err(on(&path))?;
+            }
+        },
+        Cmd::Create { path, value, ephemeral, sequential } => {
+            let mode = match (ephemeral, sequential) {
+                (false, false) => CreateMode::Persistent,
+                (false, true) => CreateMode::PersistentSequential,
+                (true, false) => CreateMode::Ephemeral,
+                (true, true) => CreateMode::EphemeralSequential,
+            };
+            let created =
+                zk.create(&path, value.into_bytes(), Acl::open_unsafe().clone(), mode).await.map_err(on(&path))?;
+            println!("{created}");
+        }
+        Cmd::Rm { path, recursive } => {
+            if recursive {
+                delete_tree(&zk, &path).await?;
+            } else {
+                zk.delete(&path, None).await.map_err(on(&path))?;
+            }
+        }
+        Cmd::Ls { path } => {
+            let mut children = zk.get_children(&path, false).await.map_err(on(&path))?;
+            children.sort();
+            if cli.json {
+                println!("{}", json!(children));
+            } else {
+                for c in children {
+                    println!("{c}");
+                }
+            }
+        }
+        Cmd::Tree { path } => {
+            let tree = load_tree(&zk, &path).await?;
+            if cli.json {
+                println!("{tree}");
+            } else {
+                println!("{path}");
+                draw(&tree, "");
+            }
+        }
+        Cmd::Watch { path } => watch(&zk, &path, cli.json).await?,
+        Cmd::Services { service, root } => {
+            let services = match service {
+                Some(s) => vec![s],
+                None => {
+                    let mut s = zk.get_children(&root, false).await.map_err(on(&root))?;
+                    s.sort();
+                    s
+                }
+            };
+            let mut all = serde_json::Map::new();
+            for svc in services {
+                let dir = child_path(&root, &svc);
+                let mut instances = zk.get_children(&dir, false).await.map_err(on(&dir))?;
+                instances.sort();
+                let mut members = serde_json::Map::new();
+                for i in instances {
+                    // A member may leave between the listing and the read.
+                    if let Ok((data, _)) = zk.get_data(&child_path(&dir, &i), false).await {
+                        members.insert(i, data_json(&data));
+                    }
+                }
+                all.insert(svc, Value::Object(members));
+            }
+            if cli.json {
+                println!("{}", Value::Object(all));
+            } else {
+                for (svc, members) in all {
+                    let members = members.as_object().cloned().unwrap_or_default();
+                    println!("{svc} ({} alive)", members.len());
+                    for (i, meta) in members {
+                        println!("  {i}  {meta}");
+                    }
+                }
+            }
+        }
+    }
+    let _ = zk.close().await;
+    Ok(())
+}
+
+async fn ensure_parents(zk: &ZooKeeper, path: &str) -> Result<()> {
+    let mut at = String::new();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        at.push('/');
+        at.push_str(part);
+        match zk.create(&at, vec![], Acl::open_unsafe().clone(), CreateMode::Persistent).await {
+            Ok(_) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(on(&at)(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn delete_tree(zk: &ZooKeeper, path: &str) -> Result<()> {
+    // Depth first, iteratively: a deep tree must not overflow the stack.
+    let mut order = vec![path.to_string()];
+    let mut i = 0;
+    while i < order.len() {
+        let p = order[i].clone();
+        match zk.get_children(&p, false).await {
+            Ok(children) => order.extend(children.iter().map(|c| child_path(&p, c))),
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(on(&p)(e)),
+        }
+        i += 1;
+    }
+    for p in order.iter().rev() {
+        if p == "/" || p == "/zookeeper" || p.starts_with("/zookeeper/") {
+            continue;
+        }
+        match zk.delete(p, None).await {
+            Ok(()) | Err(ZkError::NoNode) => {}
+            Err(e) => return Err(on(p)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The subtree as nested JSON: `{"name": .., "data": .., "children": [..]}`.
+async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
+    let (data, _) = zk.get_data(path, false).await.map_err(on(path))?;
+    let mut children = zk.get_children(path, false).await.map_err(on(path))?;
+    children.sort();
+    let mut out = Vec::new();
+    for c in children {
+        let p = child_path(path, &c);
+        // A child deleted while we walk is simply not drawn.
+        match Box::pin(load_tree(zk, &p)).await {
+            Ok(v) => out.push(v),
+            Err(e) if e.to_string().starts_with("no such znode") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let name = path.rsplit('/').next().unwrap_or("").to_string();
+    Ok(json!({"name": if name.is_empty() { "/".to_string() } else { name }, "path": path,
+        "data": data_json(&data), "children": out}))
+}
+
+fn draw(node: &Value, prefix: &str) {
+    let children = node["children"].as_array().cloned().unwrap_or_default();
+    let n = children.len();
+    for (i, c) in children.iter().enumerate() {
+        let last = i + 1 == n;
+        let data = match &c["data"] {
+            Value::String(s) if s.is_empty() => String::new(),
+            Value::String(s) => format!(" = {s}"),
+            other => format!(" = {other}"),
+        };
+        println!("{prefix}{}{}{data}", if last { "└── " } else { "├── " }, c["name"].as_str().unwrap_or(""));
+        draw(c, &format!("{prefix}{}", if last { "    " } else { "│   " }));
+    }
+}
+
+/// Prints the current value, then each new one. A watch fires once and a
+/// change can land between the event and the re-arm, so every event is
+/// followed by a fresh read that re-arms the watch: the printed sequence
+/// always ends at the latest value, though intermediate values that were
+/// overwritten quickly may be skipped (ZooKeeper promises the latest, not
+/// every one).
+///
+/// zookeeper-async does not re-register watches after a reconnect, so a
+/// reconnect also counts as "something may have changed": re-read.
+async fn watch(zk: &ZooKeeper, path: &str, json_out: bool) -> Result<()> {
+    let (reconnected_tx, mut reconnected) = tokio::sync::mpsc::unbounded_channel();
+    zk.add_listener(move |s| {
+        if s == zookeeper_async::ZkState::Connected {
+            let _ = reconnected_tx.send(());
+        }
+    });
+    let mut last_mzxid = None;
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let notify = move |e: zookeeper_async::WatchedEvent| {
+            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(e.event_type);
+            }
+        };
+        match zk.get_data_w(path, notify).await {
+            Ok((data, stat)) => {
+                if last_mzxid != Some(stat.mzxid) {
+                    last_mzxid = Some(stat.mzxid);
+                    if json_out {
+                        println!("{}", json!({"path": path, "data": data_json(&data), "version": stat.version}));
+                    } else {
+                        println!("{}", text(&data));
+                    }
+                }
+            }
+            Err(ZkError::NoNode) => {
+                // Absent: wait for it to be created (exists sets the watch).
+                let (tx2, rx2) = tokio::sync::oneshot::channel();
+                let tx2 = std::sync::Mutex::new(Some(tx2));
+                let present = zk
+                    .exists_w(path, move |e: zookeeper_async::WatchedEvent| {
+                        if let Some(tx) = tx2.lock().ok().and_then(|mut t| t.take()) {
+                            let _ = tx.send(e.event_type);
+                        }
+                    })
+                    .await
+                    .map_err(on(path))?;
+                if last_mzxid.is_some() || present.is_none() {
+                    if last_mzxid.take().is_some() {
+                        println!(
+                            "{}",
+                            if json_out {
+                                json!({"path": path, "deleted": true}).to_string()
+                            } else {
+                                "(deleted)".into()
+                            }
+                        );
+                    }
+                    if present.is_none() {
+                        wait_event(rx2, &mut reconnected).await?;
+                    }
+                }
+                continue;
+            }
+            Err(e) => bail!(on(path)(e)),
+        }
+        wait_event(rx, &mut reconnected).await?;
+    }
+}
+
+async fn wait_event(
+    rx: tokio::sync::oneshot::Receiver<WatchedEventType>,
+    reconnected: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> Result<()> {
+    tokio::select! {
+        r = rx => { r.context("the connection's watch was dropped")?; Ok(()) }
+        _ = reconnected.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => std::process::exit(0),
+    }
+}
