@@ -8,6 +8,9 @@ set -euo pipefail
 
 missing=()
 [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+# Curator, the JVM's usual ZooKeeper client library: the compatibility tests
+# run its recipes against both servers.
+[ -f /usr/share/java/curator-recipes.jar ] || missing+=(libcurator-recipes-java)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
