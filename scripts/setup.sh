@@ -11,6 +11,8 @@ missing=()
 # Curator, the JVM's usual ZooKeeper client library: the compatibility tests
 # run its recipes against both servers.
 [ -f /usr/share/java/curator-recipes.jar ] || missing+=(libcurator-recipes-java)
+# kazoo, the Python client, for the same reason (under Debian's python3).
+[ -d /usr/lib/python3/dist-packages/kazoo ] || missing+=(python3-kazoo)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
