@@ -34,6 +34,9 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: impl Future
         let admin = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--admin-listen): {e}"))?;
+        // Like the client port's line, this one is for scripts and tests that
+        // start the server with port 0 and must learn where it listens.
+        println!("coordinator admin listening on {}", admin.local_addr()?);
         tasks.spawn(crate::admin::serve(admin, core.clone(), token.clone()));
     }
     tasks.spawn(expire_sessions(core.clone(), token.clone()));
