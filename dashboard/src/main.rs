@@ -1,0 +1,202 @@
+//! `dashboard`: a live web page of what the scenarios are doing.
+//!
+//! Everything it shows is read through the ZooKeeper protocol, so it works
+//! the same against the coordinator and against an Apache ZooKeeper
+//! ensemble.
+//!
+//! # Layout
+//! - [`snapshot`]: walks the tree and derives the views (lock queues, HA
+//!   groups, tasks, services, config) into one JSON document.
+//! - this file: flags, the refresher task, and the HTTP routes: `/` (the
+//!   page), `/api/state` (the latest snapshot), `/events` (Server-Sent
+//!   Events, one per change).
+//!
+//! # Why watches *and* polling
+//! Watches make the page move the moment something changes. They are not
+//! enough on their own: they fire once and must be re-armed, a change
+//! between the event and the re-read is seen only by the re-read, and
+//! zookeeper-async does not re-register watches after a reconnect. So every
+//! fired watch triggers a refresh, and a modest poll (`--refresh-ms`) bounds
+//! how stale the page can be whatever happens to the watches.
+
+mod snapshot;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use futures::Stream;
+use tokio::sync::{watch, Notify};
+use zookeeper_async::ZooKeeper;
+
+#[derive(Parser, Debug)]
+#[command(name = "dashboard", version, about = "Live web view of locks, leaders, tasks, services and config")]
+struct Args {
+    /// ZooKeeper connect string (the coordinator or an ensemble).
+    #[arg(long, env = "ZK_CONNECT", default_value = "127.0.0.1:2181")]
+    zk: String,
+    /// Where to serve the page.
+    #[arg(long, env = "DASHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Path prefix under which the services keep their znodes ("" = /).
+    #[arg(long, env = "DASHBOARD_ROOT", default_value = "")]
+    root: String,
+    /// Longest time between two refreshes, whatever the watches do.
+    #[arg(long, env = "DASHBOARD_REFRESH_MS", default_value_t = 1000)]
+    refresh_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// Paths that have a watch armed; a path is armed again only after its
+/// watch fired, so an unchanging node does not pile up client-side
+/// callbacks on every refresh.
+#[derive(Default)]
+pub struct Armed {
+    pub data: Mutex<HashSet<String>>,
+    pub children: Mutex<HashSet<String>>,
+}
+
+impl Armed {
+    fn forget(&self) {
+        if let Ok(mut s) = self.data.lock() {
+            s.clear();
+        }
+        if let Ok(mut s) = self.children.lock() {
+            s.clear();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    snapshot: watch::Receiver<Arc<String>>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    if let Err(e) = run(args).await {
+        eprintln!("dashboard: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let root = args.root.trim_end_matches('/').to_string();
+    let zk =
+        tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(&args.zk, Duration::from_secs(10), |_| {}))
+            .await
+            .with_context(|| format!("no ZooKeeper server answered at {} (--zk) within 10 s", args.zk))?
+            .with_context(|| format!("cannot connect to {} (--zk)", args.zk))?;
+    let zk = Arc::new(zk);
+    let changed = Arc::new(Notify::new());
+    let armed = Arc::new(Armed::default());
+    {
+        // After a reconnect no watch is armed any more: forget them all and
+        // refresh, which arms them again.
+        let (changed, armed) = (changed.clone(), armed.clone());
+        zk.add_listener(move |_| {
+            armed.forget();
+            changed.notify_one();
+        });
+    }
+
+    let (tx, rx) = watch::channel(Arc::new("{}".to_string()));
+    tokio::spawn(refresher(zk.clone(), root, armed, changed, tx, Duration::from_millis(args.refresh_ms)));
+
+    let app = Router::new()
+        .route("/", get(|| async { Html(include_str!("page.html")) }))
+        .route("/api/state", get(state))
+        .route("/events", get(events))
+        .with_state(AppState { snapshot: rx });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    println!("dashboard listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving HTTP")?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// Rebuilds the snapshot whenever a watch fires (or the connection state
+/// changes), and at least every `every`; publishes it only when it changed.
+async fn refresher(
+    zk: Arc<ZooKeeper>,
+    root: String,
+    armed: Arc<Armed>,
+    changed: Arc<Notify>,
+    tx: watch::Sender<Arc<String>>,
+    every: Duration,
+) {
+    loop {
+        match snapshot::build(&zk, &root, &armed, &changed).await {
+            Ok(doc) => {
+                let text = doc.to_string();
+                if **tx.borrow() != text {
+                    tx.send_replace(Arc::new(text));
+                }
+            }
+            Err(e) => {
+                // Connection loss: keep showing the last state; the next
+                // refresh (after reconnect) re-arms everything.
+                tracing::warn!("cannot read the tree: {e:?}");
+                armed.forget();
+            }
+        }
+        tokio::select! {
+            _ = changed.notified() => {
+                // Let a burst of changes (a lock handed over, a task
+                // finishing) settle into one refresh.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn state(State(app): State<AppState>) -> impl IntoResponse {
+    let body = app.snapshot.borrow().as_str().to_string();
+    ([("content-type", "application/json"), ("cache-control", "no-store")], body)
+}
+
+/// One SSE event per published snapshot, starting with the current one.
+async fn events(State(app): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((app.snapshot, true), |(mut rx, first)| async move {
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        let data = rx.borrow_and_update().as_str().to_string();
+        Some((Ok(Event::default().event("state").data(data)), (rx, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
