@@ -13,6 +13,10 @@ missing=()
 [ -f /usr/share/java/curator-recipes.jar ] || missing+=(libcurator-recipes-java)
 # kazoo, the Python client, for the same reason (under Debian's python3).
 [ -d /usr/lib/python3/dist-packages/kazoo ] || missing+=(python3-kazoo)
+# Headless Chromium and Node (for playwright-core) load the dashboard in a
+# real browser.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

@@ -106,3 +106,66 @@ async fn dashboard_on_zookeeper() {
     let dir = TempDir::new("dashboard-zk");
     exercise(&testkit::zookeeper_addr().to_string(), dir.path()).await;
 }
+
+/// The page itself, in a real browser: Debian's headless Chromium driven by
+/// playwright-core (tests/browser). The screenshot is kept as an artifact in
+/// target/test-artifacts/dashboard.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let dir = TempDir::new("dashboard-browser");
+    let (_server, zk_addr) = start_coordinator(&[], dir.path());
+    let root = format!("/{}", testkit::unique("browser"));
+    let zk =
+        tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(&zk_addr, Duration::from_secs(10), |_| {}))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+    for p in ["", "/locks", "/locks/acct-7", "/ha", "/ha/workers"] {
+        mk(&zk, &format!("{root}{p}"), "", CreateMode::Persistent).await;
+    }
+    mk(&zk, &format!("{root}/locks/acct-7/_c_aaa-lock-"), "system-b-1", CreateMode::EphemeralSequential).await;
+    mk(&zk, &format!("{root}/locks/acct-7/_c_bbb-lock-"), "system-b-2", CreateMode::EphemeralSequential).await;
+    mk(&zk, &format!("{root}/ha/workers/_c_ccc-n_"), "ha-worker-1", CreateMode::EphemeralSequential).await;
+    mk(&zk, &format!("{root}/ha/workers/_c_ddd-n_"), "ha-worker-2", CreateMode::EphemeralSequential).await;
+    let mut dash =
+        Proc::spawn("dashboard", &["--zk", &zk_addr, "--listen", "127.0.0.1:0", "--root", &root], dir.path());
+    let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
+
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run scripts/setup.sh (Debian package chromium)"
+    );
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        let ci = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&browser_dir)
+            .status()
+            .expect("run npm (Debian package npm; scripts/setup.sh installs it)");
+        assert!(ci.success(), "npm ci in tests/browser failed");
+    }
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("check-dashboard.mjs")
+            .arg(format!("http://{addr}/"))
+            .arg(&shot)
+            .args(["system-b-1", "ha-worker-1"])
+            .current_dir(&browser_dir)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .expect("the browser check");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("dashboard ok"),
+        "the browser did not see the holder and the active worker:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(artifacts.join("dashboard.png")).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real page");
+}
