@@ -1,1 +1,86 @@
-//! (in progress)
+//! Leader election with a fencing token per term.
+//!
+//! Candidates queue as in the lock; the first is the leader. The hard parts
+//! are about *stopping*:
+//!
+//! - a leader must stop acting the moment its connection drops
+//!   ([`Leadership::lost`] turns `true` on SUSPENDED), because the server
+//!   may expire its session and elect someone else before it reconnects; a
+//!   client notices the drop within its read timeout (two thirds of the
+//!   session timeout), earlier than the server can expire the session;
+//! - work stamped with [`Leadership::token`] (the leader node's czxid,
+//!   larger for every new term) lets the resource refuse a deposed leader
+//!   that could not notice in time (paused, partitioned);
+//! - [`Leadership::resign`] deletes our node, so the next candidate takes
+//!   over at once instead of after a session timeout.
+
+use tokio::sync::watch;
+
+use crate::queue::{self, Candidate};
+use crate::session::Client;
+
+pub struct Election {
+    client: Client,
+    dir: String,
+    id: String,
+}
+
+impl Election {
+    /// `id` is stored in our node: it is how everyone sees who leads.
+    pub fn new(client: &Client, dir: impl Into<String>, id: impl Into<String>) -> Election {
+        Election { client: client.clone(), dir: dir.into(), id: id.into() }
+    }
+
+    /// Joins the election and returns when we lead. An error means the
+    /// session was lost while waiting: campaign again (on the new session).
+    pub async fn campaign(&self) -> Result<Leadership, zookeeper_async::ZkError> {
+        let me = queue::enter(&self.client, &self.dir, "n_", self.id.as_bytes()).await?;
+        match queue::wait_first(&self.client, &self.dir, &me, None).await {
+            Ok(_) => Ok(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me }),
+            Err(e) => {
+                queue::leave(&self.client, &me.path).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The id of the current leader of the election at `dir`, if any.
+pub async fn leader(client: &Client, dir: &str) -> Result<Option<String>, zookeeper_async::ZkError> {
+    for name in queue::ordered(client, dir).await? {
+        match client.zk.get_data(&crate::join(dir, &name), false).await {
+            Ok((data, _)) => return Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+            Err(zookeeper_async::ZkError::NoNode) => continue, // left just now
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// One term of leadership.
+pub struct Leadership {
+    client: Client,
+    me: Candidate,
+    lost: watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// This term's fencing token.
+    pub fn token(&self) -> i64 {
+        self.me.czxid
+    }
+
+    /// Turns `true` when we may no longer be leader: stop at once.
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Hands leadership over now by deleting our node.
+    pub async fn resign(self) {
+        queue::leave(&self.client, &self.me.path).await;
+    }
+}

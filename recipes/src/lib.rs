@@ -3,14 +3,62 @@
 //! ZooKeeper.
 //!
 //! # Layout
-//! - [`lock`]: a fenced distributed lock (ephemeral-sequential, no herd).
+//! - [`session`]: the connection state as a `watch` channel, because every
+//!   recipe must react to SUSPENDED (connection lost) and LOST (expired).
+//! - `queue` (private): ephemeral-sequential candidates with protected
+//!   names, each waiting on its predecessor only. Lock and election are both
+//!   "be first in this queue".
+//! - [`lock`]: a fenced distributed lock.
+//! - [`election`]: leader election with a per-term fencing token.
 //! - [`task`]: wait for a task's status, watch armed before publishing.
 //! - [`config`]: a live value that always converges on the latest data.
 //! - [`registry`]: ephemeral service registration and live membership.
-//! - [`election`]: leader election with a per-term fencing token.
+//!
+//! # zookeeper-async's connection states, as these recipes read them
+//! - `Connected`: the session is live.
+//! - `Connecting`: the connection dropped; the session may still be alive
+//!   on the server, but we cannot know: Curator's SUSPENDED. A lock holder
+//!   or leader must stop acting now, because the server may expire the
+//!   session before we hear from it again.
+//! - `NotConnected` (after a handshake answered with timeout 0) or
+//!   `Closed`: the session is gone, with its ephemerals: Curator's LOST.
+//!   zookeeper-async then opens a *new* session by itself; ephemerals
+//!   (registrations) must be created again, and watches re-armed, since the
+//!   client re-registers none.
 
 pub mod config;
 pub mod election;
 pub mod lock;
+mod queue;
 pub mod registry;
+pub mod session;
 pub mod task;
+
+pub use zookeeper_async::ZkError;
+
+/// Creates `path`'s missing ancestors and `path` itself as empty persistent
+/// nodes; existing ones are left alone.
+pub async fn ensure_path(zk: &zookeeper_async::ZooKeeper, path: &str) -> Result<(), ZkError> {
+    let mut at = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at.push('/');
+        at.push_str(part);
+        match zk
+            .create(&at, vec![], zookeeper_async::Acl::open_unsafe().clone(), zookeeper_async::CreateMode::Persistent)
+            .await
+        {
+            Ok(_) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `parent/child`, with `/` as the root's own name.
+pub fn join(parent: &str, child: &str) -> String {
+    if parent == "/" || parent.is_empty() {
+        format!("/{child}")
+    } else {
+        format!("{parent}/{child}")
+    }
+}

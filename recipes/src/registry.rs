@@ -1,1 +1,114 @@
-//! (in progress)
+//! Service registration: who is alive, with what metadata.
+//!
+//! Each instance is an ephemeral node `<dir>/<instance>`: it exists exactly
+//! as long as the instance's session. When the session is lost the node
+//! goes with it, and zookeeper-async opens a new session by itself; the
+//! registration then has to be made again, which [`register`]'s background
+//! task does on every return to a live session (and only if the node is
+//! missing, so a mere reconnect costs one `exists`).
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use zookeeper_async::{Acl, CreateMode, ZkError};
+
+use crate::session::{Client, Session};
+
+/// Keeps the registration alive; dropping it stops re-registering (the node
+/// itself goes when the session ends; [`Registration::deregister`] removes
+/// it at once).
+pub struct Registration {
+    client: Client,
+    path: String,
+    task: JoinHandle<()>,
+}
+
+impl Registration {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Leaves the registry now (graceful shutdown).
+    pub async fn deregister(self) {
+        self.task.abort();
+        let _ = self.client.zk.delete(&self.path, None).await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
+    match client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await {
+        Ok(_) => Ok(()),
+        // A node left by our own previous session (not yet expired) or by a
+        // create whose reply we lost: replace it so it is ours and current.
+        Err(ZkError::NodeExists) => {
+            let _ = client.zk.delete(path, None).await;
+            client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Registers `instance` under `dir` with `data` and keeps it registered
+/// across new sessions.
+pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -> Result<Registration, ZkError> {
+    crate::ensure_path(&client.zk, dir).await?;
+    let path = crate::join(dir, instance);
+    put(client, &path, data).await?;
+    let (c, p, d) = (client.clone(), path.clone(), data.to_vec());
+    let task = tokio::spawn(async move {
+        let mut states = c.states();
+        loop {
+            if states.changed().await.is_err() {
+                return;
+            }
+            if *states.borrow_and_update() != Session::Live {
+                continue;
+            }
+            // Live again: after a mere reconnect the node is still there;
+            // after a new session it is gone and must be made again.
+            loop {
+                match c.zk.exists(&p, false).await {
+                    Ok(Some(_)) => break,
+                    Ok(None) => match put(&c, &p, &d).await {
+                        Ok(()) => {
+                            tracing::info!(path = p, "registered again on a new session");
+                            break;
+                        }
+                        Err(e) => tracing::warn!(path = p, "re-registration failed: {e:?}"),
+                    },
+                    Err(e) => tracing::debug!(path = p, "registry check: {e:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !c.is_live() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(Registration { client: client.clone(), path, task })
+}
+
+/// The instances registered under `dir`, with their data, sorted by name.
+pub async fn members(client: &Client, dir: &str) -> Result<Vec<(String, Vec<u8>)>, ZkError> {
+    let mut names = match client.zk.get_children(dir, false).await {
+        Ok(n) => n,
+        Err(ZkError::NoNode) => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        match client.zk.get_data(&crate::join(dir, &n), false).await {
+            Ok((data, _)) => out.push((n, data)),
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}

@@ -1,1 +1,130 @@
-//! (in progress)
+//! Waiting for a task's status without missing it.
+//!
+//! The requester creates the task's node and arms a watch on it *before* it
+//! hands the task to a worker. Publish first and the worker may write the
+//! result before the watch exists; the requester would then wait for an
+//! event that already happened. Every event (and every reconnect, since
+//! watches are not re-armed after one) is followed by a re-read that
+//! re-arms the watch, so the last value is always seen.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use zookeeper_async::{Acl, CreateMode, ZkError};
+
+use crate::session::Client;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("no matching status within {0:?}")]
+    Timeout(Duration),
+    #[error("the task node {0} was deleted")]
+    Deleted(String),
+    #[error("ZooKeeper error: {0:?}")]
+    Zk(ZkError),
+}
+
+impl From<ZkError> for TaskError {
+    fn from(e: ZkError) -> Self {
+        TaskError::Zk(e)
+    }
+}
+
+/// A task node with a watch armed on it.
+pub struct TaskStatus {
+    client: Client,
+    path: String,
+    events: mpsc::UnboundedReceiver<()>,
+    events_tx: mpsc::UnboundedSender<()>,
+    current: Vec<u8>,
+    mzxid: i64,
+}
+
+impl TaskStatus {
+    /// Creates the task node with `initial` data (parents as needed) and
+    /// arms its watch; only after this returns may the task be published.
+    pub async fn create(client: &Client, path: &str, initial: &[u8]) -> Result<TaskStatus, TaskError> {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            crate::ensure_path(&client.zk, parent).await?;
+        }
+        client.zk.create(path, initial.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent).await?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut status = TaskStatus {
+            client: client.clone(),
+            path: path.to_string(),
+            events,
+            events_tx,
+            current: vec![],
+            mzxid: -1,
+        };
+        status.reread().await?;
+        Ok(status)
+    }
+
+    /// Reads the data and re-arms the watch in the same call.
+    async fn reread(&mut self) -> Result<bool, TaskError> {
+        let tx = self.events_tx.clone();
+        match self
+            .client
+            .zk
+            .get_data_w(&self.path, move |_| {
+                let _ = tx.send(());
+            })
+            .await
+        {
+            Ok((data, stat)) => {
+                let changed = stat.mzxid != self.mzxid;
+                self.current = data;
+                self.mzxid = stat.mzxid;
+                Ok(changed)
+            }
+            Err(ZkError::NoNode) => Err(TaskError::Deleted(self.path.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn current(&self) -> &[u8] {
+        &self.current
+    }
+
+    /// Waits for the next value different from the last one read (a
+    /// stream of status updates is a loop over this).
+    pub async fn next_change(&mut self, timeout: Duration) -> Result<Vec<u8>, TaskError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut states = self.client.states();
+        loop {
+            tokio::select! {
+                _ = self.events.recv() => {}
+                _ = states.changed() => {
+                    if !self.client.is_live() {
+                        continue; // wait for the reconnect, then re-read
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(TaskError::Timeout(timeout)),
+            }
+            match self.reread().await {
+                Ok(true) => return Ok(self.current.clone()),
+                Ok(false) => {}
+                Err(TaskError::Zk(ZkError::ConnectionLoss)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the data satisfies `done`, returning it.
+    pub async fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, TaskError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&self.current) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(TaskError::Timeout(timeout));
+            }
+            match self.next_change(left).await {
+                Ok(_) => {}
+                Err(TaskError::Timeout(_)) => return Err(TaskError::Timeout(timeout)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.current.clone())
+    }
+}

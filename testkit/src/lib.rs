@@ -12,6 +12,8 @@
 //! A server that is missing is a failed test, never a skipped one: every
 //! fixture panics with a message that says how to start what is missing.
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

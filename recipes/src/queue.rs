@@ -1,0 +1,168 @@
+//! "Be first in line": the shared core of the lock and the election.
+//!
+//! Each candidate is an ephemeral-sequential child of the queue's node; the
+//! lowest sequence number is first. A waiter watches only the candidate
+//! just before it (not the parent's children), so a release wakes exactly
+//! one waiter instead of the whole herd.
+//!
+//! A create whose reply is lost to a connection drop may still have
+//! happened. Names are therefore *protected*: they start with `_c_<uuid>-`,
+//! unique to this attempt, so after a connection loss the candidate looks
+//! for its own name among the children before creating again, and never
+//! leaves an orphan that would block the queue until the session ends.
+
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use zookeeper_async::{Acl, CreateMode, ZkError};
+
+use crate::session::{Client, Session};
+use crate::{ensure_path, join};
+
+/// How long a candidate waits out a connection loss while creating or
+/// checking its place before giving up.
+const RECONNECT_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    /// Full path of our node.
+    pub path: String,
+    /// Its name within the queue.
+    pub name: String,
+    /// The transaction that created it: unique and increasing across all
+    /// candidates ever, so it serves as a fencing token.
+    pub czxid: i64,
+}
+
+/// ZooKeeper's `%010d` suffix; names without one sort last.
+pub fn sequence(name: &str) -> u64 {
+    name.len().checked_sub(10).and_then(|at| name.get(at..)).and_then(|s| s.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// Children of `dir` in queue order.
+pub(crate) async fn ordered(client: &Client, dir: &str) -> Result<Vec<String>, ZkError> {
+    let mut children = match client.zk.get_children(dir, false).await {
+        Ok(c) => c,
+        Err(ZkError::NoNode) => vec![],
+        Err(e) => return Err(e),
+    };
+    children.sort_by_key(|c| sequence(c));
+    Ok(children)
+}
+
+/// Joins the queue under `dir` with `data` (who we are).
+pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8]) -> Result<Candidate, ZkError> {
+    ensure_path(&client.zk, dir).await?;
+    let guid = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("_c_{guid}-");
+    let deadline = Instant::now() + RECONNECT_LIMIT;
+    loop {
+        let created = client
+            .zk
+            .create(
+                &join(dir, &format!("{prefix}{suffix}")),
+                data.to_vec(),
+                Acl::open_unsafe().clone(),
+                CreateMode::EphemeralSequential,
+            )
+            .await;
+        let path = match created {
+            Ok(path) => path,
+            Err(ZkError::ConnectionLoss) | Err(ZkError::OperationTimeout) => {
+                // Did it happen? Look for our protected name once we can.
+                if !client.wait_live(deadline.saturating_duration_since(Instant::now())).await {
+                    return Err(ZkError::ConnectionLoss);
+                }
+                match ordered(client, dir).await?.into_iter().find(|c| c.starts_with(&prefix)) {
+                    Some(name) => join(dir, &name),
+                    None => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        let czxid = match client.zk.exists(&path, false).await? {
+            Some(stat) => stat.czxid,
+            // Gone already: our session ended between create and read.
+            None => return Err(ZkError::SessionExpired),
+        };
+        return Ok(Candidate { path, name, czxid });
+    }
+}
+
+/// Waits until `me` is first in its queue. `Ok(false)` when `deadline`
+/// passes first. A session that stops being live fails the wait: whatever
+/// place we had may be gone, and the caller decides whether to re-enter.
+pub(crate) async fn wait_first(
+    client: &Client,
+    dir: &str,
+    me: &Candidate,
+    deadline: Option<Instant>,
+) -> Result<bool, ZkError> {
+    let mut states = client.states();
+    loop {
+        if *states.borrow_and_update() == Session::Lost {
+            return Err(ZkError::SessionExpired);
+        }
+        let queue = ordered(client, dir).await?;
+        let Some(at) = queue.iter().position(|c| *c == me.name) else {
+            // Our node is gone: the session that owned it ended.
+            return Err(ZkError::SessionExpired);
+        };
+        if at == 0 {
+            return Ok(true);
+        }
+        let predecessor = join(dir, &queue[at - 1]);
+        let (tx, rx) = oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let present = client
+            .zk
+            .exists_w(&predecessor, move |_| {
+                if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(());
+                }
+            })
+            .await?;
+        if present.is_none() {
+            continue; // it left between our listing and the watch: look again
+        }
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = rx => {}
+            // zookeeper-async does not re-arm watches after a reconnect, so
+            // any state change means: look at the queue again.
+            _ = states.changed() => {}
+            _ = timeout => return Ok(false),
+        }
+    }
+}
+
+/// Deletes our node, retrying through connection loss: a holder that gives
+/// up must not leave a node that blocks everyone until its session ends.
+/// Returns once the node is gone (or its session is, which deletes it).
+pub(crate) async fn leave(client: &Client, path: &str) {
+    let deadline = Instant::now() + RECONNECT_LIMIT;
+    loop {
+        match client.zk.delete(path, None).await {
+            Ok(()) | Err(ZkError::NoNode) | Err(ZkError::SessionExpired) => return,
+            Err(e) => {
+                if *client.states().borrow() == Session::Lost || Instant::now() > deadline {
+                    tracing::warn!(path, "giving up deleting a queue node: {e:?} (its session's end will remove it)");
+                    return;
+                }
+                client.wait_live(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A signal for a held place: `true` once the session is no longer live.
+pub(crate) fn lost(client: &Client) -> watch::Receiver<bool> {
+    crate::session::lost_signal(client.states())
+}
