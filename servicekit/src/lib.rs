@@ -1,1 +1,140 @@
-//! Shared plumbing for the demo services: telemetry, config, live config, registry, RabbitMQ.
+//! What every demo service shares, so each service's own code is only its
+//! scenario.
+//!
+//! # Layout
+//! - [`telemetry`]: tracing to stderr, human-readable or JSON.
+//! - [`CommonArgs`]: the flags every service takes (ZooKeeper, RabbitMQ,
+//!   instance id, root prefix), with env vars and clear startup errors.
+//! - [`live_config`]: runtime settings from `/config/<service>`, applied
+//!   live.
+//! - [`rabbit`]: RabbitMQ connection with exponential backoff.
+//! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
+
+pub mod rabbit;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use zk_recipes::session::Client;
+
+/// Flags every service takes. Flatten into the service's own `Args`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// ZooKeeper connect string: the coordinator or an ensemble.
+    #[arg(long, env = "ZK_CONNECT", default_value = "127.0.0.1:2181")]
+    pub zk: String,
+    /// Session timeout asked of the server (it may negotiate it).
+    #[arg(long, env = "ZK_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    pub zk_session_timeout_ms: u64,
+    /// Prefix for every znode this service uses, so several systems (or
+    /// test runs) can share one server. Empty means `/`.
+    #[arg(long, env = "ZK_ROOT", default_value = "")]
+    pub root: String,
+    /// This instance's name in the registry and in logs.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl CommonArgs {
+    /// `<root><path>`.
+    pub fn path(&self, path: &str) -> String {
+        format!("{}{path}", self.root.trim_end_matches('/'))
+    }
+
+    /// The instance id: the flag, else `<host>-<pid>`.
+    pub fn instance_id(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+
+    /// Connects to ZooKeeper or fails naming the setting to fix.
+    pub async fn connect_zk(&self) -> anyhow::Result<Client> {
+        Client::connect(&self.zk, Duration::from_millis(self.zk_session_timeout_ms), Duration::from_secs(15))
+            .await
+            .context("--zk / ZK_CONNECT")
+    }
+}
+
+pub mod telemetry {
+    /// Installs the global subscriber: logs to stderr (stdout carries the
+    /// readiness lines tests and scripts wait for), filtered by `RUST_LOG`
+    /// (default `info`).
+    pub fn init(json: bool) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+        if json {
+            logs.json().init();
+        } else {
+            logs.init();
+        }
+    }
+}
+
+/// Follows `/config/<service>` (JSON) and keeps the latest valid settings in
+/// a `watch`. A missing node means defaults; invalid JSON is logged and the
+/// last good settings stay, so a typo cannot take a running service down.
+/// Each applied change prints `config applied <json>` on stdout.
+pub fn live_config<T>(client: &Client, path: &str) -> watch::Receiver<T>
+where
+    T: DeserializeOwned + Default + serde::Serialize + Clone + PartialEq + Send + Sync + 'static,
+{
+    let (tx, rx) = watch::channel(T::default());
+    let mut raw = zk_recipes::config::watch_data(client, path);
+    let path = path.to_string();
+    tokio::spawn(async move {
+        loop {
+            let value = raw.borrow_and_update().clone();
+            let parsed = match value {
+                None => Ok(T::default()),
+                Some(v) => serde_json::from_slice::<T>(&v.data),
+            };
+            match parsed {
+                Ok(settings) => {
+                    if tx.send_if_modified(|cur| {
+                        let changed = *cur != settings;
+                        *cur = settings.clone();
+                        changed
+                    }) {
+                        let shown = serde_json::to_string(&settings).unwrap_or_default();
+                        tracing::info!(path, settings = shown, "config applied");
+                        println!("config applied {shown}");
+                    }
+                }
+                Err(e) => tracing::warn!(path, "ignoring invalid config (keeping the last good one): {e}"),
+            }
+            if raw.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Cancelled on SIGTERM or SIGINT: the start of a graceful shutdown.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}

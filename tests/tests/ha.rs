@@ -1,0 +1,129 @@
+//! Scenario 4 end to end, on both servers: real ha-worker processes, a
+//! crash (kill -9), a graceful stop (SIGTERM), and a pause past the session
+//! timeout (SIGSTOP/SIGCONT). The journal must never show work of an older
+//! term after a newer one: two actives never interleave.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::{start_coordinator, Proc, TempDir};
+use nix::sys::signal::Signal;
+
+const SESSION_MS: u64 = 4000;
+
+fn worker(zk: &str, root: &str, journal: &Path, name: &str, log_dir: &Path) -> Proc {
+    Proc::spawn(
+        "ha-worker",
+        &[
+            "--zk",
+            zk,
+            "--root",
+            root,
+            "--instance",
+            name,
+            "--journal",
+            journal.to_str().expect("utf-8 path"),
+            "--interval-ms",
+            "100",
+            "--zk-session-timeout-ms",
+            &SESSION_MS.to_string(),
+        ],
+        log_dir,
+    )
+}
+
+fn term(line: &str) -> i64 {
+    line.trim_start_matches("term=").parse().expect("a term token")
+}
+
+/// Journal lines as (token, instance), checking tokens never go down.
+fn check_journal(journal: &Path) -> Vec<(i64, String)> {
+    let text = std::fs::read_to_string(journal).expect("read the journal");
+    let entries: Vec<(i64, String)> = text
+        .lines()
+        .map(|l| {
+            let mut p = l.split_whitespace();
+            (p.next().and_then(|t| t.parse().ok()).expect("token"), p.next().expect("instance").to_string())
+        })
+        .collect();
+    for w in entries.windows(2) {
+        assert!(w[0].0 <= w[1].0, "an older term wrote after a newer one: {:?} then {:?}", w[0], w[1]);
+    }
+    entries
+}
+
+fn scenario(zk: &str, dir: &Path) {
+    let root = format!("/{}", testkit::unique("ha"));
+    let journal = dir.join("journal");
+
+    // First one in leads; the second stands by.
+    let mut w1 = worker(zk, &root, &journal, "w1", dir);
+    let t1 = term(&w1.wait_line("ha-worker active", Duration::from_secs(20)));
+    let mut w2 = worker(zk, &root, &journal, "w2", dir);
+    w2.wait_line("ha-worker standby", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Crash: the standby takes over within the session timeout (+1 s).
+    let crashed = Instant::now();
+    w1.kill9();
+    let t2 = term(&w2.wait_line("ha-worker active", Duration::from_millis(SESSION_MS + 1000)));
+    println!("failover after kill -9: {:?}", crashed.elapsed());
+    assert!(t2 > t1, "the new term's token is not larger");
+
+    // Graceful stop: the standby takes over at once.
+    let mut w3 = worker(zk, &root, &journal, "w3", dir);
+    w3.wait_line("ha-worker standby", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    w2.signal(Signal::SIGTERM);
+    let t3 = term(&w3.wait_line("ha-worker active", Duration::from_secs(5)));
+    let handoff = stopped.elapsed();
+    println!("handoff after SIGTERM: {handoff:?}");
+    assert!(handoff < Duration::from_secs(1), "graceful handoff took {handoff:?}");
+    assert!(w2.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()), "w2 did not exit cleanly on SIGTERM");
+    assert!(t3 > t2);
+
+    // Pause the active past its session timeout: the standby takes over;
+    // when the paused one resumes it must not act as active again.
+    let mut w4 = worker(zk, &root, &journal, "w4", dir);
+    w4.wait_line("ha-worker standby", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    w3.signal(Signal::SIGSTOP);
+    let t4 = term(&w4.wait_line("ha-worker active", Duration::from_millis(2 * SESSION_MS + 2000)));
+    assert!(t4 > t3);
+    std::thread::sleep(Duration::from_millis(500));
+    w3.signal(Signal::SIGCONT);
+    // The resumed one steps down (connection lost, or fenced by the journal).
+    let line = loop {
+        let l = w3.wait_line("ha-worker ", Duration::from_secs(10));
+        if l.starts_with("stepped down") || l.starts_with("fenced") {
+            break l;
+        }
+    };
+    println!("w3 after SIGCONT: {line}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let entries = check_journal(&journal);
+    let first_t4 = entries.iter().position(|e| e.0 == t4).expect("w4 wrote as active");
+    assert!(
+        entries[first_t4..].iter().all(|e| e.1 == "w4" || e.0 > t4),
+        "another instance wrote after w4 took over: {:?}",
+        &entries[first_t4..]
+    );
+    for (t, who) in [(t1, "w1"), (t2, "w2"), (t3, "w3"), (t4, "w4")] {
+        assert!(entries.iter().any(|e| e.0 == t && e.1 == who), "{who} never wrote in its term {t}");
+        assert!(entries.iter().filter(|e| e.0 == t).all(|e| e.1 == who), "two instances wrote under term {t}");
+    }
+}
+
+#[test]
+fn ha_on_the_coordinator() {
+    let dir = TempDir::new("ha-coordinator");
+    let (_server, addr) = start_coordinator(&["--tick-time", "500"], dir.path());
+    scenario(&addr, dir.path());
+}
+
+#[test]
+fn ha_on_zookeeper() {
+    let dir = TempDir::new("ha-zookeeper");
+    scenario(&testkit::zookeeper_addr().to_string(), dir.path());
+}
