@@ -28,3 +28,32 @@ pub async fn connect_with_backoff(url: &str, stop: &CancellationToken) -> Option
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
+
+/// Declares the task queue the way every service must agree on (RabbitMQ
+/// refuses a re-declaration with different arguments): durable, with
+/// rejected messages dead-lettered to `<queue>.dlq` through the fanout
+/// exchange `<queue>.dlx`, so a poison message is parked for a human
+/// instead of looping through redeliveries.
+pub async fn declare_task_queue(channel: &lapin::Channel, queue: &str) -> lapin::Result<()> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let dlx = format!("{queue}.dlx");
+    let dlq = format!("{queue}.dlq");
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    channel.queue_declare(dlq.as_str().into(), durable, FieldTable::default()).await?;
+    channel
+        .queue_bind(dlq.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
+    channel.queue_declare(queue.into(), durable, args).await?;
+    Ok(())
+}

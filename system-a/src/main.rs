@@ -1,3 +1,368 @@
-//! Scenario 1 front service: accepts tasks over gRPC and learns results through znode watches.
+//! `system-a`: scenario 1, the requesting side.
+//!
+//! `Submit` turns a gRPC call into a task for system-b and waits for its
+//! result without polling:
+//!
+//! 1. create `<root>/tasks/<id>` (status `pending`) and arm a watch on it;
+//! 2. only then publish the task to RabbitMQ (durable queue, persistent
+//!    message, `mandatory`, publisher confirms): had we published first,
+//!    system-b could write the result before the watch existed and we would
+//!    wait for an event that already happened;
+//! 3. wait for system-b's write to the node (the watch fires; every event
+//!    and every reconnect is followed by a re-read), up to the timeout from
+//!    `<root>/config/system-a`.
+//!
+//! A reaper deletes finished task nodes after `--task-retention-secs`.
+//! (TTL nodes would do it server-side, but they need `extendedTypesEnabled`
+//! on an Apache ZooKeeper ensemble, which a user may not control.)
+//!
+//! `system-a submit ...` is a small client for the shell.
+//! Stdout: `system-a listening on <addr>`.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::Stream;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation};
+use serde::{Deserialize, Serialize};
+use servicekit::CommonArgs;
+use system_a::proto::tasks_server::{Tasks, TasksServer};
+use system_a::proto::{SubmitReply, SubmitRequest, TaskUpdate, WatchRequest};
+use tokio::sync::{watch, RwLock};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use zk_recipes::session::Client;
+use zk_recipes::task::{TaskError, TaskStatus};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "system-a",
+    version,
+    about = "Task front end: gRPC in, RabbitMQ out, result back through a znode watch"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Task queue (must match system-b's).
+    #[arg(long, env = "TASK_QUEUE", default_value = "tasks")]
+    queue: String,
+    /// gRPC listen address.
+    #[arg(long, env = "SYSTEM_A_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Finished task nodes older than this are deleted.
+    #[arg(long, env = "TASK_RETENTION_SECS", default_value_t = 600)]
+    task_retention_secs: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Submit one task to a running system-a and print the result.
+    Submit {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        entity: String,
+        #[arg(long, default_value_t = 1)]
+        amount: i64,
+        #[arg(long, default_value = "add")]
+        op: String,
+    },
+}
+
+/// Live settings from `<root>/config/system-a`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    /// How long Submit waits for system-b (default 10 s).
+    timeout_ms: Option<u64>,
+}
+
+struct Service {
+    client: Client,
+    common: CommonArgs,
+    queue: String,
+    settings: watch::Receiver<Settings>,
+    /// The current publishing channel; `None` while RabbitMQ is away.
+    channel: Arc<RwLock<Option<lapin::Channel>>>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    servicekit::telemetry::init(args.common.log_json);
+    let result = match &args.cmd {
+        Some(Cmd::Submit { server, entity, amount, op }) => submit(server, entity, *amount, op).await,
+        None => run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("system-a: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn submit(server: &str, entity: &str, amount: i64, op: &str) -> anyhow::Result<()> {
+    let mut c = system_a::proto::tasks_client::TasksClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("cannot reach system-a at {server}"))?;
+    let reply = c
+        .submit(SubmitRequest { entity: entity.into(), op: op.into(), amount })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!(
+        "task {} {}: {} = {} (by {}, lock token {})",
+        reply.task_id, reply.status, entity, reply.value, reply.worker, reply.token
+    );
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let stop = servicekit::shutdown_token();
+    let client = args.common.connect_zk().await?;
+    let instance = args.common.instance_id();
+    let settings = servicekit::live_config(&client, &args.common.path("/config/system-a"));
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let meta = serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}).to_string();
+    let registration =
+        zk_recipes::registry::register(&client, &args.common.path("/services/system-a"), &instance, meta.as_bytes())
+            .await
+            .context("registering under /services/system-a")?;
+
+    let channel = Arc::new(RwLock::new(None));
+    tokio::spawn(keep_publishing_channel(args.amqp.clone(), args.queue.clone(), channel.clone(), stop.clone()));
+    tokio::spawn(reap(
+        client.clone(),
+        args.common.path("/tasks"),
+        Duration::from_secs(args.task_retention_secs),
+        stop.clone(),
+    ));
+
+    let service = Service { client, common: args.common.clone(), queue: args.queue.clone(), settings, channel };
+    println!("system-a listening on {addr}");
+    tonic::transport::Server::builder()
+        .add_service(TasksServer::new(service))
+        .serve_with_incoming_shutdown(tokio_stream_listener(listener), stop.cancelled_owned())
+        .await
+        .context("serving gRPC")?;
+    registration.deregister().await;
+    Ok(())
+}
+
+/// The bound listener as the stream of connections tonic serves.
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |l| async move {
+        let conn = l.accept().await.map(|(s, _)| s);
+        Some((conn, l))
+    })
+}
+
+/// Keeps one confirm-mode channel open, reconnecting with backoff when the
+/// broker goes away.
+async fn keep_publishing_channel(
+    url: String,
+    queue: String,
+    slot: Arc<RwLock<Option<lapin::Channel>>>,
+    stop: CancellationToken,
+) {
+    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&url, &stop).await {
+        let ready = async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            servicekit::rabbit::declare_task_queue(&ch, &queue).await?;
+            Ok::<_, lapin::Error>(ch)
+        }
+        .await;
+        match ready {
+            Ok(ch) => {
+                *slot.write().await = Some(ch);
+                tracing::info!("publishing to RabbitMQ");
+                while conn.status().connected() && !stop.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                *slot.write().await = None;
+                tracing::warn!("RabbitMQ connection lost; reconnecting");
+            }
+            Err(e) => tracing::warn!("cannot set up publishing: {e}"),
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Deletes finished task nodes older than `keep`.
+async fn reap(client: Client, dir: String, keep: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30).min(keep)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let Ok(children) = client.zk.get_children(&dir, false).await else { continue };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for c in children {
+            let path = zk_recipes::join(&dir, &c);
+            if let Ok((data, stat)) = client.zk.get_data(&path, false).await {
+                let finished = status_of(&data) != "pending";
+                if finished && now_ms - stat.mtime > keep.as_millis() as i64 {
+                    // Versioned: never delete a node that changed since we read it.
+                    let _ = client.zk.delete(&path, Some(stat.version)).await;
+                }
+            }
+        }
+    }
+}
+
+fn status_of(data: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[tonic::async_trait]
+impl Tasks for Service {
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        let req = request.into_inner();
+        if req.entity.is_empty() {
+            return Err(Status::invalid_argument("entity is required"));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("submit", task_id = %id, entity = %req.entity);
+        self.submit_task(id, req).instrument(span).await
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<TaskUpdate, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let id = request.into_inner().task_id;
+        let path = self.common.path(&format!("/tasks/{id}"));
+        match self.client.zk.exists(&path, false).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Status::not_found(format!("no task {id}"))),
+            Err(e) => return Err(Status::unavailable(format!("coordination server: {e:?}"))),
+        }
+        let rx = zk_recipes::config::watch_data(&self.client, &path);
+        Ok(Response::new(Box::pin(updates(id, rx))))
+    }
+}
+
+/// A task's status stream: each distinct value of its node, ending after
+/// a final status (done/failed) or when the node is deleted.
+fn updates(
+    id: String,
+    rx: watch::Receiver<Option<zk_recipes::config::Versioned>>,
+) -> impl Stream<Item = Result<TaskUpdate, Status>> + Send {
+    futures::stream::unfold((rx, id, false, false), |(mut rx, id, seen, finished)| async move {
+        if finished {
+            return None;
+        }
+        if seen {
+            rx.changed().await.ok()?;
+        }
+        loop {
+            let value = rx.borrow_and_update().clone();
+            match value {
+                Some(v) => {
+                    let status = status_of(&v.data);
+                    let done = status != "pending";
+                    let data_json = String::from_utf8_lossy(&v.data).into_owned();
+                    return Some((Ok(TaskUpdate { task_id: id.clone(), status, data_json }), (rx, id, true, done)));
+                }
+                // Deleted after we saw it (reaped): the stream is over.
+                None if seen => return None,
+                // Not read yet: wait for the first value.
+                None => {}
+            }
+            rx.changed().await.ok()?;
+        }
+    })
+}
+
+impl Service {
+    async fn submit_task(&self, id: String, req: SubmitRequest) -> Result<Response<SubmitReply>, Status> {
+        let op = if req.op.is_empty() { "add".to_string() } else { req.op };
+        let path = self.common.path(&format!("/tasks/{id}"));
+        let pending = serde_json::json!({"status": "pending", "entity": req.entity, "op": op, "amount": req.amount});
+        // 1. The node and its watch, before anything can answer.
+        let mut status = TaskStatus::create(&self.client, &path, pending.to_string().as_bytes())
+            .await
+            .map_err(|e| Status::unavailable(format!("coordination server: {e}")))?;
+        // 2. Publish, confirmed and routed, or fail now.
+        let body = serde_json::json!({"id": id, "entity": req.entity, "op": op, "amount": req.amount}).to_string();
+        if let Err(why) = self.publish(&id, body.as_bytes()).await {
+            let failed = serde_json::json!({"status": "failed", "error": why});
+            let _ = self.client.zk.set_data(&path, failed.to_string().into_bytes(), None).await;
+            return Err(Status::unavailable(why));
+        }
+        // 3. Wait for system-b's answer through the watch.
+        let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
+        let data = match status.wait_until(timeout, |d| status_of(d) != "pending").await {
+            Ok(d) => d,
+            Err(TaskError::Timeout(t)) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no result from system-b within {t:?}; task {id} may still complete (Watch it)"
+                )))
+            }
+            Err(e) => return Err(Status::unavailable(format!("waiting for the result: {e}"))),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+        let status = status_of(&data);
+        if status == "failed" {
+            return Err(Status::failed_precondition(format!(
+                "task {id} failed: {}",
+                v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown")
+            )));
+        }
+        tracing::info!(status, "task answered");
+        Ok(Response::new(SubmitReply {
+            task_id: id,
+            status,
+            value: v.get("value").and_then(|x| x.as_i64()).unwrap_or_default(),
+            worker: v.get("worker").and_then(|x| x.as_str()).unwrap_or_default().to_string(),
+            token: v.get("token").and_then(|x| x.as_i64()).unwrap_or_default(),
+        }))
+    }
+
+    async fn publish(&self, id: &str, body: &[u8]) -> Result<(), String> {
+        let channel = self.channel.read().await.clone().ok_or("RabbitMQ is not connected")?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2) // persistent: survives a broker restart
+            .with_message_id(id.into())
+            .with_content_type("application/json".into());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                props,
+            )
+            .await
+            .map_err(|e| format!("publish failed: {e}"))?;
+        match tokio::time::timeout(Duration::from_secs(5), confirm).await {
+            Err(_) => Err("RabbitMQ did not confirm the task within 5 s".into()),
+            Ok(Err(e)) => Err(format!("publish failed: {e}")),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(format!("no queue {:?} to route the task to", self.queue)),
+            Ok(Ok(Confirmation::Nack(_))) => Err("RabbitMQ refused the task".into()),
+            Ok(Ok(Confirmation::NotRequested)) => Err("publisher confirms are off".into()),
+        }
+    }
+}

@@ -1,3 +1,265 @@
-//! Scenario 1+2 back service: consumes tasks from RabbitMQ and applies them under a fenced lock.
+//! `system-b`: scenarios 1 and 2, the worker side.
+//!
+//! Consumes tasks from RabbitMQ (manual acks, bounded prefetch). For each
+//! task: take the distributed lock of the entity it modifies, read the
+//! entity (fenced by the lock's token), do the work, write it back
+//! (fenced again), write the result into the task's znode (which wakes
+//! system-a through its watch), release the lock, and only then ack.
+//!
+//! Why this order: a crash anywhere before the ack makes RabbitMQ redeliver
+//! the task, and the store's record of applied task ids turns the retry
+//! into a no-op that still reports the result; acking earlier could lose a
+//! task. A message that cannot be parsed is rejected without requeue and
+//! lands in the dead-letter queue instead of looping forever.
+//!
+//! Stdout: `system-b ready` once consuming; `config applied ...` on each
+//! live config change.
 
-fn main() {}
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use serde::{Deserialize, Serialize};
+use servicekit::CommonArgs;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use zk_recipes::lock::Lock;
+use zk_recipes::session::Client;
+
+#[derive(Parser, Debug)]
+#[command(name = "system-b", version, about = "Task worker: modifies shared entities under a fenced distributed lock")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Task queue (declared durable, with `<queue>.dlq` for poison messages).
+    #[arg(long, env = "TASK_QUEUE", default_value = "tasks")]
+    queue: String,
+    /// Directory of the shared entity store.
+    #[arg(long, env = "STORE_DIR", default_value = "store")]
+    store_dir: PathBuf,
+    /// Unacked messages in flight per instance.
+    #[arg(long, env = "PREFETCH", default_value_t = 8)]
+    prefetch: u16,
+}
+
+/// Live settings from `<root>/config/system-b`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    /// Simulated work time while holding the lock.
+    #[serde(default)]
+    work_ms: u64,
+}
+
+/// The task message system-a publishes.
+#[derive(Debug, Deserialize)]
+struct Task {
+    id: String,
+    entity: String,
+    #[serde(default = "add")]
+    op: String,
+    amount: i64,
+}
+
+fn add() -> String {
+    "add".into()
+}
+
+struct Worker {
+    client: Client,
+    store: store::Store,
+    settings: watch::Receiver<Settings>,
+    common: CommonArgs,
+    instance: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    servicekit::telemetry::init(args.common.log_json);
+    if let Err(e) = run(args).await {
+        eprintln!("system-b: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let stop = servicekit::shutdown_token();
+    let instance = args.common.instance_id();
+    let store = store::Store::open(&args.store_dir).context("--store-dir")?;
+    let client = args.common.connect_zk().await?;
+    let settings = servicekit::live_config(&client, &args.common.path("/config/system-b"));
+    let meta = serde_json::json!({"pid": std::process::id(), "queue": args.queue}).to_string();
+    let registration =
+        zk_recipes::registry::register(&client, &args.common.path("/services/system-b"), &instance, meta.as_bytes())
+            .await
+            .context("registering under /services/system-b")?;
+    let worker = Arc::new(Worker { client, store, settings, common: args.common.clone(), instance: instance.clone() });
+
+    let mut announced = false;
+    // One connection at a time; a broker restart ends it and we come back.
+    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&args.amqp, &stop).await {
+        let consumed = consume(&conn, &args, &worker, &stop, &mut announced).await;
+        if let Err(e) = consumed {
+            tracing::warn!("RabbitMQ connection ended: {e}; reconnecting");
+        }
+        let _ = conn.close(0, "bye".into()).await;
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    registration.deregister().await;
+    Ok(())
+}
+
+async fn consume(
+    conn: &lapin::Connection,
+    args: &Args,
+    worker: &Arc<Worker>,
+    stop: &CancellationToken,
+    announced: &mut bool,
+) -> lapin::Result<()> {
+    let channel = conn.create_channel().await?;
+    servicekit::rabbit::declare_task_queue(&channel, &args.queue).await?;
+    channel.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            args.queue.as_str().into(),
+            worker.instance.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    if !*announced {
+        println!("system-b ready");
+        *announced = true;
+    }
+    let running = tokio_util::task::TaskTracker::new();
+    loop {
+        let next = tokio::select! {
+            d = deliveries.next() => d,
+            _ = stop.cancelled() => break,
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        let w = worker.clone();
+        running.spawn(async move { w.handle(delivery).await });
+    }
+    // Finish what we hold before closing: an unacked task would be
+    // redelivered (harmless, but slower).
+    running.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
+    Ok(())
+}
+
+impl Worker {
+    async fn handle(&self, delivery: lapin::message::Delivery) {
+        let task: Task = match serde_json::from_slice(&delivery.data) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "poison message: dead-lettering it");
+                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("task", task_id = %task.id, entity = %task.entity);
+        match self.apply(&task).instrument(span.clone()).await {
+            Ok(()) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) if e.permanent => {
+                span.in_scope(|| tracing::warn!("task failed for good: {}", e.reason));
+                self.report(&task, &serde_json::json!({"status": "failed", "error": e.reason})).await;
+                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
+            Err(e) => {
+                span.in_scope(|| tracing::warn!("task will be retried: {}", e.reason));
+                // A short pause so a retry loop cannot spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            }
+        }
+    }
+
+    async fn apply(&self, task: &Task) -> Result<(), Failure> {
+        if task.op != "add" && task.op != "set" {
+            return Err(Failure::permanent(format!("unknown op {:?}", task.op)));
+        }
+        let lock = Lock::new(&self.client, self.common.path(&format!("/locks/{}", task.entity)));
+        let guard =
+            lock.acquire(&self.instance, Duration::from_secs(30)).await.map_err(|e| Failure::retry(e.to_string()))?;
+        let token = guard.token();
+        let read = self.store.read(&task.entity, token, &task.id).map_err(Failure::from)?;
+        let value = if read.already_applied {
+            tracing::info!("redelivered task was applied before: reporting its result again");
+            read.value
+        } else {
+            // The simulated work happens between the read and the write:
+            // exactly the window in which an unlocked worker would lose
+            // another's update.
+            let work = Duration::from_millis(self.settings.borrow().work_ms);
+            if !work.is_zero() {
+                tokio::time::sleep(work).await;
+            }
+            let value = if task.op == "add" { read.value + task.amount } else { task.amount };
+            if guard.is_lost() {
+                // We may no longer hold the lock; the token would protect
+                // the store anyway, but do not even try.
+                return Err(Failure::retry("lock lost during the work".into()));
+            }
+            self.store.write(&task.entity, token, &task.id, value).map_err(Failure::from)?;
+            value
+        };
+        let result = serde_json::json!({"status": "done", "value": value, "worker": self.instance, "token": token});
+        self.report(task, &result).await;
+        guard.release().await;
+        tracing::info!(value, token, "applied");
+        Ok(())
+    }
+
+    /// Writes the result into the task's znode, which fires system-a's watch.
+    async fn report(&self, task: &Task, result: &serde_json::Value) {
+        let path = self.common.path(&format!("/tasks/{}", task.id));
+        match self.client.zk.set_data(&path, result.to_string().into_bytes(), None).await {
+            Ok(_) => {}
+            // system-a gave up and the node was reaped: nobody is waiting.
+            Err(zk_recipes::ZkError::NoNode) => tracing::info!("task node is gone; result not reported"),
+            Err(e) => tracing::warn!("cannot report the result: {e:?}"),
+        }
+    }
+}
+
+struct Failure {
+    permanent: bool,
+    reason: String,
+}
+
+impl Failure {
+    fn retry(reason: String) -> Failure {
+        Failure { permanent: false, reason }
+    }
+    fn permanent(reason: String) -> Failure {
+        Failure { permanent: true, reason }
+    }
+}
+
+impl From<store::StoreError> for Failure {
+    fn from(e: store::StoreError) -> Failure {
+        match e {
+            // Someone newer holds the lock: retry, as a fresh holder.
+            store::StoreError::Fenced { .. } => Failure::retry(e.to_string()),
+            store::StoreError::BadName(_) => Failure::permanent(e.to_string()),
+            other => Failure::retry(other.to_string()),
+        }
+    }
+}
