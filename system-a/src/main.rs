@@ -17,7 +17,8 @@
 //! on an Apache ZooKeeper ensemble, which a user may not control.)
 //!
 //! `system-a submit ...` is a small client for the shell.
-//! Stdout: `system-a listening on <addr>`.
+//! Stdout: `system-a listening on <addr>`, then `system-a connected to
+//! RabbitMQ` each time the publishing channel is (re)established.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -190,6 +191,7 @@ async fn keep_publishing_channel(
             Ok(ch) => {
                 *slot.write().await = Some(ch);
                 tracing::info!("publishing to RabbitMQ");
+                println!("system-a connected to RabbitMQ");
                 while conn.status().connected() && !stop.is_cancelled() {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -1,0 +1,250 @@
+//! Scenarios 1-3 end to end, on both servers: real system-a and system-b
+//! processes, a real RabbitMQ, and the coordinator or Apache ZooKeeper.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::{start_coordinator, Proc, TempDir};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::BasicProperties;
+use system_a::proto::tasks_client::TasksClient;
+use system_a::proto::SubmitRequest;
+use tonic::transport::Channel;
+use zk_recipes::session::Client;
+
+const SESSION_MS: &str = "4000";
+
+struct System {
+    zk: String,
+    root: String,
+    queue: String,
+    store: std::path::PathBuf,
+    a: Proc,
+    a_addr: String,
+    bs: Vec<Proc>,
+    client: Client,
+}
+
+fn b(zk: &str, root: &str, queue: &str, store: &Path, name: &str, log_dir: &Path) -> Proc {
+    let mut p = Proc::spawn(
+        "system-b",
+        &[
+            "--zk",
+            zk,
+            "--root",
+            root,
+            "--queue",
+            queue,
+            "--store-dir",
+            store.to_str().expect("utf-8"),
+            "--instance",
+            name,
+            "--amqp",
+            &testkit::rabbitmq_url(),
+            "--zk-session-timeout-ms",
+            SESSION_MS,
+        ],
+        log_dir,
+    );
+    p.wait_line("system-b ready", Duration::from_secs(30));
+    p
+}
+
+async fn start(zk: &str, dir: &Path) -> System {
+    let root = format!("/{}", testkit::unique("sys"));
+    let queue = testkit::unique("tasks");
+    let store = dir.join("store");
+    let client = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    zk_recipes::ensure_path(&client.zk, &format!("{root}/config/system-b")).await.expect("config dir");
+    client.zk.set_data(&format!("{root}/config/system-b"), br#"{"work_ms":2}"#.to_vec(), None).await.expect("set");
+    let bs: Vec<Proc> = (1..=3).map(|i| b(zk, &root, &queue, &store, &format!("b{i}"), dir)).collect();
+    let mut a = Proc::spawn(
+        "system-a",
+        &[
+            "--zk",
+            zk,
+            "--root",
+            &root,
+            "--queue",
+            &queue,
+            "--listen",
+            "127.0.0.1:0",
+            "--amqp",
+            &testkit::rabbitmq_url(),
+            "--instance",
+            "a1",
+        ],
+        dir,
+    );
+    let a_addr = a.wait_line("system-a listening on", Duration::from_secs(30));
+    a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
+    System { zk: zk.to_string(), root, queue, store, a, a_addr, bs, client }
+}
+
+impl System {
+    async fn grpc(&self) -> TasksClient<Channel> {
+        TasksClient::connect(format!("http://{}", self.a_addr)).await.expect("connect to system-a")
+    }
+
+    fn value(&self, entity: &str) -> i64 {
+        let text = std::fs::read_to_string(self.store.join(format!("{entity}.json"))).expect("entity file");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("entity JSON");
+        v["value"].as_i64().expect("value")
+    }
+
+    async fn members(&self, svc: &str) -> Vec<String> {
+        zk_recipes::registry::members(&self.client, &format!("{}/services/{svc}", self.root))
+            .await
+            .expect("members")
+            .into_iter()
+            .map(|m| m.0)
+            .collect()
+    }
+}
+
+async fn scenario(zk: &str, dir: &Path) {
+    let mut sys = start(zk, dir).await;
+    let _ = &sys.zk;
+    let mut grpc = sys.grpc().await;
+
+    // Scenario 1: A -> RabbitMQ -> B -> znode -> A.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(20),
+        grpc.submit(SubmitRequest { entity: "acct-1".into(), op: "add".into(), amount: 5 }),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("submit")
+    .into_inner();
+    assert_eq!((reply.status.as_str(), reply.value), ("done", 5));
+    assert!(reply.worker.starts_with('b') && reply.token > 0, "{reply:?}");
+
+    // Scenarios 1 + 2 under load: 200 concurrent submits, half of them on
+    // one hot entity. Every one returns, the hot entity ends exact, and
+    // each hot task saw a different value: the lock let one at a time in.
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let mut g = grpc.clone();
+        let entity = if i % 2 == 0 { "hot".to_string() } else { format!("e-{}", i % 10) };
+        calls.push(tokio::spawn(async move {
+            let r = g.submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1 }).await;
+            (entity, r)
+        }));
+    }
+    let mut hot_values = BTreeSet::new();
+    for c in calls {
+        let (entity, r) = tokio::time::timeout(Duration::from_secs(60), c).await.expect("in time").expect("task");
+        let r = r.unwrap_or_else(|s| panic!("a submit failed: {s:?}")).into_inner();
+        assert_eq!(r.status, "done");
+        if entity == "hot" {
+            assert!(hot_values.insert(r.value), "two tasks on the hot entity saw the same value {}", r.value);
+        }
+    }
+    println!("200 concurrent submits in {:?}", started.elapsed());
+    assert_eq!(sys.value("hot"), 100);
+    assert_eq!(hot_values, (1..=100).collect::<BTreeSet<i64>>());
+    let spread: i64 = (1..10).step_by(2).map(|i| sys.value(&format!("e-{i}"))).sum();
+    assert_eq!(spread, 100);
+
+    // Scenario 3: a config change reaches every running instance.
+    sys.client
+        .zk
+        .set_data(&format!("{}/config/system-b", sys.root), br#"{"work_ms":1}"#.to_vec(), None)
+        .await
+        .expect("set config");
+    for p in sys.bs.iter_mut() {
+        p.wait_line(r#"config applied {"work_ms":1}"#, Duration::from_secs(10));
+    }
+    assert_eq!(sys.members("system-b").await, vec!["b1", "b2", "b3"]);
+    assert_eq!(sys.members("system-a").await, vec!["a1"]);
+
+    // A poison message is dead-lettered, not redelivered forever.
+    let amqp = lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.basic_publish(
+        "".into(),
+        sys.queue.as_str().into(),
+        BasicPublishOptions::default(),
+        b"this is not JSON",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let dlq = format!("{}.dlq", sys.queue);
+    let started = Instant::now();
+    let dead = loop {
+        if let Some(m) = ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("basic.get") {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the poison message never reached {dlq}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.delivery.data, b"this is not JSON");
+
+    // A worker killed in the middle of a task: RabbitMQ redelivers it, and
+    // it is applied exactly once.
+    sys.client
+        .zk
+        .set_data(&format!("{}/config/system-b", sys.root), br#"{"work_ms":1500}"#.to_vec(), None)
+        .await
+        .expect("set config");
+    for p in sys.bs.iter_mut() {
+        p.wait_line(r#"config applied {"work_ms":1500}"#, Duration::from_secs(10));
+    }
+    zk_recipes::ensure_path(&sys.client.zk, &format!("{}/config/system-a", sys.root)).await.expect("config");
+    sys.client
+        .zk
+        .set_data(&format!("{}/config/system-a", sys.root), br#"{"timeout_ms":30000}"#.to_vec(), None)
+        .await
+        .expect("set config");
+    sys.a.wait_line(r#"config applied {"timeout_ms":30000}"#, Duration::from_secs(10));
+    let mut g = grpc.clone();
+    let pending =
+        tokio::spawn(
+            async move { g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7 }).await },
+        );
+    let lock_dir = format!("{}/locks/redo", sys.root);
+    let holder = loop {
+        let q = zk_recipes::lock::Lock::new(&sys.client, lock_dir.clone()).queue().await.expect("queue");
+        if let Some((_, owner)) = q.first() {
+            break owner.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let idx: usize = holder.trim_start_matches('b').parse::<usize>().expect("b<n>") - 1;
+    let killed_at = Instant::now();
+    sys.bs[idx].kill9();
+    let r =
+        tokio::time::timeout(Duration::from_secs(40), pending).await.expect("in time").expect("task").expect("submit");
+    let r = r.into_inner();
+    println!("task redelivered after kill -9 of {holder}, answered in {:?} by {}", killed_at.elapsed(), r.worker);
+    assert_ne!(r.worker, holder);
+    assert_eq!((r.status.as_str(), r.value), ("done", 7));
+    assert_eq!(sys.value("redo"), 7, "the redelivered task was applied twice");
+
+    // The killed instance leaves the registry within its session timeout.
+    let started = Instant::now();
+    while sys.members("system-b").await.contains(&holder) {
+        assert!(started.elapsed() < Duration::from_secs(10), "{holder} is still registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_on_the_coordinator() {
+    let dir = TempDir::new("scenarios-coordinator");
+    let (_server, addr) = start_coordinator(&["--tick-time", "500"], dir.path());
+    scenario(&addr, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_on_zookeeper() {
+    let dir = TempDir::new("scenarios-zookeeper");
+    scenario(&testkit::zookeeper_addr().to_string(), dir.path()).await;
+}
