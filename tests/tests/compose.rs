@@ -1,0 +1,174 @@
+//! docker-compose.yml cannot be run here (no Docker engine), so it is
+//! checked offline against the binaries it starts: every command must parse
+//! with the real binary's flags, every environment variable must be one a
+//! binary reads, every published port must be one a service listens on,
+//! every healthy-dependency must have a healthcheck, every volume must be
+//! declared. A flag renamed in code and not in the compose file fails here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e_tests::binary;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
+}
+
+fn load(name: &str) -> Yaml {
+    let text = std::fs::read_to_string(repo().join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+    // Compose's `!override` tag only changes how files merge; the value
+    // underneath is plain YAML.
+    let text = text.replace("!override", "");
+    let mut docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"));
+    merge_keys(docs.remove(0))
+}
+
+/// Resolves YAML merge keys (`<<: *anchor`), which compose relies on and
+/// which YAML 1.2 loaders leave as ordinary keys. Explicit keys win.
+fn merge_keys(y: Yaml) -> Yaml {
+    match y {
+        Yaml::Hash(h) => {
+            let mut out = yaml_rust2::yaml::Hash::new();
+            let mut merged = Vec::new();
+            for (k, v) in h {
+                if k.as_str() == Some("<<") {
+                    merged.push(merge_keys(v));
+                } else {
+                    out.insert(k, merge_keys(v));
+                }
+            }
+            for m in merged {
+                if let Yaml::Hash(mh) = m {
+                    for (k, v) in mh {
+                        out.entry(k).or_insert(v);
+                    }
+                }
+            }
+            Yaml::Hash(out)
+        }
+        Yaml::Array(a) => Yaml::Array(a.into_iter().map(merge_keys).collect()),
+        other => other,
+    }
+}
+
+fn strs(y: &Yaml) -> Vec<String> {
+    y.as_vec().map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
+fn services(doc: &Yaml) -> BTreeMap<String, Yaml> {
+    doc["services"]
+        .as_hash()
+        .expect("a services: section")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("service name").to_string(), v.clone()))
+        .collect()
+}
+
+fn help(bin: &str, args: &[String]) -> String {
+    let out = Command::new(binary(bin)).args(args).arg("--help").output().expect("run the binary");
+    assert!(
+        out.status.success(),
+        "`{bin} {}` is rejected by the real binary: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_compose_service_runs_a_real_command_with_real_flags() {
+    let doc = load("docker-compose.yml");
+    let svcs = services(&doc);
+    let volumes: BTreeSet<String> =
+        doc["volumes"].as_hash().expect("volumes:").keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
+    let mut host_ports = BTreeSet::new();
+    for (name, svc) in &svcs {
+        if let Some(command) = svc["command"].as_vec().map(|_| strs(&svc["command"])) {
+            let (bin, args) = command.split_first().unwrap_or_else(|| panic!("{name}: empty command"));
+            let help = help(bin, args);
+            if let Some(env) = svc["environment"].as_hash() {
+                for key in env.keys().filter_map(|k| k.as_str()) {
+                    if key == "RUST_LOG" {
+                        continue; // read by tracing's filter, not by a flag
+                    }
+                    assert!(help.contains(&format!("[env: {key}")), "{name}: {bin} does not read ${key}");
+                }
+            }
+            // A published container port is one the command listens on.
+            for port in strs(&svc["ports"]) {
+                let inner = port.rsplit(':').next().expect("a port");
+                assert!(
+                    args.iter().any(|a| a.ends_with(&format!(":{inner}"))),
+                    "{name} publishes {inner} but its command listens elsewhere: {args:?}"
+                );
+            }
+        }
+        for port in strs(&svc["ports"]) {
+            let host = port.split(':').next().expect("a port").to_string();
+            assert!(host_ports.insert(host.clone()), "host port {host} is published twice");
+        }
+        for v in strs(&svc["volumes"]) {
+            let source = v.split(':').next().expect("a volume");
+            assert!(volumes.contains(source), "{name} mounts undeclared volume {source}");
+        }
+        if let Some(deps) = svc["depends_on"].as_hash() {
+            for (dep, cond) in deps {
+                let dep = dep.as_str().expect("a service name");
+                let target = svcs.get(dep).unwrap_or_else(|| panic!("{name} depends on unknown service {dep}"));
+                if cond["condition"].as_str() == Some("service_healthy") {
+                    assert!(
+                        !target["healthcheck"].is_badvalue(),
+                        "{name} waits for {dep} to be healthy, but it has no healthcheck"
+                    );
+                }
+            }
+        }
+    }
+    for needed in
+        ["coordinator", "rabbitmq", "system-a", "system-b-1", "system-b-2", "system-b-3", "ha-worker-1", "ha-worker-2"]
+    {
+        assert!(svcs.contains_key(needed), "docker-compose.yml lacks {needed}");
+    }
+}
+
+#[test]
+fn the_zookeeper_override_points_every_service_at_the_ensemble() {
+    let base = services(&load("docker-compose.yml"));
+    let over = services(&load("docker-compose.zookeeper.yml"));
+    let ensemble: BTreeSet<&str> = over.keys().filter(|k| k.starts_with("zk")).map(String::as_str).collect();
+    assert_eq!(ensemble.len(), 3, "the override must run a 3-node ensemble");
+    for (name, svc) in &base {
+        if svc["environment"]["ZK_CONNECT"].is_badvalue() {
+            continue;
+        }
+        let o = over.get(name).unwrap_or_else(|| panic!("{name} talks to ZooKeeper but the override leaves it alone"));
+        let connect = o["environment"]["ZK_CONNECT"].as_str().expect("ZK_CONNECT in the override");
+        for host in connect.split(',') {
+            let host = host.split(':').next().expect("host");
+            assert!(ensemble.contains(host), "{name}: {host} is not an ensemble member");
+        }
+        let deps = o["depends_on"].as_hash().expect("depends_on");
+        assert!(!deps.contains_key(&Yaml::String("coordinator".into())), "{name} still waits for the coordinator");
+    }
+}
+
+#[test]
+fn the_image_builds_with_a_toolchain_the_workspace_accepts() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml");
+    let needed = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("rust-version in Cargo.toml");
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|l| l.split('-').next())
+        .expect("a FROM rust:<version> stage");
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().expect("a version number")).collect::<Vec<_>>();
+    assert!(parse(image) >= parse(needed), "Dockerfile builds with Rust {image}, the workspace needs {needed}");
+    assert!(dockerfile.contains("USER "), "the runtime image must not run as root");
+}
