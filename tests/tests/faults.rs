@@ -128,7 +128,7 @@ async fn stalled_holder(zk: &str, dir: &Path) {
     let queue = testkit::unique("tasks");
     let store = dir.join("store");
     configure(zk, &root, 2500, 60_000).await;
-    let mut bs = vec![system_b(zk, &root, &queue, &store, "b1", dir), system_b(zk, &root, &queue, &store, "b2", dir)];
+    let bs = [system_b(zk, &root, &queue, &store, "b1", dir), system_b(zk, &root, &queue, &store, "b2", dir)];
     let (_a, a_addr) = system_a(zk, &root, &queue, dir);
     let grpc = TasksClient::connect(format!("http://{a_addr}")).await.expect("gRPC");
     let observer = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
