@@ -15,6 +15,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== servers" >&2
 scripts/rabbitmq.sh ensure
+# The RabbitMQ fault test drives the broker with rabbitmqctl; point it at
+# the private node when that is the one answering.
+if rabbitmqctl -n coordination-demo@localhost status >/dev/null 2>&1; then
+  export RABBITMQ_NODENAME=coordination-demo@localhost
+fi
 zk_port=${ZK_ORACLE_PORT:-21810}
 scripts/zookeeper.sh start "$zk_port"
 trap 'scripts/zookeeper.sh stop "$zk_port"' EXIT

@@ -308,10 +308,21 @@ impl Service {
             .map_err(|e| Status::unavailable(format!("coordination server: {e}")))?;
         // 2. Publish, confirmed and routed, or fail now.
         let body = serde_json::json!({"id": id, "entity": req.entity, "op": op, "amount": req.amount}).to_string();
-        if let Err(why) = self.publish(&id, body.as_bytes()).await {
-            let failed = serde_json::json!({"status": "failed", "error": why});
-            let _ = self.client.zk.set_data(&path, failed.to_string().into_bytes(), None).await;
-            return Err(Status::unavailable(why));
+        match self.publish(&id, body.as_bytes()).await {
+            Ok(()) => {}
+            Err(Unpublished::NotSent(why)) => {
+                let failed = serde_json::json!({"status": "failed", "error": why});
+                let _ = self.client.zk.set_data(&path, failed.to_string().into_bytes(), None).await;
+                return Err(Status::unavailable(format!("task {id} not queued: {why}")));
+            }
+            Err(Unpublished::Unknown(why)) => {
+                // The broker may have stored the message before the
+                // connection died with its confirm: the task may still run.
+                // Say so, and leave the node for Watch to follow.
+                return Err(Status::unavailable(format!(
+                    "task {id}: {why}; it may still be processed, Watch {id} to learn its outcome"
+                )));
+            }
         }
         // 3. Wait for system-b's answer through the watch.
         let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
@@ -342,8 +353,9 @@ impl Service {
         }))
     }
 
-    async fn publish(&self, id: &str, body: &[u8]) -> Result<(), String> {
-        let channel = self.channel.read().await.clone().ok_or("RabbitMQ is not connected")?;
+    async fn publish(&self, id: &str, body: &[u8]) -> Result<(), Unpublished> {
+        use Unpublished::{NotSent, Unknown};
+        let channel = self.channel.read().await.clone().ok_or(NotSent("RabbitMQ is not connected".into()))?;
         let props = BasicProperties::default()
             .with_delivery_mode(2) // persistent: survives a broker restart
             .with_message_id(id.into())
@@ -357,14 +369,23 @@ impl Service {
                 props,
             )
             .await
-            .map_err(|e| format!("publish failed: {e}"))?;
+            .map_err(|e| NotSent(format!("publish failed: {e}")))?;
         match tokio::time::timeout(Duration::from_secs(5), confirm).await {
-            Err(_) => Err("RabbitMQ did not confirm the task within 5 s".into()),
-            Ok(Err(e)) => Err(format!("publish failed: {e}")),
+            Err(_) => Err(Unknown("RabbitMQ did not confirm the task within 5 s".into())),
+            Ok(Err(e)) => Err(Unknown(format!("the confirm was lost: {e}"))),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(format!("no queue {:?} to route the task to", self.queue)),
-            Ok(Ok(Confirmation::Nack(_))) => Err("RabbitMQ refused the task".into()),
-            Ok(Ok(Confirmation::NotRequested)) => Err("publisher confirms are off".into()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                Err(NotSent(format!("no queue {:?} to route the task to", self.queue)))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(NotSent("RabbitMQ refused the task".into())),
+            Ok(Ok(Confirmation::NotRequested)) => Err(NotSent("publisher confirms are off".into())),
         }
     }
+}
+
+/// Why a task was not confirmed: certainly not queued, or unknown (the
+/// broker may have it; only its confirm is missing).
+enum Unpublished {
+    NotSent(String),
+    Unknown(String),
 }
