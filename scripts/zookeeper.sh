@@ -6,6 +6,9 @@
 #   scripts/zookeeper.sh start [PORT] [DIR]   # default 21810, .run/zookeeper-PORT
 #   scripts/zookeeper.sh stop  [PORT] [DIR]
 #
+# ZK_HEAP sets the JVM heap (default 512m), ZK_TICK_TIME the tick (2000),
+# ZK_KEEP_DATA=1 keeps an existing data dir.
+#
 # The server runs in standalone mode with forceSync left at its default (on),
 # 4lw commands all allowed, and extended types (TTL nodes) enabled: the
 # coordinator enables them by default, and the differential tests compare them.
@@ -30,7 +33,9 @@ start)
     echo "zookeeper.sh: port $port already answers; reusing it" >&2
     exit 0
   fi
-  rm -rf "$dir"
+  # A fresh data dir each start, unless ZK_KEEP_DATA=1 (the benchmark's
+  # recovery figure restarts on the data it loaded).
+  [ "${ZK_KEEP_DATA:-0}" = 1 ] || rm -rf "$dir"
   mkdir -p "$dir/data" "$dir/conf"
   cat >"$dir/conf/zoo.cfg" <<CFG
 tickTime=$tick
@@ -70,7 +75,10 @@ CFG
   ;;
 stop)
   if [ -f "$dir/pid" ]; then
-    kill "$(cat "$dir/pid")" 2>/dev/null || true
+    pid=$(cat "$dir/pid")
+    kill "$pid" 2>/dev/null || true
+    # Wait for it to be gone, so a restart on the same port finds it free.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$dir/pid"
   fi
   ;;
