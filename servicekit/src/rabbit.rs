@@ -50,7 +50,13 @@ pub async fn declare_task_queue(channel: &lapin::Channel, queue: &str) -> lapin:
         .await?;
     channel.queue_declare(dlq.as_str().into(), durable, FieldTable::default()).await?;
     channel
-        .queue_bind(dlq.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            dlq.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
