@@ -21,8 +21,11 @@ if rabbitmqctl -n coordination-demo@localhost status >/dev/null 2>&1; then
   export RABBITMQ_NODENAME=coordination-demo@localhost
 fi
 zk_port=${ZK_ORACLE_PORT:-21810}
+# Stop the oracle at the end only if this run started it.
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$zk_port") 2>/dev/null; then
+  trap 'scripts/zookeeper.sh stop "$zk_port"' EXIT
+fi
 scripts/zookeeper.sh start "$zk_port"
-trap 'scripts/zookeeper.sh stop "$zk_port"' EXIT
 export ZK_ORACLE_ADDR=127.0.0.1:$zk_port
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 

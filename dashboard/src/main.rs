@@ -86,14 +86,7 @@ struct AppState {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
-    if args.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    servicekit::telemetry::init(args.log_json);
     if let Err(e) = run(args).await {
         eprintln!("dashboard: {e:#}");
         std::process::exit(1);
@@ -132,20 +125,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     println!("dashboard listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving HTTP")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(servicekit::shutdown_token().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
     Ok(())
-}
-
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }
 
 /// Rebuilds the snapshot whenever a watch fires (or the connection state

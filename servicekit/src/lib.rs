@@ -20,6 +20,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zk_recipes::session::Client;
 
+/// Flags of the services that use the task queue (system-a, system-b): they
+/// must agree on both.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp: String,
+    /// Task queue (declared durable, with `<queue>.dlq` for poison messages).
+    #[arg(long, env = "TASK_QUEUE", default_value = "tasks")]
+    pub queue: String,
+}
+
 /// Flags every service takes. Flatten into the service's own `Args`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {

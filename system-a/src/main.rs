@@ -52,12 +52,8 @@ struct Args {
     cmd: Option<Cmd>,
     #[command(flatten)]
     common: CommonArgs,
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp: String,
-    /// Task queue (must match system-b's).
-    #[arg(long, env = "TASK_QUEUE", default_value = "tasks")]
-    queue: String,
+    #[command(flatten)]
+    q: servicekit::QueueArgs,
     /// gRPC listen address.
     #[arg(long, env = "SYSTEM_A_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -142,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("registering under /services/system-a")?;
 
     let channel = Arc::new(RwLock::new(None));
-    tokio::spawn(keep_publishing_channel(args.amqp.clone(), args.queue.clone(), channel.clone(), stop.clone()));
+    tokio::spawn(keep_publishing_channel(args.q.amqp.clone(), args.q.queue.clone(), channel.clone(), stop.clone()));
     tokio::spawn(reap(
         client.clone(),
         args.common.path("/tasks"),
@@ -150,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let service = Service { client, common: args.common.clone(), queue: args.queue.clone(), settings, channel };
+    let service = Service { client, common: args.common.clone(), queue: args.q.queue.clone(), settings, channel };
     println!("system-a listening on {addr}");
     tonic::transport::Server::builder()
         .add_service(TasksServer::new(service))

@@ -39,12 +39,8 @@ use zk_recipes::session::Client;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp: String,
-    /// Task queue (declared durable, with `<queue>.dlq` for poison messages).
-    #[arg(long, env = "TASK_QUEUE", default_value = "tasks")]
-    queue: String,
+    #[command(flatten)]
+    q: servicekit::QueueArgs,
     /// Directory of the shared entity store.
     #[arg(long, env = "STORE_DIR", default_value = "store")]
     store_dir: PathBuf,
@@ -99,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::Store::open(&args.store_dir).context("--store-dir")?;
     let client = args.common.connect_zk().await?;
     let settings = servicekit::live_config(&client, &args.common.path("/config/system-b"));
-    let meta = serde_json::json!({"pid": std::process::id(), "queue": args.queue}).to_string();
+    let meta = serde_json::json!({"pid": std::process::id(), "queue": args.q.queue}).to_string();
     let registration =
         zk_recipes::registry::register(&client, &args.common.path("/services/system-b"), &instance, meta.as_bytes())
             .await
@@ -108,7 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut announced = false;
     // One connection at a time; a broker restart ends it and we come back.
-    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&args.amqp, &stop).await {
+    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&args.q.amqp, &stop).await {
         let consumed = consume(&conn, &args, &worker, &stop, &mut announced).await;
         if let Err(e) = consumed {
             tracing::warn!("RabbitMQ connection ended: {e}; reconnecting");
@@ -130,11 +126,11 @@ async fn consume(
     announced: &mut bool,
 ) -> lapin::Result<()> {
     let channel = conn.create_channel().await?;
-    servicekit::rabbit::declare_task_queue(&channel, &args.queue).await?;
+    servicekit::rabbit::declare_task_queue(&channel, &args.q.queue).await?;
     channel.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
     let mut deliveries = channel
         .basic_consume(
-            args.queue.as_str().into(),
+            args.q.queue.as_str().into(),
             worker.instance.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

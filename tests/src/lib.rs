@@ -161,3 +161,69 @@ pub fn start_coordinator(args: &[&str], log_dir: &Path) -> (Proc, String) {
     let addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
     (p, addr)
 }
+
+/// The scenario services, configured alike in every suite: a system-b
+/// instance on `queue` under `root`, sharing `store`, with a short session
+/// (`session_ms`) so faults show within seconds. Returns once it consumes.
+pub fn start_system_b(
+    zk: &str,
+    root: &str,
+    queue: &str,
+    store: &Path,
+    name: &str,
+    session_ms: u64,
+    log_dir: &Path,
+) -> Proc {
+    let amqp = amqp_url();
+    let session = session_ms.to_string();
+    let args = [
+        "--zk",
+        zk,
+        "--root",
+        root,
+        "--queue",
+        queue,
+        "--store-dir",
+        store.to_str().expect("utf-8 path"),
+        "--instance",
+        name,
+        "--amqp",
+        &amqp,
+        "--zk-session-timeout-ms",
+        &session,
+    ];
+    let mut p = Proc::spawn("system-b", &args, log_dir);
+    p.wait_line("system-b ready", Duration::from_secs(30));
+    p
+}
+
+/// system-a on port 0 as instance `a1`; returns it and its gRPC address once
+/// it can publish.
+pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String) {
+    let amqp = amqp_url();
+    let args = [
+        "--zk",
+        zk,
+        "--root",
+        root,
+        "--queue",
+        queue,
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp,
+        "--instance",
+        "a1",
+        "--zk-session-timeout-ms",
+        "10000",
+    ];
+    let mut p = Proc::spawn("system-a", &args, log_dir);
+    let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
+    p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
+    (p, addr)
+}
+
+/// The RabbitMQ the test scripts ensured (`AMQP_URL`), or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}

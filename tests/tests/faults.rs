@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, Proc, TempDir};
+use e2e_tests::{start_coordinator, start_system_a, start_system_b, Proc, TempDir};
 use nix::sys::signal::Signal;
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
@@ -15,46 +15,11 @@ use zk_recipes::session::Client;
 const SESSION_MS: &str = "4000";
 
 fn system_b(zk: &str, root: &str, queue: &str, store: &Path, name: &str, dir: &Path) -> Proc {
-    let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
-        "--queue",
-        queue,
-        "--store-dir",
-        store.to_str().expect("utf-8"),
-        "--instance",
-        name,
-        "--amqp",
-        &testkit::rabbitmq_url(),
-        "--zk-session-timeout-ms",
-        SESSION_MS,
-    ];
-    let mut p = Proc::spawn("system-b", &args, dir);
-    p.wait_line("system-b ready", Duration::from_secs(30));
-    p
+    start_system_b(zk, root, queue, store, name, SESSION_MS.parse().expect("ms"), dir)
 }
 
 fn system_a(zk: &str, root: &str, queue: &str, dir: &Path) -> (Proc, String) {
-    let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
-        "--queue",
-        queue,
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &testkit::rabbitmq_url(),
-        "--zk-session-timeout-ms",
-        "10000",
-    ];
-    let mut p = Proc::spawn("system-a", &args, dir);
-    let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
-    p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
-    (p, addr)
+    start_system_a(zk, root, queue, dir)
 }
 
 async fn configure(zk: &str, root: &str, work_ms: u64, timeout_ms: u64) {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, Proc, TempDir};
+use e2e_tests::{start_coordinator, start_system_a, start_system_b, Proc, TempDir};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::BasicProperties;
 use system_a::proto::tasks_client::TasksClient;
@@ -13,7 +13,7 @@ use system_a::proto::SubmitRequest;
 use tonic::transport::Channel;
 use zk_recipes::session::Client;
 
-const SESSION_MS: &str = "4000";
+const SESSION_MS: u64 = 4000;
 
 struct System {
     zk: String,
@@ -26,31 +26,6 @@ struct System {
     client: Client,
 }
 
-fn b(zk: &str, root: &str, queue: &str, store: &Path, name: &str, log_dir: &Path) -> Proc {
-    let mut p = Proc::spawn(
-        "system-b",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            root,
-            "--queue",
-            queue,
-            "--store-dir",
-            store.to_str().expect("utf-8"),
-            "--instance",
-            name,
-            "--amqp",
-            &testkit::rabbitmq_url(),
-            "--zk-session-timeout-ms",
-            SESSION_MS,
-        ],
-        log_dir,
-    );
-    p.wait_line("system-b ready", Duration::from_secs(30));
-    p
-}
-
 async fn start(zk: &str, dir: &Path) -> System {
     let root = format!("/{}", testkit::unique("sys"));
     let queue = testkit::unique("tasks");
@@ -58,27 +33,9 @@ async fn start(zk: &str, dir: &Path) -> System {
     let client = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     zk_recipes::ensure_path(&client.zk, &format!("{root}/config/system-b")).await.expect("config dir");
     client.zk.set_data(&format!("{root}/config/system-b"), br#"{"work_ms":2}"#.to_vec(), None).await.expect("set");
-    let bs: Vec<Proc> = (1..=3).map(|i| b(zk, &root, &queue, &store, &format!("b{i}"), dir)).collect();
-    let mut a = Proc::spawn(
-        "system-a",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            &root,
-            "--queue",
-            &queue,
-            "--listen",
-            "127.0.0.1:0",
-            "--amqp",
-            &testkit::rabbitmq_url(),
-            "--instance",
-            "a1",
-        ],
-        dir,
-    );
-    let a_addr = a.wait_line("system-a listening on", Duration::from_secs(30));
-    a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
+    let bs: Vec<Proc> =
+        (1..=3).map(|i| start_system_b(zk, &root, &queue, &store, &format!("b{i}"), SESSION_MS, dir)).collect();
+    let (a, a_addr) = start_system_a(zk, &root, &queue, dir);
     System { zk: zk.to_string(), root, queue, store, a, a_addr, bs, client }
 }
 
