@@ -27,9 +27,14 @@ zk=127.0.0.1:2181
 amqp=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 pids=()
 cleanup() {
+  trap - EXIT INT TERM
   echo "== stopping" >&2
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Services first (they resign and deregister through the server), the
+  # coordination server last.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
   [ "$backend" = zookeeper ] && scripts/zookeeper.sh stop 2181 || true
 }
 trap cleanup EXIT INT TERM

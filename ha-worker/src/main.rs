@@ -105,8 +105,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let interval = Duration::from_millis(settings.borrow().interval_ms.unwrap_or(args.interval_ms));
             tokio::select! {
                 _ = stop.cancelled() => {
-                    // Hand over now: the standby must not wait a session timeout.
-                    leadership.resign().await;
+                    // Hand over now: the standby must not wait a session
+                    // timeout. Bounded: if the server is unreachable, the
+                    // session's expiry hands over instead.
+                    let _ = tokio::time::timeout(Duration::from_secs(3), leadership.resign()).await;
                     registration.deregister().await;
                     println!("ha-worker resigned");
                     return Ok(());

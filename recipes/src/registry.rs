@@ -28,10 +28,12 @@ impl Registration {
         &self.path
     }
 
-    /// Leaves the registry now (graceful shutdown).
+    /// Leaves the registry now (graceful shutdown). Bounded: with the
+    /// server unreachable the node goes when the session expires anyway,
+    /// and a shutdown must not hang on it.
     pub async fn deregister(self) {
         self.task.abort();
-        let _ = self.client.zk.delete(&self.path, None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.zk.delete(&self.path, None)).await;
     }
 }
 
