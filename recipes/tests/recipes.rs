@@ -249,3 +249,64 @@ async fn task_status_sees_an_update_made_right_after_creation() {
     })
     .await;
 }
+
+/// The server's own view of who watches what (`wchp`), for paths under `dir`:
+/// (path, number of watching sessions).
+fn watches_under(addr: &str, dir: &str) -> Vec<(String, usize)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for wchp");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"wchp").expect("send wchp");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let mut found: Vec<(String, usize)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in out.lines() {
+        if line.starts_with('/') {
+            current = if line.starts_with(dir) {
+                found.push((line.trim().to_string(), 0));
+                Some(found.len() - 1)
+            } else {
+                None
+            };
+        } else if let (Some(i), false) = (current, line.trim().is_empty()) {
+            found[i].1 += 1;
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_watch_only_their_predecessor_so_a_release_wakes_one() {
+    for_both(|addr| async move {
+        let dir = format!("/{}", unique("herd"));
+        let holder = client(&addr).await;
+        let held = Lock::new(&holder, dir.clone()).acquire("holder", Duration::from_secs(5)).await.expect("acquire");
+        let mut waiters = Vec::new();
+        for w in 0..4 {
+            let (addr, dir) = (addr.clone(), dir.clone());
+            waiters.push(tokio::spawn(async move {
+                let c = client(&addr).await;
+                let g = Lock::new(&c, dir).acquire(&format!("w{w}"), Duration::from_secs(30)).await.expect("acquire");
+                g.release().await;
+            }));
+            // Join in order, so the queue is holder, w0, w1, w2, w3.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let queue = Lock::new(&holder, dir.clone()).queue().await.expect("queue");
+        assert_eq!(queue.len(), 5, "{queue:?}");
+        // Four waiters, four watches, each on a different node (its own
+        // predecessor), one session each; none on the lock's parent node,
+        // whose child watch would wake every waiter on every release.
+        let watches = watches_under(&addr, &dir);
+        let mut expected: Vec<(String, usize)> = queue[..4].iter().map(|(n, _)| (format!("{dir}/{n}"), 1)).collect();
+        expected.sort();
+        assert_eq!(watches, expected, "waiters must watch only their predecessor");
+        held.release().await;
+        for w in waiters {
+            within("every waiter in turn", Duration::from_secs(30), w).await.expect("waiter");
+        }
+    })
+    .await;
+}
