@@ -1,12 +1,15 @@
-//! The admin listener (`--admin-listen`): plain HTTP for operators and
-//! scrapers, off unless asked for.
+//! The admin listener (`--admin-listen`): HTTP for operators and scrapers,
+//! and the gRPC admin API ([`crate::grpc`]) on the same port; off unless
+//! asked for.
 //!
 //! - `GET /commands/<word>`: any four-letter word's output, as ZooKeeper's
 //!   AdminServer offers them (not subject to the client-port whitelist: this
 //!   listener is opt-in and meant for loopback or a management network);
 //! - `GET /metrics`: Prometheus text, named as ZooKeeper's Prometheus
 //!   provider names the same numbers;
-//! - `GET /health`: `ok` while the server runs.
+//! - `GET /health`: `ok` while the server runs;
+//! - `POST /coordinator.admin.v1.Admin/<Method>` (HTTP/2): the gRPC admin
+//!   API, with server reflection.
 
 use std::sync::Arc;
 
@@ -27,7 +30,12 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/commands/{word}", get(command))
-        .with_state(core)
+        .with_state(core.clone())
+        .merge(crate::grpc::routes(core))
+        // The gRPC routes bring a catch-all answering "unimplemented" in
+        // gRPC's terms; an HTTP client asking for an unknown page gets a
+        // plain 404 instead (and a gRPC client maps 404 to UNIMPLEMENTED).
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
 }
 
 pub async fn serve(listener: TcpListener, core: Arc<Core>, token: CancellationToken) {
@@ -48,10 +56,7 @@ async fn command(State(core): State<Arc<Core>>, Path(word): Path<String>) -> imp
 
 async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     let mut out = String::new();
-    for line in fourlw::run_unrestricted(&core, "mntr").lines() {
-        let Some((key, value)) = line.split_once('\t') else {
-            continue;
-        };
+    for (key, value) in fourlw::mntr_values(&core) {
         // Only numbers are metrics; zk_version and zk_server_state are not.
         if value.parse::<f64>().is_err() {
             continue;

@@ -138,6 +138,9 @@ pub struct Core {
     pub storage: Option<Storage>,
     /// The highest durable zxid (always "everything" without a data dir).
     durable: watch::Receiver<i64>,
+    /// Held while a snapshot is written: the periodic one and one asked for
+    /// over the admin API must not write the same file at once.
+    pub snapshotting: tokio::sync::Mutex<()>,
 }
 
 fn wall_ms() -> i64 {
@@ -211,6 +214,7 @@ impl Core {
             started: Instant::now(),
             storage,
             durable,
+            snapshotting: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -83,6 +83,12 @@ fn max_open_files() -> Option<u64> {
 }
 
 fn mntr(core: &Core) -> String {
+    mntr_values(core).into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
+}
+
+/// `mntr`'s keys and values, in its order: one source for the command, the
+/// Prometheus endpoint and the admin API's ServerStats.
+pub fn mntr_values(core: &Core) -> Vec<(&'static str, String)> {
     let (min, avg, max) = core.stats.latency_ms();
     let (zxid, nodes, ephemerals, size) =
         core.with_tree(|t| (t.last_zxid(), t.node_count(), t.ephemeral_count(), t.approximate_data_size()));
@@ -92,7 +98,7 @@ fn mntr(core: &Core) -> String {
     // ZooKeeper's mntr reports the fd limit beside the count (its
     // UnixOperatingSystemMXBean metrics); monitoring compares the two.
     let max_fds = max_open_files().map(|n| n.to_string()).unwrap_or_else(|| "-1".into());
-    let lines: Vec<(&str, String)> = vec![
+    vec![
         ("zk_version", VERSION.to_string()),
         ("zk_server_state", "standalone".into()),
         ("zk_avg_latency", format!("{avg:.4}")),
@@ -111,8 +117,7 @@ fn mntr(core: &Core) -> String {
         ("zk_global_sessions", sessions.to_string()),
         ("zk_last_zxid", zxid.to_string()),
         ("zk_uptime", core.started.elapsed().as_millis().to_string()),
-    ];
-    lines.into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
+    ]
 }
 
 fn conf(core: &Core) -> String {

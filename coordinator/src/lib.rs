@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod fourlw;
+pub mod grpc;
 pub mod path;
 pub mod prep;
 pub mod server;

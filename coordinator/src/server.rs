@@ -96,21 +96,33 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
         if storage.txns_since_snapshot() < core.config.snap_count {
             continue;
         }
-        // Serialised under the read lock (writers wait for it), written to
-        // disk outside it.
-        let (zxid, bytes) = core.with_tree(|t| storage.begin_snapshot(t));
-        let core2 = core.clone();
-        let result = tokio::task::spawn_blocking(move || match &core2.storage {
-            Some(s) => s.finish_snapshot(zxid, bytes),
-            None => Ok(()),
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("snapshot at {zxid:#x} failed: {e}"),
-            Err(e) => tracing::error!("snapshot task failed: {e}"),
+        if let Err(e) = snapshot_now(&core).await {
+            tracing::error!("snapshot failed: {e:#}");
         }
     }
+}
+
+/// Writes a snapshot of the tree now; returns the zxid it covers, or `None`
+/// when the server keeps no data dir.
+pub async fn snapshot_now(core: &Arc<Core>) -> anyhow::Result<Option<i64>> {
+    if core.storage.is_none() {
+        return Ok(None);
+    }
+    let _one_at_a_time = core.snapshotting.lock().await;
+    // Serialised under the read lock (writers wait for it), written to
+    // disk outside it.
+    let Some((zxid, bytes)) = core.with_tree(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
+        return Ok(None);
+    };
+    let core2 = core.clone();
+    tokio::task::spawn_blocking(move || match &core2.storage {
+        Some(s) => s.finish_snapshot(zxid, bytes),
+        None => Ok(()),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))?
+    .map_err(|e| anyhow::anyhow!("snapshot at {zxid:#x}: {e}"))?;
+    Ok(Some(zxid))
 }
 
 /// Expires idle sessions at each tick boundary, as ZooKeeper's expiry queue

@@ -300,6 +300,19 @@ impl WatchManager {
         conns.len()
     }
 
+    /// Every armed watch as (path, connection, table, mode), table being
+    /// "data" or "child" (the admin API's ListWatches).
+    pub fn list(&self) -> Vec<(String, ConnId, &'static str, Mode)> {
+        let mut out = Vec::with_capacity(self.count());
+        for (table, name) in [(&self.data, "data"), (&self.child, "child")] {
+            for (path, watchers) in &table.by_path {
+                out.extend(watchers.iter().map(|(c, m)| (path.clone(), *c, name, *m)));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+        out
+    }
+
     /// Paths each connection watches (`wchc`).
     pub fn by_connection(&self) -> HashMap<ConnId, Vec<String>> {
         let mut out: HashMap<ConnId, HashSet<String>> = HashMap::new();

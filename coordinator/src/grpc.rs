@@ -1,0 +1,284 @@
+//! The admin API over gRPC (`coordinator.admin.v1.Admin`, in
+//! `proto/coordinator/admin/v1/admin.proto`).
+//!
+//! It reads the same internals the four-letter words read (the numbers are
+//! `mntr`'s, taken from [`fourlw::mntr_values`]), typed for programs, and
+//! adds the drills that the text commands cannot offer: expire a session,
+//! close it, drop its connection, take a snapshot.
+//!
+//! # Where it is served
+//! On the admin listener (`--admin-listen`), on the same port as the HTTP
+//! endpoints: gRPC calls are HTTP/2 requests to `/<service>/<method>`, a
+//! path no HTTP endpoint uses, so one axum router holds both (see
+//! [`crate::admin::router`]) and one listener accepts HTTP/1 and HTTP/2
+//! alike. One port means one flag, one firewall rule and one place to keep
+//! off the public network; the listener is off unless asked for.
+//!
+//! # Drills are the real thing
+//! [`Admin::expire_session`] calls the very function the expiry timer calls,
+//! so a test that expires a session this way sees what a real expiry does:
+//! ephemerals deleted in ZooKeeper's order, watches fired, the connection
+//! closed, and "session expired" when the client reconnects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::core::Core;
+use crate::fourlw;
+use crate::path;
+use crate::watch::Mode;
+
+/// The generated messages, server and client.
+pub mod pb {
+    tonic::include_proto!("coordinator.admin.v1");
+
+    /// The encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("admin_descriptor");
+}
+
+use pb::admin_server::AdminServer;
+use pb::*;
+
+/// ListTree's node limit when the request gives none.
+const DEFAULT_TREE_LIMIT: usize = 10_000;
+
+/// The Admin service and server reflection, as routes for the admin router.
+pub fn routes(core: Arc<Core>) -> axum::Router {
+    let mut routes = tonic::service::Routes::new(AdminServer::new(AdminService { core }));
+    // Reflection lets grpcurl and grpcui discover the API without the proto
+    // file. v1alpha too: many installed grpcurl versions still ask for it.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    match (reflection, reflection_alpha) {
+        (Ok(v1), Ok(v1alpha)) => routes = routes.add_service(v1).add_service(v1alpha),
+        // The descriptors are compiled in; this only fails if the build is
+        // broken, and the API itself still works without reflection.
+        (Err(e), _) | (_, Err(e)) => tracing::warn!("gRPC reflection is off: {e}"),
+    }
+    routes.into_axum_router()
+}
+
+pub struct AdminService {
+    core: Arc<Core>,
+}
+
+impl AdminService {
+    /// The session's ephemerals, or NOT_FOUND when no such session is open.
+    fn open_session(&self, id: i64) -> Result<Vec<String>, Status> {
+        let open = self.core.with_sessions(|s| s.get(id).is_some_and(|s| !s.closing));
+        if !open {
+            return Err(Status::not_found(format!("no open session {id:#x}")));
+        }
+        Ok(self.core.with_tree(|t| t.ephemerals_of(id).cloned().collect()))
+    }
+}
+
+fn number<T: std::str::FromStr + Default>(values: &HashMap<&str, String>, key: &str) -> T {
+    values.get(key).and_then(|v| v.parse().ok()).unwrap_or_default()
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Standard => "standard",
+        Mode::Persistent => "persistent",
+        Mode::PersistentRecursive => "persistent_recursive",
+    }
+}
+
+/// `path` itself or a node below it.
+fn within(candidate: &str, path: &str) -> bool {
+    path.is_empty()
+        || path == "/"
+        || candidate == path
+        || candidate.strip_prefix(path).is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn server_stats(&self, _: Request<ServerStatsRequest>) -> Result<Response<ServerStatsReply>, Status> {
+        let values: HashMap<&str, String> = fourlw::mntr_values(&self.core).into_iter().collect();
+        let text = |k: &str| values.get(k).cloned().unwrap_or_default();
+        Ok(Response::new(ServerStatsReply {
+            version: text("zk_version"),
+            server_state: text("zk_server_state"),
+            avg_latency: number(&values, "zk_avg_latency"),
+            max_latency: number(&values, "zk_max_latency"),
+            min_latency: number(&values, "zk_min_latency"),
+            packets_received: number(&values, "zk_packets_received"),
+            packets_sent: number(&values, "zk_packets_sent"),
+            num_alive_connections: number(&values, "zk_num_alive_connections"),
+            outstanding_requests: number(&values, "zk_outstanding_requests"),
+            znode_count: number(&values, "zk_znode_count"),
+            watch_count: number(&values, "zk_watch_count"),
+            ephemerals_count: number(&values, "zk_ephemerals_count"),
+            approximate_data_size: number(&values, "zk_approximate_data_size"),
+            open_file_descriptor_count: number(&values, "zk_open_file_descriptor_count"),
+            max_file_descriptor_count: values
+                .get("zk_max_file_descriptor_count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1),
+            global_sessions: number(&values, "zk_global_sessions"),
+            last_zxid: number(&values, "zk_last_zxid"),
+            uptime: number(&values, "zk_uptime"),
+        }))
+    }
+
+    async fn list_sessions(&self, _: Request<ListSessionsRequest>) -> Result<Response<ListSessionsReply>, Status> {
+        // One lock at a time, never nested: sessions, then the tree, then
+        // the connections. The picture may be a moment apart between them,
+        // which is as exact as a live server can be described anyway.
+        let mut sessions: Vec<(i64, u64, Option<u64>, bool)> = self
+            .core
+            .with_sessions(|s| s.iter().map(|x| (x.id, x.timeout.as_millis() as u64, x.conn, x.closing)).collect());
+        sessions.sort_unstable_by_key(|s| s.0);
+        let ephemerals: HashMap<i64, u64> =
+            self.core.with_tree(|t| t.sessions_with_ephemerals().map(|(id, p)| (*id, p.len() as u64)).collect());
+        let peers: HashMap<u64, String> = self.core.connections().iter().map(|c| (c.id, c.peer.to_string())).collect();
+        let sessions = sessions
+            .into_iter()
+            .map(|(id, timeout_ms, conn, closing)| Session {
+                session_id: id,
+                timeout_ms,
+                ephemerals_count: ephemerals.get(&id).copied().unwrap_or(0),
+                remote_addr: conn.and_then(|c| peers.get(&c).cloned()).unwrap_or_default(),
+                closing,
+            })
+            .collect();
+        Ok(Response::new(ListSessionsReply { sessions }))
+    }
+
+    async fn list_tree(&self, req: Request<ListTreeRequest>) -> Result<Response<ListTreeReply>, Status> {
+        let req = req.into_inner();
+        let start = path::canonical(&req.path).to_string();
+        path::validate(&start).map_err(|why| Status::invalid_argument(format!("path {start:?}: {why}")))?;
+        let limit = match req.limit {
+            0 => DEFAULT_TREE_LIMIT,
+            n => n as usize,
+        };
+        self.core.with_tree(|tree| {
+            if tree.get(&start).is_none() {
+                return Err(Status::not_found(format!("no node {start}")));
+            }
+            let mut nodes = Vec::new();
+            let mut truncated = false;
+            // Breadth first, so a limit cuts off the deepest nodes and the
+            // top of the tree is always whole.
+            let mut queue = std::collections::VecDeque::from([(start.clone(), 0u32)]);
+            while let Some((p, depth)) = queue.pop_front() {
+                let Some(node) = tree.get(&p) else { continue };
+                if nodes.len() >= limit {
+                    truncated = true;
+                    break;
+                }
+                let s = node.stat();
+                if depth < req.depth {
+                    queue.extend(node.children.iter().map(|c| (path::join(&p, c), depth + 1)));
+                }
+                nodes.push(Node {
+                    path: p,
+                    czxid: s.czxid,
+                    mzxid: s.mzxid,
+                    pzxid: s.pzxid,
+                    ctime: s.ctime,
+                    mtime: s.mtime,
+                    version: s.version,
+                    cversion: s.cversion,
+                    aversion: s.aversion,
+                    ephemeral_owner: s.ephemeral_owner,
+                    data_length: s.data_length,
+                    num_children: s.num_children,
+                    data: match (&node.data, req.include_data) {
+                        (Some(d), true) => d.to_vec(),
+                        _ => Vec::new(),
+                    },
+                    depth,
+                });
+            }
+            Ok(Response::new(ListTreeReply { nodes, truncated }))
+        })
+    }
+
+    async fn list_watches(&self, req: Request<ListWatchesRequest>) -> Result<Response<ListWatchesReply>, Status> {
+        let req = req.into_inner();
+        let all = self.core.with_watches(|w| w.list());
+        // Watches belong to connections; operators think in sessions.
+        let session_of: HashMap<u64, i64> = self
+            .core
+            .connections()
+            .iter()
+            .map(|c| (c.id, c.session_id.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect();
+        let watches = all
+            .into_iter()
+            .filter_map(|(p, conn, kind, mode)| {
+                let session_id = session_of.get(&conn).copied().unwrap_or(0);
+                let wanted = within(&p, &req.path) && (req.session_id == 0 || req.session_id == session_id);
+                wanted.then(|| Watch { path: p, session_id, kind: kind.to_string(), mode: mode_name(mode).to_string() })
+            })
+            .collect();
+        Ok(Response::new(ListWatchesReply { watches }))
+    }
+
+    async fn expire_session(&self, req: Request<SessionRequest>) -> Result<Response<SessionReply>, Status> {
+        let id = req.into_inner().session_id;
+        let ephemerals = self.open_session(id)?;
+        tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session expired by the admin API");
+        self.core.close_session(id, None);
+        Ok(Response::new(SessionReply { ephemerals }))
+    }
+
+    async fn close_session(&self, req: Request<SessionRequest>) -> Result<Response<SessionReply>, Status> {
+        let id = req.into_inner().session_id;
+        let ephemerals = self.open_session(id)?;
+        tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session closed by the admin API");
+        self.core.close_session(id, None);
+        Ok(Response::new(SessionReply { ephemerals }))
+    }
+
+    async fn close_connection(&self, req: Request<SessionRequest>) -> Result<Response<SessionReply>, Status> {
+        let id = req.into_inner().session_id;
+        let ephemerals = self.open_session(id)?;
+        let Some(conn_id) = self.core.with_sessions(|s| s.get(id).and_then(|s| s.conn)) else {
+            return Err(Status::failed_precondition(format!("session {id:#x} has no connection right now")));
+        };
+        let Some(conn) = self.core.connections().into_iter().find(|c| c.id == conn_id) else {
+            return Err(Status::failed_precondition(format!("session {id:#x}'s connection has just closed")));
+        };
+        tracing::info!(session = format!("{id:#x}"), peer = %conn.peer, "connection dropped by the admin API");
+        conn.close();
+        Ok(Response::new(SessionReply { ephemerals }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotReply>, Status> {
+        match crate::server::snapshot_now(&self.core).await {
+            Ok(Some(zxid)) => Ok(Response::new(TriggerSnapshotReply { zxid })),
+            Ok(None) => {
+                Err(Status::failed_precondition("the server keeps no data dir (--data-dir): nothing to snapshot"))
+            }
+            Err(e) => Err(Status::internal(format!("{e:#}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+
+    #[test]
+    fn path_filter_takes_the_path_and_below_only() {
+        assert!(within("/a", "/a"));
+        assert!(within("/a/b", "/a"));
+        assert!(!within("/ab", "/a"));
+        assert!(within("/anything", "/"));
+        assert!(within("/anything", ""));
+    }
+}
