@@ -16,6 +16,7 @@ missing=()
 # Headless Chromium and Node (for playwright-core) load the dashboard in a
 # real browser.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

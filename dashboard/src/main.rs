@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`snapshot`]: walks the tree and derives the views (lock queues, HA
 //!   groups, tasks, services, config) into one JSON document.
+//! - [`sessions`]: the server's sessions, from the coordinator's admin API
+//!   (`--admin`) or the `cons` four-letter word.
 //! - this file: flags, the refresher task, and the HTTP routes: `/` (the
 //!   page), `/api/state` (the latest snapshot), `/events` (Server-Sent
 //!   Events, one per change).
@@ -19,6 +21,7 @@
 //! fired watch triggers a refresh, and a modest poll (`--refresh-ms`) bounds
 //! how stale the page can be whatever happens to the watches.
 
+mod sessions;
 mod snapshot;
 
 use std::collections::HashSet;
@@ -50,6 +53,10 @@ struct Args {
     /// Path prefix under which the services keep their znodes ("" = /).
     #[arg(long, env = "DASHBOARD_ROOT", default_value = "")]
     root: String,
+    /// The coordinator's admin address (its --admin-listen), for the session
+    /// list; without it, sessions come from the `cons` four-letter word.
+    #[arg(long, env = "DASHBOARD_ADMIN", value_name = "HOST:PORT")]
+    admin: Option<String>,
     /// Longest time between two refreshes, whatever the watches do.
     #[arg(long, env = "DASHBOARD_REFRESH_MS", default_value_t = 1000)]
     refresh_ms: u64,
@@ -113,8 +120,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
+    let sessions = sessions::Sessions::new(args.admin.as_deref(), &args.zk)?;
     let (tx, rx) = watch::channel(Arc::new("{}".to_string()));
-    tokio::spawn(refresher(zk.clone(), root, armed, changed, tx, Duration::from_millis(args.refresh_ms)));
+    let every = Duration::from_millis(args.refresh_ms);
+    tokio::spawn(refresher(zk.clone(), root, sessions, armed, changed, tx, every));
 
     let app = Router::new()
         .route("/", get(|| async { Html(include_str!("page.html")) }))
@@ -137,6 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn refresher(
     zk: Arc<ZooKeeper>,
     root: String,
+    mut sessions: sessions::Sessions,
     armed: Arc<Armed>,
     changed: Arc<Notify>,
     tx: watch::Sender<Arc<String>>,
@@ -144,7 +154,8 @@ async fn refresher(
 ) {
     loop {
         match snapshot::build(&zk, &root, &armed, &changed).await {
-            Ok(doc) => {
+            Ok(mut doc) => {
+                doc["sessions"] = sessions.fetch().await;
                 let text = doc.to_string();
                 if **tx.borrow() != text {
                     tx.send_replace(Arc::new(text));

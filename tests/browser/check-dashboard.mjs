@@ -1,32 +1,40 @@
 // Opens the dashboard in Debian's headless Chromium, waits until the page
 // (rendered by its own JavaScript from the live event stream) shows a lock
-// holder and an active worker, and saves a screenshot.
+// holder, an active worker and a session, and saves a screenshot.
 //
-//   node check-dashboard.mjs <dashboard URL> <screenshot.png> <holder> <active>
+//   node check-dashboard.mjs <dashboard URL> <screenshot.png> <holder> <active> <session id>
 import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [url, shot, holder, active] = process.argv.slice(2);
+const [url, shot, holder, active, session] = process.argv.slice(2);
+if (!session) {
+  console.error("usage: node check-dashboard.mjs <url> <screenshot.png> <holder> <active> <session id>");
+  process.exit(2);
+}
+// A fresh profile every run: no state from an earlier run can make it pass.
 const profile = mkdtempSync(join(tmpdir(), "dashboard-chromium-"));
 const browser = await chromium.launchPersistentContext(profile, {
   executablePath: "/usr/bin/chromium",
   headless: true,
+  // The machine is offline: nothing may try to reach the network.
   args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
   ],
 });
 try {
   const page = browser.pages()[0] ?? (await browser.newPage());
-  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.setViewportSize({ width: 1280, height: 900 });
   await page.goto(url);
   await page.locator("#conn.live").waitFor({ timeout: 15000 });
   await page.locator('[data-role="lock-holder"]', { hasText: holder }).waitFor({ timeout: 15000 });
   await page.locator('[data-role="ha-active"]', { hasText: active }).waitFor({ timeout: 15000 });
+  await page.locator('[data-role="session"]', { hasText: session }).waitFor({ timeout: 15000 });
   await page.screenshot({ path: shot, fullPage: true });
   console.log("dashboard ok");
 } finally {
   await browser.close();
+  rmSync(profile, { recursive: true, force: true });
 }

@@ -1,6 +1,8 @@
 //! The dashboard against both servers: it must show who holds each lock and
-//! who waits, which worker is active, and push changes to the page as they
-//! happen (Server-Sent Events).
+//! who waits, which worker is active, which sessions are open, and push
+//! changes to the page as they happen (Server-Sent Events). Sessions come
+//! from the coordinator's gRPC admin API, and from `cons` on Apache
+//! ZooKeeper (whose test config whitelists every four-letter word).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -39,7 +41,21 @@ async fn mk(zk: &ZooKeeper, path: &str, data: &str, mode: CreateMode) -> String 
     zk.create(path, data.as_bytes().to_vec(), Acl::open_unsafe().clone(), mode).await.expect("create")
 }
 
-async fn exercise(zk_addr: &str, log_dir: &std::path::Path) {
+/// The session (as the page shows it, `0x…`) listed in the state, if any.
+fn session<'a>(s: &'a Value, id: &Value) -> Option<&'a Value> {
+    s["sessions"]["list"].as_array()?.iter().find(|x| &x["id"] == id)
+}
+
+/// The dashboard's flags: the coordinator's admin address when there is one.
+fn dashboard_args<'a>(zk: &'a str, root: &'a str, admin: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec!["--zk", zk, "--listen", "127.0.0.1:0", "--root", root];
+    if let Some(a) = admin {
+        args.extend(["--admin", a]);
+    }
+    args
+}
+
+async fn exercise(zk_addr: &str, admin: Option<&str>, log_dir: &std::path::Path) {
     let root = format!("/{}", testkit::unique("dash"));
     let zk =
         tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
@@ -55,7 +71,7 @@ async fn exercise(zk_addr: &str, log_dir: &std::path::Path) {
     mk(&zk, &format!("{root}/ha/workers/_c_ddd-n_"), "ha2", CreateMode::EphemeralSequential).await;
     mk(&zk, &format!("{root}/tasks/t1"), r#"{"status":"pending"}"#, CreateMode::Persistent).await;
 
-    let mut dash = Proc::spawn("dashboard", &["--zk", zk_addr, "--listen", "127.0.0.1:0", "--root", &root], log_dir);
+    let mut dash = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, admin), log_dir);
     let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
     let page = http_get(&addr, "/");
     assert!(page.contains("EventSource(\"/events\")"), "the page does not subscribe to live updates");
@@ -66,6 +82,20 @@ async fn exercise(zk_addr: &str, log_dir: &std::path::Path) {
     assert_eq!(s["locks"]["acct-1"]["waiters"][0]["data"], "b2");
     assert_eq!(s["ha"]["workers"]["standby"][0]["data"], "ha2");
     assert_eq!(s["tasks"]["t1"]["status"], "pending");
+
+    // The session holding those ephemerals is listed (sessions refresh on
+    // the poll: they have no watches).
+    let owner = s["locks"]["acct-1"]["holder"]["session"].clone();
+    let s = state_until(&addr, "the holder's session", |s| session(s, &owner).is_some());
+    let mine = session(&s, &owner).expect("listed");
+    assert!(mine["timeout_ms"].as_u64().is_some_and(|t| t >= 4000), "{mine}");
+    assert!(mine["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:")), "{mine}");
+    if admin.is_some() {
+        assert_eq!(s["sessions"]["source"], "admin API");
+        assert_eq!(mine["ephemerals"], 4, "two lock nodes and two election nodes");
+    } else {
+        assert_eq!(s["sessions"]["source"], "4lw cons");
+    }
 
     // Open the event stream, then change things: the changes arrive as events.
     let mut events = TcpStream::connect(&addr).expect("connect");
@@ -97,45 +127,37 @@ async fn exercise(zk_addr: &str, log_dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_on_the_coordinator() {
     let dir = TempDir::new("dashboard");
-    let (_server, addr) = start_coordinator(&[], dir.path());
-    exercise(&addr, dir.path()).await;
+    let (_server, addr, admin) = coordinator_with_admin(dir.path());
+    exercise(&addr, Some(&admin), dir.path()).await;
+}
+
+fn coordinator_with_admin(dir: &std::path::Path) -> (Proc, String, String) {
+    let (mut server, addr) = start_coordinator(&["--admin-listen", "127.0.0.1:0"], dir);
+    let admin = server.wait_line("coordinator admin listening on", Duration::from_secs(20));
+    (server, addr, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_on_zookeeper() {
     let dir = TempDir::new("dashboard-zk");
-    exercise(&testkit::zookeeper_addr().to_string(), dir.path()).await;
+    exercise(&testkit::zookeeper_addr().to_string(), None, dir.path()).await;
 }
 
 /// The page itself, in a real browser: Debian's headless Chromium driven by
-/// playwright-core (tests/browser). The screenshot is kept as an artifact in
-/// target/test-artifacts/dashboard.png.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_in_a_real_browser() {
-    let dir = TempDir::new("dashboard-browser");
-    let (_server, zk_addr) = start_coordinator(&[], dir.path());
-    let root = format!("/{}", testkit::unique("browser"));
-    let zk =
-        tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(&zk_addr, Duration::from_secs(10), |_| {}))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-    for p in ["", "/locks", "/locks/acct-7", "/ha", "/ha/workers"] {
-        mk(&zk, &format!("{root}{p}"), "", CreateMode::Persistent).await;
-    }
-    mk(&zk, &format!("{root}/locks/acct-7/_c_aaa-lock-"), "system-b-1", CreateMode::EphemeralSequential).await;
-    mk(&zk, &format!("{root}/locks/acct-7/_c_bbb-lock-"), "system-b-2", CreateMode::EphemeralSequential).await;
-    mk(&zk, &format!("{root}/ha/workers/_c_ccc-n_"), "ha-worker-1", CreateMode::EphemeralSequential).await;
-    mk(&zk, &format!("{root}/ha/workers/_c_ddd-n_"), "ha-worker-2", CreateMode::EphemeralSequential).await;
-    let mut dash =
-        Proc::spawn("dashboard", &["--zk", &zk_addr, "--listen", "127.0.0.1:0", "--root", &root], dir.path());
-    let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
-
-    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+/// playwright-core (tests/browser). The screenshots are kept as artifacts
+/// in target/test-artifacts/.
+async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
+    // Checked first, so a machine without them fails at once and says why.
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
         "/usr/bin/chromium is missing: run scripts/setup.sh (Debian package chromium)"
     );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: run scripts/setup.sh (Debian packages nodejs and npm)"
+    );
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     if !browser_dir.join("node_modules/playwright-core").exists() {
         let ci = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
@@ -144,28 +166,71 @@ async fn dashboard_in_a_real_browser() {
             .expect("run npm (Debian package npm; scripts/setup.sh installs it)");
         assert!(ci.success(), "npm ci in tests/browser failed");
     }
+
+    let root = format!("/{}", testkit::unique("browser"));
+    let zk =
+        tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+    for p in ["", "/locks", "/locks/acct-7", "/ha", "/ha/workers"] {
+        mk(&zk, &format!("{root}{p}"), "", CreateMode::Persistent).await;
+    }
+    let holder =
+        mk(&zk, &format!("{root}/locks/acct-7/_c_aaa-lock-"), "system-b-1", CreateMode::EphemeralSequential).await;
+    mk(&zk, &format!("{root}/locks/acct-7/_c_bbb-lock-"), "system-b-2", CreateMode::EphemeralSequential).await;
+    mk(&zk, &format!("{root}/ha/workers/_c_ccc-n_"), "ha-worker-1", CreateMode::EphemeralSequential).await;
+    mk(&zk, &format!("{root}/ha/workers/_c_ddd-n_"), "ha-worker-2", CreateMode::EphemeralSequential).await;
+    let owner = tokio::time::timeout(Duration::from_secs(10), zk.exists(&holder, false))
+        .await
+        .expect("exists in time")
+        .expect("exists")
+        .expect("the holder's node")
+        .ephemeral_owner;
+    let mut dash = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, admin), log_dir);
+    let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
+
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
-    let shot = artifacts.join("dashboard.png");
+    let shot = artifacts.join(shot_name);
     let _ = std::fs::remove_file(&shot);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("check-dashboard.mjs")
-            .arg(format!("http://{addr}/"))
-            .arg(&shot)
-            .args(["system-b-1", "ha-worker-1"])
-            .current_dir(&browser_dir)
-            .output()
-            .expect("run node")
-    })
+    let shot2 = shot.clone();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .arg("check-dashboard.mjs")
+                .arg(format!("http://{addr}/"))
+                .arg(&shot2)
+                .args(["system-b-1", "ha-worker-1", &format!("{owner:#x}")])
+                .current_dir(&browser_dir)
+                .output()
+                .expect("run node")
+        }),
+    )
     .await
+    .expect("the browser check finished within 90 s")
     .expect("the browser check");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("dashboard ok"),
-        "the browser did not see the holder and the active worker:\n{}\n{}",
+        "the browser did not see the holder, the active worker and the session:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let png = std::fs::read(artifacts.join("dashboard.png")).expect("the screenshot");
+    let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real page");
+    let _ = zk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let dir = TempDir::new("dashboard-browser");
+    let (_server, zk_addr, admin) = coordinator_with_admin(dir.path());
+    in_a_browser(&zk_addr, Some(&admin), "dashboard.png", dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser_on_zookeeper() {
+    let dir = TempDir::new("dashboard-browser-zk");
+    in_a_browser(&testkit::zookeeper_addr().to_string(), None, "dashboard-zookeeper.png", dir.path()).await;
 }
