@@ -15,7 +15,7 @@
 //! off the public network; the listener is off unless asked for.
 //!
 //! # Drills are the real thing
-//! [`Admin::expire_session`] calls the very function the expiry timer calls,
+//! `ExpireSession` calls the very function the expiry timer calls,
 //! so a test that expires a session this way sees what a real expiry does:
 //! ephemerals deleted in ZooKeeper's order, watches fired, the connection
 //! closed, and "session expired" when the client reconnects.

@@ -102,6 +102,17 @@ async fn every_rpc_against_a_running_server() {
     assert_eq!(stats.watch_count, 1);
     assert!(stats.num_alive_connections >= 2 && stats.global_sessions >= 2, "{stats:?}");
     assert!(stats.packets_received > before.packets_received && stats.last_zxid > before.last_zxid);
+    // The Prometheus endpoint on the same port reports the same numbers
+    // under the same names (nothing changes in between: the clients idle).
+    let metrics = http_get(&admin_addr, "/metrics");
+    let metric = |name: &str| -> u64 {
+        let line = metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}")).parse().expect("a whole number")
+    };
+    assert_eq!(metric("znode_count"), stats.znode_count);
+    assert_eq!(metric("ephemerals_count"), stats.ephemerals_count);
+    assert_eq!(metric("watch_count"), stats.watch_count);
+    assert_eq!(metric("global_sessions"), stats.global_sessions);
 
     // ListSessions: a is there, connected, owning one ephemeral.
     let sessions = within("ListSessions", api.list_sessions(ListSessionsRequest {})).await.expect("ok").into_inner();
