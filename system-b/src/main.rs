@@ -9,7 +9,8 @@
 //! Why this order: a crash anywhere before the ack makes RabbitMQ redeliver
 //! the task, and the store's record of applied task ids turns the retry
 //! into a no-op that still reports the result; acking earlier could lose a
-//! task. A message that cannot be parsed is rejected without requeue and
+//! task. For the same reason a result whose write to the task znode is
+//! lost to a connection drop is written again, and is never acked unseen. A message that cannot be parsed is rejected without requeue and
 //! lands in the dead-letter queue instead of looping forever.
 //!
 //! Stdout: `system-b ready` once consuming; `config applied ...` on each
@@ -175,8 +176,19 @@ impl Worker {
             }
             Err(e) if e.permanent => {
                 span.in_scope(|| tracing::warn!("task failed for good: {}", e.reason));
-                self.report(&task, &serde_json::json!({"status": "failed", "error": e.reason})).await;
-                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                let failed = serde_json::json!({"status": "failed", "error": e.reason});
+                match self.report(&task, &failed).instrument(span.clone()).await {
+                    Ok(()) => {
+                        let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                    }
+                    // Nobody has heard of the failure yet: keep the message
+                    // so a later delivery reports it.
+                    Err(e) => {
+                        span.in_scope(|| tracing::warn!("task will be retried: {}", e.reason));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                    }
+                }
             }
             Err(e) => {
                 span.in_scope(|| tracing::warn!("task will be retried: {}", e.reason));
@@ -217,23 +229,49 @@ impl Worker {
             value
         };
         let result = serde_json::json!({"status": "done", "value": value, "worker": self.instance, "token": token});
-        self.report(task, &result).await;
+        let reported = self.report(task, &result).await;
         guard.release().await;
+        reported?;
         tracing::info!(value, token, "applied");
         Ok(())
     }
 
     /// Writes the result into the task's znode, which fires system-a's watch.
-    async fn report(&self, task: &Task, result: &serde_json::Value) {
+    ///
+    /// The message is acked only after this succeeds. A setData whose reply
+    /// is lost to a connection drop may or may not have happened (the
+    /// server may have crashed before logging it), so it is sent again once
+    /// the session is back; writing the same result twice is harmless. If
+    /// it still cannot be written, the error sends the message back to the
+    /// queue: the redelivery finds the entity already applied (the store
+    /// remembers the task id) and only reports again.
+    async fn report(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
-        match self.client.zk.set_data(&path, result.to_string().into_bytes(), None).await {
-            Ok(_) => {}
-            // system-a gave up and the node was reaped: nobody is waiting.
-            Err(zk_recipes::ZkError::NoNode) => tracing::info!("task node is gone; result not reported"),
-            Err(e) => tracing::warn!("cannot report the result: {e:?}"),
+        let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
+        loop {
+            match self.client.zk.set_data(&path, result.to_string().into_bytes(), None).await {
+                Ok(_) => return Ok(()),
+                // system-a gave up and the node was reaped: nobody is waiting.
+                Err(zk_recipes::ZkError::NoNode) => {
+                    tracing::info!("task node is gone; result not reported");
+                    return Ok(());
+                }
+                Err(e @ (zk_recipes::ZkError::ConnectionLoss | zk_recipes::ZkError::OperationTimeout))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!("reporting the result: {e:?}; sending it again once reconnected");
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    self.client.wait_live(left).await;
+                }
+                Err(e) => return Err(Failure::retry(format!("cannot report the result: {e:?}"))),
+            }
         }
     }
 }
+
+/// How long a worker keeps trying to report a result through connection
+/// loss before it gives the message back to the queue.
+const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 
 struct Failure {
     permanent: bool,
