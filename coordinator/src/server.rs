@@ -111,25 +111,34 @@ pub async fn snapshot_now(core: &Arc<Core>) -> anyhow::Result<Option<i64>> {
     let _one_at_a_time = core.snapshotting.lock().await;
     // Serialised under the read lock (writers wait for it), written to
     // disk outside it.
-    let Some((zxid, bytes)) = core.with_tree(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
+    let started = std::time::Instant::now();
+    let Some(view) = core.with_tree(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
         return Ok(None);
     };
+    // How long writers waited for the copy: the figure to watch if write
+    // tail latency grows with the tree.
+    let locked = started.elapsed();
     let core2 = core.clone();
-    tokio::task::spawn_blocking(move || match &core2.storage {
-        Some(s) => s.finish_snapshot(zxid, bytes),
-        None => Ok(()),
+    let zxid = tokio::task::spawn_blocking(move || match &core2.storage {
+        Some(s) => s.finish_snapshot(view).map_err(|e| anyhow::anyhow!("snapshot: {e}")),
+        None => Err(anyhow::anyhow!("the server keeps no data dir")),
     })
     .await
-    .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))?
-    .map_err(|e| anyhow::anyhow!("snapshot at {zxid:#x}: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))??;
+    tracing::info!(
+        zxid = format!("{zxid:#x}"),
+        tree_locked_ms = locked.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "snapshot taken"
+    );
     Ok(Some(zxid))
 }
 
-/// Expires idle sessions at each tick boundary, as ZooKeeper's expiry queue
-/// does (sessions are bucketed by tick, so one pass per tick is exact).
+/// Expires idle sessions at each step boundary (deadlines are rounded up to
+/// steps, so one pass per step is exact; see `session`).
 async fn expire_sessions(core: Arc<Core>, token: CancellationToken) {
     loop {
-        let wait = core.until_next_tick();
+        let wait = core.until_next_step();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = token.cancelled() => return,

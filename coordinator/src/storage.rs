@@ -45,7 +45,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::tree::DataTree;
+use crate::tree::{DataTree, SnapshotView};
 use crate::txn::{decode_record, encode_record, Txn, TxnHeader};
 
 const LOG_MAGIC: &[u8; 8] = b"ZKCLOG01";
@@ -181,22 +181,26 @@ impl Storage {
         self.since_snapshot.load(Ordering::Relaxed)
     }
 
-    /// Serialises the tree (the caller holds the read lock, so no txn is
-    /// half-applied) and rolls the log so that older segments are covered.
-    pub fn begin_snapshot(&self, tree: &DataTree) -> (i64, Vec<u8>) {
-        let mut bytes = Vec::with_capacity(tree.approximate_data_size() as usize + 64 * tree.node_count());
-        bytes.extend_from_slice(SNAP_MAGIC);
-        tree.write_snapshot(&mut bytes);
-        let zxid = tree.last_zxid();
-        let _ = self.tx.send(LogMsg::Roll { next_zxid: zxid + 1 });
+    /// Copies what the snapshot needs out of the tree (the caller holds the
+    /// read lock, so no txn is half-applied) and rolls the log at the same
+    /// point, so that every older segment is covered by the snapshot.
+    pub fn begin_snapshot(&self, tree: &DataTree) -> SnapshotView {
+        let view = tree.snapshot_view();
+        let _ = self.tx.send(LogMsg::Roll { next_zxid: view.last_zxid() + 1 });
         self.since_snapshot.store(0, Ordering::Relaxed);
-        (zxid, bytes)
+        view
     }
 
-    /// Writes a snapshot begun with [`begin_snapshot`](Self::begin_snapshot)
-    /// and removes what it makes unnecessary. Blocking: run it off the
-    /// async threads.
-    pub fn finish_snapshot(&self, zxid: i64, mut bytes: Vec<u8>) -> Result<(), StorageError> {
+    /// Encodes and writes a snapshot begun with
+    /// [`begin_snapshot`](Self::begin_snapshot), and removes what it makes
+    /// unnecessary. Blocking, and off the tree's lock: run it off the async
+    /// threads.
+    pub fn finish_snapshot(&self, view: SnapshotView) -> Result<i64, StorageError> {
+        let zxid = view.last_zxid();
+        let mut bytes = Vec::with_capacity(view.approximate_size() + 64);
+        bytes.extend_from_slice(SNAP_MAGIC);
+        view.write(&mut bytes);
+        drop(view);
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
         let path = self.dir.join(format!("snapshot.{zxid:016x}"));
@@ -208,8 +212,9 @@ impl Storage {
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
-        tracing::info!(path = %path.display(), bytes = bytes.len(), "snapshot written");
-        self.purge()
+        tracing::debug!(path = %path.display(), bytes = bytes.len(), "snapshot written");
+        self.purge()?;
+        Ok(zxid)
     }
 
     /// Keeps the newest snapshots and the log segments the newest needs.
@@ -691,9 +696,9 @@ mod tests {
         write_n(&dir, 0, 20);
         {
             let rec = Storage::open(&dir).unwrap();
-            let (zxid, bytes) = rec.storage.begin_snapshot(&rec.tree);
-            assert_eq!(zxid, 20);
-            rec.storage.finish_snapshot(zxid, bytes).unwrap();
+            let view = rec.storage.begin_snapshot(&rec.tree);
+            assert_eq!(view.last_zxid(), 20);
+            assert_eq!(rec.storage.finish_snapshot(view).unwrap(), 20);
         }
         let rec = Storage::open(&dir).unwrap();
         assert_eq!(rec.snapshot_zxid, 20);

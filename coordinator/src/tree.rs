@@ -437,8 +437,30 @@ impl DataTree {
 
 use zk_wire::codec::{DecodeError, Jute, Reader};
 
-impl DataTree {
-    pub fn write_snapshot(&self, out: &mut Vec<u8>) {
+/// A consistent copy of the tree's index as of one zxid (see
+/// [`DataTree::snapshot_view`]), to be encoded off the lock.
+pub struct SnapshotView {
+    last_zxid: i64,
+    sessions: Vec<(i64, i32)>,
+    nodes: Vec<SnapshotNode>,
+    data_size: u64,
+}
+
+/// One node as a snapshot holds it: path, data, ACL, stat (children
+/// follow from the paths).
+type SnapshotNode = (Box<str>, Option<Bytes>, Arc<Vec<Acl>>, StatPersisted);
+
+impl SnapshotView {
+    pub fn last_zxid(&self) -> i64 {
+        self.last_zxid
+    }
+
+    /// Roughly the encoded size, to allocate once.
+    pub fn approximate_size(&self) -> usize {
+        self.data_size as usize + 96 * self.nodes.len()
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
         self.last_zxid.write(out);
         (self.sessions.len() as i32).write(out);
         for (id, timeout) in &self.sessions {
@@ -447,9 +469,9 @@ impl DataTree {
         }
         let mut acl_index: HashMap<*const Vec<Acl>, i32> = HashMap::new();
         let mut acl_table: Vec<&Arc<Vec<Acl>>> = Vec::new();
-        for node in self.nodes.values() {
-            acl_index.entry(Arc::as_ptr(&node.acl)).or_insert_with(|| {
-                acl_table.push(&node.acl);
+        for (_, _, acl, _) in &self.nodes {
+            acl_index.entry(Arc::as_ptr(acl)).or_insert_with(|| {
+                acl_table.push(acl);
                 (acl_table.len() - 1) as i32
             });
         }
@@ -458,17 +480,16 @@ impl DataTree {
             acl.as_ref().write(out);
         }
         (self.nodes.len() as i32).write(out);
-        for (path, node) in &self.nodes {
+        for (path, data, acl, s) in &self.nodes {
             path.to_string().write(out);
-            match &node.data {
+            match data {
                 None => (-1i32).write(out),
                 Some(d) => {
                     (d.len() as i32).write(out);
                     out.extend_from_slice(d);
                 }
             }
-            acl_index.get(&Arc::as_ptr(&node.acl)).copied().unwrap_or(0).write(out);
-            let s = &node.stat;
+            acl_index.get(&Arc::as_ptr(acl)).copied().unwrap_or(0).write(out);
             for v in [s.czxid, s.mzxid, s.ctime, s.mtime] {
                 v.write(out);
             }
@@ -477,6 +498,26 @@ impl DataTree {
             }
             s.ephemeral_owner.write(out);
             s.pzxid.write(out);
+        }
+    }
+}
+
+impl DataTree {
+    pub fn write_snapshot(&self, out: &mut Vec<u8>) {
+        self.snapshot_view().write(out);
+    }
+
+    /// What a snapshot needs, copied out of the tree. Node data is
+    /// reference-counted, so this copies the index (paths, stats, pointers),
+    /// not the data: the caller holds the tree's lock for the copy only,
+    /// and encodes the snapshot after releasing it. Encoding a large tree
+    /// under the lock would stall every writer for as long as it takes.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView {
+            last_zxid: self.last_zxid,
+            sessions: self.sessions.iter().map(|(id, t)| (*id, *t)).collect(),
+            nodes: self.nodes.iter().map(|(p, n)| (p.clone(), n.data.clone(), n.acl.clone(), n.stat)).collect(),
+            data_size: self.data_size.max(0) as u64,
         }
     }
 
