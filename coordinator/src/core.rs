@@ -769,8 +769,8 @@ impl Core {
         expired.len()
     }
 
-    pub fn until_next_tick(&self) -> Duration {
-        self.sessions.lock().until_next_tick()
+    pub fn until_next_step(&self) -> Duration {
+        self.sessions.lock().until_next_step()
     }
 
     /// Deletes empty containers that have had children, and TTL nodes that

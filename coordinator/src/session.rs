@@ -4,10 +4,17 @@
 //! connection reconnects with its session id and password and carries on,
 //! as long as it comes back within the timeout. The server expires a session
 //! when it has heard nothing from it for the negotiated timeout, rounded up
-//! to the next tick, as ZooKeeper's expiry queue does. That rounding never
-//! shortens the timeout, which is what lets a client that has heard nothing
-//! for 2/3 of it (and so considers itself disconnected) step down before the
-//! server hands its ephemeral nodes to anyone else.
+//! to the next expiry step. That rounding never shortens the timeout, which
+//! is what lets a client that has heard nothing for 2/3 of it (and so
+//! considers itself disconnected) step down before the server hands its
+//! ephemeral nodes to anyone else.
+//!
+//! ZooKeeper's expiry queue rounds up to the next *tick* (2 s by default),
+//! so a dead client's session ends anywhere between the timeout and the
+//! timeout plus a tick. The step here is the tick or [`EXPIRY_STEP`],
+//! whichever is shorter: a crashed leader's successor waits for the
+//! timeout, not for up to a tick more. Nothing a client can see depends on
+//! the step except how soon after its timeout a dead session goes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +24,10 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 
 use crate::watch::ConnId;
+
+/// The longest expiry step: how late after its timeout a silent session
+/// may end, at most.
+pub const EXPIRY_STEP: Duration = Duration::from_millis(100);
 
 /// Liveness shared between the session table and the connection serving it,
 /// so a packet costs one atomic store, not a lock.
@@ -49,7 +60,9 @@ pub struct Sessions {
     next_id: i64,
     secret: [u8; 16],
     epoch: Instant,
-    tick_ms: u64,
+    /// Deadlines are rounded up to a multiple of this, so one expiry pass
+    /// per step is exact.
+    step_ms: u64,
 }
 
 /// The password a client must present to reattach: derived from the session
@@ -80,7 +93,7 @@ impl Sessions {
             next_id: next_id.max(1),
             secret,
             epoch: Instant::now(),
-            tick_ms: tick.as_millis().max(1) as u64,
+            step_ms: tick.min(EXPIRY_STEP).as_millis().max(1) as u64,
         }
     }
 
@@ -140,16 +153,16 @@ impl Sessions {
         self.map.values().filter(|s| !s.closing && now >= self.deadline(s)).map(|s| s.id).collect()
     }
 
-    /// Last heard + timeout, rounded up to the next tick boundary.
+    /// Last heard + timeout, rounded up to the next step boundary.
     fn deadline(&self, s: &Session) -> u64 {
         let t = s.live.last_heard.load(Ordering::Relaxed) + s.timeout.as_millis() as u64;
-        (t / self.tick_ms + 1) * self.tick_ms
+        (t / self.step_ms + 1) * self.step_ms
     }
 
-    /// How long until the next tick boundary: when the expiry pass runs.
-    pub fn until_next_tick(&self) -> Duration {
+    /// How long until the next step boundary: when the expiry pass runs.
+    pub fn until_next_step(&self) -> Duration {
         let now = self.now_ms();
-        Duration::from_millis((now / self.tick_ms + 1) * self.tick_ms - now)
+        Duration::from_millis((now / self.step_ms + 1) * self.step_ms - now)
     }
 }
 
