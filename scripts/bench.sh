@@ -4,10 +4,14 @@
 #
 #   scripts/bench.sh [zkbench flags]     # e.g. --nodes 1000000 --secs 5
 #
-# Results: docs/bench/results.json (and the table in BENCHMARKS.md).
+# Results: docs/bench/results.json, docs/bench/results.png (latency against
+# load), and Markdown tables with ratios on stdout (pasted into BENCHMARKS.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/setup.sh
-cargo build --release --locked -p coordinator -p bench
+# The scenario figures run the real services over RabbitMQ.
+scripts/rabbitmq.sh ensure
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+cargo build --release --locked -p coordinator -p system-a -p system-b -p ha-worker -p bench
 exec target/release/zkbench "$@"

@@ -34,6 +34,7 @@ pub mod registry;
 pub mod session;
 pub mod task;
 
+pub use queue::watch_events as queue_watch_events;
 pub use zookeeper_async::ZkError;
 
 /// Creates `path`'s missing ancestors and `path` itself as empty persistent

@@ -11,6 +11,7 @@
 //! for its own name among the children before creating again, and never
 //! leaves an orphan that would block the queue until the session ends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -33,6 +34,16 @@ pub(crate) struct Candidate {
     /// The transaction that created it: unique and increasing across all
     /// candidates ever, so it serves as a fencing token.
     pub czxid: i64,
+}
+
+/// Predecessor watches that have fired in this process, over every queue.
+/// Without a herd, each release wakes exactly the one waiter behind it, so
+/// this grows by one per handoff; the benchmark reports it per release.
+static WATCH_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many predecessor watches have fired in this process so far.
+pub fn watch_events() -> u64 {
+    WATCH_EVENTS.load(Ordering::Relaxed)
 }
 
 /// ZooKeeper's `%010d` suffix; names without one sort last.
@@ -119,6 +130,7 @@ pub(crate) async fn wait_first(
         let present = client
             .zk
             .exists_w(&predecessor, move |_| {
+                WATCH_EVENTS.fetch_add(1, Ordering::Relaxed);
                 if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
                     let _ = tx.send(());
                 }

@@ -1,0 +1,315 @@
+//! The scenario figures, each run the same way against either server:
+//!
+//! - A→B→A: a task through system-a, RabbitMQ and system-b, back through
+//!   the task znode's watch (B's simulated work at 0), one at a time and
+//!   32 at once;
+//! - the lock: handoff latency (the holder starts its release → the next
+//!   holder runs), acquisitions per second with 2, 8 and 32 contenders,
+//!   and how many watch events each release wakes (1: no herd);
+//! - HA failover: SIGTERM (hand over at once) and kill -9 (hand over when
+//!   the session expires) of the active ha-worker, until the standby
+//!   reports itself active.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use system_a::proto::tasks_client::TasksClient;
+use system_a::proto::SubmitRequest;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use zk_recipes::lock::Lock;
+use zk_recipes::session::Client;
+
+use crate::ops::{histogram, merge, percentiles, record};
+use crate::servers::repo_root;
+
+/// A workspace binary running as a child process, its stdout lines readable
+/// for readiness and state lines; killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str], log: &Path) -> Result<Proc> {
+        let bin = repo_root().join("target/release").join(name);
+        let stderr = std::fs::File::create(log.join(format!("{}.log", unique(name))))?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {} (scripts/bench.sh builds it)", bin.display()))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc { name: name.to_string(), child, lines })
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    async fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Ok(None) => bail!("{} exited before printing {prefix:?}", self.name),
+                Err(_) => bail!("{} did not print {prefix:?} within {timeout:?}", self.name),
+            }
+        }
+    }
+
+    fn signal(&self, sig: Signal) -> Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("{sig} to {}", self.name))
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// A→RabbitMQ→B→znode→A round trips through the real services: two
+/// system-b instances and one system-a, on a queue and znode root of
+/// their own.
+pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> Result<Value> {
+    let root = format!("/{}", unique("bench-rt"));
+    let queue = unique("bench-rt");
+    let store = log.join(&queue);
+    std::fs::create_dir_all(&store)?;
+    let amqp = amqp_url();
+    let store_s = store.to_string_lossy().to_string();
+    let mut bs = Vec::new();
+    for name in ["b1", "b2"] {
+        let mut b = Proc::spawn(
+            "system-b",
+            &[
+                "--zk",
+                zk,
+                "--root",
+                &root,
+                "--queue",
+                &queue,
+                "--store-dir",
+                &store_s,
+                "--instance",
+                name,
+                "--amqp",
+                &amqp,
+            ],
+            log,
+        )?;
+        b.wait_line("system-b ready", Duration::from_secs(30)).await?;
+        bs.push(b);
+    }
+    let mut a = Proc::spawn(
+        "system-a",
+        &[
+            "--zk",
+            zk,
+            "--root",
+            &root,
+            "--queue",
+            &queue,
+            "--listen",
+            "127.0.0.1:0",
+            "--amqp",
+            &amqp,
+            "--instance",
+            "a1",
+        ],
+        log,
+    )?;
+    let addr = a.wait_line("system-a listening on", Duration::from_secs(30)).await?;
+    a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30)).await?;
+    let grpc = TasksClient::connect(format!("http://{addr}")).await.context("connect to system-a")?;
+
+    let submit = |mut g: TasksClient<tonic::transport::Channel>, entity: String| async move {
+        let t = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            g.submit(SubmitRequest { entity, op: "add".into(), amount: 1 }),
+        )
+        .await
+        .context("no answer within 30 s")?
+        .context("submit")?
+        .into_inner();
+        if reply.status != "done" {
+            bail!("a task ended {:?}", reply.status);
+        }
+        Ok::<_, anyhow::Error>(t.elapsed())
+    };
+
+    // Warm up the connections and the queue, then one task at a time.
+    for i in 0..10 {
+        submit(grpc.clone(), format!("warm-{i}")).await?;
+    }
+    let mut one = histogram();
+    for i in 0..sequential {
+        record(&mut one, submit(grpc.clone(), format!("seq-{}", i % 16)).await?);
+    }
+
+    // 32 in flight, each on its own entity (the lock is measured apart).
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..32)
+        .map(|w| {
+            let g = grpc.clone();
+            tokio::spawn(async move {
+                let mut h = histogram();
+                while Instant::now() < deadline {
+                    record(&mut h, submit(g.clone(), format!("par-{w}")).await?);
+                }
+                Ok::<_, anyhow::Error>(h)
+            })
+        })
+        .collect();
+    let mut many = histogram();
+    for w in workers {
+        many.add(w.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&store);
+    let mut concurrent = json!({"in_flight": 32, "tasks_per_sec": (many.len() as f64 / elapsed).round()});
+    merge(&mut concurrent, percentiles(&many));
+    Ok(json!({"one_at_a_time": percentiles(&one), "concurrent": concurrent}))
+}
+
+/// `contenders` sessions, each looping acquire → release on one lock for
+/// `secs`.
+pub async fn lock(zk: &str, contenders: usize, secs: u64) -> Result<Value> {
+    let dir = format!("/{}", unique("bench-lock"));
+    let mut clients = Vec::new();
+    for _ in 0..contenders {
+        clients.push(Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await?);
+    }
+    // Set when a holder starts to release; taken by the next holder.
+    let released_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let events_before = zk_recipes::queue_watch_events();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let (lock, released_at) = (Lock::new(client, dir.clone()), released_at.clone());
+            tokio::spawn(async move {
+                let (mut handoffs, mut n) = (histogram(), 0u64);
+                while Instant::now() < deadline {
+                    let guard = lock.acquire(&format!("c{i}"), Duration::from_secs(30)).await?;
+                    if let Some(at) = released_at.lock().take() {
+                        record(&mut handoffs, at.elapsed());
+                    }
+                    n += 1;
+                    *released_at.lock() = Some(Instant::now());
+                    guard.release().await;
+                }
+                Ok::<_, anyhow::Error>((n, handoffs))
+            })
+        })
+        .collect();
+    let (mut acquisitions, mut handoffs) = (0u64, histogram());
+    for t in tasks {
+        let (n, h) = t.await??;
+        acquisitions += n;
+        handoffs.add(h)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let events = zk_recipes::queue_watch_events() - events_before;
+    for c in clients {
+        let _ = c.zk.close().await;
+    }
+    let mut out = json!({
+        "contenders": contenders,
+        "acquisitions_per_sec": (acquisitions as f64 / elapsed).round(),
+        "watch_events_per_release": (events as f64 / acquisitions.max(1) as f64 * 100.0).round() / 100.0,
+    });
+    merge(&mut out, json!({"handoff": percentiles(&handoffs)}));
+    Ok(out)
+}
+
+/// An active/standby pair of ha-workers: `rounds` graceful stops, then
+/// `rounds` crashes of the active, each timed until the standby prints
+/// that it is active; a new standby joins after each.
+pub async fn failover(zk: &str, log: &Path, rounds: usize, session_ms: u64) -> Result<Value> {
+    let root = format!("/{}", unique("bench-ha"));
+    let journal: PathBuf = log.join(format!("{}.journal", unique("ha")));
+    let journal_s = journal.to_string_lossy().to_string();
+    let session = session_ms.to_string();
+    let mut n = 0;
+    let mut worker = || {
+        n += 1;
+        let name = format!("w{n}");
+        let args = [
+            "--zk",
+            zk,
+            "--root",
+            &root,
+            "--instance",
+            &name,
+            "--journal",
+            &journal_s,
+            "--interval-ms",
+            "100",
+            "--zk-session-timeout-ms",
+            &session,
+        ];
+        Proc::spawn("ha-worker", &args, log)
+    };
+    let mut active = worker()?;
+    active.wait_line("ha-worker active", Duration::from_secs(20)).await?;
+    let (mut graceful, mut crash) = (Vec::new(), Vec::new());
+    for round in 0..rounds * 2 {
+        let mut standby = worker()?;
+        standby.wait_line("ha-worker standby", Duration::from_secs(20)).await?;
+        // Let the standby's watch settle on the active's node.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        if round < rounds {
+            active.signal(Signal::SIGTERM)?;
+        } else {
+            active.child.start_kill()?;
+        }
+        standby.wait_line("ha-worker active", Duration::from_millis(session_ms * 3)).await?;
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        if round < rounds {
+            graceful.push(took)
+        } else {
+            crash.push(took)
+        };
+        let _ = active.child.wait().await;
+        active = standby;
+    }
+    let _ = std::fs::remove_file(&journal);
+    let mean = |v: &[f64]| (v.iter().sum::<f64>() / v.len().max(1) as f64 * 10.0).round() / 10.0;
+    Ok(json!({
+        "session_timeout_ms": session_ms,
+        "sigterm_ms": graceful, "sigterm_mean_ms": mean(&graceful),
+        "kill9_ms": crash, "kill9_mean_ms": mean(&crash),
+    }))
+}
