@@ -58,6 +58,9 @@ struct Args {
     /// Leave out the scenario figures (they need RabbitMQ).
     #[arg(long)]
     no_scenarios: bool,
+    /// Measure nothing: redraw the plot and print the tables from `--out`.
+    #[arg(long)]
+    replot: bool,
 }
 
 /// Session timeout for the failover figure: the smallest both servers
@@ -131,6 +134,12 @@ async fn run(kind: Kind, args: &Args, tmp: &Path) -> Result<Value> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     std::env::set_current_dir(repo_root())?;
+    if args.replot {
+        let text = std::fs::read_to_string(&args.out).with_context(|| args.out.display().to_string())?;
+        let saved: Value = serde_json::from_str(&text).with_context(|| args.out.display().to_string())?;
+        let results = saved["results"].as_array().cloned().unwrap_or_default();
+        return write_report(&results, &args.out);
+    }
     let tmp = std::env::temp_dir().join(format!("zkbench-{}", std::process::id()));
     let mut results = Vec::new();
     for kind in [Kind::Coordinator, Kind::ZooKeeper] {
@@ -143,10 +152,15 @@ async fn main() -> Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
-    let png = args.out.with_extension("png");
-    plot::latency_against_load(&results, &png)?;
-    eprintln!("wrote {} and {}", args.out.display(), png.display());
-    println!("{}", report::markdown(&results));
     let _ = std::fs::remove_dir_all(tmp);
+    write_report(&results, &args.out)
+}
+
+/// The plot beside the JSON, and the tables on stdout.
+fn write_report(results: &[Value], json: &Path) -> Result<()> {
+    let png = json.with_extension("png");
+    plot::latency_against_load(results, &png)?;
+    eprintln!("results in {}, plot in {}", json.display(), png.display());
+    println!("{}", report::markdown(results));
     Ok(())
 }

@@ -34,7 +34,7 @@ pub fn latency_against_load(results: &[Value], out: &Path) -> Result<()> {
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d((1.0f64..300.0).log_scale(), (20.0f64..500_000.0).log_scale())
+            .build_cartesian_2d((1.0f64..300.0).log_scale(), (5.0f64..500_000.0).log_scale())
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .configure_mesh()
@@ -42,6 +42,8 @@ pub fn latency_against_load(results: &[Value], out: &Path) -> Result<()> {
             .y_desc("latency (µs)")
             .x_labels(6)
             .y_labels(8)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         for r in results {

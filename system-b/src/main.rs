@@ -183,19 +183,10 @@ impl Worker {
                     }
                     // Nobody has heard of the failure yet: keep the message
                     // so a later delivery reports it.
-                    Err(e) => {
-                        span.in_scope(|| tracing::warn!("task will be retried: {}", e.reason));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
-                    }
+                    Err(e) => requeue(&delivery, &span, &e.reason).await,
                 }
             }
-            Err(e) => {
-                span.in_scope(|| tracing::warn!("task will be retried: {}", e.reason));
-                // A short pause so a retry loop cannot spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
-            }
+            Err(e) => requeue(&delivery, &span, &e.reason).await,
         }
     }
 
@@ -267,6 +258,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// Gives the message back to the queue for another try.
+async fn requeue(delivery: &lapin::message::Delivery, span: &tracing::Span, reason: &str) {
+    span.in_scope(|| tracing::warn!("task will be retried: {reason}"));
+    // A short pause so a retry loop cannot spin.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
 }
 
 /// How long a worker keeps trying to report a result through connection
