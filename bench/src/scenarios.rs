@@ -104,47 +104,17 @@ pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> R
     std::fs::create_dir_all(&store)?;
     let amqp = amqp_url();
     let store_s = store.to_string_lossy().to_string();
+    // What system-a and system-b must agree on.
+    let shared = ["--zk", zk, "--root", &root, "--queue", &queue, "--amqp", &amqp];
     let mut bs = Vec::new();
     for name in ["b1", "b2"] {
-        let mut b = Proc::spawn(
-            "system-b",
-            &[
-                "--zk",
-                zk,
-                "--root",
-                &root,
-                "--queue",
-                &queue,
-                "--store-dir",
-                &store_s,
-                "--instance",
-                name,
-                "--amqp",
-                &amqp,
-            ],
-            log,
-        )?;
+        let args: Vec<&str> = shared.iter().copied().chain(["--store-dir", &store_s, "--instance", name]).collect();
+        let mut b = Proc::spawn("system-b", &args, log)?;
         b.wait_line("system-b ready", Duration::from_secs(30)).await?;
         bs.push(b);
     }
-    let mut a = Proc::spawn(
-        "system-a",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            &root,
-            "--queue",
-            &queue,
-            "--listen",
-            "127.0.0.1:0",
-            "--amqp",
-            &amqp,
-            "--instance",
-            "a1",
-        ],
-        log,
-    )?;
+    let args: Vec<&str> = shared.iter().copied().chain(["--listen", "127.0.0.1:0", "--instance", "a1"]).collect();
+    let mut a = Proc::spawn("system-a", &args, log)?;
     let addr = a.wait_line("system-a listening on", Duration::from_secs(30)).await?;
     a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30)).await?;
     let grpc = TasksClient::connect(format!("http://{addr}")).await.context("connect to system-a")?;
