@@ -64,7 +64,6 @@ pub(crate) async fn ordered(client: &Client, dir: &str) -> Result<Vec<String>, Z
 
 /// Joins the queue under `dir` with `data` (who we are).
 pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8]) -> Result<Candidate, ZkError> {
-    ensure_path(&client.zk, dir).await?;
     let guid = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("_c_{guid}-");
     let deadline = Instant::now() + RECONNECT_LIMIT;
@@ -80,6 +79,13 @@ pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8])
             .await;
         let path = match created {
             Ok(path) => path,
+            // The queue's node is made on first use only: creating the
+            // path on every entry would cost a failed create (a logged
+            // transaction on the server) per level, per acquisition.
+            Err(ZkError::NoNode) if Instant::now() < deadline => {
+                ensure_path(&client.zk, dir).await?;
+                continue;
+            }
             Err(ZkError::ConnectionLoss) | Err(ZkError::OperationTimeout) => {
                 // Did it happen? Look for our protected name once we can.
                 if !client.wait_live(deadline.saturating_duration_since(Instant::now())).await {
