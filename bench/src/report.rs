@@ -29,6 +29,16 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// `| name | a | b | a/b |`
+fn row(out: &mut String, name: impl std::fmt::Display, a: Option<f64>, b: Option<f64>) {
+    let _ = writeln!(out, "| {name} | {} | {} | {} |", fmt(a), fmt(b), ratio(a, b));
+}
+
+/// The number at `path` inside `r`.
+fn at(r: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().fold(r, |v, p| &v[*p]).as_f64()
+}
+
 fn lat(v: &Value) -> String {
     format!("{} / {} / {}", fmt(num(&v["p50_us"])), fmt(num(&v["p99_us"])), fmt(num(&v["p999_us"])))
 }
@@ -78,52 +88,54 @@ pub fn markdown(results: &[Value]) -> String {
         writeln!(out, "\n### Watches, memory, start-up, recovery (ratio: coordinator / ZooKeeper; lower is better)\n");
     let _ = writeln!(out, "| figure | coordinator | ZooKeeper | ratio |");
     let _ = writeln!(out, "|---|---|---|---|");
-    let mut row = |name: String, a: Option<f64>, b: Option<f64>| {
-        let _ = writeln!(out, "| {name} | {} | {} | {} |", fmt(a), fmt(b), ratio(a, b));
-    };
-    let at = |r: &Value, path: &[&str]| -> Option<f64> {
-        let mut v = r;
-        for p in path {
-            v = &v[*p];
-        }
-        v.as_f64()
-    };
     for q in ["p50_us", "p99_us"] {
         row(
+            &mut out,
             format!("watch latency, setData → event at another session, {} µs", &q[..3]),
             at(c, &["watch_latency", q]),
             at(z, &["watch_latency", q]),
         );
     }
     row(
-        "fan-out: one child change → last of 50 sessions' watches, µs".into(),
+        &mut out,
+        "fan-out: one child change → last of 50 sessions' watches, µs",
         at(c, &["fan_out", "one_change_to_last_event_us"]),
         at(z, &["fan_out", "one_change_to_last_event_us"]),
     );
     row(
+        &mut out,
         format!("fan-out: {} exists-watches fired by their creates → last event, ms", c["fan_out"]["watchers"]),
         at(c, &["fan_out", "create_all_to_last_event_ms"]),
         at(z, &["fan_out", "create_all_to_last_event_ms"]),
     );
-    row("RSS empty, MiB".into(), at(c, &["memory", "rss_empty_mib"]), at(z, &["memory", "rss_empty_mib"]));
+    row(&mut out, "RSS empty, MiB", at(c, &["memory", "rss_empty_mib"]), at(z, &["memory", "rss_empty_mib"]));
     row(
+        &mut out,
         format!("RSS after {} znodes of 100 B, MiB", c["memory"]["nodes"]),
         at(c, &["memory", "rss_mib"]),
         at(z, &["memory", "rss_mib"]),
     );
     row(
-        "ZooKeeper's live JVM heap after a full GC, MiB (coordinator: RSS)".into(),
+        &mut out,
+        "ZooKeeper's live JVM heap after a full GC, MiB (coordinator: RSS)",
         at(c, &["memory", "rss_mib"]),
         at(z, &["memory", "jvm_live_heap_mib"]),
     );
     row(
-        "time to load those znodes (256 outstanding), s".into(),
+        &mut out,
+        "time to load those znodes (256 outstanding), s",
         at(c, &["memory", "load_secs"]),
         at(z, &["memory", "load_secs"]),
     );
-    row("start-up to first served request, empty data dir, ms".into(), at(c, &["startup_ms"]), at(z, &["startup_ms"]));
     row(
-        "recovery to first served request with those znodes, ms".into(),
+        &mut out,
+        "start-up to first served request, empty data dir, ms",
+        at(c, &["startup_ms"]),
+        at(z, &["startup_ms"]),
+    );
+    row(
+        &mut out,
+        "recovery to first served request with those znodes, ms",
         at(c, &["recovery_ms"]),
         at(z, &["recovery_ms"]),
     );
@@ -131,23 +143,23 @@ pub fn markdown(results: &[Value]) -> String {
     let _ = writeln!(out, "\n### Scenarios (the same recipes and services on each server)\n");
     let _ = writeln!(out, "| figure | coordinator | ZooKeeper | ratio |");
     let _ = writeln!(out, "|---|---|---|---|");
-    let mut row = |name: String, a: Option<f64>, b: Option<f64>| {
-        let _ = writeln!(out, "| {name} | {} | {} | {} |", fmt(a), fmt(b), ratio(a, b));
-    };
     for q in ["p50_us", "p99_us"] {
         row(
+            &mut out,
             format!("A→B→A round trip, one at a time, {} µs", &q[..3]),
             at(c, &["scenarios", "round_trip", "one_at_a_time", q]),
             at(z, &["scenarios", "round_trip", "one_at_a_time", q]),
         );
     }
     row(
-        "A→B→A, 32 in flight, tasks/s".into(),
+        &mut out,
+        "A→B→A, 32 in flight, tasks/s",
         at(c, &["scenarios", "round_trip", "concurrent", "tasks_per_sec"]),
         at(z, &["scenarios", "round_trip", "concurrent", "tasks_per_sec"]),
     );
     row(
-        "A→B→A, 32 in flight, p99 µs".into(),
+        &mut out,
+        "A→B→A, 32 in flight, p99 µs",
         at(c, &["scenarios", "round_trip", "concurrent", "p99_us"]),
         at(z, &["scenarios", "round_trip", "concurrent", "p99_us"]),
     );
@@ -155,32 +167,38 @@ pub fn markdown(results: &[Value]) -> String {
     for (a, b) in locks(c).iter().zip(locks(z).iter()) {
         let n = &a["contenders"];
         row(
+            &mut out,
             format!("lock, {n} contenders: acquisitions/s"),
             num(&a["acquisitions_per_sec"]),
             num(&b["acquisitions_per_sec"]),
         );
         row(
+            &mut out,
             format!("lock, {n} contenders: handoff p50 µs"),
             num(&a["handoff"]["p50_us"]),
             num(&b["handoff"]["p50_us"]),
         );
         row(
+            &mut out,
             format!("lock, {n} contenders: handoff p99 µs"),
             num(&a["handoff"]["p99_us"]),
             num(&b["handoff"]["p99_us"]),
         );
         row(
+            &mut out,
             format!("lock, {n} contenders: watch events per release"),
             num(&a["watch_events_per_release"]),
             num(&b["watch_events_per_release"]),
         );
     }
     row(
-        "ha-worker failover on SIGTERM (mean), ms".into(),
+        &mut out,
+        "ha-worker failover on SIGTERM (mean), ms",
         at(c, &["scenarios", "failover", "sigterm_mean_ms"]),
         at(z, &["scenarios", "failover", "sigterm_mean_ms"]),
     );
     row(
+        &mut out,
         format!(
             "ha-worker failover on kill -9 (mean; session {} ms), ms",
             c["scenarios"]["failover"]["session_timeout_ms"]
