@@ -109,8 +109,8 @@ pub async fn snapshot_now(core: &Arc<Core>) -> anyhow::Result<Option<i64>> {
         return Ok(None);
     }
     let _one_at_a_time = core.snapshotting.lock().await;
-    // Serialised under the read lock (writers wait for it), written to
-    // disk outside it.
+    // Only the copy of the index is made under the read lock (writers wait
+    // for it); encoding and writing happen outside it.
     let started = std::time::Instant::now();
     let Some(view) = core.with_tree(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
         return Ok(None);

@@ -10,8 +10,9 @@
 //! the task, and the store's record of applied task ids turns the retry
 //! into a no-op that still reports the result; acking earlier could lose a
 //! task. For the same reason a result whose write to the task znode is
-//! lost to a connection drop is written again, and is never acked unseen. A message that cannot be parsed is rejected without requeue and
-//! lands in the dead-letter queue instead of looping forever.
+//! lost to a connection drop is written again, and is never acked unseen.
+//! A message that cannot be parsed is rejected without requeue and lands in
+//! the dead-letter queue instead of looping forever.
 //!
 //! Stdout: `system-b ready` once consuming; `config applied ...` on each
 //! live config change.
@@ -238,9 +239,10 @@ impl Worker {
     /// remembers the task id) and only reports again.
     async fn report(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
+        let body = result.to_string().into_bytes();
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         loop {
-            match self.client.zk.set_data(&path, result.to_string().into_bytes(), None).await {
+            match self.client.zk.set_data(&path, body.clone(), None).await {
                 Ok(_) => return Ok(()),
                 // system-a gave up and the node was reaped: nobody is waiting.
                 Err(zk_recipes::ZkError::NoNode) => {
