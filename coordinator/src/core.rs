@@ -159,7 +159,7 @@ fn frame(xid: i32, zxid: i64, err: i32, body: impl FnOnce(&mut Vec<u8>)) -> Byte
     Bytes::from(out)
 }
 
-fn write_data(out: &mut Vec<u8>, data: Option<&Bytes>) {
+fn write_data(out: &mut Vec<u8>, data: Option<&[u8]>) {
     match data {
         None => (-1i32).write(out),
         Some(d) => {
@@ -169,7 +169,7 @@ fn write_data(out: &mut Vec<u8>, data: Option<&Bytes>) {
     }
 }
 
-fn write_children<'a>(out: &mut Vec<u8>, children: impl ExactSizeIterator<Item = &'a Box<str>>) {
+fn write_children(out: &mut Vec<u8>, children: &[&str]) {
     (children.len() as i32).write(out);
     for c in children {
         (c.len() as i32).write(out);
@@ -569,9 +569,9 @@ impl Core {
         let conn = &client.conn;
         let tree = self.tree.read();
         let zxid = tree.last_zxid();
-        let node_for_read = |path: &str, perm: i32| -> Result<&crate::tree::Node, ErrorCode> {
+        let node_for_read = |path: &str, perm: i32| -> Result<crate::tree::NodeRef<'_>, ErrorCode> {
             let node = tree.get(path).ok_or(ErrorCode::NoNode)?;
-            acl::check(&node.acl, perm, &client.auth)?;
+            acl::check(node.acl(), perm, &client.auth)?;
             Ok(node)
         };
         let mut pending_events = Vec::new();
@@ -595,7 +595,7 @@ impl Core {
                     if r.watch {
                         self.watches.lock().add_data(&r.path, conn.id);
                     }
-                    write_data(&mut out, node.data.as_ref());
+                    write_data(&mut out, node.data());
                     node.stat().write(&mut out);
                 }
                 Request::GetChildren(r) | Request::GetChildren2(r) => {
@@ -603,7 +603,7 @@ impl Core {
                     if r.watch {
                         self.watches.lock().add_child(&r.path, conn.id);
                     }
-                    write_children(&mut out, node.children.iter());
+                    write_children(&mut out, &node.children());
                     if matches!(req, Request::GetChildren2(_)) {
                         node.stat().write(&mut out);
                     }
@@ -612,9 +612,9 @@ impl Core {
                     let node = node_for_read(&r.path, perms::READ | perms::ADMIN)?;
                     // Without ADMIN, digest identities are shown with their
                     // hash masked: reading an ACL must not leak credentials.
-                    let admin = acl::check(&node.acl, perms::ADMIN, &client.auth).is_ok();
+                    let admin = acl::check(node.acl(), perms::ADMIN, &client.auth).is_ok();
                     let shown: Vec<Acl> = node
-                        .acl
+                        .acl()
                         .iter()
                         .map(|a| {
                             if !admin && a.id.scheme == "digest" {
@@ -648,13 +648,13 @@ impl Core {
                         let r = match op {
                             MultiOp::GetData(r) => node_for_read(&r.path, perms::READ).map(|n| {
                                 MultiResult::GetData(GetDataResponse {
-                                    data: n.data.as_ref().map(|d| d.to_vec()),
+                                    data: n.data().map(<[u8]>::to_vec),
                                     stat: n.stat(),
                                 })
                             }),
                             MultiOp::GetChildren(r) => node_for_read(&r.path, perms::READ).map(|n| {
                                 MultiResult::GetChildren(ChildrenResponse {
-                                    children: n.children.iter().map(|c| c.to_string()).collect(),
+                                    children: n.children().into_iter().map(str::to_string).collect(),
                                 })
                             }),
                             _ => Err(ErrorCode::BadArguments),
@@ -780,10 +780,10 @@ impl Core {
         let candidates: Vec<String> = {
             let tree = self.tree.read();
             let containers =
-                tree.containers().filter(|p| tree.get(p).is_some_and(|n| n.stat.cversion > 0 && n.children.is_empty()));
+                tree.containers().filter(|p| tree.get(p).is_some_and(|n| n.stat.cversion > 0 && n.num_children() == 0));
             let ttls = tree.ttls().filter(|p| {
                 tree.get(p).is_some_and(
-                    |n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.children.is_empty() && now - n.stat.mtime > ttl),
+                    |n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.num_children() == 0 && now - n.stat.mtime > ttl),
                 )
             });
             containers.chain(ttls).cloned().collect()
@@ -796,7 +796,7 @@ impl Core {
                 0,
                 |t, ctx| {
                     let still = t.get(&path).is_some_and(|n| {
-                        n.children.is_empty()
+                        n.num_children() == 0
                             && match n.kind() {
                                 NodeKind::Container => n.stat.cversion > 0,
                                 NodeKind::Ttl(ttl) => ctx.time - n.stat.mtime > ttl,
@@ -823,6 +823,12 @@ impl Core {
 
     pub fn with_tree<R>(&self, f: impl FnOnce(&DataTree) -> R) -> R {
         f(&self.tree.read())
+    }
+
+    /// The tree under the write lock, for snapshots: keep `f` short, every
+    /// request waits for it.
+    pub fn with_tree_mut<R>(&self, f: impl FnOnce(&mut DataTree) -> R) -> R {
+        f(&mut self.tree.write())
     }
 
     pub fn with_watches<R>(&self, f: impl FnOnce(&WatchManager) -> R) -> R {

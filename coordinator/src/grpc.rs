@@ -178,7 +178,7 @@ impl pb::admin_server::Admin for AdminService {
                 }
                 let s = node.stat();
                 if depth < req.depth {
-                    queue.extend(node.children.iter().map(|c| (path::join(&p, c), depth + 1)));
+                    queue.extend(node.children().into_iter().map(|c| (path::join(&p, c), depth + 1)));
                 }
                 nodes.push(Node {
                     path: p,
@@ -193,7 +193,7 @@ impl pb::admin_server::Admin for AdminService {
                     ephemeral_owner: s.ephemeral_owner,
                     data_length: s.data_length,
                     num_children: s.num_children,
-                    data: match (&node.data, req.include_data) {
+                    data: match (node.data(), req.include_data) {
                         (Some(d), true) => d.to_vec(),
                         _ => Vec::new(),
                     },

@@ -56,7 +56,7 @@ impl Pending<'_> {
             None => self
                 .tree
                 .get(p)
-                .map(|n| View { stat: n.stat, acl: n.acl.clone(), children: n.children.len() as i32 })
+                .map(|n| View { stat: n.stat, acl: n.acl().clone(), children: n.num_children() as i32 })
                 .ok_or(ErrorCode::NoNode),
         }
     }

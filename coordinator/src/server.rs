@@ -109,25 +109,39 @@ pub async fn snapshot_now(core: &Arc<Core>) -> anyhow::Result<Option<i64>> {
         return Ok(None);
     }
     let _one_at_a_time = core.snapshotting.lock().await;
-    // Only the copy of the index is made under the read lock (writers wait
-    // for it); encoding and writing happen outside it.
     let started = std::time::Instant::now();
-    let Some(view) = core.with_tree(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
+    let Some(header) = core.with_tree_mut(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
         return Ok(None);
     };
-    // How long writers waited for the copy: the figure to watch if write
-    // tail latency grows with the tree.
-    let locked = started.elapsed();
     let core2 = core.clone();
-    let zxid = tokio::task::spawn_blocking(move || match &core2.storage {
-        Some(s) => s.finish_snapshot(view).map_err(|e| anyhow::anyhow!("snapshot: {e}")),
-        None => Err(anyhow::anyhow!("the server keeps no data dir")),
+    let written = tokio::task::spawn_blocking(move || {
+        let storage = core2.storage.as_ref().ok_or_else(|| anyhow::anyhow!("the server keeps no data dir"))?;
+        // Each chunk holds the write lock for about a millisecond; writes
+        // go on between chunks (the tree keeps what they overwrite until
+        // the snapshot has passed it). The longest hold is the figure to
+        // watch if write tail latency grows with the tree.
+        let (mut chunks, mut locked, mut longest) = (0u32, Duration::ZERO, Duration::ZERO);
+        let result = storage.write_snapshot(header, |buf| {
+            let t = std::time::Instant::now();
+            let progress = core2.with_tree_mut(|tree| tree.snapshot_chunk(buf, crate::storage::SNAPSHOT_CHUNK));
+            let held = t.elapsed();
+            (chunks, locked, longest) = (chunks + 1, locked + held, longest.max(held));
+            progress
+        });
+        if result.is_err() {
+            core2.with_tree_mut(|tree| tree.abort_snapshot());
+        }
+        let zxid = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::Ok((zxid, chunks, locked, longest))
     })
     .await
-    .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))??;
+    .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))?;
+    let (zxid, chunks, locked, longest) = written?;
     tracing::info!(
         zxid = format!("{zxid:#x}"),
+        chunks,
         tree_locked_ms = locked.as_millis() as u64,
+        longest_hold_us = longest.as_micros() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         "snapshot taken"
     );

@@ -45,7 +45,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::tree::{DataTree, SnapshotView};
+use crate::tree::{DataTree, Progress, SnapshotError, SnapshotHeader};
 use crate::txn::{decode_record, encode_record, Txn, TxnHeader};
 
 const LOG_MAGIC: &[u8; 8] = b"ZKCLOG01";
@@ -54,6 +54,9 @@ const SNAP_MAGIC: &[u8; 8] = b"ZKCSNP01";
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Snapshots kept on disk; older ones (and the log before them) are removed.
 const SNAPSHOTS_KEPT: usize = 3;
+/// Bytes of snapshot encoded per hold of the tree's lock: about 9,000
+/// small znodes, or a millisecond of writers waiting.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -63,6 +66,8 @@ pub enum StorageError {
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("{path} is in use by another server (its lock is held)")]
     Locked { path: PathBuf },
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
@@ -181,40 +186,59 @@ impl Storage {
         self.since_snapshot.load(Ordering::Relaxed)
     }
 
-    /// Copies what the snapshot needs out of the tree (the caller holds the
-    /// read lock, so no txn is half-applied) and rolls the log at the same
-    /// point, so that every older segment is covered by the snapshot.
-    pub fn begin_snapshot(&self, tree: &DataTree) -> SnapshotView {
-        let view = tree.snapshot_view();
-        let _ = self.tx.send(LogMsg::Roll { next_zxid: view.last_zxid() + 1 });
+    /// Begins a snapshot of the tree (the caller holds the write lock, so
+    /// no txn is half-applied) and rolls the log at the same point, so that
+    /// every older segment is covered by the snapshot.
+    pub fn begin_snapshot(&self, tree: &mut DataTree) -> SnapshotHeader {
+        let header = tree.begin_snapshot();
+        let _ = self.tx.send(LogMsg::Roll { next_zxid: header.zxid() + 1 });
         self.since_snapshot.store(0, Ordering::Relaxed);
-        view
+        header
     }
 
-    /// Encodes and writes a snapshot begun with
-    /// [`begin_snapshot`](Self::begin_snapshot), and removes what it makes
-    /// unnecessary. Blocking, and off the tree's lock: run it off the async
-    /// threads.
-    pub fn finish_snapshot(&self, view: SnapshotView) -> Result<i64, StorageError> {
-        let zxid = view.last_zxid();
-        let mut bytes = Vec::with_capacity(view.approximate_size() + 64);
-        bytes.extend_from_slice(SNAP_MAGIC);
-        view.write(&mut bytes);
-        drop(view);
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_be_bytes());
+    /// Writes a snapshot begun with [`begin_snapshot`](Self::begin_snapshot):
+    /// `next_chunk` encodes the next nodes into the buffer it is given (the
+    /// caller takes the tree's lock for each chunk, and only for it) until
+    /// it reports [`Progress::Done`]. Then the file is synced and renamed
+    /// into place, and what it makes unnecessary is removed. Blocking: run
+    /// it off the async threads.
+    pub fn write_snapshot(
+        &self,
+        header: SnapshotHeader,
+        mut next_chunk: impl FnMut(&mut Vec<u8>) -> Result<Progress, SnapshotError>,
+    ) -> Result<i64, StorageError> {
+        let zxid = header.zxid();
         let path = self.dir.join(format!("snapshot.{zxid:016x}"));
         let tmp = self.dir.join(format!("snapshot.{zxid:016x}.tmp"));
-        {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&bytes).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK + (64 << 10));
+        buf.extend_from_slice(SNAP_MAGIC);
+        header.write(&mut buf);
+        let (mut crc, mut bytes) = (0u32, 0usize);
+        loop {
+            let progress = next_chunk(&mut buf)?;
+            crc = crc32c::crc32c_append(crc, &buf);
+            bytes += buf.len();
+            f.write_all(&buf).map_err(io_err(&tmp))?;
+            buf.clear();
+            if progress == Progress::Done {
+                break;
+            }
         }
+        f.write_all(&crc.to_be_bytes()).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        drop(f);
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
-        tracing::debug!(path = %path.display(), bytes = bytes.len(), "snapshot written");
+        tracing::debug!(path = %path.display(), bytes, "snapshot written");
         self.purge()?;
         Ok(zxid)
+    }
+
+    /// A whole snapshot in one go, for callers that own the tree (tests).
+    pub fn snapshot(&self, tree: &mut DataTree) -> Result<i64, StorageError> {
+        let header = self.begin_snapshot(tree);
+        self.write_snapshot(header, |buf| tree.snapshot_chunk(buf, SNAPSHOT_CHUNK))
     }
 
     /// Keeps the newest snapshots and the log segments the newest needs.
@@ -572,7 +596,7 @@ mod tests {
         let rec = Storage::open(&dir).unwrap();
         assert_eq!(rec.tree.last_zxid(), 100);
         assert_eq!(rec.replayed, 100);
-        assert_eq!(rec.tree.get("/n99").unwrap().data.as_deref(), Some(&b"/n99"[..]));
+        assert_eq!(rec.tree.get("/n99").unwrap().data(), Some(&b"/n99"[..]));
         fs::remove_dir_all(dir).ok();
     }
 
@@ -695,10 +719,8 @@ mod tests {
         let dir = tmpdir("snap");
         write_n(&dir, 0, 20);
         {
-            let rec = Storage::open(&dir).unwrap();
-            let view = rec.storage.begin_snapshot(&rec.tree);
-            assert_eq!(view.last_zxid(), 20);
-            assert_eq!(rec.storage.finish_snapshot(view).unwrap(), 20);
+            let mut rec = Storage::open(&dir).unwrap();
+            assert_eq!(rec.storage.snapshot(&mut rec.tree).unwrap(), 20);
         }
         let rec = Storage::open(&dir).unwrap();
         assert_eq!(rec.snapshot_zxid, 20);
