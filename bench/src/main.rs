@@ -58,6 +58,14 @@ struct Args {
     /// Leave out the scenario figures (they need RabbitMQ).
     #[arg(long)]
     no_scenarios: bool,
+    /// Only these throughput cells (comma-separated: create, setData,
+    /// getData, exists), e.g. to profile one of them.
+    #[arg(long, value_delimiter = ',', value_parser = ["create", "setData", "getData", "exists"])]
+    ops: Vec<String>,
+    /// Only the throughput cells: no watch, memory, recovery or scenario
+    /// figures (with `--ops`, what `scripts/profile.sh` runs under perf).
+    #[arg(long)]
+    cells_only: bool,
     /// Measure nothing: redraw the plot and print the tables from `--out`.
     #[arg(long)]
     replot: bool,
@@ -78,12 +86,15 @@ async fn bench_server(server: &Server, startup: Duration, args: &Args, scratch: 
     }
     let _ = zk.close().await;
     let mut cells = Vec::new();
-    for op in Op::ALL {
+    for op in Op::ALL.into_iter().filter(|op| args.ops.is_empty() || args.ops.iter().any(|o| o == op.name())) {
         for (outstanding, conns) in [(1, 1), (16, 1), (256, 1), (256, 16)] {
             let c = ops::cell(&server.addr, base, op, outstanding, conns, args.secs).await?;
             eprintln!("{name:>11} {c}");
             cells.push(c);
         }
+    }
+    if args.cells_only {
+        return Ok(json!({"server": name, "startup_ms": startup.as_secs_f64() * 1000.0, "cells": cells}));
     }
     let watch = ops::watch_latency(&server.addr, base, 500).await?;
     eprintln!("{name:>11} watch {watch}");
@@ -120,6 +131,9 @@ async fn run(kind: Kind, args: &Args, tmp: &Path) -> Result<Value> {
     eprintln!("{:>11} answered {startup:.1?} after start", kind.name());
     let mut r = bench_server(&server, startup, args, &scratch).await?;
     drop(server);
+    if args.cells_only {
+        return Ok(r);
+    }
     let (server, _) = servers::start(kind, &mem_dir, port, &args.zk_heap).await?;
     r["memory"] = ops::memory(&server, args.nodes).await?;
     drop(server);

@@ -44,7 +44,9 @@ pub struct Config {
     /// How often empty containers and expired TTL nodes are reaped
     /// (`znode.container.checkIntervalMs`).
     pub container_check_interval: Duration,
-    /// Transactions between snapshots (`snapCount`).
+    /// Transactions logged before a snapshot (`snapCount`); a snapshot
+    /// also waits until the log since the last one is as large as the
+    /// snapshot would be (see `Storage::snapshot_due`).
     pub snap_count: u64,
 }
 
@@ -140,7 +142,8 @@ pub struct Args {
     /// Interval between container/TTL reaping passes, ms [default: 60000].
     #[arg(long, env = "COORDINATOR_CONTAINER_CHECK_INTERVAL", value_name = "MS")]
     pub container_check_interval: Option<u64>,
-    /// Transactions logged between snapshots [default: 100000].
+    /// Transactions logged before a snapshot is taken, which also waits for
+    /// the log since the last one to reach the snapshot's size [default: 100000].
     #[arg(long, env = "COORDINATOR_SNAP_COUNT", value_name = "N")]
     pub snap_count: Option<u64>,
     /// Read Apache ZooKeeper `zoo.cfg` keys from this file.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::conn;
 use crate::core::Core;
+use crate::tree::DataTree;
 
 /// Serves ZooKeeper clients on `listener` until `shutdown` completes, then
 /// closes every connection and returns.
@@ -83,8 +84,8 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: impl Future
     Ok(())
 }
 
-/// Takes a snapshot once `snap_count` transactions have been logged since the
-/// last one, so recovery replays a bounded log and old segments can go.
+/// Takes a snapshot once it is due (see `Storage::snapshot_due`), so
+/// recovery replays a bounded log and old segments can go.
 async fn snapshots(core: Arc<Core>, token: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -93,7 +94,8 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
             _ = token.cancelled() => return,
         }
         let Some(storage) = &core.storage else { return };
-        if storage.txns_since_snapshot() < core.config.snap_count {
+        let size = core.with_tree(DataTree::snapshot_size_estimate);
+        if !storage.snapshot_due(core.config.snap_count, size) {
             continue;
         }
         if let Err(e) = snapshot_now(&core).await {

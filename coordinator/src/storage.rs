@@ -94,6 +94,8 @@ pub struct Storage {
     /// Cancelled if the log can no longer be written: the server must stop.
     pub failed: CancellationToken,
     since_snapshot: AtomicU64,
+    /// Bytes of log written since the last snapshot began.
+    logged_since_snapshot: AtomicU64,
     _lock: File,
 }
 
@@ -124,6 +126,7 @@ impl Storage {
             None => (DataTree::new(), 0),
         };
         let mut replayed = 0;
+        let logged: u64 = logs.iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.len()).sum();
         let last_index = logs.len().checked_sub(1);
         for (i, (_, path)) in logs.iter().enumerate() {
             replayed += replay_segment(path, Some(i) == last_index, &mut tree)?;
@@ -158,6 +161,7 @@ impl Storage {
                 durable,
                 failed,
                 since_snapshot: AtomicU64::new(replayed as u64),
+                logged_since_snapshot: AtomicU64::new(logged),
                 _lock: lock,
             },
             snapshot_zxid,
@@ -170,6 +174,7 @@ impl Storage {
     pub fn append(&self, hdr: &TxnHeader, txn: &Txn) {
         let payload = encode_record(hdr, txn);
         self.since_snapshot.fetch_add(1, Ordering::Relaxed);
+        self.logged_since_snapshot.fetch_add(payload.len() as u64, Ordering::Relaxed);
         if self.tx.send(LogMsg::Record { zxid: hdr.zxid, payload }).is_err() {
             // The log thread is gone: it has already reported why and
             // cancelled `failed`; nothing after this becomes durable.
@@ -182,8 +187,18 @@ impl Storage {
         self.durable.clone()
     }
 
-    pub fn txns_since_snapshot(&self) -> u64 {
-        self.since_snapshot.load(Ordering::Relaxed)
+    /// Whether a snapshot is due: `snap_count` transactions have been
+    /// logged since the last one (ZooKeeper's rule) *and* the log since
+    /// then is at least as large as the snapshot would be. A snapshot
+    /// exists to bound recovery (replaying the log) and the log's disk
+    /// use; writing a whole large tree to save replaying a log a fraction
+    /// of its size costs more disk bandwidth than it saves, and under a
+    /// heavy write load that bandwidth is what the log's fsyncs wait for.
+    /// With both rules, snapshots never write more bytes than the log
+    /// does, and recovery replays at most one snapshot's worth of log.
+    pub fn snapshot_due(&self, snap_count: u64, snapshot_bytes: u64) -> bool {
+        self.since_snapshot.load(Ordering::Relaxed) >= snap_count
+            && self.logged_since_snapshot.load(Ordering::Relaxed) >= snapshot_bytes
     }
 
     /// Begins a snapshot of the tree (the caller holds the write lock, so
@@ -193,6 +208,7 @@ impl Storage {
         let header = tree.begin_snapshot();
         let _ = self.tx.send(LogMsg::Roll { next_zxid: header.zxid() + 1 });
         self.since_snapshot.store(0, Ordering::Relaxed);
+        self.logged_since_snapshot.store(0, Ordering::Relaxed);
         header
     }
 

@@ -871,6 +871,12 @@ impl DataTree {
         }
     }
 
+    /// Roughly the bytes a snapshot of the tree takes: paths and data, and
+    /// per node its ACL index, stat and length fields.
+    pub fn snapshot_size_estimate(&self) -> u64 {
+        self.data_size.max(0) as u64 + 72 * self.node_count as u64
+    }
+
     /// Drops the snapshot in progress (its writer failed).
     pub fn abort_snapshot(&mut self) {
         self.snapshot = None;

@@ -3,8 +3,13 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Named threads, so `top -H`, `perf` and flamegraphs tell the server's
+    // workers apart from a client's in the same recording.
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("coordinator").build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = coordinator::Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr; stdout carries one line, the address clients can
