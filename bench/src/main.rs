@@ -66,6 +66,10 @@ struct Args {
     /// figures (with `--ops`, what `scripts/profile.sh` runs under perf).
     #[arg(long)]
     cells_only: bool,
+    /// Keep the servers' data dirs and the coordinator's logs (printed at
+    /// the end) instead of removing them.
+    #[arg(long)]
+    keep_data: bool,
     /// Measure nothing: redraw the plot and print the tables from `--out`.
     #[arg(long)]
     replot: bool,
@@ -166,7 +170,11 @@ async fn main() -> Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
-    let _ = std::fs::remove_dir_all(tmp);
+    if args.keep_data {
+        eprintln!("data dirs and coordinator logs kept in {}", tmp.display());
+    } else {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
     write_report(&results, &args.out)
 }
 

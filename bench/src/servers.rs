@@ -75,13 +75,16 @@ pub async fn start(kind: Kind, dir: &Path, port: u16, zk_heap: &str) -> Result<(
     let server = match kind {
         Kind::Coordinator => {
             let bin = repo_root().join("target/release/coordinator");
+            // The server's log (snapshot timings among it) beside its data
+            // dir, appended across the restarts on that dir.
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log"))?;
             let child = Command::new(&bin)
                 .args(["--listen", &addr, "--data-dir", &dir.to_string_lossy()])
                 .args(["--tick-time", &TICK_MS.to_string()])
                 // The fan-out figure opens thousands of sessions from one IP.
                 .args(["--max-client-connections", "0"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .with_context(|| format!("start {} (cargo build --release -p coordinator)", bin.display()))?;
             Server { kind, addr: addr.clone(), pid: child.id(), child: Some(child), dir: dir.to_path_buf(), port }

@@ -10,6 +10,9 @@
 //!   length is recognised as damage, not taken for a record cut short.
 //! - `snapshot.<zxid>`: the whole tree as of that zxid: magic, payload,
 //!   `u32 crc32c` of all before it. Written to `.tmp`, synced, renamed.
+//!   It is encoded a chunk at a time while writes go on (see
+//!   [`crate::tree`] for how it stays exact), and taken when
+//!   [`Storage::snapshot_due`] says so.
 //! - `secret`: the key session passwords derive from, so clients can
 //!   reattach to their sessions after a restart.
 //! - `LOCK`: held (flock) while a server uses the directory.
@@ -57,6 +60,8 @@ const SNAPSHOTS_KEPT: usize = 3;
 /// Bytes of snapshot encoded per hold of the tree's lock: about 9,000
 /// small znodes, or a millisecond of writers waiting.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Bytes of snapshot written between syncs (see `write_snapshot`).
+const SNAPSHOT_SYNC_EVERY: usize = 8 << 20;
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -231,12 +236,21 @@ impl Storage {
         buf.extend_from_slice(SNAP_MAGIC);
         header.write(&mut buf);
         let (mut crc, mut bytes) = (0u32, 0usize);
+        let mut unsynced = 0usize;
         loop {
             let progress = next_chunk(&mut buf)?;
             crc = crc32c::crc32c_append(crc, &buf);
-            bytes += buf.len();
             f.write_all(&buf).map_err(io_err(&tmp))?;
+            (bytes, unsynced) = (bytes + buf.len(), unsynced + buf.len());
             buf.clear();
+            // Synced a slice at a time: left to the kernel, hundreds of MB
+            // of dirty snapshot pages go to the disk in one burst, and the
+            // log's fdatasync (which every write's reply waits for) queues
+            // behind it. Measured: the worst write p999 in a run halved.
+            if unsynced >= SNAPSHOT_SYNC_EVERY {
+                f.sync_data().map_err(io_err(&tmp))?;
+                unsynced = 0;
+            }
             if progress == Progress::Done {
                 break;
             }

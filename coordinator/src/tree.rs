@@ -1154,6 +1154,14 @@ mod tests {
             .collect()
     }
 
+    /// The layout is the memory budget (see the module's notes): a slot is
+    /// 112 bytes, and a free slot costs no more than a full one.
+    #[test]
+    fn a_slot_stays_within_its_budget() {
+        assert!(std::mem::size_of::<Option<Node>>() <= 112, "{}", std::mem::size_of::<Option<Node>>());
+        assert_eq!(std::mem::size_of::<IndexEntry>(), 8);
+    }
+
     #[test]
     fn children_are_listed_sorted_and_counted() {
         let mut t = DataTree::new();
