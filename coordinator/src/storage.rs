@@ -200,7 +200,8 @@ impl Storage {
     /// of its size costs more disk bandwidth than it saves, and under a
     /// heavy write load that bandwidth is what the log's fsyncs wait for.
     /// With both rules, snapshots never write more bytes than the log
-    /// does, and recovery replays at most one snapshot's worth of log.
+    /// does, and recovery replays at most `snap_count` transactions or one
+    /// snapshot's worth of log, whichever is more.
     pub fn snapshot_due(&self, snap_count: u64, snapshot_bytes: u64) -> bool {
         self.since_snapshot.load(Ordering::Relaxed) >= snap_count
             && self.logged_since_snapshot.load(Ordering::Relaxed) >= snapshot_bytes

@@ -500,6 +500,27 @@ impl DataTree {
         slot
     }
 
+    /// Adds the node at `path` under `parent` (a create, or a node read
+    /// from a snapshot): into the arena, and into the size count and the
+    /// index of its kind (ephemerals by owner, containers, TTL nodes).
+    fn add_node(&mut self, parent: u32, path: &str, data: Option<&[u8]>, acl: u32, stat: StatPersisted) -> u32 {
+        let slot = self.insert(parent, path::name(path), data, acl, stat);
+        self.data_size += path.len() as i64 + data.map_or(0, |d| d.len() as i64);
+        match NodeKind::from_owner(stat.ephemeral_owner) {
+            NodeKind::Ephemeral(owner) => {
+                self.ephemerals.entry(owner).or_default().insert(path.to_string());
+            }
+            NodeKind::Container => {
+                self.containers.insert(path.to_string());
+            }
+            NodeKind::Ttl(_) => {
+                self.ttls.insert(path.to_string());
+            }
+            NodeKind::Persistent => {}
+        }
+        slot
+    }
+
     /// Unlinks and unindexes a childless node and frees its slot.
     fn remove(&mut self, slot: u32) -> Option<Node> {
         let node = self.slots.get_mut(slot as usize)?.take()?;
@@ -715,22 +736,9 @@ impl DataTree {
             ephemeral_owner: kind.ephemeral_owner(),
             pzxid: hdr.zxid,
         };
-        self.data_size += path.len() as i64 + data.map_or(0, |d| d.len() as i64);
         let acl = self.acls.intern(acl);
-        let slot = self.insert(parent, name, data, acl, stat);
+        let slot = self.add_node(parent, path, data, acl, stat);
         let client_stat = self.node(slot).map(Node::stat).unwrap_or_default();
-        match kind {
-            NodeKind::Ephemeral(session) => {
-                self.ephemerals.entry(session).or_default().insert(path.to_string());
-            }
-            NodeKind::Container => {
-                self.containers.insert(path.to_string());
-            }
-            NodeKind::Ttl(_) => {
-                self.ttls.insert(path.to_string());
-            }
-            NodeKind::Persistent => {}
-        }
         triggers.push(Trigger::Created(path.to_string()));
         triggers.push(Trigger::ChildrenChanged(parent_path.to_string()));
         Ok(client_stat)
@@ -1041,20 +1049,7 @@ impl DataTree {
             self.acls.release(acl);
             return true;
         }
-        self.insert(parent, name, data, acl, stat);
-        self.data_size += path.len() as i64 + data.map_or(0, |d| d.len() as i64);
-        match NodeKind::from_owner(stat.ephemeral_owner) {
-            NodeKind::Ephemeral(owner) => {
-                self.ephemerals.entry(owner).or_default().insert(path.to_string());
-            }
-            NodeKind::Container => {
-                self.containers.insert(path.to_string());
-            }
-            NodeKind::Ttl(_) => {
-                self.ttls.insert(path.to_string());
-            }
-            NodeKind::Persistent => {}
-        }
+        self.add_node(parent, path, data, acl, stat);
         true
     }
 }
