@@ -13,6 +13,8 @@
 //! - [`task`]: wait for a task's status, watch armed before publishing.
 //! - [`config`]: a live value that always converges on the latest data.
 //! - [`registry`]: ephemeral service registration and live membership.
+//! - [`retry`]: repeat what is safe to repeat through a lost connection,
+//!   with backoff, until the caller's deadline.
 //!
 //! # zookeeper-async's connection states, as these recipes read them
 //! - `Connected`: the session is live.
@@ -31,6 +33,7 @@ pub mod election;
 pub mod lock;
 mod queue;
 pub mod registry;
+pub mod retry;
 pub mod session;
 pub mod task;
 
