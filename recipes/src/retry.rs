@@ -119,12 +119,7 @@ where
 /// *maybe mine*. Since nobody else uses this name, a node holding exactly
 /// our bytes is ours, and the create succeeded; any other content is a
 /// genuine `NodeExists`.
-pub async fn create_owned(
-    zk: &ZooKeeper,
-    path: &str,
-    data: &[u8],
-    deadline: Instant,
-) -> Result<String, ZkError> {
+pub async fn create_owned(zk: &ZooKeeper, path: &str, data: &[u8], deadline: Instant) -> Result<String, ZkError> {
     retry(&RetryPolicy::default(), deadline, |attempt| async move {
         match zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent).await {
             Err(ZkError::NodeExists) if attempt > 0 => match zk.get_data(path, false).await {
@@ -235,8 +230,7 @@ mod tests {
     async fn an_attempt_hanging_past_the_deadline_is_cut_short() {
         let started = Instant::now();
         let r: Result<(), _> =
-            retry(&policy(), started + Duration::from_secs(2), |_| std::future::pending::<Result<(), ZkError>>())
-                .await;
+            retry(&policy(), started + Duration::from_secs(2), |_| std::future::pending::<Result<(), ZkError>>()).await;
         assert_eq!(r, Err(ZkError::OperationTimeout));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }

@@ -57,9 +57,8 @@ impl Ensemble {
                 "port {port} already answers: a stale ensemble member is running (a killed test run?); stop it"
             );
         }
-        let servers: String = (0..3)
-            .map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, QUORUM_PORT + i, ELECTION_PORT + i))
-            .collect();
+        let servers: String =
+            (0..3).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, QUORUM_PORT + i, ELECTION_PORT + i)).collect();
         for i in 0..3 {
             let home = dir.join(format!("zk{}", i + 1));
             std::fs::create_dir_all(home.join("data")).expect("member data dir");
@@ -182,8 +181,8 @@ impl Ensemble {
     fn logs(&self) -> String {
         (0..3)
             .map(|i| {
-                let text = std::fs::read_to_string(self.dir.join(format!("zk{}/zookeeper.log", i + 1)))
-                    .unwrap_or_default();
+                let text =
+                    std::fs::read_to_string(self.dir.join(format!("zk{}/zookeeper.log", i + 1))).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 format!("---- zk{} ----\n{}\n", i + 1, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             })

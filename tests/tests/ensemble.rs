@@ -80,7 +80,8 @@ async fn submit_stream(a_addr: String, clients: usize, stop: Arc<AtomicBool>) ->
     }
     let mut s = Stream { ok: 0, failed: vec![], latencies: vec![], per_entity: vec![] };
     for l in loops {
-        let (entity, ok, failed, lat) = tokio::time::timeout(Duration::from_secs(60), l).await.expect("in time").expect("loop");
+        let (entity, ok, failed, lat) =
+            tokio::time::timeout(Duration::from_secs(60), l).await.expect("in time").expect("loop");
         s.ok += ok as usize;
         s.failed.extend(failed);
         s.latencies.extend(lat);
@@ -321,9 +322,8 @@ async fn config_change_during_election_reaches_every_instance() {
     let node = format!("{root}/config/system-b");
     set_config(&c, &node, r#"{"work_ms":1}"#).await;
     // Each applies the first value before it says it is ready.
-    let mut bs: Vec<Proc> = (1..=3)
-        .map(|i| start_system_b(&zk, &root, &queue, &store, &format!("b{i}"), SESSION_MS, dir.path()))
-        .collect();
+    let mut bs: Vec<Proc> =
+        (1..=3).map(|i| start_system_b(&zk, &root, &queue, &store, &format!("b{i}"), SESSION_MS, dir.path())).collect();
 
     let leader = ens.leader();
     let killed = Instant::now();
@@ -408,7 +408,12 @@ async fn follower_killed_and_restarted() {
         s.latencies.last().copied().unwrap_or_default(),
     );
     let _ = restarted;
-    assert!(s.failed.is_empty(), "{} submits failed: {:?}", s.failed.len(), s.failed.iter().take(3).collect::<Vec<_>>());
+    assert!(
+        s.failed.is_empty(),
+        "{} submits failed: {:?}",
+        s.failed.len(),
+        s.failed.iter().take(3).collect::<Vec<_>>()
+    );
     for (entity, ok) in &s.per_entity {
         assert_eq!(entity_value(&store, entity), *ok, "{entity}: a task was lost or applied twice");
     }
