@@ -74,7 +74,10 @@ pub fn is_retryable(e: &ZkError) -> bool {
 /// [retryable](is_retryable), or `deadline` passes (then the last error, or
 /// `OperationTimeout` if the attempt was cut short by the deadline).
 /// `op` gets the attempt number: from 1 on, an earlier attempt may have
-/// been applied, which the operation must allow for.
+/// been applied, which the operation must allow for. An attempt cut short
+/// by the deadline may also still be applied later: zookeeper-async queues
+/// requests while it reconnects and sends them once it has, so a give-up
+/// leaves the outcome unknown, as `ConnectionLoss` does.
 pub async fn retry<T, F, Fut>(policy: &RetryPolicy, deadline: Instant, mut op: F) -> Result<T, ZkError>
 where
     F: FnMut(u32) -> Fut,

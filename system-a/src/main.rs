@@ -331,9 +331,21 @@ impl Service {
         if let Err(e) = recorded {
             return Err(Status::unavailable(format!("coordination server: {e:?}; task {id} was not accepted")));
         }
-        let mut status = TaskStatus::create_by(&self.client, &path, pending.to_string().as_bytes(), deadline)
+        let mut status = match TaskStatus::create_by(&self.client, &path, pending.to_string().as_bytes(), deadline)
             .await
-            .map_err(|e| Status::unavailable(format!("coordination server: {e}; task {id} was not accepted")))?;
+        {
+            Ok(s) => s,
+            // The create may still reach the server (the client sends what
+            // it queued once it reconnects), and then the outbox publishes
+            // the task: its outcome is unknown, and the answer says so.
+            Err(TaskError::Zk(e)) if zk_recipes::retry::is_retryable(&e) => {
+                return Err(Status::unavailable(format!(
+                    "coordination server: {e:?}; task {id} may still be accepted and run, Watch {id} to learn its \
+                     outcome"
+                )))
+            }
+            Err(e) => return Err(Status::unavailable(format!("coordination server: {e}; task {id} was not accepted"))),
+        };
         // 2. Publish now, confirmed and routed. If RabbitMQ is away or the
         //    confirm is lost, the entry stays and the outbox drain publishes
         //    it once the broker is back: the caller waits, it is not refused.
