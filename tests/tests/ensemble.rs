@@ -26,8 +26,11 @@ async fn client(zk: &str) -> Client {
 }
 
 async fn set_config(c: &Client, path: &str, body: &str) {
-    zk_recipes::ensure_path(&c.zk, path).await.expect("config node");
-    c.zk.set_data(path, body.as_bytes().to_vec(), None).await.expect("set config");
+    let set = async {
+        zk_recipes::ensure_path(&c.zk, path).await.expect("config node");
+        c.zk.set_data(path, body.as_bytes().to_vec(), None).await.expect("set config");
+    };
+    tokio::time::timeout(Duration::from_secs(10), set).await.expect("config set in time");
 }
 
 fn entity_value(store: &Path, entity: &str) -> i64 {
@@ -383,8 +386,12 @@ async fn follower_killed_and_restarted() {
         let tasks = tasks.clone();
         async move {
             let c = client(&addr).await;
-            let n = c.zk.get_children(&tasks, false).await.expect("tasks").len();
-            let _ = c.zk.close().await;
+            let n = tokio::time::timeout(Duration::from_secs(10), c.zk.get_children(&tasks, false))
+                .await
+                .expect("in time")
+                .expect("tasks")
+                .len();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.zk.close()).await;
             n
         }
     };

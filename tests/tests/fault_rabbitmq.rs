@@ -50,11 +50,14 @@ async fn system(zk: &str, dir: &Path) -> System {
     let queue = testkit::unique("tasks");
     let store = dir.join("store");
     let c = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
-    for (node, body) in [("system-b", r#"{"work_ms":20}"#), ("system-a", r#"{"timeout_ms":60000}"#)] {
-        let path = format!("{root}/config/{node}");
-        zk_recipes::ensure_path(&c.zk, &path).await.expect("config");
-        c.zk.set_data(&path, body.as_bytes().to_vec(), None).await.expect("set");
-    }
+    let configured = async {
+        for (node, body) in [("system-b", r#"{"work_ms":20}"#), ("system-a", r#"{"timeout_ms":60000}"#)] {
+            let path = format!("{root}/config/{node}");
+            zk_recipes::ensure_path(&c.zk, &path).await.expect("config");
+            c.zk.set_data(&path, body.as_bytes().to_vec(), None).await.expect("set");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
     let common = |name: &str| {
         vec![
             "--zk".to_string(),
@@ -126,13 +129,17 @@ async fn check(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let text = std::fs::read_to_string(sys.store.join("acct.json")).expect("entity");
     let value = serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["value"].as_i64().expect("value");
-    let mut applied = 0;
-    for t in sys.client.zk.get_children(&format!("{}/tasks", sys.root), false).await.expect("tasks") {
-        let (data, _) = sys.client.zk.get_data(&format!("{}/tasks/{t}", sys.root), false).await.expect("task");
-        if String::from_utf8_lossy(&data).contains(r#""status":"done""#) {
-            applied += 1;
+    let count = async {
+        let mut applied = 0;
+        for t in sys.client.zk.get_children(&format!("{}/tasks", sys.root), false).await.expect("tasks") {
+            let (data, _) = sys.client.zk.get_data(&format!("{}/tasks/{t}", sys.root), false).await.expect("task");
+            if String::from_utf8_lossy(&data).contains(r#""status":"done""#) {
+                applied += 1;
+            }
         }
-    }
+        applied
+    };
+    let applied = tokio::time::timeout(Duration::from_secs(20), count).await.expect("counted in time");
     let p99 = latencies[((latencies.len() - 1) as f64 * 0.99).round() as usize];
     println!(
         "RabbitMQ stopped 5 s ({name}): system-a publishing again {reconnected:?} after the stop; {done} done, {} \

@@ -20,7 +20,10 @@ fn entity_value(store: &Path, entity: &str) -> i64 {
 }
 
 async fn children(c: &Client, path: &str) -> Vec<String> {
-    c.zk.get_children(path, false).await.unwrap_or_default()
+    tokio::time::timeout(Duration::from_secs(10), c.zk.get_children(path, false))
+        .await
+        .expect("in time")
+        .unwrap_or_default()
 }
 
 async fn accepted_then_killed(zk: &str, dir: &Path) {
@@ -28,10 +31,13 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
     let queue = testkit::unique("tasks");
     let store = dir.join("store");
     let c = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
-    zk_recipes::ensure_path(&c.zk, &format!("{root}/config/system-a")).await.expect("config");
-    c.zk.set_data(&format!("{root}/config/system-a"), br#"{"timeout_ms":60000}"#.to_vec(), None)
-        .await
-        .expect("set config");
+    let configured = async {
+        zk_recipes::ensure_path(&c.zk, &format!("{root}/config/system-a")).await.expect("config");
+        c.zk.set_data(&format!("{root}/config/system-a"), br#"{"timeout_ms":60000}"#.to_vec(), None)
+            .await
+            .expect("set config");
+    };
+    tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
     let b = start_system_b(zk, &root, &queue, &store, "b1", 4000, dir);
 
     // A system-a whose broker never answers (nothing listens on port 1):
@@ -84,7 +90,9 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
     loop {
         let mut done = 0;
         for t in &tasks {
-            let (data, _) = c.zk.get_data(&format!("{root}/tasks/{t}"), false).await.expect("task");
+            let path = format!("{root}/tasks/{t}");
+            let read = c.zk.get_data(&path, false);
+            let (data, _) = tokio::time::timeout(Duration::from_secs(10), read).await.expect("in time").expect("task");
             if String::from_utf8_lossy(&data).contains(r#""status":"done""#) {
                 done += 1;
             }
@@ -105,9 +113,13 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
 
     // A second copy of each (a publish whose confirm was lost, sent again):
     // system-b recognises the task ids and applies nothing twice.
-    let amqp = lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ");
+    let amqp = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("in time")
+    .expect("RabbitMQ");
     let ch = amqp.create_channel().await.expect("channel");
     for t in &tasks {
         let body = serde_json::json!({"id": t, "entity": "acct", "op": "add", "amount": 1}).to_string();
