@@ -49,8 +49,13 @@ async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
         Ok(_) => Ok(()),
         // A node left by our own previous session (not yet expired) or by a
         // create whose reply we lost: replace it so it is ours and current.
+        // (A delete that fails is returned: a lost connection makes the
+        // whole `put` retried, never a `NodeExists` the caller cannot act on.)
         Err(ZkError::NodeExists) => {
-            let _ = client.zk.delete(path, None).await;
+            match client.zk.delete(path, None).await {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e),
+            }
             client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await.map(|_| ())
         }
         Err(e) => Err(e),

@@ -265,7 +265,9 @@ impl Tasks for Service {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let id = request.into_inner().task_id;
         let path = self.common.path(&format!("/tasks/{id}"));
-        match self.client.zk.exists(&path, false).await {
+        let exists =
+            zk_recipes::retry::retry_for(Duration::from_secs(5), |_| self.client.zk.exists(&path, false)).await;
+        match exists {
             Ok(Some(_)) => {}
             Ok(None) => return Err(Status::not_found(format!("no task {id}"))),
             Err(e) => return Err(Status::unavailable(format!("coordination server: {e:?}"))),
