@@ -39,6 +39,8 @@ pub mod task;
 
 pub use queue::watch_events as queue_watch_events;
 pub use zookeeper_async::ZkError;
+// Node ACLs, for callers that create through these recipes.
+pub use zookeeper_async::Acl;
 
 /// Creates `path`'s missing ancestors and `path` itself as empty persistent
 /// nodes; existing ones are left alone.

@@ -122,9 +122,15 @@ where
 /// *maybe mine*. Since nobody else uses this name, a node holding exactly
 /// our bytes is ours, and the create succeeded; any other content is a
 /// genuine `NodeExists`.
-pub async fn create_owned(zk: &ZooKeeper, path: &str, data: &[u8], deadline: Instant) -> Result<String, ZkError> {
+pub async fn create_owned(
+    zk: &ZooKeeper,
+    path: &str,
+    data: &[u8],
+    acl: &[Acl],
+    deadline: Instant,
+) -> Result<String, ZkError> {
     retry(&RetryPolicy::default(), deadline, |attempt| async move {
-        match zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent).await {
+        match zk.create(path, data.to_vec(), acl.to_vec(), CreateMode::Persistent).await {
             Err(ZkError::NodeExists) if attempt > 0 => match zk.get_data(path, false).await {
                 Ok((current, _)) if current == data => Ok(path.to_string()),
                 Ok(_) => Err(ZkError::NodeExists),

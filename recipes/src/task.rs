@@ -61,7 +61,7 @@ impl TaskStatus {
         if let Some((parent, _)) = path.rsplit_once('/') {
             retry::ensure_path(&client.zk, parent, deadline).await?;
         }
-        retry::create_owned(&client.zk, path, initial, deadline).await?;
+        retry::create_owned(&client.zk, path, initial, zookeeper_async::Acl::open_unsafe(), deadline).await?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut status = TaskStatus {
             client: client.clone(),

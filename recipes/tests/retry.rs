@@ -64,7 +64,7 @@ async fn a_create_whose_reply_was_lost_is_recognised_as_ours() {
         proxy.lose_next_reply();
         let made = within(
             Duration::from_secs(15),
-            create_owned(&c.zk, &task, b"mine", Instant::now() + Duration::from_secs(10)),
+            create_owned(&c.zk, &task, b"mine", Acl::open_unsafe(), Instant::now() + Duration::from_secs(10)),
         )
         .await;
         assert_eq!(made, Ok(task.clone()));
@@ -79,7 +79,7 @@ async fn a_create_whose_reply_was_lost_is_recognised_as_ours() {
         .expect("create");
         let clash = within(
             Duration::from_secs(15),
-            create_owned(&c.zk, &taken, b"mine", Instant::now() + Duration::from_secs(10)),
+            create_owned(&c.zk, &taken, b"mine", Acl::open_unsafe(), Instant::now() + Duration::from_secs(10)),
         )
         .await;
         assert_eq!(clash, Err(ZkError::NodeExists));

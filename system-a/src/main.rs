@@ -326,7 +326,8 @@ impl Service {
         //    happens to RabbitMQ or to this process.
         let recorded = async {
             zk_recipes::retry::ensure_path(&self.client.zk, &self.common.path("/outbox"), deadline).await?;
-            zk_recipes::retry::create_owned(&self.client.zk, &entry, body.as_bytes(), deadline).await?;
+            let acl = zk_recipes::Acl::open_unsafe();
+            zk_recipes::retry::create_owned(&self.client.zk, &entry, body.as_bytes(), acl, deadline).await?;
             Ok::<_, zk_recipes::ZkError>(())
         }
         .await;
