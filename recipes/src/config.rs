@@ -11,6 +11,7 @@
 use tokio::sync::{oneshot, watch};
 use zookeeper_async::ZkError;
 
+use crate::retry::RetryPolicy;
 use crate::session::{Client, Session};
 
 /// A value and the transaction that last wrote it.
@@ -40,6 +41,8 @@ fn once() -> (impl FnOnce(zookeeper_async::WatchedEvent) + Send + 'static, onesh
 
 async fn follow(client: Client, path: String, tx: watch::Sender<Option<Versioned>>) {
     let mut states = client.states();
+    let policy = RetryPolicy::default();
+    let mut failures = 0u32;
     loop {
         let (notify, fired) = once();
         let read = client.zk.get_data_w(&path, notify).await;
@@ -75,8 +78,27 @@ async fn follow(client: Client, path: String, tx: watch::Sender<Option<Versioned
                 None
             }
         };
+        // No watch armed (the read failed): read again after a backoff, or
+        // at once on reconnect. Waiting for a state change alone would hang
+        // on an error that comes with no disconnect (an operation timeout).
+        let retry_after = match armed {
+            Some(_) => {
+                failures = 0;
+                None
+            }
+            None => {
+                failures = failures.saturating_add(1);
+                Some(policy.backoff(failures - 1))
+            }
+        };
         tokio::select! {
-            _ = async { match armed { Some(rx) => { let _ = rx.await; } None => std::future::pending().await } } => {}
+            _ = async {
+                match (armed, retry_after) {
+                    (Some(rx), _) => { let _ = rx.await; }
+                    (None, Some(wait)) => tokio::time::sleep(wait).await,
+                    (None, None) => std::future::pending().await,
+                }
+            } => {}
             changed = states.changed() => {
                 if changed.is_err() {
                     return;

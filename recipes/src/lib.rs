@@ -13,6 +13,8 @@
 //! - [`task`]: wait for a task's status, watch armed before publishing.
 //! - [`config`]: a live value that always converges on the latest data.
 //! - [`registry`]: ephemeral service registration and live membership.
+//! - [`retry`]: repeat what is safe to repeat through a lost connection,
+//!   with backoff, until the caller's deadline.
 //!
 //! # zookeeper-async's connection states, as these recipes read them
 //! - `Connected`: the session is live.
@@ -31,11 +33,14 @@ pub mod election;
 pub mod lock;
 mod queue;
 pub mod registry;
+pub mod retry;
 pub mod session;
 pub mod task;
 
 pub use queue::watch_events as queue_watch_events;
 pub use zookeeper_async::ZkError;
+// Node ACLs, for callers that create through these recipes.
+pub use zookeeper_async::Acl;
 
 /// Creates `path`'s missing ancestors and `path` itself as empty persistent
 /// nodes; existing ones are left alone.

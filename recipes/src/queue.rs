@@ -18,8 +18,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use zookeeper_async::{Acl, CreateMode, ZkError};
 
+use crate::join;
+use crate::retry::{self, RetryPolicy};
 use crate::session::{Client, Session};
-use crate::{ensure_path, join};
 
 /// How long a candidate waits out a connection loss while creating or
 /// checking its place before giving up.
@@ -83,7 +84,7 @@ pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8])
             // path on every entry would cost a failed create (a logged
             // transaction on the server) per level, per acquisition.
             Err(ZkError::NoNode) if Instant::now() < deadline => {
-                ensure_path(&client.zk, dir).await?;
+                retry::ensure_path(&client.zk, dir, deadline).await?;
                 continue;
             }
             Err(ZkError::ConnectionLoss) | Err(ZkError::OperationTimeout) => {
@@ -91,7 +92,10 @@ pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8])
                 if !client.wait_live(deadline.saturating_duration_since(Instant::now())).await {
                     return Err(ZkError::ConnectionLoss);
                 }
-                match ordered(client, dir).await?.into_iter().find(|c| c.starts_with(&prefix)) {
+                // The listing is a read: retried through a second loss
+                // (an election right after a reconnect) like any other.
+                let listed = retry::retry(&RetryPolicy::default(), deadline, |_| ordered(client, dir)).await?;
+                match listed.into_iter().find(|c| c.starts_with(&prefix)) {
                     Some(name) => join(dir, &name),
                     None => continue,
                 }
@@ -99,7 +103,8 @@ pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8])
             Err(e) => return Err(e),
         };
         let name = path.rsplit('/').next().unwrap_or_default().to_string();
-        let czxid = match client.zk.exists(&path, false).await? {
+        let stat = retry::retry(&RetryPolicy::default(), deadline, |_| client.zk.exists(&path, false)).await?;
+        let czxid = match stat {
             Some(stat) => stat.czxid,
             // Gone already: our session ended between create and read.
             None => return Err(ZkError::SessionExpired),
@@ -122,7 +127,17 @@ pub(crate) async fn wait_first(
         if *states.borrow_and_update() == Session::Lost {
             return Err(ZkError::SessionExpired);
         }
-        let queue = ordered(client, dir).await?;
+        // A connection lost while waiting (an ensemble's election) costs a
+        // wait for the reconnect, not our place: the node lives as long as
+        // the session, and the loop's first check sees a session lost.
+        let queue = match ordered(client, dir).await {
+            Ok(q) => q,
+            Err(e) if retry::is_retryable(&e) => {
+                wait_reconnect(client, deadline).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let Some(at) = queue.iter().position(|c| *c == me.name) else {
             // Our node is gone: the session that owned it ended.
             return Err(ZkError::SessionExpired);
@@ -141,7 +156,15 @@ pub(crate) async fn wait_first(
                     let _ = tx.send(());
                 }
             })
-            .await?;
+            .await;
+        let present = match present {
+            Ok(p) => p,
+            Err(e) if retry::is_retryable(&e) => {
+                wait_reconnect(client, deadline).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if present.is_none() {
             continue; // it left between our listing and the watch: look again
         }
@@ -159,6 +182,25 @@ pub(crate) async fn wait_first(
             _ = timeout => return Ok(false),
         }
     }
+}
+
+/// After a lost connection: waits (a second at a time, and not past
+/// `deadline`) for the session to be live again, so the caller can look at
+/// the queue once more. `ConnectionLoss` once the deadline has passed.
+async fn wait_reconnect(client: &Client, deadline: Option<Instant>) -> Result<(), ZkError> {
+    let limit = match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)),
+        None => Duration::from_secs(1),
+    };
+    if limit.is_zero() {
+        return Err(ZkError::ConnectionLoss);
+    }
+    if !client.wait_live(limit).await {
+        // Still away: pause briefly so the loop does not spin on a client
+        // that answers every request with ConnectionLoss.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Deletes our node, retrying through connection loss: a holder that gives

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use zookeeper_async::{Acl, CreateMode, ZkError};
 
+use crate::retry::{self, RetryPolicy};
 use crate::session::{Client, Session};
 
 /// Keeps the registration alive; dropping it stops re-registering (the node
@@ -48,8 +49,13 @@ async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
         Ok(_) => Ok(()),
         // A node left by our own previous session (not yet expired) or by a
         // create whose reply we lost: replace it so it is ours and current.
+        // (A delete that fails is returned: a lost connection makes the
+        // whole `put` retried, never a `NodeExists` the caller cannot act on.)
         Err(ZkError::NodeExists) => {
-            let _ = client.zk.delete(path, None).await;
+            match client.zk.delete(path, None).await {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e),
+            }
             client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await.map(|_| ())
         }
         Err(e) => Err(e),
@@ -58,10 +64,16 @@ async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
 
 /// Registers `instance` under `dir` with `data` and keeps it registered
 /// across new sessions.
+///
+/// The first registration is retried through connection loss for up to
+/// [`REGISTER_PATIENCE`] (a service starting during an ensemble's election
+/// should start, a little later, not exit): `put` is safe to repeat, since
+/// it replaces whatever node it finds under our name.
 pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -> Result<Registration, ZkError> {
-    crate::ensure_path(&client.zk, dir).await?;
+    let deadline = tokio::time::Instant::now() + REGISTER_PATIENCE;
+    retry::ensure_path(&client.zk, dir, deadline).await?;
     let path = crate::join(dir, instance);
-    put(client, &path, data).await?;
+    retry::retry(&RetryPolicy::default(), deadline, |_| put(client, &path, data)).await?;
     let (c, p, d) = (client.clone(), path.clone(), data.to_vec());
     let task = tokio::spawn(async move {
         let mut states = c.states();
@@ -96,8 +108,16 @@ pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -
     Ok(Registration { client: client.clone(), path, task })
 }
 
+/// How long [`register`] keeps trying through connection loss.
+pub const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+
 /// The instances registered under `dir`, with their data, sorted by name.
+/// Reads only: retried through connection loss for up to 10 s.
 pub async fn members(client: &Client, dir: &str) -> Result<Vec<(String, Vec<u8>)>, ZkError> {
+    retry::retry_for(Duration::from_secs(10), |_| members_once(client, dir)).await
+}
+
+async fn members_once(client: &Client, dir: &str) -> Result<Vec<(String, Vec<u8>)>, ZkError> {
     let mut names = match client.zk.get_children(dir, false).await {
         Ok(n) => n,
         Err(ZkError::NoNode) => return Ok(vec![]),

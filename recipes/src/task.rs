@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use zookeeper_async::{Acl, CreateMode, ZkError};
+use zookeeper_async::ZkError;
 
+use crate::retry;
 use crate::session::Client;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +45,23 @@ impl TaskStatus {
     /// Creates the task node with `initial` data (parents as needed) and
     /// arms its watch; only after this returns may the task be published.
     pub async fn create(client: &Client, path: &str, initial: &[u8]) -> Result<TaskStatus, TaskError> {
+        Self::create_by(client, path, initial, tokio::time::Instant::now() + Duration::from_secs(10)).await
+    }
+
+    /// [`TaskStatus::create`], retrying through connection loss (an
+    /// ensemble's election) until `deadline`. The task's name is unique to
+    /// it, so a create whose reply was lost is recognised on the retry by
+    /// the node holding our bytes (see [`retry::create_owned`]).
+    pub async fn create_by(
+        client: &Client,
+        path: &str,
+        initial: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<TaskStatus, TaskError> {
         if let Some((parent, _)) = path.rsplit_once('/') {
-            crate::ensure_path(&client.zk, parent).await?;
+            retry::ensure_path(&client.zk, parent, deadline).await?;
         }
-        client.zk.create(path, initial.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent).await?;
+        retry::create_owned(&client.zk, path, initial, zookeeper_async::Acl::open_unsafe(), deadline).await?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut status = TaskStatus {
             client: client.clone(),
@@ -57,8 +71,26 @@ impl TaskStatus {
             current: vec![],
             mzxid: -1,
         };
-        status.reread().await?;
-        Ok(status)
+        // A read, safe to repeat; a watch left armed by an attempt whose
+        // reply was lost only adds a spurious event, and every event is
+        // followed by a re-read.
+        let policy = retry::RetryPolicy::default();
+        let mut attempt = 0u32;
+        loop {
+            let read = match tokio::time::timeout_at(deadline, status.reread()).await {
+                Ok(r) => r,
+                Err(_) => Err(TaskError::Zk(ZkError::OperationTimeout)),
+            };
+            match read {
+                Ok(_) => return Ok(status),
+                Err(TaskError::Zk(e)) if retry::is_retryable(&e) && tokio::time::Instant::now() < deadline => {
+                    let wake = (tokio::time::Instant::now() + policy.backoff(attempt)).min(deadline);
+                    tokio::time::sleep_until(wake).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads the data and re-arms the watch in the same call.

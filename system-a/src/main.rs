@@ -3,11 +3,16 @@
 //! `Submit` turns a gRPC call into a task for system-b and waits for its
 //! result without polling:
 //!
-//! 1. create `<root>/tasks/<id>` (status `pending`) and arm a watch on it;
+//! 1. record the task: `<root>/outbox/<id>` (the message), then
+//!    `<root>/tasks/<id>` (status `pending`) with a watch armed on it,
+//!    retrying through a lost connection until the caller's deadline;
 //! 2. only then publish the task to RabbitMQ (durable queue, persistent
 //!    message, `mandatory`, publisher confirms): had we published first,
 //!    system-b could write the result before the watch existed and we would
-//!    wait for an event that already happened;
+//!    wait for an event that already happened. A confirm deletes the outbox
+//!    entry; without one (broker away, confirm lost) the entry stays and a
+//!    background drain publishes it when RabbitMQ is back (see `outbox`):
+//!    a broker outage costs latency, not a refused task;
 //! 3. wait for system-b's write to the node (the watch fires; every event
 //!    and every reconnect is followed by a re-read), up to the timeout from
 //!    `<root>/config/system-a`.
@@ -20,6 +25,8 @@
 //! Stdout: `system-a listening on <addr>`, then `system-a connected to
 //! RabbitMQ` each time the publishing channel is (re)established.
 
+mod outbox;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,8 +35,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::Stream;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Confirmation};
+use lapin::options::ConfirmSelectOptions;
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
 use system_a::proto::tasks_server::{Tasks, TasksServer};
@@ -90,7 +96,7 @@ struct Service {
     queue: String,
     settings: watch::Receiver<Settings>,
     /// The current publishing channel; `None` while RabbitMQ is away.
-    channel: Arc<RwLock<Option<lapin::Channel>>>,
+    channel: outbox::ChannelSlot,
 }
 
 #[tokio::main]
@@ -139,6 +145,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let channel = Arc::new(RwLock::new(None));
     tokio::spawn(keep_publishing_channel(args.q.amqp.clone(), args.q.queue.clone(), channel.clone(), stop.clone()));
+    tokio::spawn(outbox::drain(
+        client.clone(),
+        args.common.path("/outbox"),
+        args.common.path("/tasks"),
+        channel.clone(),
+        args.q.queue.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(reap(
         client.clone(),
         args.common.path("/tasks"),
@@ -251,7 +265,9 @@ impl Tasks for Service {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let id = request.into_inner().task_id;
         let path = self.common.path(&format!("/tasks/{id}"));
-        match self.client.zk.exists(&path, false).await {
+        let exists =
+            zk_recipes::retry::retry_for(Duration::from_secs(5), |_| self.client.zk.exists(&path, false)).await;
+        match exists {
             Ok(Some(_)) => {}
             Ok(None) => return Err(Status::not_found(format!("no task {id}"))),
             Err(e) => return Err(Status::unavailable(format!("coordination server: {e:?}"))),
@@ -297,36 +313,56 @@ impl Service {
     async fn submit_task(&self, id: String, req: SubmitRequest) -> Result<Response<SubmitReply>, Status> {
         let op = if req.op.is_empty() { "add".to_string() } else { req.op };
         let path = self.common.path(&format!("/tasks/{id}"));
+        let entry = self.common.path(&format!("/outbox/{id}"));
         let pending = serde_json::json!({"status": "pending", "entity": req.entity, "op": op, "amount": req.amount});
-        // 1. The node and its watch, before anything can answer.
-        let mut status = TaskStatus::create(&self.client, &path, pending.to_string().as_bytes())
-            .await
-            .map_err(|e| Status::unavailable(format!("coordination server: {e}")))?;
-        // 2. Publish, confirmed and routed, or fail now.
         let body = serde_json::json!({"id": id, "entity": req.entity, "op": op, "amount": req.amount}).to_string();
-        match self.publish(&id, body.as_bytes()).await {
-            Ok(()) => {}
-            Err(Unpublished::NotSent(why)) => {
-                let failed = serde_json::json!({"status": "failed", "error": why});
-                let _ = self.client.zk.set_data(&path, failed.to_string().into_bytes(), None).await;
-                return Err(Status::unavailable(format!("task {id} not queued: {why}")));
-            }
-            Err(Unpublished::Unknown(why)) => {
-                // The broker may have stored the message before the
-                // connection died with its confirm: the task may still run.
-                // Say so, and leave the node for Watch to follow.
+        // The caller's budget covers everything: recording the task through
+        // a lost connection (retried, see zk_recipes::retry) and its result.
+        let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
+        let deadline = tokio::time::Instant::now() + timeout;
+        // 1. The outbox entry, then the node and its watch, before anything
+        //    can answer (see outbox.rs for why in this order). Once both
+        //    exist the task is accepted: it will be published, whatever
+        //    happens to RabbitMQ or to this process.
+        let recorded = async {
+            zk_recipes::retry::ensure_path(&self.client.zk, &self.common.path("/outbox"), deadline).await?;
+            let acl = zk_recipes::Acl::open_unsafe();
+            zk_recipes::retry::create_owned(&self.client.zk, &entry, body.as_bytes(), acl, deadline).await?;
+            Ok::<_, zk_recipes::ZkError>(())
+        }
+        .await;
+        if let Err(e) = recorded {
+            return Err(Status::unavailable(format!("coordination server: {e:?}; task {id} was not accepted")));
+        }
+        let mut status = match TaskStatus::create_by(&self.client, &path, pending.to_string().as_bytes(), deadline)
+            .await
+        {
+            Ok(s) => s,
+            // The create may still reach the server (the client sends what
+            // it queued once it reconnects), and then the outbox publishes
+            // the task: its outcome is unknown, and the answer says so.
+            Err(TaskError::Zk(e)) if zk_recipes::retry::is_retryable(&e) => {
                 return Err(Status::unavailable(format!(
-                    "task {id}: {why}; it may still be processed, Watch {id} to learn its outcome"
-                )));
+                    "coordination server: {e:?}; task {id} may still be accepted and run, Watch {id} to learn its \
+                     outcome"
+                )))
             }
+            Err(e) => return Err(Status::unavailable(format!("coordination server: {e}; task {id} was not accepted"))),
+        };
+        // 2. Publish now, confirmed and routed. If RabbitMQ is away or the
+        //    confirm is lost, the entry stays and the outbox drain publishes
+        //    it once the broker is back: the caller waits, it is not refused.
+        match outbox::publish(&self.channel, &self.queue, &id, body.as_bytes()).await {
+            Ok(()) => outbox::confirmed(&self.client, &entry).await,
+            Err(e) => tracing::warn!("not published yet ({e}); the outbox will publish it"),
         }
         // 3. Wait for system-b's answer through the watch.
-        let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
-        let data = match status.wait_until(timeout, |d| status_of(d) != "pending").await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let data = match status.wait_until(left, |d| status_of(d) != "pending").await {
             Ok(d) => d,
-            Err(TaskError::Timeout(t)) => {
+            Err(TaskError::Timeout(_)) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "no result from system-b within {t:?}; task {id} may still complete (Watch it)"
+                    "no result from system-b within {timeout:?}; task {id} may still complete (Watch it)"
                 )))
             }
             Err(e) => return Err(Status::unavailable(format!("waiting for the result: {e}"))),
@@ -348,40 +384,4 @@ impl Service {
             token: v.get("token").and_then(|x| x.as_i64()).unwrap_or_default(),
         }))
     }
-
-    async fn publish(&self, id: &str, body: &[u8]) -> Result<(), Unpublished> {
-        use Unpublished::{NotSent, Unknown};
-        let channel = self.channel.read().await.clone().ok_or(NotSent("RabbitMQ is not connected".into()))?;
-        let props = BasicProperties::default()
-            .with_delivery_mode(2) // persistent: survives a broker restart
-            .with_message_id(id.into())
-            .with_content_type("application/json".into());
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                body,
-                props,
-            )
-            .await
-            .map_err(|e| NotSent(format!("publish failed: {e}")))?;
-        match tokio::time::timeout(Duration::from_secs(5), confirm).await {
-            Err(_) => Err(Unknown("RabbitMQ did not confirm the task within 5 s".into())),
-            Ok(Err(e)) => Err(Unknown(format!("the confirm was lost: {e}"))),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                Err(NotSent(format!("no queue {:?} to route the task to", self.queue)))
-            }
-            Ok(Ok(Confirmation::Nack(_))) => Err(NotSent("RabbitMQ refused the task".into())),
-            Ok(Ok(Confirmation::NotRequested)) => Err(NotSent("publisher confirms are off".into())),
-        }
-    }
-}
-
-/// Why a task was not confirmed: certainly not queued, or unknown (the
-/// broker may have it; only its confirm is missing).
-enum Unpublished {
-    NotSent(String),
-    Unknown(String),
 }

@@ -231,33 +231,34 @@ impl Worker {
     /// Writes the result into the task's znode, which fires system-a's watch.
     ///
     /// The message is acked only after this succeeds. A setData whose reply
-    /// is lost to a connection drop may or may not have happened (the
-    /// server may have crashed before logging it), so it is sent again once
-    /// the session is back; writing the same result twice is harmless. If
-    /// it still cannot be written, the error sends the message back to the
-    /// queue: the redelivery finds the entity already applied (the store
-    /// remembers the task id) and only reports again.
+    /// is lost to a connection drop (an ensemble's election, a server
+    /// restart) may or may not have happened, so it is sent again, with
+    /// backoff, for up to [`REPORT_PATIENCE`]: it writes the same result
+    /// unconditionally, so repeating it is harmless. If it still cannot be
+    /// written, the error sends the message back to the queue: the
+    /// redelivery finds the entity already applied (the store remembers the
+    /// task id) and only reports again. A lost session is not retried here:
+    /// the lock this result was computed under is gone with it, and the
+    /// redelivery starts over.
     async fn report(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
         let body = result.to_string().into_bytes();
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
-        loop {
-            match self.client.zk.set_data(&path, body.clone(), None).await {
-                Ok(_) => return Ok(()),
-                // system-a gave up and the node was reaped: nobody is waiting.
-                Err(zk_recipes::ZkError::NoNode) => {
-                    tracing::info!("task node is gone; result not reported");
-                    return Ok(());
-                }
-                Err(e @ (zk_recipes::ZkError::ConnectionLoss | zk_recipes::ZkError::OperationTimeout))
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    tracing::warn!("reporting the result: {e:?}; sending it again once reconnected");
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    self.client.wait_live(left).await;
-                }
-                Err(e) => return Err(Failure::retry(format!("cannot report the result: {e:?}"))),
+        let written = zk_recipes::retry::retry(&Default::default(), deadline, |attempt| {
+            if attempt > 0 {
+                tracing::warn!(attempt, "reporting the result again after a lost connection");
             }
+            self.client.zk.set_data(&path, body.clone(), None)
+        })
+        .await;
+        match written {
+            Ok(_) => Ok(()),
+            // system-a gave up and the node was reaped: nobody is waiting.
+            Err(zk_recipes::ZkError::NoNode) => {
+                tracing::info!("task node is gone; result not reported");
+                Ok(())
+            }
+            Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
         }
     }
 }

@@ -13,6 +13,9 @@
 //! - [`ZkProxy::cut`]: drop every connection and refuse new ones (a network
 //!   partition between the client and the server) until
 //!   [`ZkProxy::restore`].
+//! - [`ZkProxy::lose_next_reply`]: let the next request through but drop
+//!   its reply with the connection: the server applied it, the client sees
+//!   `ConnectionLoss` (what a leader's death does to a request in flight).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +36,8 @@ struct Shared {
     /// Tasks piping live connections.
     pipes: Vec<JoinHandle<()>>,
     cut: bool,
+    /// Drop the next reply (to a request, not a ping or a watch event).
+    lose_next_reply: bool,
 }
 
 pub struct ZkProxy {
@@ -115,6 +120,12 @@ impl ZkProxy {
     pub fn restore(&self) {
         self.shared.lock().cut = false;
     }
+
+    /// The next reply to a request is not forwarded: its connection is
+    /// closed instead, after the server has applied the request.
+    pub fn lose_next_reply(&self) {
+        self.shared.lock().lose_next_reply = true;
+    }
 }
 
 impl Drop for ZkProxy {
@@ -127,7 +138,7 @@ impl Drop for ZkProxy {
 }
 
 /// Reads one length-prefixed frame, returning it with its prefix.
-async fn frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+async fn frame(s: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.ok()?;
     let n = i32::from_be_bytes(len);
@@ -155,5 +166,24 @@ async fn pipe(mut client: TcpStream, mut server: TcpStream, shared: Arc<Mutex<Sh
     if client.write_all(&resp).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+    // Replies frame by frame, so one can be lost on purpose.
+    let down = async {
+        while let Some(f) = frame(&mut server_rx).await {
+            // xid > 0: a reply to a request (-1 is a watch event, -2 a ping).
+            let xid = f.get(4..8).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+            if xid > 0 && std::mem::take(&mut shared.lock().lose_next_reply) {
+                return;
+            }
+            if client_tx.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
