@@ -43,26 +43,39 @@ impl Drop for Registration {
     }
 }
 
-async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
-    match client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await {
+async fn put(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<(), ZkError> {
+    match client.zk.create(path, data.to_vec(), acl.to_vec(), CreateMode::Ephemeral).await {
         Ok(_) => Ok(()),
         // A node left by our own previous session (not yet expired) or by a
         // create whose reply we lost: replace it so it is ours and current.
         Err(ZkError::NodeExists) => {
             let _ = client.zk.delete(path, None).await;
-            client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await.map(|_| ())
+            client.zk.create(path, data.to_vec(), acl.to_vec(), CreateMode::Ephemeral).await.map(|_| ())
         }
         Err(e) => Err(e),
     }
 }
 
 /// Registers `instance` under `dir` with `data` and keeps it registered
-/// across new sessions.
+/// across new sessions; the node (and `dir`, if missing) is open to anyone.
 pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -> Result<Registration, ZkError> {
-    crate::ensure_path(&client.zk, dir).await?;
+    register_with_acl(client, dir, instance, data, Acl::open_unsafe()).await
+}
+
+/// [`register`] with the ACL to give the instance's node and, when it is
+/// missing, `dir`: typically everyone may read, only this service's
+/// identity may write or delete.
+pub async fn register_with_acl(
+    client: &Client,
+    dir: &str,
+    instance: &str,
+    data: &[u8],
+    acl: &[Acl],
+) -> Result<Registration, ZkError> {
+    crate::ensure_path_with_acl(&client.zk, dir, acl).await?;
     let path = crate::join(dir, instance);
-    put(client, &path, data).await?;
-    let (c, p, d) = (client.clone(), path.clone(), data.to_vec());
+    put(client, &path, data, acl).await?;
+    let (c, p, d, acl) = (client.clone(), path.clone(), data.to_vec(), acl.to_vec());
     let task = tokio::spawn(async move {
         let mut states = c.states();
         loop {
@@ -77,7 +90,7 @@ pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -
             loop {
                 match c.zk.exists(&p, false).await {
                     Ok(Some(_)) => break,
-                    Ok(None) => match put(&c, &p, &d).await {
+                    Ok(None) => match put(&c, &p, &d, &acl).await {
                         Ok(()) => {
                             tracing::info!(path = p, "registered again on a new session");
                             break;

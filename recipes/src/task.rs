@@ -43,11 +43,24 @@ pub struct TaskStatus {
 impl TaskStatus {
     /// Creates the task node with `initial` data (parents as needed) and
     /// arms its watch; only after this returns may the task be published.
+    /// The node is open to anyone; services use [`TaskStatus::create_with_acl`].
     pub async fn create(client: &Client, path: &str, initial: &[u8]) -> Result<TaskStatus, TaskError> {
+        Self::create_with_acl(client, path, initial, Acl::open_unsafe()).await
+    }
+
+    /// [`TaskStatus::create`] with the node's ACL: typically the requester
+    /// reads, the worker reads and writes the result, nobody else touches
+    /// it. Missing parents get the same ACL.
+    pub async fn create_with_acl(
+        client: &Client,
+        path: &str,
+        initial: &[u8],
+        acl: &[Acl],
+    ) -> Result<TaskStatus, TaskError> {
         if let Some((parent, _)) = path.rsplit_once('/') {
-            crate::ensure_path(&client.zk, parent).await?;
+            crate::ensure_path_with_acl(&client.zk, parent, acl).await?;
         }
-        client.zk.create(path, initial.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent).await?;
+        client.zk.create(path, initial.to_vec(), acl.to_vec(), CreateMode::Persistent).await?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut status = TaskStatus {
             client: client.clone(),

@@ -10,6 +10,7 @@
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
+pub mod auth;
 pub mod rabbit;
 
 use std::time::Duration;
