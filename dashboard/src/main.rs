@@ -72,6 +72,8 @@ struct Args {
 pub struct Armed {
     pub data: Mutex<HashSet<String>>,
     pub children: Mutex<HashSet<String>>,
+    /// This refresh's refusals, as one line each ("not allowed: ...").
+    pub denied: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Armed {

@@ -320,6 +320,17 @@ impl Policy {
         self.acl(&[(OPERATOR, Permission::ALL), ("anyone", Permission::READ)])
     }
 
+    /// The ACL the operator gives a node it creates by hand (`zkctl create`,
+    /// `set --create`): a `/config/<service>` node gets [`Policy::config`],
+    /// anything else [`Policy::operator_dir`].
+    pub fn operator_created(&self, path: &str) -> Vec<Acl> {
+        let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        match segments.as_slice() {
+            [.., "config", service] => self.config(service),
+            _ => self.operator_dir(),
+        }
+    }
+
     /// `/config/<service>`: the operator writes it; the service and the
     /// dashboard read it.
     pub fn config(&self, service: &str) -> Vec<Acl> {
@@ -502,10 +513,13 @@ async fn reacl_below(
 
 /// The role that may do what `path` was refused for, in a sentence for an
 /// operator: "not allowed: /config/system-b needs the operator identity".
-/// `root` is the system's prefix ("" for `/`).
-pub fn not_allowed(root: &str, path: &str) -> String {
-    let rel = path.strip_prefix(root.trim_end_matches('/')).unwrap_or(path);
-    let mut parts = rel.split('/').filter(|p| !p.is_empty());
+/// The first of the system's directory names in the path decides, so a
+/// system under a root prefix is named the same.
+pub fn not_allowed(path: &str) -> String {
+    let known = ["config", "services", "tasks", "locks", "ha"];
+    let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let at = segments.iter().position(|s| known.contains(s)).unwrap_or(segments.len());
+    let mut parts = segments[at..].iter().copied();
     let who = match (parts.next(), parts.next()) {
         (Some("config"), _) => "the operator identity".to_string(),
         (Some("services"), Some(s)) => format!("the {s} identity"),
@@ -558,9 +572,9 @@ mod tests {
     #[test]
     fn refusals_name_the_identity_needed() {
         assert_eq!(
-            not_allowed("", "/config/system-b"),
+            not_allowed("/config/system-b"),
             "not allowed: /config/system-b needs the operator identity"
         );
-        assert!(not_allowed("/r", "/r/locks/x").ends_with("the system-b identity"));
+        assert!(not_allowed("/r/locks/x").ends_with("the system-b identity"));
     }
 }

@@ -133,8 +133,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let meta = serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}).to_string();
     let registration =
-        zk_recipes::registry::register(&client, &args.common.path("/services/system-a"), &instance, meta.as_bytes())
-            .await
+        zk_recipes::registry::register_with_acl(
+            &client,
+            &args.common.path("/services/system-a"),
+            &instance,
+            meta.as_bytes(),
+            &args.common.policy().service_member("system-a"),
+        )
+        .await
             .context("registering under /services/system-a")?;
 
     let channel = Arc::new(RwLock::new(None));
@@ -299,7 +305,8 @@ impl Service {
         let path = self.common.path(&format!("/tasks/{id}"));
         let pending = serde_json::json!({"status": "pending", "entity": req.entity, "op": op, "amount": req.amount});
         // 1. The node and its watch, before anything can answer.
-        let mut status = TaskStatus::create(&self.client, &path, pending.to_string().as_bytes())
+        let acl = self.common.policy().task();
+        let mut status = TaskStatus::create_with_acl(&self.client, &path, pending.to_string().as_bytes(), &acl)
             .await
             .map_err(|e| Status::unavailable(format!("coordination server: {e}")))?;
         // 2. Publish, confirmed and routed, or fail now.
