@@ -278,6 +278,15 @@ impl AuthArgs {
     }
 }
 
+/// What the operator keeps on the nodes the services own: ADMIN, to set
+/// their ACLs again when credentials rotate, and READ, to list the
+/// children it re-grants (and for `zkctl tree`). Not CREATE, DELETE or
+/// WRITE: it cannot forge a task, a lock holder or a leader without first
+/// changing an ACL, which is a deliberate, visible act.
+fn operator_keeps() -> Permission {
+    Permission::ADMIN | Permission::READ
+}
+
 fn perms(bits: &[Permission]) -> Permission {
     bits.iter().fold(Permission::NONE, |acc, p| acc | *p)
 }
@@ -342,7 +351,7 @@ impl Policy {
     /// can re-apply ACLs when credentials rotate.
     pub fn service_dir(&self, service: &str) -> Vec<Acl> {
         self.acl(&[
-            (OPERATOR, Permission::ADMIN),
+            (OPERATOR, operator_keeps()),
             (service, perms(&[Permission::CREATE, Permission::DELETE, Permission::READ])),
             ("anyone", Permission::READ),
         ])
@@ -350,14 +359,14 @@ impl Policy {
 
     /// `/services/<service>/<instance>`: the service's own, readable by all.
     pub fn service_member(&self, service: &str) -> Vec<Acl> {
-        self.acl(&[(OPERATOR, Permission::ADMIN), (service, Permission::ALL), ("anyone", Permission::READ)])
+        self.acl(&[(OPERATOR, operator_keeps()), (service, Permission::ALL), ("anyone", Permission::READ)])
     }
 
     /// `/tasks`: system-a creates and reaps task nodes; the dashboard lists
     /// them; nobody else sees or touches them.
     pub fn tasks_dir(&self) -> Vec<Acl> {
         self.acl(&[
-            (OPERATOR, Permission::ADMIN),
+            (OPERATOR, operator_keeps()),
             (SYSTEM_A, perms(&[Permission::CREATE, Permission::DELETE, Permission::READ])),
             (DASHBOARD, Permission::READ),
         ])
@@ -373,7 +382,7 @@ impl Policy {
     /// `/locks`: only system-b makes lock directories in it.
     pub fn locks_dir(&self) -> Vec<Acl> {
         self.acl(&[
-            (OPERATOR, Permission::ADMIN),
+            (OPERATOR, operator_keeps()),
             (SYSTEM_B, perms(&[Permission::CREATE, Permission::DELETE, Permission::READ])),
             (DASHBOARD, Permission::READ),
         ])
@@ -382,13 +391,13 @@ impl Policy {
     /// `/locks/<entity>` and each waiter's node in it: system-b's alone, so
     /// nobody else can delete a holder's node or join the queue.
     pub fn lock(&self) -> Vec<Acl> {
-        self.acl(&[(OPERATOR, Permission::ADMIN), (SYSTEM_B, Permission::ALL), (DASHBOARD, Permission::READ)])
+        self.acl(&[(OPERATOR, operator_keeps()), (SYSTEM_B, Permission::ALL), (DASHBOARD, Permission::READ)])
     }
 
     /// `/ha`: only ha-workers make election groups in it.
     pub fn ha_dir(&self) -> Vec<Acl> {
         self.acl(&[
-            (OPERATOR, Permission::ADMIN),
+            (OPERATOR, operator_keeps()),
             (HA_WORKER, perms(&[Permission::CREATE, Permission::DELETE, Permission::READ])),
             (DASHBOARD, Permission::READ),
         ])
@@ -396,7 +405,7 @@ impl Policy {
 
     /// `/ha/<group>` and each candidate's node: the ha-workers' alone.
     pub fn ha_group(&self) -> Vec<Acl> {
-        self.acl(&[(OPERATOR, Permission::ADMIN), (HA_WORKER, Permission::ALL), (DASHBOARD, Permission::READ)])
+        self.acl(&[(OPERATOR, operator_keeps()), (HA_WORKER, Permission::ALL), (DASHBOARD, Permission::READ)])
     }
 }
 
