@@ -338,8 +338,18 @@ async fn delete_tree(zk: &ZooKeeper, path: &str) -> Result<()> {
 
 /// The subtree as nested JSON: `{"name": .., "data": .., "children": [..]}`.
 async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
-    let (data, _) = zk.get_data(path, false).await.map_err(on(path))?;
-    let mut children = zk.get_children(path, false).await.map_err(on(path))?;
+    // A node this identity may not read is drawn as such: the operator
+    // sees the tree's shape, not the services' task data.
+    let data = match zk.get_data(path, false).await {
+        Ok((data, _)) => data_json(&data),
+        Err(ZkError::NoAuth) => Value::String("(not allowed)".into()),
+        Err(e) => return Err(on(path)(e)),
+    };
+    let mut children = match zk.get_children(path, false).await {
+        Ok(c) => c,
+        Err(ZkError::NoAuth) => vec![],
+        Err(e) => return Err(on(path)(e)),
+    };
     children.sort();
     let mut out = Vec::new();
     for c in children {
@@ -353,7 +363,7 @@ async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
     }
     let name = path.rsplit('/').next().unwrap_or("").to_string();
     Ok(json!({"name": if name.is_empty() { "/".to_string() } else { name }, "path": path,
-        "data": data_json(&data), "children": out}))
+        "data": data, "children": out}))
 }
 
 fn draw(node: &Value, prefix: &str) {
