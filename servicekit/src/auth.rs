@@ -167,6 +167,22 @@ impl ZkAuth {
         Ok(out)
     }
 
+    /// Only the `auth = user:password` line of a credentials file, with no
+    /// ids and no check that the user is a role: for a second identity a
+    /// connection holds for one command, such as the previous operator or
+    /// `super` during a rotation.
+    pub fn credentials_from_file(path: &Path) -> Result<Credentials, AuthError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AuthError::Read { path: path.to_path_buf(), source })?;
+        let line = text
+            .lines()
+            .filter_map(|l| l.trim().split_once('='))
+            .find(|(k, _)| k.trim() == "auth")
+            .ok_or_else(|| AuthError::Malformed(format!("{}: no `auth = user:password` line", path.display())))?;
+        Credentials::parse(line.1)
+            .map_err(|_| AuthError::Malformed(format!("{}: auth must be user:password", path.display())))
+    }
+
     /// From `ZK_AUTH` (`role:password`) and `ZK_ACL_IDS` (comma-separated
     /// digest ids), as a credentials file would give them.
     pub fn from_values(auth: Option<&str>, ids: Option<&str>) -> Result<ZkAuth, AuthError> {

@@ -218,3 +218,68 @@ async fn identity_survives_a_reconnect_on_the_coordinator() {
 async fn identity_survives_a_reconnect_on_zookeeper() {
     identity_survives_a_reconnect(Server::ZooKeeper).await;
 }
+
+/// Rotating every credential: a new set, one `zkctl init` as the new
+/// operator holding the old operator's identity too, and every node (the
+/// tree's and those the services made) now answers the new identities and
+/// refuses the old ones. Without the old identity the new operator is
+/// refused: rotation needs the old operator (or the super identity).
+async fn rotation(server: Server) {
+    let running = server.start();
+    let addr = running.connect_string();
+    let dir = e2e_tests::TempDir::new("acl-rotate");
+    let root = format!("/{}", testkit::unique("rotate"));
+    let old = e2e_tests::provision(&addr, &root, dir.path());
+    let load = |ids: &e2e_tests::Identities, role: &str| ZkAuth::from_file(&ids.file(role)).expect("credentials");
+    let as_role = |ids: &e2e_tests::Identities, role: &str| {
+        let auth = load(ids, role);
+        let addr = addr.clone();
+        async move { within("connect", Client::connect_authenticated(&addr, T, T, auth.auth_packets())).await.expect("connect") }
+    };
+    let task = format!("{root}/tasks/t1");
+    let a = as_role(&old, "system-a").await;
+    within("task", TaskStatus::create_with_acl(&a, &task, b"{}", &load(&old, "system-a").policy().task()))
+        .await
+        .expect("create task");
+
+    let new = e2e_tests::Identities { dir: dir.path().join("new") };
+    e2e_tests::zkctl(&["gen-credentials", new.dir.to_str().expect("utf-8")]);
+    let (new_op, old_op) = (new.flag("operator"), old.file("operator"));
+    let refused = std::process::Command::new(e2e_tests::binary("zkctl"))
+        .args(["--zk", &addr, &new_op[0], &new_op[1], "init", "--root", &root])
+        .output()
+        .expect("zkctl");
+    assert!(!refused.status.success(), "a new operator re-granted a tree it has no rights on");
+    assert!(String::from_utf8_lossy(&refused.stderr).starts_with("zkctl: not allowed: "));
+    e2e_tests::zkctl(&[
+        "--zk",
+        &addr,
+        &new_op[0],
+        &new_op[1],
+        "init",
+        "--root",
+        &root,
+        "--extra-auth-file",
+        old_op.to_str().expect("utf-8"),
+    ]);
+
+    let new_b = as_role(&new, "system-b").await;
+    let old_b = as_role(&old, "system-b").await;
+    within("set", new_b.zk.set_data(&task, b"done".to_vec(), None)).await.expect("the new system-b writes results");
+    let stale = within("set", old_b.zk.set_data(&task, b"x".to_vec(), None)).await;
+    assert!(matches!(stale, Err(ZkError::NoAuth)), "the old system-b still writes: {stale:?}");
+    let cfg = format!("{root}/config/system-b");
+    within("get", new_b.zk.get_data(&cfg, false)).await.expect("the new system-b reads its config");
+    let stale = within("get", old_b.zk.get_data(&cfg, false)).await;
+    assert!(matches!(stale, Err(ZkError::NoAuth)), "the old system-b still reads: {stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_on_the_coordinator() {
+    rotation(Server::Coordinator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_on_zookeeper() {
+    rotation(Server::ZooKeeper).await;
+}

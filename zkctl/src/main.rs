@@ -84,6 +84,11 @@ enum Cmd {
         /// The system's root prefix ("" = /, which then gets an ACL too).
         #[arg(long, env = "ZK_ROOT", default_value = "")]
         root: String,
+        /// A second identity to hold while re-granting (its `auth` line
+        /// only): the previous operator's file when rotating, or a `super`
+        /// file as a break-glass. See docs/security.md.
+        #[arg(long, value_name = "PATH")]
+        extra_auth_file: Option<std::path::PathBuf>,
     },
     /// Write a fresh set of credentials files, one per role (mode 0600),
     /// into a directory.
@@ -165,9 +170,14 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}:{}:{}", a.scheme, a.id, a.perms);
             }
         }
-        Cmd::Init { root } => {
+        Cmd::Init { root, extra_auth_file } => {
             if policy.is_open() {
                 bail!("init needs the operator identity (--zk-credentials-file / ZK_CREDENTIALS_FILE)");
+            }
+            if let Some(path) = extra_auth_file {
+                let (scheme, credentials) =
+                    servicekit::auth::ZkAuth::credentials_from_file(&path).context("--extra-auth-file")?.auth_packet();
+                zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
             }
             let report = servicekit::auth::init(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
             println!("created {} node(s), ACL set on {} existing node(s)", report.created.len(), report.acl_set.len());
