@@ -111,7 +111,9 @@ async fn gate(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
         (Some(token), Some(given)) if token.matches(given) => return next.run(req).await,
         (Some(_), Some(_)) => "the admin token does not match",
         (Some(_), None) => "this endpoint needs the admin token (authorization: Bearer <token>)",
-        (None, _) => "no admin token is configured (--admin-token-file): endpoints that read data or change state are off",
+        (None, _) => {
+            "no admin token is configured (--admin-token-file): endpoints that read data or change state are off"
+        }
     };
     tracing::info!(path, "admin request refused: {why}");
     if path.starts_with("/coordinator.admin.v1.Admin/") {

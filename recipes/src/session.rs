@@ -89,7 +89,10 @@ impl Client {
     /// other task sends in the moment between the reconnect and the auth
     /// reply can still be refused with NOAUTH: that is the price of a
     /// client that does not queue auth ahead of everything else.)
-    pub async fn authenticated(zk: ZooKeeper, auth: Vec<(String, Vec<u8>)>) -> Result<Client, zookeeper_async::ZkError> {
+    pub async fn authenticated(
+        zk: ZooKeeper,
+        auth: Vec<(String, Vec<u8>)>,
+    ) -> Result<Client, zookeeper_async::ZkError> {
         if auth.is_empty() {
             return Ok(Client::new(zk));
         }

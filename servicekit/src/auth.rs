@@ -596,10 +596,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_identity_needed() {
-        assert_eq!(
-            not_allowed("/config/system-b"),
-            "not allowed: /config/system-b needs the operator identity"
-        );
+        assert_eq!(not_allowed("/config/system-b"), "not allowed: /config/system-b needs the operator identity");
         assert!(not_allowed("/r/locks/x").ends_with("the system-b identity"));
     }
 }

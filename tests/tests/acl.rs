@@ -123,11 +123,7 @@ async fn check_acls(server: Server) {
         (Op::Create(at("/evil")), vec!["anyone", "system-a", "system-b", "ha-worker", "dashboard"], vec![]),
         (Op::Delete(at("/services/ha-worker")), vec!["anyone", "system-a", "ha-worker"], vec![]),
         // Registry: members of system-b are system-b's; anyone may read.
-        (
-            Op::Create(at("/services/system-b/evil")),
-            vec!["anyone", "system-a", "ha-worker", "dashboard"],
-            vec![],
-        ),
+        (Op::Create(at("/services/system-b/evil")), vec!["anyone", "system-a", "ha-worker", "dashboard"], vec![]),
         (Op::Delete(at("/services/system-b/b1")), vec!["anyone", "system-a", "dashboard"], vec![]),
         (Op::Set(at("/services/system-b/b1")), vec!["anyone", "system-a"], vec![]),
         (Op::Get(at("/services/system-b/b1")), vec![], vec!["anyone", "system-a"]),
@@ -234,7 +230,9 @@ async fn rotation(server: Server) {
     let as_role = |ids: &e2e_tests::Identities, role: &str| {
         let auth = load(ids, role);
         let addr = addr.clone();
-        async move { within("connect", Client::connect_authenticated(&addr, T, T, auth.auth_packets())).await.expect("connect") }
+        async move {
+            within("connect", Client::connect_authenticated(&addr, T, T, auth.auth_packets())).await.expect("connect")
+        }
     };
     let task = format!("{root}/tasks/t1");
     let a = as_role(&old, "system-a").await;

@@ -291,8 +291,8 @@ async fn protected_calls(api: &mut Authed) -> Vec<(&'static str, Result<(), toni
                 .map(|_| ()),
         ),
         ("ListWatches", api.list_watches(ListWatchesRequest { path: String::new(), session_id: 0 }).await.map(|_| ())),
-        ("ExpireSession", api.expire_session(s.clone()).await.map(|_| ())),
-        ("CloseSession", api.close_session(s.clone()).await.map(|_| ())),
+        ("ExpireSession", api.expire_session(s).await.map(|_| ())),
+        ("CloseSession", api.close_session(s).await.map(|_| ())),
         ("CloseConnection", api.close_connection(s).await.map(|_| ())),
         ("TriggerSnapshot", api.trigger_snapshot(TriggerSnapshotRequest {}).await.map(|_| ())),
     ]

@@ -258,7 +258,8 @@ async fn refusals(zk_addr: &str, log_dir: &std::path::Path) {
     let mut anon = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, None), log_dir);
     let addr = anon.wait_line("dashboard listening on", Duration::from_secs(20));
     let line = format!("not allowed: {root}/tasks needs the system-a or system-b identity");
-    let s = state_until(&addr, "the refusal", |s| s["denied"].as_array().is_some_and(|d| d.contains(&line.clone().into())));
+    let s =
+        state_until(&addr, "the refusal", |s| s["denied"].as_array().is_some_and(|d| d.contains(&line.clone().into())));
     assert!(s["services"].as_object().is_some_and(|m| m.contains_key("system-b")), "readable parts still show: {s:#}");
     let started = Instant::now();
     while !anon.log_text().contains(&line) {

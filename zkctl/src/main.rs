@@ -116,11 +116,10 @@ async fn main() {
 }
 
 async fn connect(addr: &str, auth: &servicekit::auth::ZkAuth) -> Result<ZooKeeper> {
-    let zk =
-        tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(addr, Duration::from_secs(10), |_| {}))
-            .await
-            .with_context(|| format!("no ZooKeeper server answered at {addr} within 10 s"))?
-            .with_context(|| format!("cannot connect to {addr}"))?;
+    let zk = tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(addr, Duration::from_secs(10), |_| {}))
+        .await
+        .with_context(|| format!("no ZooKeeper server answered at {addr} within 10 s"))?
+        .with_context(|| format!("cannot connect to {addr}"))?;
     for (scheme, credentials) in auth.auth_packets() {
         zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
     }
