@@ -72,7 +72,6 @@ impl System {
 
 async fn scenario(zk: &str, dir: &Path) {
     let mut sys = start(zk, dir).await;
-    let _ = &sys.zk;
     let mut grpc = sys.grpc().await;
 
     // Scenario 1: A -> RabbitMQ -> B -> znode -> A.
@@ -86,6 +85,16 @@ async fn scenario(zk: &str, dir: &Path) {
     .into_inner();
     assert_eq!((reply.status.as_str(), reply.value), ("done", 5));
     assert!(reply.worker.starts_with('b') && reply.token > 0, "{reply:?}");
+
+    // The services created their nodes with least privilege: a client with
+    // no identity can neither forge this task's result nor change config.
+    let anon = Client::connect(&sys.zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    for path in [format!("{}/tasks/{}", sys.root, reply.task_id), format!("{}/config/system-b", sys.root)] {
+        let forged = tokio::time::timeout(Duration::from_secs(10), anon.zk.set_data(&path, b"{}".to_vec(), None))
+            .await
+            .expect("an answer in time");
+        assert!(matches!(forged, Err(zk_recipes::ZkError::NoAuth)), "anonymous setData on {path}: {forged:?}");
+    }
 
     // Scenarios 1 + 2 under load: 200 concurrent submits, half of them on
     // one hot entity. Every one returns, the hot entity ends exact, and
