@@ -595,6 +595,20 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_says_what_a_file_says() {
+        let files = ZkAuth::generate();
+        let file = ZkAuth::parse(&files[2].1).expect("parse");
+        let ids: Vec<String> = file.ids.values().cloned().collect();
+        let c = file.credentials.clone().expect("auth");
+        let env = ZkAuth::from_values(Some(&format!("{}:{}", c.user, c.password)), Some(&ids.join(",")))
+            .expect("from the environment");
+        assert_eq!((env.credentials, env.ids), (file.credentials, file.ids));
+        let e = ZkAuth::from_values(Some("system-b:wrong"), Some(&ids.join(","))).expect_err("mismatch");
+        assert!(e.to_string().contains("does not match") && !e.to_string().contains("wrong"), "{e}");
+        assert!(ZkAuth::from_values(None, None).expect("anonymous").policy().is_open());
+    }
+
+    #[test]
     fn refusals_name_the_identity_needed() {
         assert_eq!(not_allowed("/config/system-b"), "not allowed: /config/system-b needs the operator identity");
         assert!(not_allowed("/r/locks/x").ends_with("the system-b identity"));

@@ -7,6 +7,8 @@
 //!   instance id, root prefix), with env vars and clear startup errors.
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
+//! - [`auth`]: digest identities from a credentials file, and the ACL of
+//!   every kind of node (least privilege per role).
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 

@@ -4,6 +4,12 @@
 //! same against the coordinator and against an Apache ZooKeeper ensemble.
 //! Every command is one short session, except `watch`, which keeps one open
 //! and prints each change until interrupted.
+//!
+//! It acts as the identity of `--zk-credentials-file` (or `ZK_CREDENTIALS_FILE`,
+//! or `ZK_AUTH`): the operator's to lay out the tree (`init`) and change
+//! config. There is deliberately no `--auth user:password`: a password in a
+//! command line is readable by every local user through `ps`. A refusal is
+//! one line naming the identity needed (docs/security.md).
 
 use std::time::Duration;
 
@@ -20,7 +26,9 @@ Examples:
   zkctl get /tasks/0b6e…               one task's status
   zkctl watch /config/system-a         print every change until Ctrl-C
   zkctl services                       who is alive, with their metadata
-  zkctl --json ls /locks/acct-1        the lock queue, as JSON";
+  zkctl --json ls /locks/acct-1        the lock queue, as JSON
+  ZK_CREDENTIALS_FILE=.run/identities/operator.cred zkctl init
+                                       lay out the tree with least-privilege ACLs";
 
 #[derive(Parser)]
 #[command(name = "zkctl", version, about = "Inspect and change a ZooKeeper-protocol server", after_help = EXAMPLES)]
