@@ -9,6 +9,11 @@
 # 127.0.0.1:2181, system-a (gRPC on 127.0.0.1:50051), three system-b, two
 # ha-workers, and the dashboard if it was built. Data lives under .run/.
 # Ctrl-C stops everything this script started.
+#
+# Every process runs as its own ZooKeeper identity (docs/security.md): the
+# first run generates a fresh set of credentials, and an admin API token,
+# under .run/identities/ (mode 0600, never in the repository); they live
+# as long as the data they protect, so `rm -rf .run` starts afresh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,6 +29,14 @@ bin=$root/target/release
 run=$root/.run/system
 mkdir -p "$run/logs" "$run/store" "$run/ha"
 zk=127.0.0.1:2181
+ids=$root/.run/identities
+if [ ! -f "$ids/operator.cred" ]; then
+  "$bin/zkctl" gen-credentials "$ids"
+fi
+if [ ! -f "$ids/admin.token" ]; then
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ids/admin.token")
+fi
+cred() { echo "--zk-credentials-file=$ids/$1.cred"; }
 amqp=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 pids=()
 cleanup() {
@@ -49,30 +62,37 @@ start() { # name, then the command; logs to .run/system/logs/<name>.log
 if [ "$backend" = zookeeper ]; then
   scripts/zookeeper.sh start 2181
 else
-  start coordinator "$bin/coordinator" --listen "$zk" --data-dir "$run/coordinator" --admin-listen 127.0.0.1:8081
+  start coordinator "$bin/coordinator" --listen "$zk" --data-dir "$run/coordinator" --admin-listen 127.0.0.1:8081 \
+    --admin-token-file "$ids/admin.token"
 fi
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2181) 2>/dev/null && break; sleep 0.1; done
 
-# Runtime settings live in znodes; the services apply changes live.
-"$bin/zkctl" --zk "$zk" set /config/system-a '{"timeout_ms":10000}' --create
-"$bin/zkctl" --zk "$zk" set /config/system-b '{"work_ms":200}' --create
-"$bin/zkctl" --zk "$zk" set /config/ha-worker '{"interval_ms":1000}' --create
+# The operator lays out the tree with least-privilege ACLs (again on every
+# start: it is idempotent). Runtime settings live in znodes; the services
+# apply changes live.
+"$bin/zkctl" --zk "$zk" "$(cred operator)" init
+"$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/system-a '{"timeout_ms":10000}'
+"$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/system-b '{"work_ms":200}'
+"$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/ha-worker '{"interval_ms":1000}'
 
-start system-a "$bin/system-a" --zk "$zk" --amqp "$amqp" --listen 127.0.0.1:50051
+start system-a "$bin/system-a" --zk "$zk" "$(cred system-a)" --amqp "$amqp" --listen 127.0.0.1:50051
 for i in 1 2 3; do
-  start "system-b-$i" "$bin/system-b" --zk "$zk" --amqp "$amqp" --store-dir "$run/store" --instance "b$i"
+  start "system-b-$i" "$bin/system-b" --zk "$zk" "$(cred system-b)" --amqp "$amqp" --store-dir "$run/store" --instance "b$i"
 done
 for i in 1 2; do
-  start "ha-worker-$i" "$bin/ha-worker" --zk "$zk" --journal "$run/ha/journal" --instance "ha$i"
+  start "ha-worker-$i" "$bin/ha-worker" --zk "$zk" "$(cred ha-worker)" --journal "$run/ha/journal" --instance "ha$i"
 done
 if [ -x "$bin/dashboard" ]; then
-  start dashboard "$bin/dashboard" --zk "$zk" --listen 127.0.0.1:8080
+  admin=()
+  [ "$backend" = coordinator ] && admin=(--admin 127.0.0.1:8081 --admin-token-file "$ids/admin.token")
+  start dashboard "$bin/dashboard" --zk "$zk" "$(cred dashboard)" --listen 127.0.0.1:8080 "${admin[@]}"
 fi
 
 cat <<MSG
 
 The system runs on $backend at $zk. Logs: $run/logs/. Try, in another shell:
 
+  export ZK_CREDENTIALS_FILE=$ids/operator.cred         # act as the operator
   target/release/zkctl tree /                            # everything, drawn
   target/release/zkctl services                          # who is alive
   target/release/system-a submit --entity acct-1 --amount 5   # scenario 1 + 2

@@ -22,6 +22,8 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# scripts/compose-secrets.sh hashes digest ids with it (and its test runs it).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

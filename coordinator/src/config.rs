@@ -33,6 +33,9 @@ pub struct Config {
     pub max_client_connections: usize,
     /// Admin/observability listener (gRPC and HTTP); none by default.
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for the admin endpoints that read data or change state;
+    /// without one they are off.
+    pub admin_token: Option<crate::admin::Token>,
     /// Four-letter words answered on the client port.
     pub four_letter_words: BTreeSet<String>,
     /// `jute.maxbuffer`: the largest frame accepted, and the largest znode.
@@ -61,6 +64,7 @@ impl Default for Config {
             max_session_timeout: tick * 20,
             max_client_connections: 60,
             admin_listen: None,
+            admin_token: None,
             four_letter_words: ["srvr".to_string()].into_iter().collect(),
             max_buffer: zk_wire::consts::DEFAULT_MAX_BUFFER,
             super_digest: None,
@@ -127,6 +131,10 @@ pub struct Args {
     /// Address for the admin API and dashboard (off unless given).
     #[arg(long, env = "COORDINATOR_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// File holding the admin API's bearer token (else the
+    /// COORDINATOR_ADMIN_TOKEN variable; never a flag value, which `ps` shows).
+    #[arg(long, env = "COORDINATOR_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Four-letter words to answer, comma-separated, or `*` [default: srvr].
     #[arg(long = "4lw-whitelist", env = "COORDINATOR_4LW_WHITELIST", value_name = "LIST")]
     pub four_letter_words: Option<String>,
@@ -211,6 +219,16 @@ impl Args {
         }
         if let Some(v) = self.admin_listen {
             cfg.admin_listen = Some(v);
+        }
+        let token = match &self.admin_token_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                flag("--admin-token-file", path.display().to_string(), &format!("cannot read it: {e}"))
+            })?),
+            None => std::env::var("COORDINATOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        if let Some(t) = token {
+            let t = crate::admin::Token::new(&t).map_err(|reason| flag("admin token", "<redacted>".into(), &reason))?;
+            cfg.admin_token = Some(t);
         }
         if let Some(v) = &self.four_letter_words {
             cfg.four_letter_words = parse_whitelist(v).map_err(|reason| flag("--4lw-whitelist", v.clone(), &reason))?;

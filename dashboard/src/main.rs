@@ -57,6 +57,13 @@ struct Args {
     /// list; without it, sessions come from the `cons` four-letter word.
     #[arg(long, env = "DASHBOARD_ADMIN", value_name = "HOST:PORT")]
     admin: Option<String>,
+    /// File with the admin API's bearer token (else DASHBOARD_ADMIN_TOKEN),
+    /// for the session list, which the coordinator gives to token holders only.
+    #[arg(long, env = "DASHBOARD_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// The dashboard's read-only ZooKeeper identity.
+    #[command(flatten)]
+    auth: servicekit::auth::AuthArgs,
     /// Longest time between two refreshes, whatever the watches do.
     #[arg(long, env = "DASHBOARD_REFRESH_MS", default_value_t = 1000)]
     refresh_ms: u64,
@@ -72,6 +79,8 @@ struct Args {
 pub struct Armed {
     pub data: Mutex<HashSet<String>>,
     pub children: Mutex<HashSet<String>>,
+    /// This refresh's refusals, as one line each ("not allowed: ...").
+    pub denied: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Armed {
@@ -107,20 +116,53 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("no ZooKeeper server answered at {} (--zk) within 10 s", args.zk))?
             .with_context(|| format!("cannot connect to {} (--zk)", args.zk))?;
+    let auth = args.auth.load()?;
+    if auth.credentials.is_none() {
+        tracing::warn!("no ZooKeeper credentials (--zk-credentials-file): reading anonymously");
+    }
     let zk = Arc::new(zk);
+    let packets = auth.auth_packets();
+    for (scheme, credentials) in &packets {
+        zk.add_auth(scheme, credentials.clone()).await.map_err(|e| anyhow::anyhow!("authentication: {e:?}"))?;
+    }
     let changed = Arc::new(Notify::new());
     let armed = Arc::new(Armed::default());
     {
         // After a reconnect no watch is armed any more: forget them all and
-        // refresh, which arms them again.
-        let (changed, armed) = (changed.clone(), armed.clone());
-        zk.add_listener(move |_| {
+        // refresh, which arms them again. The new connection is anonymous
+        // (a server keeps auth per connection): authenticate it again
+        // first. Weak: the listener lives in the client it would keep alive.
+        let (changed, armed, weak) = (changed.clone(), armed.clone(), Arc::downgrade(&zk));
+        zk.add_listener(move |state| {
             armed.forget();
-            changed.notify_one();
+            if state == zookeeper_async::ZkState::Connected && !packets.is_empty() {
+                let (zk, packets, changed) = (weak.clone(), packets.clone(), changed.clone());
+                tokio::spawn(async move {
+                    if let Some(zk) = zk.upgrade() {
+                        for (scheme, credentials) in packets {
+                            if let Err(e) = zk.add_auth(scheme, credentials).await {
+                                tracing::warn!("re-authentication after a reconnect failed: {e:?}");
+                            }
+                        }
+                    }
+                    changed.notify_one();
+                });
+            } else {
+                changed.notify_one();
+            }
         });
     }
 
-    let sessions = sessions::Sessions::new(args.admin.as_deref(), &args.zk)?;
+    let token = match &args.admin_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {} (--admin-token-file)", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("DASHBOARD_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let sessions = sessions::Sessions::new(args.admin.as_deref(), &args.zk, token)?;
     let (tx, rx) = watch::channel(Arc::new("{}".to_string()));
     let every = Duration::from_millis(args.refresh_ms);
     tokio::spawn(refresher(zk.clone(), root, sessions, armed, changed, tx, every));
@@ -152,9 +194,18 @@ async fn refresher(
     tx: watch::Sender<Arc<String>>,
     every: Duration,
 ) {
+    let mut reported = HashSet::new();
     loop {
         match snapshot::build(&zk, &root, &armed, &changed).await {
             Ok(mut doc) => {
+                // Each refusal once, as the one line the page shows too.
+                if let Some(list) = doc["denied"].as_array() {
+                    for line in list.iter().filter_map(|l| l.as_str()) {
+                        if reported.insert(line.to_string()) {
+                            tracing::warn!("{line}");
+                        }
+                    }
+                }
                 doc["sessions"] = sessions.fetch().await;
                 let text = doc.to_string();
                 if **tx.borrow() != text {

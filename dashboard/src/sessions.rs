@@ -16,6 +16,9 @@ use coordinator::grpc::pb::admin_client::AdminClient;
 use coordinator::grpc::pb::ListSessionsRequest;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 /// Longest wait for either source: a slow answer must not hold up the page.
@@ -24,14 +27,28 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONS_BYTES: u64 = 4 << 20;
 
 pub enum Sessions {
-    Admin(AdminClient<Channel>),
+    Admin(AdminClient<InterceptedService<Channel, Bearer>>),
     Cons(String),
+}
+
+/// Adds `authorization: Bearer <token>` to every admin call: the session
+/// list is for token holders only.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 impl Sessions {
     /// `admin` is the coordinator's admin address (HOST:PORT); without it,
     /// `cons` goes to the first server of the connect string.
-    pub fn new(admin: Option<&str>, zk: &str) -> anyhow::Result<Sessions> {
+    pub fn new(admin: Option<&str>, zk: &str, token: Option<String>) -> anyhow::Result<Sessions> {
         if let Some(addr) = admin {
             let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
             // Lazy: the dashboard starts even if the admin listener is not
@@ -40,7 +57,14 @@ impl Sessions {
                 .map_err(|e| anyhow::anyhow!("--admin {addr:?} is not an address: {e}"))?
                 .connect_timeout(ASK_TIMEOUT)
                 .connect_lazy();
-            return Ok(Sessions::Admin(AdminClient::new(channel)));
+            let bearer = match token {
+                Some(t) => Some(
+                    MetadataValue::try_from(format!("Bearer {t}"))
+                        .map_err(|_| anyhow::anyhow!("the admin token is not printable ASCII"))?,
+                ),
+                None => None,
+            };
+            return Ok(Sessions::Admin(AdminClient::with_interceptor(channel, Bearer(bearer))));
         }
         // "host1:2181,host2:2181/chroot" -> "host1:2181"
         let first = zk.split(',').next().unwrap_or(zk);

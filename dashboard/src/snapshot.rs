@@ -40,6 +40,13 @@ async fn read(zk: &ZooKeeper, path: &str, armed: &Arc<Armed>, changed: &Arc<Noti
     };
     let data = match data {
         Ok((d, _)) => d,
+        Err(ZkError::NoAuth) => {
+            if let Ok(mut s) = armed.data.lock() {
+                s.remove(path);
+            }
+            denied(armed, path);
+            return Ok(None);
+        }
         Err(ZkError::NoNode) => {
             // No data watch was set on a missing node; allow re-arming.
             if let Ok(mut s) = armed.data.lock() {
@@ -63,6 +70,13 @@ async fn read(zk: &ZooKeeper, path: &str, armed: &Arc<Armed>, changed: &Arc<Noti
     };
     let mut children = match children {
         Ok(c) => c,
+        Err(ZkError::NoAuth) => {
+            if let Ok(mut s) = armed.children.lock() {
+                s.remove(path);
+            }
+            denied(armed, path);
+            return Ok(None);
+        }
         Err(ZkError::NoNode) => {
             if let Ok(mut s) = armed.children.lock() {
                 s.remove(path);
@@ -73,6 +87,15 @@ async fn read(zk: &ZooKeeper, path: &str, armed: &Arc<Armed>, changed: &Arc<Noti
     };
     children.sort();
     Ok(Some(Node { data, children }))
+}
+
+/// A node this identity may not read: the page shows the rest, and says
+/// which identity would see it ("not allowed: /locks needs ..."), instead
+/// of failing the whole refresh.
+fn denied(armed: &Armed, path: &str) {
+    if let Ok(mut d) = armed.denied.lock() {
+        d.insert(servicekit::auth::not_allowed(path));
+    }
 }
 
 fn join(parent: &str, child: &str) -> String {
@@ -113,6 +136,7 @@ async fn queue(zk: &ZooKeeper, dir: &str, armed: &Arc<Armed>, changed: &Arc<Noti
                 "session": format!("{:#x}", stat.ephemeral_owner),
             })),
             Err(ZkError::NoNode) => {}
+            Err(ZkError::NoAuth) => denied(armed, &path),
             Err(e) => return Err(e),
         }
     }
@@ -153,6 +177,9 @@ async fn flat(
 }
 
 pub async fn build(zk: &ZooKeeper, root: &str, armed: &Arc<Armed>, changed: &Arc<Notify>) -> Result<Value, ZkError> {
+    if let Ok(mut d) = armed.denied.lock() {
+        d.clear();
+    }
     let at = |p: &str| format!("{root}{p}");
 
     let locks: Map<String, Value> = groups(zk, &at("/locks"), armed, changed)
@@ -199,12 +226,14 @@ pub async fn build(zk: &ZooKeeper, root: &str, armed: &Arc<Armed>, changed: &Arc
                 queue.extend(children.iter().map(|c| join(&path, c)));
             }
             Err(ZkError::NoNode) => {}
+            Err(ZkError::NoAuth) => denied(armed, &path),
             Err(e) => return Err(e),
         }
     }
 
+    let denied: Vec<String> = armed.denied.lock().map(|d| d.iter().cloned().collect()).unwrap_or_default();
     Ok(json!({
         "root": root, "locks": locks, "ha": ha, "tasks": tasks, "services": services, "config": config,
-        "tree": tree, "tree_truncated": truncated,
+        "tree": tree, "tree_truncated": truncated, "denied": denied,
     }))
 }

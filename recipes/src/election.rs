@@ -23,18 +23,32 @@ pub struct Election {
     client: Client,
     dir: String,
     id: String,
+    acl: Vec<zookeeper_async::Acl>,
 }
 
 impl Election {
-    /// `id` is stored in our node: it is how everyone sees who leads.
+    /// `id` is stored in our node: it is how everyone sees who leads. The
+    /// nodes are open to anyone until [`Election::with_acl`] says otherwise.
     pub fn new(client: &Client, dir: impl Into<String>, id: impl Into<String>) -> Election {
-        Election { client: client.clone(), dir: dir.into(), id: id.into() }
+        Election {
+            client: client.clone(),
+            dir: dir.into(),
+            id: id.into(),
+            acl: zookeeper_async::Acl::open_unsafe().clone(),
+        }
+    }
+
+    /// The ACL of the election's directory (made on first use) and of each
+    /// candidate's node: only the group's members may stand or step down.
+    pub fn with_acl(mut self, acl: Vec<zookeeper_async::Acl>) -> Election {
+        self.acl = acl;
+        self
     }
 
     /// Joins the election and returns when we lead. An error means the
     /// session was lost while waiting: campaign again (on the new session).
     pub async fn campaign(&self) -> Result<Leadership, zookeeper_async::ZkError> {
-        let me = queue::enter(&self.client, &self.dir, "n_", self.id.as_bytes()).await?;
+        let me = queue::enter(&self.client, &self.dir, "n_", self.id.as_bytes(), &self.acl).await?;
         match queue::wait_first(&self.client, &self.dir, &me, None).await {
             Ok(_) => Ok(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me }),
             Err(e) => {

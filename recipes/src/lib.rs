@@ -43,16 +43,32 @@ pub use zookeeper_async::ZkError;
 pub use zookeeper_async::Acl;
 
 /// Creates `path`'s missing ancestors and `path` itself as empty persistent
-/// nodes; existing ones are left alone.
+/// nodes open to anyone (`world:anyone:cdrwa`); existing ones are left
+/// alone. For tests and scratch trees: services use [`ensure_path_with_acl`].
 pub async fn ensure_path(zk: &zookeeper_async::ZooKeeper, path: &str) -> Result<(), ZkError> {
+    ensure_path_with_acl(zk, path, zookeeper_async::Acl::open_unsafe()).await
+}
+
+/// Creates `path`'s missing ancestors and `path` itself as empty persistent
+/// nodes with `acl`; existing ones are left alone, whatever their ACL.
+///
+/// Each level is looked up before it is created: a server checks CREATE on
+/// the parent before it looks for the child, so a client that may not
+/// create under an existing ancestor (say `/locks`, made by the operator)
+/// would get NOAUTH instead of NODEEXISTS from a blind create.
+pub async fn ensure_path_with_acl(
+    zk: &zookeeper_async::ZooKeeper,
+    path: &str,
+    acl: &[zookeeper_async::Acl],
+) -> Result<(), ZkError> {
     let mut at = String::new();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         at.push('/');
         at.push_str(part);
-        match zk
-            .create(&at, vec![], zookeeper_async::Acl::open_unsafe().clone(), zookeeper_async::CreateMode::Persistent)
-            .await
-        {
+        if zk.exists(&at, false).await?.is_some() {
+            continue;
+        }
+        match zk.create(&at, vec![], acl.to_vec(), zookeeper_async::CreateMode::Persistent).await {
             Ok(_) | Err(ZkError::NodeExists) => {}
             Err(e) => return Err(e),
         }

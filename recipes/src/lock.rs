@@ -41,11 +41,22 @@ impl From<zookeeper_async::ZkError> for LockError {
 pub struct Lock {
     client: Client,
     dir: String,
+    acl: Vec<zookeeper_async::Acl>,
 }
 
 impl Lock {
+    /// A lock whose nodes anyone may read, replace or delete; a service
+    /// gives its own ACL with [`Lock::with_acl`].
     pub fn new(client: &Client, dir: impl Into<String>) -> Lock {
-        Lock { client: client.clone(), dir: dir.into() }
+        Lock { client: client.clone(), dir: dir.into(), acl: zookeeper_async::Acl::open_unsafe().clone() }
+    }
+
+    /// The ACL of the lock's directory (made on first use) and of every
+    /// waiter's node: who else may see the queue, and nobody else may
+    /// delete a holder's node or jump the line.
+    pub fn with_acl(mut self, acl: Vec<zookeeper_async::Acl>) -> Lock {
+        self.acl = acl;
+        self
     }
 
     /// Waits up to `timeout` for the lock. `owner` is stored in the lock
@@ -53,7 +64,7 @@ impl Lock {
     /// waits. On timeout our place in line is given up.
     pub async fn acquire(&self, owner: &str, timeout: Duration) -> Result<LockGuard, LockError> {
         let deadline = Instant::now() + timeout;
-        let me = queue::enter(&self.client, &self.dir, "lock-", owner.as_bytes()).await?;
+        let me = queue::enter(&self.client, &self.dir, "lock-", owner.as_bytes(), &self.acl).await?;
         match queue::wait_first(&self.client, &self.dir, &me, Some(deadline)).await {
             Ok(true) => {
                 let lost = queue::lost(&self.client);

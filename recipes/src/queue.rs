@@ -63,8 +63,15 @@ pub(crate) async fn ordered(client: &Client, dir: &str) -> Result<Vec<String>, Z
     Ok(children)
 }
 
-/// Joins the queue under `dir` with `data` (who we are).
-pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8]) -> Result<Candidate, ZkError> {
+/// Joins the queue under `dir` with `data` (who we are); our node, and
+/// `dir` itself if it is missing, get `acl`.
+pub(crate) async fn enter(
+    client: &Client,
+    dir: &str,
+    suffix: &str,
+    data: &[u8],
+    acl: &[Acl],
+) -> Result<Candidate, ZkError> {
     let guid = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("_c_{guid}-");
     let deadline = Instant::now() + RECONNECT_LIMIT;
@@ -74,7 +81,7 @@ pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8])
             .create(
                 &join(dir, &format!("{prefix}{suffix}")),
                 data.to_vec(),
-                Acl::open_unsafe().clone(),
+                acl.to_vec(),
                 CreateMode::EphemeralSequential,
             )
             .await;
@@ -84,7 +91,7 @@ pub(crate) async fn enter(client: &Client, dir: &str, suffix: &str, data: &[u8])
             // path on every entry would cost a failed create (a logged
             // transaction on the server) per level, per acquisition.
             Err(ZkError::NoNode) if Instant::now() < deadline => {
-                retry::ensure_path(&client.zk, dir, deadline).await?;
+                retry::ensure_path(&client.zk, dir, acl, deadline).await?;
                 continue;
             }
             Err(ZkError::ConnectionLoss) | Err(ZkError::OperationTimeout) => {

@@ -44,8 +44,8 @@ impl Drop for Registration {
     }
 }
 
-async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
-    match client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await {
+async fn put(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<(), ZkError> {
+    match client.zk.create(path, data.to_vec(), acl.to_vec(), CreateMode::Ephemeral).await {
         Ok(_) => Ok(()),
         // A node left by our own previous session (not yet expired) or by a
         // create whose reply we lost: replace it so it is ours and current.
@@ -56,25 +56,38 @@ async fn put(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
                 Ok(()) | Err(ZkError::NoNode) => {}
                 Err(e) => return Err(e),
             }
-            client.zk.create(path, data.to_vec(), Acl::open_unsafe().clone(), CreateMode::Ephemeral).await.map(|_| ())
+            client.zk.create(path, data.to_vec(), acl.to_vec(), CreateMode::Ephemeral).await.map(|_| ())
         }
         Err(e) => Err(e),
     }
 }
 
 /// Registers `instance` under `dir` with `data` and keeps it registered
-/// across new sessions.
+/// across new sessions; the node (and `dir`, if missing) is open to anyone.
+pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -> Result<Registration, ZkError> {
+    register_with_acl(client, dir, instance, data, Acl::open_unsafe()).await
+}
+
+/// [`register`] with the ACL to give the instance's node and, when it is
+/// missing, `dir`: typically everyone may read, only this service's
+/// identity may write or delete.
 ///
 /// The first registration is retried through connection loss for up to
 /// [`REGISTER_PATIENCE`] (a service starting during an ensemble's election
 /// should start, a little later, not exit): `put` is safe to repeat, since
 /// it replaces whatever node it finds under our name.
-pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -> Result<Registration, ZkError> {
+pub async fn register_with_acl(
+    client: &Client,
+    dir: &str,
+    instance: &str,
+    data: &[u8],
+    acl: &[Acl],
+) -> Result<Registration, ZkError> {
     let deadline = tokio::time::Instant::now() + REGISTER_PATIENCE;
-    retry::ensure_path(&client.zk, dir, deadline).await?;
+    retry::ensure_path(&client.zk, dir, acl, deadline).await?;
     let path = crate::join(dir, instance);
-    retry::retry(&RetryPolicy::default(), deadline, |_| put(client, &path, data)).await?;
-    let (c, p, d) = (client.clone(), path.clone(), data.to_vec());
+    retry::retry(&RetryPolicy::default(), deadline, |_| put(client, &path, data, acl)).await?;
+    let (c, p, d, acl) = (client.clone(), path.clone(), data.to_vec(), acl.to_vec());
     let task = tokio::spawn(async move {
         let mut states = c.states();
         loop {
@@ -89,7 +102,7 @@ pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -
             loop {
                 match c.zk.exists(&p, false).await {
                     Ok(Some(_)) => break,
-                    Ok(None) => match put(&c, &p, &d).await {
+                    Ok(None) => match put(&c, &p, &d, &acl).await {
                         Ok(()) => {
                             tracing::info!(path = p, "registered again on a new session");
                             break;

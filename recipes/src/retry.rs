@@ -170,8 +170,8 @@ pub async fn set_data_versioned(
 /// Creates `path` and its missing ancestors (as [`crate::ensure_path`]),
 /// retrying through connection loss until `deadline`: every step is
 /// idempotent.
-pub async fn ensure_path(zk: &ZooKeeper, path: &str, deadline: Instant) -> Result<(), ZkError> {
-    retry(&RetryPolicy::default(), deadline, |_| crate::ensure_path(zk, path)).await
+pub async fn ensure_path(zk: &ZooKeeper, path: &str, acl: &[Acl], deadline: Instant) -> Result<(), ZkError> {
+    retry(&RetryPolicy::default(), deadline, |_| crate::ensure_path_with_acl(zk, path, acl)).await
 }
 
 #[cfg(test)]

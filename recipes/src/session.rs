@@ -57,6 +57,82 @@ impl Client {
         Ok(Client::new(zk))
     }
 
+    /// Connects and authenticates with `auth` (scheme, credentials), which
+    /// is added again after every reconnect: see [`Client::authenticated`].
+    pub async fn connect_authenticated(
+        connect_string: &str,
+        session_timeout: Duration,
+        connect_timeout: Duration,
+        auth: Vec<(String, Vec<u8>)>,
+    ) -> Result<Client, ConnectError> {
+        let failed = |reason: String| ConnectError::Failed { addr: connect_string.to_string(), reason };
+        let zk = tokio::time::timeout(connect_timeout, ZooKeeper::connect(connect_string, session_timeout, |_| {}))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr: connect_string.to_string(), after: connect_timeout })?
+            .map_err(|e| failed(format!("{e:?}")))?;
+        tokio::time::timeout(connect_timeout, Client::authenticated(zk, auth))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr: connect_string.to_string(), after: connect_timeout })?
+            .map_err(|e| failed(format!("authentication: {e:?}")))
+    }
+
+    /// Wraps a client that has just connected, authenticating it with each
+    /// `(scheme, credentials)` pair now and again after every reconnect.
+    ///
+    /// A server keeps authentication per *connection*, not per session:
+    /// when the client reconnects, even to the same session, the new
+    /// connection starts anonymous. The Java client re-sends its auth data
+    /// first thing on every connection; zookeeper-async does not, so this
+    /// does it: on every return to `Connected` the auth packets go out
+    /// before the state turns `Live`. Recipes wait for `Live` before they
+    /// act after a reconnect, so they do not run anonymous. (A request some
+    /// other task sends in the moment between the reconnect and the auth
+    /// reply can still be refused with NOAUTH: that is the price of a
+    /// client that does not queue auth ahead of everything else.)
+    pub async fn authenticated(
+        zk: ZooKeeper,
+        auth: Vec<(String, Vec<u8>)>,
+    ) -> Result<Client, zookeeper_async::ZkError> {
+        if auth.is_empty() {
+            return Ok(Client::new(zk));
+        }
+        let zk = Arc::new(zk);
+        for (scheme, credentials) in &auth {
+            zk.add_auth(scheme, credentials.clone()).await?;
+        }
+        let (raw_tx, mut raw) = watch::channel(ZkState::Connected);
+        zk.add_listener(move |s| {
+            raw_tx.send_replace(s);
+        });
+        let (tx, states) = watch::channel(Session::Live);
+        // Weak: the listener lives inside the client; a strong reference
+        // here would keep the client (and this task) alive forever.
+        let weak = Arc::downgrade(&zk);
+        tokio::spawn(async move {
+            while raw.changed().await.is_ok() {
+                let state = Session::from_state(*raw.borrow_and_update());
+                if state == Session::Live {
+                    let Some(zk) = weak.upgrade() else { return };
+                    let mut added = true;
+                    for (scheme, credentials) in &auth {
+                        if let Err(e) = zk.add_auth(scheme, credentials.clone()).await {
+                            // The connection dropped again: the next
+                            // `Connected` tries again.
+                            tracing::warn!("re-authentication after a reconnect failed: {e:?}");
+                            added = false;
+                            break;
+                        }
+                    }
+                    if !added || raw.has_changed().unwrap_or(true) {
+                        continue;
+                    }
+                }
+                tx.send_replace(state);
+            }
+        });
+        Ok(Client { zk, states })
+    }
+
     /// Wraps a client that has just connected.
     pub fn new(zk: ZooKeeper) -> Client {
         let (tx, states) = watch::channel(Session::Live);

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use zookeeper_async::ZkError;
+use zookeeper_async::{Acl, ZkError};
 
 use crate::retry;
 use crate::session::Client;
@@ -44,24 +44,35 @@ pub struct TaskStatus {
 impl TaskStatus {
     /// Creates the task node with `initial` data (parents as needed) and
     /// arms its watch; only after this returns may the task be published.
+    /// The node is open to anyone; services use [`TaskStatus::create_with_acl`].
     pub async fn create(client: &Client, path: &str, initial: &[u8]) -> Result<TaskStatus, TaskError> {
-        Self::create_by(client, path, initial, tokio::time::Instant::now() + Duration::from_secs(10)).await
+        Self::create_with_acl(
+            client,
+            path,
+            initial,
+            Acl::open_unsafe(),
+            tokio::time::Instant::now() + Duration::from_secs(10),
+        )
+        .await
     }
 
-    /// [`TaskStatus::create`], retrying through connection loss (an
-    /// ensemble's election) until `deadline`. The task's name is unique to
-    /// it, so a create whose reply was lost is recognised on the retry by
-    /// the node holding our bytes (see [`retry::create_owned`]).
-    pub async fn create_by(
+    /// [`TaskStatus::create`] with the node's ACL (typically: the requester
+    /// reads, the worker reads and writes the result, nobody else touches
+    /// it; missing parents get the same ACL), retrying through connection
+    /// loss (an ensemble's election) until `deadline`. The task's name is
+    /// unique to it, so a create whose reply was lost is recognised on the
+    /// retry by the node holding our bytes (see [`retry::create_owned`]).
+    pub async fn create_with_acl(
         client: &Client,
         path: &str,
         initial: &[u8],
+        acl: &[Acl],
         deadline: tokio::time::Instant,
     ) -> Result<TaskStatus, TaskError> {
         if let Some((parent, _)) = path.rsplit_once('/') {
-            retry::ensure_path(&client.zk, parent, deadline).await?;
+            retry::ensure_path(&client.zk, parent, acl, deadline).await?;
         }
-        retry::create_owned(&client.zk, path, initial, zookeeper_async::Acl::open_unsafe(), deadline).await?;
+        retry::create_owned(&client.zk, path, initial, acl, deadline).await?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut status = TaskStatus {
             client: client.clone(),

@@ -7,9 +7,12 @@
 //!   instance id, root prefix), with env vars and clear startup errors.
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
+//! - [`auth`]: digest identities from a credentials file, and the ACL of
+//!   every kind of node (least privilege per role).
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
+pub mod auth;
 pub mod rabbit;
 
 use std::time::Duration;
@@ -51,7 +54,12 @@ pub struct CommonArgs {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
 }
+
+/// The process's identity, loaded once: a process is one identity.
+static ZK_AUTH: std::sync::OnceLock<auth::ZkAuth> = std::sync::OnceLock::new();
 
 impl CommonArgs {
     /// `<root><path>`.
@@ -67,11 +75,44 @@ impl CommonArgs {
         })
     }
 
-    /// Connects to ZooKeeper or fails naming the setting to fix.
+    /// Connects to ZooKeeper with this process's identity (re-added after
+    /// every reconnect), or fails naming the setting to fix. With an
+    /// identity, the tree must have been laid out by `zkctl init`.
     pub async fn connect_zk(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.zk, Duration::from_millis(self.zk_session_timeout_ms), Duration::from_secs(15))
+        let zk_auth = match ZK_AUTH.get() {
+            Some(a) => a.clone(),
+            None => {
+                let loaded = self.auth.load()?;
+                ZK_AUTH.get_or_init(|| loaded).clone()
+            }
+        };
+        match &zk_auth.credentials {
+            Some(c) => tracing::info!(identity = c.user(), "authenticating to ZooKeeper (digest)"),
+            None => tracing::warn!(
+                "no ZooKeeper credentials (--zk-credentials-file / ZK_CREDENTIALS_FILE): connecting anonymously; \
+                 every znode this service creates is open to anyone"
+            ),
+        }
+        let timeout = Duration::from_millis(self.zk_session_timeout_ms);
+        let client = Client::connect_authenticated(&self.zk, timeout, Duration::from_secs(15), zk_auth.auth_packets())
             .await
-            .context("--zk / ZK_CONNECT")
+            .context("--zk / ZK_CONNECT")?;
+        if zk_auth.credentials.is_some() {
+            let services = self.path("/services");
+            if client.zk.exists(&services, false).await.map_err(|e| anyhow::anyhow!("{services}: {e:?}"))?.is_none() {
+                anyhow::bail!(
+                    "{services} does not exist: lay out the tree first with `zkctl init` as the operator \
+                     (the services may not create the shared directories themselves)"
+                );
+            }
+        }
+        Ok(client)
+    }
+
+    /// The ACLs this service creates its nodes with: least privilege with
+    /// an identity, open without one. Valid after [`CommonArgs::connect_zk`].
+    pub fn policy(&self) -> auth::Policy {
+        ZK_AUTH.get().map(auth::ZkAuth::policy).unwrap_or_else(auth::Policy::open)
     }
 }
 
@@ -106,7 +147,9 @@ where
         loop {
             let value = raw.borrow_and_update().clone();
             let parsed = match value {
+                // Missing, or laid out empty by `zkctl init`: defaults.
                 None => Ok(T::default()),
+                Some(v) if v.data.is_empty() => Ok(T::default()),
                 Some(v) => serde_json::from_slice::<T>(&v.data),
             };
             match parsed {

@@ -138,10 +138,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
     let addr = listener.local_addr()?;
     let meta = serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}).to_string();
-    let registration =
-        zk_recipes::registry::register(&client, &args.common.path("/services/system-a"), &instance, meta.as_bytes())
-            .await
-            .context("registering under /services/system-a")?;
+    let registration = zk_recipes::registry::register_with_acl(
+        &client,
+        &args.common.path("/services/system-a"),
+        &instance,
+        meta.as_bytes(),
+        &args.common.policy().service_member("system-a"),
+    )
+    .await
+    .context("registering under /services/system-a")?;
 
     let channel = Arc::new(RwLock::new(None));
     tokio::spawn(keep_publishing_channel(args.q.amqp.clone(), args.q.queue.clone(), channel.clone(), stop.clone()));
@@ -325,17 +330,25 @@ impl Service {
         //    exist the task is accepted: it will be published, whatever
         //    happens to RabbitMQ or to this process.
         let recorded = async {
-            zk_recipes::retry::ensure_path(&self.client.zk, &self.common.path("/outbox"), deadline).await?;
-            let acl = zk_recipes::Acl::open_unsafe();
-            zk_recipes::retry::create_owned(&self.client.zk, &entry, body.as_bytes(), acl, deadline).await?;
+            let policy = self.common.policy();
+            let outbox = self.common.path("/outbox");
+            zk_recipes::retry::ensure_path(&self.client.zk, &outbox, &policy.outbox_dir(), deadline).await?;
+            zk_recipes::retry::create_owned(&self.client.zk, &entry, body.as_bytes(), &policy.outbox_entry(), deadline)
+                .await?;
             Ok::<_, zk_recipes::ZkError>(())
         }
         .await;
         if let Err(e) = recorded {
             return Err(Status::unavailable(format!("coordination server: {e:?}; task {id} was not accepted")));
         }
-        let mut status = match TaskStatus::create_by(&self.client, &path, pending.to_string().as_bytes(), deadline)
-            .await
+        let mut status = match TaskStatus::create_with_acl(
+            &self.client,
+            &path,
+            pending.to_string().as_bytes(),
+            &self.common.policy().task(),
+            deadline,
+        )
+        .await
         {
             Ok(s) => s,
             // The create may still reach the server (the client sends what

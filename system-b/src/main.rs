@@ -98,10 +98,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.common.connect_zk().await?;
     let settings = servicekit::live_config(&client, &args.common.path("/config/system-b"));
     let meta = serde_json::json!({"pid": std::process::id(), "queue": args.q.queue}).to_string();
-    let registration =
-        zk_recipes::registry::register(&client, &args.common.path("/services/system-b"), &instance, meta.as_bytes())
-            .await
-            .context("registering under /services/system-b")?;
+    let registration = zk_recipes::registry::register_with_acl(
+        &client,
+        &args.common.path("/services/system-b"),
+        &instance,
+        meta.as_bytes(),
+        &args.common.policy().service_member("system-b"),
+    )
+    .await
+    .context("registering under /services/system-b")?;
     let worker = Arc::new(Worker { client, store, settings, common: args.common.clone(), instance: instance.clone() });
 
     let mut announced = false;
@@ -195,7 +200,8 @@ impl Worker {
         if task.op != "add" && task.op != "set" {
             return Err(Failure::permanent(format!("unknown op {:?}", task.op)));
         }
-        let lock = Lock::new(&self.client, self.common.path(&format!("/locks/{}", task.entity)));
+        let lock = Lock::new(&self.client, self.common.path(&format!("/locks/{}", task.entity)))
+            .with_acl(self.common.policy().lock());
         let guard =
             lock.acquire(&self.instance, Duration::from_secs(30)).await.map_err(|e| Failure::retry(e.to_string()))?;
         let token = guard.token();

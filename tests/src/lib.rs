@@ -164,9 +164,59 @@ pub fn start_coordinator(args: &[&str], log_dir: &Path) -> (Proc, String) {
     (p, addr)
 }
 
+/// A deployment's identities: one credentials file per role, made by
+/// `zkctl gen-credentials`, as `scripts/run.sh` makes them.
+#[derive(Clone, Debug)]
+pub struct Identities {
+    pub dir: PathBuf,
+}
+
+impl Identities {
+    /// The credentials file of `role` (`operator`, `system-a`, `system-b`,
+    /// `ha-worker`, `dashboard`).
+    pub fn file(&self, role: &str) -> PathBuf {
+        self.dir.join(format!("{role}.cred"))
+    }
+
+    /// `--zk-credentials-file <file of role>`, as owned flag values.
+    pub fn flag(&self, role: &str) -> [String; 2] {
+        ["--zk-credentials-file".to_string(), self.file(role).to_string_lossy().into_owned()]
+    }
+}
+
+/// Systems provisioned with [`provision`], by root: the launchers below run
+/// each service of such a system as its own identity.
+static PROVISIONED: std::sync::Mutex<Vec<(String, Identities)>> = std::sync::Mutex::new(Vec::new());
+
+fn identities_of(root: &str) -> Option<Identities> {
+    PROVISIONED.lock().ok()?.iter().find(|(r, _)| r == root).map(|(_, i)| i.clone())
+}
+
+/// Runs a zkctl command; panics with its stderr when it fails.
+pub fn zkctl(args: &[&str]) -> String {
+    let out = Command::new(binary("zkctl")).args(args).output().expect("run zkctl");
+    assert!(out.status.success(), "zkctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh set of identities under `dir`, and the system under `root` on
+/// `zk` laid out with least-privilege ACLs by `zkctl init` as the operator:
+/// what `scripts/run.sh` does before it starts the services.
+pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
+    let ids = Identities { dir: dir.join("identities") };
+    zkctl(&["gen-credentials", ids.dir.to_str().expect("utf-8 path")]);
+    let op = ids.flag("operator");
+    zkctl(&["--zk", zk, &op[0], &op[1], "init", "--root", root]);
+    if let Ok(mut p) = PROVISIONED.lock() {
+        p.push((root.to_string(), ids.clone()));
+    }
+    ids
+}
+
 /// The scenario services, configured alike in every suite: a system-b
 /// instance on `queue` under `root`, sharing `store`, with a short session
 /// (`session_ms`) so faults show within seconds. Returns once it consumes.
+/// A system [`provision`]ed under `root` runs it as the system-b identity.
 pub fn start_system_b(
     zk: &str,
     root: &str,
@@ -194,6 +244,11 @@ pub fn start_system_b(
         "--zk-session-timeout-ms",
         &session,
     ];
+    let mut args: Vec<&str> = args.to_vec();
+    let creds = identities_of(root).map(|i| i.flag("system-b"));
+    if let Some(c) = &creds {
+        args.extend([c[0].as_str(), c[1].as_str()]);
+    }
     let mut p = Proc::spawn("system-b", &args, log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
@@ -219,6 +274,11 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
         "--zk-session-timeout-ms",
         "10000",
     ];
+    let mut args: Vec<&str> = args.to_vec();
+    let creds = identities_of(root).map(|i| i.flag("system-a"));
+    if let Some(c) = &creds {
+        args.extend([c[0].as_str(), c[1].as_str()]);
+    }
     let mut p = Proc::spawn("system-a", &args, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));

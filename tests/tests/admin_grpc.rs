@@ -15,6 +15,7 @@ use std::time::Duration;
 use coordinator::grpc::pb::admin_client::AdminClient;
 use coordinator::grpc::pb::*;
 use e2e_tests::{Proc, TempDir};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use zookeeper_async::{Acl, CreateMode, WatchedEvent, WatchedEventType, ZkState, ZooKeeper};
 
@@ -45,8 +46,34 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     .await
 }
 
-async fn admin(addr: &str) -> AdminClient<Channel> {
-    within("admin connect", AdminClient::connect(format!("http://{addr}"))).await.expect("connect to the admin API")
+/// The admin token every server in this file is started with.
+const TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+type Authed = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` (when there is one) to each call.
+#[derive(Clone)]
+struct Bearer(Option<&'static str>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = self.0 {
+            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ASCII"));
+        }
+        Ok(req)
+    }
+}
+
+async fn admin_as(addr: &str, token: Option<&'static str>) -> Authed {
+    let channel = within("admin connect", Channel::from_shared(format!("http://{addr}")).expect("uri").connect())
+        .await
+        .expect("connect to the admin API");
+    AdminClient::with_interceptor(channel, Bearer(token))
+}
+
+/// A client holding the token.
+async fn admin(addr: &str) -> Authed {
+    admin_as(addr, Some(TOKEN)).await
 }
 
 /// One HTTP/1.0 GET: the whole response, head and body.
@@ -60,10 +87,16 @@ fn http_get(addr: &str, path: &str) -> String {
     raw
 }
 
+/// A coordinator with the admin listener and [`TOKEN`] (from the
+/// environment, as compose passes it).
 fn start(args: &[&str], dir: &std::path::Path) -> (Proc, String, String) {
+    start_with_env(args, &[("COORDINATOR_ADMIN_TOKEN", TOKEN)], dir)
+}
+
+fn start_with_env(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (Proc, String, String) {
     let mut all = vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let mut p = Proc::spawn("coordinator", &all, dir);
+    let mut p = Proc::spawn_with_env("coordinator", &all, env, dir);
     let addr = p.wait_line("coordinator listening on", T);
     let admin = p.wait_line("coordinator admin listening on", T);
     (p, addr, admin)
@@ -243,4 +276,86 @@ async fn reflection_lists_the_admin_service() {
     };
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"coordinator.admin.v1.Admin"), "services: {names:?}");
+}
+
+/// Every call that reads data or changes state, with a request that would
+/// succeed (or fail on its own terms) given the token.
+async fn protected_calls(api: &mut Authed) -> Vec<(&'static str, Result<(), tonic::Status>)> {
+    let s = SessionRequest { session_id: 1 };
+    vec![
+        ("ListSessions", api.list_sessions(ListSessionsRequest {}).await.map(|_| ())),
+        (
+            "ListTree",
+            api.list_tree(ListTreeRequest { path: "/".into(), depth: 1, include_data: true, limit: 0 })
+                .await
+                .map(|_| ()),
+        ),
+        ("ListWatches", api.list_watches(ListWatchesRequest { path: String::new(), session_id: 0 }).await.map(|_| ())),
+        ("ExpireSession", api.expire_session(s).await.map(|_| ())),
+        ("CloseSession", api.close_session(s).await.map(|_| ())),
+        ("CloseConnection", api.close_connection(s).await.map(|_| ())),
+        ("TriggerSnapshot", api.trigger_snapshot(TriggerSnapshotRequest {}).await.map(|_| ())),
+    ]
+}
+
+/// One HTTP/1.0 GET with an optional bearer token: the status code.
+fn http_code(addr: &str, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the admin listener");
+    s.set_read_timeout(Some(T)).expect("timeout");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the response");
+    raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code")
+}
+
+/// Before the token, anyone who reached the admin port could read every
+/// znode's data (ListTree) and end any session (ExpireSession): each such
+/// call is now refused without the token, and with a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_and_drills_need_the_token() {
+    let dir = TempDir::new("admin-token");
+    let (_server, _addr, admin_addr) = start(&[], dir.path());
+    for token in [None, Some("wrong-token-0123456789abcdef")] {
+        let mut api = admin_as(&admin_addr, token).await;
+        for (name, r) in within("calls", protected_calls(&mut api)).await {
+            let code = r.err().map(|s| s.code());
+            assert_eq!(code, Some(tonic::Code::Unauthenticated), "{name} with token {token:?}");
+        }
+        // Numbers stay open: orchestrators and scrapers carry no secret.
+        within("ServerStats", api.server_stats(ServerStatsRequest {})).await.expect("ServerStats is open");
+        for (path, want) in [
+            ("/commands/dump", 401),
+            ("/commands/cons", 401),
+            ("/commands/wchp", 401),
+            ("/commands/stat", 401),
+            ("/commands/envi", 401),
+            ("/commands/mntr", 200),
+            ("/health", 200),
+            ("/metrics", 200),
+        ] {
+            assert_eq!(http_code(&admin_addr, path, token), want, "GET {path} with token {token:?}");
+        }
+    }
+    // With the token every call is let through (and answers on its own
+    // terms: session 1 does not exist, no data dir to snapshot).
+    let mut api = admin(&admin_addr).await;
+    for (name, r) in within("calls", protected_calls(&mut api)).await {
+        let code = r.err().map(|s| s.code());
+        assert_ne!(code, Some(tonic::Code::Unauthenticated), "{name} with the token");
+    }
+    assert_eq!(http_code(&admin_addr, "/commands/dump", Some(TOKEN)), 200);
+}
+
+/// A listener started without a token keeps the data and the drills off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_configured_means_off() {
+    let dir = TempDir::new("admin-notoken");
+    let (_server, _addr, admin_addr) = start_with_env(&[], &[], dir.path());
+    let mut api = admin(&admin_addr).await;
+    for (name, r) in within("calls", protected_calls(&mut api)).await {
+        assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::Unauthenticated), "{name}");
+    }
+    assert_eq!(http_code(&admin_addr, "/commands/dump", Some(TOKEN)), 401);
 }

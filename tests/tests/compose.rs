@@ -106,7 +106,8 @@ fn every_compose_service_runs_a_real_command_with_real_flags() {
             }
         }
         for port in strs(&svc["ports"]) {
-            let host = port.split(':').next().expect("a port").to_string();
+            // "[ip:]host:container": the host port is the one before last.
+            let host = port.rsplit(':').nth(1).expect("host:container").to_string();
             assert!(host_ports.insert(host.clone()), "host port {host} is published twice");
         }
         for v in strs(&svc["volumes"]) {
@@ -171,4 +172,83 @@ fn the_image_builds_with_a_toolchain_the_workspace_accepts() {
     let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().expect("a version number")).collect::<Vec<_>>();
     assert!(parse(image) >= parse(needed), "Dockerfile builds with Rust {image}, the workspace needs {needed}");
     assert!(dockerfile.contains("USER "), "the runtime image must not run as root");
+}
+
+/// Nothing on the host's network reaches a container: every published port
+/// binds the host's loopback. (The admin port was published on every
+/// interface, with ListTree and ExpireSession open to anyone who reached it.)
+#[test]
+fn ports_are_published_on_loopback_only() {
+    for file in ["docker-compose.yml", "docker-compose.zookeeper.yml"] {
+        for (name, svc) in services(&load(file)) {
+            for port in strs(&svc["ports"]) {
+                assert!(port.starts_with("127.0.0.1:"), "{file}: {name} publishes {port} beyond the host's loopback");
+            }
+        }
+    }
+}
+
+/// Each service runs as its own identity, from a compose secret it alone
+/// mounts; the tree is laid out by the operator before any service starts.
+#[test]
+fn every_zookeeper_client_has_its_own_identity() {
+    let doc = load("docker-compose.yml");
+    let declared: BTreeSet<String> =
+        doc["secrets"].as_hash().expect("secrets:").keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
+    for (name, svc) in services(&doc) {
+        if svc["environment"]["ZK_CONNECT"].is_badvalue() {
+            continue;
+        }
+        let command = strs(&svc["command"]);
+        let at = command.iter().position(|a| a == "--zk-credentials-file");
+        let file = at.and_then(|i| command.get(i + 1)).unwrap_or_else(|| panic!("{name} runs without an identity"));
+        let secret = file.strip_prefix("/run/secrets/").unwrap_or_else(|| panic!("{name}: {file} is not a secret"));
+        assert!(declared.contains(secret), "{name} uses undeclared secret {secret}");
+        assert!(strs(&svc["secrets"]).contains(&secret.to_string()), "{name} does not mount {secret}");
+        let role = secret.trim_start_matches("zk-");
+        let expected = match name.as_str() {
+            "init-acls" => "operator",
+            n if n.starts_with("system-b") => "system-b",
+            n if n.starts_with("ha-worker") => "ha-worker",
+            n => n,
+        };
+        assert_eq!(role, expected, "{name} runs as {role}");
+        if name != "init-acls" {
+            let deps = svc["depends_on"].as_hash().expect("depends_on");
+            let init = &deps[&Yaml::String("init-acls".into())];
+            assert_eq!(init["condition"].as_str(), Some("service_completed_successfully"), "{name}");
+        }
+    }
+}
+
+/// scripts/compose-secrets.sh writes identities the services accept (each
+/// password matches its listed digest id, computed with openssl there and
+/// with the sha1 crate here), a fresh set each time, and never overwrites a
+/// deployment's set by accident.
+#[test]
+fn compose_secrets_are_fresh_and_valid() {
+    let dir = e2e_tests::TempDir::new("compose-secrets");
+    let secrets = dir.path().join("secrets");
+    let run = |args: &[&str]| {
+        Command::new(repo().join("scripts/compose-secrets.sh"))
+            .args(args)
+            .env("SECRETS_DIR", &secrets)
+            .output()
+            .expect("run scripts/compose-secrets.sh")
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |role: &str| {
+        servicekit::auth::ZkAuth::from_file(&secrets.join(format!("{role}.cred")))
+            .unwrap_or_else(|e| panic!("{role}: {e}"))
+    };
+    for role in servicekit::auth::ROLES {
+        assert_eq!(read(role).credentials.expect("auth").user(), role);
+    }
+    let token = std::fs::read_to_string(secrets.join("admin.token")).expect("admin.token");
+    assert_eq!(token.len(), 64, "32 random bytes, hex");
+    assert!(!run(&[]).status.success(), "a second run overwrote the deployment's identities");
+    let before = read("system-b").ids;
+    assert!(run(&["--rotate"]).status.success());
+    assert_ne!(read("system-b").ids, before, "--rotate made the same identities");
 }

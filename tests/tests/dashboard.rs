@@ -46,11 +46,23 @@ fn session<'a>(s: &'a Value, id: &Value) -> Option<&'a Value> {
     s["sessions"]["list"].as_array()?.iter().find(|x| &x["id"] == id)
 }
 
-/// The dashboard's flags: the coordinator's admin address when there is one.
+/// The admin token file shared by the coordinators and dashboards of this
+/// test binary (the session list is for token holders only).
+fn token_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("dashboard-admin-token-{}", std::process::id()));
+        std::fs::write(&path, "dashboard-test-token-0123456789abcdef\n").expect("write the token file");
+        path.to_string_lossy().into_owned()
+    })
+}
+
+/// The dashboard's flags: the coordinator's admin address and token when
+/// there is one.
 fn dashboard_args<'a>(zk: &'a str, root: &'a str, admin: Option<&'a str>) -> Vec<&'a str> {
     let mut args = vec!["--zk", zk, "--listen", "127.0.0.1:0", "--root", root];
     if let Some(a) = admin {
-        args.extend(["--admin", a]);
+        args.extend(["--admin", a, "--admin-token-file", token_file()]);
     }
     args
 }
@@ -132,7 +144,8 @@ async fn dashboard_on_the_coordinator() {
 }
 
 fn coordinator_with_admin(dir: &std::path::Path) -> (Proc, String, String) {
-    let (mut server, addr) = start_coordinator(&["--admin-listen", "127.0.0.1:0"], dir);
+    let (mut server, addr) =
+        start_coordinator(&["--admin-listen", "127.0.0.1:0", "--admin-token-file", token_file()], dir);
     let admin = server.wait_line("coordinator admin listening on", Duration::from_secs(20));
     (server, addr, admin)
 }
@@ -233,4 +246,49 @@ async fn dashboard_in_a_real_browser() {
 async fn dashboard_in_a_real_browser_on_zookeeper() {
     let dir = TempDir::new("dashboard-browser-zk");
     in_a_browser(&testkit::zookeeper_addr().to_string(), None, "dashboard-zookeeper.png", dir.path()).await;
+}
+
+/// On a tree with ACLs, an anonymous dashboard shows what anyone may read
+/// and names each node it may not, in one line ("not allowed: <path>
+/// needs ..."), on the page and once in its log: never a failed refresh or
+/// a stack trace. With its own identity it sees everything.
+async fn refusals(zk_addr: &str, log_dir: &std::path::Path) {
+    let root = format!("/{}", testkit::unique("dash-acl"));
+    let ids = e2e_tests::provision(zk_addr, &root, log_dir);
+    let mut anon = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, None), log_dir);
+    let addr = anon.wait_line("dashboard listening on", Duration::from_secs(20));
+    let line = format!("not allowed: {root}/tasks needs the system-a or system-b identity");
+    let s =
+        state_until(&addr, "the refusal", |s| s["denied"].as_array().is_some_and(|d| d.contains(&line.clone().into())));
+    assert!(s["services"].as_object().is_some_and(|m| m.contains_key("system-b")), "readable parts still show: {s:#}");
+    let started = Instant::now();
+    while !anon.log_text().contains(&line) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the log never said {line:?}:\n{}", anon.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = anon.log_text();
+    assert_eq!(log.matches(&line).count(), 1, "each refusal is logged once:\n{log}");
+    assert!(!log.contains("panicked") && !log.contains("NoAuth"), "a refusal is one plain line:\n{log}");
+
+    let creds = ids.flag("dashboard");
+    let mut args = dashboard_args(zk_addr, &root, None);
+    args.extend([creds[0].as_str(), creds[1].as_str()]);
+    let mut own = Proc::spawn("dashboard", &args, log_dir);
+    let addr = own.wait_line("dashboard listening on", Duration::from_secs(20));
+    state_until(&addr, "everything, with its own identity", |s| {
+        s["denied"].as_array().is_some_and(|d| d.is_empty()) && s["config"].as_object().is_some_and(|c| c.len() == 3)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_the_coordinator() {
+    let dir = TempDir::new("dashboard-acl");
+    let (_server, addr) = start_coordinator(&[], dir.path());
+    refusals(&addr, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_zookeeper() {
+    let dir = TempDir::new("dashboard-acl-zk");
+    refusals(&testkit::zookeeper_addr().to_string(), dir.path()).await;
 }

@@ -1,5 +1,8 @@
 //! Scenarios 1-3 end to end, on both servers: real system-a and system-b
 //! processes, a real RabbitMQ, and the coordinator or Apache ZooKeeper.
+//! With ACLs on, as deployed: the tree is laid out by `zkctl init`, each
+//! service runs as its own identity, and this test acts as the operator
+//! (to change config) and the dashboard (to look at the lock queues).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -30,7 +33,14 @@ async fn start(zk: &str, dir: &Path) -> System {
     let root = format!("/{}", testkit::unique("sys"));
     let queue = testkit::unique("tasks");
     let store = dir.join("store");
-    let client = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    let ids = e2e_tests::provision(zk, &root, dir);
+    let packets: Vec<(String, Vec<u8>)> = ["operator", "dashboard"]
+        .iter()
+        .flat_map(|r| servicekit::auth::ZkAuth::from_file(&ids.file(r)).expect("credentials").auth_packets())
+        .collect();
+    let client = Client::connect_authenticated(zk, Duration::from_secs(10), Duration::from_secs(10), packets)
+        .await
+        .expect("connect");
     zk_recipes::ensure_path(&client.zk, &format!("{root}/config/system-b")).await.expect("config dir");
     client.zk.set_data(&format!("{root}/config/system-b"), br#"{"work_ms":2}"#.to_vec(), None).await.expect("set");
     let bs: Vec<Proc> =
@@ -62,7 +72,6 @@ impl System {
 
 async fn scenario(zk: &str, dir: &Path) {
     let mut sys = start(zk, dir).await;
-    let _ = &sys.zk;
     let mut grpc = sys.grpc().await;
 
     // Scenario 1: A -> RabbitMQ -> B -> znode -> A.
@@ -76,6 +85,16 @@ async fn scenario(zk: &str, dir: &Path) {
     .into_inner();
     assert_eq!((reply.status.as_str(), reply.value), ("done", 5));
     assert!(reply.worker.starts_with('b') && reply.token > 0, "{reply:?}");
+
+    // The services created their nodes with least privilege: a client with
+    // no identity can neither forge this task's result nor change config.
+    let anon = Client::connect(&sys.zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    for path in [format!("{}/tasks/{}", sys.root, reply.task_id), format!("{}/config/system-b", sys.root)] {
+        let forged = tokio::time::timeout(Duration::from_secs(10), anon.zk.set_data(&path, b"{}".to_vec(), None))
+            .await
+            .expect("an answer in time");
+        assert!(matches!(forged, Err(zk_recipes::ZkError::NoAuth)), "anonymous setData on {path}: {forged:?}");
+    }
 
     // Scenarios 1 + 2 under load: 200 concurrent submits, half of them on
     // one hot entity. Every one returns, the hot entity ends exact, and

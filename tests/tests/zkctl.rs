@@ -82,3 +82,40 @@ fn zkctl_against_the_coordinator() {
 fn zkctl_against_zookeeper() {
     exercise(&testkit::zookeeper_addr().to_string());
 }
+
+/// On a tree laid out by `zkctl init`, a change the identity may not make
+/// fails with one line that names the identity needed, never a Debug dump
+/// or a stack trace; the operator's file lets it through.
+fn refusals(addr: &str, dir: &std::path::Path) {
+    let root = format!("/{}", testkit::unique("zkctl-acl"));
+    let ids = e2e_tests::provision(addr, &root, dir);
+    let cfg = format!("{root}/config/system-b");
+    let expected = format!("zkctl: not allowed: {cfg} needs the operator identity\n");
+    let b = ids.flag("system-b");
+    for who in [vec![], vec![b[0].as_str(), b[1].as_str()]] {
+        let mut args = who.clone();
+        args.extend(["set", &cfg, r#"{"work_ms":9}"#]);
+        let out = zkctl(addr, &args);
+        assert!(!out.status.success(), "zkctl {args:?} changed the config");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "zkctl {args:?}");
+    }
+    let op = ids.flag("operator");
+    ok(addr, &[&op[0], &op[1], "set", &cfg, r#"{"work_ms":9}"#]);
+    assert_eq!(ok(addr, &[&b[0], &b[1], "get", &cfg]).trim(), r#"{"work_ms":9}"#, "system-b reads its config");
+    // Reading an ACL needs READ or ADMIN on the node, on both servers.
+    let acl = ok(addr, &[&op[0], &op[1], "getacl", &cfg]);
+    assert!(acl.contains("digest:operator:") && !acl.contains("world:anyone"), "{acl}");
+}
+
+#[test]
+fn refusals_on_the_coordinator() {
+    let dir = TempDir::new("zkctl-acl");
+    let (_server, addr): (Proc, String) = start_coordinator(&[], dir.path());
+    refusals(&addr, dir.path());
+}
+
+#[test]
+fn refusals_on_zookeeper() {
+    let dir = TempDir::new("zkctl-acl-zk");
+    refusals(&testkit::zookeeper_addr().to_string(), dir.path());
+}

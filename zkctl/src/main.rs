@@ -4,13 +4,19 @@
 //! same against the coordinator and against an Apache ZooKeeper ensemble.
 //! Every command is one short session, except `watch`, which keeps one open
 //! and prints each change until interrupted.
+//!
+//! It acts as the identity of `--zk-credentials-file` (or `ZK_CREDENTIALS_FILE`,
+//! or `ZK_AUTH`): the operator's to lay out the tree (`init`) and change
+//! config. There is deliberately no `--auth user:password`: a password in a
+//! command line is readable by every local user through `ps`. A refusal is
+//! one line naming the identity needed (docs/security.md).
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use zookeeper_async::{Acl, CreateMode, WatchedEventType, ZkError, ZooKeeper};
+use zookeeper_async::{CreateMode, WatchedEventType, ZkError, ZooKeeper};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -20,7 +26,9 @@ Examples:
   zkctl get /tasks/0b6e…               one task's status
   zkctl watch /config/system-a         print every change until Ctrl-C
   zkctl services                       who is alive, with their metadata
-  zkctl --json ls /locks/acct-1        the lock queue, as JSON";
+  zkctl --json ls /locks/acct-1        the lock queue, as JSON
+  ZK_CREDENTIALS_FILE=.run/identities/operator.cred zkctl init
+                                       lay out the tree with least-privilege ACLs";
 
 #[derive(Parser)]
 #[command(name = "zkctl", version, about = "Inspect and change a ZooKeeper-protocol server", after_help = EXAMPLES)]
@@ -31,6 +39,10 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The identity to act as (`operator` to change config): a credentials
+    /// file, never a password on the command line, where `ps` would show it.
+    #[command(flatten)]
+    auth: servicekit::auth::AuthArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -72,6 +84,26 @@ enum Cmd {
     },
     /// Print the data of a znode each time it changes, until Ctrl-C.
     Watch { path: String },
+    /// Print a znode's ACL.
+    Getacl { path: String },
+    /// Lay out the system's tree with least-privilege ACLs (run as the
+    /// operator; again after rotating credentials, to re-grant every node).
+    Init {
+        /// The system's root prefix ("" = /, which then gets an ACL too).
+        #[arg(long, env = "ZK_ROOT", default_value = "")]
+        root: String,
+        /// A second identity to hold while re-granting (its `auth` line
+        /// only): the previous operator's file when rotating, or a `super`
+        /// file as a break-glass. See docs/security.md.
+        #[arg(long, value_name = "PATH")]
+        extra_auth_file: Option<std::path::PathBuf>,
+    },
+    /// Write a fresh set of credentials files, one per role (mode 0600),
+    /// into a directory.
+    GenCredentials {
+        /// Where to write `<role>.cred`.
+        dir: std::path::PathBuf,
+    },
     /// List registered service instances (under /services) with their metadata.
     Services {
         /// Only this service.
@@ -91,11 +123,15 @@ async fn main() {
     }
 }
 
-async fn connect(addr: &str) -> Result<ZooKeeper> {
-    tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(addr, Duration::from_secs(10), |_| {}))
+async fn connect(addr: &str, auth: &servicekit::auth::ZkAuth) -> Result<ZooKeeper> {
+    let zk = tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(addr, Duration::from_secs(10), |_| {}))
         .await
         .with_context(|| format!("no ZooKeeper server answered at {addr} within 10 s"))?
-        .with_context(|| format!("cannot connect to {addr}"))
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    for (scheme, credentials) in auth.auth_packets() {
+        zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
+    }
+    Ok(zk)
 }
 
 /// Names the znode in the error a user sees, instead of a bare `NoNode`.
@@ -104,6 +140,7 @@ fn on(path: &str) -> impl FnOnce(ZkError) -> anyhow::Error + '_ {
         ZkError::NoNode => anyhow::anyhow!("no such znode: {path}"),
         ZkError::NodeExists => anyhow::anyhow!("znode already exists: {path}"),
         ZkError::NotEmpty => anyhow::anyhow!("{path} has children (use -r)"),
+        ZkError::NoAuth => anyhow::anyhow!("{}", servicekit::auth::not_allowed(path)),
         other => anyhow::anyhow!("{path}: {other:?}"),
     }
 }
@@ -126,8 +163,32 @@ fn child_path(parent: &str, child: &str) -> String {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let zk = connect(&cli.zk).await?;
+    if let Cmd::GenCredentials { dir } = &cli.cmd {
+        return gen_credentials(dir);
+    }
+    let auth = cli.auth.load()?;
+    let policy = auth.policy();
+    let zk = connect(&cli.zk, &auth).await?;
     match cli.cmd {
+        Cmd::GenCredentials { .. } => {}
+        Cmd::Getacl { path } => {
+            let (acl, _) = zk.get_acl(&path).await.map_err(on(&path))?;
+            for a in acl {
+                println!("{}:{}:{}", a.scheme, a.id, a.perms);
+            }
+        }
+        Cmd::Init { root, extra_auth_file } => {
+            if policy.is_open() {
+                bail!("init needs the operator identity (--zk-credentials-file / ZK_CREDENTIALS_FILE)");
+            }
+            if let Some(path) = extra_auth_file {
+                let (scheme, credentials) =
+                    servicekit::auth::ZkAuth::credentials_from_file(&path).context("--extra-auth-file")?.auth_packet();
+                zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
+            }
+            let report = servicekit::auth::init(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
+            println!("created {} node(s), ACL set on {} existing node(s)", report.created.len(), report.acl_set.len());
+        }
         Cmd::Get { path } => {
             let (data, stat) = zk.get_data(&path, false).await.map_err(on(&path))?;
             if cli.json {
@@ -140,8 +201,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Set { path, value, create } => match zk.set_data(&path, value.clone().into_bytes(), None).await {
             Err(ZkError::NoNode) if create => {
-                ensure_parents(&zk, &path).await?;
-                zk.create(&path, value.into_bytes(), Acl::open_unsafe().clone(), CreateMode::Persistent)
+                ensure_parents(&zk, &path, &policy).await?;
+                zk.create(&path, value.into_bytes(), policy.operator_created(&path), CreateMode::Persistent)
                     .await
                     .map_err(on(&path))?;
             }
@@ -157,7 +218,7 @@ async fn run(cli: Cli) -> Result<()> {
                 (true, true) => CreateMode::EphemeralSequential,
             };
             let created =
-                zk.create(&path, value.into_bytes(), Acl::open_unsafe().clone(), mode).await.map_err(on(&path))?;
+                zk.create(&path, value.into_bytes(), policy.operator_created(&path), mode).await.map_err(on(&path))?;
             println!("{created}");
         }
         Cmd::Rm { path, recursive } => {
@@ -228,13 +289,38 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn ensure_parents(zk: &ZooKeeper, path: &str) -> Result<()> {
+/// Writes `<role>.cred` for every role into `dir`, readable by the owner
+/// only; refuses to overwrite, so a running deployment's set is not lost
+/// by a slip.
+fn gen_credentials(dir: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (role, text) in servicekit::auth::ZkAuth::generate() {
+        let path = dir.join(format!("{role}.cred"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {} (remove the old set first to replace it)", path.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    }
+    println!("wrote {} credentials files to {}", servicekit::auth::ROLES.len(), dir.display());
+    Ok(())
+}
+
+async fn ensure_parents(zk: &ZooKeeper, path: &str, policy: &servicekit::auth::Policy) -> Result<()> {
     let mut at = String::new();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     for part in parts.iter().take(parts.len().saturating_sub(1)) {
         at.push('/');
         at.push_str(part);
-        match zk.create(&at, vec![], Acl::open_unsafe().clone(), CreateMode::Persistent).await {
+        if zk.exists(&at, false).await.map_err(on(&at))?.is_some() {
+            continue;
+        }
+        match zk.create(&at, vec![], policy.operator_created(&at), CreateMode::Persistent).await {
             Ok(_) | Err(ZkError::NodeExists) => {}
             Err(e) => return Err(on(&at)(e)),
         }
@@ -269,8 +355,18 @@ async fn delete_tree(zk: &ZooKeeper, path: &str) -> Result<()> {
 
 /// The subtree as nested JSON: `{"name": .., "data": .., "children": [..]}`.
 async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
-    let (data, _) = zk.get_data(path, false).await.map_err(on(path))?;
-    let mut children = zk.get_children(path, false).await.map_err(on(path))?;
+    // A node this identity may not read is drawn as such: the operator
+    // sees the tree's shape, not the services' task data.
+    let data = match zk.get_data(path, false).await {
+        Ok((data, _)) => data_json(&data),
+        Err(ZkError::NoAuth) => Value::String("(not allowed)".into()),
+        Err(e) => return Err(on(path)(e)),
+    };
+    let mut children = match zk.get_children(path, false).await {
+        Ok(c) => c,
+        Err(ZkError::NoAuth) => vec![],
+        Err(e) => return Err(on(path)(e)),
+    };
     children.sort();
     let mut out = Vec::new();
     for c in children {
@@ -284,7 +380,7 @@ async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
     }
     let name = path.rsplit('/').next().unwrap_or("").to_string();
     Ok(json!({"name": if name.is_empty() { "/".to_string() } else { name }, "path": path,
-        "data": data_json(&data), "children": out}))
+        "data": data, "children": out}))
 }
 
 fn draw(node: &Value, prefix: &str) {
