@@ -123,8 +123,16 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(4096);
     let mut client: Option<Client> = None;
     loop {
-        // Everything already buffered is handled before reading more.
+        // Everything already buffered is handled before reading more, unless
+        // the connection has been condemned meanwhile (its session closed,
+        // expired or moved; shutdown): then what is still buffered is
+        // dropped unread. The committer refuses such requests anyway (see
+        // `Liveness::check`); stopping here saves the work and the replies
+        // no one will read.
         loop {
+            if conn.closed.is_cancelled() || shutdown.is_cancelled() {
+                return Ok(());
+            }
             if client.is_none() && buf.len() >= 4 {
                 let word = [buf[0], buf[1], buf[2], buf[3]];
                 if let Some(cmd) = fourlw::parse(&word) {
@@ -170,14 +178,17 @@ async fn read_loop(
                 }
             }
         }
+        // Biased: a condemned connection stops even while its client keeps
+        // the socket readable.
         tokio::select! {
+            biased;
+            _ = conn.closed.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(format!("read error: {e}")),
             },
-            _ = conn.closed.cancelled() => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }

@@ -202,7 +202,7 @@ impl Core {
         if !sessions.is_empty() {
             tracing::info!(sessions = sessions.len(), "restored sessions; each has its timeout to reconnect");
         }
-        Ok(Core {
+        let core = Core {
             config,
             tree: RwLock::new(tree),
             watches: Mutex::new(WatchManager::default()),
@@ -215,7 +215,30 @@ impl Core {
             storage,
             durable,
             snapshotting: tokio::sync::Mutex::new(()),
-        })
+        };
+        core.close_orphaned_sessions();
+        Ok(core)
+    }
+
+    /// Recovery's half of "no ephemeral outlives its owner". A log or
+    /// snapshot written by an older server (or by one that applied a
+    /// request after its session's close) can hold ephemerals whose owner
+    /// is not among the restored sessions; nothing would ever delete them,
+    /// and an orphan lock node would block its lock for good. Each such
+    /// owner gets a closeSession txn, logged like any other, so the tree
+    /// is changed only by transactions and replay reproduces it. Returns
+    /// how many owners were closed.
+    fn close_orphaned_sessions(&self) -> usize {
+        let orphans: Vec<i64> = self.with_tree(|t| {
+            let live: std::collections::HashSet<i64> = t.sessions().map(|(id, _)| id).collect();
+            t.sessions_with_ephemerals().map(|(id, _)| *id).filter(|id| !live.contains(id)).collect()
+        });
+        for id in &orphans {
+            let count = self.with_tree(|t| t.ephemerals_of(*id).count());
+            tracing::warn!(session = format!("{id:#x}"), ephemerals = count, "deleting the ephemerals of a session that is gone");
+            self.commit(*id, 0, |_, _| Txn::CloseSession, |_, _| ());
+        }
+        orphans.len()
     }
 
     pub fn durable(&self) -> watch::Receiver<i64> {
@@ -335,6 +358,9 @@ impl Core {
             }
             let previous = sessions.get_mut(req.session_id).and_then(|s| {
                 s.timeout = timeout;
+                // From here on, requests the old connection already read
+                // are refused by the committer (SessionMoved).
+                s.live.attach(conn.id);
                 s.conn.take()
             });
             drop(sessions);
@@ -354,6 +380,7 @@ impl Core {
             return Handshake::Refused;
         };
         session.conn = Some(conn.id);
+        session.live.attach(conn.id);
         let live = session.live.clone();
         live.touch(now);
         drop(sessions);
@@ -415,9 +442,11 @@ impl Core {
             Request::Unsupported(OpCode::Reconfig) => {
                 // A standalone server has reconfiguration disabled; as in
                 // ZooKeeper the refusal is an error transaction.
-                self.commit(
+                self.commit_as(
                     client.session_id,
                     xid,
+                    &[],
+                    Some(client),
                     |_, _| Txn::Error(ErrorCode::ReconfigDisabled),
                     |zxid, _| conn.send(frame(xid, zxid, ErrorCode::ReconfigDisabled.as_i32(), |_| {}), zxid),
                 );
@@ -487,18 +516,33 @@ impl Core {
         build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
         reply: impl FnOnce(i64, &TxnResult) -> R,
     ) -> R {
-        self.commit_as(session_id, cxid, &[], build, reply)
+        self.commit_as(session_id, cxid, &[], None, build, reply)
     }
 
+    /// As [`Core::commit`], for a client's request: `client` (when set) must
+    /// still be the connection serving a live session once the tree lock is
+    /// held, or nothing is prepared, applied or logged and `reply` gets
+    /// SessionExpired or SessionMoved (see `Liveness::check`).
     fn commit_as<R>(
         &self,
         session_id: i64,
         cxid: i32,
         auth: &[Id],
+        client: Option<&Client>,
         build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
         reply: impl FnOnce(i64, &TxnResult) -> R,
     ) -> R {
         let mut tree = self.tree.write();
+        if let Some(c) = client {
+            if let Err(code) = c.live.check(c.conn.id) {
+                // The connection is condemned (the move or the close closes
+                // it too, a moment later): closing it first puts this reply
+                // behind the close, so, as with ZooKeeper, the client never
+                // sees it; its request simply was not carried out.
+                c.conn.close();
+                return reply(tree.last_zxid(), &TxnResult::Error(code));
+            }
+        }
         let zxid = tree.last_zxid() + 1;
         let time = wall_ms();
         let ctx = prep::Ctx { session_id, auth, extended_types: self.config.extended_types, zxid, time };
@@ -536,6 +580,7 @@ impl Core {
             client.session_id,
             xid,
             &client.auth,
+            Some(client),
             |tree, ctx| prep::prepare(tree, ctx, req),
             |zxid, result| {
                 conn.last_zxid.store(zxid, Ordering::Relaxed);
@@ -738,6 +783,9 @@ impl Core {
             match sessions.get_mut(session_id) {
                 Some(s) if !s.closing => {
                     s.closing = true;
+                    // Before the closeSession txn is ordered: every txn
+                    // ordered after it sees the session ended.
+                    s.live.end();
                     s.conn
                 }
                 _ => return,
@@ -878,4 +926,62 @@ pub fn connect_frame(reply: &ConnectResponse) -> Bytes {
     reply.write(&mut out);
     finish_frame(&mut out, at);
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ephemeral(path: &str, owner: i64, pcv: i32) -> Txn {
+        Txn::Create {
+            path: path.into(),
+            data: None,
+            acl: Arc::new(acl::open_acl_unsafe()),
+            kind: NodeKind::Ephemeral(owner),
+            parent_cversion: pcv,
+        }
+    }
+
+    fn wait_durable(core_or_storage: watch::Receiver<i64>, zxid: i64) {
+        let mut durable = core_or_storage;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d >= zxid)).await.unwrap().unwrap();
+        });
+    }
+
+    /// A log that holds an ephemeral of a session it never opened (what an
+    /// older server that applied a request after its session's close left
+    /// behind) recovers without it, through a logged closeSession: the
+    /// next recovery replays the same deletion.
+    #[test]
+    fn recovery_closes_the_sessions_of_orphan_ephemerals() {
+        let dir = std::env::temp_dir().join(format!("coord-core-orphans-{}-{}", std::process::id(), rand::random::<u32>()));
+        {
+            let rec = Storage::open(&dir).unwrap();
+            let txns = [
+                (7, Txn::CreateSession { timeout_ms: 30_000 }),
+                (7, ephemeral("/alive", 7, 1)),
+                (9, ephemeral("/orphan", 9, 2)),
+            ];
+            for (i, (sid, txn)) in txns.iter().enumerate() {
+                let hdr = TxnHeader { session_id: *sid, cxid: 0, zxid: i as i64 + 1, time: 1 };
+                rec.storage.append(&hdr, txn);
+            }
+            wait_durable(rec.storage.durable(), 3);
+        }
+        let config = Config { data_dir: Some(dir.clone()), ..Config::for_tests() };
+        let core = Core::open(config.clone()).unwrap();
+        core.with_tree(|t| {
+            assert!(t.get("/alive").is_some(), "a restored session keeps its ephemerals");
+            assert!(t.get("/orphan").is_none(), "an ephemeral of a session that is gone was kept");
+            assert_eq!(t.last_zxid(), 4, "the deletion is a transaction");
+        });
+        wait_durable(core.durable(), 4);
+        drop(core);
+        let again = Storage::open(&dir).unwrap();
+        assert!(again.tree.get("/orphan").is_none(), "the closeSession was not logged");
+        assert_eq!(again.tree.last_zxid(), 4);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
