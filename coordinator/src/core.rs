@@ -78,16 +78,32 @@ pub struct ConnShared {
     pub last_zxid: AtomicI64,
     pub last_cxid: AtomicI64,
     pub established: SystemTime,
+    /// Frames not queued because the connection was condemned: counted, and
+    /// logged once when the connection ends (a watch storm towards a dead
+    /// client must not become a log storm).
+    pub dropped: AtomicU64,
+    over_cap: std::sync::atomic::AtomicBool,
 }
 
 impl ConnShared {
     /// Queues a frame that may go out once `zxid` is durable. Never blocks:
     /// this runs under the tree lock.
     pub fn send(&self, frame: Bytes, zxid: i64) {
+        // A condemned connection's writer stops at the Close it was sent:
+        // anything queued after it would never leave, only hold memory.
+        if self.closed.is_cancelled() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let n = frame.len();
         if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
-            tracing::warn!(conn = self.id, peer = %self.peer, "client is not reading its replies; closing");
-            self.close();
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            // Several reads may cross the cap at once: one of them logs.
+            if !self.over_cap.swap(true, Ordering::Relaxed) {
+                self.close();
+                tracing::warn!(conn = self.id, peer = %self.peer, queued_bytes = MAX_QUEUED_BYTES, "client is not reading its replies; closing");
+            }
             return;
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +288,8 @@ impl Core {
             last_zxid: AtomicI64::new(0),
             last_cxid: AtomicI64::new(0),
             established: SystemTime::now(),
+            dropped: AtomicU64::new(0),
+            over_cap: std::sync::atomic::AtomicBool::new(false),
         });
         self.conns.lock().insert(conn.id, conn.clone());
         Some(conn)
@@ -279,6 +297,8 @@ impl Core {
 
     /// Forgets a closed connection: its watches go (they belong to the
     /// connection), its session stays until it expires or is reattached.
+    /// Its per-IP slot is kept until [`Core::release_slot`]: the socket may
+    /// still be open while the writer flushes.
     pub fn unregister_conn(&self, conn: &ConnShared) {
         self.conns.lock().remove(&conn.id);
         self.watches.lock().remove_conn(conn.id);
@@ -290,6 +310,12 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Gives a connection's per-IP slot back, once its socket is closed.
+    /// Freeing it earlier (when the reader stops) let a client that never
+    /// reads hold any number of open sockets past the limit.
+    pub fn release_slot(&self, conn: &ConnShared) {
         let mut per_ip = self.per_ip.lock();
         if let Some(n) = per_ip.get_mut(&conn.peer.ip()) {
             *n -= 1;

@@ -229,3 +229,99 @@ async fn no_request_runs_after_its_session_is_closed() {
     again.wait_line("coordinator listening on", Duration::from_secs(20));
     assert_no_orphans(addr, "after kill -9 and restart").await;
 }
+
+fn get_data(path: &str) -> Request {
+    Request::GetData(PathWatchRequest { path: path.into(), watch: false })
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// A session that asks for many large replies and never reads one: the
+/// server stops reading it once its queue is full, and its socket buffers
+/// fill. Returns the client, kept open and unread.
+async fn hog(addr: SocketAddr, path: &str, requests: usize) -> Client {
+    let mut c = connect(addr).await;
+    let mut burst = Vec::new();
+    for i in 0..requests {
+        burst.extend_from_slice(&request_frame(i as i32 + 1, &get_data(path)));
+    }
+    within("hog pipeline", c.send_raw(&burst)).await.expect("send the burst");
+    c
+}
+
+/// Whether a new connection is refused: closed before the handshake is
+/// answered.
+async fn refused(addr: SocketAddr) -> bool {
+    let opts = ConnectOptions { io_timeout: Duration::from_secs(5), ..ConnectOptions::default() };
+    match Client::connect(addr, opts).await {
+        Ok(_) => false,
+        Err(ClientError::Closed) | Err(ClientError::Io(_)) => true,
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// Finding: a client that stops reading kept its socket and its queued
+/// replies forever (the writer had no deadline), gave its per-IP slot back
+/// while its socket stayed open, and blocked shutdown. Five such clients,
+/// per-IP limit 2: the 3rd to 5th must be refused, memory stays bounded,
+/// the stuck sockets close once writing to them has made no progress for
+/// the session timeout, and SIGTERM stops the server within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_never_read_are_bounded() {
+    let dir = TempDir::new("adv-noread");
+    let (mut server, addr) = start_coordinator(
+        &["--max-client-connections", "2", "--tick-time", "500", "--4lw-whitelist", "*"],
+        dir.path(),
+    );
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let pid = server.pid();
+    let big = format!("/{}", testkit::unique("big"));
+    {
+        let mut c = connect(addr).await;
+        assert_eq!(call(&mut c, create(&big, &vec![7u8; 1_000_000], CreateMode::Persistent)).await.err, 0);
+        let _ = within("close", c.call(&Request::CloseSession)).await;
+    }
+    let before = rss(pid);
+    // The session timeout they negotiate (10 s asked, 10 s granted with a
+    // 500 ms tick) is the write deadline.
+    let started = Instant::now();
+    let hogs = vec![hog(addr, &big, 100).await, hog(addr, &big, 100).await];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 3..=5 {
+        assert!(refused(addr).await, "connection {n} from the same address was admitted past the limit of 2");
+    }
+    let during = rss(pid);
+    println!("RSS: {} MB before, {} MB with 2 stuck readers", before >> 20, during >> 20);
+    assert!(during < before + 200 * 1024 * 1024, "two stuck readers cost {} MB", (during - before) >> 20);
+    // Once writing to them has made no progress for their session timeout,
+    // their sockets close and their slots come back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused(addr).await {
+        assert!(Instant::now() < deadline, "the stuck readers' slots never came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("slots back {:?} after the readers stalled", started.elapsed());
+    drop(hogs);
+    let after = rss(pid);
+    println!("RSS: {} MB once they were closed", after >> 20);
+
+    // SIGTERM with a reader stuck mid-reply: the server still stops.
+    let _stuck = hog(addr, &big, 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(10));
+    println!("SIGTERM with a stuck reader: exited after {:?}", t.elapsed());
+    assert!(status.is_some(), "SIGTERM did not stop the server within 10 s while a client was not reading");
+    assert!(t.elapsed() < Duration::from_secs(5), "shutdown took {:?}", t.elapsed());
+}
