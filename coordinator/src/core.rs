@@ -53,6 +53,18 @@ use crate::watch::{ConnId, Notification, WatchManager};
 /// server's memory without bound.
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
+/// The most identities one connection may hold (its `ip` id, `super`, and
+/// the digest ids it added). A real client adds one or two; ZooKeeper keeps
+/// every id it is given, so a client adding distinct ids in a loop grew
+/// the server's memory, and each addauth re-orders them all. Bounded, the
+/// re-ordering costs a bounded time.
+const MAX_AUTH_IDS: usize = 16;
+
+/// The longest `user:password` an addauth may carry. Digest users are
+/// short names; a megabyte one costs a megabyte per connection and the
+/// hashing of it on every ACL check.
+const MAX_AUTH_BYTES: usize = 1024;
+
 pub enum Outbound {
     /// A frame, and the zxid that must be durable before it may be sent
     /// (the state it reflects).
@@ -507,6 +519,20 @@ impl Core {
 
     fn auth(&self, client: &mut Client, xid: i32, auth: &AuthPacket) -> bool {
         let ok = match auth.scheme.as_str() {
+            // Over a bound, the answer is ZooKeeper's for any failed
+            // addauth: AuthFailed, and the connection closes. The ids held
+            // stay bounded, so ordering them (below) costs a bounded time.
+            "digest" if auth.auth.len() > MAX_AUTH_BYTES || client.auth.len() >= MAX_AUTH_IDS => {
+                tracing::info!(
+                    session = format!("{:#x}", client.session_id),
+                    bytes = auth.auth.len(),
+                    ids = client.auth.len(),
+                    max_bytes = MAX_AUTH_BYTES,
+                    max_ids = MAX_AUTH_IDS,
+                    "addauth over the per-connection bound"
+                );
+                false
+            }
             "digest" => {
                 let id = acl::digest(&String::from_utf8_lossy(&auth.auth));
                 if self.config.super_digest.as_deref() == Some(id.as_str()) {
@@ -714,8 +740,34 @@ impl Core {
                     list.write(&mut out);
                 }
                 Request::MultiRead(ops) => {
-                    let mut results = Vec::with_capacity(ops.len());
+                    // A small request can ask for a huge reply (5,000
+                    // getData of a 1 MB node in a 90 KB frame): the reply's
+                    // size is counted as it is built, and past the limit
+                    // the request fails before another byte is copied.
+                    let limit = multi_read_limit(self.config.max_buffer);
+                    let mut size = 0usize;
+                    let mut results = Vec::with_capacity(ops.len().min(1024));
                     for op in ops {
+                        // Each result: a multi header (type, done, err), then
+                        // the body.
+                        size += 12 + match op {
+                            MultiOp::GetData(r) => tree.get(&r.path).map_or(0, |n| {
+                                4 + n.data().map_or(0, <[u8]>::len) + STAT_BYTES
+                            }),
+                            MultiOp::GetChildren(r) => tree
+                                .get(&r.path)
+                                .map_or(0, |n| 4 + n.children().iter().map(|c| 4 + c.len()).sum::<usize>()),
+                            _ => 0,
+                        };
+                        if size > limit {
+                            tracing::info!(
+                                session = format!("{:#x}", client.session_id),
+                                ops = ops.len(),
+                                limit,
+                                "multiRead refused: its reply would pass the size limit"
+                            );
+                            return Err(ErrorCode::MarshallingError);
+                        }
                         let r = match op {
                             MultiOp::GetData(r) => node_for_read(&r.path, perms::READ).map(|n| {
                                 MultiResult::GetData(GetDataResponse {
@@ -912,6 +964,20 @@ impl Core {
     pub fn with_sessions<R>(&self, f: impl FnOnce(&Sessions) -> R) -> R {
         f(&self.sessions.lock())
     }
+}
+
+/// The serialized size of a Stat.
+const STAT_BYTES: usize = 68;
+
+/// The largest multiRead reply the server builds: what a client configured
+/// with the same `jute.maxbuffer` can read, plus room for one maximal
+/// node's header and stat, so any multiRead whose single getData would be
+/// answered also is. ZooKeeper has no such limit (it builds the reply and
+/// runs out of memory); past it the whole request is answered with
+/// MarshallingError, ZooKeeper's code for a packet that cannot be
+/// (de)serialized within jute.maxbuffer, and the connection carries on.
+fn multi_read_limit(max_buffer: usize) -> usize {
+    max_buffer.saturating_add(1024)
 }
 
 /// The reply of a successful multi: one result per op, shaped by the op's
