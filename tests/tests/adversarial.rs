@@ -325,3 +325,141 @@ async fn clients_that_never_read_are_bounded() {
     assert!(status.is_some(), "SIGTERM did not stop the server within 10 s while a client was not reading");
     assert!(t.elapsed() < Duration::from_secs(5), "shutdown took {:?}", t.elapsed());
 }
+
+/// A server started from the binary with a 1 MB node at the returned path.
+async fn server_with_big_node(dir: &TempDir, extra: &[&str]) -> (Proc, SocketAddr, String) {
+    let mut args = vec!["--4lw-whitelist", "*"];
+    args.extend_from_slice(extra);
+    let (server, addr) = start_coordinator(&args, dir.path());
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let big = format!("/{}", testkit::unique("big"));
+    let mut c = connect(addr).await;
+    assert_eq!(call(&mut c, create(&big, &vec![7u8; 1_000_000], CreateMode::Persistent)).await.err, 0);
+    let _ = within("close", c.call(&Request::CloseSession)).await;
+    (server, addr, big)
+}
+
+/// A session that is not the attacker still reads and writes.
+async fn others_are_served(addr: SocketAddr) {
+    let mut c = connect(addr).await;
+    let path = format!("/{}", testkit::unique("bystander"));
+    assert_eq!(call(&mut c, create(&path, b"ok", CreateMode::Ephemeral)).await.err, 0);
+    assert_eq!(call(&mut c, get_data(&path)).await.err, 0);
+    let _ = within("close", c.call(&Request::CloseSession)).await;
+}
+
+/// Finding: 5,000 getData of a 1 MB node in one 90 KB multiRead made the
+/// server build a 5 GB reply and die. The reply's size is now counted as
+/// it is built: the request fails with MarshallingError, the server and
+/// the connection carry on, memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_multiread_fails_cleanly() {
+    use zk_wire::request::MultiOp;
+    let dir = TempDir::new("adv-multiread");
+    let (server, addr, big) = server_with_big_node(&dir, &[]).await;
+    let before = rss(server.pid());
+    let mut c = connect(addr).await;
+    let ops = |n: usize| {
+        Request::MultiRead((0..n).map(|_| MultiOp::GetData(PathWatchRequest { path: big.clone(), watch: false })).collect())
+    };
+    let t = Instant::now();
+    let r = call(&mut c, ops(5000)).await;
+    println!("multiRead of 5000 x 1 MB: err {} after {:?}", r.err, t.elapsed());
+    assert_eq!(r.err, zk_wire::ErrorCode::MarshallingError.as_i32(), "a 5 GB multiRead reply was not refused");
+    // The same connection still works, and a multiRead that fits is served.
+    let r = call(&mut c, ops(1)).await;
+    assert_eq!(r.err, 0, "one getData of the 1 MB node in a multiRead");
+    others_are_served(addr).await;
+    let after = rss(server.pid());
+    println!("RSS: {} MB before, {} MB after", before >> 20, after >> 20);
+    assert!(after < before + 64 * 1024 * 1024, "the refused multiRead cost {} MB", (after - before) >> 20);
+}
+
+fn addauth(user: &str) -> Request {
+    Request::Auth(zk_wire::records::AuthPacket {
+        auth_type: 0,
+        scheme: "digest".into(),
+        auth: format!("{user}:secret").into_bytes(),
+    })
+}
+
+/// Finding: every distinct digest id a connection added was kept, and all
+/// were re-sorted on each addauth (with 900 KB ids the 40th took seconds,
+/// and memory grew by the id's size each time). Now a connection holds a
+/// bounded number of ids of bounded size: past either bound the addauth is
+/// answered AuthFailed and the connection closes, as ZooKeeper does for any
+/// failed addauth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn addauth_floods_are_bounded() {
+    let dir = TempDir::new("adv-addauth");
+    let (server, addr) = start_coordinator(&["--4lw-whitelist", "*"], dir.path());
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let before = rss(server.pid());
+
+    // Many small distinct ids: refused once the connection holds the bound.
+    let mut c = connect(addr).await;
+    let t = Instant::now();
+    let mut accepted = 0;
+    let mut refused_at = None;
+    for i in 0..1000 {
+        let r = match within("addauth", c.call(&addauth(&format!("user{i}")))).await {
+            Ok(r) => r,
+            Err(e) => panic!("addauth {i}: {e}"),
+        };
+        if r.err == 0 {
+            accepted += 1;
+        } else {
+            assert_eq!(r.err, zk_wire::ErrorCode::AuthFailed.as_i32(), "addauth {i}");
+            refused_at = Some(i);
+            break;
+        }
+    }
+    println!("small ids: {accepted} accepted, refused at {refused_at:?}, {:?}", t.elapsed());
+    assert!(refused_at.is_some(), "1000 distinct ids were all kept by one connection");
+    assert!(c.closed_within(Duration::from_secs(5)).await, "the connection stayed open after AuthFailed");
+
+    // Huge ids: refused at once, without holding them.
+    let mut c = connect(addr).await;
+    let huge = "u".repeat(900_000);
+    let t = Instant::now();
+    let r = call(&mut c, addauth(&huge)).await;
+    println!("one 900 KB id: err {} after {:?}", r.err, t.elapsed());
+    assert_eq!(r.err, zk_wire::ErrorCode::AuthFailed.as_i32(), "a 900 KB digest id was accepted");
+    assert!(c.closed_within(Duration::from_secs(5)).await, "the connection stayed open after AuthFailed");
+
+    // And many connections each sending one huge id cost nothing lasting.
+    for _ in 0..40 {
+        let mut c = connect(addr).await;
+        let _ = within("addauth", c.call(&addauth(&huge))).await;
+    }
+    others_are_served(addr).await;
+    let after = rss(server.pid());
+    println!("RSS: {} MB before, {} MB after 40 huge addauths", before >> 20, after >> 20);
+    assert!(after < before + 64 * 1024 * 1024, "addauth floods cost {} MB", (after - before) >> 20);
+}
+
+/// Finding: once a connection was condemned (its client not reading), each
+/// further frame for it logged a WARN, so a burst of replies or a watch
+/// storm became a log storm. Now the condemnation is logged once and the
+/// dropped frames once more, as a count, when the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_condemned_connection_is_logged_once() {
+    let dir = TempDir::new("adv-logonce");
+    let (mut server, addr, big) = server_with_big_node(&dir, &[]).await;
+    // 300 replies of 1 MB asked for, never read: the queue's 64 MiB cap
+    // condemns the connection after about 64 of them.
+    let _hog = hog(addr, &big, 300).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    others_are_served(addr).await;
+    let log = server.log_text();
+    let warns = log.lines().filter(|l| l.contains("is not reading its replies")).count();
+    println!("{warns} 'not reading' lines, {} log lines in all", log.lines().count());
+    assert_eq!(warns, 1, "one condemned connection logged {warns} times");
+    assert!(log.lines().count() < 50, "the log grew to {} lines", log.lines().count());
+    // The count of what was dropped comes once, when the socket closes.
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some(), "SIGTERM did not stop the server");
+    let log = server.log_text();
+    let counted = log.lines().filter(|l| l.contains("frames dropped after the connection was condemned")).count();
+    assert!(counted <= 1, "the dropped frames were reported {counted} times");
+}
