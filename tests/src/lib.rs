@@ -2,6 +2,8 @@
 //! processes, on port 0, each in its own scratch directory, killed when the
 //! test ends however it ends.
 
+pub mod linearizability;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
