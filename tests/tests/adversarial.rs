@@ -16,7 +16,7 @@
 //! same drill runs against it too. docs/faults.md records what each hostile
 //! input cost when these tests were written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -462,4 +462,358 @@ async fn a_condemned_connection_is_logged_once() {
     let log = server.log_text();
     let counted = log.lines().filter(|l| l.contains("frames dropped after the connection was condemned")).count();
     assert!(counted <= 1, "the dropped frames were reported {counted} times");
+}
+
+// ---- the random suite: many sessions, pipelined, under faults ----------------
+
+mod chaos {
+    use super::*;
+    use e2e_tests::linearizability::{self as lin, Event, Op, Outcome, Reg};
+    use parking_lot::Mutex;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+    use std::sync::Arc;
+    use zk_wire::records::SetDataRequest;
+
+    pub const REGISTERS: usize = 3;
+    pub const WORKERS: usize = 4;
+    /// The session timeout workers ask for: short, so expiry is a fault
+    /// the suite can afford to cause.
+    pub const SESSION_MS: i32 = 1000;
+
+    pub const CMD_NONE: u8 = 0;
+    /// Drop the TCP connection and resume the session on a new one.
+    pub const CMD_DROP: u8 = 1;
+    /// Go silent past the session timeout, so the server expires it.
+    pub const CMD_SILENT: u8 = 2;
+
+    pub struct Shared {
+        pub addr: SocketAddr,
+        pub dir: String,
+        pub history: Mutex<Vec<Vec<Event>>>,
+        pub acked: Mutex<BTreeSet<String>>,
+        pub sessions: Mutex<Vec<Option<(i64, Vec<u8>)>>>,
+        pub commands: Vec<AtomicU8>,
+        /// Workers hold it shared while they send and read a batch; the
+        /// test takes it exclusively to check invariants on a quiet server.
+        pub gate: tokio::sync::RwLock<()>,
+        pub stop: AtomicBool,
+        pub violations: Mutex<Vec<String>>,
+        pub ops: std::sync::atomic::AtomicU64,
+        pub lost: std::sync::atomic::AtomicU64,
+    }
+
+    impl Shared {
+        pub fn new(addr: SocketAddr, dir: String) -> Shared {
+            Shared {
+                addr,
+                dir,
+                history: Mutex::new(vec![Vec::new(); REGISTERS]),
+                acked: Mutex::new(BTreeSet::new()),
+                sessions: Mutex::new(vec![None; WORKERS]),
+                commands: (0..WORKERS).map(|_| AtomicU8::new(CMD_NONE)).collect(),
+                gate: tokio::sync::RwLock::new(()),
+                stop: AtomicBool::new(false),
+                violations: Mutex::new(Vec::new()),
+                ops: Default::default(),
+                lost: Default::default(),
+            }
+        }
+
+        pub fn register(&self, r: usize) -> String {
+            format!("{}/reg-{r}", self.dir)
+        }
+
+        fn violation(&self, what: String) {
+            self.violations.lock().push(what);
+        }
+    }
+
+    /// One request of a batch, and what to record of its reply.
+    enum Planned {
+        Reg(usize, Op),
+        Persistent(String),
+        Ephemeral,
+    }
+
+    fn set_data(path: &str, value: u64, version: i32) -> Request {
+        Request::SetData(SetDataRequest { path: path.into(), data: Some(value.to_string().into_bytes()), version })
+    }
+
+    fn outcome(op: Op, r: &zk_wire::client::Reply) -> Outcome {
+        match (op, r.err, &r.body) {
+            (Op::Read, 0, zk_wire::Response::GetData(d)) => {
+                let value = d.data.as_deref().and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok());
+                match value {
+                    Some(value) => Outcome::Read(Reg { value, version: d.stat.version }),
+                    None => Outcome::Unknown,
+                }
+            }
+            (Op::Write(_) | Op::Cas { .. }, 0, zk_wire::Response::Stat(s)) => Outcome::Written(s.stat.version),
+            (Op::Cas { .. }, e, _) if e == zk_wire::ErrorCode::BadVersion.as_i32() => Outcome::BadVersion,
+            // Anything else (an error this model has no place for): it
+            // constrains nothing.
+            _ => Outcome::Unknown,
+        }
+    }
+
+    /// Connects, resuming the worker's session when it still exists.
+    async fn connect_worker(sh: &Shared, w: usize, max_zxid: i64) -> Option<Client> {
+        let session = sh.sessions.lock()[w].clone();
+        let base = ConnectOptions {
+            timeout_ms: SESSION_MS,
+            io_timeout: Duration::from_secs(3),
+            last_zxid_seen: max_zxid,
+            ..ConnectOptions::default()
+        };
+        if let Some((id, passwd)) = session {
+            let opts = ConnectOptions { session_id: id, passwd, ..base.clone() };
+            let c = Client::connect(sh.addr, opts).await.ok()?;
+            if c.handshake().time_out != 0 {
+                return Some(c);
+            }
+            sh.sessions.lock()[w] = None;
+        }
+        let c = Client::connect(sh.addr, base).await.ok()?;
+        if c.handshake().time_out == 0 {
+            return None;
+        }
+        sh.sessions.lock()[w] = Some((c.session_id(), c.passwd().to_vec()));
+        Some(c)
+    }
+
+    pub async fn worker(sh: Arc<Shared>, w: usize, seed: u64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut client: Option<Client> = None;
+        let mut max_zxid = 0i64;
+        let mut seq = 0u64;
+        let mut next_xid = 0i32;
+        let mut versions = [0i32; REGISTERS];
+        while !sh.stop.load(Ordering::Relaxed) {
+            match sh.commands[w].swap(CMD_NONE, Ordering::Relaxed) {
+                CMD_DROP => client = None,
+                CMD_SILENT => tokio::time::sleep(Duration::from_millis(SESSION_MS as u64 * 2 + 500)).await,
+                _ => {}
+            }
+            let _gate = sh.gate.read().await;
+            let Some(c) = client.as_mut() else {
+                client = connect_worker(&sh, w, max_zxid).await;
+                if client.is_none() {
+                    drop(_gate);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            };
+            // Paced, so the history stays small enough to check (the search
+            // is exponential in the worst case; a few thousand operations
+            // per register check in well under a second).
+            tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
+            let n = rng.random_range(1..=8);
+            let mut plan = Vec::with_capacity(n);
+            let mut burst = Vec::new();
+            let mut xids = Vec::with_capacity(n);
+            for _ in 0..n {
+                seq += 1;
+                next_xid += 1;
+                let xid = next_xid;
+                let value = (w as u64) * 1_000_000_000 + seq;
+                let (planned, req) = match rng.random_range(0..10) {
+                    0..=2 => {
+                        let r = rng.random_range(0..REGISTERS);
+                        (Planned::Reg(r, Op::Read), get_data(&sh.register(r)))
+                    }
+                    3..=4 => {
+                        let r = rng.random_range(0..REGISTERS);
+                        (Planned::Reg(r, Op::Write(value)), set_data(&sh.register(r), value, -1))
+                    }
+                    5..=6 => {
+                        let r = rng.random_range(0..REGISTERS);
+                        let expected = versions[r];
+                        (Planned::Reg(r, Op::Cas { value, expected }), set_data(&sh.register(r), value, expected))
+                    }
+                    7..=8 => {
+                        let p = format!("{}/p-{w}-{seq}", sh.dir);
+                        (Planned::Persistent(p.clone()), create(&p, b"", CreateMode::Persistent))
+                    }
+                    _ => (Planned::Ephemeral, create(&format!("{}/e-{w}-{seq}", sh.dir), b"", CreateMode::Ephemeral)),
+                };
+                c.expect_reply(xid, req.op_code());
+                burst.extend_from_slice(&request_frame(xid, &req));
+                xids.push(xid);
+                plan.push(planned);
+            }
+            let called = Instant::now();
+            let sent = c.send_raw(&burst).await.is_ok();
+            let mut answered = 0;
+            if sent {
+                while answered < n {
+                    match c.recv().await {
+                        Ok(Message::Event { .. }) => {}
+                        Ok(Message::Reply(r)) => {
+                            let returned = Instant::now();
+                            if r.xid != xids[answered] {
+                                sh.violation(format!("worker {w}: reply to xid {} when {} was next", r.xid, xids[answered]));
+                            }
+                            if r.zxid < max_zxid {
+                                sh.violation(format!("worker {w}: zxid {:#x} after {max_zxid:#x}", r.zxid));
+                            }
+                            max_zxid = max_zxid.max(r.zxid);
+                            match &plan[answered] {
+                                Planned::Reg(reg, op) => {
+                                    let out = outcome(*op, &r);
+                                    match out {
+                                        Outcome::Read(s) => versions[*reg] = s.version,
+                                        Outcome::Written(v) => versions[*reg] = v,
+                                        _ => {}
+                                    }
+                                    sh.history.lock()[*reg].push(Event {
+                                        op: *op,
+                                        outcome: out,
+                                        called,
+                                        returned: Some(returned),
+                                    });
+                                }
+                                Planned::Persistent(p) if r.err == 0 => {
+                                    sh.acked.lock().insert(p.clone());
+                                }
+                                _ => {}
+                            }
+                            answered += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            sh.ops.fetch_add(answered as u64, Ordering::Relaxed);
+            if answered < n {
+                // The connection broke: what was not answered may or may
+                // not have been carried out.
+                sh.lost.fetch_add((n - answered) as u64, Ordering::Relaxed);
+                for p in &plan[answered..] {
+                    if let Planned::Reg(reg, op) = p {
+                        sh.history.lock()[*reg].push(Event { op: *op, outcome: Outcome::Unknown, called, returned: None });
+                    }
+                }
+                client = None;
+            }
+        }
+    }
+
+    /// Every linearizability failure, by register.
+    pub fn check_histories(sh: &Shared) -> Vec<String> {
+        let history = sh.history.lock();
+        let mut bad = Vec::new();
+        for (r, h) in history.iter().enumerate() {
+            let t = Instant::now();
+            let ok = lin::check(Reg { value: 0, version: 0 }, h);
+            println!("register {r}: {} operations, linearizable: {ok}, checked in {:?}", h.len(), t.elapsed());
+            if !ok {
+                bad.push(format!("register {r}'s history is not linearizable"));
+            }
+        }
+        bad
+    }
+}
+
+/// Random pipelined reads, writes, conditional writes and creates from
+/// several sessions, with a fault between phases: a session closed from
+/// another connection, a connection dropped, a session expired, the server
+/// killed (-9) and restarted on its data dir. After every fault, on a quiet
+/// server: every ephemeral's owner is a live session, every acknowledged
+/// create is present, memory is bounded; all along, each connection's
+/// replies come in request order with zxids that never go back; at the
+/// end, each register's history is linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_operations_under_faults_keep_every_promise() {
+    use chaos::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    let started = Instant::now();
+    let dir = TempDir::new("adv-chaos");
+    let (mut server, addr, data) = coordinator_with_data(&dir);
+    let base = make_parent(addr, "chaos").await;
+    let sh = Arc::new(Shared::new(addr, base.clone()));
+    {
+        let mut c = connect(addr).await;
+        for r in 0..REGISTERS {
+            assert_eq!(call(&mut c, create(&sh.register(r), b"0", CreateMode::Persistent)).await.err, 0);
+        }
+        let _ = within("close", c.call(&Request::CloseSession)).await;
+    }
+    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("CHAOS_SEED={seed}");
+    let workers: Vec<_> =
+        (0..WORKERS).map(|w| tokio::spawn(worker(sh.clone(), w, seed.wrapping_add(w as u64)))).collect();
+
+    let faults = ["none", "close", "drop", "expire", "kill", "close", "expire", "kill", "drop", "none"];
+    let mut peak_rss = 0u64;
+    for (phase, fault) in faults.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let w = phase % WORKERS;
+        match *fault {
+            "close" => {
+                let session = sh.sessions.lock()[w].clone();
+                if let Some((id, passwd)) = session {
+                    let opts = ConnectOptions { session_id: id, passwd, ..ConnectOptions::default() };
+                    if let Ok(mut c) = within("re-attach", Client::connect(addr, opts)).await {
+                        if c.handshake().time_out != 0 {
+                            let _ = within("close a worker's session", c.call(&Request::CloseSession)).await;
+                        }
+                    }
+                }
+            }
+            "drop" => sh.commands[w].store(CMD_DROP, Ordering::Relaxed),
+            "expire" => {
+                sh.commands[w].store(CMD_SILENT, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(SESSION_MS as u64 * 2 + 800)).await;
+            }
+            "kill" => {
+                server.kill9();
+                server = Proc::spawn(
+                    "coordinator",
+                    &["--listen", &addr.to_string(), "--data-dir", &data, "--4lw-whitelist", "*", "--tick-time", "200"],
+                    dir.path(),
+                );
+                server.wait_line("coordinator listening on", Duration::from_secs(20));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Checks on a quiet server: no batch is in flight.
+        let _quiet = within("quiesce the workers", sh.gate.write()).await;
+        let when = format!("phase {phase} ({fault})");
+        assert_no_orphans(addr, &when).await;
+        let present: BTreeSet<String> = list(addr, &base).await.into_iter().map(|c| format!("{base}/{c}")).collect();
+        let acked = sh.acked.lock().clone();
+        let missing: Vec<_> = acked.difference(&present).collect();
+        assert!(missing.is_empty(), "{when}: acknowledged creates missing: {missing:?}");
+        let violations = sh.violations.lock().clone();
+        assert!(violations.is_empty(), "{when}: {violations:?}");
+        let mem = rss(server.pid());
+        peak_rss = peak_rss.max(mem);
+        assert!(mem < 256 * 1024 * 1024, "{when}: the server's RSS is {} MB", mem >> 20);
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        within("a worker to stop", w).await.expect("worker");
+    }
+    println!(
+        "{} operations answered, {} lost to faults, {} acknowledged creates, peak RSS {} MB, {:?}",
+        sh.ops.load(Ordering::Relaxed),
+        sh.lost.load(Ordering::Relaxed),
+        sh.acked.lock().len(),
+        peak_rss >> 20,
+        started.elapsed()
+    );
+    let checked = tokio::task::spawn_blocking({
+        let sh = sh.clone();
+        move || check_histories(&sh)
+    });
+    let bad = tokio::time::timeout(Duration::from_secs(60), checked)
+        .await
+        .unwrap_or_else(|_| panic!("the linearizability check took over 60 s (CHAOS_SEED={seed})"))
+        .expect("the checker");
+    assert!(bad.is_empty(), "{bad:?} (CHAOS_SEED={seed})");
 }
