@@ -817,3 +817,94 @@ async fn random_operations_under_faults_keep_every_promise() {
         .expect("the checker");
     assert!(bad.is_empty(), "{bad:?} (CHAOS_SEED={seed})");
 }
+
+/// A raw socket with a handshake done (its answer read), for clients that
+/// misbehave below what [`Client`] allows.
+async fn raw_session(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = within("connect", tokio::net::TcpStream::connect(addr)).await.expect("connect");
+    let req = zk_wire::records::ConnectRequest {
+        protocol_version: 0,
+        last_zxid_seen: 0,
+        time_out: 10_000,
+        session_id: 0,
+        passwd: vec![0; 16],
+        read_only: Some(false),
+    };
+    let mut out = Vec::new();
+    let at = start_frame(&mut out);
+    req.write(&mut out);
+    finish_frame(&mut out, at);
+    within("handshake", s.write_all(&out)).await.expect("send the handshake");
+    let mut len = [0u8; 4];
+    within("handshake answer", s.read_exact(&mut len)).await.expect("the handshake's answer");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    within("handshake answer", s.read_exact(&mut body)).await.expect("the handshake's answer");
+    s
+}
+
+/// Reads frames until EOF (or `want` frames), `chunk` bytes at a time with
+/// `pause` between reads; returns the xids of the replies, in order.
+async fn read_frames(s: &mut tokio::net::TcpStream, want: usize, chunk: usize, pause: Duration) -> Vec<i32> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut xids = Vec::new();
+    let mut scratch = vec![0u8; chunk];
+    while xids.len() < want {
+        let n = within("read", s.read(&mut scratch)).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&scratch[..n]);
+        while buf.len() >= 8 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            xids.push(i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]));
+            buf.drain(..4 + len);
+        }
+        tokio::time::sleep(pause).await;
+    }
+    xids
+}
+
+/// A client that reads slowly but steadily keeps its connection (the write
+/// deadline is on progress, not on the whole reply), gets every reply in
+/// order, and costs bounded memory; one that half-closes its socket after
+/// pipelining is closed promptly, with what it was answered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_half_closed_readers() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("adv-slow");
+    let (server, addr, big) = server_with_big_node(&dir, &[]).await;
+    let before = rss(server.pid());
+
+    let mut slow = raw_session(addr).await;
+    let mut burst = Vec::new();
+    for xid in 1..=20 {
+        burst.extend_from_slice(&request_frame(xid, &get_data(&big)));
+    }
+    within("send", slow.write_all(&burst)).await.expect("send");
+    let t = Instant::now();
+    let xids = read_frames(&mut slow, 20, 64 * 1024, Duration::from_millis(10)).await;
+    println!("slow reader: {} replies of 1 MB in {:?}, peak RSS {} MB", xids.len(), t.elapsed(), rss(server.pid()) >> 20);
+    assert_eq!(xids, (1..=20).collect::<Vec<_>>(), "a slow but steady reader lost replies or got them out of order");
+
+    let mut half = raw_session(addr).await;
+    let mut burst = Vec::new();
+    for xid in 1..=50 {
+        burst.extend_from_slice(&request_frame(xid, &get_data(&big)));
+    }
+    within("send", half.write_all(&burst)).await.expect("send");
+    within("half-close", half.shutdown()).await.expect("shutdown(Write)");
+    let t = Instant::now();
+    let xids = read_frames(&mut half, usize::MAX, 1 << 20, Duration::ZERO).await;
+    println!("half-closed: {} replies, then closed after {:?}", xids.len(), t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10), "a half-closed client's socket stayed open");
+    assert!(xids.iter().zip(1..).all(|(x, want)| *x == want), "replies out of order: {xids:?}");
+    others_are_served(addr).await;
+    let after = rss(server.pid());
+    println!("RSS: {} MB before, {} MB after", before >> 20, after >> 20);
+    assert!(after < before + 160 * 1024 * 1024, "slow readers cost {} MB", (after - before) >> 20);
+}
