@@ -263,7 +263,11 @@ impl Core {
         });
         for id in &orphans {
             let count = self.with_tree(|t| t.ephemerals_of(*id).count());
-            tracing::warn!(session = format!("{id:#x}"), ephemerals = count, "deleting the ephemerals of a session that is gone");
+            tracing::warn!(
+                session = format!("{id:#x}"),
+                ephemerals = count,
+                "deleting the ephemerals of a session that is gone"
+            );
             self.commit(*id, 0, |_, _| Txn::CloseSession, |_, _| ());
         }
         orphans.len()
@@ -750,15 +754,16 @@ impl Core {
                     for op in ops {
                         // Each result: a multi header (type, done, err), then
                         // the body.
-                        size += 12 + match op {
-                            MultiOp::GetData(r) => tree.get(&r.path).map_or(0, |n| {
-                                4 + n.data().map_or(0, <[u8]>::len) + STAT_BYTES
-                            }),
-                            MultiOp::GetChildren(r) => tree
-                                .get(&r.path)
-                                .map_or(0, |n| 4 + n.children().iter().map(|c| 4 + c.len()).sum::<usize>()),
-                            _ => 0,
-                        };
+                        size += 12
+                            + match op {
+                                MultiOp::GetData(r) => {
+                                    tree.get(&r.path).map_or(0, |n| 4 + n.data().map_or(0, <[u8]>::len) + STAT_BYTES)
+                                }
+                                MultiOp::GetChildren(r) => tree
+                                    .get(&r.path)
+                                    .map_or(0, |n| 4 + n.children().iter().map(|c| 4 + c.len()).sum::<usize>()),
+                                _ => 0,
+                            };
                         if size > limit {
                             tracing::info!(
                                 session = format!("{:#x}", client.session_id),
@@ -1048,7 +1053,8 @@ mod tests {
     /// next recovery replays the same deletion.
     #[test]
     fn recovery_closes_the_sessions_of_orphan_ephemerals() {
-        let dir = std::env::temp_dir().join(format!("coord-core-orphans-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir =
+            std::env::temp_dir().join(format!("coord-core-orphans-{}-{}", std::process::id(), rand::random::<u32>()));
         {
             let rec = Storage::open(&dir).unwrap();
             let txns = [

@@ -214,9 +214,7 @@ mod tests {
     fn history(spec: &[(Op, Outcome, u64, Option<u64>)]) -> Vec<Event> {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        spec.iter()
-            .map(|&(op, outcome, c, r)| Event { op, outcome, called: at(c), returned: r.map(at) })
-            .collect()
+        spec.iter().map(|&(op, outcome, c, r)| Event { op, outcome, called: at(c), returned: r.map(at) }).collect()
     }
 
     fn read(value: u64, version: i32) -> Outcome {

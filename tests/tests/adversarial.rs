@@ -41,7 +41,13 @@ fn open_acl() -> Vec<Acl> {
 fn create(path: &str, data: &[u8], mode: CreateMode) -> Request {
     Request::Create(
         OpCode::Create,
-        CreateTtlRequest { path: path.into(), data: Some(data.to_vec()), acl: open_acl(), flags: mode.as_i32(), ttl: 0 },
+        CreateTtlRequest {
+            path: path.into(),
+            data: Some(data.to_vec()),
+            acl: open_acl(),
+            flags: mode.as_i32(),
+            ttl: 0,
+        },
     )
 }
 
@@ -187,8 +193,7 @@ async fn make_parent(addr: SocketAddr, name: &str) -> String {
 
 fn coordinator_with_data(dir: &TempDir) -> (Proc, SocketAddr, String) {
     let data = dir.path().join("data").to_str().expect("utf-8").to_string();
-    let (p, addr) =
-        start_coordinator(&["--data-dir", &data, "--4lw-whitelist", "*", "--tick-time", "200"], dir.path());
+    let (p, addr) = start_coordinator(&["--data-dir", &data, "--4lw-whitelist", "*", "--tick-time", "200"], dir.path());
     (p, addr.parse().expect("addr"), data)
 }
 
@@ -279,10 +284,8 @@ async fn refused(addr: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_never_read_are_bounded() {
     let dir = TempDir::new("adv-noread");
-    let (mut server, addr) = start_coordinator(
-        &["--max-client-connections", "2", "--tick-time", "500", "--4lw-whitelist", "*"],
-        dir.path(),
-    );
+    let (mut server, addr) =
+        start_coordinator(&["--max-client-connections", "2", "--tick-time", "500", "--4lw-whitelist", "*"], dir.path());
     let addr: SocketAddr = addr.parse().expect("addr");
     let pid = server.pid();
     let big = format!("/{}", testkit::unique("big"));
@@ -360,7 +363,9 @@ async fn a_huge_multiread_fails_cleanly() {
     let before = rss(server.pid());
     let mut c = connect(addr).await;
     let ops = |n: usize| {
-        Request::MultiRead((0..n).map(|_| MultiOp::GetData(PathWatchRequest { path: big.clone(), watch: false })).collect())
+        Request::MultiRead(
+            (0..n).map(|_| MultiOp::GetData(PathWatchRequest { path: big.clone(), watch: false })).collect(),
+        )
     };
     let t = Instant::now();
     let r = call(&mut c, ops(5000)).await;
@@ -476,6 +481,8 @@ mod chaos {
     use std::sync::Arc;
     use zk_wire::records::SetDataRequest;
 
+    pub type Credentials = (i64, Vec<u8>);
+
     pub const REGISTERS: usize = 3;
     pub const WORKERS: usize = 4;
     /// The session timeout workers ask for: short, so expiry is a fault
@@ -493,7 +500,8 @@ mod chaos {
         pub dir: String,
         pub history: Mutex<Vec<Vec<Event>>>,
         pub acked: Mutex<BTreeSet<String>>,
-        pub sessions: Mutex<Vec<Option<(i64, Vec<u8>)>>>,
+        /// Each worker's session (id, password), once it has one.
+        pub sessions: Mutex<Vec<Option<Credentials>>>,
         pub commands: Vec<AtomicU8>,
         /// Workers hold it shared while they send and read a batch; the
         /// test takes it exclusively to check invariants on a quiet server.
@@ -653,7 +661,10 @@ mod chaos {
                         Ok(Message::Reply(r)) => {
                             let returned = Instant::now();
                             if r.xid != xids[answered] {
-                                sh.violation(format!("worker {w}: reply to xid {} when {} was next", r.xid, xids[answered]));
+                                sh.violation(format!(
+                                    "worker {w}: reply to xid {} when {} was next",
+                                    r.xid, xids[answered]
+                                ));
                             }
                             if r.zxid < max_zxid {
                                 sh.violation(format!("worker {w}: zxid {:#x} after {max_zxid:#x}", r.zxid));
@@ -692,7 +703,12 @@ mod chaos {
                 sh.lost.fetch_add((n - answered) as u64, Ordering::Relaxed);
                 for p in &plan[answered..] {
                     if let Planned::Reg(reg, op) = p {
-                        sh.history.lock()[*reg].push(Event { op: *op, outcome: Outcome::Unknown, called, returned: None });
+                        sh.history.lock()[*reg].push(Event {
+                            op: *op,
+                            outcome: Outcome::Unknown,
+                            called,
+                            returned: None,
+                        });
                     }
                 }
                 client = None;
@@ -888,7 +904,12 @@ async fn slow_and_half_closed_readers() {
     within("send", slow.write_all(&burst)).await.expect("send");
     let t = Instant::now();
     let xids = read_frames(&mut slow, 20, 64 * 1024, Duration::from_millis(10)).await;
-    println!("slow reader: {} replies of 1 MB in {:?}, peak RSS {} MB", xids.len(), t.elapsed(), rss(server.pid()) >> 20);
+    println!(
+        "slow reader: {} replies of 1 MB in {:?}, peak RSS {} MB",
+        xids.len(),
+        t.elapsed(),
+        rss(server.pid()) >> 20
+    );
     assert_eq!(xids, (1..=20).collect::<Vec<_>>(), "a slow but steady reader lost replies or got them out of order");
 
     let mut half = raw_session(addr).await;
