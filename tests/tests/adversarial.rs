@@ -929,3 +929,33 @@ async fn slow_and_half_closed_readers() {
     println!("RSS: {} MB before, {} MB after", before >> 20, after >> 20);
     assert!(after < before + 160 * 1024 * 1024, "slow readers cost {} MB", (after - before) >> 20);
 }
+
+/// The fatal-log-error exit (the log cannot write: the server stops so that
+/// no acknowledged write can be lost, and a supervisor restarts it) must
+/// complete whatever clients do. Here the log's failure is signalled as
+/// the log thread signals it, while a client is stuck mid-reply; before,
+/// the server waited for that client forever and never exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fatal_log_exit_is_bounded_with_a_stuck_reader() {
+    use std::sync::Arc;
+    let dir = TempDir::new("adv-fatal");
+    let config =
+        testkit::CoordinatorConfig { data_dir: Some(dir.path().join("data")), ..testkit::CoordinatorConfig::for_tests() };
+    let core = Arc::new(coordinator::core::Core::open(config).expect("open the data dir"));
+    let failed = core.storage.as_ref().expect("a data dir").failed.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(coordinator::serve(listener, core.clone(), std::future::pending::<()>()));
+    let big = format!("/{}", testkit::unique("big"));
+    let mut c = connect(addr).await;
+    assert_eq!(call(&mut c, create(&big, &vec![7u8; 1_000_000], CreateMode::Persistent)).await.err, 0);
+    let _stuck = hog(addr, &big, 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    failed.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), server).await;
+    println!("fatal log error with a stuck reader: stopped after {:?}", t.elapsed());
+    let result = result.expect("the server did not stop within 10 s of a fatal log error").expect("join");
+    assert!(result.is_err(), "a fatal log error must end the server with an error");
+    assert!(t.elapsed() < Duration::from_secs(5), "stopping took {:?}", t.elapsed());
+}
