@@ -313,10 +313,10 @@ impl Core {
 
     /// Forgets a closed connection: its watches go (they belong to the
     /// connection), its session stays until it expires or is reattached.
-    /// Its per-IP slot is kept until [`Core::release_slot`]: the socket may
-    /// still be open while the writer flushes.
+    /// It stays listed, and keeps its per-IP slot, until
+    /// [`Core::release_slot`]: the socket may still be open while the
+    /// writer flushes.
     pub fn unregister_conn(&self, conn: &ConnShared) {
-        self.conns.lock().remove(&conn.id);
         self.watches.lock().remove_conn(conn.id);
         let sid = conn.session_id.load(Ordering::Relaxed);
         if sid != 0 {
@@ -331,7 +331,9 @@ impl Core {
     /// Gives a connection's per-IP slot back, once its socket is closed.
     /// Freeing it earlier (when the reader stops) let a client that never
     /// reads hold any number of open sockets past the limit.
+    /// Until then it is listed (`srvr`, `cons`) as the open socket it is.
     pub fn release_slot(&self, conn: &ConnShared) {
+        self.conns.lock().remove(&conn.id);
         let mut per_ip = self.per_ip.lock();
         if let Some(n) = per_ip.get_mut(&conn.peer.ip()) {
             *n -= 1;
