@@ -494,6 +494,10 @@ mod chaos {
     pub const CMD_DROP: u8 = 1;
     /// Go silent past the session timeout, so the server expires it.
     pub const CMD_SILENT: u8 = 2;
+    /// Pipeline a burst of ephemeral creates (the test then closes the
+    /// session from another connection while they are being carried out).
+    pub const CMD_BURST: u8 = 3;
+    const BURST: usize = 2000;
 
     pub struct Shared {
         pub addr: SocketAddr,
@@ -510,6 +514,8 @@ mod chaos {
         pub violations: Mutex<Vec<String>>,
         pub ops: std::sync::atomic::AtomicU64,
         pub lost: std::sync::atomic::AtomicU64,
+        /// Set by a worker once its burst is on the wire.
+        pub burst_sent: AtomicBool,
     }
 
     impl Shared {
@@ -526,6 +532,7 @@ mod chaos {
                 violations: Mutex::new(Vec::new()),
                 ops: Default::default(),
                 lost: Default::default(),
+                burst_sent: AtomicBool::new(false),
             }
         }
 
@@ -599,7 +606,8 @@ mod chaos {
         let mut next_xid = 0i32;
         let mut versions = [0i32; REGISTERS];
         while !sh.stop.load(Ordering::Relaxed) {
-            match sh.commands[w].swap(CMD_NONE, Ordering::Relaxed) {
+            let command = sh.commands[w].swap(CMD_NONE, Ordering::Relaxed);
+            match command {
                 CMD_DROP => client = None,
                 CMD_SILENT => tokio::time::sleep(Duration::from_millis(SESSION_MS as u64 * 2 + 500)).await,
                 _ => {}
@@ -616,8 +624,12 @@ mod chaos {
             // Paced, so the history stays small enough to check (the search
             // is exponential in the worst case; a few thousand operations
             // per register check in well under a second).
-            tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
-            let n = rng.random_range(1..=8);
+            let n = if command == CMD_BURST {
+                BURST
+            } else {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
+                rng.random_range(1..=8)
+            };
             let mut plan = Vec::with_capacity(n);
             let mut burst = Vec::new();
             let mut xids = Vec::with_capacity(n);
@@ -626,7 +638,8 @@ mod chaos {
                 next_xid += 1;
                 let xid = next_xid;
                 let value = (w as u64) * 1_000_000_000 + seq;
-                let (planned, req) = match rng.random_range(0..10) {
+                let pick = if command == CMD_BURST { 9 } else { rng.random_range(0..10) };
+                let (planned, req) = match pick {
                     0..=2 => {
                         let r = rng.random_range(0..REGISTERS);
                         (Planned::Reg(r, Op::Read), get_data(&sh.register(r)))
@@ -653,6 +666,9 @@ mod chaos {
             }
             let called = Instant::now();
             let sent = c.send_raw(&burst).await.is_ok();
+            if command == CMD_BURST {
+                sh.burst_sent.store(true, Ordering::SeqCst);
+            }
             let mut answered = 0;
             if sent {
                 while answered < n {
@@ -770,6 +786,14 @@ async fn random_operations_under_faults_keep_every_promise() {
         let w = phase % WORKERS;
         match *fault {
             "close" => {
+                // While the worker's burst of ephemeral creates is being
+                // carried out: the orphan drill, at random.
+                sh.burst_sent.store(false, Ordering::SeqCst);
+                sh.commands[w].store(CMD_BURST, Ordering::Relaxed);
+                let t = Instant::now();
+                while !sh.burst_sent.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 let session = sh.sessions.lock()[w].clone();
                 if let Some((id, passwd)) = session {
                     let opts = ConnectOptions { session_id: id, passwd, ..ConnectOptions::default() };
@@ -939,8 +963,10 @@ async fn slow_and_half_closed_readers() {
 async fn the_fatal_log_exit_is_bounded_with_a_stuck_reader() {
     use std::sync::Arc;
     let dir = TempDir::new("adv-fatal");
-    let config =
-        testkit::CoordinatorConfig { data_dir: Some(dir.path().join("data")), ..testkit::CoordinatorConfig::for_tests() };
+    let config = testkit::CoordinatorConfig {
+        data_dir: Some(dir.path().join("data")),
+        ..testkit::CoordinatorConfig::for_tests()
+    };
     let core = Arc::new(coordinator::core::Core::open(config).expect("open the data dir"));
     let failed = core.storage.as_ref().expect("a data dir").failed.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
