@@ -985,3 +985,54 @@ async fn the_fatal_log_exit_is_bounded_with_a_stuck_reader() {
     assert!(result.is_err(), "a fatal log error must end the server with an error");
     assert!(t.elapsed() < Duration::from_secs(5), "stopping took {:?}", t.elapsed());
 }
+
+/// The orphan drill with expiry as the end of the session: one connection
+/// pipelines ephemeral creates and the server expires the session meanwhile
+/// (through the function the expiry timer calls, on an in-process server:
+/// a session that keeps sending cannot time out by itself). No create read
+/// before the expiry may be carried out after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_runs_after_its_session_expires() {
+    use std::sync::Arc;
+    let core = Arc::new(coordinator::core::Core::open(testkit::CoordinatorConfig::for_tests()).expect("a server"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut left_total = 0;
+    for round in 0..5 {
+        let parent = make_parent(addr, "expiry-drill").await;
+        let mut c = connect(addr).await;
+        let session = c.session_id();
+        let mut burst = Vec::new();
+        for i in 0..3000 {
+            burst.extend_from_slice(&request_frame(
+                i + 1,
+                &create(&format!("{parent}/e-{i:06}"), b"", CreateMode::Ephemeral),
+            ));
+        }
+        let sender = async {
+            within("pipeline", c.send_raw(&burst)).await.expect("pipeline the creates");
+        };
+        let expirer = async {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let core = core.clone();
+            tokio::task::spawn_blocking(move || core.close_session(session, None)).await.expect("expire");
+        };
+        tokio::join!(sender, expirer);
+        assert!(c.closed_within(Duration::from_secs(10)).await, "the expired session's connection stayed open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let left = list(addr, &parent).await.len();
+        println!("round {round}: {left} ephemerals of the expired session left");
+        left_total += left;
+        let orphans = core.with_tree(|t| t.sessions_with_ephemerals().map(|(id, _)| *id).collect::<Vec<_>>());
+        let live: Vec<i64> = core.with_sessions(|s| s.iter().map(|s| s.id).collect());
+        let dead: Vec<_> = orphans.iter().filter(|id| !live.contains(id)).collect();
+        assert!(dead.is_empty(), "round {round}: ephemerals owned by sessions that are gone: {dead:x?}");
+    }
+    assert_eq!(left_total, 0, "ephemerals of an expired session survived");
+    let _ = stop_tx.send(());
+    within("stop", server).await.expect("join").expect("serve");
+}
