@@ -154,6 +154,10 @@ pub enum Handshake {
 
 pub struct Core {
     pub config: Config,
+    /// Lock order: `tree` first; `watches`, `sessions`, `conns` and
+    /// `per_ip` are held briefly, inside `tree` or alone. Whether a session
+    /// may still act (`Liveness`) is atomics, set under `sessions` and read
+    /// by the committer under `tree` with no further lock.
     tree: RwLock<DataTree>,
     watches: Mutex<WatchManager>,
     sessions: Mutex<Sessions>,
