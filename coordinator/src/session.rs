@@ -222,6 +222,24 @@ mod tests {
     }
 
     #[test]
+    fn only_the_attached_connection_of_a_live_session_may_act() {
+        let mut t = Sessions::new([0; 16], Duration::from_millis(50));
+        let id = t.open(Duration::from_secs(1));
+        let live = t.get(id).map(|s| s.live.clone()).expect("the session");
+        assert_eq!(live.check(1), Err(zk_wire::ErrorCode::SessionMoved), "no connection attached yet");
+        live.attach(1);
+        assert_eq!(live.check(1), Ok(()));
+        live.attach(2);
+        assert_eq!(live.check(1), Err(zk_wire::ErrorCode::SessionMoved));
+        assert_eq!(live.check(2), Ok(()));
+        live.end();
+        assert_eq!(live.check(2), Err(zk_wire::ErrorCode::SessionExpired));
+        // An ended session stays ended, whoever attaches.
+        live.attach(3);
+        assert_eq!(live.check(3), Err(zk_wire::ErrorCode::SessionExpired));
+    }
+
+    #[test]
     fn expiry_never_comes_before_the_timeout() {
         let mut t = Sessions::new([0; 16], Duration::from_millis(50));
         let id = t.open(Duration::from_millis(200));
