@@ -14,6 +14,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +29,12 @@ use zk_wire::Request;
 
 use crate::core::{Client, ConnShared, Core, Handshake, Outbound};
 use crate::fourlw;
+
+/// How long a connection may take to flush what is queued once the server
+/// shuts down. Shutdown must finish whatever clients do (a supervisor
+/// restarts a server that exits, not one that hangs), so a client that is
+/// not reading loses the rest of its replies after this.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationToken) {
@@ -45,8 +52,10 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     let span = tracing::debug_span!("conn", id = conn.id, %peer);
     let _enter = span.enter();
     drop(_enter);
-    let writer = tokio::spawn(write_loop(rx, wr, conn.queued(), core.durable()));
-    let reason = read_loop(&core, &conn, rd, shutdown).await;
+    // Before the handshake no session timeout is known: the longest one a
+    // client could negotiate bounds a write then.
+    let writer = tokio::spawn(write_loop(rx, wr, conn.clone(), core.durable(), core.config.max_session_timeout));
+    let reason = read_loop(&core, &conn, rd, shutdown.clone()).await;
     let session = conn.session_id.load(Ordering::Relaxed);
     match &reason {
         Ok(()) => {
@@ -58,19 +67,45 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     }
     core.unregister_conn(&conn);
     conn.close();
-    let _ = writer.await;
+    // The writer flushes what is queued and closes the socket; its write
+    // deadline bounds that. On shutdown it gets SHUTDOWN_GRACE at most, so
+    // the server stops in bounded time whatever the clients do.
+    let mut writer = writer;
+    let done = tokio::select! {
+        _ = &mut writer => true,
+        _ = shutdown.cancelled() => false,
+    };
+    if !done && tokio::time::timeout(SHUTDOWN_GRACE, &mut writer).await.is_err() {
+        writer.abort();
+        let _ = writer.await;
+    }
+    let dropped = conn.dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        tracing::info!(conn = conn.id, peer = %conn.peer, dropped, "frames dropped after the connection was condemned");
+    }
+    // Only now is the socket closed: the slot was the socket's, not the
+    // reader's.
+    core.release_slot(&conn);
 }
 
 /// Drains the outbound queue into the socket. A frame waits until the zxid
 /// it reflects is durable; frames are queued in zxid order per connection,
 /// so waiting for the last one of a batch covers them all. With group commit
 /// one fsync releases every reply that was waiting on it.
+///
+/// A write that makes no progress for the session's timeout closes the
+/// connection: a client that has not read for that long has already given
+/// the connection up (its pings would have gone unanswered), and without a
+/// deadline it would hold its socket, its queued replies and its per-IP
+/// slot for as long as it liked.
 async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     mut wr: OwnedWriteHalf,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    conn: Arc<ConnShared>,
     mut durable: watch::Receiver<i64>,
+    before_handshake: Duration,
 ) {
+    let queued = conn.queued();
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut closing = false;
     while !closing {
@@ -104,13 +139,38 @@ async fn write_loop(
             return;
         }
         let n = buf.len();
-        if wr.write_all(&buf).await.is_err() {
+        let deadline = match conn.timeout_ms.load(Ordering::Relaxed) {
+            0 => before_handshake,
+            ms => Duration::from_millis(ms),
+        };
+        if let Err(stalled) = write_by(&mut wr, &buf, deadline).await {
+            if stalled {
+                tracing::info!(conn = conn.id, peer = %conn.peer, ?deadline, "closing connection: the client has read nothing for its session timeout");
+            }
+            // The reader must stop too: nothing it answers can be sent.
+            conn.close();
             return;
         }
         queued.fetch_sub(n, Ordering::Relaxed);
         buf.clear();
     }
     let _ = wr.shutdown().await;
+}
+
+/// Writes all of `buf`, failing when one write makes no progress within
+/// `deadline` (a slow reader that keeps reading is fine; one that stopped
+/// is not). The error says whether the deadline passed (true) or the
+/// socket failed, as it does when the client goes away (false).
+async fn write_by(wr: &mut OwnedWriteHalf, buf: &[u8], deadline: Duration) -> Result<(), bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        match tokio::time::timeout(deadline, wr.write(&buf[at..])).await {
+            Err(_) => return Err(true),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(false),
+            Ok(Ok(n)) => at += n,
+        }
+    }
+    Ok(())
 }
 
 async fn read_loop(
@@ -123,8 +183,16 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(4096);
     let mut client: Option<Client> = None;
     loop {
-        // Everything already buffered is handled before reading more.
+        // Everything already buffered is handled before reading more, unless
+        // the connection has been condemned meanwhile (its session closed,
+        // expired or moved; shutdown): then what is still buffered is
+        // dropped unread. The committer refuses such requests anyway (see
+        // `Liveness::check`); stopping here saves the work and the replies
+        // no one will read.
         loop {
+            if conn.closed.is_cancelled() || shutdown.is_cancelled() {
+                return Ok(());
+            }
             if client.is_none() && buf.len() >= 4 {
                 let word = [buf[0], buf[1], buf[2], buf[3]];
                 if let Some(cmd) = fourlw::parse(&word) {
@@ -170,14 +238,17 @@ async fn read_loop(
                 }
             }
         }
+        // Biased: a condemned connection stops even while its client keeps
+        // the socket readable.
         tokio::select! {
+            biased;
+            _ = conn.closed.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(format!("read error: {e}")),
             },
-            _ = conn.closed.cancelled() => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }

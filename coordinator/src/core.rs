@@ -53,6 +53,18 @@ use crate::watch::{ConnId, Notification, WatchManager};
 /// server's memory without bound.
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
+/// The most identities one connection may hold (its `ip` id, `super`, and
+/// the digest ids it added). A real client adds one or two; ZooKeeper keeps
+/// every id it is given, so a client adding distinct ids in a loop grew
+/// the server's memory, and each addauth re-orders them all. Bounded, the
+/// re-ordering costs a bounded time.
+const MAX_AUTH_IDS: usize = 16;
+
+/// The longest `user:password` an addauth may carry. Digest users are
+/// short names; a megabyte one costs a megabyte per connection and the
+/// hashing of it on every ACL check.
+const MAX_AUTH_BYTES: usize = 1024;
+
 pub enum Outbound {
     /// A frame, and the zxid that must be durable before it may be sent
     /// (the state it reflects).
@@ -78,16 +90,32 @@ pub struct ConnShared {
     pub last_zxid: AtomicI64,
     pub last_cxid: AtomicI64,
     pub established: SystemTime,
+    /// Frames not queued because the connection was condemned: counted, and
+    /// logged once when the connection ends (a watch storm towards a dead
+    /// client must not become a log storm).
+    pub dropped: AtomicU64,
+    over_cap: std::sync::atomic::AtomicBool,
 }
 
 impl ConnShared {
     /// Queues a frame that may go out once `zxid` is durable. Never blocks:
     /// this runs under the tree lock.
     pub fn send(&self, frame: Bytes, zxid: i64) {
+        // A condemned connection's writer stops at the Close it was sent:
+        // anything queued after it would never leave, only hold memory.
+        if self.closed.is_cancelled() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let n = frame.len();
         if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
-            tracing::warn!(conn = self.id, peer = %self.peer, "client is not reading its replies; closing");
-            self.close();
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            // Several reads may cross the cap at once: one of them logs.
+            if !self.over_cap.swap(true, Ordering::Relaxed) {
+                self.close();
+                tracing::warn!(conn = self.id, peer = %self.peer, queued_bytes = MAX_QUEUED_BYTES, "client is not reading its replies; closing");
+            }
             return;
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +154,10 @@ pub enum Handshake {
 
 pub struct Core {
     pub config: Config,
+    /// Lock order: `tree` first; `watches`, `sessions`, `conns` and
+    /// `per_ip` are held briefly, inside `tree` or alone. Whether a session
+    /// may still act (`Liveness`) is atomics, set under `sessions` and read
+    /// by the committer under `tree` with no further lock.
     tree: RwLock<DataTree>,
     watches: Mutex<WatchManager>,
     sessions: Mutex<Sessions>,
@@ -202,7 +234,7 @@ impl Core {
         if !sessions.is_empty() {
             tracing::info!(sessions = sessions.len(), "restored sessions; each has its timeout to reconnect");
         }
-        Ok(Core {
+        let core = Core {
             config,
             tree: RwLock::new(tree),
             watches: Mutex::new(WatchManager::default()),
@@ -215,7 +247,34 @@ impl Core {
             storage,
             durable,
             snapshotting: tokio::sync::Mutex::new(()),
-        })
+        };
+        core.close_orphaned_sessions();
+        Ok(core)
+    }
+
+    /// Recovery's half of "no ephemeral outlives its owner". A log or
+    /// snapshot written by an older server (or by one that applied a
+    /// request after its session's close) can hold ephemerals whose owner
+    /// is not among the restored sessions; nothing would ever delete them,
+    /// and an orphan lock node would block its lock for good. Each such
+    /// owner gets a closeSession txn, logged like any other, so the tree
+    /// is changed only by transactions and replay reproduces it. Returns
+    /// how many owners were closed.
+    fn close_orphaned_sessions(&self) -> usize {
+        let orphans: Vec<i64> = self.with_tree(|t| {
+            let live: std::collections::HashSet<i64> = t.sessions().map(|(id, _)| id).collect();
+            t.sessions_with_ephemerals().map(|(id, _)| *id).filter(|id| !live.contains(id)).collect()
+        });
+        for id in &orphans {
+            let count = self.with_tree(|t| t.ephemerals_of(*id).count());
+            tracing::warn!(
+                session = format!("{id:#x}"),
+                ephemerals = count,
+                "deleting the ephemerals of a session that is gone"
+            );
+            self.commit(*id, 0, |_, _| Txn::CloseSession, |_, _| ());
+        }
+        orphans.len()
     }
 
     pub fn durable(&self) -> watch::Receiver<i64> {
@@ -249,6 +308,8 @@ impl Core {
             last_zxid: AtomicI64::new(0),
             last_cxid: AtomicI64::new(0),
             established: SystemTime::now(),
+            dropped: AtomicU64::new(0),
+            over_cap: std::sync::atomic::AtomicBool::new(false),
         });
         self.conns.lock().insert(conn.id, conn.clone());
         Some(conn)
@@ -256,8 +317,10 @@ impl Core {
 
     /// Forgets a closed connection: its watches go (they belong to the
     /// connection), its session stays until it expires or is reattached.
+    /// It stays listed, and keeps its per-IP slot, until
+    /// [`Core::release_slot`]: the socket may still be open while the
+    /// writer flushes.
     pub fn unregister_conn(&self, conn: &ConnShared) {
-        self.conns.lock().remove(&conn.id);
         self.watches.lock().remove_conn(conn.id);
         let sid = conn.session_id.load(Ordering::Relaxed);
         if sid != 0 {
@@ -267,6 +330,14 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Gives a connection's per-IP slot back, once its socket is closed.
+    /// Freeing it earlier (when the reader stops) let a client that never
+    /// reads hold any number of open sockets past the limit.
+    /// Until then it is listed (`srvr`, `cons`) as the open socket it is.
+    pub fn release_slot(&self, conn: &ConnShared) {
+        self.conns.lock().remove(&conn.id);
         let mut per_ip = self.per_ip.lock();
         if let Some(n) = per_ip.get_mut(&conn.peer.ip()) {
             *n -= 1;
@@ -335,6 +406,9 @@ impl Core {
             }
             let previous = sessions.get_mut(req.session_id).and_then(|s| {
                 s.timeout = timeout;
+                // From here on, requests the old connection already read
+                // are refused by the committer (SessionMoved).
+                s.live.attach(conn.id);
                 s.conn.take()
             });
             drop(sessions);
@@ -354,6 +428,7 @@ impl Core {
             return Handshake::Refused;
         };
         session.conn = Some(conn.id);
+        session.live.attach(conn.id);
         let live = session.live.clone();
         live.touch(now);
         drop(sessions);
@@ -415,9 +490,11 @@ impl Core {
             Request::Unsupported(OpCode::Reconfig) => {
                 // A standalone server has reconfiguration disabled; as in
                 // ZooKeeper the refusal is an error transaction.
-                self.commit(
+                self.commit_as(
                     client.session_id,
                     xid,
+                    &[],
+                    Some(client),
                     |_, _| Txn::Error(ErrorCode::ReconfigDisabled),
                     |zxid, _| conn.send(frame(xid, zxid, ErrorCode::ReconfigDisabled.as_i32(), |_| {}), zxid),
                 );
@@ -452,6 +529,20 @@ impl Core {
 
     fn auth(&self, client: &mut Client, xid: i32, auth: &AuthPacket) -> bool {
         let ok = match auth.scheme.as_str() {
+            // Over a bound, the answer is ZooKeeper's for any failed
+            // addauth: AuthFailed, and the connection closes. The ids held
+            // stay bounded, so ordering them (below) costs a bounded time.
+            "digest" if auth.auth.len() > MAX_AUTH_BYTES || client.auth.len() >= MAX_AUTH_IDS => {
+                tracing::info!(
+                    session = format!("{:#x}", client.session_id),
+                    bytes = auth.auth.len(),
+                    ids = client.auth.len(),
+                    max_bytes = MAX_AUTH_BYTES,
+                    max_ids = MAX_AUTH_IDS,
+                    "addauth over the per-connection bound"
+                );
+                false
+            }
             "digest" => {
                 let id = acl::digest(&String::from_utf8_lossy(&auth.auth));
                 if self.config.super_digest.as_deref() == Some(id.as_str()) {
@@ -487,18 +578,33 @@ impl Core {
         build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
         reply: impl FnOnce(i64, &TxnResult) -> R,
     ) -> R {
-        self.commit_as(session_id, cxid, &[], build, reply)
+        self.commit_as(session_id, cxid, &[], None, build, reply)
     }
 
+    /// As [`Core::commit`], for a client's request: `client` (when set) must
+    /// still be the connection serving a live session once the tree lock is
+    /// held, or nothing is prepared, applied or logged and `reply` gets
+    /// SessionExpired or SessionMoved (see `Liveness::check`).
     fn commit_as<R>(
         &self,
         session_id: i64,
         cxid: i32,
         auth: &[Id],
+        client: Option<&Client>,
         build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
         reply: impl FnOnce(i64, &TxnResult) -> R,
     ) -> R {
         let mut tree = self.tree.write();
+        if let Some(c) = client {
+            if let Err(code) = c.live.check(c.conn.id) {
+                // The connection is condemned (the move or the close closes
+                // it too, a moment later): closing it first puts this reply
+                // behind the close, so, as with ZooKeeper, the client never
+                // sees it; its request simply was not carried out.
+                c.conn.close();
+                return reply(tree.last_zxid(), &TxnResult::Error(code));
+            }
+        }
         let zxid = tree.last_zxid() + 1;
         let time = wall_ms();
         let ctx = prep::Ctx { session_id, auth, extended_types: self.config.extended_types, zxid, time };
@@ -536,6 +642,7 @@ impl Core {
             client.session_id,
             xid,
             &client.auth,
+            Some(client),
             |tree, ctx| prep::prepare(tree, ctx, req),
             |zxid, result| {
                 conn.last_zxid.store(zxid, Ordering::Relaxed);
@@ -643,8 +750,35 @@ impl Core {
                     list.write(&mut out);
                 }
                 Request::MultiRead(ops) => {
-                    let mut results = Vec::with_capacity(ops.len());
+                    // A small request can ask for a huge reply (5,000
+                    // getData of a 1 MB node in a 90 KB frame): the reply's
+                    // size is counted as it is built, and past the limit
+                    // the request fails before another byte is copied.
+                    let limit = multi_read_limit(self.config.max_buffer);
+                    let mut size = 0usize;
+                    let mut results = Vec::with_capacity(ops.len().min(1024));
                     for op in ops {
+                        // Each result: a multi header (type, done, err), then
+                        // the body.
+                        size += 12
+                            + match op {
+                                MultiOp::GetData(r) => {
+                                    tree.get(&r.path).map_or(0, |n| 4 + n.data().map_or(0, <[u8]>::len) + STAT_BYTES)
+                                }
+                                MultiOp::GetChildren(r) => tree
+                                    .get(&r.path)
+                                    .map_or(0, |n| 4 + n.children().iter().map(|c| 4 + c.len()).sum::<usize>()),
+                                _ => 0,
+                            };
+                        if size > limit {
+                            tracing::info!(
+                                session = format!("{:#x}", client.session_id),
+                                ops = ops.len(),
+                                limit,
+                                "multiRead refused: its reply would pass the size limit"
+                            );
+                            return Err(ErrorCode::MarshallingError);
+                        }
                         let r = match op {
                             MultiOp::GetData(r) => node_for_read(&r.path, perms::READ).map(|n| {
                                 MultiResult::GetData(GetDataResponse {
@@ -738,6 +872,9 @@ impl Core {
             match sessions.get_mut(session_id) {
                 Some(s) if !s.closing => {
                     s.closing = true;
+                    // Before the closeSession txn is ordered: every txn
+                    // ordered after it sees the session ended.
+                    s.live.end();
                     s.conn
                 }
                 _ => return,
@@ -840,6 +977,20 @@ impl Core {
     }
 }
 
+/// The serialized size of a Stat.
+const STAT_BYTES: usize = 68;
+
+/// The largest multiRead reply the server builds: what a client configured
+/// with the same `jute.maxbuffer` can read, plus room for one maximal
+/// node's header and stat, so any multiRead whose single getData would be
+/// answered also is. ZooKeeper has no such limit (it builds the reply and
+/// runs out of memory); past it the whole request is answered with
+/// MarshallingError, ZooKeeper's code for a packet that cannot be
+/// (de)serialized within jute.maxbuffer, and the connection carries on.
+fn multi_read_limit(max_buffer: usize) -> usize {
+    max_buffer.saturating_add(1024)
+}
+
 /// The reply of a successful multi: one result per op, shaped by the op's
 /// opcode (a plain create answers with the path only).
 fn multi_results(req: &Request, results: &[TxnResult]) -> zk_wire::Response {
@@ -878,4 +1029,63 @@ pub fn connect_frame(reply: &ConnectResponse) -> Bytes {
     reply.write(&mut out);
     finish_frame(&mut out, at);
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ephemeral(path: &str, owner: i64, pcv: i32) -> Txn {
+        Txn::Create {
+            path: path.into(),
+            data: None,
+            acl: Arc::new(acl::open_acl_unsafe()),
+            kind: NodeKind::Ephemeral(owner),
+            parent_cversion: pcv,
+        }
+    }
+
+    fn wait_durable(core_or_storage: watch::Receiver<i64>, zxid: i64) {
+        let mut durable = core_or_storage;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d >= zxid)).await.unwrap().unwrap();
+        });
+    }
+
+    /// A log that holds an ephemeral of a session it never opened (what an
+    /// older server that applied a request after its session's close left
+    /// behind) recovers without it, through a logged closeSession: the
+    /// next recovery replays the same deletion.
+    #[test]
+    fn recovery_closes_the_sessions_of_orphan_ephemerals() {
+        let dir =
+            std::env::temp_dir().join(format!("coord-core-orphans-{}-{}", std::process::id(), rand::random::<u32>()));
+        {
+            let rec = Storage::open(&dir).unwrap();
+            let txns = [
+                (7, Txn::CreateSession { timeout_ms: 30_000 }),
+                (7, ephemeral("/alive", 7, 1)),
+                (9, ephemeral("/orphan", 9, 2)),
+            ];
+            for (i, (sid, txn)) in txns.iter().enumerate() {
+                let hdr = TxnHeader { session_id: *sid, cxid: 0, zxid: i as i64 + 1, time: 1 };
+                rec.storage.append(&hdr, txn);
+            }
+            wait_durable(rec.storage.durable(), 3);
+        }
+        let config = Config { data_dir: Some(dir.clone()), ..Config::for_tests() };
+        let core = Core::open(config.clone()).unwrap();
+        core.with_tree(|t| {
+            assert!(t.get("/alive").is_some(), "a restored session keeps its ephemerals");
+            assert!(t.get("/orphan").is_none(), "an ephemeral of a session that is gone was kept");
+            assert_eq!(t.last_zxid(), 4, "the deletion is a transaction");
+        });
+        wait_durable(core.durable(), 4);
+        drop(core);
+        let again = Storage::open(&dir).unwrap();
+        assert!(again.tree.get("/orphan").is_none(), "the closeSession was not logged");
+        assert_eq!(again.tree.last_zxid(), 4);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

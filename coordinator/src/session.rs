@@ -35,11 +35,52 @@ pub const EXPIRY_STEP: Duration = Duration::from_millis(100);
 pub struct Liveness {
     /// Milliseconds since the table's epoch when the client was last heard.
     last_heard: AtomicU64,
+    /// The connection allowed to act for the session, or [`ENDED`] once the
+    /// session is closing. Changed under the session table's lock; read by
+    /// the committer under the tree lock (see [`Liveness::check`]).
+    served_by: AtomicU64,
 }
+
+/// `served_by` of a session that is closing or expired.
+const ENDED: u64 = u64::MAX;
 
 impl Liveness {
     pub fn touch(&self, now_ms: u64) {
         self.last_heard.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// From now on only `conn` may act for the session.
+    pub fn attach(&self, conn: ConnId) {
+        // A session that has ended stays ended: a late reattach (refused
+        // anyway by the table) must not revive it.
+        let _ = self.served_by.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c != ENDED).then_some(conn));
+    }
+
+    /// The session is closing: no request of it may be applied any more.
+    pub fn end(&self) {
+        self.served_by.store(ENDED, Ordering::SeqCst);
+    }
+
+    /// Whether a request that arrived on `conn` may still act for the
+    /// session. The committer calls this under the tree's write lock, after
+    /// the txn is prepared and before it is applied. A request read from
+    /// the socket before the session was closed (by expiry, or by a
+    /// closeSession from another connection) or moved to another connection
+    /// may reach the committer afterwards; checking when the request was
+    /// read would let it through. Because `end` and `attach` happen before
+    /// the closeSession txn takes the tree lock, every txn ordered after
+    /// that txn sees them: a closed session can never gain an ephemeral.
+    ///
+    /// The errors are ZooKeeper's: SessionExpired for a session that has
+    /// ended, SessionMoved for one another connection now serves. Either
+    /// way the connection that sent it has been closed, so, as in
+    /// ZooKeeper, the client never sees the answer.
+    pub fn check(&self, conn: ConnId) -> Result<(), zk_wire::ErrorCode> {
+        match self.served_by.load(Ordering::SeqCst) {
+            c if c == conn => Ok(()),
+            ENDED => Err(zk_wire::ErrorCode::SessionExpired),
+            _ => Err(zk_wire::ErrorCode::SessionMoved),
+        }
     }
 }
 
@@ -116,7 +157,9 @@ impl Sessions {
     /// Registers a session under a known id (a new one, or one recovered
     /// from the log).
     pub fn insert(&mut self, id: i64, timeout: Duration) {
-        let live = Arc::new(Liveness { last_heard: AtomicU64::new(self.now_ms()) });
+        // No connection serves a new or recovered session until a handshake
+        // attaches one (0 is never a connection id).
+        let live = Arc::new(Liveness { last_heard: AtomicU64::new(self.now_ms()), served_by: AtomicU64::new(0) });
         self.map.insert(id, Session { id, timeout, live, conn: None, closing: false });
         if id >= self.next_id {
             self.next_id = id + 1;
@@ -176,6 +219,24 @@ mod tests {
         assert_eq!(password(&s, 1), password(&s, 1));
         assert_ne!(password(&s, 1), password(&s, 2));
         assert_ne!(password(&s, 1), password(&[8u8; 16], 1));
+    }
+
+    #[test]
+    fn only_the_attached_connection_of_a_live_session_may_act() {
+        let mut t = Sessions::new([0; 16], Duration::from_millis(50));
+        let id = t.open(Duration::from_secs(1));
+        let live = t.get(id).map(|s| s.live.clone()).expect("the session");
+        assert_eq!(live.check(1), Err(zk_wire::ErrorCode::SessionMoved), "no connection attached yet");
+        live.attach(1);
+        assert_eq!(live.check(1), Ok(()));
+        live.attach(2);
+        assert_eq!(live.check(1), Err(zk_wire::ErrorCode::SessionMoved));
+        assert_eq!(live.check(2), Ok(()));
+        live.end();
+        assert_eq!(live.check(2), Err(zk_wire::ErrorCode::SessionExpired));
+        // An ended session stays ended, whoever attaches.
+        live.attach(3);
+        assert_eq!(live.check(3), Err(zk_wire::ErrorCode::SessionExpired));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! test ends however it ends.
 
 pub mod ensemble;
+pub mod linearizability;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

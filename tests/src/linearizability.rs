@@ -1,0 +1,311 @@
+//! A linearizability checker for histories of versioned registers: the
+//! Wing & Gong search with Lowe's memoization (the "WGL" algorithm that
+//! Knossos and Porcupine use), small enough to read.
+//!
+//! A history is a set of operations, each with the time it was invoked and
+//! the time its reply arrived. It is linearizable when every operation can
+//! be given one instant between those two times such that, taken in the
+//! order of those instants, the operations are a legal sequential run of
+//! the register. ZooKeeper promises that for writes (all go through one
+//! ordered log) and, because a client's reads are served by the server it
+//! is connected to, for reads as well when there is one server.
+//!
+//! An operation whose reply never came (the connection broke) may or may
+//! not have taken effect. It gets no return time (it stays concurrent with
+//! everything after it) and any outcome: that it never happened is the
+//! same as placing it after everything else.
+//!
+//! Registers are independent, and linearizability is compositional, so a
+//! history of several registers is checked one register at a time; that
+//! keeps each search small.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+/// The state of one register: its data (a number) and its version, as a
+/// znode's data and `stat.version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reg {
+    pub value: u64,
+    pub version: i32,
+}
+
+/// What a client asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// getData.
+    Read,
+    /// setData with version -1.
+    Write(u64),
+    /// setData with an expected version.
+    Cas { value: u64, expected: i32 },
+}
+
+/// What the server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// getData's data and version.
+    Read(Reg),
+    /// setData succeeded; the node's new version.
+    Written(i32),
+    /// setData was refused: BadVersion.
+    BadVersion,
+    /// No reply: the operation may or may not have taken effect.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub op: Op,
+    pub outcome: Outcome,
+    pub called: Instant,
+    /// `None` when no reply came.
+    pub returned: Option<Instant>,
+}
+
+/// The register's sequential specification: the state after `op` and
+/// whether `outcome` is what a sequential register answers.
+fn step(s: Reg, op: Op, outcome: Outcome) -> Option<Reg> {
+    let next = match op {
+        Op::Read => s,
+        Op::Write(value) => Reg { value, version: s.version + 1 },
+        Op::Cas { value, expected } if expected == s.version => Reg { value, version: s.version + 1 },
+        Op::Cas { .. } => s,
+    };
+    let ok = match (op, outcome) {
+        (_, Outcome::Unknown) => true,
+        (Op::Read, Outcome::Read(r)) => r == s,
+        (Op::Write(_), Outcome::Written(v)) => v == next.version,
+        (Op::Cas { expected, .. }, Outcome::Written(v)) => expected == s.version && v == next.version,
+        (Op::Cas { expected, .. }, Outcome::BadVersion) => expected != s.version,
+        _ => false,
+    };
+    ok.then_some(next)
+}
+
+/// Whether the history of one register, starting from `init`, is
+/// linearizable.
+pub fn check(init: Reg, history: &[Event]) -> bool {
+    // A read that was never answered constrains nothing and changes
+    // nothing: leaving it out spares the search a branch per such read.
+    let history: Vec<&Event> =
+        history.iter().filter(|e| !(e.op == Op::Read && e.outcome == Outcome::Unknown)).collect();
+    let n = history.len();
+    if n == 0 {
+        return true;
+    }
+    // The timeline: each operation's call and return, in time order. A
+    // return at the same instant as a call goes first (the ops did not
+    // overlap); an unknown return is after everything.
+    #[derive(Clone, Copy)]
+    struct Entry {
+        op: usize,
+        is_call: bool,
+        /// For a call, the index of its return entry.
+        ret: usize,
+        prev: usize,
+        next: usize,
+    }
+    let mut times: Vec<(Option<Instant>, bool, usize)> = Vec::with_capacity(2 * n);
+    for (i, e) in history.iter().enumerate() {
+        times.push((Some(e.called), true, i));
+        times.push((e.returned, false, i));
+    }
+    times.sort_by(|a, b| {
+        let key = |t: &(Option<Instant>, bool, usize)| (t.0.is_none(), t.0, t.1);
+        key(a).cmp(&key(b))
+    });
+    // Slot 0 is the list's head sentinel; entries are 1..=2n.
+    let mut list: Vec<Entry> = Vec::with_capacity(2 * n + 1);
+    list.push(Entry { op: usize::MAX, is_call: false, ret: 0, prev: 0, next: 1 });
+    let mut ret_slot = vec![0usize; n];
+    for (k, (_, is_call, op)) in times.iter().enumerate() {
+        let slot = k + 1;
+        list.push(Entry { op: *op, is_call: *is_call, ret: 0, prev: slot - 1, next: slot + 1 });
+        if !is_call {
+            ret_slot[*op] = slot;
+        }
+    }
+    let end = 2 * n + 1;
+    for e in list.iter_mut().skip(1) {
+        if e.is_call {
+            e.ret = ret_slot[e.op];
+        }
+    }
+    // Unlinking a call and its return; relinking restores them.
+    fn lift(list: &mut [Entry], call: usize, end: usize) {
+        let ret = list[call].ret;
+        for slot in [call, ret] {
+            let (p, nx) = (list[slot].prev, list[slot].next);
+            list[p].next = nx;
+            if nx != end {
+                list[nx].prev = p;
+            }
+        }
+    }
+    fn unlift(list: &mut [Entry], call: usize, end: usize) {
+        let ret = list[call].ret;
+        for slot in [ret, call] {
+            let (p, nx) = (list[slot].prev, list[slot].next);
+            list[p].next = slot;
+            if nx != end {
+                list[nx].prev = slot;
+            }
+        }
+    }
+
+    let words = n.div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut seen: HashSet<(Vec<u64>, Reg)> = HashSet::new();
+    let mut stack: Vec<(usize, Reg)> = Vec::new();
+    let mut state = init;
+    let mut at = list[0].next;
+    loop {
+        if list[0].next == end {
+            return true;
+        }
+        if at == end {
+            // Nothing more can go first from here: backtrack.
+            let Some((call, prev)) = stack.pop() else { return false };
+            let op = list[call].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            state = prev;
+            unlift(&mut list, call, end);
+            at = list[call].next;
+            continue;
+        }
+        let e = list[at];
+        if e.is_call {
+            let ev = history[e.op];
+            if let Some(next) = step(state, ev.op, ev.outcome) {
+                let mut bits = linearized.clone();
+                bits[e.op / 64] |= 1 << (e.op % 64);
+                if seen.insert((bits.clone(), next)) {
+                    stack.push((at, state));
+                    linearized = bits;
+                    state = next;
+                    lift(&mut list, at, end);
+                    at = list[0].next;
+                    continue;
+                }
+            }
+            at = e.next;
+        } else {
+            // A return whose call is not linearized yet: every order tried
+            // so far from this prefix fails. Backtrack.
+            let Some((call, prev)) = stack.pop() else { return false };
+            let op = list[call].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            state = prev;
+            unlift(&mut list, call, end);
+            at = list[call].next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const INIT: Reg = Reg { value: 0, version: 0 };
+
+    /// Builds events from (op, outcome, call ms, return ms or None).
+    fn history(spec: &[(Op, Outcome, u64, Option<u64>)]) -> Vec<Event> {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        spec.iter().map(|&(op, outcome, c, r)| Event { op, outcome, called: at(c), returned: r.map(at) }).collect()
+    }
+
+    fn read(value: u64, version: i32) -> Outcome {
+        Outcome::Read(Reg { value, version })
+    }
+
+    #[test]
+    fn sequential_runs_are_linearizable() {
+        let h = history(&[
+            (Op::Write(1), Outcome::Written(1), 0, Some(1)),
+            (Op::Read, read(1, 1), 2, Some(3)),
+            (Op::Cas { value: 2, expected: 1 }, Outcome::Written(2), 4, Some(5)),
+            (Op::Cas { value: 3, expected: 1 }, Outcome::BadVersion, 6, Some(7)),
+            (Op::Read, read(2, 2), 8, Some(9)),
+        ]);
+        assert!(check(INIT, &h));
+    }
+
+    #[test]
+    fn overlapping_operations_may_take_either_order() {
+        // The read overlaps the write: it may see the old or the new value.
+        for seen in [read(0, 0), read(5, 1)] {
+            let h = history(&[(Op::Write(5), Outcome::Written(1), 0, Some(10)), (Op::Read, seen, 2, Some(4))]);
+            assert!(check(INIT, &h), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_read_after_an_acknowledged_write_is_rejected() {
+        let h = history(&[(Op::Write(5), Outcome::Written(1), 0, Some(1)), (Op::Read, read(0, 0), 2, Some(3))]);
+        assert!(!check(INIT, &h));
+    }
+
+    #[test]
+    fn two_successful_cas_on_one_version_are_rejected() {
+        let h = history(&[
+            (Op::Cas { value: 1, expected: 0 }, Outcome::Written(1), 0, Some(10)),
+            (Op::Cas { value: 2, expected: 0 }, Outcome::Written(1), 1, Some(11)),
+        ]);
+        assert!(!check(INIT, &h));
+    }
+
+    #[test]
+    fn reads_that_go_back_in_time_are_rejected() {
+        // Two writes in sequence; two sequential reads that see them in the
+        // opposite order.
+        let h = history(&[
+            (Op::Write(1), Outcome::Written(1), 0, Some(10)),
+            (Op::Write(2), Outcome::Written(2), 0, Some(10)),
+            (Op::Read, read(2, 2), 11, Some(12)),
+            (Op::Read, read(1, 1), 13, Some(14)),
+        ]);
+        assert!(!check(INIT, &h));
+    }
+
+    #[test]
+    fn an_unanswered_write_may_or_may_not_have_happened() {
+        let lost = (Op::Write(7), Outcome::Unknown, 0, None);
+        let took_effect = history(&[lost, (Op::Read, read(7, 1), 5, Some(6))]);
+        let never_did = history(&[lost, (Op::Read, read(0, 0), 5, Some(6))]);
+        assert!(check(INIT, &took_effect));
+        assert!(check(INIT, &never_did));
+        // But not half: it cannot be seen, then unseen.
+        let flicker = history(&[lost, (Op::Read, read(7, 1), 5, Some(6)), (Op::Read, read(0, 0), 7, Some(8))]);
+        assert!(!check(INIT, &flicker));
+    }
+
+    #[test]
+    fn a_version_that_skips_is_rejected() {
+        let h = history(&[(Op::Write(1), Outcome::Written(2), 0, Some(1))]);
+        assert!(!check(INIT, &h));
+    }
+
+    #[test]
+    fn many_concurrent_clients_are_checked_quickly() {
+        // 6 clients, 40 rounds of overlapping writes then reads of the last
+        // value: linearizable, and the memo keeps the search small.
+        let mut spec = Vec::new();
+        let mut version = 0;
+        for round in 0..40u64 {
+            let t = round * 100;
+            for c in 0..6u64 {
+                version += 1;
+                spec.push((Op::Write(round * 10 + c), Outcome::Written(version), t + c, Some(t + 50)));
+            }
+            let last = round * 10 + 5;
+            spec.push((Op::Read, read(last, version), t + 60, Some(t + 70)));
+        }
+        let h = history(&spec);
+        let started = Instant::now();
+        assert!(check(INIT, &h));
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+}
