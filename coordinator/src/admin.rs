@@ -89,8 +89,11 @@ fn protected(path: &str) -> bool {
     if let Some(method) = path.strip_prefix("/coordinator.admin.v1.Admin/") {
         return !PUBLIC_RPCS.contains(&method);
     }
+    // Open words are listed, everything else needs the token: the router
+    // percent-decodes the segment (`/commands/%64ump` runs `dump`), so a
+    // list of protected spellings would always miss one.
     if let Some(word) = path.strip_prefix("/commands/") {
-        return FOUR_LETTER_WORDS.contains(&word) && !PUBLIC_WORDS.contains(&word);
+        return !PUBLIC_WORDS.contains(&word);
     }
     false
 }
@@ -174,7 +177,7 @@ mod tests {
         for open in ["/health", "/metrics", "/commands/mntr", "/coordinator.admin.v1.Admin/ServerStats"] {
             assert!(!protected(open), "{open}");
         }
-        for closed in ["/commands/dump", "/commands/cons", "/coordinator.admin.v1.Admin/ListTree"] {
+        for closed in ["/commands/dump", "/commands/cons", "/commands/%64ump", "/coordinator.admin.v1.Admin/ListTree"] {
             assert!(protected(closed), "{closed}");
         }
     }

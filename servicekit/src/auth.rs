@@ -286,11 +286,34 @@ impl AuthArgs {
     pub fn load(&self) -> anyhow::Result<ZkAuth> {
         use anyhow::Context;
         if let Some(path) = &self.zk_credentials_file {
+            warn_if_shared(path);
             return ZkAuth::from_file(path).context("--zk-credentials-file / ZK_CREDENTIALS_FILE");
         }
         let auth = std::env::var("ZK_AUTH").ok().filter(|s| !s.is_empty());
         let ids = std::env::var("ZK_ACL_IDS").ok();
         ZkAuth::from_values(auth.as_deref(), ids.as_deref()).context("ZK_AUTH / ZK_ACL_IDS")
+    }
+}
+
+/// Says so when other users can read the credentials file: its password
+/// is the identity, and a file readable by the group or everyone hands it
+/// to every account on the host. A warning, not a refusal: some secret
+/// stores (docker's among them) mount files 0444 in a container that runs
+/// one process, where that is harmless.
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let why =
+        format!("the credentials file {} is readable by other users (mode {mode:o}): `chmod 600` it", path.display());
+    // zkctl installs no logger; the services log to stderr through one.
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{why}");
+    } else {
+        eprintln!("warning: {why}");
     }
 }
 
@@ -467,6 +490,10 @@ pub struct InitReport {
 /// anonymous client cannot add top-level nodes beside ours. On a shared
 /// ensemble give each system its own root instead.
 pub async fn init(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<InitReport, (String, ZkError)> {
+    let planted = planted(zk, root, policy).await?;
+    if !planted.is_empty() {
+        return Err((planted.join(", "), ZkError::InvalidACL));
+    }
     let mut report = InitReport::default();
     let mut plan: Vec<(String, Vec<Acl>)> = vec![(under(root, ""), policy.operator_dir())];
     if plan[0].0.is_empty() {
@@ -496,6 +523,57 @@ pub async fn init(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<InitRep
     reacl_below(zk, &under(root, "/locks"), 2, &policy.lock(), &mut report).await?;
     reacl_below(zk, &under(root, "/ha"), 2, &policy.ha_group(), &mut report).await?;
     Ok(report)
+}
+
+/// The nodes of the system's tree (its directories and two levels below) whose
+/// ACL lets anyone do more than read: nodes an anonymous client made before
+/// `init` laid the tree out, while it was still open. No policy with
+/// identities gives `world:anyone` more than READ, so none of them is ours.
+/// `init` must not adopt them: granting a planted `/outbox/<id>` and
+/// `/tasks/<id>` the services' ACLs makes the forged task one system-a
+/// publishes and system-b runs, and a planted `/config/<service>` looks
+/// written by the operator. The operator inspects and deletes them first.
+/// With an open policy (no identities) every node is open: nothing to tell.
+pub async fn planted(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<Vec<String>, (String, ZkError)> {
+    let mut found = Vec::new();
+    if policy.is_open() {
+        return Ok(found);
+    }
+    let beyond_read = [Permission::WRITE, Permission::CREATE, Permission::DELETE, Permission::ADMIN];
+    // The system's directories and what is below them; not the root's
+    // other children, which on a shared ensemble belong to others.
+    let mut level: Vec<String> =
+        ["/config", "/services", "/tasks", "/outbox", "/locks", "/ha"].iter().map(|d| under(root, d)).collect();
+    for depth in 0..3 {
+        let mut next = Vec::new();
+        for parent in &level {
+            let children = if depth == 0 {
+                vec![parent.clone()]
+            } else {
+                match zk.get_children(parent, false).await {
+                    Ok(c) => c.iter().map(|c| zk_recipes::join(parent, c)).collect(),
+                    Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err((parent.clone(), e)),
+                }
+            };
+            for path in children {
+                match zk.get_acl(&path).await {
+                    Ok((acl, _)) => {
+                        let open =
+                            acl.iter().any(|a| a.scheme == "world" && beyond_read.iter().any(|p| a.perms.can(*p)));
+                        if open {
+                            found.push(path.clone());
+                        }
+                    }
+                    Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err((path, e)),
+                }
+                next.push(path);
+            }
+        }
+        level = next;
+    }
+    Ok(found)
 }
 
 /// Creates `path` with `acl`, or sets `acl` on it if it exists (its

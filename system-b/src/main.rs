@@ -33,8 +33,9 @@ use servicekit::CommonArgs;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use zk_recipes::lock::Lock;
+use zk_recipes::lock::{Lock, LockError};
 use zk_recipes::session::Client;
+use zk_recipes::ZkError;
 
 #[derive(Parser, Debug)]
 #[command(name = "system-b", version, about = "Task worker: modifies shared entities under a fenced distributed lock")]
@@ -200,15 +201,32 @@ impl Worker {
         if task.op != "add" && task.op != "set" {
             return Err(Failure::permanent(format!("unknown op {:?}", task.op)));
         }
+        // The entity names a lock node: a name the store refuses ("..", "",
+        // "a/b") would be refused again on every delivery, so it fails now.
+        self.store.check_name(&task.entity).map_err(Failure::from)?;
         let lock = Lock::new(&self.client, self.common.path(&format!("/locks/{}", task.entity)))
             .with_acl(self.common.policy().lock());
-        let guard =
-            lock.acquire(&self.instance, Duration::from_secs(30)).await.map_err(|e| Failure::retry(e.to_string()))?;
+        let mut acquired = lock.acquire(&self.instance, Duration::from_secs(30)).await;
+        if matches!(acquired, Err(LockError::Zk(ZkError::NoAuth))) {
+            // Just after a reconnect a request can overtake the re-sent auth
+            // and be refused. Once the session is live (authenticated) again,
+            // one more try tells that from an ACL that shuts system-b out,
+            // which no redelivery can fix: that task fails, to the
+            // dead-letter queue, instead of going round the queue forever.
+            self.client.wait_live(Duration::from_secs(5)).await;
+            acquired = lock.acquire(&self.instance, Duration::from_secs(30)).await;
+        }
+        let guard = acquired.map_err(|e| match e {
+            LockError::Zk(ZkError::NoAuth) => {
+                Failure::permanent(servicekit::auth::not_allowed(&self.common.path(&format!("/locks/{}", task.entity))))
+            }
+            e => Failure::retry(e.to_string()),
+        })?;
         let token = guard.token();
         let read = self.store.read(&task.entity, token, &task.id).map_err(Failure::from)?;
         let value = if read.already_applied {
             tracing::info!("redelivered task was applied before: reporting its result again");
-            read.value
+            read.applied_value.unwrap_or(read.value)
         } else {
             // The simulated work happens between the read and the write:
             // exactly the window in which an unlocked worker would lose
@@ -227,7 +245,11 @@ impl Worker {
             value
         };
         let result = serde_json::json!({"status": "done", "value": value, "worker": self.instance, "token": token});
-        let reported = self.report(task, &result).await;
+        let reported = if read.already_applied {
+            self.report_again(task, &result).await
+        } else {
+            self.report(task, &result).await
+        };
         guard.release().await;
         reported?;
         tracing::info!(value, token, "applied");
@@ -267,6 +289,37 @@ impl Worker {
             Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
         }
     }
+}
+
+impl Worker {
+    /// The result of a copy of a task applied before (a redelivery, or the
+    /// outbox publishing it again). Its first delivery reported it, unless
+    /// that report was lost: so it is written only over a node that still
+    /// says `pending`, at the version read. Writing it unconditionally
+    /// would change a result system-a may already have answered with (a
+    /// different worker and token, or a value other tasks moved since).
+    async fn report_again(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
+        let path = self.common.path(&format!("/tasks/{}", task.id));
+        let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
+        let read =
+            zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
+        let version = match read {
+            Ok((data, stat)) if status_of(&data).as_deref() == Some("pending") => stat.version,
+            Ok(_) | Err(zk_recipes::ZkError::NoNode) => return Ok(()),
+            Err(e) => return Err(Failure::retry(format!("cannot read the task node: {e:?}"))),
+        };
+        let body = result.to_string().into_bytes();
+        match zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline).await {
+            // BadVersion: another delivery reported it meanwhile.
+            Ok(_) | Err(zk_recipes::ZkError::BadVersion) | Err(zk_recipes::ZkError::NoNode) => Ok(()),
+            Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
+        }
+    }
+}
+
+fn status_of(data: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    v.get("status")?.as_str().map(str::to_string)
 }
 
 /// Gives the message back to the queue for another try.

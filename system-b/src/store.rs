@@ -16,7 +16,7 @@
 //! redelivery idempotent: a task applied before a crash, but not acked, is
 //! not applied twice.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,10 @@ pub struct Entity {
     /// Highest fencing token seen (read or write).
     pub token: i64,
     pub applied: VecDeque<String>,
+    /// The value each remembered task left the entity with: what a copy of
+    /// the task reports, whatever was applied since.
+    #[serde(default)]
+    pub results: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +60,19 @@ pub struct Read {
     pub value: i64,
     /// The task was applied already (a redelivery): do not apply again.
     pub already_applied: bool,
+    /// The value that task left the entity with, when it was applied.
+    pub applied_value: Option<i64>,
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         Ok(Store { dir: dir.to_path_buf() })
+    }
+
+    /// Refuses a name no entity can have, before anything is done for it.
+    pub fn check_name(&self, entity: &str) -> Result<(), StoreError> {
+        self.paths(entity).map(|_| ())
     }
 
     fn paths(&self, entity: &str) -> Result<(PathBuf, PathBuf), StoreError> {
@@ -111,7 +122,8 @@ impl Store {
                 return Err(StoreError::Fenced { entity: entity.into(), ours: token, seen: e.token });
             }
             e.token = token;
-            Ok(Read { value: e.value, already_applied: e.applied.iter().any(|t| t == task) })
+            let already_applied = e.applied.iter().any(|t| t == task);
+            Ok(Read { value: e.value, already_applied, applied_value: e.results.get(task).copied() })
         })
     }
 
@@ -124,8 +136,11 @@ impl Store {
             e.token = token;
             e.value = value;
             e.applied.push_back(task.to_string());
+            e.results.insert(task.to_string(), value);
             while e.applied.len() > REMEMBERED {
-                e.applied.pop_front();
+                if let Some(old) = e.applied.pop_front() {
+                    e.results.remove(&old);
+                }
             }
             Ok(())
         })

@@ -186,6 +186,14 @@ async fn run(cli: Cli) -> Result<()> {
                     servicekit::auth::ZkAuth::credentials_from_file(&path).context("--extra-auth-file")?.auth_packet();
                 zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
             }
+            let planted = servicekit::auth::planted(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
+            if !planted.is_empty() {
+                bail!(
+                    "refusing to adopt nodes anyone may write (made before init, while the tree was open): {}; \
+                     inspect them, delete them (zkctl rm), then run init again",
+                    planted.join(", ")
+                );
+            }
             let report = servicekit::auth::init(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
             println!("created {} node(s), ACL set on {} existing node(s)", report.created.len(), report.acl_set.len());
         }

@@ -1,0 +1,402 @@
+//! The promises of the retry, outbox, de-duplication and least-privilege
+//! work, attacked: each test is one way to break a promise, run against
+//! the real binaries over TCP.
+//!
+//! - the admin API's token cannot be sidestepped by spelling a protected
+//!   command another way, and the token never reaches a log;
+//! - a second copy of an old task (a re-publish from the outbox, a
+//!   redelivery) does not rewrite the result system-a already read;
+//! - a task system-b can never apply fails for good, once, instead of
+//!   going round the queue forever;
+//! - a credentials file other users can read is called out.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::{binary, start_coordinator, start_system_b, Proc, TempDir};
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use zk_recipes::session::Client;
+use zookeeper_async::{Acl, CreateMode};
+
+/// One HTTP/1.0 GET with extra header lines; returns (status, body).
+fn get(addr: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (code, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_cannot_be_sidestepped_and_never_reaches_a_log() {
+    let dir = TempDir::new("attack-admin");
+    let token = "attack-token-0123456789abcdef";
+    // A token file as editors and `echo` write it: a trailing newline and
+    // stray spaces, which must not become part of the token.
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("  {token} \n")).expect("token file");
+    let file = file.to_str().expect("utf-8").to_string();
+    let mut p = Proc::spawn(
+        "coordinator",
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--admin-token-file", &file],
+        dir.path(),
+    );
+    p.wait_line("coordinator listening on", Duration::from_secs(20));
+    let admin = p.wait_line("coordinator admin listening on", Duration::from_secs(20));
+
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(get(&admin, "/commands/dump", &bearer).0, 200, "the right token is refused");
+    assert_eq!(get(&admin, "/commands/dump", &format!("authorization: bearer  {token}\r\n")).0, 200);
+    for (path, headers) in [
+        ("/commands/dump", String::new()),
+        ("/commands/dump", "Authorization: Bearer\r\n".to_string()),
+        ("/commands/dump", format!("Authorization: Basic {token}\r\n")),
+        ("/commands/dump", format!("Authorization: Bearer {token}x\r\n")),
+        ("/commands/dump", format!("Authorization: Bearer {}\r\n", &token[..token.len() - 1])),
+        // The same command spelled with percent-escapes: the router decodes
+        // the path segment, so a check on the raw path must not let it by.
+        ("/commands/%64ump", String::new()),
+        ("/commands/%65nvi", String::new()),
+        ("/commands/c%6fns", String::new()),
+        ("/commands/%77%63%68%70", String::new()),
+    ] {
+        let (code, body) = get(&admin, path, &headers);
+        assert_eq!(code, 401, "GET {path} with {headers:?} answered {code} without the token:\n{body}");
+    }
+    // The numbers stay open.
+    assert_eq!(get(&admin, "/commands/mntr", "").0, 200);
+
+    let log = p.log_text();
+    assert!(!log.contains(token) && !log.contains("attack-token"), "the admin token is in the log:\n{log}");
+}
+
+#[test]
+fn a_blank_admin_token_file_is_refused_at_start() {
+    let dir = TempDir::new("attack-admin-empty");
+    for (name, text) in [("empty", ""), ("blank", " \n\n"), ("spaced", "attack-token 0123456789abcdef\n")] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("token file");
+        let mut p = Proc::spawn(
+            "coordinator",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--admin-token-file",
+                file.to_str().expect("utf-8"),
+            ],
+            dir.path(),
+        );
+        let status = p.wait_exit(Duration::from_secs(20)).expect("the coordinator exits");
+        assert!(!status.success(), "{name} token file accepted");
+        assert!(!p.log_text().contains("0123456789abcdef"), "the token is echoed:\n{}", p.log_text());
+    }
+}
+
+#[test]
+fn a_credentials_file_others_can_read_is_called_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("attack-creds");
+    let ids = dir.path().join("ids");
+    e2e_tests::zkctl(&["gen-credentials", ids.to_str().expect("utf-8")]);
+    let file = ids.join("operator.cred");
+    let password = std::fs::read_to_string(&file)
+        .expect("read")
+        .lines()
+        .find_map(|l| l.strip_prefix("auth = operator:").map(str::to_string))
+        .expect("an auth line");
+    let (_server, zk) = start_coordinator(&[], dir.path());
+    let run = || {
+        std::process::Command::new(binary("zkctl"))
+            .args(["--zk", &zk, "--zk-credentials-file", file.to_str().expect("utf-8"), "ls", "/"])
+            .output()
+            .expect("run zkctl")
+    };
+    let private = run();
+    assert!(private.status.success(), "{}", String::from_utf8_lossy(&private.stderr));
+    assert!(!String::from_utf8_lossy(&private.stderr).contains("readable"), "a 0600 file is warned about");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let open = run();
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(stderr.contains("readable by other users"), "no warning for a world-readable credentials file:\n{stderr}");
+    assert!(!stderr.contains(&password), "the password is printed");
+}
+
+/// Publishes `body` to `queue`, confirmed.
+async fn publish(ch: &lapin::Channel, queue: &str, body: &str) {
+    let sent = async {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm")
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
+}
+
+/// Waits until the task node's status is no longer `pending`; returns its
+/// data and version.
+async fn finished(c: &Client, path: &str, limit: Duration) -> (serde_json::Value, i32) {
+    let started = Instant::now();
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), c.zk.get_data(path, false)).await.expect("in time");
+        let (data, stat) = read.expect("task node");
+        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
+        if v["status"] != "pending" {
+            return (v, stat.version);
+        }
+        assert!(started.elapsed() < limit, "{path} still pending after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pending_task(c: &Client, root: &str, id: &str) -> String {
+    let path = format!("{root}/tasks/{id}");
+    let created =
+        c.zk.create(&path, br#"{"status":"pending"}"#.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent);
+    tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
+    path
+}
+
+/// A system-b on a fresh root and queue of the coordinator, and a channel
+/// to publish tasks to it as system-a (or its outbox) would.
+struct Bench {
+    _server: Proc,
+    b: Proc,
+    c: Client,
+    root: String,
+    queue: String,
+    amqp: lapin::Connection,
+    ch: lapin::Channel,
+}
+
+async fn bench(dir: &Path) -> Bench {
+    let (server, zk) = start_coordinator(&[], dir);
+    let root = format!("/{}", testkit::unique("attack"));
+    let queue = testkit::unique("attack-tasks");
+    let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    tokio::time::timeout(Duration::from_secs(10), zk_recipes::ensure_path(&c.zk, &format!("{root}/tasks")))
+        .await
+        .expect("in time")
+        .expect("tasks dir");
+    let b = start_system_b(&zk, &root, &queue, &dir.join("store"), "b1", 4000, dir);
+    let amqp = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("in time")
+    .expect("RabbitMQ");
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    Bench { _server: server, b, c, root, queue, amqp, ch }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_copy_of_a_task_does_not_rewrite_its_result() {
+    let dir = TempDir::new("attack-flip");
+    let t = bench(dir.path()).await;
+    let first = pending_task(&t.c, &t.root, "t1").await;
+    publish(&t.ch, &t.queue, r#"{"id":"t1","entity":"acct","op":"add","amount":5}"#).await;
+    let (result, version) = finished(&t.c, &first, Duration::from_secs(15)).await;
+    assert_eq!(result["value"], 5, "{result}");
+
+    // Another task changes the entity since.
+    let second = pending_task(&t.c, &t.root, "t2").await;
+    publish(&t.ch, &t.queue, r#"{"id":"t2","entity":"acct","op":"add","amount":3}"#).await;
+    assert_eq!(finished(&t.c, &second, Duration::from_secs(15)).await.0["value"], 8);
+
+    // The first task once more: the outbox re-publishing after a lost
+    // confirm, or the drain and a slow Submit both publishing it.
+    publish(&t.ch, &t.queue, r#"{"id":"t1","entity":"acct","op":"add","amount":5}"#).await;
+    let started = Instant::now();
+    while !t.b.log_text().contains("redelivered task was applied before") {
+        assert!(started.elapsed() < Duration::from_secs(15), "system-b did not take the copy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (data, stat) = tokio::time::timeout(Duration::from_secs(10), t.c.zk.get_data(&first, false))
+        .await
+        .expect("in time")
+        .expect("task node");
+    let now: serde_json::Value = serde_json::from_slice(&data).expect("json");
+    assert_eq!(now, result, "the copy rewrote the result system-a had read");
+    assert_eq!(stat.version, version, "the copy wrote the task node again (a second watch event)");
+
+    // A task whose first report was lost (here: its node was not there
+    // yet), then another task on the entity, then a copy of the first: the
+    // copy reports what the first left the entity with, not what it is now.
+    publish(&t.ch, &t.queue, r#"{"id":"t3","entity":"acct","op":"add","amount":1}"#).await;
+    let started = Instant::now();
+    while t.b.log_text().matches("task node is gone").count() < 1 {
+        assert!(started.elapsed() < Duration::from_secs(15), "system-b did not take t3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let third = pending_task(&t.c, &t.root, "t3").await;
+    let fourth = pending_task(&t.c, &t.root, "t4").await;
+    publish(&t.ch, &t.queue, r#"{"id":"t4","entity":"acct","op":"add","amount":10}"#).await;
+    assert_eq!(finished(&t.c, &fourth, Duration::from_secs(15)).await.0["value"], 19);
+    publish(&t.ch, &t.queue, r#"{"id":"t3","entity":"acct","op":"add","amount":1}"#).await;
+    let (v, _) = finished(&t.c, &third, Duration::from_secs(15)).await;
+    assert_eq!(v["value"], 9, "the copy of t3 reported the entity's value now, not t3's result: {v}");
+    let _ = t.amqp.close(0, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_for_an_entity_that_cannot_exist_fails_once_not_forever() {
+    let dir = TempDir::new("attack-entity");
+    let t = bench(dir.path()).await;
+    // Names system-a does not stop and the lock path cannot hold: each is
+    // refused by ZooKeeper (or the store) every time it is tried.
+    let bad = ["..", "", "a/../b", "x/"];
+    for (i, entity) in bad.iter().enumerate() {
+        let id = format!("bad{i}");
+        pending_task(&t.c, &t.root, &id).await;
+        let body = serde_json::json!({"id": id, "entity": entity, "op": "add", "amount": 1}).to_string();
+        publish(&t.ch, &t.queue, &body).await;
+    }
+    for (i, entity) in bad.iter().enumerate() {
+        let path = format!("{}/tasks/bad{i}", t.root);
+        let (v, _) = finished(&t.c, &path, Duration::from_secs(10)).await;
+        assert_eq!(v["status"], "failed", "entity {entity:?}: {v}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let retries = t.b.log_text().matches("task will be retried").count();
+    assert!(retries == 0, "system-b put tasks that can never succeed back in the queue {retries} times");
+    let _ = t.amqp.close(0, "bye".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
+    use servicekit::auth::ZkAuth;
+    let dir = TempDir::new("attack-noauth");
+    let (_server, zk) = start_coordinator(&[], dir.path());
+    let root = format!("/{}", testkit::unique("attack"));
+    let queue = testkit::unique("attack-tasks");
+    let ids = e2e_tests::provision(&zk, &root, dir.path());
+    let as_role = |role: &str| ZkAuth::from_file(&ids.file(role)).expect("credentials");
+    let connect = |auth: ZkAuth| {
+        let zk = zk.clone();
+        async move {
+            let c = Client::connect_authenticated(
+                &zk,
+                Duration::from_secs(10),
+                Duration::from_secs(10),
+                auth.auth_packets(),
+            );
+            tokio::time::timeout(Duration::from_secs(15), c).await.expect("in time").expect("connect")
+        }
+    };
+    // The operator takes the lock directory away from system-b (a mistaken
+    // ACL, or credentials rotated without `zkctl init`): system-b's every
+    // lock is refused with NOAUTH, now and on every redelivery.
+    let operator = as_role("operator");
+    let op = connect(operator.clone()).await;
+    let locks = format!("{root}/locks");
+    tokio::time::timeout(Duration::from_secs(10), op.zk.set_acl(&locks, operator.policy().operator_dir(), None))
+        .await
+        .expect("in time")
+        .expect("setacl");
+    let b = start_system_b(&zk, &root, &queue, &dir.path().join("store"), "b1", 4000, dir.path());
+
+    let a_auth = as_role("system-a");
+    let a = connect(a_auth.clone()).await;
+    let task = format!("{root}/tasks/t1");
+    let created =
+        a.zk.create(&task, br#"{"status":"pending"}"#.to_vec(), a_auth.policy().task(), CreateMode::Persistent);
+    tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
+    let amqp = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("in time")
+    .expect("RabbitMQ");
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    publish(&ch, &queue, r#"{"id":"t1","entity":"acct","op":"add","amount":1}"#).await;
+
+    let (v, _) = finished(&a, &task, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let retries = b.log_text().matches("task will be retried").count();
+    assert!(retries <= 1, "a task refused by an ACL was put back in the queue {retries} times");
+    let _ = amqp.close(0, "bye".into()).await;
+}
+
+/// Nodes an anonymous client made before `zkctl init` laid the tree out:
+/// a forged task with its outbox entry, and a config of its choosing.
+/// `init` must not adopt them (granting them the services' ACLs would make
+/// the forged task one system-a publishes and system-b runs, and the
+/// config one the operator appears to have written).
+async fn init_refuses_what_an_anonymous_client_planted(zk: &str) {
+    let dir = TempDir::new("attack-preinit");
+    let root = format!("/{}", testkit::unique("attack"));
+    let anon = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    let planted = async {
+        for d in ["/outbox", "/tasks", "/config"] {
+            zk_recipes::ensure_path(&anon.zk, &format!("{root}{d}")).await.expect("dir");
+        }
+        let task = br#"{"id":"forged","entity":"acct","op":"set","amount":1000000}"#.to_vec();
+        let open = Acl::open_unsafe().clone();
+        anon.zk.create(&format!("{root}/outbox/forged"), task, open.clone(), CreateMode::Persistent).await.expect("o");
+        let pending = br#"{"status":"pending"}"#.to_vec();
+        anon.zk
+            .create(&format!("{root}/tasks/forged"), pending, open.clone(), CreateMode::Persistent)
+            .await
+            .expect("t");
+        let config = br#"{"work_ms":600000}"#.to_vec();
+        anon.zk.create(&format!("{root}/config/system-b"), config, open, CreateMode::Persistent).await.expect("c");
+    };
+    tokio::time::timeout(Duration::from_secs(10), planted).await.expect("planted in time");
+
+    let ids = dir.path().join("ids");
+    e2e_tests::zkctl(&["gen-credentials", ids.to_str().expect("utf-8")]);
+    let op = ids.join("operator.cred");
+    let out = std::process::Command::new(binary("zkctl"))
+        .args(["--zk", zk, "--zk-credentials-file", op.to_str().expect("utf-8"), "init", "--root", &root])
+        .output()
+        .expect("run zkctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "init adopted nodes an anonymous client made:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for p in ["/outbox/forged", "/tasks/forged", "/config/system-b"] {
+        assert!(stderr.contains(&format!("{root}{p}")), "init does not name {p}:\n{stderr}");
+    }
+    // Nothing was granted: the forged nodes keep the ACL that shows who
+    // made them.
+    let (acl, _) = tokio::time::timeout(Duration::from_secs(10), anon.zk.get_acl(&format!("{root}/outbox/forged")))
+        .await
+        .expect("in time")
+        .expect("getacl");
+    assert_eq!(&acl, Acl::open_unsafe(), "init re-granted a forged outbox entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refuses_what_an_anonymous_client_planted_on_the_coordinator() {
+    let dir = TempDir::new("attack-preinit-c");
+    let (_server, zk) = start_coordinator(&[], dir.path());
+    init_refuses_what_an_anonymous_client_planted(&zk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refuses_what_an_anonymous_client_planted_on_zookeeper() {
+    init_refuses_what_an_anonymous_client_planted(&testkit::zookeeper_addr().to_string()).await;
+}
