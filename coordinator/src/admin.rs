@@ -89,11 +89,11 @@ fn protected(path: &str) -> bool {
     if let Some(method) = path.strip_prefix("/coordinator.admin.v1.Admin/") {
         return !PUBLIC_RPCS.contains(&method);
     }
-    // Open words are listed, everything else needs the token: the router
-    // percent-decodes the segment (`/commands/%64ump` runs `dump`), so a
-    // list of protected spellings would always miss one.
+    // The router percent-decodes the segment (`/commands/%64ump` runs
+    // `dump`): a word spelled with an escape needs the token whatever it
+    // decodes to, so no spelling of a protected word gets past the check.
     if let Some(word) = path.strip_prefix("/commands/") {
-        return !PUBLIC_WORDS.contains(&word);
+        return !PUBLIC_WORDS.contains(&word) && (FOUR_LETTER_WORDS.contains(&word) || word.contains('%'));
     }
     false
 }

@@ -552,7 +552,9 @@ pub async fn planted(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<Vec<
             } else {
                 match zk.get_children(parent, false).await {
                     Ok(c) => c.iter().map(|c| zk_recipes::join(parent, c)).collect(),
-                    Err(ZkError::NoNode) => continue,
+                    // Not readable by the operator (a task node keeps it
+                    // ADMIN only), so not open to anyone either.
+                    Err(ZkError::NoNode) | Err(ZkError::NoAuth) => continue,
                     Err(e) => return Err((parent.clone(), e)),
                 }
             };
