@@ -181,11 +181,22 @@ impl Worker {
             Ok(()) => {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
+            // Nobody can be told (the task node refuses system-b): the
+            // message goes to the dead-letter queue, where the operator sees
+            // it and can replay it once the ACL is fixed.
+            Err(e) if e.unreportable => {
+                span.in_scope(|| tracing::warn!("result cannot be reported, dead-lettering the task: {}", e.reason));
+                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
             Err(e) if e.permanent => {
                 span.in_scope(|| tracing::warn!("task failed for good: {}", e.reason));
                 let failed = serde_json::json!({"status": "failed", "error": e.reason});
                 match self.report(&task, &failed).instrument(span.clone()).await {
                     Ok(()) => {
+                        let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                    }
+                    Err(e) if e.unreportable => {
+                        span.in_scope(|| tracing::warn!("failure cannot be reported either: {}", e.reason));
                         let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
                     }
                     // Nobody has heard of the failure yet: keep the message
@@ -279,6 +290,7 @@ impl Worker {
             self.client.zk.set_data(&path, body.clone(), None)
         })
         .await;
+        let written = self.refused_twice(written, || self.client.zk.set_data(&path, body.clone(), None)).await;
         match written {
             Ok(_) => Ok(()),
             // system-a gave up and the node was reaped: nobody is waiting.
@@ -286,12 +298,34 @@ impl Worker {
                 tracing::info!("task node is gone; result not reported");
                 Ok(())
             }
+            Err(zk_recipes::ZkError::NoAuth) => Err(Failure::unreportable(servicekit::auth::not_allowed(&path))),
             Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
         }
     }
 }
 
 impl Worker {
+    /// NOAUTH just after a reconnect may be a request that overtook the
+    /// re-sent auth: once the session is live (authenticated) again, `again`
+    /// tells that from an ACL that refuses system-b, which no redelivery
+    /// can fix.
+    async fn refused_twice<T, F>(
+        &self,
+        first: Result<T, zk_recipes::ZkError>,
+        again: impl FnOnce() -> F,
+    ) -> Result<T, zk_recipes::ZkError>
+    where
+        F: std::future::Future<Output = Result<T, zk_recipes::ZkError>>,
+    {
+        match first {
+            Err(zk_recipes::ZkError::NoAuth) => {
+                self.client.wait_live(Duration::from_secs(5)).await;
+                again().await
+            }
+            other => other,
+        }
+    }
+
     /// The result of a copy of a task applied before (a redelivery, or the
     /// outbox publishing it again). Its first delivery reported it, unless
     /// that report was lost: so it is written only over a node that still
@@ -303,15 +337,20 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         let read =
             zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
+        let read = self.refused_twice(read, || self.client.zk.get_data(&path, false)).await;
         let version = match read {
             Ok((data, stat)) if status_of(&data).as_deref() == Some("pending") => stat.version,
             Ok(_) | Err(zk_recipes::ZkError::NoNode) => return Ok(()),
+            Err(zk_recipes::ZkError::NoAuth) => {
+                return Err(Failure::unreportable(servicekit::auth::not_allowed(&path)))
+            }
             Err(e) => return Err(Failure::retry(format!("cannot read the task node: {e:?}"))),
         };
         let body = result.to_string().into_bytes();
         match zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline).await {
             // BadVersion: another delivery reported it meanwhile.
             Ok(_) | Err(zk_recipes::ZkError::BadVersion) | Err(zk_recipes::ZkError::NoNode) => Ok(()),
+            Err(zk_recipes::ZkError::NoAuth) => Err(Failure::unreportable(servicekit::auth::not_allowed(&path))),
             Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
         }
     }
@@ -336,15 +375,20 @@ const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 
 struct Failure {
     permanent: bool,
+    /// The task node refuses system-b: not even a failure can be reported.
+    unreportable: bool,
     reason: String,
 }
 
 impl Failure {
     fn retry(reason: String) -> Failure {
-        Failure { permanent: false, reason }
+        Failure { permanent: false, unreportable: false, reason }
     }
     fn permanent(reason: String) -> Failure {
-        Failure { permanent: true, reason }
+        Failure { permanent: true, unreportable: false, reason }
+    }
+    fn unreportable(reason: String) -> Failure {
+        Failure { permanent: true, unreportable: true, reason }
     }
 }
 

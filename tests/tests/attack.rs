@@ -400,3 +400,68 @@ async fn init_refuses_what_an_anonymous_client_planted_on_the_coordinator() {
 async fn init_refuses_what_an_anonymous_client_planted_on_zookeeper() {
     init_refuses_what_an_anonymous_client_planted(&testkit::zookeeper_addr().to_string()).await;
 }
+
+/// A task node system-b may not write (system-a created it with a stale id
+/// of system-b, say, after a rotation half done): the work is done once,
+/// and the message goes to the dead-letter queue for the operator, where a
+/// replay once the ACL is fixed reports it; it does not go round the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
+    use lapin::options::BasicGetOptions;
+    use servicekit::auth::ZkAuth;
+    let dir = TempDir::new("attack-noauth-report");
+    let (_server, zk) = start_coordinator(&[], dir.path());
+    let root = format!("/{}", testkit::unique("attack"));
+    let queue = testkit::unique("attack-tasks");
+    let ids = e2e_tests::provision(&zk, &root, dir.path());
+    let a_auth = ZkAuth::from_file(&ids.file("system-a")).expect("credentials");
+    let b_id = ZkAuth::from_file(&ids.file("system-b")).expect("credentials").ids["system-b"].clone();
+    let connect =
+        Client::connect_authenticated(&zk, Duration::from_secs(10), Duration::from_secs(10), a_auth.auth_packets());
+    let a = tokio::time::timeout(Duration::from_secs(15), connect).await.expect("in time").expect("connect");
+    let acl: Vec<Acl> = a_auth.policy().task().into_iter().filter(|e| e.id != b_id).collect();
+    let task = format!("{root}/tasks/t1");
+    let created = a.zk.create(&task, br#"{"status":"pending"}"#.to_vec(), acl, CreateMode::Persistent);
+    tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
+    let store = dir.path().join("store");
+    let b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
+    let amqp = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("in time")
+    .expect("RabbitMQ");
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    publish(&ch, &queue, r#"{"id":"t1","entity":"acct","op":"add","amount":1}"#).await;
+
+    let dlq = format!("{queue}.dlq");
+    let started = Instant::now();
+    let dead = loop {
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("in time")
+        .expect("basic.get");
+        if let Some(m) = got {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the task never reached the dead-letter queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(String::from_utf8_lossy(&dead.delivery.data).contains(r#""id":"t1""#));
+    let retries = b.log_text().matches("task will be retried").count();
+    assert!(retries <= 1, "a result refused by an ACL was put back in the queue {retries} times");
+    let entity = std::fs::read_to_string(store.join("acct.json")).expect("entity");
+    let v: serde_json::Value = serde_json::from_str(&entity).expect("json");
+    assert_eq!(v["value"], 1, "applied other than once: {v}");
+    let (data, _) = tokio::time::timeout(Duration::from_secs(10), a.zk.get_data(&task, false))
+        .await
+        .expect("in time")
+        .expect("task node");
+    assert_eq!(&data[..], br#"{"status":"pending"}"#, "the task node was written after all");
+    let _ = amqp.close(0, "bye".into()).await;
+}
