@@ -465,3 +465,87 @@ async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
     assert_eq!(&data[..], br#"{"status":"pending"}"#, "the task node was written after all");
     let _ = amqp.close(0, "bye".into()).await;
 }
+
+/// The re-auth window: after each reconnect system-b's client re-sends its
+/// identity, and a request that overtakes it is refused with NOAUTH. Cut
+/// system-b's connection again and again while it works: every task is
+/// still done exactly once, none is failed or dead-lettered for a refusal
+/// that one more try after the re-auth would not get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnects_mid_work_fail_no_task() {
+    use servicekit::auth::ZkAuth;
+    let dir = TempDir::new("attack-reauth");
+    let (_server, zk) = start_coordinator(&[], dir.path());
+    let root = format!("/{}", testkit::unique("attack"));
+    let queue = testkit::unique("attack-tasks");
+    let ids = e2e_tests::provision(&zk, &root, dir.path());
+    let a_auth = ZkAuth::from_file(&ids.file("system-a")).expect("credentials");
+    let connect =
+        Client::connect_authenticated(&zk, Duration::from_secs(10), Duration::from_secs(10), a_auth.auth_packets());
+    let a = tokio::time::timeout(Duration::from_secs(15), connect).await.expect("in time").expect("connect");
+    let proxy = testkit::proxy::ZkProxy::start(zk.parse().expect("address")).await;
+    let store = dir.path().join("store");
+    let b = start_system_b(&proxy.connect_string(), &root, &queue, &store, "b1", 10_000, dir.path());
+    let amqp = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("in time")
+    .expect("RabbitMQ");
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+
+    const TASKS: usize = 60;
+    let mut paths = Vec::new();
+    for i in 0..TASKS {
+        let path = format!("{root}/tasks/t{i}");
+        let created =
+            a.zk.create(&path, br#"{"status":"pending"}"#.to_vec(), a_auth.policy().task(), CreateMode::Persistent);
+        tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
+        paths.push(path);
+    }
+    let cutter = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let cuts = tokio::spawn(async move {
+            let mut n = 0;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                proxy.cut();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                proxy.restore();
+                n += 1;
+            }
+            n
+        });
+        (stop, cuts)
+    };
+    for i in 0..TASKS {
+        let body =
+            serde_json::json!({"id": format!("t{i}"), "entity": format!("e{}", i % 3), "op": "add", "amount": 1});
+        publish(&ch, &queue, &body.to_string()).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut statuses = Vec::new();
+    for p in &paths {
+        statuses.push(finished(&a, p, Duration::from_secs(40)).await.0["status"].clone());
+    }
+    cutter.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cuts = tokio::time::timeout(Duration::from_secs(5), cutter.1).await.expect("in time").expect("cutter");
+    let failed = statuses.iter().filter(|s| *s != "done").count();
+    let log = b.log_text();
+    println!(
+        "{TASKS} tasks through {cuts} reconnects of system-b; {} retried, {} refused once (NOAUTH) on a reconnect",
+        log.matches("task will be retried").count(),
+        log.matches("NoAuth").count()
+    );
+    assert_eq!(failed, 0, "tasks failed by reconnects: {statuses:?}\n{}", b.log_text());
+    let mut total = 0;
+    for e in 0..3 {
+        let text = std::fs::read_to_string(store.join(format!("e{e}.json"))).expect("entity");
+        total += serde_json::from_str::<serde_json::Value>(&text).expect("json")["value"].as_i64().expect("value");
+    }
+    assert_eq!(total, TASKS as i64, "tasks applied other than once");
+    let _ = amqp.close(0, "bye".into()).await;
+}
