@@ -172,6 +172,7 @@ impl Worker {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "poison message: dead-lettering it");
+                self.fail_unreadable(&delivery.data, &e.to_string()).await;
                 let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
                 return;
             }
@@ -305,6 +306,33 @@ impl Worker {
 }
 
 impl Worker {
+    /// A message that is not a task system-b can run, but names one: its
+    /// node says `failed` (if it still says `pending`), so whoever waits on
+    /// it learns now, instead of waiting for a result that cannot come.
+    /// Best effort: the message is dead-lettered either way.
+    async fn fail_unreadable(&self, data: &[u8], why: &str) {
+        let id = serde_json::from_slice::<serde_json::Value>(data)
+            .ok()
+            .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+            .filter(|id| !id.is_empty() && !id.contains('/') && id != "." && id != "..");
+        let Some(id) = id else { return };
+        let path = self.common.path(&format!("/tasks/{id}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let read =
+            zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
+        let Ok((current, stat)) = read else { return };
+        if status_of(&current).as_deref() != Some("pending") {
+            return;
+        }
+        let failed = serde_json::json!({"status": "failed", "error": format!("system-b cannot read the task: {why}")});
+        let body = failed.to_string().into_bytes();
+        if let Err(e) =
+            zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, stat.version, deadline).await
+        {
+            tracing::warn!(task_id = id, "cannot report the unreadable task as failed: {e:?}");
+        }
+    }
+
     /// NOAUTH just after a reconnect may be a request that overtook the
     /// re-sent auth: once the session is live (authenticated) again, `again`
     /// tells that from an ACL that refuses system-b, which no redelivery

@@ -549,3 +549,20 @@ async fn reconnects_mid_work_fail_no_task() {
     assert_eq!(total, TASKS as i64, "tasks applied other than once");
     let _ = amqp.close(0, "bye".into()).await;
 }
+
+/// A message system-b cannot use but that names its task (a body of
+/// another version, a field missing): it goes to the dead-letter queue
+/// once, and its task node says `failed`, so a Submit or a Watch waiting on
+/// it ends with a clear failure instead of waiting for a result that
+/// cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_system_b_cannot_read_is_failed_not_left_pending() {
+    let dir = TempDir::new("attack-poison");
+    let t = bench(dir.path()).await;
+    let task = pending_task(&t.c, &t.root, "p1").await;
+    publish(&t.ch, &t.queue, r#"{"id":"p1","entity":"acct","op":"add","amount":"lots"}"#).await;
+    let (v, _) = finished(&t.c, &task, Duration::from_secs(10)).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(t.b.log_text().contains("poison message"), "not dead-lettered as poison");
+    let _ = t.amqp.close(0, "bye".into()).await;
+}
