@@ -130,6 +130,13 @@ fn a_credentials_file_others_can_read_is_called_out() {
     assert!(!stderr.contains(&password), "the password is printed");
 }
 
+/// The password in a credentials file.
+fn password_in(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).expect("credentials file");
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("auth =")).expect("an auth line");
+    line.trim().split_once(':').expect("user:password").1.to_string()
+}
+
 /// Publishes `body` to `queue`, confirmed.
 async fn publish(ch: &lapin::Channel, queue: &str, body: &str) {
     let sent = async {
@@ -284,7 +291,7 @@ async fn a_task_for_an_entity_that_cannot_exist_fails_once_not_forever() {
 async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
     use servicekit::auth::ZkAuth;
     let dir = TempDir::new("attack-noauth");
-    let (_server, zk) = start_coordinator(&[], dir.path());
+    let (server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("attack"));
     let queue = testkit::unique("attack-tasks");
     let ids = e2e_tests::provision(&zk, &root, dir.path());
@@ -335,6 +342,9 @@ async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let retries = b.log_text().matches("task will be retried").count();
     assert!(retries <= 1, "a task refused by an ACL was put back in the queue {retries} times");
+    // The refusals are logged, the identity's secret never.
+    let secret = password_in(&ids.file("system-b"));
+    assert!(!b.log_text().contains(&secret) && !server.log_text().contains(&secret), "a password is in a log");
     let _ = amqp.close(0, "bye".into()).await;
 }
 
