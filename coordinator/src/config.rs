@@ -221,9 +221,21 @@ impl Args {
             cfg.admin_listen = Some(v);
         }
         let token = match &self.admin_token_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                flag("--admin-token-file", path.display().to_string(), &format!("cannot read it: {e}"))
-            })?),
+            Some(path) => {
+                // Used anyway (docker mounts secrets 0444 in a one-process
+                // container), but on a shared host anyone could read it.
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        "the admin token file {} is readable by other users (mode {mode:o}): `chmod 600` it",
+                        path.display()
+                    );
+                }
+                Some(std::fs::read_to_string(path).map_err(|e| {
+                    flag("--admin-token-file", path.display().to_string(), &format!("cannot read it: {e}"))
+                })?)
+            }
             None => std::env::var("COORDINATOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
         };
         if let Some(t) = token {

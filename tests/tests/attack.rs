@@ -74,6 +74,8 @@ async fn the_admin_token_cannot_be_sidestepped_and_never_reaches_a_log() {
 
     let log = p.log_text();
     assert!(!log.contains(token) && !log.contains("attack-token"), "the admin token is in the log:\n{log}");
+    // The file was written under the default umask (0644): said so.
+    assert!(log.contains("readable by other users"), "no warning for a world-readable token file:\n{log}");
 }
 
 #[test]
