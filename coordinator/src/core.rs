@@ -371,12 +371,9 @@ impl Core {
         let zxid = self.tree.read().last_zxid();
         conn.send(connect_frame(&reply), zxid);
         tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
-        Handshake::Accepted(Client {
-            conn: conn.clone(),
-            session_id,
-            auth: vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }],
-            live,
-        })
+        let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
+        self.watches.lock().set_auth(conn.id, &auth);
+        Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live })
     }
 
     pub fn touch(&self, client: &Client) {
@@ -468,6 +465,10 @@ impl Core {
             "ip" => true,
             _ => false,
         };
+        if ok {
+            // Watch events are filtered by the ids the connection holds now.
+            self.watches.lock().set_auth(client.conn.id, &client.auth);
+        }
         let err = if ok { 0 } else { ErrorCode::AuthFailed.as_i32() };
         client.conn.send(frame(xid, 0, err, |_| {}), 0);
         if !ok {

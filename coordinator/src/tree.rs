@@ -292,12 +292,15 @@ fn widen(hash: u32) -> u64 {
 }
 
 /// A watch trigger produced by a change, for the watch manager to deliver.
+/// Each carries the ACL of the node its event names (the parent's, for a
+/// child change; the node's last, for a delete): a watcher is told only of
+/// nodes it may read, checked as the event is delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    Created(String),
-    Deleted(String),
-    DataChanged(String),
-    ChildrenChanged(String),
+    Created(String, Arc<Vec<Acl>>),
+    Deleted(String, Arc<Vec<Acl>>),
+    DataChanged(String, Arc<Vec<Acl>>),
+    ChildrenChanged(String, Arc<Vec<Acl>>),
 }
 
 /// What applying a transaction produced, for the reply.
@@ -673,8 +676,9 @@ impl DataTree {
                 node.stat.mzxid = hdr.zxid;
                 node.stat.version = *version;
                 let stat = node.stat();
+                let acl = node.acl;
                 self.data_size += data.as_ref().map_or(0, |d| d.len() as i64) - old;
-                triggers.push(Trigger::DataChanged(path.clone()));
+                triggers.push(Trigger::DataChanged(path.clone(), self.acls.get(acl).clone()));
                 TxnResult::Stat(stat)
             }
             Txn::SetAcl { path, acl, version } => {
@@ -739,8 +743,9 @@ impl DataTree {
         let acl = self.acls.intern(acl);
         let slot = self.add_node(parent, path, data, acl, stat);
         let client_stat = self.node(slot).map(Node::stat).unwrap_or_default();
-        triggers.push(Trigger::Created(path.to_string()));
-        triggers.push(Trigger::ChildrenChanged(parent_path.to_string()));
+        let parent_acl = self.node(parent).map_or(acl, |p| p.acl);
+        triggers.push(Trigger::Created(path.to_string(), self.acls.get(acl).clone()));
+        triggers.push(Trigger::ChildrenChanged(parent_path.to_string(), self.acls.get(parent_acl).clone()));
         Ok(client_stat)
     }
 
@@ -757,9 +762,13 @@ impl DataTree {
             return false;
         }
         self.preserve(slot);
+        // The ACL outlives the node in the trigger: the table may drop it
+        // once the last node using it is gone.
+        let acl = self.node(slot).map(|n| self.acls.get(n.acl).clone());
         let Some(node) = self.remove(slot) else {
             return false;
         };
+        let parent_acl = self.node(node.parent).map(|p| self.acls.get(p.acl).clone());
         self.preserve(node.parent);
         if let Some(parent) = self.node_mut(node.parent) {
             if zxid > parent.stat.pzxid {
@@ -784,8 +793,9 @@ impl DataTree {
             }
             NodeKind::Persistent => {}
         }
-        triggers.push(Trigger::Deleted(path.to_string()));
-        triggers.push(Trigger::ChildrenChanged(parent_path.to_string()));
+        let none = || Arc::new(Vec::new());
+        triggers.push(Trigger::Deleted(path.to_string(), acl.unwrap_or_else(none)));
+        triggers.push(Trigger::ChildrenChanged(parent_path.to_string(), parent_acl.unwrap_or_else(none)));
         true
     }
 }
@@ -1096,7 +1106,9 @@ mod tests {
         tr.clear();
         t.apply(&hdr(2), &Txn::CloseSession, &mut tr);
         assert!(t.get("/e").is_none());
-        assert_eq!(tr, vec![Trigger::Deleted("/e".into()), Trigger::ChildrenChanged("/".into())]);
+        let root_acl = t.get("/").unwrap().acl().clone();
+        let e_acl = Arc::new(acl::open_acl_unsafe());
+        assert_eq!(tr, vec![Trigger::Deleted("/e".into(), e_acl), Trigger::ChildrenChanged("/".into(), root_acl)]);
         assert_eq!(t.ephemeral_count(), 0);
     }
 
