@@ -118,7 +118,11 @@ fn create(pending: &mut Pending<'_>, ctx: &Ctx<'_>, op: OpCode, r: &CreateTtlReq
         if ttl <= 0 || ttl > MAX_TTL {
             return Err(ErrorCode::BadArguments);
         }
-    } else if ttl >= 0 {
+    } else if ttl >= 0 || op == OpCode::CreateTtl {
+        // createTTL makes a TTL node whatever its flags say, so a non-TTL
+        // mode is refused: ZooKeeper refuses it for ttl >= 0 and falls over
+        // applying it for ttl < 0, where the ttl would otherwise become a
+        // TTL node's lifetime (an "ephemeral" living 34 years) or wrap to 0.
         return Err(ErrorCode::BadArguments);
     }
     let parent_path = match path::parent(&r.path) {
