@@ -187,7 +187,7 @@ impl Core {
                 let r = Storage::open(dir)?;
                 (r.tree, r.secret, Some(r.storage))
             }
-            None => (DataTree::new(), rand::random(), None),
+            None => (DataTree::in_memory(wall_ms()), rand::random(), None),
         };
         let durable = match &storage {
             Some(s) => s.durable(),
