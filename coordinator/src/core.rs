@@ -184,7 +184,7 @@ impl Core {
         let tick = config.tick_time;
         let (tree, secret, storage) = match &config.data_dir {
             Some(dir) => {
-                let r = Storage::open(dir)?;
+                let r = Storage::open_retaining(dir, config.snap_retain_count)?;
                 (r.tree, r.secret, Some(r.storage))
             }
             None => (DataTree::in_memory(wall_ms()), rand::random(), None),
@@ -299,9 +299,11 @@ impl Core {
             );
             return Handshake::Dropped;
         }
-        let min = self.config.min_session_timeout.as_millis() as i32;
-        let max = self.config.max_session_timeout.as_millis() as i32;
-        let timeout_ms = req.time_out.clamp(min, max);
+        // The config checks both bounds fit an i32 and are ordered; an
+        // embedder's Config is held to it here too, without a panic.
+        let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        let min = ms(self.config.min_session_timeout);
+        let timeout_ms = req.time_out.clamp(min, ms(self.config.max_session_timeout).max(min));
         let timeout = Duration::from_millis(timeout_ms as u64);
 
         let session_id = if req.session_id == 0 {

@@ -60,8 +60,9 @@ const LOG_MAGIC: &[u8; 8] = b"ZKCLOG01";
 const SNAP_MAGIC: &[u8; 8] = b"ZKCSNP01";
 /// A new segment starts once the current one passes this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// Snapshots kept on disk; older ones (and the log before them) are removed.
-const SNAPSHOTS_KEPT: usize = 3;
+/// Snapshots kept on disk by default (ZooKeeper's autopurge.snapRetainCount);
+/// older ones, and the log before the oldest kept, are removed.
+pub const SNAPSHOTS_KEPT: usize = 3;
 /// Bytes of snapshot encoded per hold of the tree's lock: about 9,000
 /// small znodes, or a millisecond of writers waiting.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -106,6 +107,8 @@ pub struct Storage {
     since_snapshot: AtomicU64,
     /// Bytes of log written since the last snapshot began.
     logged_since_snapshot: AtomicU64,
+    /// Snapshots kept by purge.
+    retain: usize,
     _lock: File,
 }
 
@@ -119,8 +122,14 @@ pub struct Recovered {
 }
 
 impl Storage {
-    /// Opens (creating if needed) a data dir and recovers the tree from it.
+    /// Opens (creating if needed) a data dir and recovers the tree from it,
+    /// keeping the default number of snapshots.
     pub fn open(dir: &Path) -> Result<Recovered, StorageError> {
+        Self::open_retaining(dir, SNAPSHOTS_KEPT)
+    }
+
+    /// [`open`](Self::open), keeping `retain` snapshots (at least one).
+    pub fn open_retaining(dir: &Path, retain: usize) -> Result<Recovered, StorageError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
         let lock =
@@ -183,6 +192,7 @@ impl Storage {
                 failed,
                 since_snapshot: AtomicU64::new(replayed as u64),
                 logged_since_snapshot: AtomicU64::new(logged),
+                retain: retain.max(1),
                 _lock: lock,
             },
             snapshot_zxid,
@@ -293,7 +303,7 @@ impl Storage {
     /// cannot be read, and replays the log from there.
     fn purge(&self) -> Result<(), StorageError> {
         let (snapshots, logs) = list(&self.dir)?;
-        let kept = snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
+        let kept = snapshots.len().saturating_sub(self.retain);
         let Some((oldest_kept, _)) = snapshots.get(kept) else {
             return Ok(());
         };
@@ -471,7 +481,7 @@ fn load_newest_usable_snapshot(
     for (i, (zxid, path)) in snapshots.iter().enumerate().rev() {
         let newest = i + 1 == snapshots.len();
         // The newest needs no log; an older one, the log from zxid + 1.
-        if !newest && !log_from.is_some_and(|from| from <= zxid + 1) {
+        if !newest && log_from.is_none_or(|from| from > zxid + 1) {
             break;
         }
         match read_snapshot(path) {
@@ -928,6 +938,20 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(r) => panic!("started with zxid {:#x} although every snapshot is damaged", r.tree.last_zxid()),
         }
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn purge_keeps_the_retained_snapshots_and_the_log_the_oldest_needs() {
+        let dir = tmpdir("retain");
+        for round in 0..6 {
+            write_n(&dir, round * 5, 5);
+            let mut rec = Storage::open_retaining(&dir, 4).unwrap();
+            rec.storage.snapshot(&mut rec.tree).unwrap();
+        }
+        let (snaps, logs) = list(&dir).unwrap();
+        assert_eq!(snaps.iter().map(|(z, _)| *z).collect::<Vec<_>>(), vec![15, 20, 25, 30]);
+        assert!(logs.first().is_some_and(|(z, _)| *z <= 16), "the log after the oldest kept snapshot is kept");
         fs::remove_dir_all(dir).ok();
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::{start_coordinator, TempDir};
+use e2e_tests::{start_coordinator, Proc, TempDir};
 use zk_wire::client::{Client, ConnectOptions};
 use zk_wire::consts::{perms, CreateMode, OpCode};
 use zk_wire::records::{Acl, CreateTtlRequest, Id};
@@ -56,4 +56,43 @@ async fn in_memory_zxids_do_not_go_backwards_across_restarts() {
         last = czxid;
         server.kill9();
     }
+}
+
+/// A session-timeout bound the handshake cannot carry (above i32::MAX ms)
+/// stops the server at startup with an error that names the setting,
+/// whether it came as a flag, an environment variable or a zoo.cfg key.
+/// (It was accepted, and every handshake then panicked.)
+#[test]
+fn a_session_timeout_bound_above_i32_max_is_refused_at_startup() {
+    let dir = TempDir::new("cfg-timeouts");
+    let cfg = dir.path().join("zoo.cfg");
+    std::fs::write(&cfg, "maxSessionTimeout=3000000000\n").expect("write zoo.cfg");
+    let cfg = cfg.to_str().expect("utf-8 path").to_string();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (&["--max-session-timeout", "3000000000"], &[], "--max-session-timeout"),
+        (&[], &[("COORDINATOR_MAX_SESSION_TIMEOUT", "3000000000")], "--max-session-timeout"),
+        (&["--config", &cfg], &[], "maxSessionTimeout"),
+    ];
+    for (args, env, named) in cases {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut p = Proc::spawn_with_env("coordinator", &all, env, dir.path());
+        let status = p.wait_exit(LIMIT).unwrap_or_else(|| panic!("{args:?} {env:?}: still running"));
+        assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {}", p.log_text());
+        let log = p.log_text();
+        assert!(log.contains(named) && log.contains("2147483647"), "{args:?} {env:?}: {log}");
+    }
+}
+
+/// zoo.cfg keys with no effect here are named in the log at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zoo_cfg_keys_without_effect_are_named_at_startup() {
+    let dir = TempDir::new("cfg-warn");
+    let cfg = dir.path().join("zoo.cfg");
+    std::fs::write(&cfg, "tickTime=500\nsnapCount=10\ndataLogDir=/elsewhere\nnoSuchKey=1\n").expect("write zoo.cfg");
+    let (server, _addr) = start_coordinator(&["--config", cfg.to_str().expect("utf-8 path")], dir.path());
+    let log = server.log_text();
+    assert!(log.contains("dataLogDir") && log.contains("noSuchKey"), "{log}");
+    assert!(!log.contains("snapCount"), "snapCount is a setting: {log}");
 }
