@@ -509,19 +509,33 @@ fn load_newest_usable_snapshot(
 
 fn read_snapshot(path: &Path) -> Result<DataTree, StorageError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let corrupt = |offset: usize, reason: &str| StorageError::Corrupt {
+    decode_snapshot(&bytes).map_err(|(offset, reason)| StorageError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
-        reason: reason.into(),
-    };
+        reason,
+    })
+}
+
+/// A snapshot file's bytes to a tree, or the offset and reason it cannot
+/// be read. No I/O: the fuzz targets feed it arbitrary bytes.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<DataTree, (usize, String)> {
     if bytes.len() < SNAP_MAGIC.len() + 4 || &bytes[..8] != SNAP_MAGIC {
-        return Err(corrupt(0, "not a snapshot (bad magic)"));
+        return Err((0, "not a snapshot (bad magic)".into()));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32c::crc32c(body).to_be_bytes() != crc {
-        return Err(corrupt(body.len(), "checksum mismatch"));
+        return Err((body.len(), "checksum mismatch".into()));
     }
-    DataTree::read_snapshot(&body[8..]).map_err(|e| corrupt(8, &format!("undecodable: {e}")))
+    DataTree::read_snapshot(&body[8..]).map_err(|e| (8, format!("undecodable: {e}")))
+}
+
+/// What replaying one segment's bytes did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SegmentReplay {
+    /// Transactions applied (those the tree already had are skipped).
+    pub applied: usize,
+    /// Where a torn tail begins, in the last segment: the file is cut there.
+    pub torn_at: Option<usize>,
 }
 
 /// Replays one segment into the tree; returns how many txns it applied.
@@ -529,33 +543,47 @@ fn read_snapshot(path: &Path) -> Result<DataTree, StorageError> {
 fn replay_segment(path: &Path, last: bool, tree: &mut DataTree) -> Result<usize, StorageError> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+    if bytes.len() < LOG_MAGIC.len() && last {
+        // Created but its magic never fully reached the disk.
+        tracing::warn!(path = %path.display(), "removing a log segment torn at creation");
+        fs::remove_file(path).map_err(io_err(path))?;
+        return Ok(0);
+    }
+    let replay = replay_bytes(&bytes, last, tree).map_err(|(offset, reason)| StorageError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
         reason,
-    };
+    })?;
+    if let Some(at) = replay.torn_at {
+        tracing::warn!(path = %path.display(), offset = at, "cutting a torn end of the log (a crash mid-append; it was never acknowledged)");
+        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        f.set_len(at as u64).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+    }
+    Ok(replay.applied)
+}
+
+/// Replays a log segment's bytes into the tree, or answers the offset and
+/// reason of the damage that stops recovery. `last` says whether this is
+/// the last segment, the only one whose end may be torn. No I/O: the fuzz
+/// targets feed it arbitrary bytes.
+pub fn replay_bytes(bytes: &[u8], last: bool, tree: &mut DataTree) -> Result<SegmentReplay, (usize, String)> {
     if bytes.len() < LOG_MAGIC.len() {
-        if last {
-            // Created but its magic never fully reached the disk.
-            tracing::warn!(path = %path.display(), "removing a log segment torn at creation");
-            fs::remove_file(path).map_err(io_err(path))?;
-            return Ok(0);
-        }
-        return Err(corrupt(0, "segment shorter than its header".into()));
+        return Err((0, "segment shorter than its header".into()));
     }
     if &bytes[..8] != LOG_MAGIC {
-        return Err(corrupt(0, "not a log segment (bad magic)".into()));
+        return Err((0, "not a log segment (bad magic)".into()));
     }
     let mut at = LOG_MAGIC.len();
     let mut applied = 0;
     while at < bytes.len() {
-        match next_record(&bytes, at) {
+        match next_record(bytes, at) {
             Ok((payload, end)) => {
-                let (hdr, txn) = decode_record(payload).map_err(|e| corrupt(at, format!("undecodable record: {e}")))?;
+                let (hdr, txn) = decode_record(payload).map_err(|e| (at, format!("undecodable record: {e}")))?;
                 if hdr.zxid <= tree.last_zxid() {
                     // Already in the snapshot.
                 } else if hdr.zxid != tree.last_zxid() + 1 {
-                    return Err(corrupt(
+                    return Err((
                         at,
                         format!("zxid {:#x} does not follow {:#x}: a record is missing", hdr.zxid, tree.last_zxid()),
                     ));
@@ -567,21 +595,15 @@ fn replay_segment(path: &Path, last: bool, tree: &mut DataTree) -> Result<usize,
             }
             Err(reason) => {
                 // Torn only if nothing valid could follow: the bad record is
-                // the tail of the last segment (cut short, or complete in
-                // length but not in content, or zero fill).
-                let torn_tail = last && is_torn_tail(&bytes, at);
-                if !torn_tail {
-                    return Err(corrupt(at, reason));
+                // the tail of the last segment (see `is_torn_tail`).
+                if !(last && is_torn_tail(bytes, at)) {
+                    return Err((at, reason));
                 }
-                tracing::warn!(path = %path.display(), offset = at, reason, "cutting a torn record at the end of the log (a crash mid-append; it was never acknowledged)");
-                let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-                f.set_len(at as u64).map_err(io_err(path))?;
-                f.sync_all().map_err(io_err(path))?;
-                break;
+                return Ok(SegmentReplay { applied, torn_at: Some(at) });
             }
         }
     }
-    Ok(applied)
+    Ok(SegmentReplay { applied, torn_at: None })
 }
 
 const RECORD_HEADER: usize = 12;
