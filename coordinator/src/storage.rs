@@ -529,6 +529,38 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<DataTree, (usize, String)> {
     DataTree::read_snapshot(&body[8..]).map_err(|e| (8, format!("undecodable: {e}")))
 }
 
+/// A well-formed log segment holding `payloads` as its records (each a txn
+/// header and txn, as `encode_record` makes them, or anything else): for
+/// tests and for the fuzz targets, which get past the checksums this way to
+/// reach the record decoder.
+pub fn log_segment_of<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = LOG_MAGIC.to_vec();
+    for p in payloads {
+        out.extend_from_slice(&record_header(p));
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// A snapshot file around `body` (the tree's encoding), with its magic and
+/// a valid checksum: the snapshot counterpart of [`log_segment_of`].
+pub fn snapshot_file_of(body: &[u8]) -> Vec<u8> {
+    let mut out = SNAP_MAGIC.to_vec();
+    out.extend_from_slice(body);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A whole snapshot file of `tree` in memory, as [`Storage::snapshot`]
+/// would write it: for tests and the fuzz targets' round trips.
+pub fn encode_snapshot(tree: &mut DataTree) -> Result<Vec<u8>, SnapshotError> {
+    let mut body = Vec::new();
+    tree.begin_snapshot().write(&mut body);
+    while tree.snapshot_chunk(&mut body, SNAPSHOT_CHUNK)? != Progress::Done {}
+    Ok(snapshot_file_of(&body))
+}
+
 /// What replaying one segment's bytes did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SegmentReplay {

@@ -1050,6 +1050,12 @@ impl DataTree {
                 ephemeral_owner: r.i64()?,
                 pzxid: r.i64()?,
             };
+            // A snapshot holds the nodes created up to its zxid and no
+            // later one; a tree with a node from after it could not be
+            // snapshotted again (that self-check would fail every time).
+            if stat.czxid > tree.last_zxid {
+                return Err(DecodeError::BadLength { offset, len: path.len() as i32 });
+            }
             if !tree.load_node(&path, data, acl, stat) {
                 waiting.push((offset, path, data.map(<[u8]>::to_vec), acl, stat));
             }
@@ -1124,6 +1130,20 @@ mod tests {
         let s = t.get("/a").unwrap().stat();
         assert_eq!((s.cversion, s.num_children, s.pzxid), (3, 1, 4));
         assert_eq!(t.get("/a").unwrap().stat.cversion, 2, "stored as creates");
+    }
+
+    /// Found by fuzzing the snapshot reader: a snapshot whose node was
+    /// created after the snapshot's own zxid read fine, and the tree it
+    /// gave could never be snapshotted again.
+    #[test]
+    fn a_snapshot_with_a_node_from_after_it_is_refused() {
+        let mut t = DataTree::new();
+        t.apply(&hdr(5), &create("/late", NodeKind::Persistent, 1), &mut Vec::new());
+        let mut bytes = Vec::new();
+        t.write_snapshot(&mut bytes).unwrap();
+        assert!(DataTree::read_snapshot(&bytes).is_ok());
+        bytes[..8].copy_from_slice(&4i64.to_be_bytes());
+        assert!(DataTree::read_snapshot(&bytes).is_err(), "a node created at zxid 5 in a snapshot of zxid 4");
     }
 
     #[test]
