@@ -14,13 +14,14 @@
 # C++ compiler). With `--sanitizer none`, cargo-fuzz passes only stable
 # codegen options (LLVM's SanitizerCoverage pass, which guides libFuzzer), so
 # no nightly toolchain is needed; the sanitizers, which need nightly's
-# prebuilt runtimes, are left out. Overflow checks and debug assertions are
-# on, as in a debug build.
+# prebuilt runtimes, are left out. -O optimises; -a keeps overflow checks
+# and debug assertions on, as in a debug build. Line tables only for debug
+# info: full debug info of every target takes gigabytes of disk.
 #
 # cargo-fuzz is installed under .run/cargo-fuzz if it is not on PATH. A
 # crash or a failed check stops the script with status 1 and leaves the
 # input in fuzz/artifacts/<target>/; replay it with
-#   cargo fuzz run --sanitizer none -O <target> <file>
+#   cargo fuzz run --sanitizer none -O -a <target> <file>
 # (in fuzz/), then pin it in a unit test before fixing the reader.
 set -euo pipefail
 total=${1:?usage: scripts/fuzz.sh SECONDS}
@@ -35,17 +36,18 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   export PATH="$root/.run/cargo-fuzz/bin:$PATH"
 fi
 
+export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 cd "$root/fuzz"
 set -- $targets
 per=$(( total / $# ))
 [ "$per" -ge 1 ] || per=1
 echo "fuzz.sh: building $# targets" >&2
-cargo fuzz build --sanitizer none -O
+cargo fuzz build --sanitizer none -O -a
 for t in $targets; do
   echo "fuzz.sh: $t for ${per}s" >&2
   # -timeout: one input taking 10 s is a hang; -rss_limit_mb: a reader
   # that allocates what the input cannot justify is a finding.
-  if ! cargo fuzz run --sanitizer none -O "$t" -- \
+  if ! cargo fuzz run --sanitizer none -O -a "$t" -- \
       -max_total_time="$per" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>"$root/fuzz/$t.log"; then
     tail -40 "$root/fuzz/$t.log" >&2
     echo "fuzz.sh: $t found a problem; its input is in fuzz/artifacts/$t/ (log: fuzz/$t.log)" >&2
