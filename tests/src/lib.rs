@@ -258,6 +258,11 @@ pub fn start_system_b(
 /// system-a on port 0 as instance `a1`; returns it and its gRPC address once
 /// it can publish.
 pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String) {
+    start_system_a_with(zk, root, queue, &[], log_dir)
+}
+
+/// [`start_system_a`] with `extra` flags (e.g. `--task-retention-secs`).
+pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
     let amqp = amqp_url();
     let args = [
         "--zk",
@@ -280,6 +285,7 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
     if let Some(c) = &creds {
         args.extend([c[0].as_str(), c[1].as_str()]);
     }
+    args.extend_from_slice(extra);
     let mut p = Proc::spawn("system-a", &args, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
