@@ -157,6 +157,10 @@ async fn scenario(zk: &str, dir: &Path) {
         sys.bs.iter().any(|b| b.log_text().contains("task message of a newer version: dead-lettering it")),
         "no system-b said why it dead-lettered the newer message"
     );
+    // Logs written to a file carry no colour codes (they are not a terminal).
+    for p in sys.bs.iter().chain([&sys.a]) {
+        assert!(!p.log_text().contains('\x1b'), "{}'s log file holds ANSI escape codes", p.name);
+    }
 
     // A worker killed in the middle of a task: RabbitMQ redelivers it, and
     // it is applied exactly once.
@@ -233,7 +237,7 @@ async fn dead_lettered(ch: &lapin::Channel, queue: &str, body: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_task_node_is_neither_finished_nor_reaped() {
     let dir = TempDir::new("unreadable-task");
-    let (_server, zk) = start_coordinator(&["--tick-time", "500"], dir.path());
+    let (server, zk) = start_coordinator(&["--tick-time", "500"], dir.path());
     let root = format!("/{}", testkit::unique("unreadable"));
     let client = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     let tasks = format!("{root}/tasks");
@@ -268,6 +272,9 @@ async fn an_unreadable_task_node_is_neither_finished_nor_reaped() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let garbage = client.zk.exists(&format!("{tasks}/garbage"), false).await.expect("exists");
     assert!(garbage.is_some(), "the unreadable task node was reaped as if finished");
+    // The coordinator's log file carries no colour codes either.
+    let log = server.log_text();
+    assert!(!log.is_empty() && !log.contains('\x1b'), "the coordinator's log file holds ANSI escape codes:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
