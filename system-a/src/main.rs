@@ -17,6 +17,10 @@
 //!    and every reconnect is followed by a re-read), up to the timeout from
 //!    `<root>/config/system-a`.
 //!
+//! The message and the node's data are `task_contract`'s types. A node that
+//! does not read as one is an error (DATA_LOSS to the caller), never a
+//! finished task: the reaper leaves it alone.
+//!
 //! A reaper deletes finished task nodes after `--task-retention-secs`.
 //! (TTL nodes would do it server-side, but they need `extendedTypesEnabled`
 //! on an Apache ZooKeeper ensemble, which a user may not control.)

@@ -11,7 +11,8 @@
 //! into a no-op that still reports the result; acking earlier could lose a
 //! task. For the same reason a result whose write to the task znode is
 //! lost to a connection drop is written again, and is never acked unseen.
-//! A message that cannot be parsed is rejected without requeue and lands in
+//! A message that cannot be parsed, or is of a newer version of the task
+//! contract than this build reads, is rejected without requeue and lands in
 //! the dead-letter queue instead of looping forever.
 //!
 //! Stdout: `system-b ready` once consuming; `config applied ...` on each
