@@ -50,8 +50,9 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
         tracing::warn!(%peer, limit = core.config.max_client_connections, "too many connections from this address; refusing");
         return;
     };
-    // Attached to both halves' futures (an entered guard would end at the
-    // first await, or worse, stay entered on a thread others run on).
+    // Attached to both halves' futures, so whatever they log carries it. A
+    // guard from `span.enter()` covers only what runs before it drops, and
+    // held across an await it would cover whatever else runs on the thread.
     let span = tracing::debug_span!("conn", id = conn.id, %peer);
     // Before the handshake no session timeout is known: the longest one a
     // client could negotiate bounds a write then.
