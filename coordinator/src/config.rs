@@ -141,7 +141,8 @@ pub struct Args {
     /// Connections allowed per client IP; 0 for no limit [default: 60].
     #[arg(long, env = "COORDINATOR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
     pub max_client_connections: Option<usize>,
-    /// Address for the admin API and dashboard (off unless given).
+    /// Address for the admin API: gRPC, and HTTP /health, /metrics and
+    /// /commands/<word> (off unless given; the dashboard is its own binary).
     #[arg(long, env = "COORDINATOR_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
     /// File holding the admin API's bearer token (else the

@@ -27,7 +27,11 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use zk_recipes::election::Election;
+use zk_recipes::registry::Registration;
+use zk_recipes::session::Client;
 
 #[derive(Parser, Debug)]
 #[command(name = "ha-worker", version, about = "Active/standby worker under leader election")]
@@ -80,10 +84,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let election = Election::new(&client, args.common.path(&format!("/ha/{}", args.group)), instance.clone())
         .with_acl(args.common.policy().ha_group());
     let span = tracing::info_span!("ha", instance = %instance, group = %args.group);
-    let _enter = span.enter();
+    // Instrumented, not entered: a guard held across awaits would leave the
+    // span entered on this thread for whatever else runs on it meanwhile.
+    stand(client, stop, election, settings, journal, instance, args, registration).instrument(span).await
+}
 
+/// Stands in the election until stopped: standby until elected, active
+/// until the term ends, and again.
+#[allow(clippy::too_many_arguments)]
+async fn stand(
+    client: Client,
+    stop: CancellationToken,
+    election: Election,
+    settings: watch::Receiver<Settings>,
+    journal: journal::Journal,
+    instance: String,
+    args: Args,
+    registration: Registration,
+) -> anyhow::Result<()> {
     loop {
-        println!("ha-worker standby");
         if !client.is_live() {
             tokio::select! {
                 _ = client.wait_live(Duration::from_secs(3600)) => {}
@@ -91,7 +110,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         let leadership = tokio::select! {
-            l = election.campaign() => l,
+            // "standby" once our candidate node exists, not before: only
+            // then does a failover of the active find us in line.
+            l = election.campaign_then(|| println!("ha-worker standby")) => l,
             _ = stop.cancelled() => break,
         };
         let leadership = match leadership {

@@ -117,13 +117,20 @@ impl CommonArgs {
 }
 
 pub mod telemetry {
+    use std::io::IsTerminal;
+
     /// Installs the global subscriber: logs to stderr (stdout carries the
     /// readiness lines tests and scripts wait for), filtered by `RUST_LOG`
-    /// (default `info`).
+    /// (default `info`). Coloured only when stderr is a terminal: in a log
+    /// file (scripts/run.sh, the tests) escape codes are noise to a reader
+    /// and break grep.
     pub fn init(json: bool) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+        let logs = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter);
         if json {
             logs.json().init();
         } else {

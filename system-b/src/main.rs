@@ -11,7 +11,8 @@
 //! into a no-op that still reports the result; acking earlier could lose a
 //! task. For the same reason a result whose write to the task znode is
 //! lost to a connection drop is written again, and is never acked unseen.
-//! A message that cannot be parsed is rejected without requeue and lands in
+//! A message that cannot be parsed, or is of a newer version of the task
+//! contract than this build reads, is rejected without requeue and lands in
 //! the dead-letter queue instead of looping forever.
 //!
 //! Stdout: `system-b ready` once consuming; `config applied ...` on each
@@ -30,6 +31,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
+use task_contract::{ContractError, TaskMessage as Task, TaskNode};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -57,20 +59,6 @@ struct Settings {
     /// Simulated work time while holding the lock.
     #[serde(default)]
     work_ms: u64,
-}
-
-/// The task message system-a publishes.
-#[derive(Debug, Deserialize)]
-struct Task {
-    id: String,
-    entity: String,
-    #[serde(default = "add")]
-    op: String,
-    amount: i64,
-}
-
-fn add() -> String {
-    "add".into()
 }
 
 struct Worker {
@@ -167,8 +155,16 @@ async fn consume(
 
 impl Worker {
     async fn handle(&self, delivery: lapin::message::Delivery) {
-        let task: Task = match serde_json::from_slice(&delivery.data) {
+        let task = match Task::decode(&delivery.data) {
             Ok(t) => t,
+            // Written by a newer system-a: what it asks may not be what this
+            // build would do, so it waits in the dead-letter queue until a
+            // worker that reads its version replays it.
+            Err(e @ ContractError::UnsupportedVersion { .. }) => {
+                tracing::warn!(error = %e, "task message of a newer version: dead-lettering it");
+                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "poison message: dead-lettering it");
                 let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
@@ -182,7 +178,7 @@ impl Worker {
             }
             Err(e) if e.permanent => {
                 span.in_scope(|| tracing::warn!("task failed for good: {}", e.reason));
-                let failed = serde_json::json!({"status": "failed", "error": e.reason});
+                let failed = TaskNode::failed(e.reason);
                 match self.report(&task, &failed).instrument(span.clone()).await {
                     Ok(()) => {
                         let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
@@ -197,9 +193,6 @@ impl Worker {
     }
 
     async fn apply(&self, task: &Task) -> Result<(), Failure> {
-        if task.op != "add" && task.op != "set" {
-            return Err(Failure::permanent(format!("unknown op {:?}", task.op)));
-        }
         let lock = Lock::new(&self.client, self.common.path(&format!("/locks/{}", task.entity)))
             .with_acl(self.common.policy().lock());
         let guard =
@@ -217,7 +210,7 @@ impl Worker {
             if !work.is_zero() {
                 tokio::time::sleep(work).await;
             }
-            let value = if task.op == "add" { read.value + task.amount } else { task.amount };
+            let value = task.op.apply(read.value, task.amount);
             if guard.is_lost() {
                 // We may no longer hold the lock; the token would protect
                 // the store anyway, but do not even try.
@@ -226,7 +219,7 @@ impl Worker {
             self.store.write(&task.entity, token, &task.id, value).map_err(Failure::from)?;
             value
         };
-        let result = serde_json::json!({"status": "done", "value": value, "worker": self.instance, "token": token});
+        let result = TaskNode::done(value, &self.instance, token);
         let reported = self.report(task, &result).await;
         guard.release().await;
         reported?;
@@ -246,9 +239,9 @@ impl Worker {
     /// task id) and only reports again. A lost session is not retried here:
     /// the lock this result was computed under is gone with it, and the
     /// redelivery starts over.
-    async fn report(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
+    async fn report(&self, task: &Task, result: &TaskNode) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
-        let body = result.to_string().into_bytes();
+        let body = result.encode();
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         let written = zk_recipes::retry::retry(&Default::default(), deadline, |attempt| {
             if attempt > 0 {
