@@ -8,8 +8,10 @@
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
+//! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
+pub mod fault;
 pub mod rabbit;
 
 use std::time::Duration;

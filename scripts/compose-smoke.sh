@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# The README's Docker section, run for real: the project's images in a real
+# Docker engine on this machine, on both profiles (the coordinator, and a
+# 3-node Apache ZooKeeper ensemble), driven through `docker-compose exec` the
+# way a user drives them. Fails loudly at the first broken promise.
+#
+#   scripts/compose-smoke.sh                 # both profiles
+#   scripts/compose-smoke.sh coordinator     # or: zookeeper
+#   scripts/compose-smoke.sh --images-only   # build the stand-in base images
+#   scripts/compose-smoke.sh --rmi           # also remove every image it built
+#
+# What it needs and does, in order:
+# - Docker's engine and docker-compose (v1 1.29, the oldest Compose the files
+#   are written for) from Debian's packages, installed when missing.
+# - A daemon: reuses one that answers; otherwise starts `dockerd` with no
+#   bridge and no iptables rules (this machine may not own its firewall) and
+#   stops it at the end.
+# - Base images, built locally when they cannot be pulled (no registry is
+#   reachable from CI machines): debian:bookworm-slim by debootstrap from the
+#   host's Debian mirror; a Rust build image from the host's own toolchain
+#   (passed to the Dockerfile as RUST_IMAGE, so its tag says what it is);
+#   Apache ZooKeeper from Debian's `zookeeper` package; and a stand-in for the
+#   broker that checks the host's RabbitMQ (127.0.0.1:5672) with an AMQP
+#   handshake, since the broker image cannot be pulled either.
+# - Every container on the host network (no bridge exists), service names
+#   resolved to loopback: a generated override adds network_mode/extra_hosts,
+#   and the merged file is rendered with `docker-compose config` with its
+#   `ports:` removed (host networking refuses port bindings, and Compose v1
+#   appends an override's ports to the base file's instead of replacing them).
+#   The ZooKeeper servers take 127.0.0.11-13, the coordinator 127.0.0.1.
+# - Containers, volumes and the project's network are removed at the end;
+#   base images and the build cache are kept for the next run (--rmi removes
+#   them too).
+set -euo pipefail
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${SMOKE_WORK:-$root/.run/compose-smoke}
+mkdir -p "$work"
+rust_version=$(rustc --version | awk '{print $2}')
+rust_image=coordination-demo/rust-host:$rust_version
+zk_image=coordination-demo/zookeeper-debian:3.8
+broker_image=coordination-demo/rabbitmq-host:latest
+export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
+t0=$(date +%s)
+
+say() { printf '[compose-smoke %4ss] %s\n' "$(($(date +%s) - t0))" "$*" >&2; }
+fail() {
+  say "FAILED: $*"
+  exit 1
+}
+
+profiles=()
+images_only=0
+rmi=0
+for arg in "$@"; do
+  case "$arg" in
+  coordinator | zookeeper) profiles+=("$arg") ;;
+  --images-only) images_only=1 ;;
+  --rmi) rmi=1 ;;
+  *) fail "unknown argument $arg" ;;
+  esac
+done
+[ ${#profiles[@]} -gt 0 ] || profiles=(coordinator zookeeper)
+
+# ---------------------------------------------------------------- engine ---
+ensure_engine() {
+  if [ -x /usr/sbin/dockerd ] && command -v docker-compose >/dev/null && command -v debootstrap >/dev/null &&
+    python3 -c 'import yaml' 2>/dev/null; then
+    return
+  fi
+  say "installing docker.io, docker-compose, debootstrap from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap python3-yaml >/dev/null
+}
+
+started_dockerd=
+ensure_daemon() {
+  if docker info >/dev/null 2>&1; then
+    say "reusing the Docker daemon that answers"
+    return
+  fi
+  say "starting dockerd (no bridge, no iptables)"
+  setsid /usr/sbin/dockerd --iptables=false --ip6tables=false --bridge=none >"$work/dockerd.log" 2>&1 &
+  started_dockerd=$!
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  fail "dockerd did not answer within 30 s; see $work/dockerd.log"
+}
+
+# ------------------------------------------------------------ base images ---
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+debian_mirror() {
+  # The first plain Debian URI the host's apt uses (deb822 or one-line form).
+  local uri
+  uri=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
+    grep -v security | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//' | awk '{print $1}' | head -1)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+build_debian() {
+  have_image debian:bookworm-slim && return
+  local rootfs=$work/bookworm-rootfs mirror
+  mirror=$(debian_mirror)
+  say "debootstrap bookworm from $mirror (about a minute)"
+  rm -rf "$rootfs"
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    fail "debootstrap failed; see $work/debootstrap.log"
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  rm -rf "$rootfs"
+}
+
+# The host's CA certificates: HTTPS from these machines may be re-signed by a
+# local CA, and the build stage downloads crates.
+copy_cas() {
+  mkdir -p "$1/cas"
+  cp /usr/local/share/ca-certificates/*.crt "$1/cas/" 2>/dev/null || true
+}
+
+build_rust() {
+  have_image "$rust_image" && return
+  local ctx=$work/rust-ctx tc
+  tc=$(rustc --print sysroot)
+  say "building $rust_image from the host toolchain $tc"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  copy_cas "$ctx"
+  # Hard links where possible: the toolchain is over 600 MB without its docs.
+  cp -al "$tc" "$ctx/toolchain" 2>/dev/null || cp -a "$tc" "$ctx/toolchain"
+  rm -rf "$ctx/toolchain/share/doc"
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY cas/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+COPY toolchain/ /usr/local/rustup/toolchains/host/
+# The official image's layout: CARGO_HOME holds the registry (cached by the
+# project's Dockerfile) and the tools are on PATH.
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo \
+    PATH=/usr/local/cargo/bin:/usr/local/rustup/toolchains/host/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+RUN mkdir -p /usr/local/cargo/bin && cargo --version && rustc --version
+EOF
+  docker build --network host -t "$rust_image" "$ctx" >"$work/rust-image.log" 2>&1 ||
+    fail "building $rust_image failed; see $work/rust-image.log"
+  rm -rf "$ctx"
+}
+
+build_zookeeper() {
+  have_image "$zk_image" && return
+  local ctx=$work/zk-ctx
+  say "building $zk_image from Debian's zookeeper package"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  # An entrypoint that reads the official image's ZOO_* variables. Each
+  # server binds its client port on its own address (taken from its line in
+  # ZOO_SERVERS), so three servers share the host's network without
+  # clashing with each other or with a coordinator on 127.0.0.1:2181. The
+  # AdminServer is off: it would take port 8080 from the dashboard.
+  cat >"$ctx/entrypoint.sh" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+conf=/conf/zoo.cfg
+mkdir -p /conf /data
+echo "${ZOO_MY_ID:?ZOO_MY_ID is required}" >/data/myid
+{
+  echo "tickTime=2000"
+  echo "initLimit=10"
+  echo "syncLimit=5"
+  echo "dataDir=/data"
+  echo "admin.enableServer=false"
+  echo "4lw.commands.whitelist=${ZOO_4LW_COMMANDS_WHITELIST:-srvr}"
+  echo "quorumListenOnAllIPs=false"
+  for s in ${ZOO_SERVERS:?ZOO_SERVERS is required}; do
+    echo "$s"
+    if [ "${s%%=*}" = "server.$ZOO_MY_ID" ]; then
+      host=${s#*=}; host=${host%%:*}
+      echo "clientPortAddress=$(getent hosts "$host" | awk '{print $1; exit}')"
+      echo "clientPort=${s##*;}"
+    fi
+  done
+  for kv in ${ZOO_CFG_EXTRA:-}; do echo "$kv"; done
+} >"$conf"
+exec java -Xmx256m -Dzookeeper.root.logger=INFO,CONSOLE \
+  -cp "/conf:/usr/share/java/zookeeper.jar" \
+  org.apache.zookeeper.server.quorum.QuorumPeerMain "$conf"
+EOF
+  # `zkServer.sh status`, the compose file's healthcheck, as in the official
+  # image: it reads the same zoo.cfg.
+  cat >"$ctx/zkServer.sh" <<'EOF'
+#!/bin/bash
+export ZOOCFGDIR=/conf
+exec /usr/share/zookeeper/bin/zkServer.sh "$@"
+EOF
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends zookeeper default-jre-headless netcat-openbsd \
+ && rm -rf /var/lib/apt/lists/*
+COPY entrypoint.sh zkServer.sh /usr/local/bin/
+RUN chmod +x /usr/local/bin/entrypoint.sh /usr/local/bin/zkServer.sh
+ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]
+EOF
+  docker build --network host -t "$zk_image" "$ctx" >"$work/zk-image.log" 2>&1 ||
+    fail "building $zk_image failed; see $work/zk-image.log"
+  rm -rf "$ctx"
+}
+
+build_broker() {
+  have_image "$broker_image" && return
+  local ctx=$work/broker-ctx
+  say "building $broker_image (a stand-in that checks the host's RabbitMQ)"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  # The healthcheck speaks AMQP: it sends the 0-9-1 protocol header and
+  # expects the broker's Connection.Start method frame (type 1, channel 0,
+  # class 10, method 10), which a broker sends only once it accepts
+  # connections. An open TCP port alone is not a broker that is up.
+  cat >"$ctx/amqp-ping" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+exec 3<>"/dev/tcp/${1:-127.0.0.1}/${2:-5672}"
+printf 'AMQP\x00\x00\x09\x01' >&3
+head=$(timeout 3 head -c 11 <&3 | od -An -tx1 | tr -d ' \n')
+[ "${head:0:6}" = 010000 ] && [ "${head:14:8}" = 000a000a ]
+EOF
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+COPY amqp-ping /usr/local/bin/amqp-ping
+RUN chmod +x /usr/local/bin/amqp-ping
+CMD ["sleep", "infinity"]
+EOF
+  docker build --network host -t "$broker_image" "$ctx" >"$work/broker-image.log" 2>&1 ||
+    fail "building $broker_image failed; see $work/broker-image.log"
+  rm -rf "$ctx"
+}
+
+ensure_engine
+ensure_daemon
+build_debian
+build_rust
+build_zookeeper
+build_broker
+say "base images ready"
+if [ "$images_only" = 1 ]; then
+  [ -z "$started_dockerd" ] || say "dockerd left running, pid $started_dockerd"
+  exit 0
+fi
