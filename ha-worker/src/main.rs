@@ -196,4 +196,3 @@ async fn step_aside(
         _ = stop.cancelled() => false,
     }
 }
-

@@ -200,8 +200,10 @@ fn every_volume_of_the_image_is_writable_by_its_user() {
             if target == "/data" {
                 continue; // the user's home, made by useradd --create-home
             }
-            assert!(before_user.contains(&format!("mkdir -p")) && before_user.contains(target),
-                "{name} mounts a volume on {target}, which the image does not create");
+            assert!(
+                before_user.contains("mkdir -p") && before_user.contains(target),
+                "{name} mounts a volume on {target}, which the image does not create"
+            );
             let chown = before_user
                 .lines()
                 .find(|l| l.contains("chown") && l.contains(target))
