@@ -155,7 +155,7 @@ build_zookeeper() {
   say "building $zk_image from Debian's zookeeper package"
   rm -rf "$ctx" && mkdir -p "$ctx"
   # An entrypoint that reads the official image's ZOO_* variables. Each
-  # server binds its client port on its own address (taken from its line in
+  # server binds its client port on its own address (its host's in
   # ZOO_SERVERS), so three servers share the host's network without
   # clashing with each other or with a coordinator on 127.0.0.1:2181. The
   # AdminServer is off: it would take port 8080 from the dashboard.
@@ -173,13 +173,12 @@ echo "${ZOO_MY_ID:?ZOO_MY_ID is required}" >/data/myid
   echo "admin.enableServer=false"
   echo "4lw.commands.whitelist=${ZOO_4LW_COMMANDS_WHITELIST:-srvr}"
   echo "quorumListenOnAllIPs=false"
+  # server.N=HOST:QUORUM:ELECTION;PORT becomes ...;ADDRESS:PORT, where
+  # ADDRESS is what HOST resolves to.
   for s in ${ZOO_SERVERS:?ZOO_SERVERS is required}; do
-    echo "$s"
-    if [ "${s%%=*}" = "server.$ZOO_MY_ID" ]; then
-      host=${s#*=}; host=${host%%:*}
-      echo "clientPortAddress=$(getent hosts "$host" | awk '{print $1; exit}')"
-      echo "clientPort=${s##*;}"
-    fi
+    host=${s#*=}; host=${host%%:*}
+    addr=$(getent hosts "$host" | awk '{print $1; exit}')
+    echo "${s%;*};${addr:?cannot resolve $host}:${s##*;}"
   done
   for kv in ${ZOO_CFG_EXTRA:-}; do echo "$kv"; done
 } >"$conf"
@@ -187,12 +186,16 @@ exec java -Xmx256m -Dzookeeper.root.logger=INFO,CONSOLE \
   -cp "/conf:/usr/share/java/zookeeper.jar" \
   org.apache.zookeeper.server.quorum.QuorumPeerMain "$conf"
 EOF
-  # `zkServer.sh status`, the compose file's healthcheck, as in the official
-  # image: it reads the same zoo.cfg.
+  # `zkServer.sh status`, the compose file's healthcheck: healthy once the
+  # server answers `srvr` on its own client address as leader, follower or
+  # standalone, which is what the official image's script checks. (Debian's
+  # script reads /etc/zookeeper/conf and asks localhost.)
   cat >"$ctx/zkServer.sh" <<'EOF'
 #!/bin/bash
-export ZOOCFGDIR=/conf
-exec /usr/share/zookeeper/bin/zkServer.sh "$@"
+[ "${1:-}" = status ] || exec /usr/share/zookeeper/bin/zkServer.sh "$@"
+line=$(grep "^server.${ZOO_MY_ID}=" /conf/zoo.cfg)
+client=${line##*;}
+echo srvr | nc -w 2 "${client%:*}" "${client##*:}" | grep -E '^Mode: (leader|follower|standalone)'
 EOF
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM debian:bookworm-slim
@@ -381,9 +384,10 @@ submit() { # ENTITY AMOUNT -> prints the value B returned
   echo "$out" | sed -E "s/.* done: $1 = (-?[0-9]+) .*/\1/"
 }
 
-active_worker() { # prints the ha-worker whose last state line says active
+active_worker() { # prints the running ha-worker whose last state line says active
   local w last
   for w in ha-worker-1 ha-worker-2; do
+    [ "$(docker inspect -f '{{.State.Running}}' "$(dc ps -q "$w")" 2>/dev/null)" = true ] || continue
     last=$(dc logs --no-color "$w" 2>/dev/null | grep -oE 'ha-worker (active term=[0-9]+|standby|stepped down|resigned|fenced.*|journal unusable)' | tail -1)
     case "$last" in "ha-worker active"*) echo "$w" ;; esac
   done
@@ -395,6 +399,16 @@ wait_active() { # SERVICE SECS: SERVICE becomes the active worker
     [ "$(date +%s)" -lt "$until" ] || fail "$1 did not take over within $2 s (active: $(active_worker | tr '\n' ' '))"
     sleep 0.2
   done
+}
+
+# Nanoseconds since the epoch of SERVICE's last log line containing TEXT,
+# from the engine's own timestamps (docker-compose's start-up time is not
+# part of a handoff).
+log_time() {
+  local ts
+  ts=$(docker logs -t "$(dc ps -q "$1")" 2>&1 | grep -F -- "$2" | tail -1 | cut -d' ' -f1)
+  [ -n "$ts" ] || fail "$1 never logged \"$2\""
+  date -d "$ts" +%s%N
 }
 
 scenarios() {
@@ -447,18 +461,18 @@ scenarios() {
   done
   active=$(active_worker)
   standby=ha-worker-1; [ "$active" = ha-worker-1 ] && standby=ha-worker-2
-  started=$(date +%s%N)
   dc stop "$active" >/dev/null 2>&1
   wait_active "$standby" 5
-  say "stop $active: $standby active after $((($(date +%s%N) - started) / 1000000)) ms"
+  started=$(log_time "$active" "ha-worker resigned")
+  say "stop $active: $standby active $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms after it resigned"
   dc start "$active" >/dev/null 2>&1
   wait_log "$active" "ha-worker standby" 30 2
   active=$standby
   standby=ha-worker-1; [ "$active" = ha-worker-1 ] && standby=ha-worker-2
-  started=$(date +%s%N)
   dc kill "$active" >/dev/null 2>&1
   wait_active "$standby" 20
-  say "kill $active: $standby active after $((($(date +%s%N) - started) / 1000000)) ms (session timeout 6 s)"
+  started=$(date -d "$(docker inspect -f '{{.State.FinishedAt}}' "$(dc ps -q "$active")")" +%s%N)
+  say "kill $active: $standby active $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms after the kill (session timeout 6 s)"
   dc start "$active" >/dev/null 2>&1
   # No permanent faults anywhere (the volumes are writable).
   if dc logs --no-color 2>&1 | grep -E "Permission denied|permanent fault|journal unusable"; then
