@@ -8,6 +8,8 @@
 #   scripts/compose-smoke.sh coordinator     # or: zookeeper
 #   scripts/compose-smoke.sh --images-only   # build the stand-in base images
 #   scripts/compose-smoke.sh --rmi           # also remove every image it built
+#   SMOKE_COMPOSE=/path/to/compose-v2 scripts/compose-smoke.sh
+#                                            # the same with another Compose
 #
 # What it needs and does, in order:
 # - Docker's engine and docker-compose (v1 1.29, the oldest Compose the files
@@ -41,6 +43,7 @@ rust_image=coordination-demo/rust-host:$rust_version
 zk_image=coordination-demo/zookeeper-debian:3.8
 broker_image=coordination-demo/rabbitmq-host:latest
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
+compose=${SMOKE_COMPOSE:-docker-compose}
 t0=$(date +%s)
 
 say() { printf '[compose-smoke %4ss] %s\n' "$(($(date +%s) - t0))" "$*" >&2; }
@@ -312,7 +315,7 @@ render() {
   [ "$profile" = zookeeper ] && files+=(-f "$root/docker-compose.zookeeper.yml")
   files+=(-f "$override")
   [ "$profile" = zookeeper ] && files+=(-f "$zk_override")
-  docker-compose --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
+  "$compose" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
   python3 - "$work/$profile.raw.yml" "$work/$profile.yml" <<'PY'
 import sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
@@ -323,7 +326,7 @@ PY
 }
 
 project=coordsmoke
-dc() { docker-compose -p "$project" --project-directory "$root" -f "$work/$profile.yml" "$@"; }
+dc() { "$compose" -p "$project" --project-directory "$root" -f "$work/$profile.yml" "$@"; }
 
 cleanup() {
   local rc=$?
@@ -365,7 +368,7 @@ wait_healthy() {
   for svc in $(dc config --services); do
     while true; do
       local id state
-      id=$(dc ps -q "$svc")
+      id=$(dc ps -a -q "$svc")
       state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
       case "$state" in
       "running healthy" | "running ") break ;;
@@ -387,7 +390,7 @@ submit() { # ENTITY AMOUNT -> prints the value B returned
 active_worker() { # prints the running ha-worker whose last state line says active
   local w last
   for w in ha-worker-1 ha-worker-2; do
-    [ "$(docker inspect -f '{{.State.Running}}' "$(dc ps -q "$w")" 2>/dev/null)" = true ] || continue
+    [ "$(docker inspect -f '{{.State.Running}}' "$(dc ps -a -q "$w")" 2>/dev/null)" = true ] || continue
     last=$(dc logs --no-color "$w" 2>/dev/null | grep -oE 'ha-worker (active term=[0-9]+|standby|stepped down|resigned|fenced.*|journal unusable)' | tail -1)
     case "$last" in "ha-worker active"*) echo "$w" ;; esac
   done
@@ -406,7 +409,7 @@ wait_active() { # SERVICE SECS: SERVICE becomes the active worker
 # part of a handoff).
 log_time() {
   local ts
-  ts=$(docker logs -t "$(dc ps -q "$1")" 2>&1 | grep -F -- "$2" | tail -1 | cut -d' ' -f1)
+  ts=$(docker logs -t "$(dc ps -a -q "$1")" 2>&1 | grep -F -- "$2" | tail -1 | cut -d' ' -f1)
   [ -n "$ts" ] || fail "$1 never logged \"$2\""
   date -d "$ts" +%s%N
 }
@@ -482,7 +485,7 @@ scenarios() {
   standby=ha-worker-1; [ "$active" = ha-worker-1 ] && standby=ha-worker-2
   dc kill "$active" >/dev/null 2>&1
   wait_active "$standby" 20
-  started=$(date -d "$(docker inspect -f '{{.State.FinishedAt}}' "$(dc ps -q "$active")")" +%s%N)
+  started=$(date -d "$(docker inspect -f '{{.State.FinishedAt}}' "$(dc ps -a -q "$active")")" +%s%N)
   say "kill $active: $standby active $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms after the kill (session timeout 6 s)"
   dc start "$active" >/dev/null 2>&1
   # No permanent faults anywhere (the volumes are writable).
@@ -498,7 +501,15 @@ run_profile() {
   dc down -v --remove-orphans >/dev/null 2>&1 || true
   local t
   t=$(date +%s)
-  dc up -d --build >"$work/$profile.up.log" 2>&1 || {
+  # Compose v2 builds through buildx, which Debian's engine lacks: with
+  # it, the image is built by the engine's own BuildKit, then `up` runs it.
+  local build=--build
+  if ! "$compose" version 2>/dev/null | grep -q 'version 1\.'; then
+    docker build --network host --build-arg "RUST_IMAGE=$rust_image" -t coordination-demo:latest "$root" \
+      >"$work/$profile.build.log" 2>&1 || fail "docker build failed; see $work/$profile.build.log"
+    build=
+  fi
+  dc up -d $build >"$work/$profile.up.log" 2>&1 || {
     tail -40 "$work/$profile.up.log" >&2
     fail "docker-compose up --build failed; see $work/$profile.up.log"
   }
