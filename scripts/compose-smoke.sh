@@ -486,7 +486,7 @@ scenarios() {
   dc kill "$active" >/dev/null 2>&1
   wait_active "$standby" 20
   started=$(date -d "$(docker inspect -f '{{.State.FinishedAt}}' "$(dc ps -a -q "$active")")" +%s%N)
-  say "kill $active: $standby active $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms after the kill (session timeout 6 s)"
+  say "kill $active: $standby active $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms after the kill (a 6 s session requested)"
   dc start "$active" >/dev/null 2>&1
   # No permanent faults anywhere (the volumes are writable).
   if dc logs --no-color 2>&1 | grep -E "Permission denied|permanent fault|journal unusable"; then
