@@ -142,12 +142,16 @@ impl Journal {
         OpenOptions::new().create(true).read(true).append(true).open(&self.path).map_err(self.io())
     }
 
-    /// Checks that the journal can be opened for appending and locked,
-    /// without writing: how a worker that stepped aside on a permanent
-    /// fault learns that the fault was fixed.
+    /// Checks that the journal can be opened for appending, locked and
+    /// read back as records, without writing: how a worker that stepped
+    /// aside on a permanent fault learns that the fault was fixed (and
+    /// avoids winning a term only to find the journal damaged).
     pub fn check(&self) -> Result<(), JournalError> {
-        let file = self.open()?;
+        let mut file = self.open()?;
         file.lock().map_err(self.io())?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(self.io())?;
+        scan(&bytes).map_err(|(line, what)| JournalError::Corrupt { path: self.path.clone(), line, what })?;
         Ok(())
     }
 
@@ -271,6 +275,8 @@ mod tests {
         let e = j.append(8, "ha1", 1).unwrap_err();
         assert!(matches!(e, JournalError::Corrupt { line: 1, .. }), "{e}");
         assert!(e.is_permanent());
+        // The worker's check before campaigning sees it too.
+        assert!(matches!(j.check(), Err(JournalError::Corrupt { line: 1, .. })));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
