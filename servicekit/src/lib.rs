@@ -10,9 +10,11 @@
 //! - [`auth`]: digest identities from a credentials file, and the ACL of
 //!   every kind of node (least privilege per role).
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
+//! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
 pub mod auth;
+pub mod fault;
 pub mod rabbit;
 
 use std::time::Duration;

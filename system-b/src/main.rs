@@ -15,6 +15,16 @@
 //! contract than this build reads, is rejected without requeue and lands in
 //! the dead-letter queue instead of looping forever.
 //!
+//! Faults are told apart (`servicekit::fault`). A transient one (the lock
+//! or the result could not be written through a connection drop; a newer
+//! lock holder) sends the task back at once. A permanent one (the store
+//! cannot be written: permissions, a read-only file system, a damaged
+//! entity) does not heal by retrying: it is logged as an ERROR naming the
+//! path and the fix (at most once per period), the task is re-queued after
+//! a backoff with its attempt count in the `x-attempts` header, and after
+//! `STUCK_ATTEMPTS` attempts it is reported failed and dead-lettered, so a
+//! broken store costs a handful of attempts per task, not a redelivery loop.
+//!
 //! Stdout: `system-b ready` once consuming; `config applied ...` on each
 //! live config change.
 
@@ -27,8 +37,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
 use task_contract::{ContractError, TaskMessage as Task, TaskNode};
@@ -67,7 +80,21 @@ struct Worker {
     settings: watch::Receiver<Settings>,
     common: CommonArgs,
     instance: String,
+    queue: String,
+    /// Throttles the ERROR about a permanent store fault.
+    alarm: servicekit::fault::Throttle,
 }
+
+/// Attempts of a task that meets a permanent store fault before it is
+/// dead-lettered. With the backoff below they span about 7.5 s.
+const STUCK_ATTEMPTS: i64 = 5;
+/// Backoff before attempt n+1 after a permanent fault: 500 ms doubling.
+fn stuck_delay(attempt: i64) -> Duration {
+    let doublings = attempt.clamp(1, 7) - 1;
+    (Duration::from_millis(500) * (1u32 << doublings)).min(Duration::from_secs(30))
+}
+/// Header carrying how many attempts a re-queued task has had.
+const ATTEMPTS_HEADER: &str = "x-attempts";
 
 #[tokio::main]
 async fn main() {
@@ -95,7 +122,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("registering under /services/system-b")?;
-    let worker = Arc::new(Worker { client, store, settings, common: args.common.clone(), instance: instance.clone() });
+    let worker = Arc::new(Worker {
+        client,
+        store,
+        settings,
+        common: args.common.clone(),
+        instance: instance.clone(),
+        queue: args.q.queue.clone(),
+        alarm: servicekit::fault::Throttle::new(Duration::from_secs(10)),
+    });
 
     let mut announced = false;
     // One connection at a time; a broker restart ends it and we come back.
@@ -123,6 +158,9 @@ async fn consume(
     let channel = conn.create_channel().await?;
     servicekit::rabbit::declare_task_queue(&channel, &args.q.queue).await?;
     channel.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+    // Confirms, so a task re-queued with its attempt count is acked only
+    // once the broker holds the copy.
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut deliveries = channel
         .basic_consume(
             args.q.queue.as_str().into(),
@@ -144,7 +182,8 @@ async fn consume(
         let Some(delivery) = next else { break };
         let delivery = delivery?;
         let w = worker.clone();
-        running.spawn(async move { w.handle(delivery).await });
+        let ch = channel.clone();
+        running.spawn(async move { w.handle(delivery, &ch).await });
     }
     // Finish what we hold before closing: an unacked task would be
     // redelivered (harmless, but slower).
@@ -154,7 +193,7 @@ async fn consume(
 }
 
 impl Worker {
-    async fn handle(&self, delivery: lapin::message::Delivery) {
+    async fn handle(&self, delivery: lapin::message::Delivery, channel: &lapin::Channel) {
         let task = match Task::decode(&delivery.data) {
             Ok(t) => t,
             // Written by a newer system-a: what it asks may not be what this
@@ -176,7 +215,8 @@ impl Worker {
             Ok(()) => {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
-            Err(e) if e.permanent => {
+            Err(e) if e.kind == Kind::Stuck => self.stuck(&task, &delivery, channel, &span, e).await,
+            Err(e) if e.kind == Kind::Permanent => {
                 span.in_scope(|| tracing::warn!("task failed for good: {}", e.reason));
                 let failed = TaskNode::failed(e.reason);
                 match self.report(&task, &failed).instrument(span.clone()).await {
@@ -262,6 +302,80 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// A permanent fault outside the task (the store cannot be written):
+    /// alarm, back off, re-queue with the attempt counted; dead-letter once
+    /// the attempts are spent.
+    async fn stuck(
+        &self,
+        task: &Task,
+        delivery: &lapin::message::Delivery,
+        channel: &lapin::Channel,
+        span: &tracing::Span,
+        e: Failure,
+    ) {
+        let attempt = attempts(delivery) + 1;
+        if attempt >= STUCK_ATTEMPTS {
+            span.in_scope(|| {
+                tracing::error!(
+                    attempt,
+                    "{}: a permanent fault, giving up on the task after {attempt} attempts and dead-lettering it; {}",
+                    e.reason,
+                    e.remedy
+                )
+            });
+            let failed = TaskNode::failed(e.reason.clone());
+            let _ = self.report(task, &failed).instrument(span.clone()).await;
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        let delay = stuck_delay(attempt);
+        if self.alarm.ready() {
+            span.in_scope(|| {
+                tracing::error!(
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "{}: a permanent fault, the task is retried with backoff and dead-lettered after {STUCK_ATTEMPTS} \
+                     attempts; {}",
+                    e.reason,
+                    e.remedy
+                )
+            });
+        }
+        tokio::time::sleep(delay).await;
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempt));
+        let props = delivery.properties.clone().with_headers(headers);
+        let requeued = match channel
+            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), &delivery.data, props)
+            .await
+        {
+            Ok(confirm) => matches!(confirm.await, Ok(c) if !c.is_nack()),
+            Err(_) => false,
+        };
+        if requeued {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        } else {
+            // The copy did not make it: the original goes back instead
+            // (its count is not advanced, the backoff still applied).
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+    }
+}
+
+/// How many attempts a delivery has had (its `x-attempts` header).
+fn attempts(delivery: &lapin::message::Delivery) -> i64 {
+    let Some(headers) = delivery.properties.headers() else { return 0 };
+    match headers.inner().get(ATTEMPTS_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        _ => 0,
+    }
+}
+
 /// Gives the message back to the queue for another try.
 async fn requeue(delivery: &lapin::message::Delivery, span: &tracing::Span, reason: &str) {
     span.in_scope(|| tracing::warn!("task will be retried: {reason}"));
@@ -274,17 +388,30 @@ async fn requeue(delivery: &lapin::message::Delivery, span: &tracing::Span, reas
 /// loss before it gives the message back to the queue.
 const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Transient: try again now.
+    Retry,
+    /// The task itself is wrong: report it failed and dead-letter it.
+    Permanent,
+    /// The task is fine but the store cannot take it until an operator
+    /// acts: back off, then dead-letter after a bounded number of attempts.
+    Stuck,
+}
+
 struct Failure {
-    permanent: bool,
+    kind: Kind,
     reason: String,
+    /// The fix, for a `Stuck` failure's log.
+    remedy: String,
 }
 
 impl Failure {
     fn retry(reason: String) -> Failure {
-        Failure { permanent: false, reason }
+        Failure { kind: Kind::Retry, reason, remedy: String::new() }
     }
     fn permanent(reason: String) -> Failure {
-        Failure { permanent: true, reason }
+        Failure { kind: Kind::Permanent, reason, remedy: String::new() }
     }
 }
 
@@ -294,6 +421,9 @@ impl From<store::StoreError> for Failure {
             // Someone newer holds the lock: retry, as a fresh holder.
             store::StoreError::Fenced { .. } => Failure::retry(e.to_string()),
             store::StoreError::BadName(_) => Failure::permanent(e.to_string()),
+            ref other if other.is_permanent() => {
+                Failure { kind: Kind::Stuck, reason: e.to_string(), remedy: e.remedy() }
+            }
             other => Failure::retry(other.to_string()),
         }
     }
