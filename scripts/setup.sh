@@ -24,6 +24,8 @@ command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # scripts/compose-secrets.sh hashes digest ids with it (and its test runs it).
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer, which is C++.
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

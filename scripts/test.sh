@@ -32,4 +32,18 @@ export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 echo "== tests" >&2
 # Binaries first: the end-to-end tests start them as processes.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked "$@"
+mkdir -p target
+log=target/test-output.log
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# One line that sums every test binary's result, printed last.
+summary=$(awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, s }' "$log")
+
+# Coverage-guided fuzzing of what the coordinator reads from untrusted
+# bytes (frames, requests, the log and snapshot readers), bounded in time:
+# a finding fails the run and leaves its input in fuzz/artifacts/.
+# FUZZ_SECONDS=0 leaves it out (a quick local run); CI runs it.
+if [ "${FUZZ_SECONDS:-60}" -gt 0 ]; then
+  echo "== fuzz" >&2
+  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
+echo "tests: $summary"

@@ -11,87 +11,34 @@
 //!   reports itself active.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use testkit::process::Proc;
+use testkit::unique;
 use zk_recipes::lock::Lock;
 use zk_recipes::session::Client;
 
 use crate::ops::{histogram, merge, percentiles, record};
 use crate::servers::repo_root;
 
-/// A workspace binary running as a child process, its stdout lines readable
-/// for readiness and state lines; killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
+/// A release build of the workspace binary `name` (scripts/bench.sh builds
+/// them), under the tests' launcher.
+fn spawn(name: &str, args: &[&str], log: &Path) -> Result<Proc> {
+    Proc::start(&repo_root().join("target/release").join(name), name, args, &[], log)
 }
 
-impl Proc {
-    fn spawn(name: &str, args: &[&str], log: &Path) -> Result<Proc> {
-        let bin = repo_root().join("target/release").join(name);
-        let stderr = std::fs::File::create(log.join(format!("{}.log", unique(name))))?;
-        let mut child = Command::new(&bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {} (scripts/bench.sh builds it)", bin.display()))?;
-        let stdout = child.stdout.take().context("piped stdout")?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Proc { name: name.to_string(), child, lines })
-    }
-
-    /// Waits for a stdout line starting with `prefix`; returns the rest.
-    async fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return Ok(rest.trim().to_string());
-                    }
-                }
-                Ok(None) => bail!("{} exited before printing {prefix:?}", self.name),
-                Err(_) => bail!("{} did not print {prefix:?} within {timeout:?}", self.name),
-            }
-        }
-    }
-
-    fn signal(&self, sig: Signal) -> Result<()> {
-        let pid = self.child.id().context("already exited")?;
-        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("{sig} to {}", self.name))
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+/// Waits for `p`'s stdout line starting with `prefix`. The launcher waits on
+/// a channel fed by a thread, so this blocks: `block_in_place` lets the
+/// runtime move other tasks off this worker meanwhile.
+fn wait_line(p: &mut Proc, prefix: &str, timeout: Duration) -> Result<String> {
+    tokio::task::block_in_place(|| p.try_wait_line(prefix, timeout))
 }
 
 /// A→RabbitMQ→B→znode→A round trips through the real services: two
@@ -102,21 +49,21 @@ pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> R
     let queue = unique("bench-rt");
     let store = log.join(&queue);
     std::fs::create_dir_all(&store)?;
-    let amqp = amqp_url();
+    let amqp = testkit::rabbitmq_url();
     let store_s = store.to_string_lossy().to_string();
     // What system-a and system-b must agree on.
     let shared = ["--zk", zk, "--root", &root, "--queue", &queue, "--amqp", &amqp];
     let mut bs = Vec::new();
     for name in ["b1", "b2"] {
         let args: Vec<&str> = shared.iter().copied().chain(["--store-dir", &store_s, "--instance", name]).collect();
-        let mut b = Proc::spawn("system-b", &args, log)?;
-        b.wait_line("system-b ready", Duration::from_secs(30)).await?;
+        let mut b = spawn("system-b", &args, log)?;
+        wait_line(&mut b, "system-b ready", Duration::from_secs(30))?;
         bs.push(b);
     }
     let args: Vec<&str> = shared.iter().copied().chain(["--listen", "127.0.0.1:0", "--instance", "a1"]).collect();
-    let mut a = Proc::spawn("system-a", &args, log)?;
-    let addr = a.wait_line("system-a listening on", Duration::from_secs(30)).await?;
-    a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30)).await?;
+    let mut a = spawn("system-a", &args, log)?;
+    let addr = wait_line(&mut a, "system-a listening on", Duration::from_secs(30))?;
+    wait_line(&mut a, "system-a connected to RabbitMQ", Duration::from_secs(30))?;
     let grpc = TasksClient::connect(format!("http://{addr}")).await.context("connect to system-a")?;
 
     let submit = |mut g: TasksClient<tonic::transport::Channel>, entity: String| async move {
@@ -249,30 +196,30 @@ pub async fn failover(zk: &str, log: &Path, rounds: usize, session_ms: u64) -> R
             "--zk-session-timeout-ms",
             &session,
         ];
-        Proc::spawn("ha-worker", &args, log)
+        spawn("ha-worker", &args, log)
     };
     let mut active = worker()?;
-    active.wait_line("ha-worker active", Duration::from_secs(20)).await?;
+    wait_line(&mut active, "ha-worker active", Duration::from_secs(20))?;
     let (mut graceful, mut crash) = (Vec::new(), Vec::new());
     for round in 0..rounds * 2 {
         let mut standby = worker()?;
-        standby.wait_line("ha-worker standby", Duration::from_secs(20)).await?;
+        wait_line(&mut standby, "ha-worker standby", Duration::from_secs(20))?;
         // Let the standby's watch settle on the active's node.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t = Instant::now();
         if round < rounds {
-            active.signal(Signal::SIGTERM)?;
+            active.signal(Signal::SIGTERM);
         } else {
-            active.child.start_kill()?;
+            active.signal(Signal::SIGKILL);
         }
-        standby.wait_line("ha-worker active", Duration::from_millis(session_ms * 3)).await?;
+        wait_line(&mut standby, "ha-worker active", Duration::from_millis(session_ms * 3))?;
         let took = t.elapsed().as_secs_f64() * 1000.0;
         if round < rounds {
             graceful.push(took)
         } else {
             crash.push(took)
         };
-        let _ = active.child.wait().await;
+        tokio::task::block_in_place(|| active.wait_exit(Duration::from_secs(10)));
         active = standby;
     }
     let _ = std::fs::remove_file(&journal);

@@ -1,6 +1,14 @@
 //! Server settings: flags, environment variables, and Apache ZooKeeper's own
 //! `zoo.cfg` keys where they mean the same thing.
 //!
+//! Every setting is one row of a table (`SETTINGS`): its flag, the
+//! environment variable clap reads for the flag, the `zoo.cfg` keys that
+//! mean the same, and the one parser and check all of them go through, so a
+//! value is read and refused alike wherever it comes from. Checks between
+//! settings (session-timeout bounds that fit the protocol's i32 and are
+//! ordered) run once, after every source. A `zoo.cfg` key with no effect
+//! here is named in a warning.
+//!
 //! Precedence: a flag or its environment variable wins over `--config`, which
 //! wins over the defaults. Defaults are ZooKeeper's, except the listen address
 //! (loopback: a coordination server should not face a network until someone
@@ -51,6 +59,10 @@ pub struct Config {
     /// also waits until the log since the last one is as large as the
     /// snapshot would be (see `Storage::snapshot_due`).
     pub snap_count: u64,
+    /// Snapshots kept (`autopurge.snapRetainCount`, at least 3), and the
+    /// log back to the oldest of them, so recovery can fall back to an
+    /// older snapshot when the newest cannot be read.
+    pub snap_retain_count: usize,
 }
 
 impl Default for Config {
@@ -71,6 +83,7 @@ impl Default for Config {
             extended_types: true,
             container_check_interval: Duration::from_secs(60),
             snap_count: 100_000,
+            snap_retain_count: 3,
         }
     }
 }
@@ -128,7 +141,8 @@ pub struct Args {
     /// Connections allowed per client IP; 0 for no limit [default: 60].
     #[arg(long, env = "COORDINATOR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
     pub max_client_connections: Option<usize>,
-    /// Address for the admin API and dashboard (off unless given).
+    /// Address for the admin API: gRPC, and HTTP /health, /metrics and
+    /// /commands/<word> (off unless given; the dashboard is its own binary).
     #[arg(long, env = "COORDINATOR_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
     /// File holding the admin API's bearer token (else the
@@ -154,6 +168,10 @@ pub struct Args {
     /// the log since the last one to reach the snapshot's size [default: 100000].
     #[arg(long, env = "COORDINATOR_SNAP_COUNT", value_name = "N")]
     pub snap_count: Option<u64>,
+    /// Snapshots kept on disk, with the log each needs; at least 3
+    /// (autopurge.snapRetainCount) [default: 3].
+    #[arg(long, env = "COORDINATOR_SNAP_RETAIN_COUNT", value_name = "N")]
+    pub snap_retain_count: Option<usize>,
     /// Read Apache ZooKeeper `zoo.cfg` keys from this file.
     #[arg(long, env = "COORDINATOR_CONFIG", value_name = "zoo.cfg")]
     pub config: Option<PathBuf>,
@@ -163,115 +181,344 @@ pub struct Args {
 }
 
 impl Args {
-    /// Resolves flags over the config file over the defaults.
+    /// Resolves flags over the config file over the defaults, and logs a
+    /// warning for each config-file key that has no effect.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let mut cfg = Config::default();
-        // Which of the session bounds were set explicitly: the others follow
-        // the tick time, as in ZooKeeper.
-        let mut min_set = false;
-        let mut max_set = false;
-        if let Some(path) = &self.config {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            apply_zoo_cfg(&mut cfg, &text, path, &mut min_set, &mut max_set)?;
-        }
-        let flag = |key: &str, value: String, reason: &str| ConfigError::Bad {
-            origin: "flag".into(),
-            key: key.into(),
-            value,
-            reason: reason.into(),
-        };
-        if let Some(v) = self.listen {
-            cfg.listen = v;
-        }
-        if let Some(v) = &self.data_dir {
-            cfg.data_dir = Some(v.clone());
-        }
-        if let Some(v) = self.tick_time {
-            if v == 0 {
-                return Err(flag("--tick-time", v.to_string(), "must be positive"));
-            }
-            cfg.tick_time = Duration::from_millis(v);
-        }
-        if let Some(v) = self.min_session_timeout {
-            cfg.min_session_timeout = Duration::from_millis(v);
-            min_set = true;
-        }
-        if let Some(v) = self.max_session_timeout {
-            cfg.max_session_timeout = Duration::from_millis(v);
-            max_set = true;
-        }
-        if !min_set {
-            cfg.min_session_timeout = cfg.tick_time * 2;
-        }
-        if !max_set {
-            cfg.max_session_timeout = cfg.tick_time * 20;
-        }
-        if cfg.min_session_timeout > cfg.max_session_timeout {
-            return Err(flag(
-                "--min-session-timeout",
-                format!("{:?}", cfg.min_session_timeout),
-                "is above --max-session-timeout",
-            ));
-        }
-        if let Some(v) = self.max_client_connections {
-            cfg.max_client_connections = v;
-        }
-        if let Some(v) = self.admin_listen {
-            cfg.admin_listen = Some(v);
-        }
-        let token = match &self.admin_token_file {
-            Some(path) => {
-                // Used anyway (docker mounts secrets 0444 in a one-process
-                // container), but on a shared host anyone could read it.
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        "the admin token file {} is readable by other users (mode {mode:o}): `chmod 600` it",
-                        path.display()
-                    );
-                }
-                Some(std::fs::read_to_string(path).map_err(|e| {
-                    flag("--admin-token-file", path.display().to_string(), &format!("cannot read it: {e}"))
-                })?)
-            }
-            None => std::env::var("COORDINATOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
-        };
-        if let Some(t) = token {
-            let t = crate::admin::Token::new(&t).map_err(|reason| flag("admin token", "<redacted>".into(), &reason))?;
-            cfg.admin_token = Some(t);
-        }
-        if let Some(v) = &self.four_letter_words {
-            cfg.four_letter_words = parse_whitelist(v).map_err(|reason| flag("--4lw-whitelist", v.clone(), &reason))?;
-        }
-        if let Some(v) = self.max_buffer {
-            if v < 1024 {
-                return Err(flag("--max-buffer", v.to_string(), "must be at least 1024"));
-            }
-            cfg.max_buffer = v;
-        }
-        if let Some(v) = &self.super_digest {
-            check_super_digest(v).map_err(|reason| flag("--super-digest", v.clone(), &reason))?;
-            cfg.super_digest = Some(v.clone());
-        }
-        if self.no_extended_types {
-            cfg.extended_types = false;
-        }
-        if let Some(v) = self.container_check_interval {
-            if v == 0 {
-                return Err(flag("--container-check-interval", v.to_string(), "must be positive"));
-            }
-            cfg.container_check_interval = Duration::from_millis(v);
-        }
-        if let Some(v) = self.snap_count {
-            if v == 0 {
-                return Err(flag("--snap-count", v.to_string(), "must be positive"));
-            }
-            cfg.snap_count = v;
+        let (cfg, warnings) = self.resolve_with_warnings()?;
+        for w in warnings {
+            tracing::warn!("{w}");
         }
         Ok(cfg)
     }
+
+    /// [`resolve`](Self::resolve), returning the warnings instead of
+    /// logging them.
+    pub fn resolve_with_warnings(&self) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut r = Resolving { cfg: Config::default(), min_set: false, max_set: false, port: None, address: None };
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.config {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            apply_zoo_cfg(&mut r, &text, path, &mut warnings)?;
+        }
+        if r.port.is_some() || r.address.is_some() {
+            let ip = r.address.unwrap_or(r.cfg.listen.ip());
+            r.cfg.listen = SocketAddr::new(ip, r.port.unwrap_or(r.cfg.listen.port()));
+        }
+        // Flags (and their environment variables, which clap has read into
+        // the same fields) go through the same table, after the file.
+        for setting in SETTINGS {
+            let (Some(flag), Some(value)) = (setting.flag, (setting.from_args)(self)) else { continue };
+            (setting.apply)(&mut r, &value).map_err(|reason| ConfigError::Bad {
+                origin: "flag".into(),
+                key: format!("--{flag}"),
+                value,
+                reason,
+            })?;
+        }
+        // The token itself may come from the environment, never from a flag
+        // value (`ps` shows those); a file named by the flag wins.
+        if r.cfg.admin_token.is_none() {
+            if let Some(t) = std::env::var("COORDINATOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+                r.cfg.admin_token = Some(crate::admin::Token::new(&t).map_err(|reason| ConfigError::Bad {
+                    origin: "environment".into(),
+                    key: "COORDINATOR_ADMIN_TOKEN".into(),
+                    value: "<redacted>".into(),
+                    reason,
+                })?);
+            }
+        }
+        r.finish()?;
+        Ok((r.cfg, warnings))
+    }
+}
+
+/// A configuration being built from its sources.
+struct Resolving {
+    cfg: Config,
+    /// Which session bounds were set explicitly: the others follow the
+    /// tick time, as in ZooKeeper.
+    min_set: bool,
+    max_set: bool,
+    /// zoo.cfg gives the listen address in two keys.
+    port: Option<u16>,
+    address: Option<std::net::IpAddr>,
+}
+
+impl Resolving {
+    /// The checks that involve more than one setting, made once every
+    /// source has been read.
+    fn finish(&mut self) -> Result<(), ConfigError> {
+        let cfg = &mut self.cfg;
+        let bad = |key: &str, value: Duration, reason: &str| ConfigError::Bad {
+            origin: "settings".into(),
+            key: key.into(),
+            value: format!("{}", value.as_millis()),
+            reason: reason.into(),
+        };
+        if !self.min_set {
+            cfg.min_session_timeout = cfg.tick_time * 2;
+        }
+        if !self.max_set {
+            cfg.max_session_timeout = cfg.tick_time * 20;
+        }
+        // The handshake carries timeouts as an i32 of ms.
+        let limit = Duration::from_millis(i32::MAX as u64);
+        for (set, key, value) in [
+            (self.min_set, "--min-session-timeout (minSessionTimeout)", cfg.min_session_timeout),
+            (self.max_set, "--max-session-timeout (maxSessionTimeout)", cfg.max_session_timeout),
+        ] {
+            if value > limit {
+                let (key, reason) = if set {
+                    (key, "is above 2147483647 ms, the most a session timeout can be")
+                } else {
+                    ("--tick-time (tickTime)", "makes the default session timeouts (2 and 20 ticks) pass 2147483647 ms")
+                };
+                return Err(bad(key, value, reason));
+            }
+        }
+        if cfg.min_session_timeout > cfg.max_session_timeout {
+            return Err(bad(
+                "--min-session-timeout (minSessionTimeout)",
+                cfg.min_session_timeout,
+                &format!("is above the max session timeout ({} ms)", cfg.max_session_timeout.as_millis()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One setting: its flag (whose environment variable is `COORDINATOR_`
+/// and the flag in upper snake case, declared on [`Args`]), the `zoo.cfg`
+/// keys that mean the same, and the one parser and check both go through.
+/// A new setting is a field on [`Config`] and [`Args`] and a row here.
+struct Setting {
+    flag: Option<&'static str>,
+    zoo_cfg: &'static [&'static str],
+    from_args: fn(&Args) -> Option<String>,
+    apply: fn(&mut Resolving, &str) -> Result<(), String>,
+}
+
+fn num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
+    v.trim().parse().map_err(|_| format!("not {what}"))
+}
+
+fn positive_ms(v: &str) -> Result<Duration, String> {
+    match num::<u64>(v, "a number of ms")? {
+        0 => Err("must be positive".into()),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+fn text<T: ToString>(v: &Option<T>) -> Option<String> {
+    v.as_ref().map(T::to_string)
+}
+
+/// Every setting, flag and `zoo.cfg` key alike.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        flag: Some("listen"),
+        zoo_cfg: &[],
+        from_args: |a| text(&a.listen),
+        apply: |r, v| {
+            r.cfg.listen = num(v, "HOST:PORT")?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: None,
+        zoo_cfg: &["clientPort"],
+        from_args: |_| None,
+        apply: |r, v| {
+            r.port = Some(num(v, "a port number")?);
+            Ok(())
+        },
+    },
+    Setting {
+        flag: None,
+        zoo_cfg: &["clientPortAddress"],
+        from_args: |_| None,
+        apply: |r, v| {
+            r.address = Some(num(v, "an IP address")?);
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("data-dir"),
+        zoo_cfg: &["dataDir"],
+        from_args: |a| a.data_dir.as_ref().map(|p| p.display().to_string()),
+        apply: |r, v| {
+            if v.is_empty() {
+                return Err("must not be empty".into());
+            }
+            r.cfg.data_dir = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("tick-time"),
+        zoo_cfg: &["tickTime"],
+        from_args: |a| text(&a.tick_time),
+        apply: |r, v| {
+            r.cfg.tick_time = positive_ms(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("min-session-timeout"),
+        zoo_cfg: &["minSessionTimeout"],
+        from_args: |a| text(&a.min_session_timeout),
+        apply: |r, v| {
+            r.cfg.min_session_timeout = Duration::from_millis(num(v, "a number of ms")?);
+            r.min_set = true;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("max-session-timeout"),
+        zoo_cfg: &["maxSessionTimeout"],
+        from_args: |a| text(&a.max_session_timeout),
+        apply: |r, v| {
+            r.cfg.max_session_timeout = Duration::from_millis(num(v, "a number of ms")?);
+            r.max_set = true;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("max-client-connections"),
+        zoo_cfg: &["maxClientCnxns"],
+        from_args: |a| text(&a.max_client_connections),
+        apply: |r, v| {
+            r.cfg.max_client_connections = num(v, "a number")?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("admin-listen"),
+        zoo_cfg: &[],
+        from_args: |a| text(&a.admin_listen),
+        apply: |r, v| {
+            r.cfg.admin_listen = Some(num(v, "HOST:PORT")?);
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("admin-token-file"),
+        zoo_cfg: &[],
+        from_args: |a| a.admin_token_file.as_ref().map(|p| p.display().to_string()),
+        // The error names the file, never its contents.
+        apply: |r, v| {
+            // Used anyway (docker mounts secrets 0444 in a one-process
+            // container), but on a shared host anyone could read it.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(v).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                tracing::warn!("the admin token file {v} is readable by other users (mode {mode:o}): `chmod 600` it");
+            }
+            let token = std::fs::read_to_string(v).map_err(|e| format!("cannot read it: {e}"))?;
+            r.cfg.admin_token = Some(crate::admin::Token::new(&token)?);
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("4lw-whitelist"),
+        zoo_cfg: &["4lw.commands.whitelist"],
+        from_args: |a| a.four_letter_words.clone(),
+        apply: |r, v| {
+            r.cfg.four_letter_words = parse_whitelist(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("max-buffer"),
+        zoo_cfg: &["jute.maxbuffer"],
+        from_args: |a| text(&a.max_buffer),
+        apply: |r, v| {
+            let n: usize = num(v, "a number of bytes")?;
+            if n < 1024 {
+                return Err("must be at least 1024".into());
+            }
+            r.cfg.max_buffer = n;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("super-digest"),
+        zoo_cfg: &["zookeeper.DigestAuthenticationProvider.superDigest"],
+        from_args: |a| a.super_digest.clone(),
+        apply: |r, v| {
+            check_super_digest(v)?;
+            r.cfg.super_digest = Some(v.to_string());
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("no-extended-types"),
+        zoo_cfg: &["zookeeper.extendedTypesEnabled", "extendedTypesEnabled"],
+        from_args: |a| a.no_extended_types.then(|| "false".to_string()),
+        apply: |r, v| {
+            r.cfg.extended_types = match v.to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err("expected true or false".into()),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("container-check-interval"),
+        zoo_cfg: &["znode.container.checkIntervalMs"],
+        from_args: |a| text(&a.container_check_interval),
+        apply: |r, v| {
+            r.cfg.container_check_interval = positive_ms(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("snap-count"),
+        zoo_cfg: &["snapCount"],
+        from_args: |a| text(&a.snap_count),
+        apply: |r, v| {
+            r.cfg.snap_count = match num(v, "a number")? {
+                0 => return Err("must be positive".into()),
+                n => n,
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("snap-retain-count"),
+        zoo_cfg: &["autopurge.snapRetainCount"],
+        from_args: |a| text(&a.snap_retain_count),
+        apply: |r, v| {
+            r.cfg.snap_retain_count = match num(v, "a number")? {
+                n if n < 3 => return Err("must be at least 3, as in ZooKeeper".into()),
+                n => n,
+            };
+            Ok(())
+        },
+    },
+];
+
+/// `zoo.cfg` keys the server reads and deliberately does not act on, and why.
+fn ignored_key(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "initLimit" | "syncLimit" | "standaloneEnabled" | "reconfigEnabled" | "electionAlg" | "peerType" => {
+            "an ensemble setting; this is a single server"
+        }
+        k if k.starts_with("server.") || k.starts_with("group.") || k.starts_with("weight.") => {
+            "an ensemble setting; this is a single server"
+        }
+        "dataLogDir" => "not supported: the log is kept in dataDir, beside the snapshots",
+        "autopurge.purgeInterval" => {
+            "not needed: old snapshots and logs are purged after every snapshot (autopurge.snapRetainCount are kept)"
+        }
+        "forceSync" => "not supported: the log is always synced before a write is acknowledged",
+        "preAllocSize" | "globalOutstandingLimit" => "not supported",
+        "admin.enableServer" | "admin.serverPort" => "not supported: the admin API is --admin-listen",
+        k if k.starts_with("metricsProvider.") => "not supported: metrics are on the admin API",
+        _ => return None,
+    })
 }
 
 fn parse_whitelist(v: &str) -> Result<BTreeSet<String>, String> {
@@ -295,94 +542,38 @@ fn check_super_digest(v: &str) -> Result<(), String> {
     }
 }
 
-/// Applies the `zoo.cfg` keys that mean something to a single-node server.
-/// Keys that only matter to an ensemble (initLimit, server.N, ...) are
-/// accepted and ignored, so a real ZooKeeper config file works unchanged;
-/// anything unknown is ignored with a warning, as ZooKeeper treats unknown
-/// keys as system properties.
-fn apply_zoo_cfg(
-    cfg: &mut Config,
-    text: &str,
-    path: &Path,
-    min_set: &mut bool,
-    max_set: &mut bool,
-) -> Result<(), ConfigError> {
-    let mut port: Option<u16> = None;
-    let mut address: Option<std::net::IpAddr> = None;
+/// Applies a `zoo.cfg` file through the settings table. A real ZooKeeper
+/// config file works unchanged; every key that has no effect here (an
+/// ensemble setting, an unsupported one, or one this server does not know,
+/// which ZooKeeper would take as a system property) is named in a warning.
+fn apply_zoo_cfg(r: &mut Resolving, text: &str, path: &Path, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
     for (lineno, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |key: &str, value: &str, reason: &str| ConfigError::Bad {
-            origin: format!("{}:{}", path.display(), lineno + 1),
-            key: key.into(),
-            value: value.into(),
-            reason: reason.into(),
-        };
+        let origin = format!("{}:{}", path.display(), lineno + 1);
         let Some((key, value)) = line.split_once('=') else {
-            return Err(bad(line, "", "expected key=value"));
+            return Err(ConfigError::Bad {
+                origin,
+                key: line.into(),
+                value: String::new(),
+                reason: "expected key=value".into(),
+            });
         };
         let (key, value) = (key.trim(), value.trim());
-        let num =
-            |reason: &str| -> Result<u64, ConfigError> { value.parse::<u64>().map_err(|_| bad(key, value, reason)) };
-        match key {
-            "clientPort" => port = Some(value.parse().map_err(|_| bad(key, value, "not a port number"))?),
-            "clientPortAddress" => address = Some(value.parse().map_err(|_| bad(key, value, "not an IP address"))?),
-            "tickTime" => cfg.tick_time = Duration::from_millis(num("not a number of ms")?),
-            "dataDir" => cfg.data_dir = Some(PathBuf::from(value)),
-            "maxClientCnxns" => cfg.max_client_connections = num("not a number")? as usize,
-            "minSessionTimeout" => {
-                cfg.min_session_timeout = Duration::from_millis(num("not a number of ms")?);
-                *min_set = true;
-            }
-            "maxSessionTimeout" => {
-                cfg.max_session_timeout = Duration::from_millis(num("not a number of ms")?);
-                *max_set = true;
-            }
-            "4lw.commands.whitelist" => {
-                cfg.four_letter_words = parse_whitelist(value).map_err(|reason| bad(key, value, &reason))?
-            }
-            "jute.maxbuffer" => cfg.max_buffer = num("not a number of bytes")? as usize,
-            "zookeeper.DigestAuthenticationProvider.superDigest" => {
-                check_super_digest(value).map_err(|reason| bad(key, value, &reason))?;
-                cfg.super_digest = Some(value.to_string());
-            }
-            "zookeeper.extendedTypesEnabled" | "extendedTypesEnabled" => {
-                cfg.extended_types = value.eq_ignore_ascii_case("true")
-            }
-            "znode.container.checkIntervalMs" => {
-                cfg.container_check_interval = Duration::from_millis(num("not a number of ms")?)
-            }
-            "initLimit"
-            | "syncLimit"
-            | "dataLogDir"
-            | "autopurge.snapRetainCount"
-            | "autopurge.purgeInterval"
-            | "admin.enableServer"
-            | "admin.serverPort"
-            | "standaloneEnabled"
-            | "reconfigEnabled"
-            | "preAllocSize"
-            | "snapCount"
-            | "forceSync"
-            | "globalOutstandingLimit"
-            | "metricsProvider.className" => {}
-            k if k.starts_with("server.") || k.starts_with("metricsProvider.") => {}
-            _ => tracing::warn!(key, file = %path.display(), "ignoring unknown zoo.cfg key"),
+        if let Some(setting) = SETTINGS.iter().find(|s| s.zoo_cfg.contains(&key)) {
+            (setting.apply)(r, value).map_err(|reason| ConfigError::Bad {
+                origin,
+                key: key.into(),
+                value: value.into(),
+                reason,
+            })?;
+        } else if let Some(why) = ignored_key(key) {
+            warnings.push(format!("{origin}: ignoring zoo.cfg key {key}: {why}"));
+        } else {
+            warnings.push(format!("{origin}: ignoring unknown zoo.cfg key {key}"));
         }
-    }
-    if port.is_some() || address.is_some() {
-        let ip = address.unwrap_or(cfg.listen.ip());
-        cfg.listen = SocketAddr::new(ip, port.unwrap_or(cfg.listen.port()));
-    }
-    if cfg.tick_time.is_zero() {
-        return Err(ConfigError::Bad {
-            origin: path.display().to_string(),
-            key: "tickTime".into(),
-            value: "0".into(),
-            reason: "must be positive".into(),
-        });
     }
     Ok(())
 }
@@ -420,5 +611,83 @@ mod tests {
         assert!(err.contains("--4lw-whitelist") && err.contains("oops"), "{err}");
         let args = Args { min_session_timeout: Some(90_000), ..Args::default() };
         assert!(args.resolve().unwrap_err().to_string().contains("--min-session-timeout"));
+    }
+
+    fn zoo_cfg(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("coord-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("zoo.cfg");
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    /// Session-timeout bounds travel as an i32 of ms in the handshake: a
+    /// bound above i32::MAX was accepted and then made every handshake
+    /// panic. Refused at startup, naming the setting, from either source.
+    #[test]
+    fn session_timeout_bounds_fit_the_protocol_and_are_ordered() {
+        let big = i32::MAX as u64 + 1;
+        let args = Args { max_session_timeout: Some(big), ..Args::default() };
+        let err = args.resolve().expect_err("max above i32::MAX").to_string();
+        assert!(err.contains("--max-session-timeout"), "{err}");
+        let args = Args { min_session_timeout: Some(big), max_session_timeout: Some(big), ..Args::default() };
+        assert!(args.resolve().expect_err("min above i32::MAX").to_string().contains("--min-session-timeout"));
+        let file = zoo_cfg("timeouts", "maxSessionTimeout=3000000000\n");
+        let err = Args { config: Some(file), ..Args::default() }.resolve().expect_err("zoo.cfg max").to_string();
+        assert!(err.contains("maxSessionTimeout"), "{err}");
+        let file = zoo_cfg("order", "minSessionTimeout=9000\nmaxSessionTimeout=5000\n");
+        let err = Args { config: Some(file), ..Args::default() }.resolve().expect_err("min > max").to_string();
+        assert!(err.contains("minSessionTimeout"), "{err}");
+        // Derived from a huge tick: 20 ticks no longer fit.
+        let args = Args { tick_time: Some(200_000_000), ..Args::default() };
+        assert!(args.resolve().expect_err("20 ticks above i32::MAX").to_string().contains("--tick-time"));
+    }
+
+    /// zoo.cfg and flags share one table: the same keys are read, and the
+    /// same checks made, whichever way a setting arrives.
+    #[test]
+    fn zoo_cfg_reads_every_setting_the_flags_have_with_the_same_checks() {
+        let file = zoo_cfg(
+            "table",
+            "snapCount=7\nautopurge.snapRetainCount=5\nznode.container.checkIntervalMs=900\n\
+             jute.maxbuffer=4096\nzookeeper.extendedTypesEnabled=false\n",
+        );
+        let cfg = Args { config: Some(file), ..Args::default() }.resolve().unwrap();
+        assert_eq!(cfg.snap_count, 7);
+        assert_eq!(cfg.snap_retain_count, 5);
+        assert_eq!(cfg.container_check_interval, Duration::from_millis(900));
+        assert_eq!(cfg.max_buffer, 4096);
+        assert!(!cfg.extended_types);
+        for (text, key) in [
+            ("snapCount=0\n", "snapCount"),
+            ("jute.maxbuffer=10\n", "jute.maxbuffer"),
+            ("znode.container.checkIntervalMs=0\n", "znode.container.checkIntervalMs"),
+            ("autopurge.snapRetainCount=2\n", "autopurge.snapRetainCount"),
+            ("zookeeper.extendedTypesEnabled=maybe\n", "zookeeper.extendedTypesEnabled"),
+            ("tickTime=0\n", "tickTime"),
+        ] {
+            let file = zoo_cfg("checks", text);
+            let err = Args { config: Some(file), ..Args::default() }.resolve().expect_err(text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let args = Args { snap_retain_count: Some(2), ..Args::default() };
+        assert!(args.resolve().expect_err("retain 2").to_string().contains("--snap-retain-count"));
+    }
+
+    /// A key the server does not use is named in a warning, never
+    /// silently dropped: an operator who sets dataLogDir or forceSync=no
+    /// learns that it has no effect here.
+    #[test]
+    fn unknown_and_unsupported_keys_are_named_in_warnings() {
+        let file = zoo_cfg(
+            "warn",
+            "dataDir=/tmp/x\ndataLogDir=/tmp/y\nautopurge.purgeInterval=1\ninitLimit=5\n\
+             server.1=a:1:2\nforceSync=no\nnoSuchKey=1\n",
+        );
+        let (_, warnings) = Args { config: Some(file), ..Args::default() }.resolve_with_warnings().unwrap();
+        for key in ["dataLogDir", "autopurge.purgeInterval", "initLimit", "server.1", "forceSync", "noSuchKey"] {
+            assert!(warnings.iter().any(|w| w.contains(key)), "no warning names {key}: {warnings:?}");
+        }
+        assert!(!warnings.iter().any(|w| w.contains("dataDir=")), "{warnings:?}");
     }
 }

@@ -22,6 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use zk_wire::codec::Jute;
 use zk_wire::frame::split_frame;
 use zk_wire::records::{ConnectRequest, RequestHeader};
@@ -49,13 +50,16 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
         tracing::warn!(%peer, limit = core.config.max_client_connections, "too many connections from this address; refusing");
         return;
     };
+    // Attached to both halves' futures, so whatever they log carries it. A
+    // guard from `span.enter()` covers only what runs before it drops, and
+    // held across an await it would cover whatever else runs on the thread.
     let span = tracing::debug_span!("conn", id = conn.id, %peer);
-    let _enter = span.enter();
-    drop(_enter);
     // Before the handshake no session timeout is known: the longest one a
     // client could negotiate bounds a write then.
-    let writer = tokio::spawn(write_loop(rx, wr, conn.clone(), core.durable(), core.config.max_session_timeout));
-    let reason = read_loop(&core, &conn, rd, shutdown.clone()).await;
+    let writer = tokio::spawn(
+        write_loop(rx, wr, conn.clone(), core.durable(), core.config.max_session_timeout).instrument(span.clone()),
+    );
+    let reason = read_loop(&core, &conn, rd, shutdown.clone()).instrument(span).await;
     let session = conn.session_id.load(Ordering::Relaxed);
     match &reason {
         Ok(()) => {

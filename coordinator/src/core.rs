@@ -216,10 +216,10 @@ impl Core {
         let tick = config.tick_time;
         let (tree, secret, storage) = match &config.data_dir {
             Some(dir) => {
-                let r = Storage::open(dir)?;
+                let r = Storage::open_retaining(dir, config.snap_retain_count)?;
                 (r.tree, r.secret, Some(r.storage))
             }
-            None => (DataTree::new(), rand::random(), None),
+            None => (DataTree::in_memory(wall_ms()), rand::random(), None),
         };
         let durable = match &storage {
             Some(s) => s.durable(),
@@ -370,9 +370,11 @@ impl Core {
             );
             return Handshake::Dropped;
         }
-        let min = self.config.min_session_timeout.as_millis() as i32;
-        let max = self.config.max_session_timeout.as_millis() as i32;
-        let timeout_ms = req.time_out.clamp(min, max);
+        // The config checks both bounds fit an i32 and are ordered; an
+        // embedder's Config is held to it here too, without a panic.
+        let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        let min = ms(self.config.min_session_timeout);
+        let timeout_ms = req.time_out.clamp(min, ms(self.config.max_session_timeout).max(min));
         let timeout = Duration::from_millis(timeout_ms as u64);
 
         let session_id = if req.session_id == 0 {
@@ -446,12 +448,9 @@ impl Core {
         let zxid = self.tree.read().last_zxid();
         conn.send(connect_frame(&reply), zxid);
         tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
-        Handshake::Accepted(Client {
-            conn: conn.clone(),
-            session_id,
-            auth: vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }],
-            live,
-        })
+        let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
+        self.watches.lock().set_auth(conn.id, &auth);
+        Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live })
     }
 
     pub fn touch(&self, client: &Client) {
@@ -559,6 +558,10 @@ impl Core {
             "ip" => true,
             _ => false,
         };
+        if ok {
+            // Watch events are filtered by the ids the connection holds now.
+            self.watches.lock().set_auth(client.conn.id, &client.auth);
+        }
         let err = if ok { 0 } else { ErrorCode::AuthFailed.as_i32() };
         client.conn.send(frame(xid, 0, err, |_| {}), 0);
         if !ok {

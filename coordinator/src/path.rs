@@ -63,13 +63,7 @@ pub fn name(path: &str) -> &str {
 }
 
 /// The path of child `name` under `parent` (which may be the root, "/" or "").
-pub fn join(parent: &str, name: &str) -> String {
-    if parent == "/" || parent.is_empty() {
-        format!("/{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
-}
+pub use zk_wire::path::join;
 
 /// Paths the server owns: they cannot be deleted.
 pub fn is_special(path: &str) -> bool {

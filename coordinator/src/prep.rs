@@ -118,7 +118,11 @@ fn create(pending: &mut Pending<'_>, ctx: &Ctx<'_>, op: OpCode, r: &CreateTtlReq
         if ttl <= 0 || ttl > MAX_TTL {
             return Err(ErrorCode::BadArguments);
         }
-    } else if ttl >= 0 {
+    } else if ttl >= 0 || op == OpCode::CreateTtl {
+        // createTTL makes a TTL node whatever its flags say, so a non-TTL
+        // mode is refused: ZooKeeper refuses it for ttl >= 0 and falls over
+        // applying it for ttl < 0, where the ttl would otherwise become a
+        // TTL node's lifetime (an "ephemeral" living 34 years) or wrap to 0.
         return Err(ErrorCode::BadArguments);
     }
     let parent_path = match path::parent(&r.path) {
@@ -150,7 +154,9 @@ fn create(pending: &mut Pending<'_>, ctx: &Ctx<'_>, op: OpCode, r: &CreateTtlReq
         _ if mode.is_ephemeral() => NodeKind::Ephemeral(ctx.session_id),
         _ => NodeKind::Persistent,
     };
-    let parent_cversion = parent.stat.cversion + 1;
+    // A Java int in ZooKeeper: it wraps, and the tree (which only moves
+    // it up) leaves it at i32::MAX.
+    let parent_cversion = parent.stat.cversion.wrapping_add(1);
     parent.children += 1;
     parent.stat.cversion = parent_cversion;
     parent.stat.pzxid = ctx.zxid;
@@ -274,6 +280,32 @@ mod tests {
         assert_eq!(prepare(&t, &ctx(2), &create_req("/x", 9)), Txn::Error(ErrorCode::BadArguments));
         run(&mut t, 2, &create_req("/e", 1));
         assert_eq!(prepare(&t, &ctx(3), &create_req("/e/c", 0)), Txn::Error(ErrorCode::NoChildrenForEphemerals));
+    }
+
+    /// cversion is a Java int in ZooKeeper and its increment wraps. The
+    /// tree only moves a parent's cversion up, so at i32::MAX it stays
+    /// there, as ZooKeeper's does: the next sequential name is taken again
+    /// (NodeExists) while plain creates go on. Never a panic.
+    #[test]
+    fn cversion_at_i32_max_wraps_instead_of_panicking() {
+        let mut t = DataTree::new();
+        run(&mut t, 1, &create_req("/q", 0));
+        let hdr = TxnHeader { session_id: 5, cxid: 0, zxid: 2, time: 10 };
+        let far = Txn::Create {
+            path: "/q/far".into(),
+            data: None,
+            acl: Arc::new(acl::open_acl_unsafe()),
+            kind: NodeKind::Persistent,
+            parent_cversion: i32::MAX,
+        };
+        t.apply(&hdr, &far, &mut Vec::new());
+        assert_eq!(t.get("/q").unwrap().stat.cversion, i32::MAX);
+        let Txn::Create { path, parent_cversion, .. } = run(&mut t, 3, &create_req("/q/n-", 2)) else { panic!() };
+        assert_eq!((path.as_str(), parent_cversion), ("/q/n-2147483647", i32::MIN));
+        assert_eq!(t.get("/q").unwrap().stat.cversion, i32::MAX);
+        assert_eq!(prepare(&t, &ctx(4), &create_req("/q/n-", 2)), Txn::Error(ErrorCode::NodeExists));
+        assert!(matches!(run(&mut t, 4, &create_req("/q/plain", 0)), Txn::Create { .. }));
+        assert!(t.get("/q/plain").is_some());
     }
 
     #[test]

@@ -29,14 +29,19 @@
 //!
 //! # Recovery
 //!
-//! The newest snapshot, then every logged txn after it, in order. A crash
-//! mid-append leaves the last record of the last segment incomplete: a
+//! The newest snapshot that can be read, then every logged txn after it, in
+//! order. A damaged snapshot is passed over for the one before it, whose log
+//! purge keeps for that reason (the log back to the oldest kept snapshot),
+//! and recovery must still reach the damaged snapshot's zxid.
+//!
+//! A crash mid-append leaves the end of the last segment incomplete: a
 //! header cut short, a verified header whose payload runs past the end of
-//! the file, a final payload that fails its checksum, or zero fill. That
-//! record was never acknowledged, so it is cut off and recovery goes on.
-//! Anything else that fails a checksum or does not follow the zxid before it
-//! is corruption: recovery stops with the file and offset, and never skips
-//! data silently.
+//! the file, a final payload that fails its checksum, zero fill, or (after a
+//! power loss) a zeroed block with bytes after it. That part was never
+//! acknowledged, so it is cut off and recovery goes on (see
+//! `is_torn_tail`). Anything else that fails a checksum or does not follow
+//! the zxid before it is corruption: recovery stops with the file and
+//! offset, and never skips data silently.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -55,8 +60,9 @@ const LOG_MAGIC: &[u8; 8] = b"ZKCLOG01";
 const SNAP_MAGIC: &[u8; 8] = b"ZKCSNP01";
 /// A new segment starts once the current one passes this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// Snapshots kept on disk; older ones (and the log before them) are removed.
-const SNAPSHOTS_KEPT: usize = 3;
+/// Snapshots kept on disk by default (ZooKeeper's autopurge.snapRetainCount);
+/// older ones, and the log before the oldest kept, are removed.
+pub const SNAPSHOTS_KEPT: usize = 3;
 /// Bytes of snapshot encoded per hold of the tree's lock: about 9,000
 /// small znodes, or a millisecond of writers waiting.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -101,6 +107,8 @@ pub struct Storage {
     since_snapshot: AtomicU64,
     /// Bytes of log written since the last snapshot began.
     logged_since_snapshot: AtomicU64,
+    /// Snapshots kept by purge.
+    retain: usize,
     _lock: File,
 }
 
@@ -114,8 +122,14 @@ pub struct Recovered {
 }
 
 impl Storage {
-    /// Opens (creating if needed) a data dir and recovers the tree from it.
+    /// Opens (creating if needed) a data dir and recovers the tree from it,
+    /// keeping the default number of snapshots.
     pub fn open(dir: &Path) -> Result<Recovered, StorageError> {
+        Self::open_retaining(dir, SNAPSHOTS_KEPT)
+    }
+
+    /// [`open`](Self::open), keeping `retain` snapshots (at least one).
+    pub fn open_retaining(dir: &Path, retain: usize) -> Result<Recovered, StorageError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
         let lock =
@@ -126,15 +140,26 @@ impl Storage {
         let secret = load_secret(dir)?;
 
         let (snapshots, logs) = list(dir)?;
-        let (mut tree, snapshot_zxid) = match snapshots.last() {
-            Some((zxid, path)) => (read_snapshot(path)?, *zxid),
-            None => (DataTree::new(), 0),
-        };
+        let (mut tree, snapshot_zxid) = load_newest_usable_snapshot(&snapshots, &logs)?;
         let mut replayed = 0;
         let logged: u64 = logs.iter().filter_map(|(_, p)| fs::metadata(p).ok()).map(|m| m.len()).sum();
         let last_index = logs.len().checked_sub(1);
         for (i, (_, path)) in logs.iter().enumerate() {
             replayed += replay_segment(path, Some(i) == last_index, &mut tree)?;
+        }
+        // A fallback must still reach every txn the damaged snapshot held:
+        // those were acknowledged.
+        if let Some((newest, path)) = snapshots.last() {
+            if tree.last_zxid() < *newest {
+                return Err(StorageError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "recovery from an older snapshot and the log reached only zxid {:#x} of {newest:#x}",
+                        tree.last_zxid()
+                    ),
+                });
+            }
         }
 
         // Appends go to a fresh segment. The last one is removed first if
@@ -167,6 +192,7 @@ impl Storage {
                 failed,
                 since_snapshot: AtomicU64::new(replayed as u64),
                 logged_since_snapshot: AtomicU64::new(logged),
+                retain: retain.max(1),
                 _lock: lock,
             },
             snapshot_zxid,
@@ -272,20 +298,23 @@ impl Storage {
         self.write_snapshot(header, |buf| tree.snapshot_chunk(buf, SNAPSHOT_CHUNK))
     }
 
-    /// Keeps the newest snapshots and the log segments the newest needs.
+    /// Keeps the newest snapshots and the log segments that each of them
+    /// needs: recovery falls back to an older snapshot when a newer one
+    /// cannot be read, and replays the log from there.
     fn purge(&self) -> Result<(), StorageError> {
         let (snapshots, logs) = list(&self.dir)?;
-        let Some((newest, _)) = snapshots.last() else {
+        let kept = snapshots.len().saturating_sub(self.retain);
+        let Some((oldest_kept, _)) = snapshots.get(kept) else {
             return Ok(());
         };
-        for (_, path) in snapshots.iter().rev().skip(SNAPSHOTS_KEPT) {
+        for (_, path) in &snapshots[..kept] {
             fs::remove_file(path).map_err(io_err(path))?;
         }
         // A segment named Z holds zxids >= Z; the next segment's name bounds
-        // it from above. Everything up to the newest snapshot is covered.
+        // it from above. Everything up to the oldest kept snapshot is covered.
         for pair in logs.windows(2) {
             let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
-            if *next_first <= newest + 1 {
+            if *next_first <= oldest_kept + 1 {
                 fs::remove_file(path).map_err(io_err(path))?;
             }
         }
@@ -439,21 +468,106 @@ fn list(dir: &Path) -> Result<Listing, StorageError> {
     Ok((snaps, logs))
 }
 
+/// The newest snapshot that reads and whose log is kept (the segments from
+/// just after it on), or an empty tree when the log goes back to zxid 1.
+/// A damaged snapshot is passed over with a warning; if none can be used,
+/// the newest one's damage is the error.
+fn load_newest_usable_snapshot(
+    snapshots: &[(i64, PathBuf)],
+    logs: &[(i64, PathBuf)],
+) -> Result<(DataTree, i64), StorageError> {
+    let log_from = logs.first().map(|(z, _)| *z);
+    let mut first_err = None;
+    for (i, (zxid, path)) in snapshots.iter().enumerate().rev() {
+        let newest = i + 1 == snapshots.len();
+        // The newest needs no log; an older one, the log from zxid + 1.
+        if !newest && log_from.is_none_or(|from| from > zxid + 1) {
+            break;
+        }
+        match read_snapshot(path) {
+            Ok(tree) => {
+                if !newest {
+                    tracing::warn!(path = %path.display(), "recovering from an older snapshot and the log after it");
+                }
+                return Ok((tree, *zxid));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a snapshot cannot be read; trying an older one");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        None => Ok((DataTree::new(), 0)),
+        Some(_) if log_from == Some(1) => {
+            tracing::warn!("recovering from the whole log: no snapshot can be read");
+            Ok((DataTree::new(), 0))
+        }
+        Some(e) => Err(e),
+    }
+}
+
 fn read_snapshot(path: &Path) -> Result<DataTree, StorageError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let corrupt = |offset: usize, reason: &str| StorageError::Corrupt {
+    decode_snapshot(&bytes).map_err(|(offset, reason)| StorageError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
-        reason: reason.into(),
-    };
+        reason,
+    })
+}
+
+/// A snapshot file's bytes to a tree, or the offset and reason it cannot
+/// be read. No I/O: the fuzz targets feed it arbitrary bytes.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<DataTree, (usize, String)> {
     if bytes.len() < SNAP_MAGIC.len() + 4 || &bytes[..8] != SNAP_MAGIC {
-        return Err(corrupt(0, "not a snapshot (bad magic)"));
+        return Err((0, "not a snapshot (bad magic)".into()));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32c::crc32c(body).to_be_bytes() != crc {
-        return Err(corrupt(body.len(), "checksum mismatch"));
+        return Err((body.len(), "checksum mismatch".into()));
     }
-    DataTree::read_snapshot(&body[8..]).map_err(|e| corrupt(8, &format!("undecodable: {e}")))
+    DataTree::read_snapshot(&body[8..]).map_err(|e| (8, format!("undecodable: {e}")))
+}
+
+/// A well-formed log segment holding `payloads` as its records (each a txn
+/// header and txn, as `encode_record` makes them, or anything else): for
+/// tests and for the fuzz targets, which get past the checksums this way to
+/// reach the record decoder.
+pub fn log_segment_of<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = LOG_MAGIC.to_vec();
+    for p in payloads {
+        out.extend_from_slice(&record_header(p));
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// A snapshot file around `body` (the tree's encoding), with its magic and
+/// a valid checksum: the snapshot counterpart of [`log_segment_of`].
+pub fn snapshot_file_of(body: &[u8]) -> Vec<u8> {
+    let mut out = SNAP_MAGIC.to_vec();
+    out.extend_from_slice(body);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A whole snapshot file of `tree` in memory, as [`Storage::snapshot`]
+/// would write it: for tests and the fuzz targets' round trips.
+pub fn encode_snapshot(tree: &mut DataTree) -> Result<Vec<u8>, SnapshotError> {
+    let mut body = Vec::new();
+    tree.begin_snapshot().write(&mut body);
+    while tree.snapshot_chunk(&mut body, SNAPSHOT_CHUNK)? != Progress::Done {}
+    Ok(snapshot_file_of(&body))
+}
+
+/// What replaying one segment's bytes did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SegmentReplay {
+    /// Transactions applied (those the tree already had are skipped).
+    pub applied: usize,
+    /// Where a torn tail begins, in the last segment: the file is cut there.
+    pub torn_at: Option<usize>,
 }
 
 /// Replays one segment into the tree; returns how many txns it applied.
@@ -461,33 +575,47 @@ fn read_snapshot(path: &Path) -> Result<DataTree, StorageError> {
 fn replay_segment(path: &Path, last: bool, tree: &mut DataTree) -> Result<usize, StorageError> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+    if bytes.len() < LOG_MAGIC.len() && last {
+        // Created but its magic never fully reached the disk.
+        tracing::warn!(path = %path.display(), "removing a log segment torn at creation");
+        fs::remove_file(path).map_err(io_err(path))?;
+        return Ok(0);
+    }
+    let replay = replay_bytes(&bytes, last, tree).map_err(|(offset, reason)| StorageError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
         reason,
-    };
+    })?;
+    if let Some(at) = replay.torn_at {
+        tracing::warn!(path = %path.display(), offset = at, "cutting a torn end of the log (a crash mid-append; it was never acknowledged)");
+        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        f.set_len(at as u64).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+    }
+    Ok(replay.applied)
+}
+
+/// Replays a log segment's bytes into the tree, or answers the offset and
+/// reason of the damage that stops recovery. `last` says whether this is
+/// the last segment, the only one whose end may be torn. No I/O: the fuzz
+/// targets feed it arbitrary bytes.
+pub fn replay_bytes(bytes: &[u8], last: bool, tree: &mut DataTree) -> Result<SegmentReplay, (usize, String)> {
     if bytes.len() < LOG_MAGIC.len() {
-        if last {
-            // Created but its magic never fully reached the disk.
-            tracing::warn!(path = %path.display(), "removing a log segment torn at creation");
-            fs::remove_file(path).map_err(io_err(path))?;
-            return Ok(0);
-        }
-        return Err(corrupt(0, "segment shorter than its header".into()));
+        return Err((0, "segment shorter than its header".into()));
     }
     if &bytes[..8] != LOG_MAGIC {
-        return Err(corrupt(0, "not a log segment (bad magic)".into()));
+        return Err((0, "not a log segment (bad magic)".into()));
     }
     let mut at = LOG_MAGIC.len();
     let mut applied = 0;
     while at < bytes.len() {
-        match next_record(&bytes, at) {
+        match next_record(bytes, at) {
             Ok((payload, end)) => {
-                let (hdr, txn) = decode_record(payload).map_err(|e| corrupt(at, format!("undecodable record: {e}")))?;
+                let (hdr, txn) = decode_record(payload).map_err(|e| (at, format!("undecodable record: {e}")))?;
                 if hdr.zxid <= tree.last_zxid() {
                     // Already in the snapshot.
                 } else if hdr.zxid != tree.last_zxid() + 1 {
-                    return Err(corrupt(
+                    return Err((
                         at,
                         format!("zxid {:#x} does not follow {:#x}: a record is missing", hdr.zxid, tree.last_zxid()),
                     ));
@@ -499,24 +627,21 @@ fn replay_segment(path: &Path, last: bool, tree: &mut DataTree) -> Result<usize,
             }
             Err(reason) => {
                 // Torn only if nothing valid could follow: the bad record is
-                // the tail of the last segment (cut short, or complete in
-                // length but not in content, or zero fill).
-                let torn_tail = last && is_torn_tail(&bytes, at);
-                if !torn_tail {
-                    return Err(corrupt(at, reason));
+                // the tail of the last segment (see `is_torn_tail`).
+                if !(last && is_torn_tail(bytes, at)) {
+                    return Err((at, reason));
                 }
-                tracing::warn!(path = %path.display(), offset = at, reason, "cutting a torn record at the end of the log (a crash mid-append; it was never acknowledged)");
-                let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-                f.set_len(at as u64).map_err(io_err(path))?;
-                f.sync_all().map_err(io_err(path))?;
-                break;
+                return Ok(SegmentReplay { applied, torn_at: Some(at) });
             }
         }
     }
-    Ok(applied)
+    Ok(SegmentReplay { applied, torn_at: None })
 }
 
 const RECORD_HEADER: usize = 12;
+/// The unit a power loss zeroes: a file-system block whose data never
+/// reached the disk reads back as zeros once the file's size did.
+const BLOCK: usize = 4096;
 
 fn record_header(payload: &[u8]) -> [u8; RECORD_HEADER] {
     let len = (payload.len() as u32).to_be_bytes();
@@ -555,19 +680,39 @@ fn next_record(bytes: &[u8], at: usize) -> Result<(&[u8], usize), String> {
 }
 
 /// Is the bad record at `at` what a crash mid-append leaves behind (so
-/// nothing valid can follow it)? A header cut short; zero fill to the end;
-/// or a header that verifies, whose payload runs past the end of the file or
-/// ends exactly there with a bad checksum. A header that fails its own
-/// checksum is damage, never a torn write: its length cannot be trusted.
+/// nothing valid can follow it)? Only the last segment is asked: earlier
+/// ones were synced whole before the next was created.
+///
+/// - A header cut short, or zero fill to the end of the file.
+/// - A header of zeros: nothing was ever written there. ZooKeeper reads a
+///   zero length as the end of the log for the same reason; a whole zero
+///   header is asked for, since one flipped bit can zero a length but not
+///   the checksums beside it.
+/// - A zeroed block (file-aligned) that starts inside the record: after a
+///   power loss, a block whose data never reached the disk reads back as
+///   zeros, and blocks after it may have reached it. What follows was
+///   written in the same unsynced batch, so none of it was acknowledged.
+/// - A header that verifies, whose payload runs past the end of the file
+///   or ends exactly there with a bad checksum.
+///
+/// A header that fails its own checksum is otherwise damage, never a torn
+/// write: its length cannot be trusted.
 fn is_torn_tail(bytes: &[u8], at: usize) -> bool {
     let rest = &bytes[at..];
-    if rest.len() < RECORD_HEADER || rest.iter().all(|b| *b == 0) {
+    if rest.len() < RECORD_HEADER || rest.iter().all(|b| *b == 0) || rest[..RECORD_HEADER].iter().all(|b| *b == 0) {
         return true;
     }
-    if crc32c::crc32c(&rest[..4]) != be32(&rest[4..]) {
-        return false;
+    let header_ok = crc32c::crc32c(&rest[..4]) == be32(&rest[4..]);
+    let extent = if header_ok { RECORD_HEADER.saturating_add(be32(rest) as usize) } else { RECORD_HEADER };
+    let end = at.saturating_add(extent).min(bytes.len());
+    let mut block = (at / BLOCK + 1) * BLOCK;
+    while block < end {
+        if bytes[block..(block + BLOCK).min(bytes.len())].iter().all(|b| *b == 0) {
+            return true;
+        }
+        block += BLOCK;
     }
-    rest.len() <= RECORD_HEADER + be32(rest) as usize
+    header_ok && rest.len() <= extent
 }
 
 #[cfg(test)]
@@ -735,6 +880,133 @@ mod tests {
                 fs::remove_dir_all(dir).ok();
             }
         }
+    }
+
+    /// A power loss can leave the unsynced end of the log as a zeroed
+    /// block followed by bytes that did reach the disk. Nothing there was
+    /// acknowledged (its fdatasync never returned), so it is the end of the
+    /// log: cut off, not reported as corruption.
+    #[test]
+    fn a_zeroed_block_then_data_in_the_tail_is_the_end_of_the_log() {
+        // Where the zeros start: at a record's start (unaligned: a zero
+        // length is the end, as in ZooKeeper), or at a block boundary inside
+        // a record (its start reached the disk, the block after did not).
+        for (name, at_record) in [("at-record", true), ("mid-record", false)] {
+            let dir = tmpdir(name);
+            write_n(&dir, 0, 300);
+            let seg = segments(&dir).into_iter().find(|p| fs::metadata(p).unwrap().len() > 8).unwrap();
+            for p in segments(&dir) {
+                if p != seg {
+                    fs::remove_file(p).unwrap();
+                }
+            }
+            let mut bytes = fs::read(&seg).unwrap();
+            let mut starts = vec![LOG_MAGIC.len()];
+            while let Ok((_, end)) = next_record(&bytes, *starts.last().unwrap()) {
+                starts.push(end);
+            }
+            let zero_at = if at_record { starts[6] } else { 2 * BLOCK };
+            // The record the zeros start in: records before it are whole.
+            let torn = starts.iter().rposition(|s| *s <= zero_at).unwrap();
+            assert!(at_record || starts[torn] < zero_at, "the block boundary falls inside a record");
+            assert!(bytes.len() > zero_at + BLOCK, "{name}: records after the zeroed block");
+            bytes[zero_at..zero_at + BLOCK].fill(0);
+            fs::write(&seg, &bytes).unwrap();
+            let rec = Storage::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(rec.tree.last_zxid(), torn as i64, "{name}");
+            drop(rec);
+            assert_eq!(fs::metadata(&seg).unwrap().len(), starts[torn] as u64, "{name}: cut at the torn record");
+            fs::remove_dir_all(dir).ok();
+        }
+    }
+
+    /// The same zeros in a record that is followed by whole records are
+    /// damage to acknowledged data: refused, with file and offset.
+    #[test]
+    fn zeros_in_the_middle_of_the_log_are_still_corruption() {
+        let dir = tmpdir("zero-middle");
+        write_n(&dir, 0, 10);
+        let seg = segments(&dir).into_iter().find(|p| fs::metadata(p).unwrap().len() > 8).unwrap();
+        let mut bytes = fs::read(&seg).unwrap();
+        let second = next_record(&bytes, LOG_MAGIC.len()).unwrap().1;
+        bytes[second..second + 4].fill(0);
+        fs::write(&seg, &bytes).unwrap();
+        // Not the last segment: nothing may be cut there.
+        write_n_raw_segment_after(&dir, &seg);
+        match Storage::open(&dir) {
+            Err(StorageError::Corrupt { path, offset, .. }) => assert_eq!((path, offset), (seg, second as u64)),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("zeros before acknowledged records were accepted"),
+        }
+        fs::remove_dir_all(dir).ok();
+    }
+
+    /// Adds an empty-but-valid later segment, so `seg` is not the last one.
+    fn write_n_raw_segment_after(dir: &Path, seg: &Path) {
+        let later = dir.join(format!("log.{:016x}", 1000));
+        assert_ne!(later, seg);
+        let mut bytes = LOG_MAGIC.to_vec();
+        let hdr = TxnHeader { session_id: 1, cxid: 0, zxid: 1000, time: 1 };
+        let payload = encode_record(&hdr, &create("/later", 1));
+        bytes.extend_from_slice(&record_header(&payload));
+        bytes.extend_from_slice(&payload);
+        fs::write(later, bytes).unwrap();
+    }
+
+    /// Three snapshots are kept so that a damaged newest one is not the end
+    /// of the data: recovery falls back to the newest snapshot that reads,
+    /// and replays the log from there, which purge keeps for that reason.
+    #[test]
+    fn a_corrupt_newest_snapshot_falls_back_to_an_older_one() {
+        let dir = tmpdir("snap-fallback");
+        for round in 0..3 {
+            write_n(&dir, round * 20, 20);
+            let mut rec = Storage::open(&dir).unwrap();
+            rec.storage.snapshot(&mut rec.tree).unwrap();
+        }
+        write_n(&dir, 60, 5);
+        let (snaps, _) = list(&dir).unwrap();
+        assert_eq!(snaps.len(), 3);
+        let newest = snaps.last().unwrap().1.clone();
+        let mut bytes = fs::read(&newest).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        fs::write(&newest, &bytes).unwrap();
+        let rec = Storage::open(&dir).unwrap_or_else(|e| panic!("no fallback: {e}"));
+        assert_eq!(rec.tree.last_zxid(), 65);
+        assert_eq!(rec.snapshot_zxid, 40, "the snapshot before the damaged one");
+        for i in 0..65 {
+            assert!(rec.tree.get(&format!("/n{i}")).is_some(), "/n{i} lost");
+        }
+        drop(rec);
+        // Every snapshot damaged, and the log before the oldest purged:
+        // refused, naming the newest snapshot.
+        for (_, p) in list(&dir).unwrap().0.into_iter().filter(|(_, p)| *p != newest) {
+            let mut b = fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x40;
+            fs::write(&p, &b).unwrap();
+        }
+        match Storage::open(&dir) {
+            Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, newest),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(r) => panic!("started with zxid {:#x} although every snapshot is damaged", r.tree.last_zxid()),
+        }
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn purge_keeps_the_retained_snapshots_and_the_log_the_oldest_needs() {
+        let dir = tmpdir("retain");
+        for round in 0..6 {
+            write_n(&dir, round * 5, 5);
+            let mut rec = Storage::open_retaining(&dir, 4).unwrap();
+            rec.storage.snapshot(&mut rec.tree).unwrap();
+        }
+        let (snaps, logs) = list(&dir).unwrap();
+        assert_eq!(snaps.iter().map(|(z, _)| *z).collect::<Vec<_>>(), vec![15, 20, 25, 30]);
+        assert!(logs.first().is_some_and(|(z, _)| *z <= 16), "the log after the oldest kept snapshot is kept");
+        fs::remove_dir_all(dir).ok();
     }
 
     #[test]

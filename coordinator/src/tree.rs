@@ -291,13 +291,37 @@ fn widen(hash: u32) -> u64 {
     (u64::from(hash) << 32) | u64::from(hash)
 }
 
+/// 2020-01-01T00:00:00Z in Unix ms: the origin of in-memory zxids.
+const ZXID_CLOCK_ORIGIN_MS: i64 = 1_577_836_800_000;
+
+/// Where an in-memory server's zxids start: the wall clock's milliseconds
+/// since 2020, times 2^22.
+///
+/// Without a data dir nothing survives a restart, yet clients and the
+/// stores they feed do: a lock holder's fencing token is its node's czxid,
+/// and a client refuses a server whose zxid is below one it has seen.
+/// Starting from 0 on each run would hand out tokens below the last run's.
+/// ZooKeeper starts each leader's zxids at a new epoch in the high 32 bits;
+/// here the high 32 bits are the clock in units of 1.024 s, and the low
+/// 32 leave 2^22 txns per millisecond: a run would have to sustain four
+/// billion writes a second to reach the zxids of a run started after it.
+/// So zxids only grow across restarts as long as the wall clock does not
+/// step back further than the previous run's own writes moved it on; a
+/// data dir removes even that assumption. Good until 2089.
+pub fn in_memory_first_zxid(now_ms: i64) -> i64 {
+    (now_ms.saturating_sub(ZXID_CLOCK_ORIGIN_MS).clamp(0, (1 << 41) - 1)) << 22
+}
+
 /// A watch trigger produced by a change, for the watch manager to deliver.
+/// Each carries the ACL of the node its event names (the parent's, for a
+/// child change; the node's last, for a delete): a watcher is told only of
+/// nodes it may read, checked as the event is delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    Created(String),
-    Deleted(String),
-    DataChanged(String),
-    ChildrenChanged(String),
+    Created(String, Arc<Vec<Acl>>),
+    Deleted(String, Arc<Vec<Acl>>),
+    DataChanged(String, Arc<Vec<Acl>>),
+    ChildrenChanged(String, Arc<Vec<Acl>>),
 }
 
 /// What applying a transaction produced, for the reply.
@@ -387,6 +411,14 @@ impl DataTree {
         let id = tree.acls.intern(&read);
         tree.insert(proc_node, "config", empty, id, StatPersisted { aversion: -1, ..stat });
         tree.data_size = tree.paths().map(|p| p.len() as i64).sum();
+        tree
+    }
+
+    /// A fresh tree for a server without a data dir, whose zxids start at
+    /// [`in_memory_first_zxid`] instead of 0 (see there why).
+    pub fn in_memory(now_ms: i64) -> Self {
+        let mut tree = Self::new();
+        tree.last_zxid = in_memory_first_zxid(now_ms);
         tree
     }
 
@@ -673,8 +705,9 @@ impl DataTree {
                 node.stat.mzxid = hdr.zxid;
                 node.stat.version = *version;
                 let stat = node.stat();
+                let acl = node.acl;
                 self.data_size += data.as_ref().map_or(0, |d| d.len() as i64) - old;
-                triggers.push(Trigger::DataChanged(path.clone()));
+                triggers.push(Trigger::DataChanged(path.clone(), self.acls.get(acl).clone()));
                 TxnResult::Stat(stat)
             }
             Txn::SetAcl { path, acl, version } => {
@@ -739,8 +772,9 @@ impl DataTree {
         let acl = self.acls.intern(acl);
         let slot = self.add_node(parent, path, data, acl, stat);
         let client_stat = self.node(slot).map(Node::stat).unwrap_or_default();
-        triggers.push(Trigger::Created(path.to_string()));
-        triggers.push(Trigger::ChildrenChanged(parent_path.to_string()));
+        let parent_acl = self.node(parent).map_or(acl, |p| p.acl);
+        triggers.push(Trigger::Created(path.to_string(), self.acls.get(acl).clone()));
+        triggers.push(Trigger::ChildrenChanged(parent_path.to_string(), self.acls.get(parent_acl).clone()));
         Ok(client_stat)
     }
 
@@ -757,9 +791,13 @@ impl DataTree {
             return false;
         }
         self.preserve(slot);
+        // The ACL outlives the node in the trigger: the table may drop it
+        // once the last node using it is gone.
+        let acl = self.node(slot).map(|n| self.acls.get(n.acl).clone());
         let Some(node) = self.remove(slot) else {
             return false;
         };
+        let parent_acl = self.node(node.parent).map(|p| self.acls.get(p.acl).clone());
         self.preserve(node.parent);
         if let Some(parent) = self.node_mut(node.parent) {
             if zxid > parent.stat.pzxid {
@@ -784,8 +822,9 @@ impl DataTree {
             }
             NodeKind::Persistent => {}
         }
-        triggers.push(Trigger::Deleted(path.to_string()));
-        triggers.push(Trigger::ChildrenChanged(parent_path.to_string()));
+        let none = || Arc::new(Vec::new());
+        triggers.push(Trigger::Deleted(path.to_string(), acl.unwrap_or_else(none)));
+        triggers.push(Trigger::ChildrenChanged(parent_path.to_string(), parent_acl.unwrap_or_else(none)));
         true
     }
 }
@@ -1011,6 +1050,12 @@ impl DataTree {
                 ephemeral_owner: r.i64()?,
                 pzxid: r.i64()?,
             };
+            // A snapshot holds the nodes created up to its zxid and no
+            // later one; a tree with a node from after it could not be
+            // snapshotted again (that self-check would fail every time).
+            if stat.czxid > tree.last_zxid {
+                return Err(DecodeError::BadLength { offset, len: path.len() as i32 });
+            }
             if !tree.load_node(&path, data, acl, stat) {
                 waiting.push((offset, path, data.map(<[u8]>::to_vec), acl, stat));
             }
@@ -1087,6 +1132,20 @@ mod tests {
         assert_eq!(t.get("/a").unwrap().stat.cversion, 2, "stored as creates");
     }
 
+    /// Found by fuzzing the snapshot reader: a snapshot whose node was
+    /// created after the snapshot's own zxid read fine, and the tree it
+    /// gave could never be snapshotted again.
+    #[test]
+    fn a_snapshot_with_a_node_from_after_it_is_refused() {
+        let mut t = DataTree::new();
+        t.apply(&hdr(5), &create("/late", NodeKind::Persistent, 1), &mut Vec::new());
+        let mut bytes = Vec::new();
+        t.write_snapshot(&mut bytes).unwrap();
+        assert!(DataTree::read_snapshot(&bytes).is_ok());
+        bytes[..8].copy_from_slice(&4i64.to_be_bytes());
+        assert!(DataTree::read_snapshot(&bytes).is_err(), "a node created at zxid 5 in a snapshot of zxid 4");
+    }
+
     #[test]
     fn close_session_deletes_its_ephemerals_and_fires() {
         let mut t = DataTree::new();
@@ -1096,7 +1155,9 @@ mod tests {
         tr.clear();
         t.apply(&hdr(2), &Txn::CloseSession, &mut tr);
         assert!(t.get("/e").is_none());
-        assert_eq!(tr, vec![Trigger::Deleted("/e".into()), Trigger::ChildrenChanged("/".into())]);
+        let root_acl = t.get("/").unwrap().acl().clone();
+        let e_acl = Arc::new(acl::open_acl_unsafe());
+        assert_eq!(tr, vec![Trigger::Deleted("/e".into(), e_acl), Trigger::ChildrenChanged("/".into(), root_acl)]);
         assert_eq!(t.ephemeral_count(), 0);
     }
 

@@ -14,12 +14,18 @@
 //!   the child's own NodeCreated);
 //! - one change tells each connection at most once, even when it watches the
 //!   node in both tables (a deleted node with data and child watches gives one
-//!   NodeDeleted).
+//!   NodeDeleted);
+//! - an event reaches a connection only when the connection's ids may READ
+//!   the node the event names, checked at delivery with the ids the
+//!   connection holds then (a one-shot watch that fails the check is still
+//!   used up). Without this, a recursive watch above a protected subtree
+//!   would tell anyone the names and the changes of nodes they are refused
+//!   (CVE-2024-23944; patched ZooKeeper 3.8 checks the same way).
 
 use std::collections::{HashMap, HashSet};
 
-use zk_wire::consts::{EventType, KeeperState, WatcherType};
-use zk_wire::records::WatcherEvent;
+use zk_wire::consts::{perms, EventType, KeeperState, WatcherType};
+use zk_wire::records::{Acl, Id, WatcherEvent};
 
 use crate::tree::Trigger;
 
@@ -153,6 +159,9 @@ impl Table {
 pub struct WatchManager {
     data: Table,
     child: Table,
+    /// Each connection's ids (ip, digests, super), as of its last addauth.
+    /// A connection not listed holds no id: only world-readable nodes.
+    auth: HashMap<ConnId, Vec<Id>>,
 }
 
 /// A notification for one connection.
@@ -202,6 +211,18 @@ impl WatchManager {
     pub fn remove_conn(&mut self, conn: ConnId) {
         self.data.remove_conn(conn);
         self.child.remove_conn(conn);
+        self.auth.remove(&conn);
+    }
+
+    /// Records the ids a connection holds (at the handshake and after each
+    /// addauth); events are filtered against them.
+    pub fn set_auth(&mut self, conn: ConnId, ids: &[Id]) {
+        self.auth.insert(conn, ids.to_vec());
+    }
+
+    fn may_read(&self, conn: ConnId, acl: &[Acl]) -> bool {
+        let ids = self.auth.get(&conn).map_or(&[][..], Vec::as_slice);
+        crate::acl::check(acl, perms::READ, ids).is_ok()
     }
 
     /// Turns the triggers of one transaction into notifications, in order.
@@ -209,26 +230,27 @@ impl WatchManager {
         let none = HashSet::new();
         for t in triggers {
             let mut who = HashSet::new();
-            let (kind, path) = match t {
-                Trigger::Created(p) => {
+            let (kind, path, acl) = match t {
+                Trigger::Created(p, acl) => {
                     self.data.trigger(p, EventType::NodeCreated, &none, &mut who);
-                    (EventType::NodeCreated, p)
+                    (EventType::NodeCreated, p, acl)
                 }
-                Trigger::DataChanged(p) => {
+                Trigger::DataChanged(p, acl) => {
                     self.data.trigger(p, EventType::NodeDataChanged, &none, &mut who);
-                    (EventType::NodeDataChanged, p)
+                    (EventType::NodeDataChanged, p, acl)
                 }
-                Trigger::Deleted(p) => {
+                Trigger::Deleted(p, acl) => {
                     self.data.trigger(p, EventType::NodeDeleted, &none, &mut who);
                     let told = who.clone();
                     self.child.trigger(p, EventType::NodeDeleted, &told, &mut who);
-                    (EventType::NodeDeleted, p)
+                    (EventType::NodeDeleted, p, acl)
                 }
-                Trigger::ChildrenChanged(p) => {
+                Trigger::ChildrenChanged(p, acl) => {
                     self.child.trigger(p, EventType::NodeChildrenChanged, &none, &mut who);
-                    (EventType::NodeChildrenChanged, p)
+                    (EventType::NodeChildrenChanged, p, acl)
                 }
             };
+            who.retain(|&conn| self.may_read(conn, acl));
             if who.is_empty() {
                 continue;
             }
@@ -335,6 +357,10 @@ impl WatchManager {
 mod tests {
     use super::*;
 
+    fn open() -> std::sync::Arc<Vec<Acl>> {
+        std::sync::Arc::new(crate::acl::open_acl_unsafe())
+    }
+
     fn fire(w: &mut WatchManager, t: Trigger) -> Vec<(ConnId, i32, String)> {
         let mut out = Vec::new();
         w.fire(&[t], &mut out);
@@ -345,8 +371,8 @@ mod tests {
     fn standard_watches_fire_once() {
         let mut w = WatchManager::default();
         w.add_data("/a", 1);
-        assert_eq!(fire(&mut w, Trigger::DataChanged("/a".into())), vec![(1, 3, "/a".into())]);
-        assert!(fire(&mut w, Trigger::DataChanged("/a".into())).is_empty());
+        assert_eq!(fire(&mut w, Trigger::DataChanged("/a".into(), open())), vec![(1, 3, "/a".into())]);
+        assert!(fire(&mut w, Trigger::DataChanged("/a".into(), open())).is_empty());
         assert_eq!(w.count(), 0);
     }
 
@@ -356,7 +382,7 @@ mod tests {
         w.add_data("/a", 1);
         w.add_child("/a", 1);
         w.add_child("/a", 2);
-        assert_eq!(fire(&mut w, Trigger::Deleted("/a".into())), vec![(1, 2, "/a".into()), (2, 2, "/a".into())]);
+        assert_eq!(fire(&mut w, Trigger::Deleted("/a".into(), open())), vec![(1, 2, "/a".into()), (2, 2, "/a".into())]);
         assert_eq!(w.count(), 0);
     }
 
@@ -364,20 +390,40 @@ mod tests {
     fn recursive_watches_see_descendants_but_not_child_events() {
         let mut w = WatchManager::default();
         w.add_persistent("/a", 1, true);
-        assert_eq!(fire(&mut w, Trigger::Created("/a/b/c".into())), vec![(1, 1, "/a/b/c".into())]);
-        assert!(fire(&mut w, Trigger::ChildrenChanged("/a/b".into())).is_empty());
-        assert!(fire(&mut w, Trigger::ChildrenChanged("/a".into())).is_empty());
-        assert_eq!(fire(&mut w, Trigger::DataChanged("/a".into())), vec![(1, 3, "/a".into())]);
-        assert!(fire(&mut w, Trigger::Created("/ab".into())).is_empty(), "a sibling with the same prefix is not below");
+        assert_eq!(fire(&mut w, Trigger::Created("/a/b/c".into(), open())), vec![(1, 1, "/a/b/c".into())]);
+        assert!(fire(&mut w, Trigger::ChildrenChanged("/a/b".into(), open())).is_empty());
+        assert!(fire(&mut w, Trigger::ChildrenChanged("/a".into(), open())).is_empty());
+        assert_eq!(fire(&mut w, Trigger::DataChanged("/a".into(), open())), vec![(1, 3, "/a".into())]);
+        assert!(
+            fire(&mut w, Trigger::Created("/ab".into(), open())).is_empty(),
+            "a sibling with the same prefix is not below"
+        );
         assert_eq!(w.count(), 2, "persistent watches stay");
+    }
+
+    #[test]
+    fn events_go_only_to_connections_that_may_read_the_node() {
+        let mut w = WatchManager::default();
+        let alice = Id { scheme: "digest".into(), id: "alice:x".into() };
+        let hers = std::sync::Arc::new(vec![Acl { perms: perms::ALL, id: alice.clone() }]);
+        w.add_persistent("/", 1, true);
+        w.add_persistent("/", 2, true);
+        w.add_data("/s", 1);
+        w.set_auth(2, &[alice]);
+        let secret = |p: &str| Trigger::Created(p.into(), hers.clone());
+        assert_eq!(fire(&mut w, secret("/s")), vec![(2, 1, "/s".into())]);
+        assert_eq!(w.count(), 4, "the refused one-shot watch is used up all the same");
+        assert_eq!(fire(&mut w, Trigger::Created("/p".into(), open())), vec![(1, 1, "/p".into()), (2, 1, "/p".into())]);
+        w.set_auth(1, &[Id { scheme: "super".into(), id: String::new() }]);
+        assert_eq!(fire(&mut w, secret("/t")), vec![(1, 1, "/t".into()), (2, 1, "/t".into())]);
     }
 
     #[test]
     fn persistent_watch_sees_child_events() {
         let mut w = WatchManager::default();
         w.add_persistent("/a", 1, false);
-        assert_eq!(fire(&mut w, Trigger::ChildrenChanged("/a".into())), vec![(1, 4, "/a".into())]);
-        assert!(fire(&mut w, Trigger::Created("/a/b".into())).is_empty());
+        assert_eq!(fire(&mut w, Trigger::ChildrenChanged("/a".into(), open())), vec![(1, 4, "/a".into())]);
+        assert!(fire(&mut w, Trigger::Created("/a/b".into(), open())).is_empty());
         w.remove_conn(1);
         assert_eq!(w.count(), 0);
     }

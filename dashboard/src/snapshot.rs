@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
+use zk_wire::path::join;
 use zookeeper_async::{ZkError, ZooKeeper};
 
 use crate::Armed;
@@ -95,14 +96,6 @@ async fn read(zk: &ZooKeeper, path: &str, armed: &Arc<Armed>, changed: &Arc<Noti
 fn denied(armed: &Armed, path: &str) {
     if let Ok(mut d) = armed.denied.lock() {
         d.insert(servicekit::auth::not_allowed(path));
-    }
-}
-
-fn join(parent: &str, child: &str) -> String {
-    if parent == "/" || parent.is_empty() {
-        format!("/{child}")
-    } else {
-        format!("{parent}/{child}")
     }
 }
 

@@ -8,7 +8,7 @@
 //! on the file, so two writers cannot both pass the check.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,13 +17,50 @@ pub enum JournalError {
     Fenced { ours: i64, highest: i64 },
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("journal {path}: record {line} is damaged ({what}); the highest term cannot be known")]
+    Corrupt { path: PathBuf, line: usize, what: &'static str },
+}
+
+impl JournalError {
+    /// True when retrying cannot help until an operator acts (see
+    /// `servicekit::fault`).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            JournalError::Fenced { .. } => false,
+            JournalError::Io { source, .. } => servicekit::fault::is_permanent(source),
+            JournalError::Corrupt { .. } => true,
+        }
+    }
+
+    /// What an operator should do, for the log.
+    pub fn remedy(&self) -> String {
+        match self {
+            JournalError::Io { path, source } => servicekit::fault::remedy(source, path),
+            JournalError::Corrupt { path, line, .. } => {
+                format!("inspect {} at record {line}; move the file aside to start a new journal", path.display())
+            }
+            JournalError::Fenced { .. } => String::new(),
+        }
+    }
 }
 
 pub struct Journal {
     path: PathBuf,
 }
 
-/// One journal line: `<token> <instance> <seq>`.
+/// One journal record: the line `<token> <instance> <seq> <crc>\n`, where
+/// `<crc>` is the CRC-32C of the text before it, in 8 hex digits.
+///
+/// Framing, and why: a record is appended with a single write(2), but a
+/// kill -9 or a power loss can still leave a prefix of it (the write was
+/// cut short, or only some of its blocks reached the disk). The newline is
+/// the record's last byte, so a prefix never ends in one: a last record
+/// without its newline is torn, was never acknowledged (append returns only
+/// after fsync), and is truncated before the next append. Without that
+/// rule a torn `8` followed by the next append's `13 ha2 0` reads as term
+/// 813, and every later leader is fenced out. The checksum catches what
+/// framing cannot: a record whose blocks hold zeros or stale bytes after a
+/// power loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub token: i64,
@@ -32,14 +69,60 @@ pub struct Entry {
 }
 
 impl Entry {
+    fn body(&self) -> String {
+        format!("{} {} {}", self.token, self.instance, self.seq)
+    }
+
+    /// The record's bytes, newline included.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = self.body();
+        format!("{body} {:08x}\n", crc32c::crc32c(body.as_bytes())).into_bytes()
+    }
+
+    /// Parses one complete line (without its newline); `None` if it is not
+    /// a record or its checksum does not match.
+    ///
+    /// A line of exactly three fields is a record of an older version of
+    /// this journal, which had no checksum: it is read as it was written.
     pub fn parse(line: &str) -> Option<Entry> {
-        let mut parts = line.split_whitespace();
-        Some(Entry {
+        let body = if line.split(' ').count() == 3 {
+            line
+        } else {
+            let (body, crc) = line.rsplit_once(' ')?;
+            if crc.len() != 8 || u32::from_str_radix(crc, 16).ok()? != crc32c::crc32c(body.as_bytes()) {
+                return None;
+            }
+            body
+        };
+        let mut parts = body.split(' ');
+        let e = Entry {
             token: parts.next()?.parse().ok()?,
             instance: parts.next()?.to_string(),
             seq: parts.next()?.parse().ok()?,
-        })
+        };
+        if parts.next().is_some() || e.instance.is_empty() {
+            return None;
+        }
+        Some(e)
     }
+}
+
+/// The records of a journal's bytes, and the length of its intact prefix
+/// (everything after it is a torn last record).
+fn scan(bytes: &[u8]) -> Result<(Vec<Entry>, usize), (usize, &'static str)> {
+    let mut entries = Vec::new();
+    let mut intact = 0;
+    for (i, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
+        let Some(line) = line.strip_suffix(b"\n") else {
+            // The last record lacks its newline: torn, never acknowledged.
+            break;
+        };
+        let text = std::str::from_utf8(line).map_err(|_| (i + 1, "not UTF-8"))?;
+        let entry = Entry::parse(text).ok_or((i + 1, "bad format or checksum"))?;
+        entries.push(entry);
+        intact += line.len() + 1;
+    }
+    Ok((entries, intact))
 }
 
 impl Journal {
@@ -47,29 +130,68 @@ impl Journal {
         Journal { path: path.as_ref().to_path_buf() }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn io(&self) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
         |source| JournalError::Io { path: self.path.clone(), source }
     }
 
+    fn open(&self) -> Result<File, JournalError> {
+        OpenOptions::new().create(true).read(true).append(true).open(&self.path).map_err(self.io())
+    }
+
+    /// Checks that the journal can be opened for appending, locked and
+    /// read back as records, without writing: how a worker that stepped
+    /// aside on a permanent fault learns that the fault was fixed (and
+    /// avoids winning a term only to find the journal damaged).
+    pub fn check(&self) -> Result<(), JournalError> {
+        let mut file = self.open()?;
+        file.lock().map_err(self.io())?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(self.io())?;
+        scan(&bytes).map_err(|(line, what)| JournalError::Corrupt { path: self.path.clone(), line, what })?;
+        Ok(())
+    }
+
     /// Appends `token instance seq` if no newer term has written; durable
-    /// (fsync'd) when it returns `Ok`.
+    /// (fsync'd) when it returns `Ok`. A torn last record left by a crash
+    /// is truncated first.
     pub fn append(&self, token: i64, instance: &str, seq: u64) -> Result<(), JournalError> {
-        let mut file: File =
-            OpenOptions::new().create(true).read(true).append(true).open(&self.path).map_err(self.io())?;
+        let mut file = self.open()?;
         // Released when `file` is closed at the end of this call.
         file.lock().map_err(self.io())?;
         file.seek(SeekFrom::Start(0)).map_err(self.io())?;
-        let highest = BufReader::new(&file)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| Entry::parse(&l))
-            .map(|e| e.token)
-            .max()
-            .unwrap_or(i64::MIN);
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(self.io())?;
+        let (entries, intact) =
+            scan(&bytes).map_err(|(line, what)| JournalError::Corrupt { path: self.path.clone(), line, what })?;
+        if intact < bytes.len() {
+            tracing::warn!(
+                journal = %self.path.display(),
+                torn_bytes = bytes.len() - intact,
+                "a torn last record (a crash mid-append) is dropped"
+            );
+            file.set_len(intact as u64).map_err(self.io())?;
+        }
+        let highest = entries.iter().map(|e| e.token).max().unwrap_or(i64::MIN);
         if token < highest {
             return Err(JournalError::Fenced { ours: token, highest });
         }
-        writeln!(file, "{token} {instance} {seq}").map_err(self.io())?;
+        let record = Entry { token, instance: instance.to_string(), seq }.encode();
+        // One write(2) for the whole record, so a crash leaves a prefix of
+        // it, never pieces interleaved with the next append.
+        let written = file.write(&record).map_err(self.io())?;
+        if written != record.len() {
+            // A short write (a full disk): take the fragment back so the
+            // journal ends on a record boundary.
+            let _ = file.set_len(intact as u64);
+            return Err(JournalError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::StorageFull, "short write"),
+            });
+        }
         file.sync_data().map_err(self.io())?;
         Ok(())
     }
@@ -79,17 +201,93 @@ impl Journal {
 mod tests {
     use super::*;
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn tokens(path: &Path) -> Vec<(i64, String, u64)> {
+        let bytes = std::fs::read(path).unwrap();
+        let (entries, intact) = scan(&bytes).unwrap();
+        assert_eq!(intact, bytes.len(), "the journal ends on a record boundary");
+        entries.into_iter().map(|e| (e.token, e.instance, e.seq)).collect()
+    }
+
     #[test]
     fn an_older_term_is_refused_after_a_newer_one_wrote() {
-        let dir = std::env::temp_dir().join(format!("journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("fence");
         let j = Journal::new(dir.join("j"));
         j.append(5, "a", 0).unwrap();
         j.append(9, "b", 0).unwrap();
         assert!(matches!(j.append(5, "a", 1), Err(JournalError::Fenced { ours: 5, highest: 9 })));
         j.append(9, "b", 1).unwrap();
-        let text = std::fs::read_to_string(dir.join("j")).unwrap();
-        assert_eq!(text, "5 a 0\n9 b 0\n9 b 1\n");
+        assert_eq!(tokens(&dir.join("j")), vec![(5, "a".into(), 0), (9, "b".into(), 0), (9, "b".into(), 1)]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A crash can cut the last record at any byte. Whatever prefix is
+    /// left, the next leader appends (its term is not fenced by the
+    /// fragment, whatever digits it holds) and the journal is intact after.
+    #[test]
+    fn a_record_torn_at_every_byte_offset_is_dropped_and_never_fences() {
+        let dir = temp_dir("torn");
+        let path = dir.join("j");
+        // The torn record claims a much higher term than the next leader's:
+        // read as a whole record, it would fence that leader out.
+        let torn = Entry { token: 813, instance: "ha2".into(), seq: 0 }.encode();
+        for cut in 0..torn.len() {
+            let j = Journal::new(&path);
+            let _ = std::fs::remove_file(&path);
+            j.append(7, "ha1", 0).unwrap();
+            j.append(8, "ha2", 0).unwrap();
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(&torn[..cut]).unwrap();
+            drop(f);
+            j.append(13, "ha1", 0).unwrap_or_else(|e| panic!("cut at byte {cut}: {e}"));
+            assert_eq!(
+                tokens(&path),
+                vec![(7, "ha1".into(), 0), (8, "ha2".into(), 0), (13, "ha1".into(), 0)],
+                "cut at byte {cut}"
+            );
+        }
+        // The whole record, newline included, is a record: it fences.
+        let j = Journal::new(&path);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&torn).unwrap();
+        drop(f);
+        assert!(matches!(j.append(14, "ha1", 1), Err(JournalError::Fenced { ours: 14, highest: 813 })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A complete line whose bytes changed (zeros or stale blocks after a
+    /// power loss) is not taken for a record: appends stop, loudly.
+    #[test]
+    fn a_damaged_complete_record_is_refused_not_misread() {
+        let dir = temp_dir("damaged");
+        let path = dir.join("j");
+        let j = Journal::new(&path);
+        j.append(7, "ha1", 0).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] = b'9';
+        std::fs::write(&path, &bytes).unwrap();
+        let e = j.append(8, "ha1", 1).unwrap_err();
+        assert!(matches!(e, JournalError::Corrupt { line: 1, .. }), "{e}");
+        assert!(e.is_permanent());
+        // The worker's check before campaigning sees it too.
+        assert!(matches!(j.check(), Err(JournalError::Corrupt { line: 1, .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_path_under_a_file_is_a_permanent_error() {
+        let dir = temp_dir("notdir");
+        std::fs::write(dir.join("file"), b"").unwrap();
+        let j = Journal::new(dir.join("file").join("journal"));
+        let e = j.check().unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        assert!(e.remedy().contains("file"), "{}", e.remedy());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

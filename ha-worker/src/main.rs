@@ -15,7 +15,8 @@
 //!
 //! Stdout lines, for tests and operators: `ha-worker standby`,
 //! `ha-worker active term=<token>`, `ha-worker stepped down`,
-//! `ha-worker fenced`.
+//! `ha-worker fenced`, `ha-worker journal unusable` (a permanent fault: out of
+//! the election until fixed), `ha-worker journal usable again`.
 
 mod journal;
 
@@ -27,7 +28,11 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use zk_recipes::election::Election;
+use zk_recipes::registry::Registration;
+use zk_recipes::session::Client;
 
 #[derive(Parser, Debug)]
 #[command(name = "ha-worker", version, about = "Active/standby worker under leader election")]
@@ -80,10 +85,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let election = Election::new(&client, args.common.path(&format!("/ha/{}", args.group)), instance.clone())
         .with_acl(args.common.policy().ha_group());
     let span = tracing::info_span!("ha", instance = %instance, group = %args.group);
-    let _enter = span.enter();
+    // Instrumented, not entered: a guard held across awaits would leave the
+    // span entered on this thread for whatever else runs on it meanwhile.
+    stand(client, stop, election, settings, journal, instance, args, registration).instrument(span).await
+}
 
+/// Stands in the election until stopped: standby until elected, active
+/// until the term ends, and again.
+#[allow(clippy::too_many_arguments)]
+async fn stand(
+    client: Client,
+    stop: CancellationToken,
+    election: Election,
+    settings: watch::Receiver<Settings>,
+    journal: journal::Journal,
+    instance: String,
+    args: Args,
+    registration: Registration,
+) -> anyhow::Result<()> {
+    // A journal it cannot write is not a reason to hand leadership back and
+    // forth: a worker that would win a term only to resign it stays out of
+    // the election until the journal is usable again.
+    let mut backoff = servicekit::fault::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let alarm = servicekit::fault::Throttle::new(Duration::from_secs(30));
+    let mut aside = false;
     loop {
-        println!("ha-worker standby");
+        if let Err(e) = journal.check() {
+            if e.is_permanent() {
+                aside = true;
+                if !step_aside(&e, &mut backoff, &alarm, &stop).await {
+                    break;
+                }
+                continue;
+            }
+        }
+        if std::mem::take(&mut aside) {
+            backoff.reset();
+            alarm.clear();
+            println!("ha-worker journal usable again");
+            tracing::info!(journal = %journal.path().display(), "journal usable again: rejoining the election");
+        }
         if !client.is_live() {
             tokio::select! {
                 _ = client.wait_live(Duration::from_secs(3600)) => {}
@@ -91,7 +132,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         let leadership = tokio::select! {
-            l = election.campaign() => l,
+            // "standby" once our candidate node exists, not before: only
+            // then does a failover of the active find us in line.
+            l = election.campaign_then(|| println!("ha-worker standby")) => l,
             _ = stop.cancelled() => break,
         };
         let leadership = match leadership {
@@ -144,6 +187,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         Err(e) => {
                             tracing::error!("journal write failed: {e}; stepping down");
                             leadership.resign().await;
+                            // The loop's check keeps us out of the election
+                            // while the fault is permanent.
                             break;
                         }
                     }
@@ -153,4 +198,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     registration.deregister().await;
     Ok(())
+}
+
+/// Logs a permanent journal fault (at most once per alarm period, naming
+/// the path and the fix) and waits one backoff step out of the election.
+/// False if the worker was told to stop meanwhile.
+async fn step_aside(
+    e: &journal::JournalError,
+    backoff: &mut servicekit::fault::Backoff,
+    alarm: &servicekit::fault::Throttle,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let delay = backoff.next_delay();
+    if alarm.ready() {
+        println!("ha-worker journal unusable");
+        tracing::error!(
+            retry_in_ms = delay.as_millis() as u64,
+            "{e}: a permanent fault, staying out of the election until it is fixed; {}",
+            e.remedy()
+        );
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
+    }
 }

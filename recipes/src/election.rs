@@ -48,7 +48,16 @@ impl Election {
     /// Joins the election and returns when we lead. An error means the
     /// session was lost while waiting: campaign again (on the new session).
     pub async fn campaign(&self) -> Result<Leadership, zookeeper_async::ZkError> {
+        self.campaign_then(|| {}).await
+    }
+
+    /// [`Election::campaign`], calling `joined` once our candidate node
+    /// exists: from then on we are in line, and a leader that goes away
+    /// hands over to us. Before it, "standing by" would be a promise the
+    /// election cannot keep (a failover then would find nobody in line).
+    pub async fn campaign_then(&self, joined: impl FnOnce()) -> Result<Leadership, zookeeper_async::ZkError> {
         let me = queue::enter(&self.client, &self.dir, "n_", self.id.as_bytes(), &self.acl).await?;
+        joined();
         match queue::wait_first(&self.client, &self.dir, &me, None).await {
             Ok(_) => Ok(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me }),
             Err(e) => {

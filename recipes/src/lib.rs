@@ -77,10 +77,4 @@ pub async fn ensure_path_with_acl(
 }
 
 /// `parent/child`, with `/` as the root's own name.
-pub fn join(parent: &str, child: &str) -> String {
-    if parent == "/" || parent.is_empty() {
-        format!("/{child}")
-    } else {
-        format!("{parent}/{child}")
-    }
-}
+pub use zk_wire::path::join;

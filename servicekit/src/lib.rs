@@ -10,9 +10,11 @@
 //! - [`auth`]: digest identities from a credentials file, and the ACL of
 //!   every kind of node (least privilege per role).
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
+//! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
 pub mod auth;
+pub mod fault;
 pub mod rabbit;
 
 use std::time::Duration;
@@ -117,13 +119,20 @@ impl CommonArgs {
 }
 
 pub mod telemetry {
+    use std::io::IsTerminal;
+
     /// Installs the global subscriber: logs to stderr (stdout carries the
     /// readiness lines tests and scripts wait for), filtered by `RUST_LOG`
-    /// (default `info`).
+    /// (default `info`). Coloured only when stderr is a terminal: in a log
+    /// file (scripts/run.sh, the tests) escape codes are noise to a reader
+    /// and break grep.
     pub fn init(json: bool) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+        let logs = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter);
         if json {
             logs.json().init();
         } else {

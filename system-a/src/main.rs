@@ -17,6 +17,10 @@
 //!    and every reconnect is followed by a re-read), up to the timeout from
 //!    `<root>/config/system-a`.
 //!
+//! The message and the node's data are `task_contract`'s types. A node that
+//! does not read as one is an error (DATA_LOSS to the caller), never a
+//! finished task: the reaper leaves it alone.
+//!
 //! A reaper deletes finished task nodes after `--task-retention-secs`.
 //! (TTL nodes would do it server-side, but they need `extendedTypesEnabled`
 //! on an Apache ZooKeeper ensemble, which a user may not control.)
@@ -40,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
 use system_a::proto::tasks_server::{Tasks, TasksServer};
 use system_a::proto::{SubmitReply, SubmitRequest, TaskUpdate, WatchRequest};
+use task_contract::{Op, TaskMessage, TaskNode, TaskState};
 use tokio::sync::{watch, RwLock};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -236,7 +241,15 @@ async fn reap(client: Client, dir: String, keep: Duration, stop: CancellationTok
         for c in children {
             let path = zk_recipes::join(&dir, &c);
             if let Ok((data, stat)) = client.zk.get_data(&path, false).await {
-                let finished = status_of(&data) != "pending";
+                // A node we cannot read is not known to be finished: it
+                // stays (and says why) rather than vanish with its result.
+                let finished = match TaskNode::decode(&data) {
+                    Ok(node) => node.status().is_final(),
+                    Err(e) => {
+                        tracing::warn!(task = %path, "not reaped: {e}");
+                        false
+                    }
+                };
                 if finished && now_ms - stat.mtime > keep.as_millis() as i64 {
                     // Versioned: never delete a node that changed since we read it.
                     let _ = client.zk.delete(&path, Some(stat.version)).await;
@@ -246,11 +259,10 @@ async fn reap(client: Client, dir: String, keep: Duration, stop: CancellationTok
     }
 }
 
-fn status_of(data: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(data)
-        .ok()
-        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
+/// Still waiting for system-b: the node reads, and reads `pending`. An
+/// unreadable node ends the wait too, so the caller learns it is unreadable.
+fn is_pending(data: &[u8]) -> bool {
+    TaskNode::decode(data).is_ok_and(|n| !n.status().is_final())
 }
 
 #[tonic::async_trait]
@@ -260,9 +272,16 @@ impl Tasks for Service {
         if req.entity.is_empty() {
             return Err(Status::invalid_argument("entity is required"));
         }
+        // Refused here, not by system-b after a round trip through the queue.
+        let op = match req.op.as_str() {
+            "" => Op::Add,
+            name => {
+                Op::parse(name).ok_or_else(|| Status::invalid_argument(format!("unknown op {name:?}: add or set")))?
+            }
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("submit", task_id = %id, entity = %req.entity);
-        self.submit_task(id, req).instrument(span).await
+        self.submit_task(id, req, op).instrument(span).await
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<TaskUpdate, Status>> + Send>>;
@@ -299,10 +318,17 @@ fn updates(
             let value = rx.borrow_and_update().clone();
             match value {
                 Some(v) => {
-                    let status = status_of(&v.data);
-                    let done = status != "pending";
                     let data_json = String::from_utf8_lossy(&v.data).into_owned();
-                    return Some((Ok(TaskUpdate { task_id: id.clone(), status, data_json }), (rx, id, true, done)));
+                    let update = match TaskNode::decode(&v.data) {
+                        Ok(node) => (
+                            Ok(TaskUpdate { task_id: id.clone(), status: node.status().to_string(), data_json }),
+                            node.status().is_final(),
+                        ),
+                        // The stream ends with the error: what the node
+                        // says cannot be known, so nothing more can follow.
+                        Err(e) => (Err(Status::data_loss(format!("task {id}: {e}: {data_json}"))), true),
+                    };
+                    return Some((update.0, (rx, id, true, update.1)));
                 }
                 // Deleted after we saw it (reaped): the stream is over.
                 None if seen => return None,
@@ -315,12 +341,12 @@ fn updates(
 }
 
 impl Service {
-    async fn submit_task(&self, id: String, req: SubmitRequest) -> Result<Response<SubmitReply>, Status> {
-        let op = if req.op.is_empty() { "add".to_string() } else { req.op };
+    async fn submit_task(&self, id: String, req: SubmitRequest, op: Op) -> Result<Response<SubmitReply>, Status> {
         let path = self.common.path(&format!("/tasks/{id}"));
         let entry = self.common.path(&format!("/outbox/{id}"));
-        let pending = serde_json::json!({"status": "pending", "entity": req.entity, "op": op, "amount": req.amount});
-        let body = serde_json::json!({"id": id, "entity": req.entity, "op": op, "amount": req.amount}).to_string();
+        let message = TaskMessage::new(&id, &req.entity, op, req.amount);
+        let pending = TaskNode::pending(&message);
+        let body = message.encode();
         // The caller's budget covers everything: recording the task through
         // a lost connection (retried, see zk_recipes::retry) and its result.
         let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
@@ -333,8 +359,7 @@ impl Service {
             let policy = self.common.policy();
             let outbox = self.common.path("/outbox");
             zk_recipes::retry::ensure_path(&self.client.zk, &outbox, &policy.outbox_dir(), deadline).await?;
-            zk_recipes::retry::create_owned(&self.client.zk, &entry, body.as_bytes(), &policy.outbox_entry(), deadline)
-                .await?;
+            zk_recipes::retry::create_owned(&self.client.zk, &entry, &body, &policy.outbox_entry(), deadline).await?;
             Ok::<_, zk_recipes::ZkError>(())
         }
         .await;
@@ -344,7 +369,7 @@ impl Service {
         let mut status = match TaskStatus::create_with_acl(
             &self.client,
             &path,
-            pending.to_string().as_bytes(),
+            &pending.encode(),
             &self.common.policy().task(),
             deadline,
         )
@@ -365,13 +390,13 @@ impl Service {
         // 2. Publish now, confirmed and routed. If RabbitMQ is away or the
         //    confirm is lost, the entry stays and the outbox drain publishes
         //    it once the broker is back: the caller waits, it is not refused.
-        match outbox::publish(&self.channel, &self.queue, &id, body.as_bytes()).await {
+        match outbox::publish(&self.channel, &self.queue, &id, &body).await {
             Ok(()) => outbox::confirmed(&self.client, &entry).await,
             Err(e) => tracing::warn!("not published yet ({e}); the outbox will publish it"),
         }
         // 3. Wait for system-b's answer through the watch.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let data = match status.wait_until(left, |d| status_of(d) != "pending").await {
+        let data = match status.wait_until(left, |d| !is_pending(d)).await {
             Ok(d) => d,
             Err(TaskError::Timeout(_)) => {
                 return Err(Status::deadline_exceeded(format!(
@@ -380,21 +405,18 @@ impl Service {
             }
             Err(e) => return Err(Status::unavailable(format!("waiting for the result: {e}"))),
         };
-        let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
-        let status = status_of(&data);
-        if status == "failed" {
-            return Err(Status::failed_precondition(format!(
-                "task {id} failed: {}",
-                v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown")
-            )));
+        let node = TaskNode::decode(&data).map_err(|e| {
+            Status::data_loss(format!("task {id}'s result cannot be read: {e}: {}", String::from_utf8_lossy(&data)))
+        })?;
+        let status = node.status().to_string();
+        match node.state {
+            TaskState::Done { value, worker, token } => {
+                tracing::info!(status, "task answered");
+                Ok(Response::new(SubmitReply { task_id: id, status, value, worker, token }))
+            }
+            TaskState::Failed { error } => Err(Status::failed_precondition(format!("task {id} failed: {error}"))),
+            // wait_until returned only once the node was not pending.
+            TaskState::Pending { .. } => Err(Status::internal(format!("task {id} is still pending"))),
         }
-        tracing::info!(status, "task answered");
-        Ok(Response::new(SubmitReply {
-            task_id: id,
-            status,
-            value: v.get("value").and_then(|x| x.as_i64()).unwrap_or_default(),
-            worker: v.get("worker").and_then(|x| x.as_str()).unwrap_or_default().to_string(),
-            token: v.get("token").and_then(|x| x.as_i64()).unwrap_or_default(),
-        }))
     }
 }

@@ -11,8 +11,19 @@
 //! into a no-op that still reports the result; acking earlier could lose a
 //! task. For the same reason a result whose write to the task znode is
 //! lost to a connection drop is written again, and is never acked unseen.
-//! A message that cannot be parsed is rejected without requeue and lands in
+//! A message that cannot be parsed, or is of a newer version of the task
+//! contract than this build reads, is rejected without requeue and lands in
 //! the dead-letter queue instead of looping forever.
+//!
+//! Faults are told apart (`servicekit::fault`). A transient one (the lock
+//! or the result could not be written through a connection drop; a newer
+//! lock holder) sends the task back at once. A permanent one (the store
+//! cannot be written: permissions, a read-only file system, a damaged
+//! entity) does not heal by retrying: it is logged as an ERROR naming the
+//! path and the fix (at most once per period), the task is re-queued after
+//! a backoff with its attempt count in the `x-attempts` header, and after
+//! `STUCK_ATTEMPTS` attempts it is reported failed and dead-lettered, so a
+//! broken store costs a handful of attempts per task, not a redelivery loop.
 //!
 //! Stdout: `system-b ready` once consuming; `config applied ...` on each
 //! live config change.
@@ -26,10 +37,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
+use task_contract::{ContractError, TaskMessage as Task, TaskNode};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -60,27 +75,27 @@ struct Settings {
     work_ms: u64,
 }
 
-/// The task message system-a publishes.
-#[derive(Debug, Deserialize)]
-struct Task {
-    id: String,
-    entity: String,
-    #[serde(default = "add")]
-    op: String,
-    amount: i64,
-}
-
-fn add() -> String {
-    "add".into()
-}
-
 struct Worker {
     client: Client,
     store: store::Store,
     settings: watch::Receiver<Settings>,
     common: CommonArgs,
     instance: String,
+    queue: String,
+    /// Throttles the ERROR about a permanent store fault.
+    alarm: servicekit::fault::Throttle,
 }
+
+/// Attempts of a task that meets a permanent store fault before it is
+/// dead-lettered. With the backoff below they span about 7.5 s.
+const STUCK_ATTEMPTS: i64 = 5;
+/// Backoff before attempt n+1 after a permanent fault: 500 ms doubling.
+fn stuck_delay(attempt: i64) -> Duration {
+    let doublings = attempt.clamp(1, 7) - 1;
+    (Duration::from_millis(500) * (1u32 << doublings)).min(Duration::from_secs(30))
+}
+/// Header carrying how many attempts a re-queued task has had.
+const ATTEMPTS_HEADER: &str = "x-attempts";
 
 #[tokio::main]
 async fn main() {
@@ -108,7 +123,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("registering under /services/system-b")?;
-    let worker = Arc::new(Worker { client, store, settings, common: args.common.clone(), instance: instance.clone() });
+    let worker = Arc::new(Worker {
+        client,
+        store,
+        settings,
+        common: args.common.clone(),
+        instance: instance.clone(),
+        queue: args.q.queue.clone(),
+        alarm: servicekit::fault::Throttle::new(Duration::from_secs(10)),
+    });
 
     let mut announced = false;
     // One connection at a time; a broker restart ends it and we come back.
@@ -136,6 +159,9 @@ async fn consume(
     let channel = conn.create_channel().await?;
     servicekit::rabbit::declare_task_queue(&channel, &args.q.queue).await?;
     channel.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+    // Confirms, so a task re-queued with its attempt count is acked only
+    // once the broker holds the copy.
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut deliveries = channel
         .basic_consume(
             args.q.queue.as_str().into(),
@@ -157,7 +183,8 @@ async fn consume(
         let Some(delivery) = next else { break };
         let delivery = delivery?;
         let w = worker.clone();
-        running.spawn(async move { w.handle(delivery).await });
+        let ch = channel.clone();
+        running.spawn(async move { w.handle(delivery, &ch).await });
     }
     // Finish what we hold before closing: an unacked task would be
     // redelivered (harmless, but slower).
@@ -167,9 +194,17 @@ async fn consume(
 }
 
 impl Worker {
-    async fn handle(&self, delivery: lapin::message::Delivery) {
-        let task: Task = match serde_json::from_slice(&delivery.data) {
+    async fn handle(&self, delivery: lapin::message::Delivery, channel: &lapin::Channel) {
+        let task = match Task::decode(&delivery.data) {
             Ok(t) => t,
+            // Written by a newer system-a: what it asks may not be what this
+            // build would do, so it waits in the dead-letter queue until a
+            // worker that reads its version replays it.
+            Err(e @ ContractError::UnsupportedVersion { .. }) => {
+                tracing::warn!(error = %e, "task message of a newer version: dead-lettering it");
+                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "poison message: dead-lettering it");
                 self.fail_unreadable(&delivery.data, &e.to_string()).await;
@@ -185,18 +220,19 @@ impl Worker {
             // Nobody can be told (the task node refuses system-b): the
             // message goes to the dead-letter queue, where the operator sees
             // it and can replay it once the ACL is fixed.
-            Err(e) if e.unreportable => {
+            Err(e) if e.kind == Kind::Unreportable => {
                 span.in_scope(|| tracing::warn!("result cannot be reported, dead-lettering the task: {}", e.reason));
                 let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
             }
-            Err(e) if e.permanent => {
+            Err(e) if e.kind == Kind::Stuck => self.stuck(&task, &delivery, channel, &span, e).await,
+            Err(e) if e.kind == Kind::Permanent => {
                 span.in_scope(|| tracing::warn!("task failed for good: {}", e.reason));
-                let failed = serde_json::json!({"status": "failed", "error": e.reason});
+                let failed = TaskNode::failed(e.reason);
                 match self.report(&task, &failed).instrument(span.clone()).await {
                     Ok(()) => {
                         let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
                     }
-                    Err(e) if e.unreportable => {
+                    Err(e) if e.kind == Kind::Unreportable => {
                         span.in_scope(|| tracing::warn!("failure cannot be reported either: {}", e.reason));
                         let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
                     }
@@ -210,9 +246,6 @@ impl Worker {
     }
 
     async fn apply(&self, task: &Task) -> Result<(), Failure> {
-        if task.op != "add" && task.op != "set" {
-            return Err(Failure::permanent(format!("unknown op {:?}", task.op)));
-        }
         // The entity names a lock node: a name the store refuses ("..", "",
         // "a/b") would be refused again on every delivery, so it fails now.
         self.store.check_name(&task.entity).map_err(Failure::from)?;
@@ -247,7 +280,7 @@ impl Worker {
             if !work.is_zero() {
                 tokio::time::sleep(work).await;
             }
-            let value = if task.op == "add" { read.value + task.amount } else { task.amount };
+            let value = task.op.apply(read.value, task.amount);
             if guard.is_lost() {
                 // We may no longer hold the lock; the token would protect
                 // the store anyway, but do not even try.
@@ -256,7 +289,7 @@ impl Worker {
             self.store.write(&task.entity, token, &task.id, value).map_err(Failure::from)?;
             value
         };
-        let result = serde_json::json!({"status": "done", "value": value, "worker": self.instance, "token": token});
+        let result = TaskNode::done(value, &self.instance, token);
         let reported = if read.already_applied {
             self.report_again(task, &result).await
         } else {
@@ -280,9 +313,9 @@ impl Worker {
     /// task id) and only reports again. A lost session is not retried here:
     /// the lock this result was computed under is gone with it, and the
     /// redelivery starts over.
-    async fn report(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
+    async fn report(&self, task: &Task, result: &TaskNode) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
-        let body = result.to_string().into_bytes();
+        let body = result.encode();
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         let written = zk_recipes::retry::retry(&Default::default(), deadline, |attempt| {
             if attempt > 0 {
@@ -321,11 +354,10 @@ impl Worker {
         let read =
             zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
         let Ok((current, stat)) = read else { return };
-        if status_of(&current).as_deref() != Some("pending") {
+        if !is_pending(&current) {
             return;
         }
-        let failed = serde_json::json!({"status": "failed", "error": format!("system-b cannot read the task: {why}")});
-        let body = failed.to_string().into_bytes();
+        let body = TaskNode::failed(format!("system-b cannot read the task: {why}")).encode();
         if let Err(e) =
             zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, stat.version, deadline).await
         {
@@ -360,21 +392,21 @@ impl Worker {
     /// says `pending`, at the version read. Writing it unconditionally
     /// would change a result system-a may already have answered with (a
     /// different worker and token, or a value other tasks moved since).
-    async fn report_again(&self, task: &Task, result: &serde_json::Value) -> Result<(), Failure> {
+    async fn report_again(&self, task: &Task, result: &TaskNode) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
         let read =
             zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
         let read = self.refused_twice(read, || self.client.zk.get_data(&path, false)).await;
         let version = match read {
-            Ok((data, stat)) if status_of(&data).as_deref() == Some("pending") => stat.version,
+            Ok((data, stat)) if is_pending(&data) => stat.version,
             Ok(_) | Err(zk_recipes::ZkError::NoNode) => return Ok(()),
             Err(zk_recipes::ZkError::NoAuth) => {
                 return Err(Failure::unreportable(servicekit::auth::not_allowed(&path)))
             }
             Err(e) => return Err(Failure::retry(format!("cannot read the task node: {e:?}"))),
         };
-        let body = result.to_string().into_bytes();
+        let body = result.encode();
         match zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline).await {
             // BadVersion: another delivery reported it meanwhile.
             Ok(_) | Err(zk_recipes::ZkError::BadVersion) | Err(zk_recipes::ZkError::NoNode) => Ok(()),
@@ -382,11 +414,84 @@ impl Worker {
             Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
         }
     }
+
+    /// A permanent fault outside the task (the store cannot be written):
+    /// alarm, back off, re-queue with the attempt counted; dead-letter once
+    /// the attempts are spent.
+    async fn stuck(
+        &self,
+        task: &Task,
+        delivery: &lapin::message::Delivery,
+        channel: &lapin::Channel,
+        span: &tracing::Span,
+        e: Failure,
+    ) {
+        let attempt = attempts(delivery) + 1;
+        if attempt >= STUCK_ATTEMPTS {
+            span.in_scope(|| {
+                tracing::error!(
+                    attempt,
+                    "{}: a permanent fault, giving up on the task after {attempt} attempts and dead-lettering it; {}",
+                    e.reason,
+                    e.remedy
+                )
+            });
+            let failed = TaskNode::failed(e.reason.clone());
+            let _ = self.report(task, &failed).instrument(span.clone()).await;
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        let delay = stuck_delay(attempt);
+        if self.alarm.ready() {
+            span.in_scope(|| {
+                tracing::error!(
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "{}: a permanent fault, the task is retried with backoff and dead-lettered after {STUCK_ATTEMPTS} \
+                     attempts; {}",
+                    e.reason,
+                    e.remedy
+                )
+            });
+        }
+        tokio::time::sleep(delay).await;
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempt));
+        let props = delivery.properties.clone().with_headers(headers);
+        let requeued = match channel
+            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), &delivery.data, props)
+            .await
+        {
+            Ok(confirm) => matches!(confirm.await, Ok(c) if !c.is_nack()),
+            Err(_) => false,
+        };
+        if requeued {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        } else {
+            // The copy did not make it: the original goes back instead
+            // (its count is not advanced, the backoff still applied).
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+    }
 }
 
-fn status_of(data: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
-    v.get("status")?.as_str().map(str::to_string)
+/// Whether a task node still waits for its result. A node that does not
+/// read as the contract is not pending: nothing is written over it.
+fn is_pending(data: &[u8]) -> bool {
+    matches!(TaskNode::decode(data), Ok(n) if n.status() == task_contract::Status::Pending)
+}
+
+/// How many attempts a delivery has had (its `x-attempts` header).
+fn attempts(delivery: &lapin::message::Delivery) -> i64 {
+    let Some(headers) = delivery.properties.headers() else { return 0 };
+    match headers.inner().get(ATTEMPTS_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        _ => 0,
+    }
 }
 
 /// Gives the message back to the queue for another try.
@@ -401,22 +506,36 @@ async fn requeue(delivery: &lapin::message::Delivery, span: &tracing::Span, reas
 /// loss before it gives the message back to the queue.
 const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Transient: try again now.
+    Retry,
+    /// The task itself is wrong: report it failed and dead-letter it.
+    Permanent,
+    /// The task is fine but the store cannot take it until an operator
+    /// acts: back off, then dead-letter after a bounded number of attempts.
+    Stuck,
+    /// The task node refuses system-b: not even a failure can be reported,
+    /// so the message is dead-lettered for an operator to replay.
+    Unreportable,
+}
+
 struct Failure {
-    permanent: bool,
-    /// The task node refuses system-b: not even a failure can be reported.
-    unreportable: bool,
+    kind: Kind,
     reason: String,
+    /// The fix, for a `Stuck` failure's log.
+    remedy: String,
 }
 
 impl Failure {
     fn retry(reason: String) -> Failure {
-        Failure { permanent: false, unreportable: false, reason }
+        Failure { kind: Kind::Retry, reason, remedy: String::new() }
     }
     fn permanent(reason: String) -> Failure {
-        Failure { permanent: true, unreportable: false, reason }
+        Failure { kind: Kind::Permanent, reason, remedy: String::new() }
     }
     fn unreportable(reason: String) -> Failure {
-        Failure { permanent: true, unreportable: true, reason }
+        Failure { kind: Kind::Unreportable, reason, remedy: String::new() }
     }
 }
 
@@ -426,6 +545,9 @@ impl From<store::StoreError> for Failure {
             // Someone newer holds the lock: retry, as a fresh holder.
             store::StoreError::Fenced { .. } => Failure::retry(e.to_string()),
             store::StoreError::BadName(_) => Failure::permanent(e.to_string()),
+            ref other if other.is_permanent() => {
+                Failure { kind: Kind::Stuck, reason: e.to_string(), remedy: e.remedy() }
+            }
             other => Failure::retry(other.to_string()),
         }
     }

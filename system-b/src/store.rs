@@ -12,6 +12,17 @@
 //! temporary file renamed over the old one, so a crash never leaves a torn
 //! entity.
 //!
+//! Durability: the temporary file is fsync'd before the rename and the
+//! directory after it, because a rename lives in the directory, not in the
+//! file: without the second fsync a power loss shortly after a write could
+//! bring back the entity's previous file although the task was reported
+//! done and acked, silently losing an update. With both, a write that
+//! returned is on disk. A power loss can then cost only work in flight: a
+//! task not yet acked is redelivered and either applied (its write never
+//! reached the disk) or recognised as applied and reported again; and a
+//! leftover `<entity>.json.tmp`, overwritten by the next write. This holds
+//! as long as the disk honours fsync (no volatile write cache that lies).
+//!
 //! Each entity also records the ids of the tasks applied to it, which makes
 //! redelivery idempotent: a task applied before a crash, but not acked, is
 //! not applied twice.
@@ -49,6 +60,28 @@ pub enum StoreError {
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("invalid entity name {0:?} (letters, digits, '-', '_', '.' only)")]
     BadName(String),
+}
+
+impl StoreError {
+    /// Errors no retry can fix until an operator acts: the store's files
+    /// cannot be written (permissions, a read-only or full file system, a
+    /// path of the wrong kind), or an entity file is damaged.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => servicekit::fault::is_permanent(source),
+            StoreError::Corrupt { .. } | StoreError::BadName(_) => true,
+            StoreError::Fenced { .. } => false,
+        }
+    }
+
+    /// What an operator should do, for the log.
+    pub fn remedy(&self) -> String {
+        match self {
+            StoreError::Io { path, source } => servicekit::fault::remedy(source, path),
+            StoreError::Corrupt { path, .. } => format!("repair or move aside {}", path.display()),
+            _ => String::new(),
+        }
+    }
 }
 
 pub struct Store {
@@ -110,6 +143,7 @@ impl Store {
         file.write_all(&bytes).map_err(io(&tmp))?;
         file.sync_data().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         Ok(out)
         // `lock` closes here, releasing the flock.
     }

@@ -11,7 +11,11 @@
 //!
 //! A server that is missing is a failed test, never a skipped one: every
 //! fixture panics with a message that says how to start what is missing.
+//!
+//! [`process`] launches the workspace's binaries (the services, the
+//! coordinator as a process) for the end-to-end tests and the benchmark.
 
+pub mod process;
 pub mod proxy;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! binary reads, every published port must be one a service listens on,
 //! every healthy-dependency must have a healthcheck, every volume must be
 //! declared. A flag renamed in code and not in the compose file fails here.
+//! scripts/compose-smoke.sh runs the same files in a real engine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,9 +19,11 @@ fn repo() -> PathBuf {
 
 fn load(name: &str) -> Yaml {
     let text = std::fs::read_to_string(repo().join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
-    // Compose's `!override` tag only changes how files merge; the value
-    // underneath is plain YAML.
-    let text = text.replace("!override", "");
+    // docker-compose v1 cannot parse Compose v2's merge tags, and v2 reads
+    // them only from 2.24: the files must work on both.
+    for tag in ["!override", "!reset"] {
+        assert!(!text.contains(&format!(": {tag}")), "{name} uses {tag}, which docker-compose v1 cannot read");
+    }
     let mut docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"));
     merge_keys(docs.remove(0))
 }
@@ -150,8 +153,13 @@ fn the_zookeeper_override_points_every_service_at_the_ensemble() {
             let host = host.split(':').next().expect("host");
             assert!(ensemble.contains(host), "{name}: {host} is not an ensemble member");
         }
+        // The override's depends_on is merged into the base file's: it must
+        // add every ensemble member, healthy.
         let deps = o["depends_on"].as_hash().expect("depends_on");
-        assert!(!deps.contains_key(&Yaml::String("coordinator".into())), "{name} still waits for the coordinator");
+        for member in &ensemble {
+            let cond = &deps[&Yaml::String(member.to_string())]["condition"];
+            assert_eq!(cond.as_str(), Some("service_healthy"), "{name} does not wait for {member} to be healthy");
+        }
     }
 }
 
@@ -166,9 +174,9 @@ fn the_image_builds_with_a_toolchain_the_workspace_accepts() {
         .expect("rust-version in Cargo.toml");
     let image = dockerfile
         .lines()
-        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .find_map(|l| l.strip_prefix("FROM rust:").or_else(|| l.strip_prefix("ARG RUST_IMAGE=rust:")))
         .and_then(|l| l.split('-').next())
-        .expect("a FROM rust:<version> stage");
+        .expect("a FROM rust:<version> stage (or its RUST_IMAGE default)");
     let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().expect("a version number")).collect::<Vec<_>>();
     assert!(parse(image) >= parse(needed), "Dockerfile builds with Rust {image}, the workspace needs {needed}");
     assert!(dockerfile.contains("USER "), "the runtime image must not run as root");
@@ -251,4 +259,36 @@ fn compose_secrets_are_fresh_and_valid() {
     let before = read("system-b").ids;
     assert!(run(&["--rotate"]).status.success());
     assert_ne!(read("system-b").ids, before, "--rotate made the same identities");
+}
+
+/// A named volume mounted where the image has no directory is created
+/// root-owned, and the image's non-root user cannot write to it: every
+/// mount point of the project's image must be made, and given to that user,
+/// before `USER`.
+#[test]
+fn every_volume_of_the_image_is_writable_by_its_user() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let runtime = dockerfile.rsplit("\nFROM ").next().expect("a runtime stage");
+    let (before_user, _) = runtime.split_once("\nUSER ").expect("USER in the runtime stage");
+    let user = runtime.split_once("\nUSER ").and_then(|(_, r)| r.split_whitespace().next()).expect("a user");
+    for (name, svc) in services(&load("docker-compose.yml")) {
+        if svc["image"].as_str() != Some("coordination-demo:latest") {
+            continue;
+        }
+        for v in strs(&svc["volumes"]) {
+            let target = v.split(':').nth(1).expect("volume:path");
+            if target == "/data" {
+                continue; // the user's home, made by useradd --create-home
+            }
+            assert!(
+                before_user.contains("mkdir -p") && before_user.contains(target),
+                "{name} mounts a volume on {target}, which the image does not create"
+            );
+            let chown = before_user
+                .lines()
+                .find(|l| l.contains("chown") && l.contains(target))
+                .unwrap_or_else(|| panic!("{name}: {target} is not given to the image's user"));
+            assert!(chown.contains(&format!("{user}:")), "{target} is chowned to someone else than {user}: {chown}");
+        }
+    }
 }

@@ -133,3 +133,35 @@ fn ha_on_zookeeper() {
     let dir = TempDir::new("ha-zookeeper");
     scenario(&testkit::zookeeper_addr().to_string(), dir.path());
 }
+
+/// "standby" means "in line": printed once the worker's candidate node
+/// exists, so a failover finds it there. A worker that cannot join (its
+/// group's directory lets nobody create a candidate) never says it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_only_once_in_line() {
+    let dir = TempDir::new("ha-not-in-line");
+    let (_server, zk) = start_coordinator(&[], dir.path());
+    let root = format!("/{}", testkit::unique("ha"));
+    let client = zk_recipes::session::Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let group = format!("{root}/ha/workers");
+    zk_recipes::ensure_path(&client.zk, &format!("{root}/ha")).await.expect("ha dir");
+    let read_only = zookeeper_async::Acl::read_unsafe().clone();
+    client.zk.create(&group, vec![], read_only, zookeeper_async::CreateMode::Persistent).await.expect("group dir");
+
+    let journal = dir.path().join("journal");
+    let journal = journal.to_str().expect("utf-8 path");
+    let args = ["--zk", &zk, "--root", &root, "--instance", "w1", "--journal", journal, "--group", "workers"];
+    let mut w = Proc::spawn("ha-worker", &args, dir.path());
+    // It got as far as the election: registered as a service.
+    let registered = format!("{root}/services/ha-worker/w1");
+    let started = Instant::now();
+    while client.zk.exists(&registered, false).await.expect("exists").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "ha-worker never registered; its log:\n{}", w.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let said = tokio::task::block_in_place(|| w.try_wait_line("ha-worker standby", Duration::from_secs(3)));
+    assert!(said.is_err(), "ha-worker said standby without a candidate node; its log:\n{}", w.log_text());
+    assert!(client.zk.get_children(&group, false).await.expect("children").is_empty());
+}

@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{start_coordinator, start_system_a, start_system_a_with, start_system_b, Proc, TempDir};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::BasicProperties;
 use system_a::proto::tasks_client::TasksClient;
-use system_a::proto::SubmitRequest;
+use system_a::proto::{SubmitRequest, WatchRequest};
+use task_contract::TaskNode;
 use tonic::transport::Channel;
 use zk_recipes::session::Client;
 
@@ -141,27 +142,25 @@ async fn scenario(zk: &str, dir: &Path) {
         .await
         .expect("connect to RabbitMQ");
     let ch = amqp.create_channel().await.expect("channel");
-    ch.basic_publish(
-        "".into(),
-        sys.queue.as_str().into(),
-        BasicPublishOptions::default(),
-        b"this is not JSON",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
-    let dlq = format!("{}.dlq", sys.queue);
-    let started = Instant::now();
-    let dead = loop {
-        if let Some(m) = ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("basic.get") {
-            break m;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "the poison message never reached {dlq}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(dead.delivery.data, b"this is not JSON");
+    dead_lettered(&ch, &sys.queue, b"this is not JSON").await;
+
+    // So is a task message of a version newer than system-b reads, well
+    // formed as it is: the newer writer may mean something this build
+    // would do wrongly. It is not applied, and the log says why.
+    let newer = format!(
+        r#"{{"version":{},"id":"from-a-newer-system-a","entity":"acct-1","op":"add","amount":1000}}"#,
+        task_contract::VERSION + 1
+    );
+    dead_lettered(&ch, &sys.queue, newer.as_bytes()).await;
+    assert_eq!(sys.value("acct-1"), 5, "a message of a newer version was applied");
+    assert!(
+        sys.bs.iter().any(|b| b.log_text().contains("task message of a newer version: dead-lettering it")),
+        "no system-b said why it dead-lettered the newer message"
+    );
+    // Logs written to a file carry no colour codes (they are not a terminal).
+    for p in sys.bs.iter().chain([&sys.a]) {
+        assert!(!p.log_text().contains('\x1b'), "{}'s log file holds ANSI escape codes", p.name);
+    }
 
     // A worker killed in the middle of a task: RabbitMQ redelivers it, and
     // it is applied exactly once.
@@ -210,6 +209,72 @@ async fn scenario(zk: &str, dir: &Path) {
         assert!(started.elapsed() < Duration::from_secs(10), "{holder} is still registered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Publishes `body` to `queue` and waits for it in the queue's dead-letter
+/// queue.
+async fn dead_lettered(ch: &lapin::Channel, queue: &str, body: &[u8]) {
+    ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, BasicProperties::default())
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let dlq = format!("{queue}.dlq");
+    let started = Instant::now();
+    let dead = loop {
+        if let Some(m) = ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("basic.get") {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?} never reached {dlq}", String::from_utf8_lossy(body));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.delivery.data, body);
+}
+
+/// A task node system-a cannot read is not a finished task: the reaper
+/// keeps it (a finished one beside it is reaped) and Watch reports it as
+/// unreadable instead of as a status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_task_node_is_neither_finished_nor_reaped() {
+    let dir = TempDir::new("unreadable-task");
+    let (server, zk) = start_coordinator(&["--tick-time", "500"], dir.path());
+    let root = format!("/{}", testkit::unique("unreadable"));
+    let client = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    let tasks = format!("{root}/tasks");
+    zk_recipes::ensure_path(&client.zk, &tasks).await.expect("tasks dir");
+    let open = zookeeper_async::Acl::open_unsafe().clone();
+    for (name, data) in [("garbage", b"this is not JSON".to_vec()), ("finished", TaskNode::done(1, "b1", 1).encode())] {
+        let path = format!("{tasks}/{name}");
+        client.zk.create(&path, data, open.clone(), zookeeper_async::CreateMode::Persistent).await.expect("create");
+    }
+    let (_a, addr) =
+        start_system_a_with(&zk, &root, &testkit::unique("tasks"), &["--task-retention-secs", "1"], dir.path());
+
+    let mut grpc = TasksClient::connect(format!("http://{addr}")).await.expect("connect to system-a");
+    let mut updates =
+        tokio::time::timeout(Duration::from_secs(10), grpc.watch(WatchRequest { task_id: "garbage".into() }))
+            .await
+            .expect("an answer in time")
+            .expect("watch")
+            .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), updates.message()).await.expect("an update in time");
+    match first {
+        Err(s) => assert_eq!(s.code(), tonic::Code::DataLoss, "{s:?}"),
+        Ok(update) => panic!("an unreadable node streamed as {update:?}"),
+    }
+
+    let started = Instant::now();
+    while client.zk.exists(&format!("{tasks}/finished"), false).await.expect("exists").is_some() {
+        assert!(started.elapsed() < Duration::from_secs(15), "the reaper never reaped the finished task");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The reaper has run over both; give it one more pass to be sure.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let garbage = client.zk.exists(&format!("{tasks}/garbage"), false).await.expect("exists");
+    assert!(garbage.is_some(), "the unreadable task node was reaped as if finished");
+    // The coordinator's log file carries no colour codes either.
+    let log = server.log_text();
+    assert!(!log.is_empty() && !log.contains('\x1b'), "the coordinator's log file holds ANSI escape codes:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

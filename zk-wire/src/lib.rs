@@ -17,6 +17,7 @@
 //!   the multi-op framing.
 //! - [`response`]: a typed [`Response`] encoded after a [`records::ReplyHeader`].
 //! - [`frame`]: the 4-byte length prefix and the `jute.maxbuffer` limit.
+//! - [`path`]: building znode paths (`join`), shared by every side.
 //! - `client` (cargo feature `client`): a raw async client for tests, which
 //!   sends any request with any xid and shows every reply and notification.
 //!
@@ -29,6 +30,7 @@ pub mod client;
 pub mod codec;
 pub mod consts;
 pub mod frame;
+pub mod path;
 pub mod records;
 pub mod request;
 pub mod response;

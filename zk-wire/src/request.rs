@@ -7,7 +7,7 @@
 //! answer `ZUNIMPLEMENTED` instead of dropping the connection.
 
 use crate::codec::{DecodeError, Jute, Reader};
-use crate::consts::OpCode;
+use crate::consts::{CreateMode, OpCode};
 use crate::records::*;
 
 /// One operation inside a `multi` (writes) or `multiRead` (reads).
@@ -263,7 +263,19 @@ fn read_multi(r: &mut Reader<'_>, reads: bool) -> Result<Vec<MultiOp>, DecodeErr
                     CreateTtlRequest { path: c.path, data: c.data, acl: c.acl, flags: c.flags, ttl: 0 },
                 )
             }
-            (OpCode::CreateTtl, false) => MultiOp::Create(code, Jute::read(r)?),
+            (OpCode::CreateTtl, false) => {
+                // As ZooKeeper reads a multi: a createTTL whose mode is not a
+                // TTL mode is a plain create (or createContainer) and its
+                // ttl is dropped, so it never reaches validation as createTTL.
+                let c: CreateTtlRequest = Jute::read(r)?;
+                match CreateMode::from_i32(c.flags) {
+                    Some(m) if m.is_ttl() => MultiOp::Create(code, c),
+                    Some(CreateMode::Container) => {
+                        MultiOp::Create(OpCode::CreateContainer, CreateTtlRequest { ttl: 0, ..c })
+                    }
+                    _ => MultiOp::Create(OpCode::Create, CreateTtlRequest { ttl: 0, ..c }),
+                }
+            }
             (OpCode::Delete, false) => MultiOp::Delete(Jute::read(r)?),
             (OpCode::SetData, false) => MultiOp::SetData(Jute::read(r)?),
             (OpCode::Check, false) => MultiOp::Check(Jute::read(r)?),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use zk_wire::path::join;
 use zookeeper_async::{CreateMode, WatchedEventType, ZkError, ZooKeeper};
 
 const EXAMPLES: &str = "\
@@ -154,14 +155,6 @@ fn data_json(data: &[u8]) -> Value {
     serde_json::from_slice(data).unwrap_or_else(|_| Value::String(text(data)))
 }
 
-fn child_path(parent: &str, child: &str) -> String {
-    if parent == "/" {
-        format!("/{child}")
-    } else {
-        format!("{parent}/{child}")
-    }
-}
-
 async fn run(cli: Cli) -> Result<()> {
     if let Cmd::GenCredentials { dir } = &cli.cmd {
         return gen_credentials(dir);
@@ -268,13 +261,13 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let mut all = serde_json::Map::new();
             for svc in services {
-                let dir = child_path(&root, &svc);
+                let dir = join(&root, &svc);
                 let mut instances = zk.get_children(&dir, false).await.map_err(on(&dir))?;
                 instances.sort();
                 let mut members = serde_json::Map::new();
                 for i in instances {
                     // A member may leave between the listing and the read.
-                    if let Ok((data, _)) = zk.get_data(&child_path(&dir, &i), false).await {
+                    if let Ok((data, _)) = zk.get_data(&join(&dir, &i), false).await {
                         members.insert(i, data_json(&data));
                     }
                 }
@@ -343,7 +336,7 @@ async fn delete_tree(zk: &ZooKeeper, path: &str) -> Result<()> {
     while i < order.len() {
         let p = order[i].clone();
         match zk.get_children(&p, false).await {
-            Ok(children) => order.extend(children.iter().map(|c| child_path(&p, c))),
+            Ok(children) => order.extend(children.iter().map(|c| join(&p, c))),
             Err(ZkError::NoNode) => {}
             Err(e) => return Err(on(&p)(e)),
         }
@@ -378,7 +371,7 @@ async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
     children.sort();
     let mut out = Vec::new();
     for c in children {
-        let p = child_path(path, &c);
+        let p = join(path, &c);
         // A child deleted while we walk is simply not drawn.
         match Box::pin(load_tree(zk, &p)).await {
             Ok(v) => out.push(v),

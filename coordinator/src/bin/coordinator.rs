@@ -14,7 +14,11 @@ async fn run() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr; stdout carries one line, the address clients can
     // use, once the server is listening (tests and scripts start it on port 0).
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    // Coloured only on a terminal: escape codes in a log file are noise.
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
     if args.log_json {
         logs.json().init();
     } else {

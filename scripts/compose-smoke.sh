@@ -1,0 +1,560 @@
+#!/usr/bin/env bash
+# The README's Docker section, run for real: the project's images in a real
+# Docker engine on this machine, on both profiles (the coordinator, and a
+# 3-node Apache ZooKeeper ensemble), driven through `docker-compose exec` the
+# way a user drives them. Fails loudly at the first broken promise.
+#
+#   scripts/compose-smoke.sh                 # both profiles
+#   scripts/compose-smoke.sh coordinator     # or: zookeeper
+#   scripts/compose-smoke.sh --images-only   # build the stand-in base images
+#   scripts/compose-smoke.sh --rmi           # also remove every image it built
+#   SMOKE_COMPOSE=/path/to/compose-v2 scripts/compose-smoke.sh
+#                                            # the same with another Compose
+#
+# What it needs and does, in order:
+# - Docker's engine and docker-compose (v1 1.29, the oldest Compose the files
+#   are written for) from Debian's packages, installed when missing.
+# - A daemon: reuses one that answers; otherwise starts `dockerd` with no
+#   bridge and no iptables rules (this machine may not own its firewall) and
+#   stops it at the end.
+# - Base images, built locally when they cannot be pulled (no registry is
+#   reachable from CI machines): debian:bookworm-slim by debootstrap from the
+#   host's Debian mirror; a Rust build image from the host's own toolchain
+#   (passed to the Dockerfile as RUST_IMAGE, so its tag says what it is);
+#   Apache ZooKeeper from Debian's `zookeeper` package; and a stand-in for the
+#   broker that checks the host's RabbitMQ (127.0.0.1:5672) with an AMQP
+#   handshake, since the broker image cannot be pulled either.
+# - Every container on the host network (no bridge exists), service names
+#   resolved to loopback: a generated override adds network_mode/extra_hosts,
+#   and the merged file is rendered with `docker-compose config` with its
+#   `ports:` removed (host networking refuses port bindings, and Compose v1
+#   appends an override's ports to the base file's instead of replacing them).
+#   The ZooKeeper servers take 127.0.0.11-13, the coordinator 127.0.0.1.
+# - Containers, volumes and the project's network are removed at the end;
+#   base images and the build cache are kept for the next run (--rmi removes
+#   them too).
+set -euo pipefail
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${SMOKE_WORK:-$root/.run/compose-smoke}
+mkdir -p "$work"
+rust_version=$(rustc --version | awk '{print $2}')
+rust_image=coordination-demo/rust-host:$rust_version
+zk_image=coordination-demo/zookeeper-debian:3.8
+broker_image=coordination-demo/rabbitmq-host:latest
+export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
+compose=${SMOKE_COMPOSE:-docker-compose}
+t0=$(date +%s)
+
+say() { printf '[compose-smoke %4ss] %s\n' "$(($(date +%s) - t0))" "$*" >&2; }
+fail() {
+  say "FAILED: $*"
+  exit 1
+}
+
+profiles=()
+images_only=0
+rmi=0
+for arg in "$@"; do
+  case "$arg" in
+  coordinator | zookeeper) profiles+=("$arg") ;;
+  --images-only) images_only=1 ;;
+  --rmi) rmi=1 ;;
+  *) fail "unknown argument $arg" ;;
+  esac
+done
+[ ${#profiles[@]} -gt 0 ] || profiles=(coordinator zookeeper)
+
+# ---------------------------------------------------------------- engine ---
+ensure_engine() {
+  if [ -x /usr/sbin/dockerd ] && command -v docker-compose >/dev/null && command -v debootstrap >/dev/null &&
+    python3 -c 'import yaml' 2>/dev/null; then
+    return
+  fi
+  say "installing docker.io, docker-compose, debootstrap from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap python3-yaml >/dev/null
+}
+
+started_dockerd=
+ensure_daemon() {
+  if docker info >/dev/null 2>&1; then
+    say "reusing the Docker daemon that answers"
+    return
+  fi
+  say "starting dockerd (no bridge, no iptables)"
+  setsid /usr/sbin/dockerd --iptables=false --ip6tables=false --bridge=none >"$work/dockerd.log" 2>&1 &
+  started_dockerd=$!
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  fail "dockerd did not answer within 30 s; see $work/dockerd.log"
+}
+
+# ------------------------------------------------------------ base images ---
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+debian_mirror() {
+  # The first plain Debian URI the host's apt uses (deb822 or one-line form).
+  local uri
+  uri=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
+    grep -v security | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//' | awk '{print $1}' | head -1)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+build_debian() {
+  have_image debian:bookworm-slim && return
+  local rootfs=$work/bookworm-rootfs mirror
+  mirror=$(debian_mirror)
+  say "debootstrap bookworm from $mirror (about a minute)"
+  rm -rf "$rootfs"
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    fail "debootstrap failed; see $work/debootstrap.log"
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  rm -rf "$rootfs"
+}
+
+# The host's CA certificates: HTTPS from these machines may be re-signed by a
+# local CA, and the build stage downloads crates.
+copy_cas() {
+  mkdir -p "$1/cas"
+  cp /usr/local/share/ca-certificates/*.crt "$1/cas/" 2>/dev/null || true
+}
+
+build_rust() {
+  have_image "$rust_image" && return
+  local ctx=$work/rust-ctx tc
+  tc=$(rustc --print sysroot)
+  say "building $rust_image from the host toolchain $tc"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  copy_cas "$ctx"
+  # Hard links where possible: the toolchain is over 600 MB without its docs.
+  cp -al "$tc" "$ctx/toolchain" 2>/dev/null || cp -a "$tc" "$ctx/toolchain"
+  rm -rf "$ctx/toolchain/share/doc"
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY cas/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+COPY toolchain/ /usr/local/rustup/toolchains/host/
+# The official image's layout: CARGO_HOME holds the registry (cached by the
+# project's Dockerfile) and the tools are on PATH.
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo \
+    PATH=/usr/local/cargo/bin:/usr/local/rustup/toolchains/host/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+RUN mkdir -p /usr/local/cargo/bin && cargo --version && rustc --version
+EOF
+  docker build --network host -t "$rust_image" "$ctx" >"$work/rust-image.log" 2>&1 ||
+    fail "building $rust_image failed; see $work/rust-image.log"
+  rm -rf "$ctx"
+}
+
+build_zookeeper() {
+  have_image "$zk_image" && return
+  local ctx=$work/zk-ctx
+  say "building $zk_image from Debian's zookeeper package"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  # An entrypoint that reads the official image's ZOO_* variables. Each
+  # server binds its client port on its own address (its host's in
+  # ZOO_SERVERS), so three servers share the host's network without
+  # clashing with each other or with a coordinator on 127.0.0.1:2181. The
+  # AdminServer is off: it would take port 8080 from the dashboard.
+  cat >"$ctx/entrypoint.sh" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+conf=/conf/zoo.cfg
+mkdir -p /conf /data
+echo "${ZOO_MY_ID:?ZOO_MY_ID is required}" >/data/myid
+{
+  echo "tickTime=2000"
+  echo "initLimit=10"
+  echo "syncLimit=5"
+  echo "dataDir=/data"
+  echo "admin.enableServer=false"
+  echo "4lw.commands.whitelist=${ZOO_4LW_COMMANDS_WHITELIST:-srvr}"
+  echo "quorumListenOnAllIPs=false"
+  # server.N=HOST:QUORUM:ELECTION;PORT becomes ...;ADDRESS:PORT, where
+  # ADDRESS is what HOST resolves to.
+  for s in ${ZOO_SERVERS:?ZOO_SERVERS is required}; do
+    host=${s#*=}; host=${host%%:*}
+    addr=$(getent hosts "$host" | awk '{print $1; exit}')
+    echo "${s%;*};${addr:?cannot resolve $host}:${s##*;}"
+  done
+  for kv in ${ZOO_CFG_EXTRA:-}; do echo "$kv"; done
+} >"$conf"
+exec java -Xmx256m -Dzookeeper.root.logger=INFO,CONSOLE \
+  -cp "/conf:/usr/share/java/zookeeper.jar" \
+  org.apache.zookeeper.server.quorum.QuorumPeerMain "$conf"
+EOF
+  # `zkServer.sh status`, the compose file's healthcheck: healthy once the
+  # server answers `srvr` on its own client address as leader, follower or
+  # standalone, which is what the official image's script checks. (Debian's
+  # script reads /etc/zookeeper/conf and asks localhost.)
+  cat >"$ctx/zkServer.sh" <<'EOF'
+#!/bin/bash
+[ "${1:-}" = status ] || exec /usr/share/zookeeper/bin/zkServer.sh "$@"
+line=$(grep "^server.${ZOO_MY_ID}=" /conf/zoo.cfg)
+client=${line##*;}
+echo srvr | nc -w 2 "${client%:*}" "${client##*:}" | grep -E '^Mode: (leader|follower|standalone)'
+EOF
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends zookeeper default-jre-headless netcat-openbsd \
+ && rm -rf /var/lib/apt/lists/*
+COPY entrypoint.sh zkServer.sh /usr/local/bin/
+RUN chmod +x /usr/local/bin/entrypoint.sh /usr/local/bin/zkServer.sh
+ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]
+EOF
+  docker build --network host -t "$zk_image" "$ctx" >"$work/zk-image.log" 2>&1 ||
+    fail "building $zk_image failed; see $work/zk-image.log"
+  rm -rf "$ctx"
+}
+
+build_broker() {
+  have_image "$broker_image" && return
+  local ctx=$work/broker-ctx
+  say "building $broker_image (a stand-in that checks the host's RabbitMQ)"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  # The healthcheck speaks AMQP: it sends the 0-9-1 protocol header and
+  # expects the broker's Connection.Start method frame (type 1, channel 0,
+  # class 10, method 10), which a broker sends only once it accepts
+  # connections. An open TCP port alone is not a broker that is up.
+  cat >"$ctx/amqp-ping" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+exec 3<>"/dev/tcp/${1:-127.0.0.1}/${2:-5672}"
+printf 'AMQP\x00\x00\x09\x01' >&3
+head=$(timeout 3 head -c 11 <&3 | od -An -tx1 | tr -d ' \n')
+[ "${head:0:6}" = 010000 ] && [ "${head:14:8}" = 000a000a ]
+EOF
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+COPY amqp-ping /usr/local/bin/amqp-ping
+RUN chmod +x /usr/local/bin/amqp-ping
+CMD ["sleep", "infinity"]
+EOF
+  docker build --network host -t "$broker_image" "$ctx" >"$work/broker-image.log" 2>&1 ||
+    fail "building $broker_image failed; see $work/broker-image.log"
+  rm -rf "$ctx"
+}
+
+ensure_engine
+ensure_daemon
+build_debian
+build_rust
+build_zookeeper
+build_broker
+say "base images ready"
+if [ "$images_only" = 1 ]; then
+  [ -z "$started_dockerd" ] || say "dockerd left running, pid $started_dockerd"
+  exit 0
+fi
+
+# ------------------------------------------------------------- the files ---
+# Host networking: every service sees the others on loopback. The
+# coordinator binds 127.0.0.1 only, so that the ensemble's servers can take
+# port 2181 on 127.0.0.11-13.
+for port in 2181 8080 8081 50051; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    fail "port $port on 127.0.0.1 is taken by another process; the compose services need it"
+  fi
+done
+(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || fail "no RabbitMQ on 127.0.0.1:5672 (scripts/rabbitmq.sh ensure starts one)"
+
+hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.1", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
+override=$work/smoke-override.yml
+{
+  cat <<YAML
+# Generated by scripts/compose-smoke.sh: the project's services on the
+# host network with locally built base images.
+x-host: &host
+  network_mode: host
+  extra_hosts: $hosts
+services:
+  coordinator:
+    <<: *host
+    build:
+      context: $root
+      network: host
+      args:
+        RUST_IMAGE: $rust_image
+    command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081"]
+  rabbitmq:
+    <<: *host
+    image: $broker_image
+    init: true
+    healthcheck:
+      test: ["CMD", "amqp-ping", "127.0.0.1", "5672"]
+      interval: 2s
+      timeout: 5s
+      retries: 30
+YAML
+  for s in system-a system-b-1 system-b-2 system-b-3 ha-worker-1 ha-worker-2 dashboard; do
+    printf '  %s:\n    <<: *host\n' "$s"
+  done
+} >"$override"
+zk_override=$work/smoke-override-zookeeper.yml
+{
+  echo "x-host: &host"
+  echo "  network_mode: host"
+  echo "  extra_hosts: $hosts"
+  echo "services:"
+  for i in 1 2 3; do
+    printf '  zk%s:\n    <<: *host\n    image: %s\n' "$i" "$zk_image"
+  done
+} >"$zk_override"
+
+# Renders the merged files without `ports:` (host networking refuses port
+# bindings) into $work/<profile>.yml.
+render() {
+  local profile=$1 files=(-f "$root/docker-compose.yml")
+  [ "$profile" = zookeeper ] && files+=(-f "$root/docker-compose.zookeeper.yml")
+  files+=(-f "$override")
+  [ "$profile" = zookeeper ] && files+=(-f "$zk_override")
+  "$compose" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
+  python3 - "$work/$profile.raw.yml" "$work/$profile.yml" <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for svc in doc["services"].values():
+    svc.pop("ports", None)
+yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
+PY
+}
+
+project=coordsmoke
+dc() { "$compose" -p "$project" --project-directory "$root" -f "$work/$profile.yml" "$@"; }
+
+cleanup() {
+  local rc=$?
+  if [ -n "${profile:-}" ] && [ -f "$work/$profile.yml" ]; then
+    if [ "$rc" != 0 ]; then
+      say "logs of the failed run: $work/$profile.failed.log"
+      dc logs --no-color >"$work/$profile.failed.log" 2>&1 || true
+      dc ps >&2 || true
+    fi
+    dc down -v --remove-orphans >/dev/null 2>&1 || true
+  fi
+  if [ "$rmi" = 1 ]; then
+    docker rmi -f coordination-demo:latest "$rust_image" "$zk_image" "$broker_image" debian:bookworm-slim >/dev/null 2>&1 || true
+    docker builder prune -af >/dev/null 2>&1 || true
+  fi
+  if [ -n "$started_dockerd" ]; then
+    say "stopping the dockerd this script started (pid $started_dockerd)"
+    kill "$started_dockerd" 2>/dev/null || true
+    wait "$started_dockerd" 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# ------------------------------------------------------------- scenarios ---
+# Waits until `docker-compose logs SERVICE` shows a line containing TEXT at
+# least N times (default 1).
+wait_log() {
+  local svc=$1 text=$2 secs=$3 n=${4:-1}
+  local until=$(($(date +%s) + secs))
+  while [ "$(dc logs --no-color "$svc" 2>/dev/null | grep -cF -- "$text")" -lt "$n" ]; do
+    [ "$(date +%s)" -lt "$until" ] || fail "$svc did not log \"$text\" (x$n) within ${secs}s"
+    sleep 0.5
+  done
+}
+
+wait_healthy() {
+  local until=$(($(date +%s) + $1)) svc
+  for svc in $(dc config --services); do
+    while true; do
+      local id state
+      id=$(dc ps -a -q "$svc")
+      state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
+      case "$state" in
+      "running healthy" | "running ") break ;;
+      esac
+      # init-acls is one-shot: done once it has exited 0.
+      if [ "$svc" = init-acls ] && [ "${state%% *}" = exited ]; then
+        [ "$(docker inspect -f '{{.State.ExitCode}}' "$id")" = 0 ] || fail "init-acls failed: $(dc logs --no-color init-acls | tail -5)"
+        break
+      fi
+      [ "$(date +%s)" -lt "$until" ] || fail "$svc is not running and healthy: $state"
+      sleep 1
+    done
+  done
+  for b in 1 2 3; do wait_log "system-b-$b" "system-b ready" 60; done
+}
+
+# Runs a command as the operator: in a one-off init-acls container, the
+# only one that mounts the operator's secret (as the README does it).
+operator() { # zkctl ARGS...
+  local cmd=$1
+  shift
+  dc run --rm --no-deps -T init-acls "$cmd" --zk-credentials-file /run/secrets/zk-operator "$@"
+}
+
+submit() { # ENTITY AMOUNT -> prints the value B returned
+  local out
+  out=$(dc exec -T system-a system-a submit --entity "$1" --amount "$2" 2>&1) || fail "submit $1 +$2: $out"
+  case "$out" in *" done: $1 = "*) ;; *) fail "submit $1 +$2 answered: $out" ;; esac
+  echo "$out" | sed -E "s/.* done: $1 = (-?[0-9]+) .*/\1/"
+}
+
+active_worker() { # prints the running ha-worker whose last state line says active
+  local w last
+  for w in ha-worker-1 ha-worker-2; do
+    [ "$(docker inspect -f '{{.State.Running}}' "$(dc ps -a -q "$w")" 2>/dev/null)" = true ] || continue
+    last=$(dc logs --no-color "$w" 2>/dev/null | grep -oE 'ha-worker (active term=[0-9]+|standby|stepped down|resigned|fenced.*|journal unusable)' | tail -1)
+    case "$last" in "ha-worker active"*) echo "$w" ;; esac
+  done
+}
+
+wait_active() { # SERVICE SECS: SERVICE becomes the active worker
+  local until=$(($(date +%s) + $2))
+  while [ "$(active_worker)" != "$1" ]; do
+    [ "$(date +%s)" -lt "$until" ] || fail "$1 did not take over within $2 s (active: $(active_worker | tr '\n' ' '))"
+    sleep 0.2
+  done
+}
+
+# Nanoseconds since the epoch of SERVICE's last log line containing TEXT,
+# from the engine's own timestamps (docker-compose's start-up time is not
+# part of a handoff).
+log_time() {
+  local ts
+  ts=$(docker logs -t "$(dc ps -a -q "$1")" 2>&1 | grep -F -- "$2" | tail -1 | cut -d' ' -f1)
+  [ -n "$ts" ] || fail "$1 never logged \"$2\""
+  date -d "$ts" +%s%N
+}
+
+scenarios() {
+  local v i expected
+  # Scenarios 1 + 2: sequential submits, exact.
+  for i in 1 2 3; do
+    v=$(submit acct-1 5)
+    [ "$v" = $((5 * i)) ] || fail "sequential submit $i on acct-1 gave $v, expected $((5 * i))"
+  done
+  say "sequential submits exact (acct-1 = 15)"
+  # Concurrent: 12 clients at once on one entity; every value distinct and
+  # the last one exact.
+  local pids=()
+  for i in $(seq 1 12); do
+    submit acct-2 1 >"$work/concurrent.$i" &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  expected=$(seq 1 12 | tr '\n' ' ')
+  v=$(cat "$work"/concurrent.* | sort -n | tr '\n' ' ')
+  rm -f "$work"/concurrent.*
+  [ "$v" = "$expected" ] || fail "concurrent submits saw values '$v', expected each of '$expected' once"
+  say "12 concurrent submits exact (acct-2 = 12, each value seen once)"
+
+  # Least privilege: no identity but the operator's may write config, and
+  # the admin calls that read data need the token.
+  local refused
+  refused=$(dc exec -T system-a zkctl set /config/system-b '{"work_ms":1}' 2>&1) &&
+    fail "system-a's container wrote /config/system-b without the operator identity"
+  echo "$refused" | grep -q "not allowed: /config/system-b" || fail "the refusal was not one clear line: $refused"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/commands/dump)" = 401 ] ||
+    fail "the admin API's dump answered without the token"
+  say "config refused to other identities; admin data refused without the token"
+  # Scenario 3: live config, as the operator, through ZK_CONNECT (whichever
+  # profile).
+  operator zkctl set /config/system-b '{"work_ms":20}' >/dev/null || fail "zkctl set /config/system-b failed"
+  for i in 1 2 3; do wait_log "system-b-$i" 'config applied {"work_ms":20}' 20; done
+  say "config change applied by every system-b"
+  if [ "$profile" = zookeeper ]; then
+    # The services and zkctl talk to the ensemble, not the idle coordinator.
+    operator zkctl --zk zk2:2181 get /config/system-b | grep -qF '"work_ms":20' ||
+      fail "the config is not on the ensemble"
+    if operator zkctl --zk coordinator:2181 get /config/system-b >/dev/null 2>&1; then
+      fail "the config went to the coordinator, not to the ensemble"
+    fi
+    say "the config is on the ensemble, not on the coordinator"
+  fi
+  local services
+  services=$(dc exec -T system-a zkctl --json services)
+  for want in '"system-b":{' '"b1":' '"b2":' '"b3":' '"ha1":' '"ha2":' '"system-a":{'; do
+    echo "$services" | tr -d ' \n' | grep -qF -- "$want" || fail "zkctl services lacks $want: $services"
+  done
+  say "zkctl services lists system-a, b1-b3, ha1-ha2"
+
+  # Dashboard and metrics answer.
+  curl -fsS http://127.0.0.1:8080/ | grep -qi "<html" || fail "the dashboard page did not answer"
+  curl -fsS http://127.0.0.1:8080/api/state | grep -q '"' || fail "the dashboard's /api/state did not answer"
+  curl -fsS http://127.0.0.1:8081/metrics | grep -q '^[a-z_]\+' || fail "the coordinator's /metrics did not answer"
+  say "dashboard and /metrics answer"
+
+  # Scenario 4: graceful stop, then crash, of the active ha-worker.
+  local active standby started
+  wait_log ha-worker-1 "ha-worker" 30
+  local until=$(($(date +%s) + 30))
+  while [ -z "$(active_worker)" ]; do
+    [ "$(date +%s)" -lt "$until" ] || fail "no ha-worker became active"
+    sleep 0.5
+  done
+  active=$(active_worker)
+  standby=ha-worker-1; [ "$active" = ha-worker-1 ] && standby=ha-worker-2
+  dc stop "$active" >/dev/null 2>&1
+  wait_active "$standby" 5
+  started=$(log_time "$active" "ha-worker resigned")
+  # (A worker prints "resigned" after it deregisters, so the standby may
+  # log "active" a few ms before that line: the figure can be negative.)
+  say "stop $active: $standby active at $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms from its resignation"
+  dc start "$active" >/dev/null 2>&1
+  wait_log "$active" "ha-worker standby" 30 2
+  active=$standby
+  standby=ha-worker-1; [ "$active" = ha-worker-1 ] && standby=ha-worker-2
+  dc kill "$active" >/dev/null 2>&1
+  wait_active "$standby" 20
+  started=$(date -d "$(docker inspect -f '{{.State.FinishedAt}}' "$(dc ps -a -q "$active")")" +%s%N)
+  say "kill $active: $standby active $((($(log_time "$standby" "ha-worker active") - started) / 1000000)) ms after the kill (a 6 s session requested)"
+  dc start "$active" >/dev/null 2>&1
+  # No permanent faults anywhere (the volumes are writable).
+  if dc logs --no-color 2>&1 | grep -E "Permission denied|permanent fault|journal unusable"; then
+    fail "a service reported a permanent fault"
+  fi
+}
+
+run_profile() {
+  profile=$1
+  say "== profile $profile =="
+  # Identities: a fresh set for this deployment unless one is there.
+  [ -e "$root/.secrets/operator.cred" ] || "$root/scripts/compose-secrets.sh" >/dev/null
+  render "$profile"
+  dc down -v --remove-orphans >/dev/null 2>&1 || true
+  local t
+  t=$(date +%s)
+  # Compose v2 builds through buildx, which Debian's engine lacks: with
+  # it, the image is built by the engine's own BuildKit, then `up` runs it.
+  local build=--build
+  if ! "$compose" version 2>/dev/null | grep -q 'version 1\.'; then
+    docker build --network host --build-arg "RUST_IMAGE=$rust_image" -t coordination-demo:latest "$root" \
+      >"$work/$profile.build.log" 2>&1 || fail "docker build failed; see $work/$profile.build.log"
+    build=
+  fi
+  dc up -d $build >"$work/$profile.up.log" 2>&1 || {
+    tail -40 "$work/$profile.up.log" >&2
+    fail "docker-compose up --build failed; see $work/$profile.up.log"
+  }
+  wait_healthy 180
+  say "up --build and healthy in $(($(date +%s) - t)) s"
+  scenarios
+  # Data survives down + up (the named volumes stay).
+  t=$(date +%s)
+  dc down >/dev/null 2>&1
+  dc up -d >"$work/$profile.up2.log" 2>&1 || fail "second up failed; see $work/$profile.up2.log"
+  wait_healthy 180
+  local v
+  v=$(submit acct-1 5)
+  [ "$v" = 20 ] || fail "after down + up, acct-1 + 5 gave $v, expected 20 (data lost?)"
+  say "down + up keeps the data (acct-1 = 20), $(($(date +%s) - t)) s"
+  dc down -v --remove-orphans >/dev/null 2>&1
+  say "profile $profile: every promise held"
+  profile=
+}
+
+for p in "${profiles[@]}"; do
+  run_profile "$p"
+done
+say "all profiles passed in $(($(date +%s) - t0)) s"
