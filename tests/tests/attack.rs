@@ -173,10 +173,15 @@ async fn finished(c: &Client, path: &str, limit: Duration) -> (serde_json::Value
     }
 }
 
+/// A task node as system-a writes it before publishing.
+fn pending_node(id: &str) -> Vec<u8> {
+    use task_contract::{Op, TaskMessage, TaskNode};
+    TaskNode::pending(&TaskMessage::new(id, "e", Op::Add, 0)).encode()
+}
+
 async fn pending_task(c: &Client, root: &str, id: &str) -> String {
     let path = format!("{root}/tasks/{id}");
-    let created =
-        c.zk.create(&path, br#"{"status":"pending"}"#.to_vec(), Acl::open_unsafe().clone(), CreateMode::Persistent);
+    let created = c.zk.create(&path, pending_node(id), Acl::open_unsafe().clone(), CreateMode::Persistent);
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
     path
 }
@@ -325,8 +330,7 @@ async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
     let a_auth = as_role("system-a");
     let a = connect(a_auth.clone()).await;
     let task = format!("{root}/tasks/t1");
-    let created =
-        a.zk.create(&task, br#"{"status":"pending"}"#.to_vec(), a_auth.policy().task(), CreateMode::Persistent);
+    let created = a.zk.create(&task, pending_node("t1"), a_auth.policy().task(), CreateMode::Persistent);
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
     let amqp = tokio::time::timeout(
         Duration::from_secs(10),
@@ -366,7 +370,7 @@ async fn init_refuses_what_an_anonymous_client_planted(zk: &str) {
         let task = br#"{"id":"forged","entity":"acct","op":"set","amount":1000000}"#.to_vec();
         let open = Acl::open_unsafe().clone();
         anon.zk.create(&format!("{root}/outbox/forged"), task, open.clone(), CreateMode::Persistent).await.expect("o");
-        let pending = br#"{"status":"pending"}"#.to_vec();
+        let pending = pending_node("forged");
         anon.zk
             .create(&format!("{root}/tasks/forged"), pending, open.clone(), CreateMode::Persistent)
             .await
@@ -433,7 +437,7 @@ async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
     let a = tokio::time::timeout(Duration::from_secs(15), connect).await.expect("in time").expect("connect");
     let acl: Vec<Acl> = a_auth.policy().task().into_iter().filter(|e| e.id != b_id).collect();
     let task = format!("{root}/tasks/t1");
-    let created = a.zk.create(&task, br#"{"status":"pending"}"#.to_vec(), acl, CreateMode::Persistent);
+    let created = a.zk.create(&task, pending_node("t1"), acl, CreateMode::Persistent);
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
     let store = dir.path().join("store");
     let b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
@@ -474,7 +478,7 @@ async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
         .await
         .expect("in time")
         .expect("task node");
-    assert_eq!(&data[..], br#"{"status":"pending"}"#, "the task node was written after all");
+    assert_eq!(data, pending_node("t1"), "the task node was written after all");
     let _ = amqp.close(0, "bye".into()).await;
 }
 
@@ -513,7 +517,7 @@ async fn reconnects_mid_work_fail_no_task() {
     for i in 0..TASKS {
         let path = format!("{root}/tasks/t{i}");
         let created =
-            a.zk.create(&path, br#"{"status":"pending"}"#.to_vec(), a_auth.policy().task(), CreateMode::Persistent);
+            a.zk.create(&path, pending_node(&format!("t{i}")), a_auth.policy().task(), CreateMode::Persistent);
         tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
         paths.push(path);
     }
