@@ -214,6 +214,50 @@ async fn check_after_restart(addr: SocketAddr, seen: &Seen, when: &str) -> (usiz
     (present[0], present[1])
 }
 
+/// Starts the server on the data directory of a disk that is still full,
+/// and tries one write if it starts; the write counts as acknowledged if it
+/// is answered with success. The server must exit by itself within a bound
+/// either way.
+async fn restart_on_a_full_disk(data: &str, log_dir: &Path, parent: &str, seen: &mut Seen) {
+    let bin = e2e_tests::binary("coordinator");
+    let args = ["--listen", "127.0.0.1:0", "--data-dir", data, "--4lw-whitelist", "*"];
+    let mut p = Proc::start(&bin, "coordinator", &args, &[], log_dir).expect("spawn the coordinator");
+    let t = Instant::now();
+    match p.try_wait_line("coordinator listening on", Duration::from_secs(20)) {
+        Ok(addr) => {
+            let addr: SocketAddr = addr.parse().expect("addr");
+            let path = format!("{parent}/on-a-full-disk");
+            let answer = match Client::connect(addr, ConnectOptions::default()).await {
+                Ok(mut c) => {
+                    match tokio::time::timeout(LIMIT, c.call(&create(&path, &value(&path), CreateMode::Persistent)))
+                        .await
+                    {
+                        Ok(Ok(r)) if r.err == 0 => {
+                            seen.acked.insert(path);
+                            "acknowledged".to_string()
+                        }
+                        Ok(Ok(r)) => format!("error {}", r.err),
+                        Ok(Err(e)) => format!("{e}"),
+                        Err(_) => panic!("a write on a full disk was neither answered nor closed within {LIMIT:?}"),
+                    }
+                }
+                Err(e) => format!("no session: {e}"),
+            };
+            let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(15)));
+            println!(
+                "restarted on the full disk: it started, one create: {answer}; exited {status:?} after {:?}",
+                t.elapsed()
+            );
+            assert!(status.is_some(), "restarted on a full disk, the server did not exit within 15 s");
+        }
+        Err(e) => {
+            let log = p.log_text();
+            let last = log.lines().last().unwrap_or_default().to_string();
+            println!("restarted on the full disk: it did not start ({e}) after {:?}: {last}", t.elapsed());
+        }
+    }
+}
+
 fn start(data: &str, log_dir: &Path) -> (Proc, SocketAddr) {
     let (p, addr) = start_coordinator(&["--data-dir", data, "--4lw-whitelist", "*"], log_dir);
     (p, addr.parse().expect("addr"))
@@ -265,6 +309,12 @@ async fn a_full_disk_loses_no_acknowledged_write_and_stops_the_server() {
     assert!(log.contains("No space left on device"), "the log failed, but not because the disk was full: {log}");
     assert!(exited - first_failure < Duration::from_secs(10), "exit took {:?}", exited - first_failure);
     drop(_stuck);
+
+    // A supervisor restarts it at once, on the disk still full: it may not
+    // start, or start and fail its first write, but it must not damage
+    // the log, nor acknowledge a write it cannot keep.
+    let mut seen = seen;
+    restart_on_a_full_disk(&data, dir.path(), &parent, &mut seen).await;
 
     // Space back, and the same data directory.
     std::fs::remove_file(&ballast).expect("remove the ballast");
