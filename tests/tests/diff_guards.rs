@@ -207,7 +207,8 @@ async fn create_ttl_is_refused_when_extended_types_are_off() {
 /// that a protected node changed, was created or lost a child, as it was
 /// told by exists before; it learns no data, and names only the paths it
 /// gave. The coordinator answers the same, so that a client that reconnects
-/// never misses an event it would get from ZooKeeper.
+/// never misses an event it would get from ZooKeeper. A watch re-armed on a
+/// node that did not change fires later as a live event, READ checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_watches_replays_what_changed_as_zookeeper_does() {
     differential("setwatches-acl", async |t: &mut Run| {
@@ -222,6 +223,10 @@ async fn set_watches_replays_what_changed_as_zookeeper_does() {
         t.call(&mut owner, create_acl(&t.p("wo"), b"", write_only)).await;
         t.call(&mut owner, create(&t.p("open"), b"", CreateMode::Persistent)).await;
         t.call(&mut owner, create_acl(&t.p("gone"), b"", mine())).await;
+        // Unchanged while the watchers were away: its watches are re-armed,
+        // and what fires them later is a live event, filtered by READ.
+        t.call(&mut owner, create_acl(&t.p("later"), b"", mine())).await;
+        t.call(&mut owner, create(&t.p("later-open"), b"", CreateMode::Persistent)).await;
         // The last zxid the watchers saw before they went away.
         let before = t.call(&mut owner, set_data(&t.p("open"), b"0", -1)).await.zxid;
         t.call(&mut owner, set_data(&t.p("secret"), b"1", -1)).await;
@@ -230,7 +235,7 @@ async fn set_watches_replays_what_changed_as_zookeeper_does() {
         t.call(&mut owner, set_data(&t.p("open"), b"1", -1)).await;
         t.call(&mut owner, create_acl(&t.p("new"), b"", mine())).await;
         t.call(&mut owner, delete(&t.p("gone"), -1)).await;
-        let nodes = ["secret", "wo", "open", "gone"].map(|n| t.p(n)).to_vec();
+        let nodes = ["secret", "wo", "open", "gone", "later", "later-open"].map(|n| t.p(n)).to_vec();
         let watches = |op: fn(SetWatches2) -> Request| {
             op(SetWatches2 {
                 relative_zxid: before,
@@ -248,6 +253,12 @@ async fn set_watches_replays_what_changed_as_zookeeper_does() {
             t.call(w, new.clone()).await;
             t.events(w).await;
         }
+        for n in ["later", "later-open"] {
+            t.call(&mut owner, set_data(&t.p(n), b"1", -1)).await;
+            t.call(&mut owner, create(&t.p(&format!("{n}/c")), b"", CreateMode::Persistent)).await;
+        }
+        t.events(&mut stranger).await;
+        t.events(&mut friend).await;
     })
     .await;
 }
