@@ -125,6 +125,9 @@ struct Seen {
     /// When a writer first saw a write fail (an error or the connection
     /// closed): the disk was full by then.
     first_failure: Option<Instant>,
+    /// The children of the writers' parent that a reader was shown: a read
+    /// must not show a write that is then lost either.
+    read: BTreeSet<String>,
 }
 
 /// One writer: pipelines creates of `VALUE` bytes under `parent`, every
@@ -172,6 +175,26 @@ async fn writer(addr: SocketAddr, parent: String, k: usize, seen: Arc<Mutex<Seen
     }
 }
 
+/// A client that lists the writers' parent over and over until its
+/// connection closes, recording every child it was shown.
+async fn reader(addr: SocketAddr, parent: String, seen: Arc<Mutex<Seen>>, stop: Instant) {
+    let mut c = connect(addr).await;
+    while Instant::now() < stop {
+        let req = Request::GetChildren(PathWatchRequest { path: parent.clone(), watch: false });
+        let r = match tokio::time::timeout(LIMIT, c.call(&req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(ClientError::Closed)) | Ok(Err(ClientError::Io(_))) => return,
+            Ok(Err(e)) => panic!("reader: {e}"),
+            Err(_) => panic!("reader: no reply and no close within {LIMIT:?}: the server hangs"),
+        };
+        assert_eq!(r.err, 0, "getChildren of the writers' parent");
+        if let Response::Children(c) = r.body {
+            let mut s = seen.lock().expect("lock");
+            s.read.extend(c.children.into_iter().map(|name| format!("{parent}/{name}")));
+        }
+    }
+}
+
 /// A client that pipelines getData of a large node and never reads: the
 /// server's writes to it block once its socket buffers are full.
 async fn stuck_reader(addr: SocketAddr, path: &str) -> Client {
@@ -210,6 +233,12 @@ async fn check_after_restart(addr: SocketAddr, seen: &Seen, when: &str) -> (usiz
                 assert!(i == 1, "{when}: the acknowledged create of {path} is lost (getData error {})", r.err);
             }
         }
+    }
+    // Shown to a reader means on disk: a read's reply waits for the log
+    // too, so a node the log never got is never shown.
+    for path in &seen.read {
+        let r = within("exists", c.call(&Request::Exists(PathWatchRequest { path: path.clone(), watch: false }))).await;
+        assert_eq!(r.expect("exists").err, 0, "{when}: {path} was shown to a reader, then lost");
     }
     (present[0], present[1])
 }
@@ -285,6 +314,8 @@ async fn a_full_disk_loses_no_acknowledged_write_and_stops_the_server() {
     let stop = started + Duration::from_secs(30);
     let writers: Vec<_> =
         (0..WRITERS).map(|k| tokio::spawn(writer(addr, parent.clone(), k, seen.clone(), stop))).collect();
+    let reader = tokio::spawn(reader(addr, parent.clone(), seen.clone(), stop));
+    within("reader", reader).await.expect("the reader panicked");
     for w in writers {
         within("writer", w).await.expect("a writer panicked");
     }
@@ -301,6 +332,7 @@ async fn a_full_disk_loses_no_acknowledged_write_and_stops_the_server() {
         seen.errors.len(),
         seen.errors.iter().collect::<BTreeSet<_>>(),
     );
+    println!("a reader was shown {} of the created nodes", seen.read.len());
     let status = status.expect("the server did not exit within 15 s of its disk filling up, with a reader stuck");
     println!("the server exited {:?} after the first failed write ({status})", exited - first_failure);
     assert!(!status.success(), "a server that cannot write its log must exit with an error");
