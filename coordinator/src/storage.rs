@@ -258,7 +258,30 @@ impl Storage {
         let zxid = header.zxid();
         let path = self.dir.join(format!("snapshot.{zxid:016x}"));
         let tmp = self.dir.join(format!("snapshot.{zxid:016x}.tmp"));
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let written = self.write_snapshot_file(&tmp, &path, header, &mut next_chunk);
+        if written.is_err() {
+            // A partial snapshot is of no use (recovery removes it), but it
+            // holds disk space: on a disk that has filled up, space the log
+            // needs, and each failed attempt would leave one more.
+            let _ = fs::remove_file(&tmp);
+        }
+        let bytes = written?;
+        sync_dir(&self.dir)?;
+        tracing::debug!(path = %path.display(), bytes, "snapshot written");
+        self.purge()?;
+        Ok(zxid)
+    }
+
+    /// Writes and syncs the snapshot to `tmp`, then renames it to `path`;
+    /// returns its size.
+    fn write_snapshot_file(
+        &self,
+        tmp: &Path,
+        path: &Path,
+        header: SnapshotHeader,
+        next_chunk: &mut impl FnMut(&mut Vec<u8>) -> Result<Progress, SnapshotError>,
+    ) -> Result<usize, StorageError> {
+        let mut f = File::create(tmp).map_err(io_err(tmp))?;
         let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK + (64 << 10));
         buf.extend_from_slice(SNAP_MAGIC);
         header.write(&mut buf);
@@ -267,7 +290,7 @@ impl Storage {
         loop {
             let progress = next_chunk(&mut buf)?;
             crc = crc32c::crc32c_append(crc, &buf);
-            f.write_all(&buf).map_err(io_err(&tmp))?;
+            f.write_all(&buf).map_err(io_err(tmp))?;
             (bytes, unsynced) = (bytes + buf.len(), unsynced + buf.len());
             buf.clear();
             // Synced a slice at a time: left to the kernel, hundreds of MB
@@ -275,21 +298,18 @@ impl Storage {
             // log's fdatasync (which every write's reply waits for) queues
             // behind it. Measured: the worst write p999 in a run halved.
             if unsynced >= SNAPSHOT_SYNC_EVERY {
-                f.sync_data().map_err(io_err(&tmp))?;
+                f.sync_data().map_err(io_err(tmp))?;
                 unsynced = 0;
             }
             if progress == Progress::Done {
                 break;
             }
         }
-        f.write_all(&crc.to_be_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        f.write_all(&crc.to_be_bytes()).map_err(io_err(tmp))?;
+        f.sync_all().map_err(io_err(tmp))?;
         drop(f);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&self.dir)?;
-        tracing::debug!(path = %path.display(), bytes, "snapshot written");
-        self.purge()?;
-        Ok(zxid)
+        fs::rename(tmp, path).map_err(io_err(path))?;
+        Ok(bytes)
     }
 
     /// A whole snapshot in one go, for callers that own the tree (tests).
@@ -1029,6 +1049,35 @@ mod tests {
         assert_eq!(rec.snapshot_zxid, 20);
         assert_eq!(rec.replayed, 0);
         assert_eq!(rec.tree.get("/n19").unwrap().stat.czxid, 20);
+        fs::remove_dir_all(dir).ok();
+    }
+
+    /// A snapshot that fails half-written (the disk filled up, or the
+    /// tree's self-check) leaves no partial file holding disk space.
+    #[test]
+    fn a_failed_snapshot_leaves_no_partial_file() {
+        let dir = tmpdir("snapfail");
+        write_n(&dir, 0, 20);
+        let mut rec = Storage::open(&dir).unwrap();
+        let header = rec.storage.begin_snapshot(&mut rec.tree);
+        let mut chunks = 0;
+        let result = rec.storage.write_snapshot(header, |buf| {
+            chunks += 1;
+            if chunks == 1 {
+                buf.extend_from_slice(&[7u8; 1 << 16]);
+                Ok(Progress::More)
+            } else {
+                Err(SnapshotError::NotStarted)
+            }
+        });
+        assert!(result.is_err(), "the snapshot must fail");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("snapshot."))
+            .collect();
+        assert!(left.is_empty(), "a failed snapshot left {left:?}");
+        drop(rec);
         fs::remove_dir_all(dir).ok();
     }
 }

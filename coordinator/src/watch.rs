@@ -264,6 +264,13 @@ impl WatchManager {
     /// setWatches after a reconnect: re-arm each watch, or fire at once when
     /// the node changed since `relative_zxid` (the last zxid the client saw),
     /// so nothing that happened while it was away is missed.
+    ///
+    /// The events fired here are not checked against READ, unlike those of
+    /// [`fire`](Self::fire): patched ZooKeeper 3.8 does not check them
+    /// either, and a client must get from either server the same events
+    /// after a reconnect. What they tell is bounded: only paths the client
+    /// named itself, no data, and no more than `exists` (which checks no
+    /// ACL) would show. A re-armed watch fires later through `fire`, checked.
     #[allow(clippy::too_many_arguments)]
     pub fn set_watches(
         &mut self,

@@ -168,3 +168,34 @@ pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], lo
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr)
 }
+
+/// The invariant "every ephemeral's owner is a live session", read from the
+/// text of the coordinator's `dump` four-letter word: returns the
+/// ephemerals whose owner is not among the sessions, by owner. Panics if
+/// the text has no session list (not a `dump`).
+pub fn orphans_in_dump(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut live = Vec::new();
+    let mut owners: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut section = 0;
+    let mut owner = String::new();
+    for line in text.lines() {
+        if line.starts_with("Global Sessions") {
+            section = 1;
+        } else if line.starts_with("Sessions with Ephemerals") {
+            section = 2;
+        } else if section == 1 {
+            if let Some(id) = line.split('\t').next().filter(|s| s.starts_with("0x")) {
+                live.push(id.to_string());
+            }
+        } else if section == 2 {
+            if let Some(path) = line.strip_prefix('\t') {
+                owners.entry(owner.clone()).or_default().push(path.to_string());
+            } else if let Some(id) = line.strip_suffix(':') {
+                owner = id.to_string();
+            }
+        }
+    }
+    assert!(text.contains("Global Sessions"), "dump has no session list: {text}");
+    owners.retain(|id, _| !live.contains(id));
+    owners
+}

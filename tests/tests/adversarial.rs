@@ -98,31 +98,7 @@ async fn four_letter_word(addr: SocketAddr, word: &str) -> String {
 /// coordinator's `dump`: returns the ephemerals whose owner is not among
 /// the sessions, by owner.
 async fn orphan_ephemerals(addr: SocketAddr) -> BTreeMap<String, Vec<String>> {
-    let text = four_letter_word(addr, "dump").await;
-    let mut live = Vec::new();
-    let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut section = 0;
-    let mut owner = String::new();
-    for line in text.lines() {
-        if line.starts_with("Global Sessions") {
-            section = 1;
-        } else if line.starts_with("Sessions with Ephemerals") {
-            section = 2;
-        } else if section == 1 {
-            if let Some(id) = line.split('\t').next().filter(|s| s.starts_with("0x")) {
-                live.push(id.to_string());
-            }
-        } else if section == 2 {
-            if let Some(path) = line.strip_prefix('\t') {
-                owners.entry(owner.clone()).or_default().push(path.to_string());
-            } else if let Some(id) = line.strip_suffix(':') {
-                owner = id.to_string();
-            }
-        }
-    }
-    assert!(text.contains("Global Sessions"), "dump has no session list: {text}");
-    owners.retain(|id, _| !live.contains(id));
-    owners
+    e2e_tests::orphans_in_dump(&four_letter_word(addr, "dump").await)
 }
 
 /// Fails the test if any ephemeral's owner is not a live session.

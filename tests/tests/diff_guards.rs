@@ -199,3 +199,66 @@ async fn create_ttl_is_refused_when_extended_types_are_off() {
     })
     .await;
 }
+
+/// setWatches after a reconnect fires at once for what changed while the
+/// client was away (a node changed or deleted since the zxid the client
+/// last saw, a watched absent node created). Unlike a live event, patched
+/// ZooKeeper 3.8 checks no ACL for these: a client without READ is told
+/// that a protected node changed, was created or lost a child, as it was
+/// told by exists before; it learns no data, and names only the paths it
+/// gave. The coordinator answers the same, so that a client that reconnects
+/// never misses an event it would get from ZooKeeper. A watch re-armed on a
+/// node that did not change fires later as a live event, READ checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_watches_replays_what_changed_as_zookeeper_does() {
+    differential("setwatches-acl", async |t: &mut Run| {
+        let mut owner = t.connect().await;
+        let mut stranger = t.connect().await;
+        let mut friend = t.connect().await;
+        t.call(&mut owner, auth("digest", b"alice:secret")).await;
+        t.call(&mut friend, auth("digest", b"alice:secret")).await;
+        let mine = || vec![acl(perms::ALL, "auth", "")];
+        let write_only = vec![acl(perms::WRITE, "world", "anyone"), acl(perms::ALL, "auth", "")];
+        t.call(&mut owner, create_acl(&t.p("secret"), b"", mine())).await;
+        t.call(&mut owner, create_acl(&t.p("wo"), b"", write_only)).await;
+        t.call(&mut owner, create(&t.p("open"), b"", CreateMode::Persistent)).await;
+        t.call(&mut owner, create_acl(&t.p("gone"), b"", mine())).await;
+        // Unchanged while the watchers were away: its watches are re-armed,
+        // and what fires them later is a live event, filtered by READ.
+        t.call(&mut owner, create_acl(&t.p("later"), b"", mine())).await;
+        t.call(&mut owner, create(&t.p("later-open"), b"", CreateMode::Persistent)).await;
+        // The last zxid the watchers saw before they went away.
+        let before = t.call(&mut owner, set_data(&t.p("open"), b"0", -1)).await.zxid;
+        t.call(&mut owner, set_data(&t.p("secret"), b"1", -1)).await;
+        t.call(&mut owner, create_acl(&t.p("secret/c"), b"", mine())).await;
+        t.call(&mut owner, set_data(&t.p("wo"), b"1", -1)).await;
+        t.call(&mut owner, set_data(&t.p("open"), b"1", -1)).await;
+        t.call(&mut owner, create_acl(&t.p("new"), b"", mine())).await;
+        t.call(&mut owner, delete(&t.p("gone"), -1)).await;
+        let nodes = ["secret", "wo", "open", "gone", "later", "later-open"].map(|n| t.p(n)).to_vec();
+        let watches = |op: fn(SetWatches2) -> Request| {
+            op(SetWatches2 {
+                relative_zxid: before,
+                data_watches: nodes.clone(),
+                exist_watches: vec![t.p("new")],
+                child_watches: nodes.clone(),
+                persistent_watches: vec![],
+                persistent_recursive_watches: vec![],
+            })
+        };
+        let (old, new) = (watches(Request::SetWatches), watches(Request::SetWatches2));
+        for w in [&mut stranger, &mut friend] {
+            t.call(w, old.clone()).await;
+            t.events(w).await;
+            t.call(w, new.clone()).await;
+            t.events(w).await;
+        }
+        for n in ["later", "later-open"] {
+            t.call(&mut owner, set_data(&t.p(n), b"1", -1)).await;
+            t.call(&mut owner, create(&t.p(&format!("{n}/c")), b"", CreateMode::Persistent)).await;
+        }
+        t.events(&mut stranger).await;
+        t.events(&mut friend).await;
+    })
+    .await;
+}
