@@ -265,6 +265,10 @@ for port in 2181 8080 8081 50051; do
 done
 (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || fail "no RabbitMQ on 127.0.0.1:5672 (scripts/rabbitmq.sh ensure starts one)"
 
+# Identities (docs/security.md): a fresh set for this deployment unless the
+# user has one.
+[ -e "$root/.secrets/operator.cred" ] || "$root/scripts/compose-secrets.sh" >/dev/null
+
 hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.1", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
 override=$work/smoke-override.yml
 {
@@ -282,7 +286,8 @@ services:
       network: host
       args:
         RUST_IMAGE: $rust_image
-    command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081"]
+    command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081",
+              "--admin-token-file", "/run/secrets/admin-token"]
   rabbitmq:
     <<: *host
     image: $broker_image
@@ -293,7 +298,10 @@ services:
       timeout: 5s
       retries: 30
 YAML
-  for s in system-a system-b-1 system-b-2 system-b-3 ha-worker-1 ha-worker-2 dashboard; do
+  # Every other service of the base file, so a service added there is on
+  # the host network here too (one left on the default network, which has
+  # no bridge, resolves nothing).
+  for s in $("$compose" -f "$root/docker-compose.yml" config --services | grep -vxE 'coordinator|rabbitmq'); do
     printf '  %s:\n    <<: *host\n' "$s"
   done
 } >"$override"
@@ -519,8 +527,6 @@ scenarios() {
 run_profile() {
   profile=$1
   say "== profile $profile =="
-  # Identities: a fresh set for this deployment unless one is there.
-  [ -e "$root/.secrets/operator.cred" ] || "$root/scripts/compose-secrets.sh" >/dev/null
   render "$profile"
   dc down -v --remove-orphans >/dev/null 2>&1 || true
   local t
