@@ -132,6 +132,42 @@ pub fn start_system_b(
     p
 }
 
+/// An ha-worker instance `name` under `root`, journaling to `journal`,
+/// working every `interval_ms` with a `session_ms` session. A system
+/// [`provision`]ed under `root` runs it as the ha-worker identity.
+pub fn start_ha_worker(
+    zk: &str,
+    root: &str,
+    journal: &Path,
+    name: &str,
+    interval_ms: u64,
+    session_ms: u64,
+    log_dir: &Path,
+) -> Proc {
+    let interval = interval_ms.to_string();
+    let session = session_ms.to_string();
+    let args = [
+        "--zk",
+        zk,
+        "--root",
+        root,
+        "--instance",
+        name,
+        "--journal",
+        journal.to_str().expect("utf-8 path"),
+        "--interval-ms",
+        &interval,
+        "--zk-session-timeout-ms",
+        &session,
+    ];
+    let mut args: Vec<&str> = args.to_vec();
+    let creds = identities_of(root).map(|i| i.flag("ha-worker"));
+    if let Some(c) = &creds {
+        args.extend([c[0].as_str(), c[1].as_str()]);
+    }
+    Proc::spawn("ha-worker", &args, log_dir)
+}
+
 /// system-a on port 0 as instance `a1`; returns it and its gRPC address once
 /// it can publish.
 pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String) {
