@@ -205,6 +205,24 @@ pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], lo
     (p, addr)
 }
 
+/// A connection to the RabbitMQ the suites run against
+/// (`testkit::rabbitmq_url`), made within 10 s.
+pub async fn rabbitmq() -> lapin::Connection {
+    let url = testkit::rabbitmq_url();
+    let connect = lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+    tokio::time::timeout(Duration::from_secs(10), connect).await.expect("in time").expect("RabbitMQ")
+}
+
+/// A channel on a fresh [`rabbitmq`] connection with publisher confirms
+/// on, so a publish returns once the broker has the message; the
+/// connection is returned too, as the channel lives only as long as it.
+pub async fn rabbitmq_confirmed_channel() -> (lapin::Connection, lapin::Channel) {
+    let amqp = rabbitmq().await;
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    (amqp, ch)
+}
+
 /// The invariant "every ephemeral's owner is a live session", read from the
 /// text of the coordinator's `dump` four-letter word: returns the
 /// ephemerals whose owner is not among the sessions, by owner. Panics if
