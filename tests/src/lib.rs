@@ -4,6 +4,7 @@
 
 pub mod ensemble;
 pub mod linearizability;
+pub mod requests;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
