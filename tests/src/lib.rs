@@ -92,6 +92,19 @@ pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
     ids
 }
 
+/// Spawns the service `binary` with `args`, then `extra`. A system
+/// [`provision`]ed under `root` runs it as its own identity: the role of
+/// the same name, as the deployment does.
+fn spawn_service(binary: &str, root: &str, args: &[&str], extra: &[&str], log_dir: &Path) -> Proc {
+    let creds = identities_of(root).map(|i| i.flag(binary));
+    let mut all = args.to_vec();
+    if let Some(c) = &creds {
+        all.extend([c[0].as_str(), c[1].as_str()]);
+    }
+    all.extend_from_slice(extra);
+    Proc::spawn(binary, &all, log_dir)
+}
+
 /// The scenario services, configured alike in every suite: a system-b
 /// instance on `queue` under `root`, sharing `store`, with a short session
 /// (`session_ms`) so faults show within seconds. Returns once it consumes.
@@ -123,12 +136,7 @@ pub fn start_system_b(
         "--zk-session-timeout-ms",
         &session,
     ];
-    let mut args: Vec<&str> = args.to_vec();
-    let creds = identities_of(root).map(|i| i.flag("system-b"));
-    if let Some(c) = &creds {
-        args.extend([c[0].as_str(), c[1].as_str()]);
-    }
-    let mut p = Proc::spawn("system-b", &args, log_dir);
+    let mut p = spawn_service("system-b", root, &args, &[], log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
 }
@@ -161,12 +169,7 @@ pub fn start_ha_worker(
         "--zk-session-timeout-ms",
         &session,
     ];
-    let mut args: Vec<&str> = args.to_vec();
-    let creds = identities_of(root).map(|i| i.flag("ha-worker"));
-    if let Some(c) = &creds {
-        args.extend([c[0].as_str(), c[1].as_str()]);
-    }
-    Proc::spawn("ha-worker", &args, log_dir)
+    spawn_service("ha-worker", root, &args, &[], log_dir)
 }
 
 /// system-a on port 0 as instance `a1`; returns it and its gRPC address once
@@ -194,13 +197,7 @@ pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], lo
         "--zk-session-timeout-ms",
         "10000",
     ];
-    let mut args: Vec<&str> = args.to_vec();
-    let creds = identities_of(root).map(|i| i.flag("system-a"));
-    if let Some(c) = &creds {
-        args.extend([c[0].as_str(), c[1].as_str()]);
-    }
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn("system-a", &args, log_dir);
+    let mut p = spawn_service("system-a", root, &args, extra, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr)

@@ -164,18 +164,8 @@ pub fn check(init: Reg, history: &[Event]) -> bool {
         if list[0].next == end {
             return true;
         }
-        if at == end {
-            // Nothing more can go first from here: backtrack.
-            let Some((call, prev)) = stack.pop() else { return false };
-            let op = list[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = prev;
-            unlift(&mut list, call, end);
-            at = list[call].next;
-            continue;
-        }
-        let e = list[at];
-        if e.is_call {
+        if at != end && list[at].is_call {
+            let e = list[at];
             let ev = history[e.op];
             if let Some(next) = step(state, ev.op, ev.outcome) {
                 let mut bits = linearized.clone();
@@ -190,16 +180,17 @@ pub fn check(init: Reg, history: &[Event]) -> bool {
                 }
             }
             at = e.next;
-        } else {
-            // A return whose call is not linearized yet: every order tried
-            // so far from this prefix fails. Backtrack.
-            let Some((call, prev)) = stack.pop() else { return false };
-            let op = list[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = prev;
-            unlift(&mut list, call, end);
-            at = list[call].next;
+            continue;
         }
+        // Backtrack: the end is reached (nothing more can go first from
+        // here), or a return whose call is not linearized yet (every order
+        // tried so far from this prefix fails).
+        let Some((call, prev)) = stack.pop() else { return false };
+        let op = list[call].op;
+        linearized[op / 64] &= !(1 << (op % 64));
+        state = prev;
+        unlift(&mut list, call, end);
+        at = list[call].next;
     }
 }
 
