@@ -92,12 +92,13 @@ pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
     ids
 }
 
-/// Spawns the service `binary` with `args`, then `extra`. A system
-/// [`provision`]ed under `root` runs it as its own identity: the role of
-/// the same name, as the deployment does.
-fn spawn_service(binary: &str, root: &str, args: &[&str], extra: &[&str], log_dir: &Path) -> Proc {
+/// Spawns the service `binary` on `zk` under `root` with `args`, then
+/// `extra`. A system [`provision`]ed under `root` runs it as its own
+/// identity: the role of the same name, as the deployment does.
+fn spawn_service(binary: &str, zk: &str, root: &str, args: &[&str], extra: &[&str], log_dir: &Path) -> Proc {
     let creds = identities_of(root).map(|i| i.flag(binary));
-    let mut all = args.to_vec();
+    let mut all = vec!["--zk", zk, "--root", root];
+    all.extend_from_slice(args);
     if let Some(c) = &creds {
         all.extend([c[0].as_str(), c[1].as_str()]);
     }
@@ -121,10 +122,6 @@ pub fn start_system_b(
     let amqp = testkit::rabbitmq_url();
     let session = session_ms.to_string();
     let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
         "--queue",
         queue,
         "--store-dir",
@@ -136,7 +133,7 @@ pub fn start_system_b(
         "--zk-session-timeout-ms",
         &session,
     ];
-    let mut p = spawn_service("system-b", root, &args, &[], log_dir);
+    let mut p = spawn_service("system-b", zk, root, &args, &[], log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
 }
@@ -156,10 +153,6 @@ pub fn start_ha_worker(
     let interval = interval_ms.to_string();
     let session = session_ms.to_string();
     let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
         "--instance",
         name,
         "--journal",
@@ -169,7 +162,7 @@ pub fn start_ha_worker(
         "--zk-session-timeout-ms",
         &session,
     ];
-    spawn_service("ha-worker", root, &args, &[], log_dir)
+    spawn_service("ha-worker", zk, root, &args, &[], log_dir)
 }
 
 /// system-a on port 0 as instance `a1`; returns it and its gRPC address once
@@ -182,10 +175,6 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
     let amqp = testkit::rabbitmq_url();
     let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
         "--queue",
         queue,
         "--listen",
@@ -197,7 +186,7 @@ pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], lo
         "--zk-session-timeout-ms",
         "10000",
     ];
-    let mut p = spawn_service("system-a", root, &args, extra, log_dir);
+    let mut p = spawn_service("system-a", zk, root, &args, extra, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr)
