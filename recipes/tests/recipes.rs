@@ -1,12 +1,15 @@
 //! Every recipe against both servers, including the hard cases: session
 //! expiry (forced the ZooKeeper way through a proxy) and connection loss.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::for_both;
 use testkit::proxy::ZkProxy;
-use testkit::{unique, Server};
+use testkit::unique;
 use zk_recipes::config::watch_data;
 use zk_recipes::election::{leader, Election};
 use zk_recipes::lock::{Lock, LockError};
@@ -22,18 +25,6 @@ async fn client(addr: &str) -> Client {
 
 async fn within<T>(what: &str, limit: Duration, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("{what} did not happen within {limit:?}"))
-}
-
-async fn for_both<F, Fut>(f: F)
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for server in Server::ALL {
-        let running = server.start();
-        println!("-- {:?}", server);
-        f(running.connect_string()).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

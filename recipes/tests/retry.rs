@@ -3,10 +3,13 @@
 //! does to a request in flight). A blind retry then meets its own work;
 //! `create_owned` and `set_data_versioned` recognise it.
 
+mod common;
+
 use std::time::Duration;
 
+use common::for_both;
 use testkit::proxy::ZkProxy;
-use testkit::{unique, Server};
+use testkit::unique;
 use tokio::time::Instant;
 use zk_recipes::retry::{create_owned, set_data_versioned};
 use zk_recipes::session::Client;
@@ -15,18 +18,6 @@ use zookeeper_async::{Acl, CreateMode};
 
 async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("not done within {limit:?}"))
-}
-
-async fn for_both<F, Fut>(f: F)
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for server in Server::ALL {
-        let running = server.start();
-        println!("-- {server:?}");
-        f(running.connect_string()).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,7 @@
 
 pub mod ensemble;
 pub mod linearizability;
+pub mod requests;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,6 +92,20 @@ pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
     ids
 }
 
+/// Spawns the service `binary` on `zk` under `root` with `args`, then
+/// `extra`. A system [`provision`]ed under `root` runs it as its own
+/// identity: the role of the same name, as the deployment does.
+fn spawn_service(binary: &str, zk: &str, root: &str, args: &[&str], extra: &[&str], log_dir: &Path) -> Proc {
+    let creds = identities_of(root).map(|i| i.flag(binary));
+    let mut all = vec!["--zk", zk, "--root", root];
+    all.extend_from_slice(args);
+    if let Some(c) = &creds {
+        all.extend([c[0].as_str(), c[1].as_str()]);
+    }
+    all.extend_from_slice(extra);
+    Proc::spawn(binary, &all, log_dir)
+}
+
 /// The scenario services, configured alike in every suite: a system-b
 /// instance on `queue` under `root`, sharing `store`, with a short session
 /// (`session_ms`) so faults show within seconds. Returns once it consumes.
@@ -107,10 +122,6 @@ pub fn start_system_b(
     let amqp = testkit::rabbitmq_url();
     let session = session_ms.to_string();
     let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
         "--queue",
         queue,
         "--store-dir",
@@ -122,14 +133,36 @@ pub fn start_system_b(
         "--zk-session-timeout-ms",
         &session,
     ];
-    let mut args: Vec<&str> = args.to_vec();
-    let creds = identities_of(root).map(|i| i.flag("system-b"));
-    if let Some(c) = &creds {
-        args.extend([c[0].as_str(), c[1].as_str()]);
-    }
-    let mut p = Proc::spawn("system-b", &args, log_dir);
+    let mut p = spawn_service("system-b", zk, root, &args, &[], log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
+}
+
+/// An ha-worker instance `name` under `root`, journaling to `journal`,
+/// working every `interval_ms` with a `session_ms` session. A system
+/// [`provision`]ed under `root` runs it as the ha-worker identity.
+pub fn start_ha_worker(
+    zk: &str,
+    root: &str,
+    journal: &Path,
+    name: &str,
+    interval_ms: u64,
+    session_ms: u64,
+    log_dir: &Path,
+) -> Proc {
+    let interval = interval_ms.to_string();
+    let session = session_ms.to_string();
+    let args = [
+        "--instance",
+        name,
+        "--journal",
+        journal.to_str().expect("utf-8 path"),
+        "--interval-ms",
+        &interval,
+        "--zk-session-timeout-ms",
+        &session,
+    ];
+    spawn_service("ha-worker", zk, root, &args, &[], log_dir)
 }
 
 /// system-a on port 0 as instance `a1`; returns it and its gRPC address once
@@ -142,10 +175,6 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
     let amqp = testkit::rabbitmq_url();
     let args = [
-        "--zk",
-        zk,
-        "--root",
-        root,
         "--queue",
         queue,
         "--listen",
@@ -157,16 +186,28 @@ pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], lo
         "--zk-session-timeout-ms",
         "10000",
     ];
-    let mut args: Vec<&str> = args.to_vec();
-    let creds = identities_of(root).map(|i| i.flag("system-a"));
-    if let Some(c) = &creds {
-        args.extend([c[0].as_str(), c[1].as_str()]);
-    }
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn("system-a", &args, log_dir);
+    let mut p = spawn_service("system-a", zk, root, &args, extra, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr)
+}
+
+/// A connection to the RabbitMQ the suites run against
+/// (`testkit::rabbitmq_url`), made within 10 s.
+pub async fn rabbitmq() -> lapin::Connection {
+    let url = testkit::rabbitmq_url();
+    let connect = lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+    tokio::time::timeout(Duration::from_secs(10), connect).await.expect("in time").expect("RabbitMQ")
+}
+
+/// A channel on a fresh [`rabbitmq`] connection with publisher confirms
+/// on, so a publish returns once the broker has the message; the
+/// connection is returned too, as the channel lives only as long as it.
+pub async fn rabbitmq_confirmed_channel() -> (lapin::Connection, lapin::Channel) {
+    let amqp = rabbitmq().await;
+    let ch = amqp.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    (amqp, ch)
 }
 
 /// The invariant "every ephemeral's owner is a live session", read from the

@@ -132,26 +132,26 @@ pub fn check(init: Reg, history: &[Event]) -> bool {
             e.ret = ret_slot[e.op];
         }
     }
-    // Unlinking a call and its return; relinking restores them.
-    fn lift(list: &mut [Entry], call: usize, end: usize) {
+    // Unlinking a call and its return (`lift`); relinking restores them,
+    // in the reverse order. An unlinked slot keeps its own links, so its
+    // neighbours are pointed past it or back at it.
+    fn relink(list: &mut [Entry], call: usize, end: usize, lift: bool) {
         let ret = list[call].ret;
-        for slot in [call, ret] {
+        let order = if lift { [call, ret] } else { [ret, call] };
+        for slot in order {
             let (p, nx) = (list[slot].prev, list[slot].next);
-            list[p].next = nx;
+            let (next_of_p, prev_of_nx) = if lift { (nx, p) } else { (slot, slot) };
+            list[p].next = next_of_p;
             if nx != end {
-                list[nx].prev = p;
+                list[nx].prev = prev_of_nx;
             }
         }
     }
+    fn lift(list: &mut [Entry], call: usize, end: usize) {
+        relink(list, call, end, true)
+    }
     fn unlift(list: &mut [Entry], call: usize, end: usize) {
-        let ret = list[call].ret;
-        for slot in [ret, call] {
-            let (p, nx) = (list[slot].prev, list[slot].next);
-            list[p].next = slot;
-            if nx != end {
-                list[nx].prev = slot;
-            }
-        }
+        relink(list, call, end, false)
     }
 
     let words = n.div_ceil(64);
@@ -164,18 +164,8 @@ pub fn check(init: Reg, history: &[Event]) -> bool {
         if list[0].next == end {
             return true;
         }
-        if at == end {
-            // Nothing more can go first from here: backtrack.
-            let Some((call, prev)) = stack.pop() else { return false };
-            let op = list[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = prev;
-            unlift(&mut list, call, end);
-            at = list[call].next;
-            continue;
-        }
-        let e = list[at];
-        if e.is_call {
+        if at != end && list[at].is_call {
+            let e = list[at];
             let ev = history[e.op];
             if let Some(next) = step(state, ev.op, ev.outcome) {
                 let mut bits = linearized.clone();
@@ -190,16 +180,17 @@ pub fn check(init: Reg, history: &[Event]) -> bool {
                 }
             }
             at = e.next;
-        } else {
-            // A return whose call is not linearized yet: every order tried
-            // so far from this prefix fails. Backtrack.
-            let Some((call, prev)) = stack.pop() else { return false };
-            let op = list[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = prev;
-            unlift(&mut list, call, end);
-            at = list[call].next;
+            continue;
         }
+        // Backtrack: the end is reached (nothing more can go first from
+        // here), or a return whose call is not linearized yet (every order
+        // tried so far from this prefix fails).
+        let Some((call, prev)) = stack.pop() else { return false };
+        let op = list[call].op;
+        linearized[op / 64] &= !(1 << (op % 64));
+        state = prev;
+        unlift(&mut list, call, end);
+        at = list[call].next;
     }
 }
 

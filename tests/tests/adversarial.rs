@@ -20,11 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use e2e_tests::requests::{create, new_session_handshake};
 use e2e_tests::{start_coordinator, Proc, TempDir};
 use zk_wire::client::{Client, ClientError, ConnectOptions, Message};
-use zk_wire::consts::{perms, CreateMode, OpCode};
+use zk_wire::consts::{CreateMode, OpCode};
 use zk_wire::frame::{finish_frame, start_frame};
-use zk_wire::records::{Acl, CreateTtlRequest, Id, PathWatchRequest, RequestHeader};
+use zk_wire::records::{PathWatchRequest, RequestHeader};
 use zk_wire::{Jute, Request};
 
 /// Every await of a test is bounded by this.
@@ -32,23 +33,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f).await.unwrap_or_else(|_| panic!("{what}: no result within {LIMIT:?}"))
-}
-
-fn open_acl() -> Vec<Acl> {
-    vec![Acl { perms: perms::ALL, id: Id { scheme: "world".into(), id: "anyone".into() } }]
-}
-
-fn create(path: &str, data: &[u8], mode: CreateMode) -> Request {
-    Request::Create(
-        OpCode::Create,
-        CreateTtlRequest {
-            path: path.into(),
-            data: Some(data.to_vec()),
-            acl: open_acl(),
-            flags: mode.as_i32(),
-            ttl: 0,
-        },
-    )
 }
 
 fn children(path: &str) -> Request {
@@ -839,14 +823,7 @@ async fn random_operations_under_faults_keep_every_promise() {
 async fn raw_session(addr: SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = within("connect", tokio::net::TcpStream::connect(addr)).await.expect("connect");
-    let req = zk_wire::records::ConnectRequest {
-        protocol_version: 0,
-        last_zxid_seen: 0,
-        time_out: 10_000,
-        session_id: 0,
-        passwd: vec![0; 16],
-        read_only: Some(false),
-    };
+    let req = new_session_handshake();
     let mut out = Vec::new();
     let at = start_frame(&mut out);
     req.write(&mut out);

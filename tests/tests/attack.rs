@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{binary, start_coordinator, start_system_b, Proc, TempDir};
+use e2e_tests::{binary, rabbitmq_confirmed_channel, start_coordinator, start_system_b, Proc, TempDir};
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use zk_recipes::session::Client;
@@ -208,15 +208,7 @@ async fn bench(dir: &Path) -> Bench {
         .expect("in time")
         .expect("tasks dir");
     let b = start_system_b(&zk, &root, &queue, &dir.join("store"), "b1", 4000, dir);
-    let amqp = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("in time")
-    .expect("RabbitMQ");
-    let ch = amqp.create_channel().await.expect("channel");
-    ch.confirm_select(Default::default()).await.expect("confirms");
+    let (amqp, ch) = rabbitmq_confirmed_channel().await;
     Bench { _server: server, b, c, root, queue, amqp, ch }
 }
 
@@ -332,15 +324,7 @@ async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
     let task = format!("{root}/tasks/t1");
     let created = a.zk.create(&task, pending_node("t1"), a_auth.policy().task(), CreateMode::Persistent);
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
-    let amqp = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("in time")
-    .expect("RabbitMQ");
-    let ch = amqp.create_channel().await.expect("channel");
-    ch.confirm_select(Default::default()).await.expect("confirms");
+    let (amqp, ch) = rabbitmq_confirmed_channel().await;
     publish(&ch, &queue, r#"{"id":"t1","entity":"acct","op":"add","amount":1}"#).await;
 
     let (v, _) = finished(&a, &task, Duration::from_secs(20)).await;
@@ -441,15 +425,7 @@ async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
     let store = dir.path().join("store");
     let b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
-    let amqp = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("in time")
-    .expect("RabbitMQ");
-    let ch = amqp.create_channel().await.expect("channel");
-    ch.confirm_select(Default::default()).await.expect("confirms");
+    let (amqp, ch) = rabbitmq_confirmed_channel().await;
     publish(&ch, &queue, r#"{"id":"t1","entity":"acct","op":"add","amount":1}"#).await;
 
     let dlq = format!("{queue}.dlq");
@@ -502,15 +478,7 @@ async fn reconnects_mid_work_fail_no_task() {
     let proxy = testkit::proxy::ZkProxy::start(zk.parse().expect("address")).await;
     let store = dir.path().join("store");
     let b = start_system_b(&proxy.connect_string(), &root, &queue, &store, "b1", 10_000, dir.path());
-    let amqp = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("in time")
-    .expect("RabbitMQ");
-    let ch = amqp.create_channel().await.expect("channel");
-    ch.confirm_select(Default::default()).await.expect("confirms");
+    let (amqp, ch) = rabbitmq_confirmed_channel().await;
 
     const TASKS: usize = 60;
     let mut paths = Vec::new();

@@ -11,6 +11,7 @@ mod harness;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use e2e_tests::requests::new_session_handshake;
 use harness::{create, get_data, set_data, within};
 use testkit::Server;
 use tokio::io::AsyncWriteExt;
@@ -72,15 +73,7 @@ fn create_frame_of(len: usize) -> Vec<u8> {
 }
 
 fn abuses() -> Vec<Abuse> {
-    let handshake = ConnectRequest {
-        protocol_version: 0,
-        last_zxid_seen: 0,
-        time_out: 10_000,
-        session_id: 0,
-        passwd: vec![0; 16],
-        read_only: Some(false),
-    }
-    .to_bytes();
+    let handshake = new_session_handshake().to_bytes();
     let good_create = create_body("/bad-input-never", 1);
     let mut abuses = vec![
         Abuse {
@@ -127,17 +120,7 @@ fn abuses() -> Vec<Abuse> {
             // (it must have talked to a server further ahead) by closing.
             name: "handshake from a client that has seen a newer zxid",
             when: When::BeforeHandshake,
-            bytes: frame(
-                &ConnectRequest {
-                    protocol_version: 0,
-                    last_zxid_seen: i64::MAX / 2,
-                    time_out: 10_000,
-                    session_id: 0,
-                    passwd: vec![0; 16],
-                    read_only: Some(false),
-                }
-                .to_bytes(),
-            ),
+            bytes: frame(&ConnectRequest { last_zxid_seen: i64::MAX / 2, ..new_session_handshake() }.to_bytes()),
             op: OpCode::Error,
             unknown_op: false,
         },

@@ -16,6 +16,27 @@ fn acl(perms: i32, scheme: &str, id: &str) -> Acl {
     Acl { perms, id: Id { scheme: scheme.into(), id: id.into() } }
 }
 
+/// Open to its owner's identity alone (`auth`: whoever made it).
+fn mine() -> Vec<Acl> {
+    vec![acl(perms::ALL, "auth", "")]
+}
+
+/// Write-only for strangers: they may change the node but not read it.
+fn write_only() -> Vec<Acl> {
+    vec![acl(perms::WRITE, "world", "anyone"), acl(perms::ALL, "auth", "")]
+}
+
+/// Three sessions: the owner of the nodes, a stranger, and a friend
+/// authenticated as the owner's identity (so `mine` lets it read).
+async fn owner_stranger_friend(t: &mut Run) -> (Sess, Sess, Sess) {
+    let mut owner = t.connect().await;
+    let stranger = t.connect().await;
+    let mut friend = t.connect().await;
+    t.call(&mut owner, auth("digest", b"alice:secret")).await;
+    t.call(&mut friend, auth("digest", b"alice:secret")).await;
+    (owner, stranger, friend)
+}
+
 /// A watch is told of a change only when the watcher may READ the node the
 /// event names, checked when the event is delivered (the fix of
 /// CVE-2024-23944 in ZooKeeper 3.8.4, which Debian's 3.8 carries): a
@@ -24,18 +45,11 @@ fn acl(perms: i32, scheme: &str, id: &str) -> Acl {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_deliver_only_what_the_watcher_may_read() {
     differential("watch-acl", async |t: &mut Run| {
-        let mut owner = t.connect().await;
-        let mut stranger = t.connect().await;
-        let mut friend = t.connect().await;
-        t.call(&mut owner, auth("digest", b"alice:secret")).await;
-        t.call(&mut friend, auth("digest", b"alice:secret")).await;
-        let mine = || vec![acl(perms::ALL, "auth", "")];
+        let (mut owner, mut stranger, mut friend) = owner_stranger_friend(t).await;
         t.call(&mut owner, create_acl(&t.p("secret"), b"", mine())).await;
         t.call(&mut owner, create_acl(&t.p("secret/closed"), b"", mine())).await;
         t.call(&mut owner, create(&t.p("secret/open"), b"", CreateMode::Persistent)).await;
-        // Write-only for strangers: they may change it but not read it.
-        let write_only = vec![acl(perms::WRITE, "world", "anyone"), acl(perms::ALL, "auth", "")];
-        t.call(&mut owner, create_acl(&t.p("wo"), b"", write_only)).await;
+        t.call(&mut owner, create_acl(&t.p("wo"), b"", write_only())).await;
         let add = |path: String, mode: AddWatchMode| Request::AddWatch(AddWatchRequest { path, mode: mode.as_i32() });
         for w in [&mut stranger, &mut friend] {
             t.call(w, add(t.p(""), AddWatchMode::PersistentRecursive)).await;
@@ -212,15 +226,9 @@ async fn create_ttl_is_refused_when_extended_types_are_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_watches_replays_what_changed_as_zookeeper_does() {
     differential("setwatches-acl", async |t: &mut Run| {
-        let mut owner = t.connect().await;
-        let mut stranger = t.connect().await;
-        let mut friend = t.connect().await;
-        t.call(&mut owner, auth("digest", b"alice:secret")).await;
-        t.call(&mut friend, auth("digest", b"alice:secret")).await;
-        let mine = || vec![acl(perms::ALL, "auth", "")];
-        let write_only = vec![acl(perms::WRITE, "world", "anyone"), acl(perms::ALL, "auth", "")];
+        let (mut owner, mut stranger, mut friend) = owner_stranger_friend(t).await;
         t.call(&mut owner, create_acl(&t.p("secret"), b"", mine())).await;
-        t.call(&mut owner, create_acl(&t.p("wo"), b"", write_only)).await;
+        t.call(&mut owner, create_acl(&t.p("wo"), b"", write_only())).await;
         t.call(&mut owner, create(&t.p("open"), b"", CreateMode::Persistent)).await;
         t.call(&mut owner, create_acl(&t.p("gone"), b"", mine())).await;
         // Unchanged while the watchers were away: its watches are re-armed,

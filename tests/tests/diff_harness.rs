@@ -406,15 +406,12 @@ impl Run {
 
 // ---- request builders ------------------------------------------------------
 
-pub fn open_acl() -> Vec<Acl> {
-    vec![Acl { perms: zk_wire::consts::perms::ALL, id: Id { scheme: "world".into(), id: "anyone".into() } }]
-}
+// Re-exported for the suites that include this file; not every one uses it.
+#[allow(unused_imports)]
+pub use e2e_tests::requests::open_acl;
 
 pub fn create_req(op: OpCode, path: &str, data: &[u8], mode: CreateMode, ttl: i64) -> Request {
-    Request::Create(
-        op,
-        CreateTtlRequest { path: path.into(), data: Some(data.to_vec()), acl: open_acl(), flags: mode.as_i32(), ttl },
-    )
+    Request::Create(op, e2e_tests::requests::create_body(path, data, mode, ttl))
 }
 
 pub fn create(path: &str, data: &[u8], mode: CreateMode) -> Request {
@@ -476,16 +473,7 @@ pub fn auth(scheme: &str, auth: &[u8]) -> Request {
 }
 
 pub fn m_create(path: &str, data: &[u8], mode: CreateMode) -> MultiOp {
-    MultiOp::Create(
-        OpCode::Create,
-        CreateTtlRequest {
-            path: path.into(),
-            data: Some(data.to_vec()),
-            acl: open_acl(),
-            flags: mode.as_i32(),
-            ttl: 0,
-        },
-    )
+    MultiOp::Create(OpCode::Create, e2e_tests::requests::create_body(path, data, mode, 0))
 }
 
 pub fn m_delete(path: &str, version: i32) -> MultiOp {

@@ -8,13 +8,13 @@
 //! at the end; they run one at a time. Each prints its figures (failed
 //! requests, added latency, time to recover); docs/faults.md records them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_tests::ensemble::{Ensemble, Mode};
-use e2e_tests::{start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
 use zk_recipes::session::Client;
@@ -94,33 +94,76 @@ async fn submit_stream(a_addr: String, clients: usize, stop: Arc<AtomicBool>) ->
     s
 }
 
+/// The task pipeline on a fresh ensemble of its own: two system-b (5 ms
+/// of work a task) and system-a, with a stream of submits from 4 clients
+/// running until [`Pipeline::stop_stream`].
+struct Pipeline {
+    // Fields drop in order: the services stop before the ensemble under
+    // them, and the scratch directory goes last.
+    _a: Proc,
+    _bs: [Proc; 2],
+    // A session of its own open throughout, as a client of the ensemble.
+    _c: Client,
+    stop: Arc<AtomicBool>,
+    stream: Option<tokio::task::JoinHandle<Stream>>,
+    root: String,
+    store: PathBuf,
+    ens: Ensemble,
+    _dir: TempDir,
+}
+
+impl Pipeline {
+    async fn start(dir_prefix: &str, root_prefix: &str) -> Pipeline {
+        let dir = TempDir::new(dir_prefix);
+        let ens = tokio::task::block_in_place(|| Ensemble::start(dir.path()));
+        let zk = ens.connect_string();
+        let root = format!("/{}", testkit::unique(root_prefix));
+        let queue = testkit::unique("tasks");
+        let store = dir.path().join("store");
+        let c = client(&zk).await;
+        set_config(&c, &format!("{root}/config/system-b"), r#"{"work_ms":5}"#).await;
+        let bs = ["b1", "b2"].map(|b| start_system_b(&zk, &root, &queue, &store, b, SESSION_MS, dir.path()));
+        let (a, a_addr) = start_system_a(&zk, &root, &queue, dir.path());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stream = Some(tokio::spawn(submit_stream(a_addr, 4, stop.clone())));
+        Pipeline { _a: a, _bs: bs, _c: c, stop, stream, root, store, ens, _dir: dir }
+    }
+
+    /// Ends the stream of submits; what it saw.
+    async fn stop_stream(&mut self) -> Stream {
+        self.stop.store(true, Ordering::Relaxed);
+        let stream = self.stream.take().expect("the stream runs");
+        tokio::time::timeout(Duration::from_secs(60), stream).await.expect("in time").expect("stream")
+    }
+
+    /// No submit of `s` failed, and each entity's value is its count of
+    /// successful submits: nothing lost, nothing applied twice.
+    fn assert_exactly_once(&self, s: &Stream, during: &str) {
+        assert!(
+            s.failed.is_empty(),
+            "{} submits failed {during}, first: {:?}",
+            s.failed.len(),
+            s.failed.iter().take(3).collect::<Vec<_>>()
+        );
+        for (entity, ok) in &s.per_entity {
+            assert_eq!(entity_value(&self.store, entity), *ok, "{entity}: a task was lost or applied twice");
+        }
+    }
+}
+
 /// A task stream (system-a, two system-b, RabbitMQ) while the ensemble's
 /// leader is killed -9: every submit succeeds, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_stream_survives_leader_kill() {
-    let dir = TempDir::new("ens-stream");
-    let mut ens = tokio::task::block_in_place(|| Ensemble::start(dir.path()));
-    let zk = ens.connect_string();
-    let root = format!("/{}", testkit::unique("ens"));
-    let queue = testkit::unique("tasks");
-    let store = dir.path().join("store");
-    let c = client(&zk).await;
-    set_config(&c, &format!("{root}/config/system-b"), r#"{"work_ms":5}"#).await;
-    let _b1 = start_system_b(&zk, &root, &queue, &store, "b1", SESSION_MS, dir.path());
-    let _b2 = start_system_b(&zk, &root, &queue, &store, "b2", SESSION_MS, dir.path());
-    let (_a, a_addr) = start_system_a(&zk, &root, &queue, dir.path());
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let stream = tokio::spawn(submit_stream(a_addr.clone(), 4, stop.clone()));
+    let mut p = Pipeline::start("ens-stream", "ens").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let leader = ens.leader();
+    let leader = p.ens.leader();
     let killed = Instant::now();
-    ens.kill9(leader);
-    let (new_leader, election) = tokio::task::block_in_place(|| ens.wait_leader(Duration::from_secs(30)));
+    p.ens.kill9(leader);
+    let (new_leader, election) = tokio::task::block_in_place(|| p.ens.wait_leader(Duration::from_secs(30)));
     // Keep submitting a while after the election: the sessions' recovery.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    let s = tokio::time::timeout(Duration::from_secs(60), stream).await.expect("in time").expect("stream");
+    let s = p.stop_stream().await;
     let since_kill = killed.elapsed();
 
     println!(
@@ -134,16 +177,8 @@ async fn task_stream_survives_leader_kill() {
         percentile(&s.latencies, 0.99),
         s.latencies.last().copied().unwrap_or_default(),
     );
-    assert!(
-        s.failed.is_empty(),
-        "{} submits failed through the election, first: {:?}",
-        s.failed.len(),
-        s.failed.iter().take(3).collect::<Vec<_>>()
-    );
+    p.assert_exactly_once(&s, "through the election");
     assert!(s.ok > 20, "too few submits to mean anything: {}", s.ok);
-    for (entity, ok) in &s.per_entity {
-        assert_eq!(entity_value(&store, entity), *ok, "{entity}: a task was lost or applied twice");
-    }
 }
 
 /// The lock recipe, four sessions contending for one lock, while the
@@ -240,28 +275,6 @@ fn journal(path: &Path) -> Vec<(i64, String)> {
         .collect()
 }
 
-fn ha_worker(zk: &str, root: &str, journal: &Path, name: &str, dir: &Path) -> Proc {
-    let session = SESSION_MS.to_string();
-    Proc::spawn(
-        "ha-worker",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            root,
-            "--instance",
-            name,
-            "--journal",
-            journal.to_str().expect("utf-8"),
-            "--interval-ms",
-            "50",
-            "--zk-session-timeout-ms",
-            &session,
-        ],
-        dir,
-    )
-}
-
 /// The ha pair while the ensemble's leader is killed -9: the active steps
 /// down when its connection drops, one of the two is active again after the
 /// election, never two at once (the journal never interleaves terms), and
@@ -273,9 +286,9 @@ async fn ha_pair_survives_leader_kill() {
     let zk = ens.connect_string();
     let root = format!("/{}", testkit::unique("ensha"));
     let path = dir.path().join("journal");
-    let mut w1 = ha_worker(&zk, &root, &path, "w1", dir.path());
+    let mut w1 = start_ha_worker(&zk, &root, &path, "w1", 50, SESSION_MS, dir.path());
     w1.wait_line("ha-worker active", Duration::from_secs(20));
-    let mut w2 = ha_worker(&zk, &root, &path, "w2", dir.path());
+    let mut w2 = start_ha_worker(&zk, &root, &path, "w2", 50, SESSION_MS, dir.path());
     w2.wait_line("ha-worker standby", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -352,36 +365,22 @@ async fn config_change_during_election_reaches_every_instance() {
 /// while it was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_killed_and_restarted() {
-    let dir = TempDir::new("ens-follower");
-    let mut ens = tokio::task::block_in_place(|| Ensemble::start(dir.path()));
-    let zk = ens.connect_string();
-    let root = format!("/{}", testkit::unique("ensfol"));
-    let queue = testkit::unique("tasks");
-    let store = dir.path().join("store");
-    let c = client(&zk).await;
-    set_config(&c, &format!("{root}/config/system-b"), r#"{"work_ms":5}"#).await;
-    let _b1 = start_system_b(&zk, &root, &queue, &store, "b1", SESSION_MS, dir.path());
-    let _b2 = start_system_b(&zk, &root, &queue, &store, "b2", SESSION_MS, dir.path());
-    let (_a, a_addr) = start_system_a(&zk, &root, &queue, dir.path());
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let stream = tokio::spawn(submit_stream(a_addr.clone(), 4, stop.clone()));
+    let mut p = Pipeline::start("ens-follower", "ensfol").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let leader = ens.leader();
+    let leader = p.ens.leader();
     let follower = (leader + 1) % 3;
-    assert_eq!(ens.mode(follower), Mode::Follower);
-    ens.kill9(follower);
+    assert_eq!(p.ens.mode(follower), Mode::Follower);
+    p.ens.kill9(follower);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Instant::now();
-    ens.restart(follower);
-    let serving = tokio::task::block_in_place(|| ens.wait_serving(follower, Duration::from_secs(60)));
+    p.ens.restart(follower);
+    let serving = tokio::task::block_in_place(|| p.ens.wait_serving(follower, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let s = tokio::time::timeout(Duration::from_secs(60), stream).await.expect("in time").expect("stream");
+    let s = p.stop_stream().await;
 
     // The restarted member has everything: the task nodes, read through it
     // alone, match those read through the leader.
-    let tasks = format!("{root}/tasks");
+    let tasks = format!("{}/tasks", p.root);
     let through = |addr: String| {
         let tasks = tasks.clone();
         async move {
@@ -395,10 +394,10 @@ async fn follower_killed_and_restarted() {
             n
         }
     };
-    let want = through(ens.addr(ens.leader())).await;
+    let want = through(p.ens.addr(p.ens.leader())).await;
     let caught_up = Instant::now();
     loop {
-        let got = through(ens.addr(follower)).await;
+        let got = through(p.ens.addr(follower)).await;
         if got == want {
             break;
         }
@@ -415,13 +414,5 @@ async fn follower_killed_and_restarted() {
         s.latencies.last().copied().unwrap_or_default(),
     );
     let _ = restarted;
-    assert!(
-        s.failed.is_empty(),
-        "{} submits failed: {:?}",
-        s.failed.len(),
-        s.failed.iter().take(3).collect::<Vec<_>>()
-    );
-    for (entity, ok) in &s.per_entity {
-        assert_eq!(entity_value(&store, entity), *ok, "{entity}: a task was lost or applied twice");
-    }
+    p.assert_exactly_once(&s, "while the follower was down");
 }

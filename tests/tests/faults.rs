@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{start_coordinator, start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
 use nix::sys::signal::Signal;
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
@@ -165,26 +165,8 @@ async fn cut_off_active(zk: &str, dir: &Path) {
     let root = format!("/{}", testkit::unique("cut"));
     let journal = dir.join("journal");
     let proxy = ZkProxy::start(zk.parse().expect("addr")).await;
-    let worker = |name: &str, via: &str| {
-        Proc::spawn(
-            "ha-worker",
-            &[
-                "--zk",
-                via,
-                "--root",
-                &root,
-                "--instance",
-                name,
-                "--journal",
-                journal.to_str().expect("utf-8"),
-                "--interval-ms",
-                "50",
-                "--zk-session-timeout-ms",
-                SESSION_MS,
-            ],
-            dir,
-        )
-    };
+    let worker =
+        |name: &str, via: &str| start_ha_worker(via, &root, &journal, name, 50, SESSION_MS.parse().expect("ms"), dir);
     let mut w1 = worker("w1", &proxy.connect_string());
     w1.wait_line("ha-worker active", Duration::from_secs(20));
     let mut w2 = worker("w2", zk);

@@ -23,11 +23,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e_tests::requests::create;
 use e2e_tests::{start_coordinator, Proc, TempDir};
 use zk_wire::client::{Client, ClientError, ConnectOptions, Message};
-use zk_wire::consts::{perms, CreateMode, OpCode};
+use zk_wire::consts::{CreateMode, OpCode};
 use zk_wire::frame::{finish_frame, start_frame};
-use zk_wire::records::{Acl, CreateTtlRequest, Id, PathWatchRequest, RequestHeader};
+use zk_wire::records::{PathWatchRequest, RequestHeader};
 use zk_wire::{Jute, Request, Response};
 
 /// Every await of the test is bounded by this.
@@ -69,23 +70,6 @@ impl Drop for Tmpfs {
         // Lazy: a process of a failed test may still hold a file there.
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn open_acl() -> Vec<Acl> {
-    vec![Acl { perms: perms::ALL, id: Id { scheme: "world".into(), id: "anyone".into() } }]
-}
-
-fn create(path: &str, data: &[u8], mode: CreateMode) -> Request {
-    Request::Create(
-        OpCode::Create,
-        CreateTtlRequest {
-            path: path.into(),
-            data: Some(data.to_vec()),
-            acl: open_acl(),
-            flags: mode.as_i32(),
-            ttl: 0,
-        },
-    )
 }
 
 fn get_data(path: &str) -> Request {

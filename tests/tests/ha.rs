@@ -6,35 +6,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{provision, start_coordinator, Identities, Proc, TempDir};
+use e2e_tests::{provision, start_coordinator, start_ha_worker, Proc, TempDir};
 use nix::sys::signal::Signal;
 
 const SESSION_MS: u64 = 4000;
 
-/// An ha-worker under `root`, as the ha-worker identity of the system's
-/// `ids` (ACLs on, as deployed).
-fn worker(zk: &str, root: &str, journal: &Path, name: &str, ids: &Identities, log_dir: &Path) -> Proc {
-    let creds = ids.flag("ha-worker");
-    Proc::spawn(
-        "ha-worker",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            root,
-            "--instance",
-            name,
-            "--journal",
-            journal.to_str().expect("utf-8 path"),
-            "--interval-ms",
-            "100",
-            "--zk-session-timeout-ms",
-            &SESSION_MS.to_string(),
-            &creds[0],
-            &creds[1],
-        ],
-        log_dir,
-    )
+/// An ha-worker under `root`; [`provision`] made the system, so it runs
+/// as the ha-worker identity (ACLs on, as deployed).
+fn worker(zk: &str, root: &str, journal: &Path, name: &str, log_dir: &Path) -> Proc {
+    start_ha_worker(zk, root, journal, name, 100, SESSION_MS, log_dir)
 }
 
 fn term(line: &str) -> i64 {
@@ -60,12 +40,13 @@ fn check_journal(journal: &Path) -> Vec<(i64, String)> {
 fn scenario(zk: &str, dir: &Path) {
     let root = format!("/{}", testkit::unique("ha"));
     let journal = dir.join("journal");
-    let ids = provision(zk, &root, dir);
+    // ACLs on, as deployed: the workers run as the ha-worker identity.
+    provision(zk, &root, dir);
 
     // First one in leads; the second stands by.
-    let mut w1 = worker(zk, &root, &journal, "w1", &ids, dir);
+    let mut w1 = worker(zk, &root, &journal, "w1", dir);
     let t1 = term(&w1.wait_line("ha-worker active", Duration::from_secs(20)));
-    let mut w2 = worker(zk, &root, &journal, "w2", &ids, dir);
+    let mut w2 = worker(zk, &root, &journal, "w2", dir);
     w2.wait_line("ha-worker standby", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
 
@@ -77,7 +58,7 @@ fn scenario(zk: &str, dir: &Path) {
     assert!(t2 > t1, "the new term's token is not larger");
 
     // Graceful stop: the standby takes over at once.
-    let mut w3 = worker(zk, &root, &journal, "w3", &ids, dir);
+    let mut w3 = worker(zk, &root, &journal, "w3", dir);
     w3.wait_line("ha-worker standby", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
     let stopped = Instant::now();
@@ -91,7 +72,7 @@ fn scenario(zk: &str, dir: &Path) {
 
     // Pause the active past its session timeout: the standby takes over;
     // when the paused one resumes it must not act as active again.
-    let mut w4 = worker(zk, &root, &journal, "w4", &ids, dir);
+    let mut w4 = worker(zk, &root, &journal, "w4", dir);
     w4.wait_line("ha-worker standby", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
     w3.signal(Signal::SIGSTOP);

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{rabbitmq, start_coordinator, start_system_a, start_system_b, Proc, TempDir};
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use system_a::proto::tasks_client::TasksClient;
@@ -113,13 +113,7 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
 
     // A second copy of each (a publish whose confirm was lost, sent again):
     // system-b recognises the task ids and applies nothing twice.
-    let amqp = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(&testkit::rabbitmq_url(), lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("in time")
-    .expect("RabbitMQ");
+    let amqp = rabbitmq().await;
     let ch = amqp.create_channel().await.expect("channel");
     for t in &tasks {
         let body = serde_json::json!({"id": t, "entity": "acct", "op": "add", "amount": 1}).to_string();

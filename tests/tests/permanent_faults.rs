@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_b, Proc, TempDir};
+use e2e_tests::{start_coordinator, start_ha_worker, start_system_b, Proc, TempDir};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
@@ -104,24 +104,7 @@ async fn a_task_on_an_unwritable_store_is_dead_lettered_after_bounded_attempts()
 }
 
 fn worker(zk: &str, root: &str, journal: &Path, name: &str, log_dir: &Path) -> Proc {
-    Proc::spawn(
-        "ha-worker",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            root,
-            "--instance",
-            name,
-            "--journal",
-            journal.to_str().expect("utf-8 path"),
-            "--interval-ms",
-            "100",
-            "--zk-session-timeout-ms",
-            &SESSION_MS.to_string(),
-        ],
-        log_dir,
-    )
+    start_ha_worker(zk, root, journal, name, 100, SESSION_MS, log_dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
