@@ -52,7 +52,8 @@ pub fn remedy(e: &std::io::Error, path: &Path) -> String {
     }
 }
 
-/// Exponential backoff between re-checks of a permanent fault.
+/// Exponential backoff: between re-checks of a permanent fault, and
+/// between attempts to reach RabbitMQ.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     first: Duration,

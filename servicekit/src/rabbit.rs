@@ -13,19 +13,20 @@ use tokio_util::sync::CancellationToken;
 /// Connects, retrying with exponential backoff from 100 ms to 5 s, until
 /// it succeeds or `stop` is cancelled (then `None`).
 pub async fn connect_with_backoff(url: &str, stop: &CancellationToken) -> Option<Connection> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = crate::fault::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match Connection::connect(url, ConnectionProperties::default()).await {
+        let delay = match Connection::connect(url, ConnectionProperties::default()).await {
             Ok(c) => return Some(c),
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ: {e}");
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => return None,
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

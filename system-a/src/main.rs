@@ -259,12 +259,6 @@ async fn reap(client: Client, dir: String, keep: Duration, stop: CancellationTok
     }
 }
 
-/// Still waiting for system-b: the node reads, and reads `pending`. An
-/// unreadable node ends the wait too, so the caller learns it is unreadable.
-fn is_pending(data: &[u8]) -> bool {
-    TaskNode::decode(data).is_ok_and(|n| !n.status().is_final())
-}
-
 #[tonic::async_trait]
 impl Tasks for Service {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
@@ -396,7 +390,7 @@ impl Service {
         }
         // 3. Wait for system-b's answer through the watch.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let data = match status.wait_until(left, |d| !is_pending(d)).await {
+        let data = match status.wait_until(left, |d| !TaskNode::is_pending(d)).await {
             Ok(d) => d,
             Err(TaskError::Timeout(_)) => {
                 return Err(Status::deadline_exceeded(format!(

@@ -249,22 +249,21 @@ impl Worker {
         // The entity names a lock node: a name the store refuses ("..", "",
         // "a/b") would be refused again on every delivery, so it fails now.
         self.store.check_name(&task.entity).map_err(Failure::from)?;
-        let lock = Lock::new(&self.client, self.common.path(&format!("/locks/{}", task.entity)))
-            .with_acl(self.common.policy().lock());
-        let mut acquired = lock.acquire(&self.instance, Duration::from_secs(30)).await;
-        if matches!(acquired, Err(LockError::Zk(ZkError::NoAuth))) {
-            // Just after a reconnect a request can overtake the re-sent auth
-            // and be refused. Once the session is live (authenticated) again,
-            // one more try tells that from an ACL that shuts system-b out,
-            // which no redelivery can fix: that task fails, to the
-            // dead-letter queue, instead of going round the queue forever.
-            self.client.wait_live(Duration::from_secs(5)).await;
-            acquired = lock.acquire(&self.instance, Duration::from_secs(30)).await;
-        }
+        let lock_path = self.common.path(&format!("/locks/{}", task.entity));
+        let lock = Lock::new(&self.client, lock_path.clone()).with_acl(self.common.policy().lock());
+        let acquired = lock.acquire(&self.instance, Duration::from_secs(30)).await;
+        // A NOAUTH that survives the second try is an ACL that shuts
+        // system-b out: that task fails, to the dead-letter queue, instead
+        // of going round the queue forever.
+        let acquired = self
+            .refused_twice(
+                acquired,
+                |e| matches!(e, LockError::Zk(ZkError::NoAuth)),
+                || lock.acquire(&self.instance, Duration::from_secs(30)),
+            )
+            .await;
         let guard = acquired.map_err(|e| match e {
-            LockError::Zk(ZkError::NoAuth) => {
-                Failure::permanent(servicekit::auth::not_allowed(&self.common.path(&format!("/locks/{}", task.entity))))
-            }
+            LockError::Zk(ZkError::NoAuth) => Failure::permanent(servicekit::auth::not_allowed(&lock_path)),
             e => Failure::retry(e.to_string()),
         })?;
         let token = guard.token();
@@ -324,7 +323,8 @@ impl Worker {
             self.client.zk.set_data(&path, body.clone(), None)
         })
         .await;
-        let written = self.refused_twice(written, || self.client.zk.set_data(&path, body.clone(), None)).await;
+        let written =
+            self.refused_twice(written, is_noauth, || self.client.zk.set_data(&path, body.clone(), None)).await;
         match written {
             Ok(_) => Ok(()),
             // system-a gave up and the node was reaped: nobody is waiting.
@@ -351,16 +351,8 @@ impl Worker {
         let Some(id) = id else { return };
         let path = self.common.path(&format!("/tasks/{id}"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let read =
-            zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
-        let Ok((current, stat)) = read else { return };
-        if !is_pending(&current) {
-            return;
-        }
         let body = TaskNode::failed(format!("system-b cannot read the task: {why}")).encode();
-        if let Err(e) =
-            zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, stat.version, deadline).await
-        {
+        if let Err(e) = self.write_if_pending(&path, &body, deadline).await {
             tracing::warn!(task_id = id, "cannot report the unreadable task as failed: {e:?}");
         }
     }
@@ -368,21 +360,47 @@ impl Worker {
     /// NOAUTH just after a reconnect may be a request that overtook the
     /// re-sent auth: once the session is live (authenticated) again, `again`
     /// tells that from an ACL that refuses system-b, which no redelivery
-    /// can fix.
-    async fn refused_twice<T, F>(
+    /// can fix. `refused` says which of `first`'s errors is the NOAUTH.
+    async fn refused_twice<T, E, F>(
         &self,
-        first: Result<T, zk_recipes::ZkError>,
+        first: Result<T, E>,
+        refused: impl Fn(&E) -> bool,
         again: impl FnOnce() -> F,
-    ) -> Result<T, zk_recipes::ZkError>
+    ) -> Result<T, E>
     where
-        F: std::future::Future<Output = Result<T, zk_recipes::ZkError>>,
+        F: std::future::Future<Output = Result<T, E>>,
     {
         match first {
-            Err(zk_recipes::ZkError::NoAuth) => {
+            Err(e) if refused(&e) => {
                 self.client.wait_live(Duration::from_secs(5)).await;
                 again().await
             }
             other => other,
+        }
+    }
+
+    /// Writes `body` over the task node only while it still says `pending`,
+    /// at the version read, retrying through connection loss until
+    /// `deadline`. A node that is gone or already final is left as it is
+    /// (`Ok`): someone else answered, or nobody waits any more; so is a
+    /// `BadVersion`, which means another delivery wrote it meanwhile.
+    async fn write_if_pending(
+        &self,
+        path: &str,
+        body: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<(), zk_recipes::ZkError> {
+        let read =
+            zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(path, false)).await;
+        let read = self.refused_twice(read, is_noauth, || self.client.zk.get_data(path, false)).await;
+        let version = match read {
+            Ok((data, stat)) if TaskNode::is_pending(&data) => stat.version,
+            Ok(_) | Err(zk_recipes::ZkError::NoNode) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match zk_recipes::retry::set_data_versioned(&self.client.zk, path, body, version, deadline).await {
+            Ok(_) | Err(zk_recipes::ZkError::BadVersion) | Err(zk_recipes::ZkError::NoNode) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -395,21 +413,8 @@ impl Worker {
     async fn report_again(&self, task: &Task, result: &TaskNode) -> Result<(), Failure> {
         let path = self.common.path(&format!("/tasks/{}", task.id));
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
-        let read =
-            zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(&path, false)).await;
-        let read = self.refused_twice(read, || self.client.zk.get_data(&path, false)).await;
-        let version = match read {
-            Ok((data, stat)) if is_pending(&data) => stat.version,
-            Ok(_) | Err(zk_recipes::ZkError::NoNode) => return Ok(()),
-            Err(zk_recipes::ZkError::NoAuth) => {
-                return Err(Failure::unreportable(servicekit::auth::not_allowed(&path)))
-            }
-            Err(e) => return Err(Failure::retry(format!("cannot read the task node: {e:?}"))),
-        };
-        let body = result.encode();
-        match zk_recipes::retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline).await {
-            // BadVersion: another delivery reported it meanwhile.
-            Ok(_) | Err(zk_recipes::ZkError::BadVersion) | Err(zk_recipes::ZkError::NoNode) => Ok(()),
+        match self.write_if_pending(&path, &result.encode(), deadline).await {
+            Ok(()) => Ok(()),
             Err(zk_recipes::ZkError::NoAuth) => Err(Failure::unreportable(servicekit::auth::not_allowed(&path))),
             Err(e) => Err(Failure::retry(format!("cannot report the result: {e:?}"))),
         }
@@ -475,10 +480,8 @@ impl Worker {
     }
 }
 
-/// Whether a task node still waits for its result. A node that does not
-/// read as the contract is not pending: nothing is written over it.
-fn is_pending(data: &[u8]) -> bool {
-    matches!(TaskNode::decode(data), Ok(n) if n.status() == task_contract::Status::Pending)
+fn is_noauth(e: &zk_recipes::ZkError) -> bool {
+    matches!(e, zk_recipes::ZkError::NoAuth)
 }
 
 /// How many attempts a delivery has had (its `x-attempts` header).

@@ -223,6 +223,14 @@ impl TaskNode {
         check_version(bytes)?;
         Ok(serde_json::from_slice(bytes)?)
     }
+
+    /// Whether `bytes` are a task node still waiting for its result. Bytes
+    /// that do not read as the contract are not pending: a worker writes
+    /// nothing over them, and a waiter stops waiting (and then reports
+    /// them unreadable) rather than waiting for a change that cannot come.
+    pub fn is_pending(bytes: &[u8]) -> bool {
+        matches!(TaskNode::decode(bytes), Ok(n) if n.status() == Status::Pending)
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -263,6 +271,16 @@ mod tests {
 
     /// The documents as they were written before the version field: they
     /// read as version 1, unchanged.
+    #[test]
+    fn only_a_readable_pending_node_is_pending() {
+        let m = TaskMessage::new("t1", "acct-1", Op::Add, 5);
+        assert!(TaskNode::is_pending(&TaskNode::pending(&m).encode()));
+        assert!(!TaskNode::is_pending(&TaskNode::done(5, "b1", 7).encode()));
+        assert!(!TaskNode::is_pending(&TaskNode::failed("no").encode()));
+        assert!(!TaskNode::is_pending(b"{\"status\":\"pending\"}"), "a pending node without its fields");
+        assert!(!TaskNode::is_pending(b"not json"));
+    }
+
     #[test]
     fn documents_without_a_version_read_as_version_1() {
         let m = TaskMessage::decode(br#"{"id":"t1","entity":"e","op":"add","amount":5}"#).expect("old message");
