@@ -23,7 +23,6 @@ mod journal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
@@ -71,15 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stop = servicekit::shutdown_token();
     let client = args.common.connect_zk().await?;
     let meta = serde_json::json!({"pid": std::process::id(), "group": args.group}).to_string();
-    let registration = zk_recipes::registry::register_with_acl(
-        &client,
-        &args.common.path("/services/ha-worker"),
-        &instance,
-        meta.as_bytes(),
-        &args.common.policy().service_member("ha-worker"),
-    )
-    .await
-    .context("registering under /services/ha-worker")?;
+    let registration = args.common.register(&client, "ha-worker", &instance, meta.as_bytes()).await?;
     let settings: watch::Receiver<Settings> = servicekit::live_config(&client, &args.common.path("/config/ha-worker"));
     let journal = journal::Journal::new(&args.journal);
     let election = Election::new(&client, args.common.path(&format!("/ha/{}", args.group)), instance.clone())

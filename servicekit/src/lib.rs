@@ -111,6 +111,22 @@ impl CommonArgs {
         Ok(client)
     }
 
+    /// Registers `instance` of `service` under `/services/<service>` with
+    /// `meta`, as that service's own node (readable by all), and keeps it
+    /// registered across new sessions.
+    pub async fn register(
+        &self,
+        client: &Client,
+        service: &str,
+        instance: &str,
+        meta: &[u8],
+    ) -> anyhow::Result<zk_recipes::registry::Registration> {
+        let dir = self.path(&format!("/services/{service}"));
+        zk_recipes::registry::register_with_acl(client, &dir, instance, meta, &self.policy().service_member(service))
+            .await
+            .with_context(|| format!("registering under {dir}"))
+    }
+
     /// The ACLs this service creates its nodes with: least privilege with
     /// an identity, open without one. Valid after [`CommonArgs::connect_zk`].
     pub fn policy(&self) -> auth::Policy {

@@ -143,15 +143,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
     let addr = listener.local_addr()?;
     let meta = serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}).to_string();
-    let registration = zk_recipes::registry::register_with_acl(
-        &client,
-        &args.common.path("/services/system-a"),
-        &instance,
-        meta.as_bytes(),
-        &args.common.policy().service_member("system-a"),
-    )
-    .await
-    .context("registering under /services/system-a")?;
+    let registration = args.common.register(&client, "system-a", &instance, meta.as_bytes()).await?;
 
     let channel = Arc::new(RwLock::new(None));
     tokio::spawn(keep_publishing_channel(args.q.amqp.clone(), args.q.queue.clone(), channel.clone(), stop.clone()));

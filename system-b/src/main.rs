@@ -114,15 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.common.connect_zk().await?;
     let settings = servicekit::live_config(&client, &args.common.path("/config/system-b"));
     let meta = serde_json::json!({"pid": std::process::id(), "queue": args.q.queue}).to_string();
-    let registration = zk_recipes::registry::register_with_acl(
-        &client,
-        &args.common.path("/services/system-b"),
-        &instance,
-        meta.as_bytes(),
-        &args.common.policy().service_member("system-b"),
-    )
-    .await
-    .context("registering under /services/system-b")?;
+    let registration = args.common.register(&client, "system-b", &instance, meta.as_bytes()).await?;
     let worker = Arc::new(Worker {
         client,
         store,
