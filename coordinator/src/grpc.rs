@@ -259,7 +259,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotReply>, Status> {
-        match crate::server::snapshot_now(&self.core).await {
+        match self.core.snapshot_now().await {
             Ok(Some(zxid)) => Ok(Response::new(TriggerSnapshotReply { zxid })),
             Ok(None) => {
                 Err(Status::failed_precondition("the server keeps no data dir (--data-dir): nothing to snapshot"))

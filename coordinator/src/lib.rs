@@ -17,11 +17,14 @@
 
 pub mod acl;
 pub mod admin;
+mod committer;
 pub mod config;
 pub mod conn;
 pub mod core;
 pub mod fourlw;
 pub mod grpc;
+mod lock;
+mod ops;
 pub mod path;
 pub mod prep;
 pub mod server;

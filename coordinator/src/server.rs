@@ -12,10 +12,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use zk_wire::ErrorCode;
+
+use crate::committer::Proposal;
 use crate::config::Config;
 use crate::conn;
 use crate::core::Core;
-use crate::tree::DataTree;
+use crate::tree::TxnResult;
+use crate::txn::{NodeKind, Txn};
 
 /// Serves ZooKeeper clients on `listener` until `shutdown` completes, then
 /// closes every connection and returns.
@@ -42,10 +46,10 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: impl Future
     }
     tasks.spawn(expire_sessions(core.clone(), token.clone()));
     tasks.spawn(reap(core.clone(), token.clone()));
-    if core.storage.is_some() {
+    if core.storage().is_some() {
         tasks.spawn(snapshots(core.clone(), token.clone()));
     }
-    let log_failed = match &core.storage {
+    let log_failed = match core.storage() {
         Some(s) => s.failed.clone(),
         None => CancellationToken::new(),
     };
@@ -93,61 +97,13 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
             _ = tick.tick() => {}
             _ = token.cancelled() => return,
         }
-        let Some(storage) = &core.storage else { return };
-        let size = core.with_tree(DataTree::snapshot_size_estimate);
-        if !storage.snapshot_due(core.config.snap_count, size) {
+        if !core.committer.snapshot_due(core.config.snap_count) {
             continue;
         }
-        if let Err(e) = snapshot_now(&core).await {
+        if let Err(e) = core.snapshot_now().await {
             tracing::error!("snapshot failed: {e:#}");
         }
     }
-}
-
-/// Writes a snapshot of the tree now; returns the zxid it covers, or `None`
-/// when the server keeps no data dir.
-pub async fn snapshot_now(core: &Arc<Core>) -> anyhow::Result<Option<i64>> {
-    if core.storage.is_none() {
-        return Ok(None);
-    }
-    let _one_at_a_time = core.snapshotting.lock().await;
-    let started = std::time::Instant::now();
-    let Some(header) = core.with_tree_mut(|t| core.storage.as_ref().map(|s| s.begin_snapshot(t))) else {
-        return Ok(None);
-    };
-    let core2 = core.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let storage = core2.storage.as_ref().ok_or_else(|| anyhow::anyhow!("the server keeps no data dir"))?;
-        // Each chunk holds the write lock for about a millisecond; writes
-        // go on between chunks (the tree keeps what they overwrite until
-        // the snapshot has passed it). The longest hold is the figure to
-        // watch if write tail latency grows with the tree.
-        let (mut chunks, mut locked, mut longest) = (0u32, Duration::ZERO, Duration::ZERO);
-        let result = storage.write_snapshot(header, |buf| {
-            let t = std::time::Instant::now();
-            let progress = core2.with_tree_mut(|tree| tree.snapshot_chunk(buf, crate::storage::SNAPSHOT_CHUNK));
-            let held = t.elapsed();
-            (chunks, locked, longest) = (chunks + 1, locked + held, longest.max(held));
-            progress
-        });
-        if result.is_err() {
-            core2.with_tree_mut(|tree| tree.abort_snapshot());
-        }
-        let zxid = result.map_err(|e| anyhow::anyhow!("{e}"))?;
-        anyhow::Ok((zxid, chunks, locked, longest))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))?;
-    let (zxid, chunks, locked, longest) = written?;
-    tracing::info!(
-        zxid = format!("{zxid:#x}"),
-        chunks,
-        tree_locked_ms = locked.as_millis() as u64,
-        longest_hold_us = longest.as_micros() as u64,
-        total_ms = started.elapsed().as_millis() as u64,
-        "snapshot taken"
-    );
-    Ok(Some(zxid))
 }
 
 /// Expires idle sessions at each step boundary (deadlines are rounded up to
@@ -171,6 +127,50 @@ async fn reap(core: Arc<Core>, token: CancellationToken) {
             _ = interval.tick() => {}
             _ = token.cancelled() => return,
         }
-        core.reap();
+        reap_once(&core);
     }
+}
+
+/// Deletes empty containers that have had children, and TTL nodes that are
+/// childless and unmodified for longer than their TTL. Each deletion is a
+/// txn like a client's, checked again under the write lock (a child may
+/// have arrived since the candidates were listed). Returns how many went.
+fn reap_once(core: &Core) -> usize {
+    let now = crate::committer::wall_ms();
+    let candidates: Vec<String> = core.with_tree(|tree| {
+        let containers =
+            tree.containers().filter(|p| tree.get(p).is_some_and(|n| n.stat.cversion > 0 && n.num_children() == 0));
+        let ttls = tree.ttls().filter(|p| {
+            tree.get(p)
+                .is_some_and(|n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.num_children() == 0 && now - n.stat.mtime > ttl))
+        });
+        containers.chain(ttls).cloned().collect()
+    });
+    let mut reaped = 0;
+    for path in candidates {
+        let done = core.commit(
+            Proposal::server(0, 0),
+            |t, ctx| {
+                let still = t.get(&path).is_some_and(|n| {
+                    n.num_children() == 0
+                        && match n.kind() {
+                            NodeKind::Container => n.stat.cversion > 0,
+                            NodeKind::Ttl(ttl) => ctx.time - n.stat.mtime > ttl,
+                            _ => false,
+                        }
+                });
+                if still {
+                    Txn::Delete { path: path.clone() }
+                } else {
+                    Txn::Error(ErrorCode::NotEmpty)
+                }
+            },
+            |_, r| matches!(r, TxnResult::Deleted),
+        );
+        if done {
+            tracing::debug!(path, "reaped");
+            reaped += 1;
+        }
+    }
+    reaped
 }

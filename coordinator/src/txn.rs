@@ -129,13 +129,7 @@ const MULTI_ERROR: i32 = 9;
 const ERROR: i32 = 10;
 
 fn write_data(out: &mut Vec<u8>, data: &Option<Bytes>) {
-    match data {
-        None => (-1i32).write(out),
-        Some(d) => {
-            (d.len() as i32).write(out);
-            out.extend_from_slice(d);
-        }
-    }
+    zk_wire::codec::write_nullable_bytes(out, data.as_deref());
 }
 
 fn read_data(r: &mut Reader<'_>) -> Result<Option<Bytes>, DecodeError> {

@@ -921,7 +921,7 @@ async fn the_fatal_log_exit_is_bounded_with_a_stuck_reader() {
         ..testkit::CoordinatorConfig::for_tests()
     };
     let core = Arc::new(coordinator::core::Core::open(config).expect("open the data dir"));
-    let failed = core.storage.as_ref().expect("a data dir").failed.clone();
+    let failed = core.storage().expect("a data dir").failed.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(coordinator::serve(listener, core.clone(), std::future::pending::<()>()));

@@ -165,6 +165,7 @@ impl Norm {
     pub fn response(&mut self, r: &Response) -> String {
         match r {
             Response::Empty => String::new(),
+            Response::AddWatch(e) => format!("err{}", e.err),
             Response::Path(p) => self.path(&p.path),
             Response::Create2(c) => format!("{} {}", self.path(&c.path), self.stat(&c.stat)),
             Response::Stat(s) => self.stat(&s.stat),

@@ -189,14 +189,20 @@ impl Jute for Vec<u8> {
     }
 }
 
+/// Writes a `buffer` that may be null (length -1): znode data, wherever
+/// it is encoded (replies, log records, snapshots).
+pub fn write_nullable_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => (-1i32).write(out),
+        Some(b) => write_bytes(out, b),
+    }
+}
+
 /// `buffer` where null is distinct from empty (znode data: a node created
 /// with null data reads back as null, and clients can tell).
 impl Jute for Option<Vec<u8>> {
     fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            None => (-1i32).write(out),
-            Some(b) => write_bytes(out, b),
-        }
+        write_nullable_bytes(out, self.as_deref());
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(r.nullable_bytes()?.map(<[u8]>::to_vec))

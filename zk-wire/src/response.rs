@@ -44,9 +44,11 @@ impl MultiResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// A reply with no body: delete, check, ping, auth, setWatches,
-    /// removeWatches, checkWatches, closeSession, and every error; also
-    /// addWatch, whose body (an ErrorResponse of 0) carries nothing.
+    /// removeWatches, checkWatches, closeSession, and every error.
     Empty,
+    /// addWatch's: ZooKeeper answers it with an ErrorResponse whose err is
+    /// 0 (four zero bytes), not with an empty body.
+    AddWatch(ErrorResponse),
     Path(PathResponse),
     Create2(Create2Response),
     Stat(StatResponse),
@@ -63,6 +65,7 @@ impl Response {
     pub fn write(&self, out: &mut Vec<u8>) {
         match self {
             Response::Empty => {}
+            Response::AddWatch(r) => r.write(out),
             Response::Path(r) => r.write(out),
             Response::Create2(r) => r.write(out),
             Response::Stat(r) => r.write(out),
@@ -105,12 +108,7 @@ impl Response {
             OpCode::GetAllChildrenNumber => Response::AllChildrenNumber(Jute::read(&mut r)?),
             OpCode::WhoAmI => Response::WhoAmI(Jute::read(&mut r)?),
             OpCode::Multi | OpCode::MultiRead => Response::Multi(read_multi_results(&mut r)?),
-            // ZooKeeper answers addWatch with an ErrorResponse whose err is
-            // 0 (four zero bytes), not with an empty body.
-            OpCode::AddWatch => {
-                ErrorResponse::read(&mut r)?;
-                Response::Empty
-            }
+            OpCode::AddWatch => Response::AddWatch(Jute::read(&mut r)?),
             _ => Response::Empty,
         };
         r.finish()?;

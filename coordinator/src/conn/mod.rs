@@ -28,8 +28,14 @@ use zk_wire::frame::split_frame;
 use zk_wire::records::{ConnectRequest, RequestHeader};
 use zk_wire::Request;
 
-use crate::core::{Client, ConnShared, Core, Handshake, Outbound};
+mod registry;
+
+pub use registry::{Client, ConnShared, Outbound};
+pub(crate) use registry::Registry;
+
+use crate::core::Core;
 use crate::fourlw;
+use crate::session::Handshake;
 
 /// How long a connection may take to flush what is queued once the server
 /// shuts down. Shutdown must finish whatever clients do (a supervisor
@@ -46,7 +52,7 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
-    let Some(conn) = core.register_conn(peer, tx) else {
+    let Some(conn) = core.conns.register(peer, tx) else {
         tracing::warn!(%peer, limit = core.config.max_client_connections, "too many connections from this address; refusing");
         return;
     };
@@ -89,7 +95,7 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     }
     // Only now is the socket closed: the slot was the socket's, not the
     // reader's.
-    core.release_slot(&conn);
+    core.conns.release(&conn);
 }
 
 /// Drains the outbound queue into the socket. A frame waits until the zxid

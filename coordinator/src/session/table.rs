@@ -1,4 +1,4 @@
-//! Sessions: identity, timeout negotiation, liveness, expiry.
+//! The session table: ids, passwords, liveness and deadlines.
 //!
 //! A session outlives its TCP connections: a client that loses its
 //! connection reconnects with its session id and password and carries on,

@@ -1,0 +1,184 @@
+//! The connections the server holds open, and what each shares with the
+//! rest of the server: its outbound queue, its counters, its session.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zk_wire::records::Id;
+
+use crate::lock::{self, Level};
+use crate::session::Liveness;
+use crate::watch::ConnId;
+
+/// A connection's outbound queue holds at most this many bytes; a client
+/// that stops reading is disconnected rather than allowed to grow the
+/// server's memory without bound.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+pub enum Outbound {
+    /// A frame, and the zxid that must be durable before it may be sent
+    /// (the state it reflects).
+    Frame(Bytes, i64),
+    /// Flush what is queued, then close the socket.
+    Close,
+}
+
+/// What the server knows of one TCP connection, shared with its tasks.
+pub struct ConnShared {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    /// Cancelled when the server closes the connection (session expired or
+    /// moved, shutdown, slow consumer).
+    pub closed: CancellationToken,
+    pub session_id: AtomicI64,
+    pub timeout_ms: AtomicU64,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    global_sent: Arc<AtomicU64>,
+    pub last_zxid: AtomicI64,
+    pub last_cxid: AtomicI64,
+    pub established: SystemTime,
+    /// Frames not queued because the connection was condemned: counted, and
+    /// logged once when the connection ends (a watch storm towards a dead
+    /// client must not become a log storm).
+    pub dropped: AtomicU64,
+    over_cap: AtomicBool,
+}
+
+impl ConnShared {
+    /// Queues a frame that may go out once `zxid` is durable. Never blocks:
+    /// this runs under the tree lock.
+    pub fn send(&self, frame: Bytes, zxid: i64) {
+        // A condemned connection's writer stops at the Close it was sent:
+        // anything queued after it would never leave, only hold memory.
+        if self.closed.is_cancelled() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let n = frame.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            // Several reads may cross the cap at once: one of them logs.
+            if !self.over_cap.swap(true, Ordering::Relaxed) {
+                self.close();
+                tracing::warn!(conn = self.id, peer = %self.peer, queued_bytes = MAX_QUEUED_BYTES, "client is not reading its replies; closing");
+            }
+            return;
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.global_sent.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Outbound::Frame(frame, zxid));
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.send(Outbound::Close);
+        self.closed.cancel();
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
+    }
+}
+
+/// The per-connection state the connection's reader owns once the
+/// handshake has established a session.
+pub struct Client {
+    pub conn: Arc<ConnShared>,
+    pub session_id: i64,
+    pub auth: Vec<Id>,
+    pub live: Arc<Liveness>,
+}
+
+/// Every open connection, and how many each client address holds.
+pub(crate) struct Registry {
+    /// Lock order: last (see [`crate::lock`]). `per_ip` is only ever taken
+    /// alone.
+    conns: lock::Mutex<HashMap<ConnId, Arc<ConnShared>>>,
+    per_ip: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+    next: AtomicU64,
+    limit: usize,
+    /// The server's count of frames sent, which each connection adds to.
+    packets_sent: Arc<AtomicU64>,
+}
+
+impl Registry {
+    pub(crate) fn new(limit_per_ip: usize, packets_sent: Arc<AtomicU64>) -> Self {
+        Registry {
+            conns: lock::Mutex::new(Level::Connections, HashMap::new()),
+            per_ip: parking_lot::Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            limit: limit_per_ip,
+            packets_sent,
+        }
+    }
+
+    /// Admits a connection, or refuses it when its IP is at the limit.
+    pub(crate) fn register(&self, peer: SocketAddr, tx: mpsc::UnboundedSender<Outbound>) -> Option<Arc<ConnShared>> {
+        {
+            let mut per_ip = self.per_ip.lock();
+            let n = per_ip.entry(peer.ip()).or_insert(0);
+            if self.limit > 0 && *n >= self.limit {
+                return None;
+            }
+            *n += 1;
+        }
+        let conn = Arc::new(ConnShared {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            peer,
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            closed: CancellationToken::new(),
+            session_id: AtomicI64::new(0),
+            timeout_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            global_sent: self.packets_sent.clone(),
+            last_zxid: AtomicI64::new(0),
+            last_cxid: AtomicI64::new(0),
+            established: SystemTime::now(),
+            dropped: AtomicU64::new(0),
+            over_cap: AtomicBool::new(false),
+        });
+        self.conns.lock().insert(conn.id, conn.clone());
+        Some(conn)
+    }
+
+    /// Gives a connection's per-IP slot back, once its socket is closed.
+    /// Freeing it earlier (when the reader stops) let a client that never
+    /// reads hold any number of open sockets past the limit. Until then it
+    /// is listed (`srvr`, `cons`) as the open socket it is.
+    pub(crate) fn release(&self, conn: &ConnShared) {
+        self.conns.lock().remove(&conn.id);
+        let mut per_ip = self.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&conn.peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&conn.peer.ip());
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, id: ConnId) -> Option<Arc<ConnShared>> {
+        self.conns.lock().get(&id).cloned()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<ConnShared>> {
+        self.conns.lock().values().cloned().collect()
+    }
+
+    /// Runs `f` with the table locked: delivering a batch of notifications
+    /// takes the lock once, not once per event.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&HashMap<ConnId, Arc<ConnShared>>) -> R) -> R {
+        f(&self.conns.lock())
+    }
+}
