@@ -231,3 +231,128 @@ impl Committer {
         Ok(Some(zxid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use zk_wire::records::{Acl, Id, Stat};
+
+    use super::*;
+    use crate::acl;
+    use crate::core::Core;
+    use crate::txn::NodeKind;
+
+    /// A node as a client can see it: data, ACL, stat, sorted children.
+    type Contents = (Option<Vec<u8>>, Vec<Acl>, Stat, Vec<String>);
+
+    fn contents(t: &DataTree) -> BTreeMap<String, Contents> {
+        t.paths()
+            .filter_map(|p| {
+                let n = t.get(&p)?;
+                let children = n.children().into_iter().map(str::to_string).collect();
+                Some((p.clone(), (n.data().map(<[u8]>::to_vec), n.acl().as_ref().clone(), n.stat(), children)))
+            })
+            .collect()
+    }
+
+    /// Commits `build`'s txn through the server and records it with its
+    /// header, so the test can replay exactly what was ordered.
+    fn commit(core: &Core, log: &Mutex<Vec<(TxnHeader, Txn)>>, build: impl FnOnce(&DataTree) -> Txn) {
+        core.commit(
+            Proposal::server(0, 0),
+            |tree, ctx| {
+                let txn = build(tree);
+                let hdr = TxnHeader { session_id: 0, cxid: 0, zxid: ctx.zxid, time: ctx.time };
+                log.lock().unwrap().push((hdr, txn.clone()));
+                txn
+            },
+            |_, _| (),
+        );
+    }
+
+    fn create(path: String, data: Vec<u8>, tree: &DataTree) -> Txn {
+        let parent = crate::path::parent(&path).map(crate::path::canonical).unwrap_or("/");
+        let pcv = tree.get(parent).map_or(0, |p| p.stat.cversion) + 1;
+        Txn::Create {
+            path,
+            data: Some(data.into()),
+            acl: Arc::new(acl::open_acl_unsafe()),
+            kind: NodeKind::Persistent,
+            parent_cversion: pcv,
+        }
+    }
+
+    /// The snapshot the server writes while a writer thread changes the
+    /// tree as fast as it can is the tree as of the snapshot's zxid, node
+    /// for node: data, ACL, stat and children, not just the count. The
+    /// reference is a tree built by applying, in order, every txn the
+    /// server ordered up to that zxid.
+    #[test]
+    fn a_snapshot_taken_under_concurrent_writes_is_the_tree_at_its_zxid() {
+        let dir = std::env::temp_dir().join(format!("coord-cow-{}-{}", std::process::id(), rand::random::<u32>()));
+        let core = Arc::new(Core::open(Config { data_dir: Some(dir.clone()), ..Config::for_tests() }).unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // Enough data for the snapshot to take several 1 MiB chunks, so the
+        // writer gets between them.
+        const NODES: usize = 6_000;
+        commit(&core, &log, |t| create("/n".into(), vec![], t));
+        commit(&core, &log, |t| create("/m".into(), vec![], t));
+        for i in 0..NODES {
+            commit(&core, &log, |t| create(format!("/n/{i}"), vec![b'a'; 1024], t));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (core, log, stop) = (core.clone(), log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let i = (k * 7919) as usize % NODES;
+                    let path = format!("/n/{i}");
+                    match k % 4 {
+                        0 => commit(&core, &log, |t| Txn::SetData {
+                            version: t.get(&path).map_or(0, |n| n.stat.version) + 1,
+                            data: Some(format!("v{k}").into_bytes().into()),
+                            path,
+                        }),
+                        1 => commit(&core, &log, |t| Txn::SetAcl {
+                            version: t.get(&path).map_or(0, |n| n.stat.aversion) + 1,
+                            acl: Arc::new(vec![Acl {
+                                perms: 31,
+                                id: Id { scheme: "digest".into(), id: format!("u{k}:x") },
+                            }]),
+                            path,
+                        }),
+                        2 => commit(&core, &log, |t| create(format!("/m/{k}"), vec![b'b'; 64], t)),
+                        _ => commit(&core, &log, |_| Txn::Delete { path: format!("/m/{}", k - 1) }),
+                    }
+                }
+                k
+            })
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let zxid = rt.block_on(core.snapshot_now()).unwrap().expect("a data dir");
+        let after = core.with_tree(DataTree::last_zxid);
+        stop.store(true, Ordering::Relaxed);
+        let writes = writer.join().unwrap();
+        assert!(after > zxid + 10, "no write was ordered while the snapshot was written ({writes} in all)");
+
+        let file = std::fs::read(dir.join(format!("snapshot.{zxid:016x}"))).unwrap();
+        let snapshot = crate::storage::decode_snapshot(&file).unwrap();
+        let mut reference = DataTree::new();
+        for (hdr, txn) in log.lock().unwrap().iter().filter(|(h, _)| h.zxid <= zxid) {
+            reference.apply(hdr, txn, &mut Vec::new());
+        }
+        assert_eq!(snapshot.last_zxid(), zxid);
+        let (got, want) = (contents(&snapshot), contents(&reference));
+        assert_eq!(got.len(), want.len());
+        for (path, node) in &want {
+            assert_eq!(got.get(path), Some(node), "{path} differs from the tree at zxid {zxid:#x}");
+        }
+        drop(core);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

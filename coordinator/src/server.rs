@@ -141,8 +141,9 @@ fn reap_once(core: &Core) -> usize {
         let containers =
             tree.containers().filter(|p| tree.get(p).is_some_and(|n| n.stat.cversion > 0 && n.num_children() == 0));
         let ttls = tree.ttls().filter(|p| {
-            tree.get(p)
-                .is_some_and(|n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.num_children() == 0 && now - n.stat.mtime > ttl))
+            tree.get(p).is_some_and(
+                |n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.num_children() == 0 && now - n.stat.mtime > ttl),
+            )
         });
         containers.chain(ttls).cloned().collect()
     });

@@ -30,8 +30,8 @@ use zk_wire::Request;
 
 mod registry;
 
-pub use registry::{Client, ConnShared, Outbound};
 pub(crate) use registry::Registry;
+pub use registry::{Client, ConnShared, Outbound};
 
 use crate::core::Core;
 use crate::fourlw;

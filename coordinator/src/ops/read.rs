@@ -42,9 +42,9 @@ impl Core {
                 Request::Exists(q) => r.exists(q),
                 Request::GetData(q) => r.get_data(q),
                 Request::GetChildren(q) => r.get_children(q).map(|(children, _)| Response::Children(children)),
-                Request::GetChildren2(q) => r.get_children(q).map(|(c, stat)| {
-                    Response::GetChildren2(GetChildren2Response { children: c.children, stat })
-                }),
+                Request::GetChildren2(q) => r
+                    .get_children(q)
+                    .map(|(c, stat)| Response::GetChildren2(GetChildren2Response { children: c.children, stat })),
                 Request::GetAcl(q) => r.get_acl(q),
                 Request::GetAllChildrenNumber(q) => r.all_children_number(q),
                 Request::GetEphemerals(q) => Ok(r.ephemerals(q)),
@@ -146,8 +146,12 @@ impl<'a> Reader<'a> {
     fn ephemerals(&self, q: &PathRequest) -> Response {
         let prefix = q.path.trim();
         let all = prefix.is_empty() || prefix == "/";
-        let children =
-            self.tree.ephemerals_of(self.client.session_id).filter(|p| all || p.starts_with(&q.path)).cloned().collect();
+        let children = self
+            .tree
+            .ephemerals_of(self.client.session_id)
+            .filter(|p| all || p.starts_with(&q.path))
+            .cloned()
+            .collect();
         Response::Children(ChildrenResponse { children })
     }
 

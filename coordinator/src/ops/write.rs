@@ -39,7 +39,9 @@ fn response(req: &Request, result: &TxnResult) -> Result<Response, zk_wire::Erro
         TxnResult::Created { path, .. } if req.op_code() == OpCode::Create => {
             Response::Path(PathResponse { path: path.clone() })
         }
-        TxnResult::Created { path, stat } => Response::Create2(Create2Response { path: path.clone(), stat: stat.clone() }),
+        TxnResult::Created { path, stat } => {
+            Response::Create2(Create2Response { path: path.clone(), stat: stat.clone() })
+        }
         TxnResult::Stat(stat) => Response::Stat(StatResponse { stat: stat.clone() }),
         TxnResult::Multi(results) => multi_results(req, results),
         TxnResult::MultiError(codes) => Response::Multi(codes.iter().map(|c| MultiResult::Error(*c)).collect()),
