@@ -215,7 +215,17 @@ fn rss(pid: nix::unistd::Pid) -> u64 {
 /// server stops reading it once its queue is full, and its socket buffers
 /// fill. Returns the client, kept open and unread.
 async fn hog(addr: SocketAddr, path: &str, requests: usize) -> Client {
-    let mut c = connect(addr).await;
+    // A slot freed a moment ago may still be held by a socket the server
+    // has not yet seen close (the probe in `refused` closes its own right
+    // after the handshake): admission is retried for a short while.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut c = loop {
+        match Client::connect(addr, ConnectOptions::default()).await {
+            Ok(c) => break c,
+            Err(ClientError::Closed) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
     let mut burst = Vec::new();
     for i in 0..requests {
         burst.extend_from_slice(&request_frame(i as i32 + 1, &get_data(path)));
