@@ -240,6 +240,7 @@ mod tests {
     use super::super::testing::{create, hdr};
     use super::*;
     use crate::acl;
+    use crate::tree::TxnResult;
     use crate::txn::{NodeKind, Txn};
 
     /// Found by fuzzing the snapshot reader: a snapshot whose node was
@@ -295,6 +296,100 @@ mod tests {
             .collect()
     }
 
+    /// Applies `txn` as the next zxid and fails the test if any part of it
+    /// did not apply: a change that silently did nothing would prove
+    /// nothing about the snapshot.
+    fn apply_ok(t: &mut DataTree, txn: Txn) {
+        fn failed(r: &TxnResult) -> bool {
+            match r {
+                TxnResult::Error(_) | TxnResult::MultiError(_) => true,
+                TxnResult::Multi(rs) => rs.iter().any(failed),
+                _ => false,
+            }
+        }
+        let r = t.apply(&hdr(t.last_zxid() + 1), &txn, &mut Vec::new());
+        assert!(!failed(&r), "{txn:?} gave {r:?}");
+    }
+
+    /// Creates `path` with data "x", as the next child of its parent.
+    fn create_ok(t: &mut DataTree, path: &str, kind: NodeKind) {
+        let parent = path::parent(path).map(path::canonical).and_then(|p| t.get(p)).expect("parent");
+        let txn = create(path, kind, parent.stat.cversion + 1);
+        apply_ok(t, txn);
+    }
+
+    /// Every kind of txn that changes nodes, applied between chunks to
+    /// nodes the cursor has yet to reach: each must leave the snapshot as
+    /// the tree was when it began. This is what `Arena::edit` and
+    /// `Arena::remove` preserving first guarantees; take that out of either
+    /// and this fails.
+    #[test]
+    fn every_kind_of_txn_between_chunks_leaves_the_snapshot_as_it_began() {
+        let mut t = DataTree::new();
+        apply_ok(&mut t, Txn::CreateSession { timeout_ms: 3000 });
+        for (path, kind) in [
+            ("/p", NodeKind::Persistent),
+            ("/p/e1", NodeKind::Ephemeral(7)),
+            ("/p/e2", NodeKind::Ephemeral(7)),
+            ("/q", NodeKind::Persistent),
+            ("/q/old", NodeKind::Persistent),
+            ("/r", NodeKind::Persistent),
+            ("/s", NodeKind::Container),
+            ("/s/u", NodeKind::Persistent),
+            ("/locked", NodeKind::Persistent),
+        ] {
+            create_ok(&mut t, path, kind);
+        }
+        let expected = contents(&t);
+        let sessions: Vec<_> = t.sessions().collect();
+
+        let mut bytes = Vec::new();
+        t.begin_snapshot().write(&mut bytes);
+        // One node per chunk: a budget one byte past what is written
+        // stops after the next record. The cursor is now past the root
+        // only, so every node changed below is ahead of it.
+        let step = |t: &mut DataTree, bytes: &mut Vec<u8>| t.snapshot_chunk(bytes, bytes.len() + 1).unwrap();
+        assert_eq!(step(&mut t, &mut bytes), Progress::More);
+
+        // A create under a parent ahead of the cursor (its cversion and
+        // pzxid change), a delete, and a create that takes the freed slot.
+        create_ok(&mut t, "/q/new", NodeKind::Persistent);
+        let old = t.arena.find("/q/old");
+        apply_ok(&mut t, Txn::Delete { path: "/q/old".into() });
+        create_ok(&mut t, "/q/reused", NodeKind::Ephemeral(7));
+        assert_eq!(t.arena.find("/q/reused"), old, "a new node in the slot the snapshot still owes");
+        apply_ok(&mut t, Txn::SetData { path: "/r".into(), data: Some(Bytes::from_static(b"later")), version: 1 });
+        let read_only = Arc::new(acl::read_acl_unsafe());
+        apply_ok(&mut t, Txn::SetAcl { path: "/locked".into(), acl: read_only, version: 1 });
+        assert_eq!(step(&mut t, &mut bytes), Progress::More);
+        // Deletes /p/e1, /p/e2 and /q/reused, and changes /p's pzxid.
+        apply_ok(&mut t, Txn::CloseSession);
+        let s = t.get("/s").expect("/s").stat;
+        apply_ok(
+            &mut t,
+            Txn::Multi(vec![
+                Txn::Check { path: "/s".into() },
+                Txn::SetData { path: "/s".into(), data: None, version: s.version + 1 },
+                create("/s/t", NodeKind::Persistent, s.cversion + 1),
+                Txn::Delete { path: "/s/u".into() },
+            ]),
+        );
+        apply_ok(&mut t, Txn::CreateSession { timeout_ms: 5000 });
+        // The root is behind the cursor: the snapshot has it already, and
+        // changing it now must not add a second record.
+        let root = t.get("/").expect("root").stat;
+        apply_ok(
+            &mut t,
+            Txn::SetData { path: "/".into(), data: Some(Bytes::from_static(b"r")), version: root.version + 1 },
+        );
+
+        assert_ne!(contents(&t), expected, "the changes reached the live tree");
+        while t.snapshot_chunk(&mut bytes, usize::MAX).unwrap() == Progress::More {}
+        let loaded = DataTree::read_snapshot(&bytes).unwrap();
+        assert_eq!(contents(&loaded), expected);
+        assert_eq!(loaded.sessions().collect::<Vec<_>>(), sessions);
+    }
+
     /// One change to make to a tree of paths drawn from a small set, so
     /// that creates, deletes and rewrites of the same nodes interleave.
     #[derive(Debug, Clone)]
@@ -303,22 +398,35 @@ mod tests {
         Delete(usize),
         SetData(usize, u8),
         SetAcl(usize),
+        CreateSession,
         CloseSession,
+        /// Several of the changes above as one txn, each made to the tree
+        /// as the ones before it in the multi left it.
+        Multi(Vec<Op>),
         /// Encode this many more bytes of the snapshot in progress.
         Chunk(usize),
     }
 
     const PATHS: [&str; 9] = ["/a", "/a/b", "/a/c", "/a/b/d", "/e", "/e/f", "/g", "/g/h", "/g/h/i"];
 
-    fn op() -> impl Strategy<Value = Op> {
+    /// A change to one node, as a multi may hold.
+    fn node_op() -> impl Strategy<Value = Op> {
         let at = 0..PATHS.len();
         prop_oneof![
             (at.clone(), any::<u8>(), any::<bool>()).prop_map(|(p, d, e)| Op::Create(p, d, e)),
             at.clone().prop_map(Op::Delete),
             (at.clone(), any::<u8>()).prop_map(|(p, d)| Op::SetData(p, d)),
             at.prop_map(Op::SetAcl),
-            Just(Op::CloseSession),
-            (1usize..400).prop_map(Op::Chunk),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => node_op(),
+            1 => Just(Op::CreateSession),
+            1 => Just(Op::CloseSession),
+            1 => prop::collection::vec(node_op(), 1..5).prop_map(Op::Multi),
+            2 => (1usize..400).prop_map(Op::Chunk),
         ]
     }
 
@@ -351,7 +459,24 @@ mod tests {
                 let acl = if version % 2 == 1 { acl::read_acl_unsafe() } else { acl::open_acl_unsafe() };
                 Txn::SetAcl { path: PATHS[i].into(), acl: Arc::new(acl), version }
             }
+            Op::CreateSession => Txn::CreateSession { timeout_ms: 3000 },
             Op::CloseSession => Txn::CloseSession,
+            Op::Multi(ref ops) => {
+                // Each txn of a multi is prepared against the tree as the
+                // earlier ones leave it: a scratch copy they are applied to.
+                let mut scratch = t.clone();
+                let mut txns = Vec::new();
+                for op in ops {
+                    if let Some(txn) = txn_for(&scratch, op) {
+                        scratch.apply(&hdr(scratch.last_zxid() + 1), &txn, &mut Vec::new());
+                        txns.push(txn);
+                    }
+                }
+                if txns.is_empty() {
+                    return None;
+                }
+                Txn::Multi(txns)
+            }
             Op::Chunk(_) => return None,
         })
     }
@@ -398,6 +523,7 @@ mod tests {
                 apply(&mut t, op);
             }
             let expected = contents(&t);
+            let sessions: Vec<_> = t.sessions().collect();
             let mut bytes = Vec::new();
             t.begin_snapshot().write(&mut bytes);
             let mut done = false;
@@ -415,6 +541,7 @@ mod tests {
             }
             let loaded = DataTree::read_snapshot(&bytes).unwrap();
             prop_assert_eq!(contents(&loaded), expected);
+            prop_assert_eq!(loaded.sessions().collect::<Vec<_>>(), sessions);
             prop_assert!(!t.arena.is_frozen());
         }
     }
