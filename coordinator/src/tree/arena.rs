@@ -16,11 +16,13 @@
 //! [`Arena::remove`] preserves too. Everything else the arena does to a
 //! node only moves its [`Links`] (a child added or removed changes the
 //! parent's first child and count, and its siblings' pointers), which a
-//! snapshot does not record: it writes paths, not links. The slots, the
-//! raw `node_mut` and the snapshot's state are private to this module, so
-//! code elsewhere in the tree cannot reach a node to change it without
-//! going through `edit`; the compiler, not a reviewer, keeps snapshots
-//! right.
+//! snapshot does not record: it writes paths, not links, and a node's path
+//! is the same for its whole life (nodes are never renamed, and a parent
+//! outlives its children), so a record encoded early or late names the
+//! same node. The slots, the raw `node_mut` and the snapshot's state are
+//! private to this module, so code elsewhere in the tree cannot reach a
+//! node to change it without going through `edit`: the compiler, not a
+//! reviewer, keeps snapshots right.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
