@@ -1,0 +1,366 @@
+//! The arena: every node in a slot of one `Vec`, linked to its parent,
+//! children and siblings by slot number; the path index over it; and the
+//! copy-on-write that keeps a snapshot in progress exact.
+//!
+//! # Copy-on-write by construction
+//!
+//! While a snapshot is being encoded (see the tree's module notes), a node
+//! the cursor has not reached yet must be encoded as it was when the
+//! snapshot began, before its first change. Were that a call each change
+//! had to remember, the one change that forgot it would make snapshots
+//! silently wrong: the tree would read fine, and only a recovery from that
+//! snapshot would show a node with a later zxid's data, or no node at all.
+//!
+//! So the arena is the only owner of nodes, and it hands out a node to
+//! change in one place: [`Arena::edit`], which preserves the node first.
+//! [`Arena::remove`] preserves too. Everything else the arena does to a
+//! node only moves its [`Links`] (a child added or removed changes the
+//! parent's first child and count, and its siblings' pointers), which a
+//! snapshot does not record: it writes paths, not links, and a node's path
+//! is the same for its whole life (nodes are never renamed, and a parent
+//! outlives its children), so a record encoded early or late names the
+//! same node. The slots, the raw `node_mut` and the snapshot's state are
+//! private to this module, so code elsewhere in the tree cannot reach a
+//! node to change it without going through `edit`: the compiler, not a
+//! reviewer, keeps snapshots right.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
+
+use super::node::{Node, StatPersisted};
+use super::snapshot::{self, Progress, SnapshotError};
+use crate::path;
+
+/// "No node" in a slot link.
+const NIL: u32 = u32::MAX;
+/// The root is created first and never removed.
+pub(super) const ROOT: u32 = 0;
+
+/// Where a node sits: its parent, its first child, its siblings, and how
+/// many children it has. A child list is intrusive, so adding or removing a
+/// child is O(1) and costs the parent nothing. The fields are private to
+/// the arena, so nothing else can build links or change them.
+#[derive(Debug, Clone)]
+pub(super) struct Links {
+    parent: u32,
+    first_child: u32,
+    next_sibling: u32,
+    prev_sibling: u32,
+    num_children: u32,
+}
+
+impl Links {
+    fn under(parent: u32) -> Self {
+        Links { parent, first_child: NIL, next_sibling: NIL, prev_sibling: NIL, num_children: 0 }
+    }
+
+    /// The parent's slot; `None` for the root.
+    pub(super) fn parent(&self) -> Option<u32> {
+        (self.parent != NIL).then_some(self.parent)
+    }
+
+    pub(super) fn num_children(&self) -> u32 {
+        self.num_children
+    }
+}
+
+/// One entry of the path index: a node's slot and the hash of its
+/// (parent, name), kept so that growing the table never re-hashes names.
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    slot: u32,
+    hash: u32,
+}
+
+/// hashbrown takes the bucket from the low bits of the hash and a tag
+/// from the top seven; a 32-bit hash copied into both halves serves both.
+fn widen(hash: u32) -> u64 {
+    (u64::from(hash) << 32) | u64::from(hash)
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Arena {
+    /// A `None` slot is free and listed in `free`.
+    slots: Vec<Option<Node>>,
+    free: Vec<u32>,
+    /// (parent slot, name) → slot.
+    index: HashTable<IndexEntry>,
+    hasher: RandomState,
+    count: usize,
+    /// The snapshot being encoded, if any. It lives here, beside the
+    /// slots, so that `edit` and `remove` can see it.
+    snapshot: Option<Frozen>,
+}
+
+/// A snapshot in progress: the zxid it describes, how far its cursor is,
+/// and the nodes changed ahead of the cursor, encoded as they were at that
+/// zxid.
+#[derive(Debug, Clone)]
+struct Frozen {
+    zxid: i64,
+    /// The next slot the cursor encodes.
+    next: u32,
+    /// Slots at or past this one were empty when the snapshot began.
+    end: u32,
+    saved: HashMap<u32, Vec<u8>>,
+    /// Nodes the arena held when the snapshot began, and nodes encoded so
+    /// far: equal at the end, or the snapshot is wrong.
+    expected: usize,
+    emitted: usize,
+}
+
+impl Arena {
+    /// An arena with just the root, with empty data and `root_acl`.
+    pub(super) fn new(root_acl: u32) -> Self {
+        let root = Node::new("", Some(b""), root_acl, StatPersisted::default(), Links::under(NIL));
+        Arena {
+            slots: vec![Some(root)],
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+            count: 1,
+            snapshot: None,
+        }
+    }
+
+    pub(super) fn node(&self, slot: u32) -> Option<&Node> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// A node to change, with no regard for a snapshot in progress: for
+    /// links only. Content changes go through [`edit`](Self::edit).
+    fn node_mut(&mut self, slot: u32) -> Option<&mut Node> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    /// The node in `slot`, to change its content (data, stat, ACL id).
+    /// A snapshot in progress keeps the node as it was first: this is the
+    /// one way to a `&mut Node` outside the arena.
+    pub(super) fn edit(&mut self, slot: u32) -> Option<&mut Node> {
+        self.preserve(slot);
+        self.node_mut(slot)
+    }
+
+    /// The number of nodes.
+    pub(super) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Makes room for `additional` more nodes.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+    }
+
+    /// Every node with its slot, in slot order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &Node)> {
+        self.slots.iter().enumerate().filter_map(|(s, n)| Some((s as u32, n.as_ref()?)))
+    }
+
+    fn hash(&self, parent: u32, name: &[u8]) -> u32 {
+        self.hasher.hash_one((parent, name)) as u32
+    }
+
+    pub(super) fn child(&self, parent: u32, name: &str) -> Option<u32> {
+        let hash = self.hash(parent, name.as_bytes());
+        let matches = |e: &IndexEntry| {
+            e.hash == hash
+                && self.node(e.slot).is_some_and(|n| n.links.parent == parent && n.name_bytes() == name.as_bytes())
+        };
+        self.index.find(widen(hash), matches).map(|e| e.slot)
+    }
+
+    /// The slot of the node at `path`; "" is the root's alias.
+    pub(super) fn find(&self, path: &str) -> Option<u32> {
+        let path = path::canonical(path);
+        if path == "/" {
+            return Some(ROOT);
+        }
+        path.strip_prefix('/')?.split('/').try_fold(ROOT, |at, name| self.child(at, name))
+    }
+
+    pub(super) fn children_of(&self, slot: u32) -> impl Iterator<Item = (u32, &Node)> {
+        let first = self.node(slot).map_or(NIL, |n| n.links.first_child);
+        std::iter::successors(self.node(first).map(|n| (first, n)), |(_, n)| {
+            self.node(n.links.next_sibling).map(|next| (n.links.next_sibling, next))
+        })
+    }
+
+    /// The full path of the node in `slot`: its names up to the root.
+    pub(super) fn path_of(&self, slot: u32) -> String {
+        let mut names = Vec::new();
+        let mut at = slot;
+        while let Some(n) = self.node(at) {
+            if n.links.parent == NIL {
+                break;
+            }
+            names.push(n.name());
+            at = n.links.parent;
+        }
+        if names.is_empty() {
+            return "/".to_string();
+        }
+        let mut path = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(name);
+        }
+        path
+    }
+
+    /// Puts a node into the arena, links it under `parent` and indexes it.
+    /// Only links of other nodes change, so nothing is preserved: a node
+    /// the snapshot must not see has a `czxid` above the snapshot's zxid,
+    /// and a reused slot's old node was preserved when it was removed.
+    pub(super) fn insert(
+        &mut self,
+        parent: u32,
+        name: &str,
+        data: Option<&[u8]>,
+        acl: u32,
+        stat: StatPersisted,
+    ) -> u32 {
+        let mut links = Links::under(parent);
+        let first = self.node(parent).map_or(NIL, |p| p.links.first_child);
+        links.next_sibling = first;
+        let node = Node::new(name, data, acl, stat, links);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(node);
+                slot
+            }
+            None => {
+                self.slots.push(Some(node));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if let Some(next) = self.node_mut(first) {
+            next.links.prev_sibling = slot;
+        }
+        if let Some(p) = self.node_mut(parent) {
+            p.links.first_child = slot;
+            p.links.num_children += 1;
+        }
+        let hash = self.hash(parent, name.as_bytes());
+        self.index.insert_unique(widen(hash), IndexEntry { slot, hash }, |e| widen(e.hash));
+        self.count += 1;
+        slot
+    }
+
+    /// Takes out a node that is neither the root nor a parent (removing
+    /// either would orphan nodes): unlinks and unindexes it and frees its
+    /// slot. A snapshot in progress keeps the node first. The caller
+    /// releases what the node refers to (its ACL id).
+    pub(super) fn remove(&mut self, slot: u32) -> Option<Node> {
+        if slot == ROOT || self.node(slot)?.links.num_children > 0 {
+            return None;
+        }
+        self.preserve(slot);
+        let node = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        self.count -= 1;
+        let links = &node.links;
+        let hash = self.hash(links.parent, node.name_bytes());
+        if let Ok(entry) = self.index.find_entry(widen(hash), |e| e.slot == slot) {
+            entry.remove();
+        }
+        if let Some(next) = self.node_mut(links.next_sibling) {
+            next.links.prev_sibling = links.prev_sibling;
+        }
+        match self.node_mut(links.prev_sibling) {
+            Some(prev) => prev.links.next_sibling = links.next_sibling,
+            None => {
+                if let Some(p) = self.node_mut(links.parent) {
+                    p.links.first_child = links.next_sibling;
+                }
+            }
+        }
+        if let Some(p) = self.node_mut(links.parent) {
+            p.links.num_children -= 1;
+        }
+        Some(node)
+    }
+
+    // ---- the snapshot in progress ------------------------------------------
+
+    /// Starts a snapshot of the arena as it is now, described as of `zxid`,
+    /// abandoning one in progress.
+    pub(super) fn freeze(&mut self, zxid: i64) {
+        self.snapshot = Some(Frozen {
+            zxid,
+            next: 0,
+            end: self.slots.len() as u32,
+            saved: HashMap::new(),
+            expected: self.count,
+            emitted: 0,
+        });
+    }
+
+    /// Drops the snapshot in progress.
+    pub(super) fn thaw(&mut self) {
+        self.snapshot = None;
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_frozen(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// Encodes the next nodes of the snapshot in progress into `out`,
+    /// stopping once `out` holds `budget` bytes or more. For each slot the
+    /// record saved by an edit wins over the live node; a live node created
+    /// after the snapshot began is not part of it.
+    pub(super) fn encode_frozen(&mut self, out: &mut Vec<u8>, budget: usize) -> Result<Progress, SnapshotError> {
+        let mut snap = self.snapshot.take().ok_or(SnapshotError::NotStarted)?;
+        while snap.next < snap.end && out.len() < budget {
+            let slot = snap.next;
+            snap.next += 1;
+            if let Some(record) = snap.saved.remove(&slot) {
+                out.extend_from_slice(&record);
+                snap.emitted += 1;
+            } else if let Some(node) = self.node(slot).filter(|n| n.stat.czxid <= snap.zxid) {
+                snapshot::encode_node(self, slot, node, out);
+                snap.emitted += 1;
+            }
+        }
+        if snap.next < snap.end {
+            self.snapshot = Some(snap);
+            return Ok(Progress::More);
+        }
+        if snap.emitted != snap.expected || !snap.saved.is_empty() {
+            return Err(SnapshotError::Inconsistent { emitted: snap.emitted, expected: snap.expected });
+        }
+        Ok(Progress::Done)
+    }
+
+    /// Called before a change to the node in `slot`: if a snapshot is in
+    /// progress and has yet to reach the node, and the node existed when it
+    /// began, the node is encoded now, as the snapshot must see it. Only
+    /// the first change saves: later ones find the record already there.
+    fn preserve(&mut self, slot: u32) {
+        let Some(snap) = &self.snapshot else { return };
+        if slot < snap.next || slot >= snap.end || snap.saved.contains_key(&slot) {
+            return;
+        }
+        let Some(node) = self.node(slot).filter(|n| n.stat.czxid <= snap.zxid) else { return };
+        let mut record = Vec::with_capacity(96 + node.blob_len());
+        snapshot::encode_node(self, slot, node, &mut record);
+        if let Some(snap) = &mut self.snapshot {
+            snap.saved.insert(slot, record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout is the memory budget (see the tree's module notes): a
+    /// slot is 112 bytes, and a free slot costs no more than a full one.
+    #[test]
+    fn a_slot_stays_within_its_budget() {
+        assert!(std::mem::size_of::<Option<Node>>() <= 112, "{}", std::mem::size_of::<Option<Node>>());
+        assert_eq!(std::mem::size_of::<IndexEntry>(), 8);
+    }
+}

@@ -1,0 +1,163 @@
+//! One znode as the arena stores it, and the view of it readers get.
+//!
+//! A node holds its content (stat, ACL id, name and data in one `blob`)
+//! and its [`Links`] to other slots. The content is changed through
+//! [`Arena::edit`](super::arena::Arena::edit), which keeps a snapshot in
+//! progress right; the links belong to the arena alone (their fields are
+//! private to it), so an edit cannot unlink a node by mistake.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use zk_wire::records::{Acl, Stat};
+
+use super::arena::Links;
+use super::DataTree;
+use crate::txn::NodeKind;
+
+/// The stat a node persists. `cversion` here counts creates of children, as
+/// ZooKeeper stores it; clients see creates plus deletes (see [`Node::stat`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatPersisted {
+    pub czxid: i64,
+    pub mzxid: i64,
+    pub ctime: i64,
+    pub mtime: i64,
+    pub version: i32,
+    pub cversion: i32,
+    pub aversion: i32,
+    pub ephemeral_owner: i64,
+    pub pzxid: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub stat: StatPersisted,
+    /// The node's name, then its data: one allocation per node.
+    blob: Box<[u8]>,
+    name_len: u32,
+    /// Null data is distinct from empty: a node created with null data
+    /// reads back as null.
+    null_data: bool,
+    /// An id in the tree's ACL table, which counts its users: whoever
+    /// replaces it releases the old id.
+    pub(super) acl: u32,
+    /// Parent, children and siblings. Only the arena can build or change
+    /// them, which is also why only the arena builds nodes.
+    pub(super) links: Links,
+}
+
+impl Node {
+    pub(super) fn new(name: &str, data: Option<&[u8]>, acl: u32, stat: StatPersisted, links: Links) -> Self {
+        Node {
+            stat,
+            blob: Self::blob(name.as_bytes(), data),
+            name_len: name.len() as u32,
+            null_data: data.is_none(),
+            acl,
+            links,
+        }
+    }
+
+    fn blob(name: &[u8], data: Option<&[u8]>) -> Box<[u8]> {
+        let data = data.unwrap_or_default();
+        let mut blob = Vec::with_capacity(name.len() + data.len());
+        blob.extend_from_slice(name);
+        blob.extend_from_slice(data);
+        blob.into_boxed_slice()
+    }
+
+    pub(super) fn name_bytes(&self) -> &[u8] {
+        &self.blob[..self.name_len as usize]
+    }
+
+    /// The last component of the node's path ("" for the root).
+    pub fn name(&self) -> &str {
+        // Names enter only as `&str`, so this never falls back.
+        std::str::from_utf8(self.name_bytes()).unwrap_or_default()
+    }
+
+    pub fn data(&self) -> Option<&[u8]> {
+        (!self.null_data).then(|| &self.blob[self.name_len as usize..])
+    }
+
+    pub(super) fn data_len(&self) -> usize {
+        self.blob.len() - self.name_len as usize
+    }
+
+    /// The bytes the node holds on the heap (name and data).
+    pub(super) fn blob_len(&self) -> usize {
+        self.blob.len()
+    }
+
+    pub(super) fn set_data(&mut self, data: Option<&[u8]>) {
+        self.blob = Self::blob(self.name_bytes(), data);
+        self.null_data = data.is_none();
+    }
+
+    pub fn num_children(&self) -> usize {
+        self.links.num_children() as usize
+    }
+
+    pub fn kind(&self) -> NodeKind {
+        NodeKind::from_owner(self.stat.ephemeral_owner)
+    }
+
+    /// The stat as clients see it.
+    pub fn stat(&self) -> Stat {
+        let num_children = self.links.num_children() as i32;
+        Stat {
+            czxid: self.stat.czxid,
+            mzxid: self.stat.mzxid,
+            ctime: self.stat.ctime,
+            mtime: self.stat.mtime,
+            version: self.stat.version,
+            // Stored as the count of creates; every child not present any
+            // more was deleted, so creates + deletes = 2 * creates - present.
+            cversion: self.stat.cversion.wrapping_mul(2).wrapping_sub(num_children),
+            aversion: self.stat.aversion,
+            // Containers and TTL nodes keep their type in the owner field;
+            // clients see 0 for them, as for any non-ephemeral node.
+            ephemeral_owner: match self.kind() {
+                NodeKind::Ephemeral(owner) => owner,
+                _ => 0,
+            },
+            data_length: self.data().map_or(0, |d| d.len() as i32),
+            num_children,
+            pzxid: self.stat.pzxid,
+        }
+    }
+}
+
+/// A node found in the tree, with what it refers to by id (its ACL, its
+/// children) resolved through the tree.
+#[derive(Clone, Copy)]
+pub struct NodeRef<'t> {
+    tree: &'t DataTree,
+    slot: u32,
+    node: &'t Node,
+}
+
+impl<'t> Deref for NodeRef<'t> {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        self.node
+    }
+}
+
+impl<'t> NodeRef<'t> {
+    pub(super) fn new(tree: &'t DataTree, slot: u32, node: &'t Node) -> Self {
+        NodeRef { tree, slot, node }
+    }
+
+    pub fn acl(&self) -> &'t Arc<Vec<Acl>> {
+        self.tree.acls.get(self.node.acl)
+    }
+
+    /// The children's names, sorted, so listings are deterministic.
+    pub fn children(&self) -> Vec<&'t str> {
+        let mut names: Vec<&str> = self.tree.arena.children_of(self.slot).map(|(_, n)| n.name()).collect();
+        names.sort_unstable();
+        names
+    }
+}
