@@ -69,15 +69,8 @@ pub enum SnapshotError {
 /// table, which is the ACL table as it stood), stat.
 pub(super) fn encode_node(arena: &Arena, slot: u32, node: &Node, out: &mut Vec<u8>) {
     let path = arena.path_of(slot);
-    (path.len() as i32).write(out);
-    out.extend_from_slice(path.as_bytes());
-    match node.data() {
-        None => (-1i32).write(out),
-        Some(d) => {
-            (d.len() as i32).write(out);
-            out.extend_from_slice(d);
-        }
-    }
+    path.write(out);
+    zk_wire::codec::write_nullable_bytes(out, node.data());
     (node.acl as i32).write(out);
     let s = &node.stat;
     for v in [s.czxid, s.mzxid, s.ctime, s.mtime] {
