@@ -39,6 +39,10 @@ pub struct Config {
     pub max_session_timeout: Duration,
     /// Connections allowed from one IP address; 0 means no limit.
     pub max_client_connections: usize,
+    /// Requests outstanding across the server past which connections that
+    /// already have one outstanding are not read (`globalOutstandingLimit`,
+    /// ZooKeeper's admission control); 0 means no limit.
+    pub global_outstanding_limit: usize,
     /// Admin/observability listener (gRPC and HTTP); none by default.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for the admin endpoints that read data or change state;
@@ -75,6 +79,7 @@ impl Default for Config {
             min_session_timeout: tick * 2,
             max_session_timeout: tick * 20,
             max_client_connections: 60,
+            global_outstanding_limit: 1000,
             admin_listen: None,
             admin_token: None,
             four_letter_words: ["srvr".to_string()].into_iter().collect(),
@@ -141,6 +146,10 @@ pub struct Args {
     /// Connections allowed per client IP; 0 for no limit [default: 60].
     #[arg(long, env = "COORDINATOR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
     pub max_client_connections: Option<usize>,
+    /// Requests outstanding server-wide past which busy connections are
+    /// not read until they drain; 0 for no limit [default: 1000].
+    #[arg(long, env = "COORDINATOR_GLOBAL_OUTSTANDING_LIMIT", value_name = "N")]
+    pub global_outstanding_limit: Option<usize>,
     /// Address for the admin API: gRPC, and HTTP /health, /metrics and
     /// /commands/<word> (off unless given; the dashboard is its own binary).
     #[arg(long, env = "COORDINATOR_ADMIN_LISTEN", value_name = "HOST:PORT")]
@@ -390,6 +399,15 @@ const SETTINGS: &[Setting] = &[
         from_args: |a| text(&a.max_client_connections),
         apply: |r, v| {
             r.cfg.max_client_connections = num(v, "a number")?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("global-outstanding-limit"),
+        zoo_cfg: &["globalOutstandingLimit"],
+        from_args: |a| text(&a.global_outstanding_limit),
+        apply: |r, v| {
+            r.cfg.global_outstanding_limit = num(v, "a number")?;
             Ok(())
         },
     },

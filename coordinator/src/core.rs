@@ -25,12 +25,12 @@
 //!
 //! | state | owner | lock level |
 //! |---|---|---|
-//! | the tree, the log, snapshots | [`Committer`] | tree (first) |
+//! | the tree, the log, snapshots | `Committer` | tree (first) |
 //! | the session table | [`crate::session`] | sessions |
 //! | watches | [`WatchManager`] | watches |
-//! | open connections | [`Registry`] | connections (last) |
+//! | open connections | the connection `Registry` | connections (last) |
 //!
-//! The levels are the lock order, checked in debug builds ([`crate::lock`]).
+//! The levels are the lock order, checked in debug builds (`crate::lock`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

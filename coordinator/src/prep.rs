@@ -7,7 +7,7 @@
 //! parent. The differential tests hold both servers to the same answers.
 //!
 //! A multi validates each op against the state left by the ops before it.
-//! Those pending effects live in an overlay ([`Pending`]) over the tree, so
+//! Those pending effects live in an overlay (`Pending`) over the tree, so
 //! nothing touches the tree until the whole multi is known to succeed.
 
 use std::collections::HashMap;

@@ -1,7 +1,15 @@
 //! Server counters for the four-letter words and metrics (`mntr` names).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// What a request was, for latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Read,
+    Update,
+}
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -12,9 +20,27 @@ pub struct Stats {
     latency_sum_us: AtomicU64,
     latency_max_us: AtomicU64,
     latency_min_us: AtomicU64,
+    pub outstanding_requests: AtomicI64,
+    /// The most requests ever outstanding at once.
+    pub outstanding_peak: AtomicI64,
+    /// Times a connection was held back by admission control.
+    pub throttled_waits: AtomicU64,
 }
 
 impl Stats {
+    pub fn record_request(&self, _kind: RequestKind, elapsed: Duration) {
+        self.record_latency(elapsed.as_micros() as u64);
+    }
+
+    pub fn request_began(&self) {
+        let now = self.outstanding_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.outstanding_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn request_ended(&self) {
+        self.outstanding_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn record_latency(&self, us: u64) {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);

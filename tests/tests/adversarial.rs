@@ -222,7 +222,9 @@ async fn hog(addr: SocketAddr, path: &str, requests: usize) -> Client {
     let mut c = loop {
         match Client::connect(addr, ConnectOptions::default()).await {
             Ok(c) => break c,
-            Err(ClientError::Closed) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(ClientError::Closed) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(e) => panic!("connect: {e}"),
         }
     };
@@ -998,4 +1000,81 @@ async fn no_request_runs_after_its_session_expires() {
     assert_eq!(left_total, 0, "ephemerals of an expired session survived");
     let _ = stop_tx.send(());
     within("stop", server).await.expect("join").expect("serve");
+}
+
+/// Overload: four connections each pipeline 2,000 setData at once, far
+/// more than the server logs per fsync. Without admission control the
+/// server reads them all, and every one waits in memory for the log; with
+/// `globalOutstandingLimit` it stops reading busy connections once the
+/// limit is passed, so at most the limit (plus one per connection that
+/// passed the check at the same moment) is ever outstanding. Either way
+/// every request is answered, in order, and every write is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admission_control_bounds_what_overload_holds_in_memory() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use zk_wire::records::SetDataRequest;
+    const CONNS: usize = 4;
+    const REQUESTS: usize = 2_000;
+    const LIMIT: usize = 64;
+
+    async fn overload(limit: usize) -> i64 {
+        let dir = TempDir::new("adv-overload");
+        let config = testkit::CoordinatorConfig {
+            data_dir: Some(dir.path().join("data")),
+            global_outstanding_limit: limit,
+            ..testkit::CoordinatorConfig::for_tests()
+        };
+        let core = Arc::new(coordinator::core::Core::open(config).expect("open the data dir"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let mut clients = Vec::new();
+        for n in 0..CONNS {
+            let mut c = connect(addr).await;
+            let path = format!("/overload-{n}");
+            assert_eq!(call(&mut c, create(&path, b"", CreateMode::Persistent)).await.err, 0);
+            clients.push((c, path));
+        }
+        let runs = clients.into_iter().map(|(mut c, path)| async move {
+            let mut burst = Vec::new();
+            for i in 0..REQUESTS {
+                let xid = i as i32 + 100;
+                let req = Request::SetData(SetDataRequest {
+                    path: path.clone(),
+                    data: Some(i.to_string().into_bytes()),
+                    version: -1,
+                });
+                burst.extend_from_slice(&request_frame(xid, &req));
+                c.expect_reply(xid, OpCode::SetData);
+            }
+            within("pipeline", c.send_raw(&burst)).await.expect("send the burst");
+            for i in 0..REQUESTS {
+                let r = within("reply", c.wait_reply(i as i32 + 100)).await.expect("a reply, in order");
+                assert_eq!(r.err, 0, "setData {i} on {path}");
+            }
+            let r = call(&mut c, get_data(&path)).await;
+            match r.body {
+                zk_wire::Response::GetData(d) => assert_eq!(d.stat.version, REQUESTS as i32, "writes lost on {path}"),
+                other => panic!("getData answered {other:?}"),
+            }
+        });
+        futures::future::join_all(runs).await;
+        let peak = core.stats.outstanding_peak.load(Ordering::Relaxed);
+        let _ = stop_tx.send(());
+        within("stop", server).await.expect("join").expect("serve");
+        peak
+    }
+
+    let unlimited = overload(0).await;
+    let limited = overload(LIMIT).await;
+    println!("most requests outstanding at once: {unlimited} without a limit, {limited} with a limit of {LIMIT}");
+    assert!(
+        unlimited > (4 * LIMIT) as i64,
+        "the load did not overload the server ({unlimited} outstanding at most), so the test proves nothing"
+    );
+    assert!(limited <= (LIMIT + CONNS) as i64, "{limited} requests were outstanding at once with a limit of {LIMIT}");
 }

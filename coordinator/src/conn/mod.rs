@@ -31,7 +31,7 @@ use zk_wire::Request;
 mod registry;
 
 pub(crate) use registry::Registry;
-pub use registry::{Client, ConnShared, Outbound};
+pub use registry::{Answer, Client, ConnShared, Outbound};
 
 use crate::core::Core;
 use crate::fourlw;
@@ -63,7 +63,8 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     // Before the handshake no session timeout is known: the longest one a
     // client could negotiate bounds a write then.
     let writer = tokio::spawn(
-        write_loop(rx, wr, conn.clone(), core.durable(), core.config.max_session_timeout).instrument(span.clone()),
+        write_loop(core.clone(), rx, wr, conn.clone(), core.durable(), core.config.max_session_timeout)
+            .instrument(span.clone()),
     );
     let reason = read_loop(&core, &conn, rd, shutdown.clone()).instrument(span).await;
     let session = conn.session_id.load(Ordering::Relaxed);
@@ -89,6 +90,10 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
         writer.abort();
         let _ = writer.await;
     }
+    // Replies never written (the connection was condemned, or its writer
+    // stopped) answer nothing: they are no longer outstanding.
+    let unanswered = conn.outstanding.swap(0, Ordering::Relaxed);
+    core.stats.outstanding_requests.fetch_sub(unanswered as i64, Ordering::Relaxed);
     let dropped = conn.dropped.load(Ordering::Relaxed);
     if dropped > 0 {
         tracing::info!(conn = conn.id, peer = %conn.peer, dropped, "frames dropped after the connection was condemned");
@@ -109,6 +114,7 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
 /// deadline it would hold its socket, its queued replies and its per-IP
 /// slot for as long as it liked.
 async fn write_loop(
+    core: Arc<Core>,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     mut wr: OwnedWriteHalf,
     conn: Arc<ConnShared>,
@@ -117,11 +123,13 @@ async fn write_loop(
 ) {
     let queued = conn.queued();
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut answers: Vec<Answer> = Vec::new();
     let mut closing = false;
     while !closing {
         let mut need = match rx.recv().await {
-            Some(Outbound::Frame(f, zxid)) => {
+            Some(Outbound::Frame(f, zxid, answer)) => {
                 buf.extend_from_slice(&f);
+                answers.extend(answer);
                 zxid
             }
             Some(Outbound::Close) | None => break,
@@ -130,8 +138,9 @@ async fn write_loop(
         // connection cannot build an unbounded buffer here either).
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(Outbound::Frame(f, zxid)) => {
+                Ok(Outbound::Frame(f, zxid, answer)) => {
                     buf.extend_from_slice(&f);
+                    answers.extend(answer);
                     need = need.max(zxid);
                 }
                 Ok(Outbound::Close) => {
@@ -163,6 +172,16 @@ async fn write_loop(
         }
         queued.fetch_sub(n, Ordering::Relaxed);
         buf.clear();
+        if !answers.is_empty() {
+            // Answered: the latency runs from the read to the reply on the
+            // socket, the fsync it waited for included.
+            conn.outstanding.fetch_sub(answers.len(), Ordering::Relaxed);
+            for a in answers.drain(..) {
+                core.stats.record_request(a.kind, a.started.elapsed());
+                core.stats.request_ended();
+            }
+            conn.drained.notify_one();
+        }
     }
     let _ = wr.shutdown().await;
 }
@@ -201,6 +220,9 @@ async fn read_loop(
         // no one will read.
         loop {
             if conn.closed.is_cancelled() || shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if client.is_some() && !wait_for_admission(core, conn, &shutdown).await {
                 return Ok(());
             }
             if client.is_none() && buf.len() >= 4 {
@@ -261,6 +283,43 @@ async fn read_loop(
             },
         }
     }
+}
+
+/// Admission control, as ZooKeeper's `globalOutstandingLimit` does it:
+/// while more requests are outstanding across the server than the limit,
+/// a connection that still has a request of its own outstanding is not
+/// read. Its requests wait in its socket and then in the client, which is
+/// where a client sending faster than the server can log belongs; the
+/// server's memory stays bounded by the limit, not by the offered load.
+/// A connection with nothing outstanding is always read, so every client
+/// keeps at least one request in flight and none is starved.
+///
+/// Returns false when the connection is condemned or the server stops
+/// while waiting.
+async fn wait_for_admission(core: &Core, conn: &ConnShared, shutdown: &CancellationToken) -> bool {
+    let limit = core.config.global_outstanding_limit;
+    let over = || {
+        limit > 0
+            && conn.outstanding.load(Ordering::Relaxed) > 0
+            && core.stats.outstanding_requests.load(Ordering::Relaxed) > limit as i64
+    };
+    if !over() {
+        return true;
+    }
+    core.stats.throttled_waits.fetch_add(1, Ordering::Relaxed);
+    while over() {
+        // The connection's own writer signals each time it answers; the
+        // timer covers a fall in the global count while this connection's
+        // replies wait on a client that is slow to read them.
+        tokio::select! {
+            biased;
+            _ = conn.closed.cancelled() => return false,
+            _ = shutdown.cancelled() => return false,
+            _ = conn.drained.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    true
 }
 
 /// An opcode the protocol does not define gets the same answer as one we

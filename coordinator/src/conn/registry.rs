@@ -5,15 +5,16 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use zk_wire::records::Id;
 
 use crate::lock::{self, Level};
 use crate::session::Liveness;
+use crate::stats::RequestKind;
 use crate::watch::ConnId;
 
 /// A connection's outbound queue holds at most this many bytes; a client
@@ -23,10 +24,20 @@ const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 pub enum Outbound {
     /// A frame, and the zxid that must be durable before it may be sent
-    /// (the state it reflects).
-    Frame(Bytes, i64),
+    /// (the state it reflects); for the reply to a request, the request it
+    /// answers.
+    Frame(Bytes, i64, Option<Answer>),
     /// Flush what is queued, then close the socket.
     Close,
+}
+
+/// The request a reply answers: when it was read, and what kind it was.
+/// The writer records the latency once the reply has gone out, so the
+/// figure includes the wait for the log's fsync, as ZooKeeper's does.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub started: Instant,
+    pub kind: RequestKind,
 }
 
 /// What the server knows of one TCP connection, shared with its tasks.
@@ -51,12 +62,28 @@ pub struct ConnShared {
     /// client must not become a log storm).
     pub dropped: AtomicU64,
     over_cap: AtomicBool,
+    /// Requests read and not yet answered on the socket: the reader adds
+    /// one per request, the writer takes one per reply it has written.
+    pub outstanding: AtomicUsize,
+    /// Signalled by the writer whenever it has written replies, for a
+    /// reader that is waiting to be let through admission control.
+    pub drained: Notify,
 }
 
 impl ConnShared {
-    /// Queues a frame that may go out once `zxid` is durable. Never blocks:
-    /// this runs under the tree lock.
+    /// Queues a frame that answers no request (a notification, a
+    /// handshake reply, a four-letter word's text) to go out once `zxid`
+    /// is durable. Never blocks: this runs under the tree lock.
     pub fn send(&self, frame: Bytes, zxid: i64) {
+        self.queue(frame, zxid, None);
+    }
+
+    /// Queues the reply to a request (see [`ConnShared::send`]).
+    pub fn answer(&self, frame: Bytes, zxid: i64, request: Answer) {
+        self.queue(frame, zxid, Some(request));
+    }
+
+    fn queue(&self, frame: Bytes, zxid: i64, answer: Option<Answer>) {
         // A condemned connection's writer stops at the Close it was sent:
         // anything queued after it would never leave, only hold memory.
         if self.closed.is_cancelled() {
@@ -76,7 +103,7 @@ impl ConnShared {
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.global_sent.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Outbound::Frame(frame, zxid));
+        let _ = self.tx.send(Outbound::Frame(frame, zxid, answer));
     }
 
     pub fn close(&self) {
@@ -97,6 +124,16 @@ pub struct Client {
     pub session_id: i64,
     pub auth: Vec<Id>,
     pub live: Arc<Liveness>,
+    /// The request being carried out (requests are carried out one at a
+    /// time, in order, by the connection's reader).
+    pub(crate) request: Answer,
+}
+
+impl Client {
+    /// Queues the reply to the request being carried out.
+    pub(crate) fn reply(&self, frame: Bytes, zxid: i64) {
+        self.conn.answer(frame, zxid, self.request);
+    }
 }
 
 /// Every open connection, and how many each client address holds.
@@ -148,6 +185,8 @@ impl Registry {
             established: SystemTime::now(),
             dropped: AtomicU64::new(0),
             over_cap: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            drained: Notify::new(),
         });
         self.conns.lock().insert(conn.id, conn.clone());
         Some(conn)

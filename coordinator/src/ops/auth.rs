@@ -59,7 +59,7 @@ impl Core {
             self.watches.lock().set_auth(client.conn.id, &client.auth);
         }
         let result = if ok { Ok(&Response::Empty) } else { Err(ErrorCode::AuthFailed) };
-        client.conn.send(super::reply(xid, 0, result), 0);
+        client.reply(super::reply(xid, 0, result), 0);
         if !ok {
             tracing::info!(session = format!("{:#x}", client.session_id), scheme = %auth.scheme, "authentication failed; closing the connection");
         }

@@ -25,8 +25,9 @@ use zk_wire::records::{ConnectResponse, ReplyHeader};
 use zk_wire::{ErrorCode, Request, Response};
 
 use crate::committer::Proposal;
-use crate::conn::Client;
+use crate::conn::{Answer, Client};
 use crate::core::Core;
+use crate::stats::RequestKind;
 use crate::txn::Txn;
 
 /// Builds one frame: a header and a body record.
@@ -66,13 +67,24 @@ impl Core {
     /// Carries out one request and queues its reply. Returns false when the
     /// connection must close after the reply (closeSession, failed auth).
     pub(crate) fn process(&self, client: &mut Client, xid: i32, req: Request) -> bool {
-        let started = Instant::now();
+        let kind = match req {
+            Request::Create(..)
+            | Request::Delete(_)
+            | Request::SetData(_)
+            | Request::SetAcl(_)
+            | Request::Check(_)
+            | Request::Multi(_)
+            | Request::CloseSession
+            | Request::Unsupported(OpCode::Reconfig) => RequestKind::Update,
+            _ => RequestKind::Read,
+        };
+        self.begin(client, kind);
         let conn = client.conn.clone();
         conn.last_cxid.store(xid.into(), Ordering::Relaxed);
-        let keep_open = match req {
+        match req {
             Request::Ping => {
                 let zxid = self.committer.last_zxid();
-                conn.send(reply(xid, zxid, Ok(&Response::Empty)), zxid);
+                client.reply(reply(xid, zxid, Ok(&Response::Empty)), zxid);
                 true
             }
             Request::Auth(auth) => self.auth(client, xid, &auth),
@@ -96,7 +108,7 @@ impl Core {
                 self.commit(
                     Proposal { session_id: client.session_id, cxid: xid, auth: &[], from: Some(client) },
                     |_, _| Txn::Error(code),
-                    |zxid, _| conn.send(reply(xid, zxid, Err(code)), zxid),
+                    |zxid, _| client.reply(reply(xid, zxid, Err(code)), zxid),
                 );
                 true
             }
@@ -106,24 +118,31 @@ impl Core {
                 // request does not cost a client its connection.
                 tracing::info!(session = format!("{:#x}", client.session_id), op = ?op, "unimplemented request");
                 let zxid = self.committer.last_zxid();
-                conn.send(reply(xid, zxid, Err(ErrorCode::Unimplemented)), zxid);
+                client.reply(reply(xid, zxid, Err(ErrorCode::Unimplemented)), zxid);
                 true
             }
             other => {
                 self.read(client, xid, &other);
                 true
             }
-        };
-        self.stats.record_latency(started.elapsed().as_micros() as u64);
-        keep_open
+        }
+    }
+
+    /// A request has been read: it is outstanding until its reply is
+    /// written (see [`crate::conn`]'s writer, which records its latency).
+    fn begin(&self, client: &mut Client, kind: RequestKind) {
+        client.request = Answer { started: Instant::now(), kind };
+        client.conn.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.stats.request_began();
     }
 
     /// Answers a request whose body did not decode for its opcode. As in
     /// ZooKeeper, that is a MarshallingError reply and the connection
     /// carries on: the frame's length was sound, so the next frame starts
     /// where it should.
-    pub(crate) fn reject_malformed(&self, client: &Client, xid: i32) {
+    pub(crate) fn reject_malformed(&self, client: &mut Client, xid: i32) {
+        self.begin(client, RequestKind::Read);
         let zxid = self.committer.last_zxid();
-        client.conn.send(reply(xid, zxid, Err(ErrorCode::MarshallingError)), zxid);
+        client.reply(reply(xid, zxid, Err(ErrorCode::MarshallingError)), zxid);
     }
 }

@@ -64,7 +64,7 @@ impl Core {
                 conn.send(super::frame(header.clone(), &ev), zxid);
             }
             // A read may have seen writes not yet on disk: it waits for them.
-            conn.send(super::reply(xid, zxid, result.as_ref().map_err(|e| *e)), zxid);
+            client.reply(super::reply(xid, zxid, result.as_ref().map_err(|e| *e)), zxid);
         })
     }
 }

@@ -24,7 +24,7 @@ impl Core {
             |tree, ctx| prep::prepare(tree, ctx, req),
             |zxid, result| {
                 conn.last_zxid.store(zxid, Ordering::Relaxed);
-                conn.send(super::reply(xid, zxid, response(req, result).as_ref().map_err(|e| *e)), zxid);
+                client.reply(super::reply(xid, zxid, response(req, result).as_ref().map_err(|e| *e)), zxid);
             },
         )
     }

@@ -1,7 +1,7 @@
 //! Sessions: the handshake that opens or reattaches one, the table of live
 //! sessions, and their end (closeSession or expiry).
 //!
-//! [`table`] keeps the sessions and their deadlines; this module is what
+//! `table` keeps the sessions and their deadlines; this module is what
 //! happens to them: ZooKeeper's `SessionTracker` and the session half of
 //! its `ZooKeeperServer`.
 
@@ -16,7 +16,7 @@ use zk_wire::records::{ConnectRequest, ConnectResponse, Id};
 pub use table::{password, Liveness, Session, Sessions, EXPIRY_STEP};
 
 use crate::committer::Proposal;
-use crate::conn::{Client, ConnShared};
+use crate::conn::{Answer, Client, ConnShared};
 use crate::core::Core;
 use crate::ops::{connect_frame, reply};
 use crate::txn::Txn;
@@ -117,7 +117,8 @@ impl Core {
         tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
         let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
         self.watches.lock().set_auth(conn.id, &auth);
-        Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live })
+        let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
+        Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request })
     }
 
     /// The client was heard from: its deadline moves. One atomic store.
@@ -148,7 +149,7 @@ impl Core {
             |_, _| Txn::CloseSession,
             |zxid, _| {
                 if let Some((client, xid)) = requester {
-                    client.conn.send(reply(xid, zxid, Ok(&zk_wire::Response::Empty)), zxid);
+                    client.reply(reply(xid, zxid, Ok(&zk_wire::Response::Empty)), zxid);
                 }
             },
         );
