@@ -12,8 +12,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use coordinator::grpc::pb::admin_client::AdminClient;
-use coordinator::grpc::pb::*;
+use admin_api::admin_client::AdminClient;
+use admin_api::*;
 use e2e_tests::{Proc, TempDir};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
