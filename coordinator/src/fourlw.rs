@@ -16,12 +16,12 @@ use crate::stats::{Snapshot, SummaryStats};
 pub const VERSION: &str = concat!("3.8.0-coordinator-", env!("CARGO_PKG_VERSION"));
 
 /// The command, if these four bytes are one.
-pub fn parse(word: &[u8; 4]) -> Option<FourLetterWord> {
+pub(crate) fn parse(word: &[u8; 4]) -> Option<FourLetterWord> {
     FourLetterWord::ALL.into_iter().find(|w| w.name().as_bytes() == word)
 }
 
 /// The command's full reply (the connection closes after it).
-pub fn run(core: &Core, cmd: FourLetterWord) -> String {
+pub(crate) fn run(core: &Core, cmd: FourLetterWord) -> String {
     if !core.config.four_letter_words.contains(&cmd) {
         return format!("{cmd} is not executed because it is not in the whitelist.\n");
     }
@@ -30,7 +30,7 @@ pub fn run(core: &Core, cmd: FourLetterWord) -> String {
 
 /// The command's output regardless of the client-port whitelist (the admin
 /// listener's view).
-pub fn run_unrestricted(core: &Core, cmd: FourLetterWord) -> String {
+pub(crate) fn run_unrestricted(core: &Core, cmd: FourLetterWord) -> String {
     use FourLetterWord::*;
     match cmd {
         Ruok => "imok".to_string(),

@@ -124,7 +124,7 @@ pub struct Latency {
 
 /// Timings the storage records: its log's fsyncs and its snapshots.
 #[derive(Debug, Default)]
-pub struct StorageTimes {
+pub(crate) struct StorageTimes {
     /// Each fsync of the transaction log (ZooKeeper's `fsynctime`).
     pub fsync: Summary,
     /// Each snapshot, from its first byte to its file synced and renamed
@@ -133,11 +133,11 @@ pub struct StorageTimes {
 }
 
 /// Seconds each histogram slot covers.
-pub const SLOT_SECONDS: u64 = 120;
+pub(crate) const SLOT_SECONDS: u64 = 120;
 /// Slots in a summary's window: quantiles cover the last
 /// `(WINDOW_SLOTS - 1) * SLOT_SECONDS` to `WINDOW_SLOTS * SLOT_SECONDS`
 /// seconds.
-pub const WINDOW_SLOTS: usize = 5;
+pub(crate) const WINDOW_SLOTS: usize = 5;
 /// Sub-buckets per power of two (a power of two itself).
 const SUB_BITS: u32 = 3;
 const SUB: u64 = 1 << SUB_BITS;
@@ -151,7 +151,7 @@ pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.95, 0.99, 0.999];
 /// A distribution of durations (see the module's notes): totals since
 /// start, quantiles over a sliding window.
 #[derive(Debug)]
-pub struct Summary {
+pub(crate) struct Summary {
     count: AtomicU64,
     sum_us: AtomicU64,
     /// `u64::MAX` until the first sample.

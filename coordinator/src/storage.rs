@@ -112,7 +112,7 @@ pub struct Storage {
     /// Snapshots kept by purge.
     retain: usize,
     /// How long fsyncs and snapshots take, for the server's statistics.
-    pub times: Arc<StorageTimes>,
+    pub(crate) times: Arc<StorageTimes>,
     _lock: File,
 }
 
