@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FourLetterWord;
 use crate::core::Core;
 use crate::fourlw;
+use crate::grpc::Handle;
 use crate::stats::{Snapshot, SummaryStats, QUANTILES};
 
 /// The admin bearer token. Its `Debug` never shows it: the server's
@@ -80,30 +81,6 @@ impl Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(<redacted>)")
-    }
-}
-
-/// What the admin endpoints act on: the server's core, and the one duty
-/// that lives outside it. The listener and the gRPC service reach the
-/// server only through this, never by naming the module that started them.
-#[derive(Clone)]
-pub(crate) struct Handle {
-    core: Arc<Core>,
-}
-
-impl Handle {
-    pub(crate) fn new(core: Arc<Core>) -> Handle {
-        Handle { core }
-    }
-
-    pub(crate) fn core(&self) -> &Core {
-        &self.core
-    }
-
-    /// Writes a snapshot of the tree now; the zxid it covers, or `None`
-    /// when the server keeps no data dir.
-    pub(crate) async fn snapshot_now(&self) -> anyhow::Result<Option<i64>> {
-        crate::server::snapshot_now(&self.core).await
     }
 }
 
@@ -197,7 +174,7 @@ async fn command(State(admin): State<Handle>, Path(word): Path<String>) -> impl 
 }
 
 async fn metrics(State(admin): State<Handle>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], prometheus(&Snapshot::of(admin.core())))
+    ([("content-type", "text/plain; version=0.0.4")], prometheus(&fourlw::snapshot(admin.core())))
 }
 
 /// Prometheus text exposition, named and typed as Apache ZooKeeper 3.8's

@@ -3,15 +3,15 @@
 //! trait).
 //!
 //! It reads the same internals the four-letter words read (`ServerStats`
-//! renders the same [`Snapshot`] as `mntr` and `/metrics`), typed for
+//! renders the same [`crate::stats::Snapshot`] as `mntr` and `/metrics`), typed for
 //! programs, and adds the drills that the text commands cannot offer:
 //! expire a session, close it, drop its connection, take a snapshot.
 //!
 //! # Where it is served
 //! On the admin listener (`--admin-listen`), on the same port as the HTTP
 //! endpoints: gRPC calls are HTTP/2 requests to `/<service>/<method>`, a
-//! path no HTTP endpoint uses, so one axum router holds both (see
-//! [`crate::admin::router`]) and one listener accepts HTTP/1 and HTTP/2
+//! path no HTTP endpoint uses, so one axum router holds both (see the
+//! router in [`crate::admin`]) and one listener accepts HTTP/1 and HTTP/2
 //! alike. One port means one flag, one firewall rule and one place to keep
 //! off the public network; the listener is off unless asked for.
 //!
@@ -22,13 +22,13 @@
 //! closed, and "session expired" when the client reconnects.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use admin_api as pb;
 use pb::admin_server::AdminServer;
 use pb::*;
 use tonic::{Request, Response, Status};
 
-use crate::admin::Handle;
 use crate::core::Core;
 use crate::path;
 use crate::stats::{self, SummaryStats};
@@ -36,6 +36,31 @@ use crate::watch::Mode;
 
 /// ListTree's node limit when the request gives none.
 const DEFAULT_TREE_LIMIT: usize = 10_000;
+
+/// What the admin endpoints, HTTP and gRPC, act on: the server's core, and
+/// the one duty that lives outside it. The admin listener and this service
+/// reach the server only through it, never by naming the module that
+/// started them.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    core: Arc<Core>,
+}
+
+impl Handle {
+    pub(crate) fn new(core: Arc<Core>) -> Handle {
+        Handle { core }
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Writes a snapshot of the tree now; the zxid it covers, or `None`
+    /// when the server keeps no data dir.
+    pub(crate) async fn snapshot_now(&self) -> anyhow::Result<Option<i64>> {
+        crate::server::snapshot_now(&self.core).await
+    }
+}
 
 /// The Admin service and server reflection, as routes for the admin router.
 pub(crate) fn routes(admin: Handle) -> axum::Router {
@@ -138,7 +163,7 @@ fn within(candidate: &str, path: &str) -> bool {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn server_stats(&self, _: Request<ServerStatsRequest>) -> Result<Response<ServerStatsReply>, Status> {
-        Ok(Response::new(stats_reply(&stats::Snapshot::of(self.core()))))
+        Ok(Response::new(stats_reply(&crate::fourlw::snapshot(self.core()))))
     }
 
     async fn list_sessions(&self, _: Request<ListSessionsRequest>) -> Result<Response<ListSessionsReply>, Status> {

@@ -1,13 +1,15 @@
 //! Server statistics: the live counters the request path updates, and the
 //! [`Snapshot`] read from them (and from the tree, the sessions and the
-//! connections) that every report renders: `mntr` and `srvr`
-//! ([`crate::fourlw`]), Prometheus `/metrics` ([`crate::admin`]) and the
-//! gRPC `ServerStats` ([`crate::grpc`]). One typed source, so the three can
-//! never disagree about a number or parse one back out of another's text.
+//! connections, by `fourlw::snapshot`) that every report renders:
+//! `mntr` and `srvr` ([`crate::fourlw`]), Prometheus `/metrics`
+//! ([`crate::admin`]) and the gRPC `ServerStats` ([`crate::grpc`]). One
+//! typed source, so the three can never disagree about a number or parse
+//! one back out of another's text. This module depends on nothing else in
+//! the server, so the core can own its counters.
 //!
 //! # Recording is cheap
 //! Everything here is updated on the hot path, from many connection tasks
-//! at once: plain atomics, no lock and no allocation. A [`Summary`] costs a
+//! at once: plain atomics, no lock and no allocation. A `Summary` costs a
 //! few relaxed atomic adds per sample and one clock read.
 //!
 //! # Summaries
@@ -15,7 +17,7 @@
 //! keeps the count, sum, min and max of every sample since start, as
 //! ZooKeeper's `mntr` reports them, and a log-scale histogram from which
 //! quantiles are read. The histogram covers a sliding window of the last
-//! [`WINDOW_SLOTS`] × [`SLOT_SECONDS`] seconds, as ZooKeeper's Prometheus
+//! `WINDOW_SLOTS` × `SLOT_SECONDS` seconds, as ZooKeeper's Prometheus
 //! summaries do (ten minutes in five age buckets): a p99 over the whole
 //! uptime would hide this morning's slow disk behind last week's samples.
 //! Buckets are 8 per power of two, so a quantile is within about 6% of
@@ -24,8 +26,6 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-use crate::core::Core;
 
 /// What a request was, for latency: ZooKeeper's split, which monitoring
 /// dashboards chart as `readlatency` and `updatelatency`.
@@ -87,6 +87,19 @@ impl Stats {
 
     pub fn packets_sent(&self) -> u64 {
         self.packets_sent.load(Ordering::Relaxed)
+    }
+
+    /// Requests outstanding now (0 if the count has dipped below).
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding_requests.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn read_latency(&self) -> SummaryStats {
+        self.read_latency.read()
+    }
+
+    pub fn update_latency(&self) -> SummaryStats {
+        self.update_latency.read()
     }
 
     /// min, avg and max over every request since start, in milliseconds,
@@ -383,53 +396,6 @@ pub struct Snapshot {
     pub uptime: Duration,
 }
 
-impl Snapshot {
-    /// Reads the server's numbers. One lock at a time, never nested, so
-    /// the figures may be a moment apart, which is as exact as a live
-    /// server can be described anyway.
-    pub fn of(core: &Core) -> Snapshot {
-        let (zxid, nodes, ephemerals, size) =
-            core.with_tree(|t| (t.last_zxid(), t.node_count(), t.ephemeral_count(), t.approximate_data_size()));
-        let watches = core.with_watches(|w| w.count());
-        let sessions = core.with_sessions(|s| s.len());
-        let connections = core.connections();
-        let queued_bytes = connections.iter().map(|c| c.queued().load(Ordering::Relaxed) as u64).sum();
-        let storage = core.storage.as_ref().map(|s| &*s.times);
-        let stats = &core.stats;
-        Snapshot {
-            version: crate::fourlw::VERSION,
-            server_state: "standalone",
-            latency: stats.latency(),
-            read_latency: stats.read_latency.read(),
-            update_latency: stats.update_latency.read(),
-            fsync_time: storage.map(|t| t.fsync.read()).unwrap_or_default(),
-            snapshot_time: storage.map(|t| t.snapshot.read()).unwrap_or_default(),
-            packets_received: stats.packets_received.load(Ordering::Relaxed),
-            packets_sent: stats.packets_sent(),
-            num_alive_connections: connections.len() as u64,
-            outstanding_requests: stats.outstanding_requests.load(Ordering::Relaxed).max(0) as u64,
-            queued_bytes,
-            znode_count: nodes as u64,
-            watch_count: watches as u64,
-            ephemerals_count: ephemerals as u64,
-            approximate_data_size: size.max(0) as u64,
-            open_file_descriptor_count: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
-            max_file_descriptor_count: max_open_files(),
-            global_sessions: sessions as u64,
-            last_zxid: zxid,
-            uptime: core.started.elapsed(),
-        }
-    }
-}
-
-/// The soft limit on open files, from /proc (no unsafe getrlimit needed).
-/// ZooKeeper reports it beside the count; monitoring compares the two.
-fn max_open_files() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -558,8 +524,9 @@ pub(crate) mod tests {
         let stats = Stats::default();
         stats.request_ended();
         assert_eq!(stats.outstanding_requests.load(Ordering::Relaxed), -1);
+        assert_eq!(stats.outstanding(), 0);
         stats.request_began();
         stats.request_began();
-        assert_eq!(stats.outstanding_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.outstanding(), 1);
     }
 }
