@@ -98,10 +98,14 @@ fn prints_numbers_only(word: FourLetterWord) -> bool {
     }
 }
 
+/// The Admin service's method a path calls, if it calls one.
+fn rpc_method(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?.strip_prefix(SERVICE_NAME)?.strip_prefix('/')
+}
+
 /// Does this request need the token?
 fn protected(path: &str) -> bool {
-    let rpc = path.strip_prefix('/').and_then(|p| p.strip_prefix(SERVICE_NAME)).and_then(|p| p.strip_prefix('/'));
-    if let Some(method) = rpc {
+    if let Some(method) = rpc_method(path) {
         return !PUBLIC_RPCS.contains(&method);
     }
     // The router percent-decodes the segment (`/commands/%64ump` runs
@@ -137,7 +141,7 @@ async fn gate(State(admin): State<Handle>, req: Request, next: Next) -> Response
         }
     };
     tracing::info!(path, "admin request refused: {why}");
-    if path.strip_prefix('/').is_some_and(|p| p.starts_with(SERVICE_NAME)) {
+    if rpc_method(&path).is_some() {
         return tonic::Status::unauthenticated(why).into_http::<axum::body::Body>();
     }
     (StatusCode::UNAUTHORIZED, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], format!("{why}\n")).into_response()

@@ -3,9 +3,9 @@
 //! trait).
 //!
 //! It reads the same internals the four-letter words read (`ServerStats`
-//! renders the same [`crate::stats::Snapshot`] as `mntr` and `/metrics`), typed for
-//! programs, and adds the drills that the text commands cannot offer:
-//! expire a session, close it, drop its connection, take a snapshot.
+//! renders the same [`crate::stats::Snapshot`] as `mntr` and `/metrics`),
+//! typed for programs, and adds the drills that the text commands cannot
+//! offer: expire a session, close it, drop its connection, take a snapshot.
 //!
 //! # Where it is served
 //! On the admin listener (`--admin-listen`), on the same port as the HTTP
