@@ -23,9 +23,67 @@ use std::time::Duration;
 use clap::Parser;
 use thiserror::Error;
 
-/// Every four-letter word the server knows.
-pub const FOUR_LETTER_WORDS: &[&str] =
-    &["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "wchs", "wchc", "wchp", "dump", "isro"];
+/// A four-letter word: a text command sent instead of a handshake on the
+/// client port (`fourlw` answers them). One list for the
+/// whitelist setting, the client port and the admin listener, so a word
+/// cannot be known to one and not the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FourLetterWord {
+    Ruok,
+    Srvr,
+    Stat,
+    Mntr,
+    Conf,
+    Cons,
+    Envi,
+    Wchs,
+    Wchc,
+    Wchp,
+    Dump,
+    Isro,
+}
+
+impl FourLetterWord {
+    /// Every word the server knows, in the order they are listed to users.
+    pub const ALL: [FourLetterWord; 12] = {
+        use FourLetterWord::*;
+        [Ruok, Srvr, Stat, Mntr, Conf, Cons, Envi, Wchs, Wchc, Wchp, Dump, Isro]
+    };
+
+    pub fn name(self) -> &'static str {
+        use FourLetterWord::*;
+        match self {
+            Ruok => "ruok",
+            Srvr => "srvr",
+            Stat => "stat",
+            Mntr => "mntr",
+            Conf => "conf",
+            Cons => "cons",
+            Envi => "envi",
+            Wchs => "wchs",
+            Wchc => "wchc",
+            Wchp => "wchp",
+            Dump => "dump",
+            Isro => "isro",
+        }
+    }
+
+    /// The word spelled exactly so (lower case, as ZooKeeper requires).
+    pub fn from_name(name: &str) -> Option<FourLetterWord> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// Every word's name, comma-separated, for messages that list them.
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(",")
+    }
+}
+
+impl std::fmt::Display for FourLetterWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The settings the server runs with, fully resolved.
 #[derive(Debug, Clone)]
@@ -49,7 +107,7 @@ pub struct Config {
     /// without one they are off.
     pub admin_token: Option<crate::admin::Token>,
     /// Four-letter words answered on the client port.
-    pub four_letter_words: BTreeSet<String>,
+    pub four_letter_words: BTreeSet<FourLetterWord>,
     /// `jute.maxbuffer`: the largest frame accepted, and the largest znode.
     pub max_buffer: usize,
     /// `zookeeper.DigestAuthenticationProvider.superDigest`: `super:<digest>`.
@@ -82,7 +140,7 @@ impl Default for Config {
             global_outstanding_limit: 1000,
             admin_listen: None,
             admin_token: None,
-            four_letter_words: ["srvr".to_string()].into_iter().collect(),
+            four_letter_words: [FourLetterWord::Srvr].into_iter().collect(),
             max_buffer: zk_wire::consts::DEFAULT_MAX_BUFFER,
             super_digest: None,
             extended_types: true,
@@ -104,7 +162,7 @@ impl Config {
             min_session_timeout: tick * 2,
             max_session_timeout: Duration::from_secs(60),
             max_client_connections: 0,
-            four_letter_words: FOUR_LETTER_WORDS.iter().map(|s| s.to_string()).collect(),
+            four_letter_words: FourLetterWord::ALL.into_iter().collect(),
             container_check_interval: Duration::from_millis(500),
             ..Config::default()
         }
@@ -151,7 +209,7 @@ pub struct Args {
     #[arg(long, env = "COORDINATOR_GLOBAL_OUTSTANDING_LIMIT", value_name = "N")]
     pub global_outstanding_limit: Option<usize>,
     /// Address for the admin API: gRPC, and HTTP /health, /metrics and
-    /// /commands/<word> (off unless given; the dashboard is its own binary).
+    /// `/commands/<word>` (off unless given; the dashboard is its own binary).
     #[arg(long, env = "COORDINATOR_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
     /// File holding the admin API's bearer token (else the
@@ -539,15 +597,15 @@ fn ignored_key(key: &str) -> Option<&'static str> {
     })
 }
 
-fn parse_whitelist(v: &str) -> Result<BTreeSet<String>, String> {
+fn parse_whitelist(v: &str) -> Result<BTreeSet<FourLetterWord>, String> {
     let mut set = BTreeSet::new();
     for word in v.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         if word == "*" {
-            set.extend(FOUR_LETTER_WORDS.iter().map(|s| s.to_string()));
-        } else if FOUR_LETTER_WORDS.contains(&word) {
-            set.insert(word.to_string());
+            set.extend(FourLetterWord::ALL);
+        } else if let Some(w) = FourLetterWord::from_name(word) {
+            set.insert(w);
         } else {
-            return Err(format!("unknown four-letter word {word:?}; known: {}", FOUR_LETTER_WORDS.join(",")));
+            return Err(format!("unknown four-letter word {word:?}; known: {}", FourLetterWord::names()));
         }
     }
     Ok(set)
@@ -618,8 +676,22 @@ mod tests {
         assert_eq!(cfg.min_session_timeout, Duration::from_millis(1000));
         assert_eq!(cfg.max_session_timeout, Duration::from_millis(10000));
         assert_eq!(cfg.max_client_connections, 9);
-        assert!(cfg.four_letter_words.contains("mntr") && !cfg.four_letter_words.contains("srvr"));
+        assert!(cfg.four_letter_words.contains(&FourLetterWord::Mntr));
+        assert!(!cfg.four_letter_words.contains(&FourLetterWord::Srvr));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn whitelist_names_each_word_once() {
+        for w in FourLetterWord::ALL {
+            assert_eq!(FourLetterWord::from_name(w.name()), Some(w));
+            assert_eq!(w.name().len(), 4);
+        }
+        assert_eq!(FourLetterWord::from_name("MNTR"), None, "ZooKeeper's words are lower case");
+        assert_eq!(parse_whitelist("*").expect("all"), FourLetterWord::ALL.into_iter().collect());
+        assert_eq!(parse_whitelist(" mntr ,, ruok").expect("two").len(), 2);
+        let err = parse_whitelist("ruok,kill").expect_err("unknown word");
+        assert!(err.contains("\"kill\"") && err.contains("ruok,srvr,stat"), "{err}");
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::config::FOUR_LETTER_WORDS;
+use crate::config::FourLetterWord;
 use crate::core::Core;
+use crate::stats::{Snapshot, SummaryStats};
 
 /// Leads with the ZooKeeper release whose protocol we speak, in ZooKeeper's
 /// own `3.8.0-<build>` form: clients read the leading digits to decide which
@@ -14,14 +15,60 @@ use crate::core::Core;
 /// `zookeeper.version`), and the build part says what is really answering.
 pub const VERSION: &str = concat!("3.8.0-coordinator-", env!("CARGO_PKG_VERSION"));
 
+/// Every number the server reports about itself, read now: what `mntr`,
+/// `srvr`, the admin listener's `/metrics` and gRPC `ServerStats` render.
+/// One lock at a time, never nested, so the figures may be a moment apart,
+/// which is as exact as a live server can be described anyway.
+pub(crate) fn snapshot(core: &Core) -> Snapshot {
+    let (zxid, nodes, ephemerals, size) =
+        core.with_tree(|t| (t.last_zxid(), t.node_count(), t.ephemeral_count(), t.approximate_data_size()));
+    let watches = core.with_watches(|w| w.count());
+    let sessions = core.with_sessions(|s| s.len());
+    let connections = core.connections();
+    let queued_bytes = connections.iter().map(|c| c.queued().load(Ordering::Relaxed) as u64).sum();
+    let storage = core.storage().map(|s| &*s.times);
+    let stats = &core.stats;
+    Snapshot {
+        version: VERSION,
+        server_state: "standalone",
+        latency: stats.latency(),
+        read_latency: stats.read_latency(),
+        update_latency: stats.update_latency(),
+        fsync_time: storage.map(|t| t.fsync.read()).unwrap_or_default(),
+        snapshot_time: storage.map(|t| t.snapshot.read()).unwrap_or_default(),
+        packets_received: stats.packets_received.load(Ordering::Relaxed),
+        packets_sent: stats.packets_sent(),
+        num_alive_connections: connections.len() as u64,
+        outstanding_requests: stats.outstanding(),
+        queued_bytes,
+        znode_count: nodes as u64,
+        watch_count: watches as u64,
+        ephemerals_count: ephemerals as u64,
+        approximate_data_size: size.max(0) as u64,
+        open_file_descriptor_count: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
+        max_file_descriptor_count: max_open_files(),
+        global_sessions: sessions as u64,
+        last_zxid: zxid,
+        uptime: core.started.elapsed(),
+    }
+}
+
+/// The soft limit on open files, from /proc (no unsafe getrlimit needed).
+/// ZooKeeper reports it beside the count; monitoring compares the two.
+fn max_open_files() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// The command, if these four bytes are one.
-pub fn parse(word: &[u8; 4]) -> Option<&'static str> {
-    FOUR_LETTER_WORDS.iter().copied().find(|w| w.as_bytes() == word)
+pub(crate) fn parse(word: &[u8; 4]) -> Option<FourLetterWord> {
+    FourLetterWord::ALL.into_iter().find(|w| w.name().as_bytes() == word)
 }
 
 /// The command's full reply (the connection closes after it).
-pub fn run(core: &Core, cmd: &str) -> String {
-    if !core.config.four_letter_words.contains(cmd) {
+pub(crate) fn run(core: &Core, cmd: FourLetterWord) -> String {
+    if !core.config.four_letter_words.contains(&cmd) {
         return format!("{cmd} is not executed because it is not in the whitelist.\n");
     }
     run_unrestricted(core, cmd)
@@ -29,32 +76,39 @@ pub fn run(core: &Core, cmd: &str) -> String {
 
 /// The command's output regardless of the client-port whitelist (the admin
 /// listener's view).
-pub fn run_unrestricted(core: &Core, cmd: &str) -> String {
+pub(crate) fn run_unrestricted(core: &Core, cmd: FourLetterWord) -> String {
+    use FourLetterWord::*;
     match cmd {
-        "ruok" => "imok".to_string(),
-        "isro" => "rw".to_string(),
-        "srvr" => srvr(core),
-        "stat" => stat(core),
-        "mntr" => mntr(core),
-        "conf" => conf(core),
-        "cons" => cons(core),
-        "envi" => envi(),
-        "wchs" => wchs(core),
-        "wchc" => wchc(core),
-        "wchp" => wchp(core),
-        "dump" => dump(core),
-        _ => String::new(),
+        Ruok => "imok".to_string(),
+        Isro => "rw".to_string(),
+        Srvr => srvr(&snapshot(core)),
+        Stat => stat(core),
+        Mntr => mntr(&snapshot(core)),
+        Conf => conf(core),
+        Cons => cons(core),
+        Envi => envi(),
+        Wchs => wchs(core),
+        Wchc => wchc(core),
+        Wchp => wchp(core),
+        Dump => dump(core),
     }
 }
 
-fn srvr(core: &Core) -> String {
-    let (min, avg, max) = core.stats.latency_ms();
-    let (zxid, nodes) = core.with_tree(|t| (t.last_zxid(), t.node_count()));
+fn srvr(s: &Snapshot) -> String {
+    let l = s.latency;
     format!(
-        "Zookeeper version: {VERSION}\nLatency min/avg/max: {min:.0}/{avg:.4}/{max:.0}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: 0\nZxid: {zxid:#x}\nMode: standalone\nNode count: {nodes}\n",
-        core.stats.packets_received.load(Ordering::Relaxed),
-        core.stats.packets_sent(),
-        core.connections().len(),
+        "Zookeeper version: {}\nLatency min/avg/max: {:.0}/{:.4}/{:.0}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: {}\nZxid: {:#x}\nMode: {}\nNode count: {}\n",
+        s.version,
+        l.min_ms,
+        l.avg_ms,
+        l.max_ms,
+        s.packets_received,
+        s.packets_sent,
+        s.num_alive_connections,
+        s.outstanding_requests,
+        s.last_zxid,
+        s.server_state,
+        s.znode_count,
     )
 }
 
@@ -70,54 +124,68 @@ fn stat(core: &Core) -> String {
         );
     }
     out.push('\n');
-    let srvr = srvr(core);
+    let srvr = srvr(&snapshot(core));
     out.push_str(srvr.split_once('\n').map_or("", |(_, rest)| rest));
     out
 }
 
-/// The soft limit on open files, from /proc (no unsafe getrlimit needed).
-fn max_open_files() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+/// `mntr`: one `zk_<name>\t<value>` line per figure, named and shaped as
+/// ZooKeeper 3.8 prints them (latencies in milliseconds; averages with
+/// decimals, the rest whole). The figures ZooKeeper prints first come
+/// first; `zk_last_zxid` and `zk_queued_bytes` are the coordinator's own.
+fn mntr(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "zk_{key}\t{value}");
+    };
+    let l = s.latency;
+    line("version", &s.version);
+    line("server_state", &s.server_state);
+    line("avg_latency", &format_args!("{:.4}", l.avg_ms));
+    line("max_latency", &format_args!("{:.0}", l.max_ms));
+    line("min_latency", &format_args!("{:.0}", l.min_ms));
+    line("packets_received", &s.packets_received);
+    line("packets_sent", &s.packets_sent);
+    line("num_alive_connections", &s.num_alive_connections);
+    line("outstanding_requests", &s.outstanding_requests);
+    line("znode_count", &s.znode_count);
+    line("watch_count", &s.watch_count);
+    line("ephemerals_count", &s.ephemerals_count);
+    line("approximate_data_size", &s.approximate_data_size);
+    line("open_file_descriptor_count", &s.open_file_descriptor_count);
+    match s.max_file_descriptor_count {
+        Some(n) => line("max_file_descriptor_count", &n),
+        None => line("max_file_descriptor_count", &-1),
+    }
+    line("global_sessions", &s.global_sessions);
+    line("last_zxid", &s.last_zxid);
+    line("uptime", &s.uptime.as_millis());
+    line("queued_bytes", &s.queued_bytes);
+    for (name, summary, percentiles) in [
+        ("readlatency", &s.read_latency, true),
+        ("updatelatency", &s.update_latency, true),
+        ("fsynctime", &s.fsync_time, false),
+        ("snapshottime", &s.snapshot_time, false),
+    ] {
+        summary_lines(&mut line, name, summary, percentiles);
+    }
+    out
 }
 
-fn mntr(core: &Core) -> String {
-    mntr_values(core).into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
-}
-
-/// `mntr`'s keys and values, in its order: one source for the command, the
-/// Prometheus endpoint and the admin API's ServerStats.
-pub fn mntr_values(core: &Core) -> Vec<(&'static str, String)> {
-    let (min, avg, max) = core.stats.latency_ms();
-    let (zxid, nodes, ephemerals, size) =
-        core.with_tree(|t| (t.last_zxid(), t.node_count(), t.ephemeral_count(), t.approximate_data_size()));
-    let watches = core.with_watches(|w| w.count());
-    let sessions = core.with_sessions(|s| s.len());
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-    // ZooKeeper's mntr reports the fd limit beside the count (its
-    // UnixOperatingSystemMXBean metrics); monitoring compares the two.
-    let max_fds = max_open_files().map(|n| n.to_string()).unwrap_or_else(|| "-1".into());
-    vec![
-        ("zk_version", VERSION.to_string()),
-        ("zk_server_state", "standalone".into()),
-        ("zk_avg_latency", format!("{avg:.4}")),
-        ("zk_max_latency", format!("{max:.0}")),
-        ("zk_min_latency", format!("{min:.0}")),
-        ("zk_packets_received", core.stats.packets_received.load(Ordering::Relaxed).to_string()),
-        ("zk_packets_sent", core.stats.packets_sent().to_string()),
-        ("zk_num_alive_connections", core.connections().len().to_string()),
-        ("zk_outstanding_requests", "0".into()),
-        ("zk_znode_count", nodes.to_string()),
-        ("zk_watch_count", watches.to_string()),
-        ("zk_ephemerals_count", ephemerals.to_string()),
-        ("zk_approximate_data_size", size.to_string()),
-        ("zk_open_file_descriptor_count", fds.to_string()),
-        ("zk_max_file_descriptor_count", max_fds),
-        ("zk_global_sessions", sessions.to_string()),
-        ("zk_last_zxid", zxid.to_string()),
-        ("zk_uptime", core.started.elapsed().as_millis().to_string()),
-    ]
+/// A summary as ZooKeeper's `mntr` prints one: `avg_`, `min_`, `max_`,
+/// `cnt_` and `sum_` of every sample, and, for the request latencies,
+/// `p50_`, `p95_`, `p99_` and `p999_` (0 while no recent sample).
+fn summary_lines(line: &mut impl FnMut(&str, &dyn std::fmt::Display), name: &str, s: &SummaryStats, percentiles: bool) {
+    line(&format!("avg_{name}"), &format_args!("{:.4}", s.avg_ms()));
+    line(&format!("min_{name}"), &format_args!("{:.0}", s.min_ms));
+    line(&format!("max_{name}"), &format_args!("{:.0}", s.max_ms));
+    line(&format!("cnt_{name}"), &s.count);
+    line(&format!("sum_{name}"), &format_args!("{:.0}", s.sum_ms));
+    if percentiles {
+        for (label, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999)] {
+            line(&format!("{label}_{name}"), &format_args!("{:.0}", s.quantile(q).unwrap_or(0.0)));
+        }
+    }
 }
 
 fn conf(core: &Core) -> String {
@@ -231,4 +299,81 @@ fn dump(core: &Core) -> String {
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(text: &str) -> Vec<(&str, &str)> {
+        text.lines().map(|l| l.split_once('\t').expect("key<TAB>value")).collect()
+    }
+
+    #[test]
+    fn words_are_parsed_from_their_four_bytes_only() {
+        assert_eq!(parse(b"mntr"), Some(FourLetterWord::Mntr));
+        assert_eq!(parse(b"MNTR"), None);
+        assert_eq!(parse(b"\0\0\0\x2d"), None, "a handshake's length prefix is not a word");
+        for w in FourLetterWord::ALL {
+            let bytes: [u8; 4] = w.name().as_bytes().try_into().expect("four bytes");
+            assert_eq!(parse(&bytes), Some(w));
+        }
+    }
+
+    /// The keys and value shapes are ZooKeeper 3.8's (as its own `mntr`
+    /// prints them), so mntr-parsing monitoring reads either server.
+    #[test]
+    fn mntr_names_and_shapes_are_zookeepers() {
+        let text = mntr(&crate::stats::tests::sample());
+        let v = values(&text);
+        let get = |k: &str| v.iter().find(|(key, _)| *key == k).map(|(_, val)| *val);
+        for (key, want) in [
+            ("zk_version", VERSION),
+            ("zk_server_state", "standalone"),
+            ("zk_avg_latency", "1.4167"),
+            ("zk_max_latency", "5"),
+            ("zk_min_latency", "0"),
+            ("zk_packets_received", "11"),
+            ("zk_packets_sent", "12"),
+            ("zk_num_alive_connections", "3"),
+            ("zk_outstanding_requests", "4"),
+            ("zk_znode_count", "7"),
+            ("zk_watch_count", "8"),
+            ("zk_ephemerals_count", "2"),
+            ("zk_approximate_data_size", "1234"),
+            ("zk_open_file_descriptor_count", "40"),
+            ("zk_max_file_descriptor_count", "-1"),
+            ("zk_global_sessions", "5"),
+            ("zk_uptime", "4321"),
+            ("zk_queued_bytes", "4096"),
+            // Five read samples: 0.1, 0.2, 0.3, 0.4 and 5 ms.
+            ("zk_avg_readlatency", "1.2000"),
+            ("zk_min_readlatency", "0"),
+            ("zk_max_readlatency", "5"),
+            ("zk_cnt_readlatency", "5"),
+            ("zk_sum_readlatency", "6"),
+            ("zk_p50_readlatency", "0"),
+            ("zk_p999_readlatency", "5"),
+            ("zk_cnt_updatelatency", "1"),
+            ("zk_p99_updatelatency", "3"),
+            ("zk_avg_fsynctime", "1.0000"),
+            ("zk_cnt_fsynctime", "1"),
+            ("zk_cnt_snapshottime", "0"),
+            ("zk_max_snapshottime", "0"),
+        ] {
+            assert_eq!(get(key), Some(want), "{key} in:\n{text}");
+        }
+        // Basic summaries have no percentiles in ZooKeeper's mntr.
+        assert_eq!(get("zk_p50_fsynctime"), None);
+        for name in ["readlatency", "updatelatency"] {
+            for stat in ["avg", "min", "max", "cnt", "sum", "p50", "p95", "p99", "p999"] {
+                assert!(get(&format!("zk_{stat}_{name}")).is_some(), "zk_{stat}_{name}");
+            }
+        }
+        for (key, value) in &v {
+            assert!(key.starts_with("zk_") && !key.contains(' '), "{key}");
+            let text_valued = ["zk_version", "zk_server_state"].contains(key);
+            assert!(text_valued || value.parse::<f64>().is_ok(), "{key} = {value:?} is not a number");
+        }
+    }
 }

@@ -1,16 +1,17 @@
-//! The admin API over gRPC (`coordinator.admin.v1.Admin`, in
-//! `proto/coordinator/admin/v1/admin.proto`).
+//! The admin API over gRPC (`coordinator.admin.v1.Admin`, defined and
+//! generated in the `admin-api` crate; this module implements its server
+//! trait).
 //!
-//! It reads the same internals the four-letter words read (the numbers are
-//! `mntr`'s, taken from [`fourlw::mntr_values`]), typed for programs, and
-//! adds the drills that the text commands cannot offer: expire a session,
-//! close it, drop its connection, take a snapshot.
+//! It reads the same internals the four-letter words read (`ServerStats`
+//! renders the same [`crate::stats::Snapshot`] as `mntr` and `/metrics`),
+//! typed for programs, and adds the drills that the text commands cannot
+//! offer: expire a session, close it, drop its connection, take a snapshot.
 //!
 //! # Where it is served
 //! On the admin listener (`--admin-listen`), on the same port as the HTTP
 //! endpoints: gRPC calls are HTTP/2 requests to `/<service>/<method>`, a
-//! path no HTTP endpoint uses, so one axum router holds both (see
-//! [`crate::admin::router`]) and one listener accepts HTTP/1 and HTTP/2
+//! path no HTTP endpoint uses, so one axum router holds both (see the
+//! router in [`crate::admin`]) and one listener accepts HTTP/1 and HTTP/2
 //! alike. One port means one flag, one firewall rule and one place to keep
 //! off the public network; the listener is off unless asked for.
 //!
@@ -23,30 +24,47 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use admin_api as pb;
+use pb::admin_server::AdminServer;
+use pb::*;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::fourlw;
 use crate::path;
+use crate::stats::{self, SummaryStats};
 use crate::watch::Mode;
-
-/// The generated messages, server and client.
-pub mod pb {
-    tonic::include_proto!("coordinator.admin.v1");
-
-    /// The encoded descriptors, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("admin_descriptor");
-}
-
-use pb::admin_server::AdminServer;
-use pb::*;
 
 /// ListTree's node limit when the request gives none.
 const DEFAULT_TREE_LIMIT: usize = 10_000;
 
+/// What the admin endpoints, HTTP and gRPC, act on: the server's core, and
+/// the one duty that lives outside it. The admin listener and this service
+/// reach the server only through it, never by naming the module that
+/// started them.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    core: Arc<Core>,
+}
+
+impl Handle {
+    pub(crate) fn new(core: Arc<Core>) -> Handle {
+        Handle { core }
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Writes a snapshot of the tree now; the zxid it covers, or `None`
+    /// when the server keeps no data dir.
+    pub(crate) async fn snapshot_now(&self) -> anyhow::Result<Option<i64>> {
+        self.core.snapshot_now().await
+    }
+}
+
 /// The Admin service and server reflection, as routes for the admin router.
-pub fn routes(core: Arc<Core>) -> axum::Router {
-    let mut routes = tonic::service::Routes::new(AdminServer::new(AdminService { core }));
+pub(crate) fn routes(admin: Handle) -> axum::Router {
+    let mut routes = tonic::service::Routes::new(AdminServer::new(AdminService { admin }));
     // Reflection lets grpcurl and grpcui discover the API without the proto
     // file. v1alpha too: many installed grpcurl versions still ask for it.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -64,23 +82,66 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
     routes.into_axum_router()
 }
 
-pub struct AdminService {
-    core: Arc<Core>,
+struct AdminService {
+    admin: Handle,
 }
 
 impl AdminService {
+    fn core(&self) -> &Core {
+        self.admin.core()
+    }
+
     /// The session's ephemerals, or NOT_FOUND when no such session is open.
     fn open_session(&self, id: i64) -> Result<Vec<String>, Status> {
-        let open = self.core.with_sessions(|s| s.get(id).is_some_and(|s| !s.closing));
+        let open = self.core().with_sessions(|s| s.get(id).is_some_and(|s| !s.closing));
         if !open {
             return Err(Status::not_found(format!("no open session {id:#x}")));
         }
-        Ok(self.core.with_tree(|t| t.ephemerals_of(id).cloned().collect()))
+        Ok(self.core().with_tree(|t| t.ephemerals_of(id).cloned().collect()))
     }
 }
 
-fn number<T: std::str::FromStr + Default>(values: &HashMap<&str, String>, key: &str) -> T {
-    values.get(key).and_then(|v| v.parse().ok()).unwrap_or_default()
+fn stats_reply(s: &stats::Snapshot) -> ServerStatsReply {
+    ServerStatsReply {
+        version: s.version.to_string(),
+        server_state: s.server_state.to_string(),
+        avg_latency: s.latency.avg_ms,
+        max_latency: s.latency.max_ms,
+        min_latency: s.latency.min_ms,
+        packets_received: s.packets_received,
+        packets_sent: s.packets_sent,
+        num_alive_connections: s.num_alive_connections,
+        outstanding_requests: s.outstanding_requests,
+        znode_count: s.znode_count,
+        watch_count: s.watch_count,
+        ephemerals_count: s.ephemerals_count,
+        approximate_data_size: s.approximate_data_size,
+        open_file_descriptor_count: s.open_file_descriptor_count,
+        max_file_descriptor_count: s.max_file_descriptor_count.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        global_sessions: s.global_sessions,
+        last_zxid: s.last_zxid,
+        uptime: u64::try_from(s.uptime.as_millis()).unwrap_or(u64::MAX),
+        read_latency: Some(summary(&s.read_latency)),
+        update_latency: Some(summary(&s.update_latency)),
+        fsync_time: Some(summary(&s.fsync_time)),
+        snapshot_time: Some(summary(&s.snapshot_time)),
+        queued_bytes: s.queued_bytes,
+    }
+}
+
+fn summary(s: &SummaryStats) -> Summary {
+    Summary {
+        count: s.count,
+        sum_ms: s.sum_ms,
+        min_ms: s.min_ms,
+        max_ms: s.max_ms,
+        avg_ms: s.avg_ms(),
+        p50_ms: s.quantile(0.5),
+        p90_ms: s.quantile(0.9),
+        p95_ms: s.quantile(0.95),
+        p99_ms: s.quantile(0.99),
+        p999_ms: s.quantile(0.999),
+    }
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -102,31 +163,7 @@ fn within(candidate: &str, path: &str) -> bool {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn server_stats(&self, _: Request<ServerStatsRequest>) -> Result<Response<ServerStatsReply>, Status> {
-        let values: HashMap<&str, String> = fourlw::mntr_values(&self.core).into_iter().collect();
-        let text = |k: &str| values.get(k).cloned().unwrap_or_default();
-        Ok(Response::new(ServerStatsReply {
-            version: text("zk_version"),
-            server_state: text("zk_server_state"),
-            avg_latency: number(&values, "zk_avg_latency"),
-            max_latency: number(&values, "zk_max_latency"),
-            min_latency: number(&values, "zk_min_latency"),
-            packets_received: number(&values, "zk_packets_received"),
-            packets_sent: number(&values, "zk_packets_sent"),
-            num_alive_connections: number(&values, "zk_num_alive_connections"),
-            outstanding_requests: number(&values, "zk_outstanding_requests"),
-            znode_count: number(&values, "zk_znode_count"),
-            watch_count: number(&values, "zk_watch_count"),
-            ephemerals_count: number(&values, "zk_ephemerals_count"),
-            approximate_data_size: number(&values, "zk_approximate_data_size"),
-            open_file_descriptor_count: number(&values, "zk_open_file_descriptor_count"),
-            max_file_descriptor_count: values
-                .get("zk_max_file_descriptor_count")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(-1),
-            global_sessions: number(&values, "zk_global_sessions"),
-            last_zxid: number(&values, "zk_last_zxid"),
-            uptime: number(&values, "zk_uptime"),
-        }))
+        Ok(Response::new(stats_reply(&crate::fourlw::snapshot(self.core()))))
     }
 
     async fn list_sessions(&self, _: Request<ListSessionsRequest>) -> Result<Response<ListSessionsReply>, Status> {
@@ -134,12 +171,13 @@ impl pb::admin_server::Admin for AdminService {
         // the connections. The picture may be a moment apart between them,
         // which is as exact as a live server can be described anyway.
         let mut sessions: Vec<(i64, u64, Option<u64>, bool)> = self
-            .core
+            .core()
             .with_sessions(|s| s.iter().map(|x| (x.id, x.timeout.as_millis() as u64, x.conn, x.closing)).collect());
         sessions.sort_unstable_by_key(|s| s.0);
         let ephemerals: HashMap<i64, u64> =
-            self.core.with_tree(|t| t.sessions_with_ephemerals().map(|(id, p)| (*id, p.len() as u64)).collect());
-        let peers: HashMap<u64, String> = self.core.connections().iter().map(|c| (c.id, c.peer.to_string())).collect();
+            self.core().with_tree(|t| t.sessions_with_ephemerals().map(|(id, p)| (*id, p.len() as u64)).collect());
+        let peers: HashMap<u64, String> =
+            self.core().connections().iter().map(|c| (c.id, c.peer.to_string())).collect();
         let sessions = sessions
             .into_iter()
             .map(|(id, timeout_ms, conn, closing)| Session {
@@ -161,7 +199,7 @@ impl pb::admin_server::Admin for AdminService {
             0 => DEFAULT_TREE_LIMIT,
             n => n as usize,
         };
-        self.core.with_tree(|tree| {
+        self.core().with_tree(|tree| {
             if tree.get(&start).is_none() {
                 return Err(Status::not_found(format!("no node {start}")));
             }
@@ -206,10 +244,10 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_watches(&self, req: Request<ListWatchesRequest>) -> Result<Response<ListWatchesReply>, Status> {
         let req = req.into_inner();
-        let all = self.core.with_watches(|w| w.list());
+        let all = self.core().with_watches(|w| w.list());
         // Watches belong to connections; operators think in sessions.
         let session_of: HashMap<u64, i64> = self
-            .core
+            .core()
             .connections()
             .iter()
             .map(|c| (c.id, c.session_id.load(std::sync::atomic::Ordering::Relaxed)))
@@ -229,7 +267,7 @@ impl pb::admin_server::Admin for AdminService {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
         tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session expired by the admin API");
-        self.core.close_session(id, None);
+        self.core().close_session(id, None);
         Ok(Response::new(SessionReply { ephemerals }))
     }
 
@@ -237,17 +275,17 @@ impl pb::admin_server::Admin for AdminService {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
         tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session closed by the admin API");
-        self.core.close_session(id, None);
+        self.core().close_session(id, None);
         Ok(Response::new(SessionReply { ephemerals }))
     }
 
     async fn close_connection(&self, req: Request<SessionRequest>) -> Result<Response<SessionReply>, Status> {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
-        let Some(conn_id) = self.core.with_sessions(|s| s.get(id).and_then(|s| s.conn)) else {
+        let Some(conn_id) = self.core().with_sessions(|s| s.get(id).and_then(|s| s.conn)) else {
             return Err(Status::failed_precondition(format!("session {id:#x} has no connection right now")));
         };
-        let Some(conn) = self.core.connections().into_iter().find(|c| c.id == conn_id) else {
+        let Some(conn) = self.core().connections().into_iter().find(|c| c.id == conn_id) else {
             return Err(Status::failed_precondition(format!("session {id:#x}'s connection has just closed")));
         };
         tracing::info!(session = format!("{id:#x}"), peer = %conn.peer, "connection dropped by the admin API");
@@ -259,7 +297,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotReply>, Status> {
-        match self.core.snapshot_now().await {
+        match self.admin.snapshot_now().await {
             Ok(Some(zxid)) => Ok(Response::new(TriggerSnapshotReply { zxid })),
             Ok(None) => {
                 Err(Status::failed_precondition("the server keeps no data dir (--data-dir): nothing to snapshot"))

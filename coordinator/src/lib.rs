@@ -19,7 +19,7 @@
 //! | module | what it owns | ZooKeeper's counterpart |
 //! |---|---|---|
 //! | [`server`] | the accept loop, background duties (expiry, reaping, snapshots), shutdown | `ServerCnxnFactory`, `ContainerManager` |
-//! | [`conn`] | one task pair per socket: framing, admission control, the reply writer; the registry of open connections | `NIOServerCnxn` |
+//! | `conn` | one task pair per socket: framing, admission control, the reply writer; the registry of open connections | `NIOServerCnxn` |
 //! | [`session`] | the handshake, the session table, expiry and closeSession | `SessionTrackerImpl` |
 //! | `ops` | one handler per operation, answering with zk-wire's typed records | `FinalRequestProcessor` |
 //! | [`prep`] | validation of a write: request in, txn out | `PrepRequestProcessor` |
@@ -29,7 +29,7 @@
 //! | [`storage`] | the write-ahead log, group commit, snapshots on disk, recovery | `FileTxnSnapLog` |
 //! | [`txn`] | the transaction records the log holds | `txn` jute records |
 //! | [`acl`], [`path`] | ACL checks and digests; path rules | `PrepRequestProcessor` helpers |
-//! | [`stats`], [`fourlw`], [`admin`], [`grpc`] | counters, four-letter words, the admin listener (HTTP and gRPC) | `ServerStats`, `FourLetterCommands`, `AdminServer` |
+//! | [`stats`], `fourlw`, `admin`, `grpc` | counters, four-letter words, the admin listener (HTTP and gRPC) | `ServerStats`, `FourLetterCommands`, `AdminServer` |
 //! | [`config`] | the settings, from flags, environment and zoo.cfg | `ServerConfig` |
 //! | `lock` | the lock order (tree → sessions → watches → connections), checked in debug builds | |
 //!
@@ -54,13 +54,13 @@
 //! ```
 
 pub mod acl;
-pub mod admin;
+mod admin;
 mod committer;
 pub mod config;
-pub mod conn;
+mod conn;
 pub mod core;
-pub mod fourlw;
-pub mod grpc;
+mod fourlw;
+mod grpc;
 mod lock;
 mod ops;
 pub mod path;

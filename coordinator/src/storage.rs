@@ -47,12 +47,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::stats::StorageTimes;
 use crate::tree::{DataTree, Progress, SnapshotError, SnapshotHeader};
 use crate::txn::{decode_record, encode_record, Txn, TxnHeader};
 
@@ -109,6 +111,8 @@ pub struct Storage {
     logged_since_snapshot: AtomicU64,
     /// Snapshots kept by purge.
     retain: usize,
+    /// How long fsyncs and snapshots take, for the server's statistics.
+    pub(crate) times: Arc<StorageTimes>,
     _lock: File,
 }
 
@@ -173,12 +177,14 @@ impl Storage {
         let (durable_tx, durable) = watch::channel(tree.last_zxid());
         let (tx, rx) = mpsc::channel();
         let failed = CancellationToken::new();
+        let times = Arc::new(StorageTimes::default());
         let writer = LogWriter {
             dir: dir.to_path_buf(),
             file,
             size: LOG_MAGIC.len() as u64,
             durable: durable_tx,
             failed: failed.clone(),
+            times: times.clone(),
         };
         std::thread::Builder::new().name("txn-log".into()).spawn(move || writer.run(rx)).map_err(io_err(dir))?;
         tracing::info!(dir = %dir.display(), snapshot_zxid = format!("{snapshot_zxid:#x}"), replayed, last_zxid = format!("{:#x}", tree.last_zxid()), "recovered");
@@ -193,6 +199,7 @@ impl Storage {
                 since_snapshot: AtomicU64::new(replayed as u64),
                 logged_since_snapshot: AtomicU64::new(logged),
                 retain: retain.max(1),
+                times,
                 _lock: lock,
             },
             snapshot_zxid,
@@ -258,6 +265,7 @@ impl Storage {
         let zxid = header.zxid();
         let path = self.dir.join(format!("snapshot.{zxid:016x}"));
         let tmp = self.dir.join(format!("snapshot.{zxid:016x}.tmp"));
+        let started = Instant::now();
         let written = self.write_snapshot_file(&tmp, &path, header, &mut next_chunk);
         if written.is_err() {
             // A partial snapshot is of no use (recovery removes it), but it
@@ -267,6 +275,7 @@ impl Storage {
         }
         let bytes = written?;
         sync_dir(&self.dir)?;
+        self.times.snapshot.record(started.elapsed());
         tracing::debug!(path = %path.display(), bytes, "snapshot written");
         self.purge()?;
         Ok(zxid)
@@ -348,6 +357,7 @@ struct LogWriter {
     size: u64,
     durable: watch::Sender<i64>,
     failed: CancellationToken,
+    times: Arc<StorageTimes>,
 }
 
 impl LogWriter {
@@ -403,7 +413,9 @@ impl LogWriter {
         }
         let path = self.dir.clone();
         self.file.write_all(buf).map_err(io_err(&path))?;
+        let started = Instant::now();
         self.file.sync_data().map_err(io_err(&path))?;
+        self.times.fsync.record(started.elapsed());
         self.size += buf.len() as u64;
         buf.clear();
         Ok(())

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use coordinator::grpc::pb::admin_client::AdminClient;
-use coordinator::grpc::pb::ListSessionsRequest;
+use admin_api::admin_client::AdminClient;
+use admin_api::ListSessionsRequest;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};

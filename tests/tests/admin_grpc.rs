@@ -12,8 +12,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use coordinator::grpc::pb::admin_client::AdminClient;
-use coordinator::grpc::pb::*;
+use admin_api::admin_client::AdminClient;
+use admin_api::*;
 use e2e_tests::{Proc, TempDir};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -232,6 +232,24 @@ async fn every_rpc_against_a_running_server() {
     let zxid = snap.expect("TriggerSnapshot").into_inner().zxid;
     assert!(zxid >= stats.last_zxid, "the snapshot covers what was done: {zxid:#x}");
     assert!(data.join(format!("snapshot.{zxid:016x}")).exists(), "no snapshot file for {zxid:#x} in {data:?}");
+
+    // The disk's timings: the writes above were fsynced and the snapshot
+    // timed, and /metrics reports the same summaries under ZooKeeper's names.
+    let after = within("ServerStats", api.server_stats(ServerStatsRequest {})).await.expect("ServerStats").into_inner();
+    let fsync = after.fsync_time.expect("fsync_time");
+    assert!(fsync.count >= 1 && fsync.p50_ms.is_some() && fsync.min_ms <= fsync.max_ms, "{fsync:?}");
+    let snapshot = after.snapshot_time.expect("snapshot_time");
+    assert!(snapshot.count >= 1 && snapshot.p99_ms.is_some_and(|p| p <= snapshot.max_ms * 1.07), "{snapshot:?}");
+    let metrics = http_get(&admin_addr, "/metrics");
+    for want in [
+        "# TYPE fsynctime summary\n".to_string(),
+        "# TYPE snapshottime summary\n".to_string(),
+        format!("\nsnapshottime_count {}\n", snapshot.count),
+        "# TYPE readlatency summary\n".to_string(),
+        "# TYPE updatelatency summary\n".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "no {want:?} in /metrics:\n{metrics}");
+    }
 
     // The HTTP endpoints share the port.
     assert!(http_get(&admin_addr, "/health").ends_with("\r\n\r\nok"), "HTTP beside gRPC on one port");
