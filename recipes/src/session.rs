@@ -4,6 +4,7 @@
 //! turns that into something any task can `await`, and always holds the
 //! latest state, so a recipe that looks late still sees where things stand.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ impl Session {
 pub struct Client {
     pub zk: Arc<ZooKeeper>,
     states: watch::Receiver<Session>,
+    /// Counts the client's connection state changes, as they happen (the
+    /// client library's listener runs before anything else hears of them).
+    /// An answer whose request started at one count and ended at another
+    /// crossed a reconnect: see [`Client::epoch`].
+    changes: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -101,7 +107,10 @@ impl Client {
             zk.add_auth(scheme, credentials.clone()).await?;
         }
         let (raw_tx, mut raw) = watch::channel(ZkState::Connected);
+        let changes = Arc::new(AtomicU64::new(0));
+        let counted = changes.clone();
         zk.add_listener(move |s| {
+            counted.fetch_add(1, Ordering::SeqCst);
             raw_tx.send_replace(s);
         });
         let (tx, states) = watch::channel(Session::Live);
@@ -130,16 +139,28 @@ impl Client {
                 tx.send_replace(state);
             }
         });
-        Ok(Client { zk, states })
+        Ok(Client { zk, states, changes })
     }
 
     /// Wraps a client that has just connected.
     pub fn new(zk: ZooKeeper) -> Client {
         let (tx, states) = watch::channel(Session::Live);
+        let changes = Arc::new(AtomicU64::new(0));
+        let counted = changes.clone();
         zk.add_listener(move |s| {
+            counted.fetch_add(1, Ordering::SeqCst);
             tx.send_replace(Session::from_state(s));
         });
-        Client { zk: Arc::new(zk), states }
+        Client { zk: Arc::new(zk), states, changes }
+    }
+
+    /// Which connection the client is on: it changes with every
+    /// disconnect and reconnect. A NOAUTH to a request that ran while it
+    /// changed may be the new connection answering before the re-added
+    /// auth (it starts anonymous); one that ran within a single epoch is
+    /// the ACL speaking.
+    pub fn epoch(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     /// The session state, now and as it changes.

@@ -243,13 +243,11 @@ impl Worker {
         self.store.check_name(&task.entity).map_err(Failure::from)?;
         let lock_path = self.common.path(&format!("/locks/{}", task.entity));
         let lock = Lock::new(&self.client, lock_path.clone()).with_acl(self.common.policy().lock());
-        let acquired = lock.acquire(&self.instance, Duration::from_secs(30)).await;
         // A NOAUTH that survives the second try is an ACL that shuts
         // system-b out: that task fails, to the dead-letter queue, instead
         // of going round the queue forever.
         let acquired = self
             .refused_twice(
-                acquired,
                 |e| matches!(e, LockError::Zk(ZkError::NoAuth)),
                 || lock.acquire(&self.instance, Duration::from_secs(30)),
             )
@@ -308,15 +306,17 @@ impl Worker {
         let path = self.common.path(&format!("/tasks/{}", task.id));
         let body = result.encode();
         let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
-        let written = zk_recipes::retry::retry(&Default::default(), deadline, |attempt| {
-            if attempt > 0 {
-                tracing::warn!(attempt, "reporting the result again after a lost connection");
-            }
-            self.client.zk.set_data(&path, body.clone(), None)
-        })
-        .await;
-        let written =
-            self.refused_twice(written, is_noauth, || self.client.zk.set_data(&path, body.clone(), None)).await;
+        let policy = zk_recipes::retry::RetryPolicy::default();
+        let written = self
+            .refused_twice(is_noauth, || {
+                zk_recipes::retry::retry(&policy, deadline, |attempt| {
+                    if attempt > 0 {
+                        tracing::warn!(attempt, "reporting the result again after a lost connection");
+                    }
+                    self.client.zk.set_data(&path, body.clone(), None)
+                })
+            })
+            .await;
         match written {
             Ok(_) => Ok(()),
             // system-a gave up and the node was reaped: nobody is waiting.
@@ -349,25 +349,37 @@ impl Worker {
         }
     }
 
-    /// NOAUTH just after a reconnect may be a request that overtook the
-    /// re-sent auth: once the session is live (authenticated) again, `again`
-    /// tells that from an ACL that refuses system-b, which no redelivery
-    /// can fix. `refused` says which of `first`'s errors is the NOAUTH.
-    async fn refused_twice<T, E, F>(
-        &self,
-        first: Result<T, E>,
-        refused: impl Fn(&E) -> bool,
-        again: impl FnOnce() -> F,
-    ) -> Result<T, E>
+    /// Runs `attempt` until its answer is not a NOAUTH, or is one that
+    /// means it. A reconnect starts anonymous until the client has added
+    /// its auth again, so a request that crossed a reconnect can be refused
+    /// by a server that would let it through a moment later: such a
+    /// refusal (the client's epoch changed while it ran) is tried again
+    /// once the session is live, without counting. Only a NOAUTH on a
+    /// connection that stayed authenticated throughout counts, and two of
+    /// those are an ACL that shuts system-b out, which no redelivery can
+    /// fix. Bounded: at most [`MAX_REFUSALS_TRIED`] attempts in all.
+    async fn refused_twice<T, E, F>(&self, refused: impl Fn(&E) -> bool, attempt: impl Fn() -> F) -> Result<T, E>
     where
         F: std::future::Future<Output = Result<T, E>>,
     {
-        match first {
-            Err(e) if refused(&e) => {
-                self.client.wait_live(Duration::from_secs(5)).await;
-                again().await
+        let mut counted = 0;
+        let mut tries = 0;
+        loop {
+            let epoch = self.client.epoch();
+            let result = attempt().await;
+            tries += 1;
+            match result {
+                Err(e) if refused(&e) => {
+                    self.client.wait_live(Duration::from_secs(5)).await;
+                    if self.client.epoch() == epoch {
+                        counted += 1;
+                    }
+                    if counted >= 2 || tries >= MAX_REFUSALS_TRIED {
+                        return Err(e);
+                    }
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -382,9 +394,12 @@ impl Worker {
         body: &[u8],
         deadline: tokio::time::Instant,
     ) -> Result<(), zk_recipes::ZkError> {
-        let read =
-            zk_recipes::retry::retry(&Default::default(), deadline, |_| self.client.zk.get_data(path, false)).await;
-        let read = self.refused_twice(read, is_noauth, || self.client.zk.get_data(path, false)).await;
+        let policy = zk_recipes::retry::RetryPolicy::default();
+        let read = self
+            .refused_twice(is_noauth, || {
+                zk_recipes::retry::retry(&policy, deadline, |_| self.client.zk.get_data(path, false))
+            })
+            .await;
         let version = match read {
             Ok((data, stat)) if TaskNode::is_pending(&data) => stat.version,
             Ok(_) | Err(zk_recipes::ZkError::NoNode) => return Ok(()),
@@ -500,6 +515,11 @@ async fn requeue(delivery: &lapin::message::Delivery, span: &tracing::Span, reas
 /// How long a worker keeps trying to report a result through connection
 /// loss before it gives the message back to the queue.
 const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The most attempts a request refused with NOAUTH gets, counting those
+/// that crossed a reconnect (see `Worker::refused_twice`): a connection
+/// that flaps without end must not hold a task forever.
+const MAX_REFUSALS_TRIED: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
