@@ -105,7 +105,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for the admin endpoints that read data or change state;
     /// without one they are off.
-    pub admin_token: Option<crate::admin::Token>,
+    pub admin_token: Option<crate::token::Token>,
     /// Four-letter words answered on the client port.
     pub four_letter_words: BTreeSet<FourLetterWord>,
     /// `jute.maxbuffer`: the largest frame accepted, and the largest znode.
@@ -287,7 +287,7 @@ impl Args {
         // value (`ps` shows those); a file named by the flag wins.
         if r.cfg.admin_token.is_none() {
             if let Some(t) = std::env::var("COORDINATOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
-                r.cfg.admin_token = Some(crate::admin::Token::new(&t).map_err(|reason| ConfigError::Bad {
+                r.cfg.admin_token = Some(crate::token::Token::new(&t).map_err(|reason| ConfigError::Bad {
                     origin: "environment".into(),
                     key: "COORDINATOR_ADMIN_TOKEN".into(),
                     value: "<redacted>".into(),
@@ -492,7 +492,7 @@ const SETTINGS: &[Setting] = &[
                 tracing::warn!("the admin token file {v} is readable by other users (mode {mode:o}): `chmod 600` it");
             }
             let token = std::fs::read_to_string(v).map_err(|e| format!("cannot read it: {e}"))?;
-            r.cfg.admin_token = Some(crate::admin::Token::new(&token)?);
+            r.cfg.admin_token = Some(crate::token::Token::new(&token)?);
             Ok(())
         },
     },

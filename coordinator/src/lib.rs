@@ -30,7 +30,7 @@
 //! | [`txn`] | the transaction records the log holds | `txn` jute records |
 //! | [`acl`], [`path`] | ACL checks and digests; path rules | `PrepRequestProcessor` helpers |
 //! | [`stats`], `fourlw`, `admin`, `grpc` | counters, four-letter words, the admin listener (HTTP and gRPC) | `ServerStats`, `FourLetterCommands`, `AdminServer` |
-//! | [`config`] | the settings, from flags, environment and zoo.cfg | `ServerConfig` |
+//! | [`config`], [`token`] | the settings, from flags, environment and zoo.cfg; the admin token | `ServerConfig` |
 //! | `lock` | the lock order (tree → sessions → watches → connections), checked in debug builds | |
 //!
 //! The ordering invariant that makes replies and watch events come in the
@@ -69,6 +69,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod storage;
+pub mod token;
 pub mod tree;
 pub mod txn;
 pub mod watch;
