@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use zk_wire::records::Id;
 
+use crate::clients::Client;
 use crate::config::Config;
-use crate::conn::Client;
 use crate::lock::{self, Level};
 use crate::prep;
 use crate::storage::{Storage, StorageError};

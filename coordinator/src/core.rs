@@ -26,7 +26,7 @@
 //! | state | owner | lock level |
 //! |---|---|---|
 //! | the tree, the log, snapshots | `Committer` | tree (first) |
-//! | the session table | [`crate::session`] | sessions |
+//! | the session table | [`Sessions`] | sessions |
 //! | watches | [`WatchManager`] | watches |
 //! | open connections | the connection `Registry` | connections (last) |
 //!
@@ -40,11 +40,10 @@ use tokio::sync::watch;
 use zk_wire::consts::NOTIFICATION_XID;
 use zk_wire::records::ReplyHeader;
 
+use crate::clients::{ConnShared, Registry};
 use crate::committer::{Committer, Proposal};
 use crate::config::Config;
-use crate::conn::{ConnShared, Registry};
 use crate::lock::{self, Level};
-use crate::ops;
 use crate::prep;
 use crate::session::Sessions;
 use crate::stats::Stats;
@@ -142,7 +141,7 @@ impl Core {
         self.conns.with(|conns| {
             for (conn_id, event) in notes {
                 if let Some(c) = conns.get(&conn_id) {
-                    c.send(ops::frame(ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 }, &event), zxid);
+                    c.send(crate::frames::frame(ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 }, &event), zxid);
                 }
             }
         });

@@ -267,7 +267,7 @@ impl pb::admin_server::Admin for AdminService {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
         tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session expired by the admin API");
-        self.core().close_session(id, None);
+        crate::ops::session::close_session(self.core(), id, None);
         Ok(Response::new(SessionReply { ephemerals }))
     }
 
@@ -275,7 +275,7 @@ impl pb::admin_server::Admin for AdminService {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
         tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session closed by the admin API");
-        self.core().close_session(id, None);
+        crate::ops::session::close_session(self.core(), id, None);
         Ok(Response::new(SessionReply { ephemerals }))
     }
 

@@ -4,38 +4,43 @@
 //! # The path of a request
 //!
 //! ```text
-//!  socket ─► conn (read loop) ─► session::handshake        first frame
+//!  socket ─► conn (read loop) ─► ops::session::handshake     first frame
 //!                 │
 //!                 ├─► admission (globalOutstandingLimit)
-//!                 ├─► ops::process ─► ops::read   ─► tree (read lock) ─┐
-//!                 │                 └► ops::write ─► committer         │ reply queued
+//!                 ├─► ops::process ─► read  ─► tree (read lock) ───────┐
+//!                 │                 └► write ─► committer              │ reply queued
 //!                 │                      check → prep → apply → log    │ under the lock
 //!                 │                      → watches fire → notify ──────┤
 //!                 └◄── conn (write loop) ◄── waits for the log's fsync ◄┘
 //! ```
 //!
-//! # The modules, in the order a request meets them
+//! # The modules, top layer first
+//!
+//! Each module uses only modules below it (`tests/layers.rs` fails on a
+//! cycle), so they can be read bottom up.
 //!
 //! | module | what it owns | ZooKeeper's counterpart |
 //! |---|---|---|
 //! | [`server`] | the accept loop, background duties (expiry, reaping, snapshots), shutdown | `ServerCnxnFactory`, `ContainerManager` |
-//! | `conn` | one task pair per socket: framing, admission control, the reply writer; the registry of open connections | `NIOServerCnxn` |
-//! | [`session`] | the handshake, the session table, expiry and closeSession | `SessionTrackerImpl` |
-//! | `ops` | one handler per operation, answering with zk-wire's typed records | `FinalRequestProcessor` |
+//! | `admin`, `grpc`, `fourlw` | the admin listener (HTTP and gRPC), four-letter words | `AdminServer`, `FourLetterCommands` |
+//! | `conn` | one task pair per socket: framing, admission control, the reply writer | `NIOServerCnxn` |
+//! | [`ops`] | what each request does: one handler per operation, and the session lifecycle (handshake, closeSession, expiry) | `FinalRequestProcessor`, `ZooKeeperServer` |
+//! | [`core`] | the shared state and the ordering invariant; orders txns and delivers their watch events | `ZooKeeperServer`'s state |
+//! | `committer` | the tree lock, and the only way the tree changes: check, prep, apply, log | `SyncRequestProcessor` and the commit path |
+//! | `clients` | the registry of open connections, their queues and counters | `ServerCnxn` |
+//! | [`session`] | the session table: ids, passwords, liveness, deadlines | `SessionTrackerImpl` |
 //! | [`prep`] | validation of a write: request in, txn out | `PrepRequestProcessor` |
-//! | `committer` | the tree lock, and the only way the tree changes: check, prep, apply, log, notify | `SyncRequestProcessor` and the commit path |
-//! | [`tree`] | the znodes, applying txns, the snapshot codec | `DataTree` |
-//! | [`watch`] | watches and who gets which event | `WatchManager` |
 //! | [`storage`] | the write-ahead log, group commit, snapshots on disk, recovery | `FileTxnSnapLog` |
+//! | [`watch`] | watches and who gets which event | `WatchManager` |
+//! | [`tree`] | the znodes, applying txns, the snapshot codec | `DataTree` |
 //! | [`txn`] | the transaction records the log holds | `txn` jute records |
 //! | [`acl`], [`path`] | ACL checks and digests; path rules | `PrepRequestProcessor` helpers |
-//! | [`stats`], `fourlw`, `admin`, `grpc` | counters, four-letter words, the admin listener (HTTP and gRPC) | `ServerStats`, `FourLetterCommands`, `AdminServer` |
+//! | [`stats`], `frames` | counters and summaries; reply frames from zk-wire records | `ServerStats` |
 //! | [`config`], [`token`] | the settings, from flags, environment and zoo.cfg; the admin token | `ServerConfig` |
 //! | `lock` | the lock order (tree → sessions → watches → connections), checked in debug builds | |
 //!
 //! The ordering invariant that makes replies and watch events come in the
-//! order ZooKeeper promises is explained in [`core`], which holds the
-//! shared state.
+//! order ZooKeeper promises is explained in [`core`].
 //!
 //! # Embedding
 //!
@@ -55,14 +60,16 @@
 
 pub mod acl;
 mod admin;
+mod clients;
 mod committer;
 pub mod config;
 mod conn;
 pub mod core;
 mod fourlw;
+mod frames;
 mod grpc;
 mod lock;
-mod ops;
+pub mod ops;
 pub mod path;
 pub mod prep;
 pub mod server;

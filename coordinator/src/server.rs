@@ -110,12 +110,12 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
 /// steps, so one pass per step is exact; see `session`).
 async fn expire_sessions(core: Arc<Core>, token: CancellationToken) {
     loop {
-        let wait = core.until_next_step();
+        let wait = crate::ops::session::until_next_step(&core);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = token.cancelled() => return,
         }
-        core.expire_sessions();
+        crate::ops::session::expire_sessions(&core);
     }
 }
 

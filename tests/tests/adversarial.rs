@@ -984,7 +984,9 @@ async fn no_request_runs_after_its_session_expires() {
         let expirer = async {
             tokio::time::sleep(Duration::from_millis(2)).await;
             let core = core.clone();
-            tokio::task::spawn_blocking(move || core.close_session(session, None)).await.expect("expire");
+            tokio::task::spawn_blocking(move || coordinator::ops::session::close_session(&core, session, None))
+                .await
+                .expect("expire");
         };
         tokio::join!(sender, expirer);
         assert!(c.closed_within(Duration::from_secs(10)).await, "the expired session's connection stayed open");

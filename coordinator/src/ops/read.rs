@@ -13,7 +13,7 @@ use zk_wire::response::MultiResult;
 use zk_wire::{ErrorCode, Request, Response};
 
 use crate::acl;
-use crate::conn::Client;
+use crate::clients::Client;
 use crate::core::Core;
 use crate::tree::{DataTree, NodeRef};
 
@@ -29,44 +29,42 @@ struct Reader<'a> {
 
 type Reply = Result<Response, ErrorCode>;
 
-impl Core {
-    /// Carries out a read and queues its reply (and, for setWatches, the
-    /// events it owes first).
-    pub(super) fn read(&self, client: &Client, xid: i32, req: &Request) {
-        let conn = &client.conn;
-        self.committer.read(|tree| {
-            let zxid = tree.last_zxid();
-            let r = Reader { core: self, tree, client };
-            let mut owed = Vec::new();
-            let result = match req {
-                Request::Exists(q) => r.exists(q),
-                Request::GetData(q) => r.get_data(q),
-                Request::GetChildren(q) => r.get_children(q).map(|(children, _)| Response::Children(children)),
-                Request::GetChildren2(q) => r
-                    .get_children(q)
-                    .map(|(c, stat)| Response::GetChildren2(GetChildren2Response { children: c.children, stat })),
-                Request::GetAcl(q) => r.get_acl(q),
-                Request::GetAllChildrenNumber(q) => r.all_children_number(q),
-                Request::GetEphemerals(q) => Ok(r.ephemerals(q)),
-                Request::MultiRead(ops) => r.multi_read(ops),
-                Request::Sync(q) => Ok(Response::Path(PathResponse { path: q.path.clone() })),
-                Request::WhoAmI => Ok(super::auth::who_am_i(client)),
-                Request::CheckWatches(q) => r.check_watches(q, false),
-                Request::RemoveWatches(q) => r.check_watches(q, true),
-                Request::AddWatch(q) => r.add_watch(q),
-                Request::SetWatches(w) | Request::SetWatches2(w) => Ok(r.set_watches(w, &mut owed)),
-                _ => Err(ErrorCode::Unimplemented),
-            };
-            // Events owed by setWatches go out before its reply, as
-            // ZooKeeper sends them.
-            let header = ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 };
-            for ev in owed {
-                conn.send(super::frame(header.clone(), &ev), zxid);
-            }
-            // A read may have seen writes not yet on disk: it waits for them.
-            client.reply(super::reply(xid, zxid, result.as_ref().map_err(|e| *e)), zxid);
-        })
-    }
+/// Carries out a read and queues its reply (and, for setWatches, the
+/// events it owes first).
+pub(super) fn read(core: &Core, client: &Client, xid: i32, req: &Request) {
+    let conn = &client.conn;
+    core.committer.read(|tree| {
+        let zxid = tree.last_zxid();
+        let r = Reader { core, tree, client };
+        let mut owed = Vec::new();
+        let result = match req {
+            Request::Exists(q) => r.exists(q),
+            Request::GetData(q) => r.get_data(q),
+            Request::GetChildren(q) => r.get_children(q).map(|(children, _)| Response::Children(children)),
+            Request::GetChildren2(q) => r
+                .get_children(q)
+                .map(|(c, stat)| Response::GetChildren2(GetChildren2Response { children: c.children, stat })),
+            Request::GetAcl(q) => r.get_acl(q),
+            Request::GetAllChildrenNumber(q) => r.all_children_number(q),
+            Request::GetEphemerals(q) => Ok(r.ephemerals(q)),
+            Request::MultiRead(ops) => r.multi_read(ops),
+            Request::Sync(q) => Ok(Response::Path(PathResponse { path: q.path.clone() })),
+            Request::WhoAmI => Ok(super::auth::who_am_i(client)),
+            Request::CheckWatches(q) => r.check_watches(q, false),
+            Request::RemoveWatches(q) => r.check_watches(q, true),
+            Request::AddWatch(q) => r.add_watch(q),
+            Request::SetWatches(w) | Request::SetWatches2(w) => Ok(r.set_watches(w, &mut owed)),
+            _ => Err(ErrorCode::Unimplemented),
+        };
+        // Events owed by setWatches go out before its reply, as
+        // ZooKeeper sends them.
+        let header = ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 };
+        for ev in owed {
+            conn.send(crate::frames::frame(header.clone(), &ev), zxid);
+        }
+        // A read may have seen writes not yet on disk: it waits for them.
+        client.reply(crate::frames::reply(xid, zxid, result.as_ref().map_err(|e| *e)), zxid);
+    })
 }
 
 impl<'a> Reader<'a> {

@@ -9,25 +9,23 @@ use zk_wire::request::MultiOp;
 use zk_wire::response::MultiResult;
 use zk_wire::{Request, Response};
 
+use crate::clients::Client;
 use crate::committer::Proposal;
-use crate::conn::Client;
 use crate::core::Core;
 use crate::prep;
 use crate::tree::TxnResult;
 
-impl Core {
-    /// create, delete, setData, setACL, check and multi.
-    pub(super) fn write(&self, client: &Client, xid: i32, req: &Request) {
-        let conn = &client.conn;
-        self.commit(
-            Proposal { session_id: client.session_id, cxid: xid, auth: &client.auth, from: Some(client) },
-            |tree, ctx| prep::prepare(tree, ctx, req),
-            |zxid, result| {
-                conn.last_zxid.store(zxid, Ordering::Relaxed);
-                client.reply(super::reply(xid, zxid, response(req, result).as_ref().map_err(|e| *e)), zxid);
-            },
-        )
-    }
+/// create, delete, setData, setACL, check and multi.
+pub(super) fn write(core: &Core, client: &Client, xid: i32, req: &Request) {
+    let conn = &client.conn;
+    core.commit(
+        Proposal { session_id: client.session_id, cxid: xid, auth: &client.auth, from: Some(client) },
+        |tree, ctx| prep::prepare(tree, ctx, req),
+        |zxid, result| {
+            conn.last_zxid.store(zxid, Ordering::Relaxed);
+            client.reply(crate::frames::reply(xid, zxid, response(req, result).as_ref().map_err(|e| *e)), zxid);
+        },
+    )
 }
 
 /// The reply to a write, from what its txn did.

@@ -28,14 +28,10 @@ use zk_wire::frame::split_frame;
 use zk_wire::records::{ConnectRequest, RequestHeader};
 use zk_wire::Request;
 
-mod registry;
-
-pub(crate) use registry::Registry;
-pub use registry::{Answer, Client, ConnShared, Outbound};
-
+use crate::clients::{Answer, Client, ConnShared, Outbound};
 use crate::core::Core;
 use crate::fourlw;
-use crate::session::Handshake;
+use crate::ops::{self, session::Handshake};
 
 /// How long a connection may take to flush what is queued once the server
 /// shuts down. Shutdown must finish whatever clients do (a supervisor
@@ -243,14 +239,14 @@ async fn read_loop(
             match &mut client {
                 None => {
                     let req = ConnectRequest::decode(&frame).map_err(|e| format!("malformed handshake: {e}"))?;
-                    match core.handshake(conn, &req) {
+                    match ops::session::handshake(core, conn, &req) {
                         Handshake::Accepted(c) => client = Some(c),
                         Handshake::Refused => return Ok(()),
                         Handshake::Dropped => return Err("client has seen a newer zxid".into()),
                     }
                 }
                 Some(c) => {
-                    core.touch(c);
+                    ops::session::touch(core, c);
                     let mut body = &frame[..];
                     let hdr = RequestHeader::read(&mut zk_wire::Reader::new(body))
                         .map_err(|e| format!("malformed request header: {e}"))?;
@@ -260,11 +256,11 @@ async fn read_loop(
                         Err(zk_wire::DecodeError::UnknownOpCode(op)) => Request::Unsupported(unknown_op(op)),
                         Err(e) => {
                             tracing::info!(conn = conn.id, peer = %conn.peer, xid = hdr.xid, op = hdr.op, "malformed request: {e}");
-                            core.reject_malformed(c, hdr.xid);
+                            ops::reject_malformed(core, c, hdr.xid);
                             continue;
                         }
                     };
-                    if !core.process(c, hdr.xid, req) {
+                    if !ops::process(core, c, hdr.xid, req) {
                         return Ok(());
                     }
                 }

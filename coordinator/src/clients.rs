@@ -1,5 +1,6 @@
 //! The connections the server holds open, and what each shares with the
-//! rest of the server: its outbound queue, its counters, its session.
+//! rest of the server: its outbound queue, its counters, its session. The
+//! sockets themselves are served by [`crate::conn`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

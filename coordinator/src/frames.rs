@@ -1,0 +1,41 @@
+//! Reply frames: a header and a typed body, length-prefixed. Every frame
+//! the server sends is built here, from zk-wire records.
+
+use bytes::Bytes;
+use zk_wire::codec::Jute;
+use zk_wire::frame::{finish_frame, start_frame};
+use zk_wire::records::{ConnectResponse, ReplyHeader};
+use zk_wire::{ErrorCode, Response};
+
+/// Builds one frame: a header and a body record.
+pub(crate) fn frame(header: impl Jute, body: &impl Jute) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    let at = start_frame(&mut out);
+    header.write(&mut out);
+    body.write(&mut out);
+    finish_frame(&mut out, at);
+    Bytes::from(out)
+}
+
+/// A reply frame: the header, and the body when the request succeeded (a
+/// failed request carries none).
+pub(crate) fn reply(xid: i32, zxid: i64, result: Result<&Response, ErrorCode>) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    let at = start_frame(&mut out);
+    let err = result.as_ref().err().map_or(0, |e| e.as_i32());
+    ReplyHeader { xid, zxid, err }.write(&mut out);
+    if let Ok(body) = result {
+        body.write(&mut out);
+    }
+    finish_frame(&mut out, at);
+    Bytes::from(out)
+}
+
+/// The handshake reply: a ConnectResponse with no ReplyHeader.
+pub fn connect_frame(reply: &ConnectResponse) -> Bytes {
+    let mut out = Vec::with_capacity(48);
+    let at = start_frame(&mut out);
+    reply.write(&mut out);
+    finish_frame(&mut out, at);
+    Bytes::from(out)
+}

@@ -1,0 +1,168 @@
+//! What happens to sessions: the handshake that opens or reattaches one,
+//! and its end (closeSession, or expiry). [`crate::session`] keeps the
+//! table, the passwords and the deadlines (ZooKeeper's `SessionTracker`);
+//! this is the session half of ZooKeeper's `ZooKeeperServer`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use zk_wire::records::{ConnectRequest, ConnectResponse, Id};
+
+use crate::clients::{Answer, Client, ConnShared};
+use crate::committer::Proposal;
+use crate::core::Core;
+use crate::frames::{connect_frame, reply};
+use crate::txn::Txn;
+
+/// How a handshake ended.
+pub(crate) enum Handshake {
+    Accepted(Client),
+    /// The session is unknown, expired or the password is wrong: the reply
+    /// (timeout 0) was queued; close after it.
+    Refused,
+    /// The client has seen a newer zxid than ours; ZooKeeper drops such a
+    /// connection without a reply, so the client tries another server.
+    Dropped,
+}
+
+/// A connection's first request: opens a session, or reattaches the one
+/// the client names if it is live and the password matches.
+pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectRequest) -> Handshake {
+    let last_zxid = core.committer.last_zxid();
+    if req.last_zxid_seen > last_zxid {
+        tracing::info!(
+            peer = %conn.peer,
+            client_zxid = format!("{:#x}", req.last_zxid_seen),
+            our_zxid = format!("{last_zxid:#x}"),
+            "refusing a client that has seen a newer zxid than ours"
+        );
+        return Handshake::Dropped;
+    }
+    // The config checks both bounds fit an i32 and are ordered; an
+    // embedder's Config is held to it here too, without a panic.
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    let min = ms(core.config.min_session_timeout);
+    let timeout_ms = req.time_out.clamp(min, ms(core.config.max_session_timeout).max(min));
+    let timeout = Duration::from_millis(timeout_ms as u64);
+
+    let session_id = if req.session_id == 0 {
+        core.committer.create_session(|| core.sessions.lock().open(timeout), timeout_ms)
+    } else {
+        let mut sessions = core.sessions.lock();
+        let password = sessions.password(req.session_id);
+        let valid =
+            req.passwd.as_slice() == password.as_slice() && sessions.get(req.session_id).is_some_and(|s| !s.closing);
+        if !valid {
+            drop(sessions);
+            tracing::info!(peer = %conn.peer, session = format!("{:#x}", req.session_id), "refusing reconnect: session expired or wrong password");
+            let reply = ConnectResponse {
+                protocol_version: 0,
+                time_out: 0,
+                session_id: 0,
+                passwd: vec![0; 16],
+                read_only: req.read_only.map(|_| false),
+            };
+            conn.send(connect_frame(&reply), 0);
+            return Handshake::Refused;
+        }
+        let previous = sessions.get_mut(req.session_id).and_then(|s| {
+            s.timeout = timeout;
+            // From here on, requests the old connection already read
+            // are refused by the committer (SessionMoved).
+            s.live.attach(conn.id);
+            s.conn.take()
+        });
+        drop(sessions);
+        // A session is served by one connection at a time: the old one,
+        // if the client left it half-open, is closed.
+        if let Some(old) = previous.and_then(|id| core.conns.get(id)) {
+            tracing::info!(session = format!("{:#x}", req.session_id), old = %old.peer, new = %conn.peer, "session moved to a new connection");
+            old.close();
+        }
+        req.session_id
+    };
+
+    let mut sessions = core.sessions.lock();
+    let now = sessions.now_ms();
+    let password = sessions.password(session_id);
+    let Some(session) = sessions.get_mut(session_id) else {
+        return Handshake::Refused;
+    };
+    session.conn = Some(conn.id);
+    session.live.attach(conn.id);
+    let live = session.live.clone();
+    live.touch(now);
+    drop(sessions);
+    conn.session_id.store(session_id, Ordering::Relaxed);
+    conn.timeout_ms.store(timeout_ms as u64, Ordering::Relaxed);
+    let reply = ConnectResponse {
+        protocol_version: 0,
+        time_out: timeout_ms,
+        session_id,
+        passwd: password.to_vec(),
+        // Mirrors the client: a client that sent no readOnly byte gets none.
+        read_only: req.read_only.map(|_| false),
+    };
+    // The session must be on disk before the client may rely on it.
+    let zxid = core.committer.last_zxid();
+    conn.send(connect_frame(&reply), zxid);
+    tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
+    let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
+    core.watches.lock().set_auth(conn.id, &auth);
+    let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
+    Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request })
+}
+
+/// The client was heard from: its deadline moves. One atomic store.
+pub(crate) fn touch(core: &Core, client: &Client) {
+    let now = core.sessions.lock().now_ms();
+    client.live.touch(now);
+}
+
+/// Ends a session: deletes its ephemerals (firing their watches), and
+/// closes the connection serving it. `requester` is set when the client
+/// asked (closeSession), and gets the reply.
+pub fn close_session(core: &Core, session_id: i64, requester: Option<(&Client, i32)>) {
+    let conn_id = {
+        let mut sessions = core.sessions.lock();
+        match sessions.get_mut(session_id) {
+            Some(s) if !s.closing => {
+                s.closing = true;
+                // Before the closeSession txn is ordered: every txn
+                // ordered after it sees the session ended.
+                s.live.end();
+                s.conn
+            }
+            _ => return,
+        }
+    };
+    core.commit(
+        Proposal::server(session_id, requester.map_or(0, |(_, x)| x)),
+        |_, _| Txn::CloseSession,
+        |zxid, _| {
+            if let Some((client, xid)) = requester {
+                client.reply(reply(xid, zxid, Ok(&zk_wire::Response::Empty)), zxid);
+            }
+        },
+    );
+    core.sessions.lock().remove(session_id);
+    if let Some(c) = conn_id.and_then(|id| core.conns.get(id)) {
+        c.close();
+    }
+}
+
+/// Expires every session whose deadline has passed. Returns how many.
+pub fn expire_sessions(core: &Core) -> usize {
+    let expired = core.sessions.lock().expired();
+    for id in &expired {
+        tracing::info!(session = format!("{id:#x}"), "session expired");
+        close_session(core, *id, None);
+    }
+    expired.len()
+}
+
+/// How long until the next expiry step.
+pub fn until_next_step(core: &Core) -> Duration {
+    core.sessions.lock().until_next_step()
+}
