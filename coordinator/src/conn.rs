@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -38,6 +38,10 @@ use crate::ops::{self, session::Handshake};
 /// restarts a server that exits, not one that hangs), so a client that is
 /// not reading loses the rest of its replies after this.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How much room a read makes in the buffer: a ping or a small request
+/// fits many times over; a large frame takes several reads.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationToken) {
@@ -118,7 +122,9 @@ async fn write_loop(
     before_handshake: Duration,
 ) {
     let queued = conn.queued();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Taken when there is something to write and given back when the
+    // queue is empty (see below).
+    let mut buf: Vec<u8> = Vec::new();
     let mut answers: Vec<Answer> = Vec::new();
     let mut closing = false;
     while !closing {
@@ -167,7 +173,14 @@ async fn write_loop(
             return;
         }
         queued.fetch_sub(n, Ordering::Relaxed);
-        buf.clear();
+        // A connection with nothing more to send keeps no buffer: an idle
+        // session should cost its socket and little else. A busy one keeps
+        // it for the next batch.
+        if rx.is_empty() {
+            buf = Vec::new();
+        } else {
+            buf.clear();
+        }
         if !answers.is_empty() {
             // Answered: the latency runs from the read to the reply on the
             // socket, the fsync it waited for included.
@@ -201,11 +214,11 @@ async fn write_by(wr: &mut OwnedWriteHalf, buf: &[u8], deadline: Duration) -> Re
 async fn read_loop(
     core: &Arc<Core>,
     conn: &Arc<ConnShared>,
-    mut rd: OwnedReadHalf,
+    rd: OwnedReadHalf,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let max = core.config.max_buffer;
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     let mut client: Option<Client> = None;
     loop {
         // Everything already buffered is handled before reading more, unless
@@ -266,17 +279,28 @@ async fn read_loop(
                 }
             }
         }
+        // An idle connection holds no read buffer: it waits until the
+        // socket is readable, and only then takes a buffer to read into.
+        // Most sessions are idle between pings, and with ten thousand of
+        // them a buffer kept per connection was a third of what each cost.
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
         // Biased: a condemned connection stops even while its client keeps
         // the socket readable.
         tokio::select! {
             biased;
             _ = conn.closed.cancelled() => return Ok(()),
             _ = shutdown.cancelled() => return Ok(()),
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read error: {e}")),
-            },
+            r = rd.readable() => r.map_err(|e| format!("read error: {e}"))?,
+        }
+        buf.reserve(READ_CHUNK);
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // Readiness can be spurious: wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("read error: {e}")),
         }
     }
 }
