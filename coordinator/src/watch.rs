@@ -23,6 +23,7 @@
 //!   (CVE-2024-23944; patched ZooKeeper 3.8 checks the same way).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use zk_wire::consts::{perms, EventType, KeeperState, WatcherType};
 use zk_wire::records::{Acl, Id, WatcherEvent};
@@ -38,23 +39,31 @@ pub enum Mode {
     PersistentRecursive,
 }
 
+/// One kind of watch (data or child), indexed both ways. A watched path
+/// is stored once, as an `Arc<str>` that both indexes share: a million
+/// watches over ten thousand sessions would otherwise hold a million
+/// copies of their paths, most of a watch's cost.
 #[derive(Debug, Default)]
 struct Table {
-    by_path: HashMap<String, HashMap<ConnId, Mode>>,
-    by_conn: HashMap<ConnId, HashSet<String>>,
+    by_path: HashMap<Arc<str>, HashMap<ConnId, Mode>>,
+    by_conn: HashMap<ConnId, HashSet<Arc<str>>>,
     recursive: usize,
 }
 
 impl Table {
     fn add(&mut self, path: &str, conn: ConnId, mode: Mode) {
-        let prev = self.by_path.entry(path.to_string()).or_default().insert(conn, mode);
+        let key: Arc<str> = match self.by_path.get_key_value(path) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(path),
+        };
+        let prev = self.by_path.entry(key.clone()).or_default().insert(conn, mode);
         if prev == Some(Mode::PersistentRecursive) {
             self.recursive -= 1;
         }
         if mode == Mode::PersistentRecursive {
             self.recursive += 1;
         }
-        self.by_conn.entry(conn).or_default().insert(path.to_string());
+        self.by_conn.entry(conn).or_default().insert(key);
     }
 
     fn contains(&self, path: &str, conn: ConnId) -> bool {
@@ -318,8 +327,8 @@ impl WatchManager {
     }
 
     pub fn watched_paths(&self) -> usize {
-        let mut paths: HashSet<&str> = self.data.by_path.keys().map(String::as_str).collect();
-        paths.extend(self.child.by_path.keys().map(String::as_str));
+        let mut paths: HashSet<&str> = self.data.by_path.keys().map(|p| &**p).collect();
+        paths.extend(self.child.by_path.keys().map(|p| &**p));
         paths.len()
     }
 
@@ -335,7 +344,7 @@ impl WatchManager {
         let mut out = Vec::with_capacity(self.count());
         for (table, name) in [(&self.data, "data"), (&self.child, "child")] {
             for (path, watchers) in &table.by_path {
-                out.extend(watchers.iter().map(|(c, m)| (path.clone(), *c, name, *m)));
+                out.extend(watchers.iter().map(|(c, m)| (path.to_string(), *c, name, *m)));
             }
         }
         out.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
@@ -347,7 +356,7 @@ impl WatchManager {
         let mut out: HashMap<ConnId, HashSet<String>> = HashMap::new();
         for t in [&self.data, &self.child] {
             for (c, paths) in &t.by_conn {
-                out.entry(*c).or_default().extend(paths.iter().cloned());
+                out.entry(*c).or_default().extend(paths.iter().map(|p| p.to_string()));
             }
         }
         out.into_iter()
