@@ -117,6 +117,18 @@ fn per_server(points: &[Value], x: &str, y: impl Fn(&Value) -> Option<f64>) -> V
         .collect()
 }
 
+/// `series` and, dashed, ZooKeeper's live JVM heap for the same figure
+/// (what its data needs, where RSS is what the JVM has grown to).
+fn with_live_heap(mut series: Vec<Series>, points: &[Value], x: &str, field: &str) -> Vec<Series> {
+    series.push(Series {
+        label: "zookeeper live heap".into(),
+        points: points.iter().filter_map(|p| Some((p[x].as_f64()?, p["zookeeper"][field].as_f64()?))).collect(),
+        colour: RED,
+        dashed: true,
+    });
+    series
+}
+
 fn panel(title: &str, x: &'static str, y: &str, series: Vec<Series>) -> Panel {
     Panel { title: title.into(), x, y: y.into(), log_x: true, log_y: false, series }
 }
@@ -137,7 +149,17 @@ pub fn scale(saved: &Value, dir: &Path) -> Result<()> {
             &dir.join("scale-sessions.png"),
             "Sessions: cost against concurrent sessions (each pinging every 3.3 s)",
             vec![
-                panel("RSS per session", x, "KiB", per_server(&s, x, |v| num(v, &["rss_per_session_kib"]))),
+                panel(
+                    "RSS per session",
+                    x,
+                    "KiB",
+                    with_live_heap(
+                        per_server(&s, x, |v| num(v, &["rss_per_session_kib"])),
+                        &s,
+                        x,
+                        "live_heap_per_session_kib",
+                    ),
+                ),
                 panel(
                     "CPU while the sessions idle",
                     x,
@@ -181,7 +203,17 @@ pub fn scale(saved: &Value, dir: &Path) -> Result<()> {
             &dir.join("scale-watches.png"),
             "Watches: cost against data watches set (over 10,000 sessions)",
             vec![
-                panel("RSS per watch", x, "bytes", per_server(&w, x, |v| num(v, &["rss_per_watch_bytes"]))),
+                panel(
+                    "RSS per watch",
+                    x,
+                    "bytes",
+                    with_live_heap(
+                        per_server(&w, x, |v| num(v, &["rss_per_watch_bytes"])),
+                        &w,
+                        x,
+                        "live_heap_per_watch_bytes",
+                    ),
+                ),
                 panel("time to set them all", x, "s", per_server(&w, x, |v| num(v, &["arm_secs"]))),
                 panel("wchs (4lw)", x, "ms", per_server(&w, x, |v| num(v, &["wchs_ms"]))),
                 Panel {
@@ -202,7 +234,12 @@ pub fn scale(saved: &Value, dir: &Path) -> Result<()> {
             &dir.join("scale-znodes.png"),
             "Znodes (100 B each): cost against the tree's size",
             vec![
-                panel("RSS per znode", x, "bytes", per_server(&z, x, |v| num(v, &["rss_per_znode_bytes"]))),
+                panel(
+                    "RSS",
+                    x,
+                    "MiB",
+                    with_live_heap(per_server(&z, x, |v| num(v, &["rss_mib"])), &z, x, "jvm_live_heap_mib"),
+                ),
                 panel("load (16 conns × 64 in flight)", x, "s", per_server(&z, x, |v| num(v, &["load_secs"]))),
                 panel(
                     "snapshot of the whole tree",

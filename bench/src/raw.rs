@@ -54,8 +54,11 @@ pub struct Event {
     pub at: Instant,
 }
 
+/// Where a batch's replies go, all at once.
+type Replies = oneshot::Sender<Result<Vec<Reply>>>;
+
 enum Cmd {
-    Batch(Vec<Request>, oneshot::Sender<Result<Vec<Reply>>>),
+    Batch(Vec<Request>, Replies),
     Close(oneshot::Sender<()>),
 }
 
@@ -138,7 +141,7 @@ async fn run(
     let mut next_ping = Instant::now() + period;
     let mut xid = 1i32;
     // The batch being answered: replies so far, how many are due, who waits.
-    let mut pending: Option<(Vec<Reply>, usize, oneshot::Sender<Result<Vec<Reply>>>)> = None;
+    let mut pending: Option<(Vec<Reply>, usize, Replies)> = None;
     let mut closing: Option<(i32, oneshot::Sender<()>)> = None;
     loop {
         tokio::select! {

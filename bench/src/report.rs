@@ -215,126 +215,120 @@ pub fn markdown(results: &[Value]) -> String {
     out
 }
 
-/// A table per scale family: one row per figure and point, coordinator
-/// beside ZooKeeper with the ratio (coordinator / ZooKeeper).
+/// A table per scale family: a row per figure, a column per point, each
+/// cell "coordinator / ZooKeeper (ratio)".
 pub fn scale_markdown(saved: &Value) -> String {
     let mut out = String::new();
-    let head = |out: &mut String, title: &str, first: &str| {
-        let _ = writeln!(out, "\n### {title}\n");
-        let _ = writeln!(out, "| {first} | figure | coordinator | ZooKeeper | ratio |");
-        let _ = writeln!(out, "|---|---|---|---|---|");
-    };
-    let line = |out: &mut String, point: &str, name: &str, p: &Value, path: &[&str], scale: f64| {
+    let points = |f: &str| saved[f]["points"].as_array().cloned().unwrap_or_default();
+    let cell = |p: &Value, path: &[&str], scale: f64| {
         let a = at(&p["coordinator"], path).map(|v| v * scale);
         let b = at(&p["zookeeper"], path).map(|v| v * scale);
-        let _ = writeln!(out, "| {point} | {name} | {} | {} | {} |", fmt(a), fmt(b), ratio(a, b));
+        format!("{} / {} ({})", fmt(a), fmt(b), ratio(a, b))
     };
-    let points = |f: &str| saved[f]["points"].as_array().cloned().unwrap_or_default();
-
-    let s = points("sessions");
-    if !s.is_empty() {
-        head(&mut out, "Sessions (each pinging every 3.3 s; 10 s session timeout)", "sessions");
-        for p in &s {
-            let n = p["sessions"].to_string();
-            line(&mut out, &n, "RSS, MiB", p, &["rss_mib"], 1.0);
-            line(&mut out, &n, "RSS per session, KiB", p, &["rss_per_session_kib"], 1.0);
-            line(
-                &mut out,
-                &n,
-                "ZooKeeper's live heap per session, KiB (coordinator: RSS)",
-                p,
-                &["live_heap_per_session_kib"],
-                1.0,
-            );
-            line(&mut out, &n, "open them, 200 at a time, s", p, &["open_secs"], 1.0);
-            line(&mut out, &n, "CPU while they idle, % of one core", p, &["idle_cpu_pct"], 1.0);
-            line(&mut out, &n, "getData meanwhile, p50 µs", p, &["get_data", "p50_us"], 1.0);
-            line(&mut out, &n, "getData meanwhile, p99 µs", p, &["get_data", "p99_us"], 1.0);
-            line(&mut out, &n, "1,000 more connect at once: last handshake, ms", p, &["storm_ms"], 1.0);
-            line(&mut out, &n, "… one connect's p50, ms", p, &["storm_each", "p50_us"], 1e-3);
-            line(&mut out, &n, "… connects that took over 0.9 s (a SYN retried)", p, &["storm_over_900ms"], 1.0);
-            line(&mut out, &n, "… listen-queue overflows (kernel count)", p, &["storm_listen_overflows"], 1.0);
-            line(
-                &mut out,
-                &n,
-                "all expire: sockets dropped → first deletion event, ms",
-                p,
-                &["expiry_kill_to_first_ms"],
-                1.0,
-            );
-            line(&mut out, &n, "all expire: first → last deletion event, ms", p, &["expiry_first_to_last_ms"], 1.0);
+    let table = |out: &mut String, title: &str, key: &str, pts: &[Value], rows: &[(&str, Vec<&str>, f64)]| {
+        if pts.is_empty() {
+            return;
         }
-    }
+        let _ = writeln!(out, "\n### {title}\n\ncoordinator / ZooKeeper (ratio) at each point\n");
+        let heads: Vec<String> = pts.iter().map(|p| format!("{} {key}", count(&p[key]))).collect();
+        let _ = writeln!(out, "| figure | {} |", heads.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(pts.len()));
+        for (name, path, scale) in rows {
+            let cells: Vec<String> = pts.iter().map(|p| cell(p, path, *scale)).collect();
+            let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+        }
+    };
+    table(
+        &mut out,
+        "Sessions (each pinging every 3.3 s; 10 s session timeout)",
+        "sessions",
+        &points("sessions"),
+        &[
+            ("RSS, MiB", vec!["rss_mib"], 1.0),
+            ("RSS per session, KiB", vec!["rss_per_session_kib"], 1.0),
+            ("ZooKeeper's live heap per session, KiB (coordinator: RSS)", vec!["live_heap_per_session_kib"], 1.0),
+            ("open them, 200 at a time, s", vec!["open_secs"], 1.0),
+            ("CPU while they idle, % of one core", vec!["idle_cpu_pct"], 1.0),
+            ("getData meanwhile, p50 µs", vec!["get_data", "p50_us"], 1.0),
+            ("getData meanwhile, p99 µs", vec!["get_data", "p99_us"], 1.0),
+            ("1,000 more connect at once: last handshake, ms", vec!["storm_ms"], 1.0),
+            ("… one connect, p50 ms", vec!["storm_each", "p50_us"], 1e-3),
+            ("… connects over 0.9 s (SYN retried)", vec!["storm_over_900ms"], 1.0),
+            ("… listen-queue overflows (kernel)", vec!["storm_listen_overflows"], 1.0),
+            ("all expire: sockets dropped → first deletion event, ms", vec!["expiry_kill_to_first_ms"], 1.0),
+            ("all expire: first → last deletion event, ms", vec!["expiry_first_to_last_ms"], 1.0),
+        ],
+    );
     let w = points("watches");
-    if !w.is_empty() {
-        head(&mut out, "Data watches over 10,000 sessions", "watches");
-        for p in &w {
-            let n = p["watches"].to_string();
-            line(&mut out, &n, "RSS growth per watch, bytes", p, &["rss_per_watch_bytes"], 1.0);
-            line(
-                &mut out,
-                &n,
-                "ZooKeeper's live heap per watch, bytes (coordinator: RSS)",
-                p,
-                &["live_heap_per_watch_bytes"],
-                1.0,
-            );
-            line(&mut out, &n, "RSS, MiB", p, &["rss_mib"], 1.0);
-            line(&mut out, &n, "set them (getData with a watch, 64 sessions at a time), s", p, &["arm_secs"], 1.0);
-            line(&mut out, &n, "wchs, ms", p, &["wchs_ms"], 1.0);
-            let fans = p["coordinator"]["fan_out"].as_array().or(p["zookeeper"]["fan_out"].as_array()).cloned();
-            for (i, f) in fans.unwrap_or_default().iter().enumerate() {
-                let k = i.to_string();
-                let name = format!("setData → last of {} watchers' events, ms", f["watchers"]);
-                line(&mut out, &n, &name, p, &["fan_out", &k, "last_event_ms"], 1.0);
-            }
-        }
-        let _ = writeln!(out, "\n(`fan_out` rows index the JSON array: 1, 100, then every session's watcher.)");
+    let mut rows: Vec<(&str, Vec<&str>, f64)> = vec![
+        ("RSS, MiB", vec!["rss_mib"], 1.0),
+        ("RSS growth per watch, bytes", vec!["rss_per_watch_bytes"], 1.0),
+        ("ZooKeeper's live heap per watch, bytes (coordinator: RSS)", vec!["live_heap_per_watch_bytes"], 1.0),
+        ("set them (getData + watch, 64 sessions at a time), s", vec!["arm_secs"], 1.0),
+        ("wchs, ms", vec!["wchs_ms"], 1.0),
+    ];
+    let fans = [
+        "setData → the 1 watcher's event, ms",
+        "setData → last of 100 watchers' events, ms",
+        "setData → last of 10,000 watchers' events, ms",
+    ];
+    for (i, name) in fans.iter().enumerate() {
+        rows.push((name, vec!["fan_out", ["0", "1", "2"][i], "last_event_ms"], 1.0));
     }
-    let z = points("znodes");
-    if !z.is_empty() {
-        head(&mut out, "Znodes of 100 B", "znodes");
-        for p in &z {
-            let n = p["znodes"].to_string();
-            line(&mut out, &n, "RSS, MiB", p, &["rss_mib"], 1.0);
-            line(&mut out, &n, "RSS per znode, bytes", p, &["rss_per_znode_bytes"], 1.0);
-            line(&mut out, &n, "ZooKeeper's live heap, MiB (coordinator: RSS)", p, &["jvm_live_heap_mib"], 1.0);
-            line(&mut out, &n, "load, 16 connections × 64 in flight, s", p, &["load_secs"], 1.0);
-            line(&mut out, &n, "snapshot of the whole tree, ms", p, &["snapshot_ms"], 1.0);
-            line(&mut out, &n, "snapshot size, MiB", p, &["snapshot_bytes"], 1.0 / 1048576.0);
-            line(&mut out, &n, "recovery to the first answer, ms", p, &["recovery_ms"], 1.0);
-            line(&mut out, &n, "RSS after recovery, MiB", p, &["rss_recovered_mib"], 1.0);
-            line(&mut out, &n, "getChildren of /z/p0, p50 ms", p, &["get_children", "p50_us"], 1e-3);
-            line(&mut out, &n, "getChildren of /z/p0, max ms", p, &["get_children", "max_us"], 1e-3);
-        }
-    }
-    let o = points("overload");
-    if let Some(p) = o.first() {
-        head(&mut out, "Overload: setData of 1 KiB", "stage");
+    rows.push(("… the setData's own reply with 10,000 watchers, ms", vec!["fan_out", "2", "reply_ms"], 1.0));
+    table(&mut out, "Data watches over 10,000 sessions", "watches", &w, &rows);
+    table(
+        &mut out,
+        "Znodes of 100 B",
+        "znodes",
+        &points("znodes"),
+        &[
+            ("RSS, MiB", vec!["rss_mib"], 1.0),
+            ("ZooKeeper's live heap, MiB (coordinator: RSS)", vec!["jvm_live_heap_mib"], 1.0),
+            ("RSS per znode, bytes", vec!["rss_per_znode_bytes"], 1.0),
+            ("load, 16 connections × 64 in flight, s", vec!["load_secs"], 1.0),
+            ("snapshot of the whole tree, s", vec!["snapshot_ms"], 1e-3),
+            ("snapshot size, MiB", vec!["snapshot_bytes"], 1.0 / 1048576.0),
+            ("recovery to the first answer, s", vec!["recovery_ms"], 1e-3),
+            ("RSS after recovery, MiB", vec!["rss_recovered_mib"], 1.0),
+            ("getChildren of 100,000 children, p50 ms", vec!["get_children", "p50_us"], 1e-3),
+            ("getChildren of 100,000 children, max ms", vec!["get_children", "max_us"], 1e-3),
+        ],
+    );
+    if let Some(p) = points("overload").first() {
         let stages = p["coordinator"]["stages"].as_array().or(p["zookeeper"]["stages"].as_array()).cloned();
-        for (i, s) in stages.unwrap_or_default().iter().enumerate() {
-            let k = i.to_string();
-            let name = s["stage"].as_str().unwrap_or("?").to_string();
-            let stage = |f: &str| vec!["stages", k.as_str(), f].into_iter().map(String::from).collect::<Vec<_>>();
-            for (figure, field, scale) in [
-                ("offered (open loop), ops/s", "offered_per_sec", 1.0),
-                ("sent, ops/s", "sent_per_sec", 1.0),
-                ("throughput, ops/s", "ops_per_sec", 1.0),
-                ("p50, ms", "p50_us", 1e-3),
-                ("p99, ms", "p99_us", 1e-3),
-                ("p999, ms", "p999_us", 1e-3),
-                ("peak RSS, MiB", "rss_peak_mib", 1.0),
-                ("requests in flight at most (client side)", "peak_in_flight", 1.0),
-                ("sent, never answered", "unanswered", 1.0),
-                ("connections lost", "disconnected", 1.0),
-                ("error replies", "errors", 1.0),
-            ] {
-                let path = stage(field);
-                let path: Vec<&str> = path.iter().map(String::as_str).collect();
-                line(&mut out, &name, figure, p, &path, scale);
-            }
+        let stages = stages.unwrap_or_default();
+        let _ = writeln!(out, "\n### Overload: setData of 1 KiB\n\ncoordinator / ZooKeeper (ratio) at each stage\n");
+        let heads: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap_or("?")).collect();
+        let _ = writeln!(out, "| figure | {} |", heads.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(stages.len()));
+        for (figure, field, scale) in [
+            ("offered (open loop), ops/s", "offered_per_sec", 1.0),
+            ("sent, ops/s", "sent_per_sec", 1.0),
+            ("throughput, ops/s", "ops_per_sec", 1.0),
+            ("p50, ms", "p50_us", 1e-3),
+            ("p99, ms", "p99_us", 1e-3),
+            ("p999, ms", "p999_us", 1e-3),
+            ("peak RSS, MiB", "rss_peak_mib", 1.0),
+            ("requests in flight at most (client side)", "peak_in_flight", 1.0),
+            ("connections lost", "disconnected", 1.0),
+            ("error replies", "errors", 1.0),
+        ] {
+            let cells: Vec<String> =
+                (0..stages.len()).map(|i| cell(p, &["stages", &i.to_string(), field], scale)).collect();
+            let _ = writeln!(out, "| {figure} | {} |", cells.join(" | "));
         }
-        line(&mut out, "after", "RSS 5 s after the last stage, MiB", p, &["rss_after_5s_mib"], 1.0);
+        let _ = writeln!(out, "\nRSS 5 s after the last stage, MiB: {}", cell(p, &["rss_after_5s_mib"], 1.0));
     }
     out
+}
+
+/// 1000000 → "1M", 5000 → "5k".
+fn count(v: &Value) -> String {
+    match v.as_u64() {
+        Some(n) if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        Some(n) if n >= 1000 && n % 1000 == 0 => format!("{}k", n / 1000),
+        Some(n) => n.to_string(),
+        None => v.to_string(),
+    }
 }

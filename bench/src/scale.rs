@@ -65,6 +65,10 @@ pub struct ScaleArgs {
     /// Measure nothing: redraw the plots and print the tables from `--out`.
     #[arg(long)]
     replot: bool,
+    /// Keep the servers' data dirs and the coordinator's logs (which time
+    /// recovery and every snapshot) instead of removing them.
+    #[arg(long)]
+    keep_data: bool,
 }
 
 fn kinds(args: &ScaleArgs) -> Vec<Kind> {
@@ -433,7 +437,7 @@ async fn get_children_latency(addr: &str, path: &str, times: usize) -> Result<(V
     Ok((v, count))
 }
 
-async fn znodes_point(kind: Kind, nodes: usize, tmp: &Path, heap: &str) -> Result<Value> {
+async fn znodes_point(kind: Kind, nodes: usize, tmp: &Path, heap: &str, keep: bool) -> Result<Value> {
     let name = kind.name();
     let (server, dir) = fresh(kind, tmp, &format!("znodes-{nodes}"), heap, true).await?;
     let addr = server.addr.clone();
@@ -481,7 +485,10 @@ async fn znodes_point(kind: Kind, nodes: usize, tmp: &Path, heap: &str) -> Resul
         "{name:>11} snapshot {snapshot_ms:?} ms, {snapshot_bytes:?} B; recovered in {recovery:.1?}, RSS {rss_recovered:.0} MiB"
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        // Up to a GiB each: the next point needs the room.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(json!({
         "znodes": nodes, "load_secs": load.as_secs_f64(), "rss_empty_mib": rss0, "rss_mib": rss,
         "rss_per_znode_bytes": (rss - rss0) * 1048576.0 / nodes as f64, "jvm_live_heap_mib": heap_live.or(Some(rss)),
@@ -588,7 +595,11 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
             }
             std::fs::write(&args.out, serde_json::to_string_pretty(&saved)?)?;
         }
-        let _ = std::fs::remove_dir_all(tmp);
+        if args.keep_data {
+            eprintln!("data dirs and coordinator logs kept in {}", tmp.display());
+        } else {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
     }
     let dir = args.out.parent().unwrap_or(Path::new("."));
     crate::plot::scale(&saved, dir)?;
@@ -626,8 +637,9 @@ async fn family_run(family: &str, args: &ScaleArgs, tmp: &Path) -> Result<Value>
             for nodes in if q { vec![20_000, 200_000] } else { vec![100_000, 1_000_000, 5_000_000] } {
                 let mut p = json!({"znodes": nodes});
                 for kind in kinds(args) {
-                    p[kind.name()] =
-                        znodes_point(kind, nodes, tmp, &args.zk_heap_znodes).await.with_context(|| kind.name())?;
+                    p[kind.name()] = znodes_point(kind, nodes, tmp, &args.zk_heap_znodes, args.keep_data)
+                        .await
+                        .with_context(|| kind.name())?;
                 }
                 points.push(p);
             }
