@@ -175,10 +175,10 @@ pub fn scale(saved: &Value, dir: &Path) -> Result<()> {
                     per_server(&s, x, |v| num(v, &["expiry_first_to_last_ms"])),
                 ),
                 panel(
-                    "all expire: sockets dropped → last event",
+                    "all expire: last deadline → last event",
                     x,
                     "ms",
-                    per_server(&s, x, |v| num(v, &["expiry_kill_to_last_ms"])),
+                    per_server(&s, x, |v| num(v, &["expiry_last_deadline_to_last_ms"])),
                 ),
             ],
         )?;

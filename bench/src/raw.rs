@@ -9,10 +9,12 @@
 //! buffer and one task.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -68,6 +70,9 @@ enum Cmd {
 pub struct Session {
     tx: mpsc::UnboundedSender<Cmd>,
     task: JoinHandle<()>,
+    /// When the task last wrote to the socket: the server's session
+    /// deadline is its timeout after it read that.
+    last_sent: Arc<Mutex<Instant>>,
 }
 
 /// One frame per request, concatenated, so a batch costs one write.
@@ -97,8 +102,9 @@ impl Session {
         client.set_io_timeout(Duration::from_secs(3600));
         let (tx, rx) = mpsc::unbounded_channel();
         let period = Duration::from_millis(negotiated as u64 / 3);
-        let task = tokio::spawn(run(client, rx, period, events));
-        Ok(Session { tx, task })
+        let last_sent = Arc::new(Mutex::new(Instant::now()));
+        let task = tokio::spawn(run(client, rx, period, events, last_sent.clone()));
+        Ok(Session { tx, task, last_sent })
     }
 
     /// Sends `reqs` pipelined in one write and waits for all their replies.
@@ -126,9 +132,11 @@ impl Session {
         self.task.abort();
     }
 
-    /// Drops the socket at once, without closeSession.
-    pub fn kill(self) {
+    /// Drops the socket at once, without closeSession; returns when the
+    /// session last wrote to it.
+    pub fn kill(self) -> Instant {
         self.task.abort();
+        *self.last_sent.lock()
     }
 }
 
@@ -137,6 +145,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     period: Duration,
     events: Option<mpsc::UnboundedSender<Event>>,
+    last_sent: Arc<Mutex<Instant>>,
 ) {
     let mut next_ping = Instant::now() + period;
     let mut xid = 1i32;
@@ -150,6 +159,7 @@ async fn run(
                 if client.send(PING_XID, &Request::Ping).await.is_err() {
                     break;
                 }
+                *last_sent.lock() = Instant::now();
             }
             cmd = rx.recv(), if pending.is_none() && closing.is_none() => match cmd {
                 None => break,
@@ -167,6 +177,7 @@ async fn run(
                         let _ = done.send(Err(anyhow!("send: {e}")));
                         break;
                     }
+                    *last_sent.lock() = Instant::now();
                     pending = Some((Vec::with_capacity(reqs.len()), reqs.len(), done));
                 }
                 Some(Cmd::Close(done)) => {

@@ -257,6 +257,7 @@ pub fn scale_markdown(saved: &Value) -> String {
             ("… listen-queue overflows (kernel)", vec!["storm_listen_overflows"], 1.0),
             ("all expire: sockets dropped → first deletion event, ms", vec!["expiry_kill_to_first_ms"], 1.0),
             ("all expire: first → last deletion event, ms", vec!["expiry_first_to_last_ms"], 1.0),
+            ("all expire: the last session's deadline → last event, ms", vec!["expiry_last_deadline_to_last_ms"], 1.0),
         ],
     );
     let w = points("watches");

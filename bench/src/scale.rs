@@ -115,6 +115,15 @@ async fn open_many(addr: &str, n: usize, events: Option<mpsc::UnboundedSender<Ev
         .await
 }
 
+/// `a - b` in ms, negative when `b` is later.
+fn signed_ms(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        ms(a - b)
+    } else {
+        -ms(b - a)
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -251,9 +260,8 @@ async fn sessions_point(kind: Kind, n: usize, quick: bool, tmp: &Path, heap: &st
         }
     }
     let killed = Instant::now();
-    for s in sessions {
-        s.kill();
-    }
+    // The last session the server heard from sets the last deadline.
+    let last_heard = sessions.into_iter().map(Session::kill).max().unwrap_or(killed);
     let deleted = EventType::NodeDeleted.as_i32();
     let (first, last) =
         collect(&mut rx, n, Duration::from_millis(SESSION_MS as u64) * 3 + Duration::from_secs(60), |e| {
@@ -270,9 +278,10 @@ async fn sessions_point(kind: Kind, n: usize, quick: bool, tmp: &Path, heap: &st
         bail!("{left} ephemerals left after every deletion event arrived");
     }
     eprintln!(
-        "{name:>11} expiry: kill → last event {:.0} ms, first → last {:.0} ms",
+        "{name:>11} expiry: kill → last event {:.0} ms, first → last {:.0} ms, last deadline → last event {:.0} ms",
         ms(last - killed),
-        ms(last - first)
+        ms(last - first),
+        signed_ms(last, last_heard + Duration::from_millis(SESSION_MS as u64))
     );
     observer.close().await;
     setup.close().await;
@@ -288,6 +297,10 @@ async fn sessions_point(kind: Kind, n: usize, quick: bool, tmp: &Path, heap: &st
         "storm_each": percentiles(&storm_h), "storm_over_900ms": storm_slow, "storm_listen_overflows": overflows,
         "expiry_kill_to_last_ms": ms(last - killed), "expiry_first_to_last_ms": ms(last - first),
         "expiry_kill_to_first_ms": ms(first - killed),
+        // From the last session's deadline (its last write + the timeout,
+        // before the server's rounding) to the last event: the server's
+        // rounding plus the work of expiring them all.
+        "expiry_last_deadline_to_last_ms": signed_ms(last, last_heard + Duration::from_millis(SESSION_MS as u64)),
     }))
 }
 
