@@ -16,10 +16,16 @@
 //! Results: `--out` (JSON), a PNG of latency against load beside it, and
 //! Markdown tables with ratios on stdout ([`report`]). Not a test: numbers
 //! depend on the machine; BENCHMARKS.md records a run.
+//!
+//! `zkbench scale [sessions|watches|znodes|overload] [--quick]` ([`scale`])
+//! measures instead how cost grows: 1k-10k sessions, 100k-1M watches,
+//! 100k-5M znodes, and writes offered beyond what each server sustains.
 
 mod ops;
 mod plot;
+mod raw;
 mod report;
+mod scale;
 mod scenarios;
 mod servers;
 
@@ -37,6 +43,8 @@ use crate::servers::{free_port, repo_root, Kind, Server};
 #[derive(Parser, Debug)]
 #[command(name = "zkbench", about = "Benchmark the coordinator against Apache ZooKeeper, side by side")]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Seconds per measured cell (and per lock and round-trip figure).
     #[arg(long, default_value_t = 3)]
     secs: u64,
@@ -73,6 +81,12 @@ struct Args {
     /// Measure nothing: redraw the plot and print the tables from `--out`.
     #[arg(long)]
     replot: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// How cost grows with sessions, watches, znodes and overload.
+    Scale(scale::ScaleArgs),
 }
 
 /// Session timeout for the failover figure: the smallest both servers
@@ -150,8 +164,11 @@ async fn run(kind: Kind, args: &Args, tmp: &Path) -> Result<Value> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     std::env::set_current_dir(repo_root())?;
+    if let Some(Cmd::Scale(scale)) = args.cmd.take() {
+        return scale::run(scale).await;
+    }
     if args.replot {
         let text = std::fs::read_to_string(&args.out).with_context(|| args.out.display().to_string())?;
         let saved: Value = serde_json::from_str(&text).with_context(|| args.out.display().to_string())?;

@@ -36,7 +36,13 @@ fn row(out: &mut String, name: impl std::fmt::Display, a: Option<f64>, b: Option
 
 /// The number at `path` inside `r`.
 fn at(r: &Value, path: &[&str]) -> Option<f64> {
-    path.iter().fold(r, |v, p| &v[*p]).as_f64()
+    // A numeric step indexes an array (the scale figures' stages).
+    path.iter()
+        .fold(r, |v, p| match p.parse::<usize>() {
+            Ok(i) if v.is_array() => &v[i],
+            _ => &v[*p],
+        })
+        .as_f64()
 }
 
 fn lat(v: &Value) -> String {
@@ -207,4 +213,123 @@ pub fn markdown(results: &[Value]) -> String {
         at(z, &["scenarios", "failover", "kill9_mean_ms"]),
     );
     out
+}
+
+/// A table per scale family: a row per figure, a column per point, each
+/// cell "coordinator / ZooKeeper (ratio)".
+pub fn scale_markdown(saved: &Value) -> String {
+    let mut out = String::new();
+    let points = |f: &str| saved[f]["points"].as_array().cloned().unwrap_or_default();
+    let cell = |p: &Value, path: &[&str], scale: f64| {
+        let a = at(&p["coordinator"], path).map(|v| v * scale);
+        let b = at(&p["zookeeper"], path).map(|v| v * scale);
+        format!("{} / {} ({})", fmt(a), fmt(b), ratio(a, b))
+    };
+    let table = |out: &mut String, title: &str, key: &str, pts: &[Value], rows: &[(&str, Vec<&str>, f64)]| {
+        if pts.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\n### {title}\n\ncoordinator / ZooKeeper (ratio) at each point\n");
+        let heads: Vec<String> = pts.iter().map(|p| format!("{} {key}", count(&p[key]))).collect();
+        let _ = writeln!(out, "| figure | {} |", heads.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(pts.len()));
+        for (name, path, scale) in rows {
+            let cells: Vec<String> = pts.iter().map(|p| cell(p, path, *scale)).collect();
+            let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+        }
+    };
+    table(
+        &mut out,
+        "Sessions (each pinging every 3.3 s; 10 s session timeout)",
+        "sessions",
+        &points("sessions"),
+        &[
+            ("RSS, MiB", vec!["rss_mib"], 1.0),
+            ("RSS per session, KiB", vec!["rss_per_session_kib"], 1.0),
+            ("ZooKeeper's live heap per session, KiB (coordinator: RSS)", vec!["live_heap_per_session_kib"], 1.0),
+            ("open them, 200 at a time, s", vec!["open_secs"], 1.0),
+            ("CPU while they idle, % of one core", vec!["idle_cpu_pct"], 1.0),
+            ("getData meanwhile, p50 µs", vec!["get_data", "p50_us"], 1.0),
+            ("getData meanwhile, p99 µs", vec!["get_data", "p99_us"], 1.0),
+            ("1,000 more connect at once: last handshake, ms", vec!["storm_ms"], 1.0),
+            ("… one connect, p50 ms", vec!["storm_each", "p50_us"], 1e-3),
+            ("… connects over 0.9 s (SYN retried)", vec!["storm_over_900ms"], 1.0),
+            ("… listen-queue overflows (kernel)", vec!["storm_listen_overflows"], 1.0),
+            ("all expire: sockets dropped → first deletion event, ms", vec!["expiry_kill_to_first_ms"], 1.0),
+            ("all expire: first → last deletion event, ms", vec!["expiry_first_to_last_ms"], 1.0),
+            ("all expire: the last session's deadline → last event, ms", vec!["expiry_last_deadline_to_last_ms"], 1.0),
+        ],
+    );
+    let w = points("watches");
+    let mut rows: Vec<(&str, Vec<&str>, f64)> = vec![
+        ("RSS, MiB", vec!["rss_mib"], 1.0),
+        ("RSS growth per watch, bytes", vec!["rss_per_watch_bytes"], 1.0),
+        ("ZooKeeper's live heap per watch, bytes (coordinator: RSS)", vec!["live_heap_per_watch_bytes"], 1.0),
+        ("set them (getData + watch, 64 sessions at a time), s", vec!["arm_secs"], 1.0),
+        ("wchs, ms", vec!["wchs_ms"], 1.0),
+    ];
+    let fans = [
+        "setData → the 1 watcher's event, ms",
+        "setData → last of 100 watchers' events, ms",
+        "setData → last of 10,000 watchers' events, ms",
+    ];
+    for (i, name) in fans.iter().enumerate() {
+        rows.push((name, vec!["fan_out", ["0", "1", "2"][i], "last_event_ms"], 1.0));
+    }
+    rows.push(("… the setData's own reply with 10,000 watchers, ms", vec!["fan_out", "2", "reply_ms"], 1.0));
+    table(&mut out, "Data watches over 10,000 sessions", "watches", &w, &rows);
+    table(
+        &mut out,
+        "Znodes of 100 B",
+        "znodes",
+        &points("znodes"),
+        &[
+            ("RSS, MiB", vec!["rss_mib"], 1.0),
+            ("ZooKeeper's live heap, MiB (coordinator: RSS)", vec!["jvm_live_heap_mib"], 1.0),
+            ("RSS per znode, bytes", vec!["rss_per_znode_bytes"], 1.0),
+            ("load, 16 connections × 64 in flight, s", vec!["load_secs"], 1.0),
+            ("snapshot of the whole tree, s", vec!["snapshot_ms"], 1e-3),
+            ("snapshot size, MiB", vec!["snapshot_bytes"], 1.0 / 1048576.0),
+            ("recovery to the first answer, s", vec!["recovery_ms"], 1e-3),
+            ("RSS after recovery, MiB", vec!["rss_recovered_mib"], 1.0),
+            ("getChildren of 100,000 children, p50 ms", vec!["get_children", "p50_us"], 1e-3),
+            ("getChildren of 100,000 children, max ms", vec!["get_children", "max_us"], 1e-3),
+        ],
+    );
+    if let Some(p) = points("overload").first() {
+        let stages = p["coordinator"]["stages"].as_array().or(p["zookeeper"]["stages"].as_array()).cloned();
+        let stages = stages.unwrap_or_default();
+        let _ = writeln!(out, "\n### Overload: setData of 1 KiB\n\ncoordinator / ZooKeeper (ratio) at each stage\n");
+        let heads: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap_or("?")).collect();
+        let _ = writeln!(out, "| figure | {} |", heads.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(stages.len()));
+        for (figure, field, scale) in [
+            ("offered (open loop), ops/s", "offered_per_sec", 1.0),
+            ("sent, ops/s", "sent_per_sec", 1.0),
+            ("throughput, ops/s", "ops_per_sec", 1.0),
+            ("p50, ms", "p50_us", 1e-3),
+            ("p99, ms", "p99_us", 1e-3),
+            ("p999, ms", "p999_us", 1e-3),
+            ("peak RSS, MiB", "rss_peak_mib", 1.0),
+            ("requests in flight at most (client side)", "peak_in_flight", 1.0),
+            ("connections lost", "disconnected", 1.0),
+            ("error replies", "errors", 1.0),
+        ] {
+            let cells: Vec<String> =
+                (0..stages.len()).map(|i| cell(p, &["stages", &i.to_string(), field], scale)).collect();
+            let _ = writeln!(out, "| {figure} | {} |", cells.join(" | "));
+        }
+        let _ = writeln!(out, "\nRSS 5 s after the last stage, MiB: {}", cell(p, &["rss_after_5s_mib"], 1.0));
+    }
+    out
+}
+
+/// 1000000 → "1M", 5000 → "5k".
+fn count(v: &Value) -> String {
+    match v.as_u64() {
+        Some(n) if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        Some(n) if n >= 1000 && n % 1000 == 0 => format!("{}k", n / 1000),
+        Some(n) => n.to_string(),
+        None => v.to_string(),
+    }
 }

@@ -69,6 +69,22 @@ pub fn free_port() -> Result<u16> {
 /// dir a server ran on before is a recovery) and returns it with the time
 /// from spawning the process to its first answered request.
 pub async fn start(kind: Kind, dir: &Path, port: u16, zk_heap: &str) -> Result<(Server, Duration)> {
+    start_with(kind, dir, port, zk_heap, None).await
+}
+
+/// The admin bearer token zkbench gives the coordinator when it needs the
+/// admin API (to trigger a snapshot); loopback only, a benchmark's own.
+pub const ADMIN_TOKEN: &str = "zkbench-admin-token-0123456789abcdef";
+
+/// [`start`], and for the coordinator the admin API on `admin_port` with
+/// [`ADMIN_TOKEN`].
+pub async fn start_with(
+    kind: Kind,
+    dir: &Path,
+    port: u16,
+    zk_heap: &str,
+    admin_port: Option<u16>,
+) -> Result<(Server, Duration)> {
     std::fs::create_dir_all(dir)?;
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
@@ -78,11 +94,21 @@ pub async fn start(kind: Kind, dir: &Path, port: u16, zk_heap: &str) -> Result<(
             // The server's log (snapshot timings among it) beside its data
             // dir, appended across the restarts on that dir.
             let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log"))?;
-            let child = Command::new(&bin)
+            let mut cmd = Command::new(&bin);
+            if let Some(admin) = admin_port {
+                let token = dir.with_extension("token");
+                std::fs::write(&token, ADMIN_TOKEN)?;
+                cmd.args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                    .args(["--admin-token-file", &token.to_string_lossy()]);
+            }
+            let child = cmd
                 .args(["--listen", &addr, "--data-dir", &dir.to_string_lossy()])
                 .args(["--tick-time", &TICK_MS.to_string()])
                 // The fan-out figure opens thousands of sessions from one IP.
                 .args(["--max-client-connections", "0"])
+                // As scripts/zookeeper.sh allows ZooKeeper every word
+                // (the scale figures time `wchs`).
+                .args(["--4lw-whitelist", "*"])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -157,4 +183,16 @@ pub fn jvm_heap_used_mib(pid: u32) -> Option<f64> {
     // " garbage-first heap   total 1048576K, used 523123K [0x..."
     let used = text.split("used ").nth(1)?.split('K').next()?.trim().parse::<f64>().ok()?;
     Some(used / 1024.0)
+}
+
+/// CPU time a process has used (user + system), from /proc/<pid>/stat.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("pid {pid}"))?;
+    // The command name (field 2) may hold spaces; the fields after its
+    // closing parenthesis are fixed: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/<pid>/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).context("malformed /proc/<pid>/stat");
+    // USER_HZ is 100 on every Linux architecture zkbench runs on.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
