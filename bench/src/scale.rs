@@ -397,8 +397,8 @@ async fn watches_point(kind: Kind, n: usize, per: usize, tmp: &Path, heap: &str)
 const PER_PARENT: usize = 100_000;
 
 async fn trigger_snapshot() -> Result<()> {
-    use coordinator::grpc::pb::admin_client::AdminClient;
-    use coordinator::grpc::pb::TriggerSnapshotRequest;
+    use admin_api::admin_client::AdminClient;
+    use admin_api::TriggerSnapshotRequest;
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{ADMIN_PORT}"))?.connect().await?;
     let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         format!("Bearer {}", servers::ADMIN_TOKEN).parse()?;
