@@ -31,9 +31,7 @@ async fn run() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let listener = listen(config.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         listen = %addr,
@@ -72,4 +70,16 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The client port, with room in the kernel's queue for a connect storm:
+/// after a restart every client reconnects at once, and a queue of the
+/// default 1024 (cut to `net.core.somaxconn`) overflowed with 1,000
+/// sessions, each dropped SYN costing its client a second before the
+/// retry. The kernel caps the figure at `somaxconn` whatever is asked.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
