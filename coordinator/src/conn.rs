@@ -20,7 +20,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use zk_wire::codec::Jute;
@@ -51,8 +51,7 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     };
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let Some(conn) = core.conns.register(peer, tx) else {
+    let Some(conn) = core.conns.register(peer) else {
         tracing::warn!(%peer, limit = core.config.max_client_connections, "too many connections from this address; refusing");
         return;
     };
@@ -63,7 +62,7 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     // Before the handshake no session timeout is known: the longest one a
     // client could negotiate bounds a write then.
     let writer = tokio::spawn(
-        write_loop(core.clone(), rx, wr, conn.clone(), core.durable(), core.config.max_session_timeout)
+        write_loop(core.clone(), wr, conn.clone(), core.durable(), core.config.max_session_timeout)
             .instrument(span.clone()),
     );
     let reason = read_loop(&core, &conn, rd, shutdown.clone()).instrument(span).await;
@@ -115,7 +114,6 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
 /// slot for as long as it liked.
 async fn write_loop(
     core: Arc<Core>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
     mut wr: OwnedWriteHalf,
     conn: Arc<ConnShared>,
     mut durable: watch::Receiver<i64>,
@@ -128,28 +126,28 @@ async fn write_loop(
     let mut answers: Vec<Answer> = Vec::new();
     let mut closing = false;
     while !closing {
-        let mut need = match rx.recv().await {
-            Some(Outbound::Frame(f, zxid, answer)) => {
+        let mut need = match conn.outbox.next().await {
+            Outbound::Frame(f, zxid, answer) => {
                 buf.extend_from_slice(&f);
                 answers.extend(answer);
                 zxid
             }
-            Some(Outbound::Close) | None => break,
+            Outbound::Close => break,
         };
         // Coalesce whatever else is already queued (bounded, so one busy
         // connection cannot build an unbounded buffer here either).
         while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(Outbound::Frame(f, zxid, answer)) => {
+            match conn.outbox.try_next() {
+                Some(Outbound::Frame(f, zxid, answer)) => {
                     buf.extend_from_slice(&f);
                     answers.extend(answer);
                     need = need.max(zxid);
                 }
-                Ok(Outbound::Close) => {
+                Some(Outbound::Close) => {
                     closing = true;
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         // Copy the value out: a `borrow()` guard kept alive across the await
@@ -176,7 +174,7 @@ async fn write_loop(
         // A connection with nothing more to send keeps no buffer: an idle
         // session should cost its socket and little else. A busy one keeps
         // it for the next batch.
-        if rx.is_empty() {
+        if conn.outbox.release_if_empty() {
             buf = Vec::new();
         } else {
             buf.clear();
