@@ -5,6 +5,7 @@ use bytes::Bytes;
 use zk_wire::codec::Jute;
 use zk_wire::frame::{finish_frame, start_frame};
 use zk_wire::records::{ConnectResponse, ReplyHeader};
+use zk_wire::response::ChildrenView;
 use zk_wire::{ErrorCode, Response};
 
 /// Builds one frame: a header and a body record.
@@ -36,6 +37,17 @@ pub fn connect_frame(reply: &ConnectResponse) -> Bytes {
     let mut out = Vec::with_capacity(48);
     let at = start_frame(&mut out);
     reply.write(&mut out);
+    finish_frame(&mut out, at);
+    Bytes::from(out)
+}
+
+/// A successful getChildren or getChildren2 reply, written from names
+/// borrowed from the tree (see [`ChildrenView`]).
+pub(crate) fn listing(xid: i32, zxid: i64, view: ChildrenView<'_>) -> Bytes {
+    let mut out = Vec::with_capacity(64 + view.children.iter().map(|c| 4 + c.len()).sum::<usize>());
+    let at = start_frame(&mut out);
+    ReplyHeader { xid, zxid, err: 0 }.write(&mut out);
+    view.write(&mut out);
     finish_frame(&mut out, at);
     Bytes::from(out)
 }

@@ -167,9 +167,14 @@ impl Jute for bool {
 /// `ustring`. Null reads as the empty string: every place the protocol
 /// carries a string, ZooKeeper treats null and empty alike (both fail path
 /// validation). Invalid UTF-8 is replaced, as Java's `new String(b, UTF_8)` does.
+/// Writes a `ustring` from a borrowed `str` (what `String::write` writes).
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    write_bytes(out, s.as_bytes());
+}
+
 impl Jute for String {
     fn write(&self, out: &mut Vec<u8>) {
-        write_bytes(out, self.as_bytes());
+        write_str(out, self);
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match r.nullable_bytes()? {
