@@ -189,6 +189,10 @@ async fn write_loop(
             }
             conn.drained.notify_one();
         }
+        // Idle again: the answers' list goes with the buffer.
+        if buf.capacity() == 0 {
+            answers.shrink_to_fit();
+        }
     }
     let _ = wr.shutdown().await;
 }
@@ -257,7 +261,8 @@ async fn read_loop(
                     }
                 }
                 Some(c) => {
-                    ops::session::touch(core, c);
+                    // One atomic store: the session's deadline moves, no lock taken.
+                    c.live.touch();
                     let mut body = &frame[..];
                     let hdr = RequestHeader::read(&mut zk_wire::Reader::new(body))
                         .map_err(|e| format!("malformed request header: {e}"))?;

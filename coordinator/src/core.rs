@@ -37,8 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use zk_wire::consts::NOTIFICATION_XID;
-use zk_wire::records::ReplyHeader;
 
 use crate::clients::{ConnShared, Registry};
 use crate::committer::{Committer, Proposal};
@@ -141,7 +139,7 @@ impl Core {
         self.conns.with(|conns| {
             for (conn_id, event) in notes {
                 if let Some(c) = conns.get(&conn_id) {
-                    c.send(crate::frames::frame(ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 }, &event), zxid);
+                    c.send(crate::frames::notification(&event), zxid);
                 }
             }
         });

@@ -3,17 +3,19 @@
 
 use bytes::Bytes;
 use zk_wire::codec::Jute;
+use zk_wire::consts::NOTIFICATION_XID;
 use zk_wire::frame::{finish_frame, start_frame};
-use zk_wire::records::{ConnectResponse, ReplyHeader};
+use zk_wire::records::{ConnectResponse, ReplyHeader, WatcherEvent};
 use zk_wire::response::ChildrenView;
 use zk_wire::{ErrorCode, Response};
 
-/// Builds one frame: a header and a body record.
-pub(crate) fn frame(header: impl Jute, body: &impl Jute) -> Bytes {
+/// A watch event's frame: the notification header (xid -1, no zxid), then
+/// the event.
+pub(crate) fn notification(event: &WatcherEvent) -> Bytes {
     let mut out = Vec::with_capacity(64);
     let at = start_frame(&mut out);
-    header.write(&mut out);
-    body.write(&mut out);
+    ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 }.write(&mut out);
+    event.write(&mut out);
     finish_frame(&mut out, at);
     Bytes::from(out)
 }

@@ -33,6 +33,8 @@ pub const EXPIRY_STEP: Duration = Duration::from_millis(100);
 /// so a packet costs one atomic store, not a lock.
 #[derive(Debug)]
 pub struct Liveness {
+    /// The table's epoch, copied here so that touching needs no lock.
+    epoch: Instant,
     /// Milliseconds since the table's epoch when the client was last heard.
     last_heard: AtomicU64,
     /// The connection allowed to act for the session, or [`ENDED`] once the
@@ -45,8 +47,9 @@ pub struct Liveness {
 const ENDED: u64 = u64::MAX;
 
 impl Liveness {
-    pub fn touch(&self, now_ms: u64) {
-        self.last_heard.store(now_ms, Ordering::Relaxed);
+    /// The client was heard from now: its deadline moves.
+    pub fn touch(&self) {
+        self.last_heard.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// From now on only `conn` may act for the session.
@@ -159,7 +162,11 @@ impl Sessions {
     pub fn insert(&mut self, id: i64, timeout: Duration) {
         // No connection serves a new or recovered session until a handshake
         // attaches one (0 is never a connection id).
-        let live = Arc::new(Liveness { last_heard: AtomicU64::new(self.now_ms()), served_by: AtomicU64::new(0) });
+        let live = Arc::new(Liveness {
+            epoch: self.epoch,
+            last_heard: AtomicU64::new(self.now_ms()),
+            served_by: AtomicU64::new(0),
+        });
         self.map.insert(id, Session { id, timeout, live, conn: None, closing: false });
         if id >= self.next_id {
             self.next_id = id + 1;

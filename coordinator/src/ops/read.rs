@@ -6,7 +6,7 @@
 //! that sets a watch registers it under the same lock, so no change can
 //! fall between what the read saw and the watch.
 
-use zk_wire::consts::{perms, AddWatchMode, WatcherType, NOTIFICATION_XID};
+use zk_wire::consts::{perms, AddWatchMode, WatcherType};
 use zk_wire::records::*;
 use zk_wire::request::MultiOp;
 use zk_wire::response::{ChildrenView, MultiResult};
@@ -69,9 +69,8 @@ pub(super) fn read(core: &Core, client: &Client, xid: i32, req: &Request) {
         };
         // Events owed by setWatches go out before its reply, as
         // ZooKeeper sends them.
-        let header = ReplyHeader { xid: NOTIFICATION_XID, zxid: -1, err: 0 };
-        for ev in owed {
-            conn.send(crate::frames::frame(header.clone(), &ev), zxid);
+        for ev in &owed {
+            conn.send(crate::frames::notification(ev), zxid);
         }
         // A read may have seen writes not yet on disk: it waits for them.
         client.reply(crate::frames::reply(xid, zxid, result.as_ref().map_err(|e| *e)), zxid);

@@ -84,7 +84,6 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     };
 
     let mut sessions = core.sessions.lock();
-    let now = sessions.now_ms();
     let password = sessions.password(session_id);
     let Some(session) = sessions.get_mut(session_id) else {
         return Handshake::Refused;
@@ -92,7 +91,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     session.conn = Some(conn.id);
     session.live.attach(conn.id);
     let live = session.live.clone();
-    live.touch(now);
+    live.touch();
     drop(sessions);
     conn.session_id.store(session_id, Ordering::Relaxed);
     conn.timeout_ms.store(timeout_ms as u64, Ordering::Relaxed);
@@ -112,12 +111,6 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     core.watches.lock().set_auth(conn.id, &auth);
     let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
     Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request })
-}
-
-/// The client was heard from: its deadline moves. One atomic store.
-pub(crate) fn touch(core: &Core, client: &Client) {
-    let now = core.sessions.lock().now_ms();
-    client.live.touch(now);
 }
 
 /// Ends a session: deletes its ephemerals (firing their watches), and
