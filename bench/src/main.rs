@@ -183,16 +183,27 @@ async fn main() -> Result<()> {
         }
     }
     let out = json!({"secs_per_cell": args.secs, "results": results});
-    if let Some(parent) = args.out.parent() {
+    save_json(&args.out, &out)?;
+    drop_scratch(&tmp, args.keep_data);
+    write_report(&results, &args.out)
+}
+
+/// Writes a run's results, making their directory if need be.
+pub(crate) fn save_json(out: &Path, value: &Value) -> Result<()> {
+    if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
-    if args.keep_data {
+    std::fs::write(out, serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
+/// Removes the servers' data dirs and logs, or says where they are kept.
+pub(crate) fn drop_scratch(tmp: &Path, keep: bool) {
+    if keep {
         eprintln!("data dirs and coordinator logs kept in {}", tmp.display());
     } else {
         let _ = std::fs::remove_dir_all(tmp);
     }
-    write_report(&results, &args.out)
 }
 
 /// The plot beside the JSON, and the tables on stdout.

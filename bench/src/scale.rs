@@ -603,16 +603,9 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
             saved[family.as_str()] = v;
             saved[family.as_str()]["wall_secs"] = json!(started.elapsed().as_secs_f64());
             saved[family.as_str()]["quick"] = json!(args.quick);
-            if let Some(parent) = args.out.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&args.out, serde_json::to_string_pretty(&saved)?)?;
+            crate::save_json(&args.out, &saved)?;
         }
-        if args.keep_data {
-            eprintln!("data dirs and coordinator logs kept in {}", tmp.display());
-        } else {
-            let _ = std::fs::remove_dir_all(tmp);
-        }
+        crate::drop_scratch(&tmp, args.keep_data);
     }
     let dir = args.out.parent().unwrap_or(Path::new("."));
     crate::plot::scale(&saved, dir)?;
