@@ -1080,3 +1080,41 @@ async fn admission_control_bounds_what_overload_holds_in_memory() {
     );
     assert!(limited <= (LIMIT + CONNS) as i64, "{limited} requests were outstanding at once with a limit of {LIMIT}");
 }
+
+/// Admission control against a hog: a client pipelines 20,000 getData and
+/// never reads, so its replies stay outstanding and hold the server over
+/// its limit until the write deadline ends it. Every other client must
+/// still be served: a connection with nothing outstanding is always read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hog_over_the_outstanding_limit_does_not_starve_other_clients() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    const LIMIT: usize = 64;
+    let config =
+        testkit::CoordinatorConfig { global_outstanding_limit: LIMIT, ..testkit::CoordinatorConfig::for_tests() };
+    let core = Arc::new(coordinator::core::Core::open(config).expect("a server"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let path = format!("/{}", testkit::unique("hogged"));
+    let mut other = connect(addr).await;
+    assert_eq!(call(&mut other, create(&path, &[7u8; 1024], CreateMode::Persistent)).await.err, 0);
+    let _hog = hog(addr, &path, 20_000).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while core.stats.outstanding_requests.load(Ordering::Relaxed) <= LIMIT as i64 {
+        assert!(Instant::now() < deadline, "the hog never held the server over its limit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(call(&mut other, get_data(&path)).await.err, 0);
+    }
+    let held = core.stats.outstanding_requests.load(Ordering::Relaxed);
+    println!("200 reads by another client in {:?} while the hog held {held} outstanding", t.elapsed());
+    assert!(held > LIMIT as i64, "the hog let go before the other client was done; the test proves nothing");
+    let _ = stop_tx.send(());
+    within("stop", server).await.expect("join").expect("serve");
+}
