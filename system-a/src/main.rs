@@ -330,8 +330,8 @@ impl Service {
     async fn submit_task(&self, id: String, req: SubmitRequest, op: Op) -> Result<Response<SubmitReply>, Status> {
         let path = self.common.path(&format!("/tasks/{id}"));
         let entry = self.common.path(&format!("/outbox/{id}"));
-        let message = TaskMessage::new(&id, &req.entity, op, req.amount);
-        let pending = TaskNode::pending(&message);
+        let message = TaskMessage::new(&id);
+        let pending = TaskNode::pending(&req.entity, op, req.amount);
         let body = message.encode();
         // The caller's budget covers everything: recording the task through
         // a lost connection (retried, see zk_recipes::retry) and its result.
@@ -396,7 +396,7 @@ impl Service {
         })?;
         let status = node.status().to_string();
         match node.state {
-            TaskState::Done { value, worker, token } => {
+            TaskState::Done { value, worker, token, .. } => {
                 tracing::info!(status, "task answered");
                 Ok(Response::new(SubmitReply { task_id: id, status, value, worker, token }))
             }

@@ -44,7 +44,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use servicekit::CommonArgs;
-use task_contract::{ContractError, TaskMessage as Task, TaskNode};
+use task_contract::{ContractError, TaskMessage, TaskNode, TaskState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -187,8 +187,14 @@ async fn consume(
 
 impl Worker {
     async fn handle(&self, delivery: lapin::message::Delivery, channel: &lapin::Channel) {
-        let task = match Task::decode(&delivery.data) {
-            Ok(t) => t,
+        let task = match TaskMessage::decode(&delivery.data) {
+            Ok(m) => match self.task_of(&m.id).await {
+                Some(t) => t,
+                None => {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    return;
+                }
+            },
             // Written by a newer system-a: what it asks may not be what this
             // build would do, so it waits in the dead-letter queue until a
             // worker that reads its version replays it.
@@ -269,7 +275,7 @@ impl Worker {
             if !work.is_zero() {
                 tokio::time::sleep(work).await;
             }
-            let value = task.op.apply(read.value, task.amount);
+            let value = task.op.apply(read.value, task.amount).unwrap_or(read.value);
             if guard.is_lost() {
                 // We may no longer hold the lock; the token would protect
                 // the store anyway, but do not even try.
@@ -278,7 +284,7 @@ impl Worker {
             self.store.write(&task.entity, token, &task.id, value).map_err(Failure::from)?;
             value
         };
-        let result = TaskNode::done(value, &self.instance, token);
+        let result = TaskNode::done(value, &self.instance, 0, token);
         let reported = if read.already_applied {
             self.report_again(task, &result).await
         } else {
@@ -483,6 +489,27 @@ impl Worker {
             // The copy did not make it: the original goes back instead
             // (its count is not advanced, the backoff still applied).
             let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+    }
+}
+
+/// What a task asks, as its node says.
+struct Task {
+    id: String,
+    entity: String,
+    op: task_contract::Op,
+    amount: i64,
+}
+
+impl Worker {
+    /// The task the message names, from its node: `None` when there is
+    /// nothing to do (no such node, or it is final).
+    async fn task_of(&self, id: &str) -> Option<Task> {
+        let path = self.common.path(&format!("/tasks/{id}"));
+        let (data, _) = self.client.zk.get_data(&path, false).await.ok()?;
+        match TaskNode::decode(&data).ok()?.state {
+            TaskState::Pending { entity, op, amount } => Some(Task { id: id.to_string(), entity, op, amount }),
+            _ => None,
         }
     }
 }

@@ -174,9 +174,8 @@ async fn finished(c: &Client, path: &str, limit: Duration) -> (serde_json::Value
 }
 
 /// A task node as system-a writes it before publishing.
-fn pending_node(id: &str) -> Vec<u8> {
-    use task_contract::{Op, TaskMessage, TaskNode};
-    TaskNode::pending(&TaskMessage::new(id, "e", Op::Add, 0)).encode()
+fn pending_node(_id: &str) -> Vec<u8> {
+    task_contract::TaskNode::pending("e", task_contract::Op::Add, 0).encode()
 }
 
 async fn pending_task(c: &Client, root: &str, id: &str) -> String {

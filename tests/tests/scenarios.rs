@@ -149,7 +149,7 @@ async fn scenario(zk: &str, dir: &Path) {
     // would do wrongly. It is not applied, and the log says why.
     let newer = format!(
         r#"{{"version":{},"id":"from-a-newer-system-a","entity":"acct-1","op":"add","amount":1000}}"#,
-        task_contract::VERSION + 1
+        task_contract::MESSAGE_VERSION + 1
     );
     dead_lettered(&ch, &sys.queue, newer.as_bytes()).await;
     assert_eq!(sys.value("acct-1"), 5, "a message of a newer version was applied");
@@ -243,7 +243,9 @@ async fn an_unreadable_task_node_is_neither_finished_nor_reaped() {
     let tasks = format!("{root}/tasks");
     zk_recipes::ensure_path(&client.zk, &tasks).await.expect("tasks dir");
     let open = zookeeper_async::Acl::open_unsafe().clone();
-    for (name, data) in [("garbage", b"this is not JSON".to_vec()), ("finished", TaskNode::done(1, "b1", 1).encode())] {
+    for (name, data) in
+        [("garbage", b"this is not JSON".to_vec()), ("finished", TaskNode::done(1, "b1", 0, 1).encode())]
+    {
         let path = format!("{tasks}/{name}");
         client.zk.create(&path, data, open.clone(), zookeeper_async::CreateMode::Persistent).await.expect("create");
     }
