@@ -102,6 +102,12 @@ impl Leadership {
         *self.lost.borrow()
     }
 
+    /// Whether we still lead, asked of the server with a write to our own
+    /// node (see [`crate::fencing`]).
+    pub async fn confirm(&self) -> Result<bool, zookeeper_async::ZkError> {
+        queue::confirm(&self.client, &self.me).await
+    }
+
     /// Hands leadership over now by deleting our node.
     pub async fn resign(self) {
         queue::leave(&self.client, &self.me.path).await;

@@ -10,6 +10,8 @@
 //!   "be first in this queue".
 //! - [`lock`]: a fenced distributed lock.
 //! - [`election`]: leader election with a per-term fencing token.
+//! - [`fencing`]: tokens as (epoch, zxid), and the epoch that keeps them
+//!   growing when the server's history is reset, restored or moved.
 //! - [`task`]: wait for a task's status, watch armed before publishing.
 //! - [`config`]: a live value that always converges on the latest data.
 //! - [`registry`]: ephemeral service registration and live membership.
@@ -30,6 +32,7 @@
 
 pub mod config;
 pub mod election;
+pub mod fencing;
 pub mod lock;
 mod queue;
 pub mod registry;

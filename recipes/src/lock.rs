@@ -118,6 +118,15 @@ impl LockGuard {
         *self.lost.borrow()
     }
 
+    /// Whether we still hold the lock, asked of the server with a write to
+    /// our own node (see [`crate::fencing`]): `Ok(false)` once our session
+    /// is gone. How a holder refused by a fencing token tells "I stalled
+    /// and someone newer wrote" from "the resource has seen a history this
+    /// server never had".
+    pub async fn confirm(&self) -> Result<bool, zookeeper_async::ZkError> {
+        queue::confirm(&self.client, &self.me).await
+    }
+
     /// The lock node's path.
     pub fn path(&self) -> &str {
         &self.me.path

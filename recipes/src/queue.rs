@@ -35,6 +35,8 @@ pub(crate) struct Candidate {
     /// The transaction that created it: unique and increasing across all
     /// candidates ever, so it serves as a fencing token.
     pub czxid: i64,
+    /// What it holds (who we are), written back unchanged by [`confirm`].
+    pub data: Vec<u8>,
 }
 
 /// Predecessor watches that have fired in this process, over every queue.
@@ -116,7 +118,7 @@ pub(crate) async fn enter(
             // Gone already: our session ended between create and read.
             None => return Err(ZkError::SessionExpired),
         };
-        return Ok(Candidate { path, name, czxid });
+        return Ok(Candidate { path, name, czxid, data: data.to_vec() });
     }
 }
 
@@ -226,6 +228,22 @@ pub(crate) async fn leave(client: &Client, path: &str) {
                 client.wait_live(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Whether our place is still ours, asked with a write to our own node: it
+/// succeeds only while the node exists, that is while the session that
+/// created it lives (an ephemeral dies with its session), and a write goes
+/// through the ensemble's leader, so no lagging follower can answer it from
+/// a past in which we still held. A read could. The data written is the
+/// data the node holds, so what others see does not change (a waiter
+/// watching the node wakes, finds itself still behind us, and waits on).
+/// `Err` only for a connection loss: we cannot know yet.
+pub(crate) async fn confirm(client: &Client, me: &Candidate) -> Result<bool, ZkError> {
+    match client.zk.set_data(&me.path, me.data.clone(), None).await {
+        Ok(_) => Ok(true),
+        Err(ZkError::NoNode) | Err(ZkError::SessionExpired) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

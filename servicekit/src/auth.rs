@@ -463,6 +463,15 @@ impl Policy {
     pub fn ha_group(&self) -> Vec<Acl> {
         self.acl(&[(OPERATOR, operator_keeps()), (HA_WORKER, Permission::ALL), (DASHBOARD, Permission::READ)])
     }
+
+    /// `/fencing`, the fencing epoch (`zk_recipes::fencing`): the operator
+    /// lays it out; the roles that hold fenced resources (system-b's lock,
+    /// the ha-workers' terms) read it and may advance it, which a holder
+    /// does only after confirming it holds. Nobody may delete it.
+    pub fn fencing(&self) -> Vec<Acl> {
+        let rw = perms(&[Permission::READ, Permission::WRITE]);
+        self.acl(&[(OPERATOR, Permission::ALL), (SYSTEM_B, rw), (HA_WORKER, rw), (DASHBOARD, Permission::READ)])
+    }
 }
 
 /// `root` + `path`, with an empty root meaning `/`.
@@ -511,6 +520,9 @@ pub async fn init(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<InitRep
     plan.push((under(root, "/outbox"), policy.outbox_dir()));
     plan.push((under(root, "/locks"), policy.locks_dir()));
     plan.push((under(root, "/ha"), policy.ha_dir()));
+    // Laid out empty (epoch 0) and never written by init again: an epoch
+    // only grows, and init must not undo an advance.
+    plan.push((under(root, "/fencing"), policy.fencing()));
     for (path, acl) in &plan {
         put_acl(zk, path, acl, &mut report).await?;
     }
@@ -542,8 +554,10 @@ pub async fn planted(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<Vec<
     let beyond_read = [Permission::WRITE, Permission::CREATE, Permission::DELETE, Permission::ADMIN];
     // The system's directories and what is below them; not the root's
     // other children, which on a shared ensemble belong to others.
-    let mut level: Vec<String> =
-        ["/config", "/services", "/tasks", "/outbox", "/locks", "/ha"].iter().map(|d| under(root, d)).collect();
+    let mut level: Vec<String> = ["/config", "/services", "/tasks", "/outbox", "/locks", "/ha", "/fencing"]
+        .iter()
+        .map(|d| under(root, d))
+        .collect();
     for depth in 0..3 {
         let mut next = Vec::new();
         for parent in &level {
@@ -640,7 +654,7 @@ async fn reacl_below(
 /// The first of the system's directory names in the path decides, so a
 /// system under a root prefix is named the same.
 pub fn not_allowed(path: &str) -> String {
-    let known = ["config", "services", "tasks", "outbox", "locks", "ha"];
+    let known = ["config", "services", "tasks", "outbox", "locks", "ha", "fencing"];
     let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let at = segments.iter().position(|s| known.contains(s)).unwrap_or(segments.len());
     let mut parts = segments[at..].iter().copied();
@@ -651,6 +665,7 @@ pub fn not_allowed(path: &str) -> String {
         (Some("outbox"), _) => "the system-a identity".to_string(),
         (Some("locks"), _) => "the system-b identity".to_string(),
         (Some("ha"), _) => "the ha-worker identity".to_string(),
+        (Some("fencing"), _) => "the operator identity (system-b and ha-worker may only advance it)".to_string(),
         _ => "an identity its ACL grants (zkctl getacl shows it)".to_string(),
     };
     format!("not allowed: {path} needs {who}")

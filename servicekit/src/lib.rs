@@ -7,6 +7,7 @@
 //!   instance id, root prefix), with env vars and clear startup errors.
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
+//! - [`layout`]: every znode path of the scenarios, named once.
 //! - [`auth`]: digest identities from a credentials file, and the ACL of
 //!   every kind of node (least privilege per role).
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff.
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod fault;
+pub mod layout;
 pub mod rabbit;
 
 use std::time::Duration;
@@ -64,6 +66,11 @@ pub struct CommonArgs {
 static ZK_AUTH: std::sync::OnceLock<auth::ZkAuth> = std::sync::OnceLock::new();
 
 impl CommonArgs {
+    /// The system's tree under `--root`.
+    pub fn layout(&self) -> layout::Layout {
+        layout::Layout::new(&self.root)
+    }
+
     /// `<root><path>`.
     pub fn path(&self, path: &str) -> String {
         format!("{}{path}", self.root.trim_end_matches('/'))

@@ -174,6 +174,14 @@ impl Op {
         }
     }
 
+    /// The operation's name on the wire and in a Submit.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Set => "set",
+        }
+    }
+
     /// The entity's value after the operation; `None` when it does not fit
     /// an `i64` (an add past the range fails the task: it must neither
     /// wrap nor take the worker down).

@@ -1,0 +1,204 @@
+//! The broker's side: deliveries in, acks out.
+//!
+//! Manual acks, bounded prefetch. A delivery is acked only after its task
+//! is applied and its node answered (or found to need nothing), so a crash
+//! anywhere before the ack makes RabbitMQ redeliver it, and the worker's
+//! exactly-once rule turns the redelivery into a report or a no-op. A
+//! message that cannot be read, or is of a newer contract version, is
+//! rejected without requeue and lands in the dead-letter queue instead of
+//! looping; it changes nothing (it names no task this build can run).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use task_contract::{ContractError, TaskMessage};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::outcome::{self, Disposition, Failure};
+use crate::worker::{Handled, Worker};
+
+/// How long a stopping consumer lets the tasks in flight finish before it
+/// closes the connection. Short, so a stop is quick whatever the
+/// coordination server is doing: an unacked task is redelivered, and the
+/// exactly-once rule makes the redelivery harmless.
+pub const DRAIN: Duration = Duration::from_millis(800);
+
+/// Throttles the ERROR lines of permanent faults, so a broken store costs
+/// a few lines, not one per task.
+pub struct Alarms(servicekit::fault::Throttle);
+
+impl Default for Alarms {
+    fn default() -> Self {
+        Alarms(servicekit::fault::Throttle::new(Duration::from_secs(10)))
+    }
+}
+
+/// Consumes `queue` on one broker connection until it ends or `stop`.
+/// `announce` runs once the consumer is registered.
+pub async fn consume(
+    conn: &lapin::Connection,
+    queue: &str,
+    prefetch: u16,
+    worker: &Arc<Worker>,
+    alarms: &Arc<Alarms>,
+    stop: &CancellationToken,
+    announce: impl FnOnce(),
+) -> lapin::Result<()> {
+    let channel = conn.create_channel().await?;
+    servicekit::rabbit::declare_task_queue(&channel, queue).await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    // Confirms, so a task re-published with its attempt count is acked
+    // only once the broker holds the copy.
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            worker.instance.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    announce();
+    let running = tokio_util::task::TaskTracker::new();
+    loop {
+        let next = tokio::select! {
+            d = deliveries.next() => d,
+            _ = stop.cancelled() => break,
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        let (w, a, ch, q) = (worker.clone(), alarms.clone(), channel.clone(), queue.to_string());
+        running.spawn(async move { handle(&w, &a, delivery, &ch, &q).await });
+    }
+    running.close();
+    let _ = tokio::time::timeout(DRAIN, running.wait()).await;
+    Ok(())
+}
+
+/// One delivery: decode the message, run its task, settle it with the
+/// broker as the outcome says.
+async fn handle(
+    worker: &Worker,
+    alarms: &Alarms,
+    delivery: lapin::message::Delivery,
+    channel: &lapin::Channel,
+    queue: &str,
+) {
+    let message = match TaskMessage::decode(&delivery.data) {
+        Ok(m) => m,
+        // Written by a newer system-a: what it asks may not be what this
+        // build would do, so it waits in the dead-letter queue until a
+        // worker that reads its version replays it.
+        Err(e @ ContractError::UnsupportedVersion { .. }) => {
+            tracing::warn!(error = %e, "task message of a newer version: dead-lettering it");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        // Not a task message at all. It names nothing this worker may act
+        // on, so it changes nothing: in particular it does not fail a task
+        // whose id it happens to carry (that would let any publisher fail
+        // any task).
+        Err(e) => {
+            tracing::warn!(error = %e, "poison message: dead-lettering it");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    let attempt = outcome::attempts_in(
+        delivery.properties.headers().as_ref().and_then(|h| h.inner().get(outcome::ATTEMPTS_HEADER)),
+    ) + 1;
+    let span = tracing::info_span!("task", task_id = %message.id, attempt);
+    let handled = worker.handle(&message.id, attempt).instrument(span.clone()).await;
+    let _entered = span.enter();
+    match handled {
+        Handled::Done { .. } => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Handled::NoOp(why) => {
+            tracing::info!("nothing to do: {why}");
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Handled::NotDone(failure, disposition) => {
+            settle(alarms, &delivery, channel, queue, &failure, disposition).await
+        }
+    }
+}
+
+/// Carries out a disposition with the broker, logging it as loudly as it
+/// deserves: a retry is a WARN, a fault an operator must fix an ERROR.
+async fn settle(
+    alarms: &Alarms,
+    delivery: &lapin::message::Delivery,
+    channel: &lapin::Channel,
+    queue: &str,
+    failure: &Failure,
+    disposition: Disposition,
+) {
+    match disposition {
+        Disposition::Requeue => {
+            tracing::warn!("task will be retried: {failure}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+        Disposition::DeadLetter => {
+            tracing::warn!("dead-lettering the task: {failure}");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+        Disposition::FailThenDeadLetter { .. } => {
+            match failure {
+                Failure::Stuck { reason, remedy } => tracing::error!(
+                    "{reason}: a permanent fault, giving up on the task after {} attempts and dead-lettering it; {remedy}",
+                    outcome::STUCK_ATTEMPTS
+                ),
+                Failure::Alarm { reason, remedy } => tracing::error!(
+                    "{reason}: a fencing token that cannot catch up; the task failed and is dead-lettered; {remedy}"
+                ),
+                other => tracing::warn!("task failed for good: {other}"),
+            }
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+        Disposition::Republish { attempt, delay } => {
+            if let Failure::Stuck { reason, remedy } = failure {
+                if alarms.0.ready() {
+                    tracing::error!(
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "{reason}: a permanent fault, the task is retried with backoff and dead-lettered after {} \
+                         attempts; {remedy}",
+                        outcome::STUCK_ATTEMPTS
+                    );
+                }
+            }
+            tokio::time::sleep(delay).await;
+            republish(delivery, channel, queue, attempt).await;
+        }
+    }
+}
+
+/// Publishes a copy of the delivery with its attempt count, then acks the
+/// original; if the copy is not confirmed, the original goes back instead
+/// (its count not advanced, the backoff still applied).
+async fn republish(delivery: &lapin::message::Delivery, channel: &lapin::Channel, queue: &str, attempt: i64) {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(outcome::ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempt));
+    let props = delivery.properties.clone().with_headers(headers);
+    let requeued = match channel
+        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &delivery.data, props)
+        .await
+    {
+        Ok(confirm) => matches!(confirm.await, Ok(c) if !c.is_nack()),
+        Err(_) => false,
+    };
+    if requeued {
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+    } else {
+        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+    }
+}

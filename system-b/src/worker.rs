@@ -1,0 +1,393 @@
+//! One task, start to finish: read it from its node, take the entity's
+//! lock, apply it fenced and exactly once, report the result.
+//!
+//! ```text
+//!   message {id} ──▶ read /tasks/<id> ──▶ lock /locks/<entity> ──▶ read the node again
+//!                     (pending? what?)      (token = czxid@epoch)    (still pending, version v)
+//!       ──▶ store.read(token) ──▶ last task the entity applied?
+//!             │                     ├─ this one: report its recorded result (a redelivery)
+//!             │                     └─ another, node still pending: close it first
+//!             │                        (write its recorded result into its node)
+//!       ──▶ work ──▶ store.apply(token, {task, value}) ──▶ set /tasks/<id> = done @ v ──▶ unlock
+//! ```
+//!
+//! **Exactly once, with no window.** The store records the entity's last
+//! applied task in the same write as the value. A task's node says
+//! `pending` until its result is written, at the version system-a created
+//! it with. Whoever applies a task first makes sure the entity's previous
+//! task is no longer pending ([`Worker::close_previous`]). So a task
+//! applied but not yet answered is always its entity's last; a redelivery
+//! finds it there (and reports), or finds its node final (and does
+//! nothing). No list of remembered ids, no count, no time.
+//!
+//! **Nothing taken on trust from the broker.** The message names a task;
+//! the node, which only system-a may create, says what it is. A forged,
+//! replayed or rewritten message can at most ask for a task the node
+//! already describes. Every write to a node is versioned from the `pending`
+//! version read under the lock, so a late copy never rewrites an answer.
+//!
+//! **Fencing.** The token is the lock node's czxid in the current fencing
+//! epoch ([`zk_recipes::fencing`]). A refusal by the store is checked with
+//! a write to our own lock node: gone means we stalled (the refusal is
+//! right); still ours means the store has seen a history this server never
+//! issued (a data reset, a restore, a move), and the epoch is advanced
+//! past it, at most [`outcome::MAX_ADVANCES`] times before it is an alarm.
+
+use std::time::Duration;
+
+use task_contract::{Op, TaskNode, TaskState};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zk_recipes::fencing::{Epoch, Token};
+use zk_recipes::lock::{Lock, LockError, LockGuard};
+use zk_recipes::retry::{self, RetryPolicy};
+use zk_recipes::session::Client;
+use zk_recipes::ZkError;
+
+use crate::outcome::{self, Disposition, Failure, FencedStep};
+use crate::store::{Applied, Entity, Store, StoreError};
+use crate::Settings;
+
+/// What a task asks, as its node says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub entity: String,
+    pub op: Op,
+    pub amount: i64,
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The task is applied and its node says so (now, or by a delivery
+    /// before this one whose report was lost): ack.
+    Done { value: i64, token: Token, fresh: bool },
+    /// Nothing to do: no such task, or it is final already. Ack.
+    NoOp(&'static str),
+    /// Not done this time; the disposition says what happens next. A
+    /// `FailThenDeadLetter` has already written `failed` into the node.
+    NotDone(Failure, Disposition),
+}
+
+/// Everything a worker needs to run tasks. Shared by the deliveries in
+/// flight (the broker's prefetch).
+pub struct Worker {
+    pub client: Client,
+    pub store: Store,
+    pub layout: servicekit::layout::Layout,
+    pub policy: servicekit::auth::Policy,
+    pub epoch: Epoch,
+    pub settings: watch::Receiver<Settings>,
+    /// This instance's name: in lock nodes and in results.
+    pub instance: String,
+}
+
+/// How long a worker keeps trying a request to the coordination server
+/// through connection loss before it gives the message back to the queue.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a task waits for its entity's lock before it goes back to the
+/// queue (another instance is working on the entity meanwhile).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The most attempts a request refused with NOAUTH gets, counting those
+/// that crossed a reconnect (see [`Worker::refused_twice`]).
+const MAX_REFUSALS_TRIED: u32 = 10;
+
+impl Worker {
+    /// Runs the task `id` names, on its `attempt`-th delivery (1 for the
+    /// first). Never panics and never leaves the lock held.
+    pub async fn handle(&self, id: &str, attempt: i64) -> Handled {
+        let task = match self.read_pending(id).await {
+            Ok(Some((task, _))) => task,
+            Ok(None) => return Handled::NoOp("no pending task by that id"),
+            Err(f) => return not_done(f, attempt),
+        };
+        // A name no store or lock can have fails now, without a lock: no
+        // worker can ever apply it.
+        if let Err(e) = task_contract::check_entity(&task.entity) {
+            let failure = Failure::Rejected(e.to_string());
+            return self.fail(&task, failure, attempt).await;
+        }
+        let lock_path = self.layout.lock(&task.entity);
+        let lock = Lock::new(&self.client, lock_path.clone()).with_acl(self.policy.lock());
+        // A NOAUTH that survives the second try is an ACL that shuts
+        // system-b out: the task fails instead of going round for ever.
+        let acquired = self
+            .refused_twice(|e| matches!(e, LockError::Zk(ZkError::NoAuth)), || lock.acquire(&self.instance, LOCK_WAIT))
+            .await;
+        let guard = match acquired {
+            Ok(g) => g,
+            Err(LockError::Zk(ZkError::NoAuth)) => {
+                let failure = Failure::Rejected(servicekit::auth::not_allowed(&lock_path));
+                return self.fail(&task, failure, attempt).await;
+            }
+            Err(e) => return not_done(Failure::Retry(e.to_string()), attempt),
+        };
+        let handled = match self.apply_locked(&task, &guard).await {
+            Ok(handled) => handled,
+            Err(failure) => {
+                let disposition = outcome::disposition(&failure, attempt);
+                if let Disposition::FailThenDeadLetter { error } = &disposition {
+                    // Still under the lock: nobody can apply the task
+                    // between our look at the store and this write.
+                    self.report_failed(&task, error).await;
+                }
+                Handled::NotDone(failure, disposition)
+            }
+        };
+        guard.release().await;
+        handled
+    }
+
+    /// The whole of the work under the entity's lock.
+    async fn apply_locked(&self, task: &Task, guard: &LockGuard) -> Result<Handled, Failure> {
+        // Read again under the lock: the node may have been answered by a
+        // copy of this message between our first look and the lock.
+        let Some((_, version)) = self.read_pending(&task.id).await? else {
+            return Ok(Handled::NoOp("answered by another delivery meanwhile"));
+        };
+        let (entity, token) = self.fenced_read(task, guard).await?;
+        if let Some(last) = &entity.last {
+            if last.task == task.id {
+                tracing::info!("redelivered task was applied before: reporting its recorded result");
+                let node = TaskNode::done(last.value, &last.worker, last.epoch, last.token);
+                self.report(&task.id, &node, version).await?;
+                return Ok(Handled::Done { value: last.value, token, fresh: false });
+            }
+            self.close_previous(last).await?;
+        }
+        // The simulated work happens between the read and the write:
+        // exactly the window in which an unlocked worker would lose
+        // another's update.
+        let work = Duration::from_millis(self.settings.borrow().work_ms);
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
+        }
+        let value = task.op.apply(entity.value, task.amount).ok_or_else(|| {
+            Failure::Rejected(format!(
+                "{} {} on {} = {} does not fit a 64-bit value",
+                task.op.as_str(),
+                task.amount,
+                task.entity,
+                entity.value
+            ))
+        })?;
+        if guard.is_lost() {
+            // We may no longer hold the lock; the token would protect the
+            // store anyway, but do not even try.
+            return Err(Failure::Retry("lock lost during the work".into()));
+        }
+        let applied = Applied {
+            task: task.id.clone(),
+            value,
+            worker: self.instance.clone(),
+            epoch: token.epoch,
+            token: token.zxid,
+        };
+        self.store.apply(&task.entity, token, applied).map_err(store_failure)?;
+        let node = TaskNode::done(value, &self.instance, token.epoch, token.zxid);
+        self.report(&task.id, &node, version).await?;
+        tracing::info!(value, %token, "applied");
+        Ok(Handled::Done { value, token, fresh: true })
+    }
+
+    /// Reads the entity as the lock's holder, fencing older tokens out. A
+    /// refusal by a token of a history this server never had (a reset) is
+    /// answered by advancing the epoch; see the module docs.
+    async fn fenced_read(&self, task: &Task, guard: &LockGuard) -> Result<(Entity, Token), Failure> {
+        // The epoch is read after the lock node exists, so an advance made
+        // before we hold is always seen.
+        let mut token = self.epoch.token(guard.token()).await.map_err(epoch_failure)?;
+        let mut advances = 0;
+        loop {
+            let seen = match self.store.read(&task.entity, token) {
+                Ok(entity) => return Ok((entity, token)),
+                Err(StoreError::Fenced { seen, .. }) => seen,
+                Err(e) => return Err(store_failure(e)),
+            };
+            let still_held =
+                guard.confirm().await.map_err(|e| Failure::Retry(format!("confirming the lock: {e:?}")))?;
+            match outcome::after_fenced(still_held, advances) {
+                FencedStep::Stale => {
+                    return Err(Failure::Retry(format!(
+                        "fenced: our token {token} is older than {seen}, and the lock is no longer ours"
+                    )))
+                }
+                FencedStep::GiveUp => {
+                    return Err(Failure::Alarm {
+                        reason: format!(
+                            "the store has seen fencing token {seen} for {}, and token {token} still cannot pass it \
+                             after {advances} epoch advances",
+                            task.entity
+                        ),
+                        remedy: format!(
+                            "check that only one coordination service serves this store, then set the epoch at {} \
+                             above {} as the operator (zkctl set {} {})",
+                            self.epoch.path(),
+                            seen.epoch,
+                            self.epoch.path(),
+                            seen.epoch.saturating_add(1)
+                        ),
+                    })
+                }
+                FencedStep::Advance => {
+                    let epoch = self.epoch.advance_past(seen.epoch).await.map_err(epoch_failure)?;
+                    tracing::warn!(%seen, old = %token, epoch, "the store is ahead of this coordination history: epoch advanced");
+                    token = Token::new(epoch, token.zxid);
+                    advances += 1;
+                }
+            }
+        }
+    }
+
+    /// Makes sure the entity's previous task is not left pending: if its
+    /// worker applied it but never wrote its node (it crashed, or lost its
+    /// connection, between the store's write and the node's), its recorded
+    /// result is written now, before anything else touches the entity.
+    /// This is what lets the store keep one record instead of every id.
+    async fn close_previous(&self, last: &Applied) -> Result<(), Failure> {
+        let Some((_, version)) = self.read_pending(&last.task).await? else { return Ok(()) };
+        tracing::info!(previous = %last.task, "the entity's previous task was applied but not answered: answering it");
+        let node = TaskNode::done(last.value, &last.worker, last.epoch, last.token);
+        self.report(&last.task, &node, version).await
+    }
+
+    /// Reads the task `id`: `None` when there is nothing to do (no node, or
+    /// a final one), else what it asks and the node's version.
+    async fn read_pending(&self, id: &str) -> Result<Option<(Task, i32)>, Failure> {
+        let path = self.layout.task(id);
+        let deadline = Instant::now() + PATIENCE;
+        let policy = RetryPolicy::default();
+        let read = self
+            .refused_twice(is_noauth, || retry::retry(&policy, deadline, |_| self.client.zk.get_data(&path, false)))
+            .await;
+        let (data, stat) = match read {
+            Ok(read) => read,
+            Err(ZkError::NoNode) => return Ok(None),
+            Err(ZkError::NoAuth) => return Err(Failure::Unreportable(servicekit::auth::not_allowed(&path))),
+            Err(e) => return Err(Failure::Retry(format!("reading {path}: {e:?}"))),
+        };
+        let node = TaskNode::decode(&data).map_err(|e| Failure::Unreadable(format!("task node {path}: {e}")))?;
+        match node.state {
+            TaskState::Pending { entity, op, amount } => {
+                Ok(Some((Task { id: id.to_string(), entity, op, amount }, stat.version)))
+            }
+            TaskState::Done { .. } | TaskState::Failed { .. } => Ok(None),
+        }
+    }
+
+    /// Writes a final state into the task's node if it is still at
+    /// `version` (the `pending` one read under the lock), retrying through
+    /// connection loss. A `BadVersion` means someone answered it meanwhile
+    /// (the next holder closing the gap, with this very result); a `NoNode`
+    /// that nobody waits any more. Either way there is nothing to write.
+    async fn report(&self, id: &str, node: &TaskNode, version: i32) -> Result<(), Failure> {
+        let path = self.layout.task(id);
+        let body = node.encode();
+        let deadline = Instant::now() + PATIENCE;
+        let written = self
+            .refused_twice(is_noauth, || retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline))
+            .await;
+        match written {
+            Ok(_) | Err(ZkError::BadVersion) | Err(ZkError::NoNode) => Ok(()),
+            Err(ZkError::NoAuth) => Err(Failure::Unreportable(servicekit::auth::not_allowed(&path))),
+            Err(e) => Err(Failure::Retry(format!("cannot report the result: {e:?}"))),
+        }
+    }
+
+    /// Tells the task's caller it failed for good: `failed` over a node
+    /// still pending, unless the store shows the task applied (a write that
+    /// reached the disk although the store reported an error), which is
+    /// reported as done instead. Best effort: the message is dead-lettered
+    /// either way.
+    async fn report_failed(&self, task: &Task, error: &str) {
+        let applied = self.store.peek(&task.entity).ok().and_then(|e| e.last).filter(|l| l.task == task.id);
+        let node = match &applied {
+            Some(l) => TaskNode::done(l.value, &l.worker, l.epoch, l.token),
+            None => TaskNode::failed(error),
+        };
+        let Ok(Some((_, version))) = self.read_pending(&task.id).await else { return };
+        if let Err(e) = self.report(&task.id, &node, version).await {
+            tracing::warn!("the task's failure cannot be reported: {e}");
+        }
+    }
+
+    /// Fails a task outside the lock (nothing can apply it: its entity is
+    /// not a name any store has).
+    async fn fail(&self, task: &Task, failure: Failure, attempt: i64) -> Handled {
+        let disposition = outcome::disposition(&failure, attempt);
+        if let Disposition::FailThenDeadLetter { error } = &disposition {
+            self.report_failed(task, error).await;
+        }
+        Handled::NotDone(failure, disposition)
+    }
+
+    /// Runs `attempt` until its answer is not a NOAUTH, or is one that
+    /// means it. A reconnect starts anonymous until the client has added
+    /// its auth again, so a request that crossed a reconnect can be refused
+    /// by a server that would let it through a moment later: such a
+    /// refusal (the client's epoch changed while it ran) is tried again
+    /// once the session is live, without counting. Only a NOAUTH on a
+    /// connection that stayed authenticated throughout counts, and two of
+    /// those are an ACL that shuts system-b out, which no redelivery can
+    /// fix. Bounded: at most [`MAX_REFUSALS_TRIED`] attempts in all.
+    async fn refused_twice<T, E, F>(&self, refused: impl Fn(&E) -> bool, attempt: impl Fn() -> F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut counted = 0;
+        let mut tries = 0;
+        loop {
+            let epoch = self.client.epoch();
+            let result = attempt().await;
+            tries += 1;
+            match result {
+                Err(e) if refused(&e) => {
+                    self.client.wait_live(Duration::from_secs(5)).await;
+                    if self.client.epoch() == epoch {
+                        counted += 1;
+                    }
+                    if counted >= 2 || tries >= MAX_REFUSALS_TRIED {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn not_done(failure: Failure, attempt: i64) -> Handled {
+    let disposition = outcome::disposition(&failure, attempt);
+    Handled::NotDone(failure, disposition)
+}
+
+fn is_noauth(e: &ZkError) -> bool {
+    matches!(e, ZkError::NoAuth)
+}
+
+/// A store error as the failure it is: a newer holder is transient, a
+/// store an operator must fix is stuck.
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Fenced { .. } => Failure::Retry(e.to_string()),
+        StoreError::BadName(_) => Failure::Rejected(e.to_string()),
+        ref other if other.is_permanent() => Failure::Stuck { reason: e.to_string(), remedy: e.remedy() },
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+/// An epoch that cannot be read or advanced: a lost connection is retried,
+/// anything else needs the operator.
+fn epoch_failure(e: zk_recipes::fencing::EpochError) -> Failure {
+    if e.is_transient() {
+        Failure::Retry(e.to_string())
+    } else {
+        Failure::Alarm {
+            reason: e.to_string(),
+            remedy: "lay out the tree again with `zkctl init` as the operator".into(),
+        }
+    }
+}
