@@ -127,9 +127,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut announced = false;
     // One connection at a time; a broker restart ends it and we come back.
-    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&args.q.amqp, &stop).await {
+    let broker = args.q.broker()?;
+    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&broker, &stop).await? {
         let consumed = consume(&conn, &args, &worker, &stop, &mut announced).await;
         if let Err(e) = consumed {
+            if let Some(refused) = broker.refused(&e) {
+                return Err(refused.into());
+            }
             tracing::warn!("RabbitMQ connection ended: {e}; reconnecting");
         }
         let _ = conn.close(0, "bye".into()).await;
@@ -149,7 +153,7 @@ async fn consume(
     announced: &mut bool,
 ) -> lapin::Result<()> {
     let channel = conn.create_channel().await?;
-    servicekit::rabbit::declare_task_queue(&channel, &args.q.queue).await?;
+    servicekit::rabbit::check_task_topology(&channel, &args.q.queue).await?;
     channel.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
     // Confirms, so a task re-queued with its attempt count is acked only
     // once the broker holds the copy.
@@ -471,7 +475,13 @@ impl Worker {
         headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempt));
         let props = delivery.properties.clone().with_headers(headers);
         let requeued = match channel
-            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), &delivery.data, props)
+            .basic_publish(
+                servicekit::rabbit::task_exchange(&self.queue).as_str().into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                props,
+            )
             .await
         {
             Ok(confirm) => matches!(confirm.await, Ok(c) if !c.is_nack()),
