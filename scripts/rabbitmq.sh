@@ -58,7 +58,9 @@ import)
   n=$(node_in_use)
   # One import per deployment: users, permissions, queues, exchanges and
   # bindings in one call (rabbitmqctl costs ~0.7 s a call). Idempotent.
-  rabbitmqctl ${n:+-n "$n"} -q import_definitions "$file" >/dev/null
+  # On standard input: the broker node runs as its own user and could not
+  # open a file that is ours and mode 0600.
+  rabbitmqctl ${n:+-n "$n"} -q import_definitions <"$file" >/dev/null
   echo "rabbitmq.sh: imported $file into ${n:-the default node}" >&2
   ;;
 node)
