@@ -12,6 +12,10 @@ cd "$root"
 scripts/setup.sh
 # The scenario figures run the real services over RabbitMQ.
 scripts/rabbitmq.sh ensure
+# guest is the benchmark's setup login; each service it starts gets a user
+# of its own, provisioned with rabbitmqctl on the node that answers.
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+node=$(scripts/rabbitmq.sh node)
+[ -n "$node" ] && export RABBITMQ_NODENAME=$node
 cargo build --release --locked -p coordinator -p system-a -p system-b -p ha-worker -p bench
 exec target/release/zkbench "$@"

@@ -23,7 +23,12 @@
 #   (passed to the Dockerfile as RUST_IMAGE, so its tag says what it is);
 #   Apache ZooKeeper from Debian's `zookeeper` package; and a stand-in for the
 #   broker that checks the host's RabbitMQ (127.0.0.1:5672) with an AMQP
-#   handshake, since the broker image cannot be pulled either.
+#   handshake, since the broker image cannot be pulled either. The host's
+#   broker gets the deployment's definitions imported (the services' users
+#   `system-a` and `system-b`, their permissions, the `tasks` topology), as
+#   the broker image loads them at boot; it replaces the passwords of users
+#   of the same names, such as scripts/run.sh's, which its next start
+#   imports back.
 # - Every container on the host network (no bridge exists), service names
 #   resolved to loopback: a generated override adds network_mode/extra_hosts,
 #   and the merged file is rendered with `docker-compose config` with its
@@ -266,8 +271,11 @@ done
 (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || fail "no RabbitMQ on 127.0.0.1:5672 (scripts/rabbitmq.sh ensure starts one)"
 
 # Identities (docs/security.md): a fresh set for this deployment unless the
-# user has one.
-[ -e "$root/.secrets/operator.cred" ] || "$root/scripts/compose-secrets.sh" >/dev/null
+# user has one (a set made before broker identities gets them added).
+[ -e "$root/.secrets/broker-definitions.json" ] || "$root/scripts/compose-secrets.sh" >/dev/null
+# The stand-in broker is the host's: load what the broker image loads at boot.
+"$root/scripts/rabbitmq.sh" import "$root/.secrets/broker-definitions.json" ||
+  fail "cannot import the broker definitions into the host's RabbitMQ"
 
 hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.1", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
 override=$work/smoke-override.yml

@@ -13,7 +13,12 @@
 # Every process runs as its own ZooKeeper identity (docs/security.md): the
 # first run generates a fresh set of credentials, and an admin API token,
 # under .run/identities/ (mode 0600, never in the repository); they live
-# as long as the data they protect, so `rm -rf .run` starts afresh.
+# as long as the data they protect, so `rm -rf .run` starts afresh. The
+# same goes for the broker: system-a and system-b each log in to RabbitMQ
+# as a user of their own (broker-<service>.cred), which the first run
+# generates and every run imports into the broker (with the task queue's
+# topology), so a broker started afresh gets them back. No service uses
+# guest.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -36,8 +41,14 @@ fi
 if [ ! -f "$ids/admin.token" ]; then
   (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ids/admin.token")
 fi
+if [ ! -f "$ids/broker-definitions.json" ]; then
+  "$bin/zkctl" gen-broker-credentials "$ids" --queue tasks
+fi
+scripts/rabbitmq.sh import "$ids/broker-definitions.json"
 cred() { echo "--zk-credentials-file=$ids/$1.cred"; }
-amqp=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+broker() { echo "--amqp-credentials-file=$ids/broker-$1.cred"; }
+# No user or password in the URL: those come from each service's file.
+amqp=${AMQP_URL:-amqp://127.0.0.1:5672/%2f}
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -75,9 +86,10 @@ for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2181) 2>/dev/null && break
 "$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/system-b '{"work_ms":200}'
 "$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/ha-worker '{"interval_ms":1000}'
 
-start system-a "$bin/system-a" --zk "$zk" "$(cred system-a)" --amqp "$amqp" --listen 127.0.0.1:50051
+start system-a "$bin/system-a" --zk "$zk" "$(cred system-a)" --amqp "$amqp" "$(broker system-a)" --listen 127.0.0.1:50051
 for i in 1 2 3; do
-  start "system-b-$i" "$bin/system-b" --zk "$zk" "$(cred system-b)" --amqp "$amqp" --store-dir "$run/store" --instance "b$i"
+  start "system-b-$i" "$bin/system-b" --zk "$zk" "$(cred system-b)" --amqp "$amqp" "$(broker system-b)" \
+    --store-dir "$run/store" --instance "b$i"
 done
 for i in 1 2; do
   start "ha-worker-$i" "$bin/ha-worker" --zk "$zk" "$(cred ha-worker)" --journal "$run/ha/journal" --instance "ha$i"

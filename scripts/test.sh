@@ -27,6 +27,10 @@ if ! (exec 3<>"/dev/tcp/127.0.0.1/$zk_port") 2>/dev/null; then
 fi
 scripts/zookeeper.sh start "$zk_port"
 export ZK_ORACLE_ADDR=127.0.0.1:$zk_port
+# The tests' own broker login: guest plays the observer and the attacker.
+# The services they start never see it (the launcher removes it from their
+# environment): each test provisions users of its own for its queue with
+# rabbitmqctl (testkit::broker), as scripts/run.sh does for `tasks`.
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
 echo "== tests" >&2

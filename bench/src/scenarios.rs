@@ -49,18 +49,30 @@ pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> R
     let queue = unique("bench-rt");
     let store = log.join(&queue);
     std::fs::create_dir_all(&store)?;
-    let amqp = testkit::rabbitmq_url();
+    // Each service logs in as its own broker user, as deployed.
+    let users = testkit::broker::try_provision(&queue)?;
+    let (a_broker, b_broker) = (users.flags("system-a"), users.flags("system-b"));
     let store_s = store.to_string_lossy().to_string();
     // What system-a and system-b must agree on.
-    let shared = ["--zk", zk, "--root", &root, "--queue", &queue, "--amqp", &amqp];
+    let shared = ["--zk", zk, "--root", &root, "--queue", &queue];
     let mut bs = Vec::new();
     for name in ["b1", "b2"] {
-        let args: Vec<&str> = shared.iter().copied().chain(["--store-dir", &store_s, "--instance", name]).collect();
+        let args: Vec<&str> = shared
+            .iter()
+            .copied()
+            .chain(["--store-dir", &store_s, "--instance", name])
+            .chain(b_broker.iter().map(String::as_str))
+            .collect();
         let mut b = spawn("system-b", &args, log)?;
         wait_line(&mut b, "system-b ready", Duration::from_secs(30))?;
         bs.push(b);
     }
-    let args: Vec<&str> = shared.iter().copied().chain(["--listen", "127.0.0.1:0", "--instance", "a1"]).collect();
+    let args: Vec<&str> = shared
+        .iter()
+        .copied()
+        .chain(["--listen", "127.0.0.1:0", "--instance", "a1"])
+        .chain(a_broker.iter().map(String::as_str))
+        .collect();
     let mut a = spawn("system-a", &args, log)?;
     let addr = wait_line(&mut a, "system-a listening on", Duration::from_secs(30))?;
     wait_line(&mut a, "system-a connected to RabbitMQ", Duration::from_secs(30))?;

@@ -85,6 +85,12 @@ impl Credentials {
         &self.user
     }
 
+    /// The password, for the one place that must send it: the RabbitMQ
+    /// login (the ZooKeeper side sends [`Credentials::auth_packet`]).
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+
     /// The digest id the server will hold for this identity:
     /// `user:base64(sha1("user:password"))`.
     pub fn digest_id(&self) -> String {
@@ -300,7 +306,7 @@ impl AuthArgs {
 /// to every account on the host. A warning, not a refusal: some secret
 /// stores (docker's among them) mount files 0444 in a container that runs
 /// one process, where that is harmless.
-fn warn_if_shared(path: &Path) {
+pub(crate) fn warn_if_shared(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else { return };
     let mode = meta.permissions().mode() & 0o777;

@@ -10,11 +10,15 @@
 //! - [`layout`]: every znode path of the scenarios, named once.
 //! - [`auth`]: digest identities from a credentials file, and the ACL of
 //!   every kind of node (least privilege per role).
-//! - [`rabbit`]: RabbitMQ connection with exponential backoff.
+//! - [`rabbit`]: RabbitMQ connection with exponential backoff; refusals
+//!   (wrong password, missing permission or queue) told apart and final.
+//! - [`broker`]: each service's RabbitMQ user and permissions, and the
+//!   broker definitions that provision them.
 //! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
 pub mod auth;
+pub mod broker;
 pub mod fault;
 pub mod layout;
 pub mod rabbit;
@@ -28,15 +32,59 @@ use tokio_util::sync::CancellationToken;
 use zk_recipes::session::Client;
 
 /// Flags of the services that use the task queue (system-a, system-b): they
-/// must agree on both.
-#[derive(clap::Args, Debug, Clone)]
+/// must agree on the broker and the queue; each brings its own user.
+#[derive(clap::Args, Clone)]
 pub struct QueueArgs {
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    /// RabbitMQ URL, without user or password: those come from
+    /// `--amqp-credentials-file`. A URL that carries them is refused.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
     pub amqp: String,
-    /// Task queue (declared durable, with `<queue>.dlq` for poison messages).
+    /// File with this service's broker user, one line `auth = user:password`
+    /// (written by `zkctl gen-broker-credentials`; docs/security.md,
+    /// "Broker identities"). Required: no service logs in as guest.
+    #[arg(long, env = "AMQP_CREDENTIALS_FILE", value_name = "PATH")]
+    pub amqp_credentials_file: Option<std::path::PathBuf>,
+    /// Task queue (provisioned durable, with `<queue>.in` to publish
+    /// through and `<queue>.dlq` for poison messages).
     #[arg(long, env = "TASK_QUEUE", default_value = "tasks")]
     pub queue: String,
+}
+
+impl QueueArgs {
+    /// The broker and this service's user on it, or a startup error that
+    /// names the setting to fix.
+    ///
+    /// A URL with a password in it is refused, not just warned about: a
+    /// command line is readable by every local user (`ps`,
+    /// `/proc/<pid>/cmdline`), an environment variable is copied into every
+    /// child and shown by `docker inspect`, and a URL ends up in error
+    /// messages. A warning would leave the password there; the fix (move
+    /// it to the file) takes a minute, so the service insists on it.
+    pub fn broker(&self) -> anyhow::Result<rabbit::Broker> {
+        let Some(path) = &self.amqp_credentials_file else {
+            anyhow::bail!(
+                "no RabbitMQ credentials: set --amqp-credentials-file / AMQP_CREDENTIALS_FILE to this service's \
+                 broker credentials file (`auth = user:password`, written by `zkctl gen-broker-credentials`); \
+                 no service logs in as guest"
+            );
+        };
+        auth::warn_if_shared(path);
+        let credentials =
+            auth::ZkAuth::credentials_from_file(path).context("--amqp-credentials-file / AMQP_CREDENTIALS_FILE")?;
+        rabbit::Broker::new(&self.amqp, &credentials, path).map_err(|e| anyhow::anyhow!("--amqp / AMQP_URL: {e}"))
+    }
+}
+
+impl std::fmt::Debug for QueueArgs {
+    /// The URL with any userinfo cut out: a refused URL still must not
+    /// reach a log through a `{:?}` of the arguments.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueArgs")
+            .field("amqp", &rabbit::redact_url(&self.amqp))
+            .field("amqp_credentials_file", &self.amqp_credentials_file)
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 /// Flags every service takes. Flatten into the service's own `Args`.

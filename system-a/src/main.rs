@@ -146,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let registration = args.common.register(&client, "system-a", &instance, meta.as_bytes()).await?;
 
     let channel = Arc::new(RwLock::new(None));
-    tokio::spawn(keep_publishing_channel(args.q.amqp.clone(), args.q.queue.clone(), channel.clone(), stop.clone()));
+    tokio::spawn(keep_publishing_channel(args.q.broker()?, args.q.queue.clone(), channel.clone(), stop.clone()));
     tokio::spawn(outbox::drain(
         client.clone(),
         args.common.path("/outbox"),
@@ -186,16 +186,16 @@ fn tokio_stream_listener(
 /// Keeps one confirm-mode channel open, reconnecting with backoff when the
 /// broker goes away.
 async fn keep_publishing_channel(
-    url: String,
+    broker: servicekit::rabbit::Broker,
     queue: String,
     slot: Arc<RwLock<Option<lapin::Channel>>>,
     stop: CancellationToken,
 ) {
-    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&url, &stop).await {
+    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&broker, &stop).await.unwrap_or_else(|r| r.exit()) {
         let ready = async {
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            servicekit::rabbit::declare_task_queue(&ch, &queue).await?;
+            servicekit::rabbit::check_task_topology(&ch, &queue).await?;
             Ok::<_, lapin::Error>(ch)
         }
         .await;
@@ -210,7 +210,10 @@ async fn keep_publishing_channel(
                 *slot.write().await = None;
                 tracing::warn!("RabbitMQ connection lost; reconnecting");
             }
-            Err(e) => tracing::warn!("cannot set up publishing: {e}"),
+            Err(e) => match broker.refused(&e) {
+                Some(refused) => refused.exit(),
+                None => tracing::warn!("cannot set up publishing: {e}"),
+            },
         }
         if stop.is_cancelled() {
             return;

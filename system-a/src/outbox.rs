@@ -71,7 +71,7 @@ pub async fn publish(slot: &ChannelSlot, queue: &str, id: &str, body: &[u8]) -> 
         .with_content_type("application/json".into());
     let confirm = channel
         .basic_publish(
-            "".into(),
+            servicekit::rabbit::task_exchange(queue).as_str().into(),
             queue.into(),
             BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
             body,

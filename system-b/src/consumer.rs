@@ -52,7 +52,7 @@ pub async fn consume(
     announce: impl FnOnce(),
 ) -> lapin::Result<()> {
     let channel = conn.create_channel().await?;
-    servicekit::rabbit::declare_task_queue(&channel, queue).await?;
+    servicekit::rabbit::check_task_topology(&channel, queue).await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     // Confirms, so a task re-published with its attempt count is acked
     // only once the broker holds the copy.
@@ -190,7 +190,13 @@ async fn republish(delivery: &lapin::message::Delivery, channel: &lapin::Channel
     headers.insert(outcome::ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempt));
     let props = delivery.properties.clone().with_headers(headers);
     let requeued = match channel
-        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &delivery.data, props)
+        .basic_publish(
+            servicekit::rabbit::task_exchange(queue).as_str().into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
         .await
     {
         Ok(confirm) => matches!(confirm.await, Ok(c) if !c.is_nack()),

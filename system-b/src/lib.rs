@@ -102,7 +102,10 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
     let alarms = Arc::new(consumer::Alarms::default());
     let mut announced = false;
     // One connection at a time; a broker restart ends it and we come back.
-    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&args.q.amqp, &stop).await {
+    // A refusal (a bad password, rights this user lacks) is not retried:
+    // it ends the service with one message that names the fix.
+    let broker = args.q.broker()?;
+    while let Some(conn) = servicekit::rabbit::connect_with_backoff(&broker, &stop).await? {
         let announce = || {
             if !announced {
                 println!("system-b ready");
@@ -111,6 +114,10 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
         };
         let consumed = consumer::consume(&conn, &args.q.queue, args.prefetch, &worker, &alarms, &stop, announce).await;
         if let Err(e) = consumed {
+            if let Some(refused) = broker.refused(&e) {
+                let _ = tokio::time::timeout(DEREGISTER_LIMIT, registration.deregister()).await;
+                return Err(refused.into());
+            }
             tracing::warn!("RabbitMQ connection ended: {e}; reconnecting");
         }
         let _ = tokio::time::timeout(Duration::from_millis(300), conn.close(0, "bye".into())).await;

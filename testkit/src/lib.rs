@@ -15,6 +15,7 @@
 //! [`process`] launches the workspace's binaries (the services, the
 //! coordinator as a process) for the end-to-end tests and the benchmark.
 
+pub mod broker;
 pub mod process;
 pub mod proxy;
 
@@ -76,7 +77,9 @@ pub fn zookeeper_addr() -> SocketAddr {
     addr
 }
 
-/// The RabbitMQ the test scripts ensured is running.
+/// The RabbitMQ the test scripts ensured is running, as `guest`: the
+/// tests' own observer and attacker. Services get [`broker::service_url`]
+/// and a user of their own ([`broker::provision`]).
 pub fn rabbitmq_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
 }

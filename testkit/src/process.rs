@@ -65,6 +65,9 @@ impl Proc {
         let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
+            // The tests' own broker URL logs in as guest (the observer);
+            // a service must never inherit it: each is given its own user.
+            .env_remove("AMQP_URL")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

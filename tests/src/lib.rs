@@ -109,7 +109,9 @@ fn spawn_service(binary: &str, zk: &str, root: &str, args: &[&str], extra: &[&st
 /// The scenario services, configured alike in every suite: a system-b
 /// instance on `queue` under `root`, sharing `store`, with a short session
 /// (`session_ms`) so faults show within seconds. Returns once it consumes.
-/// A system [`provision`]ed under `root` runs it as the system-b identity.
+/// A system [`provision`]ed under `root` runs it as the system-b identity;
+/// on the broker it is always `queue`'s own system-b user
+/// (`testkit::broker::provision`).
 pub fn start_system_b(
     zk: &str,
     root: &str,
@@ -119,7 +121,7 @@ pub fn start_system_b(
     session_ms: u64,
     log_dir: &Path,
 ) -> Proc {
-    let amqp = testkit::rabbitmq_url();
+    let broker = testkit::broker::provision(queue).flags("system-b");
     let session = session_ms.to_string();
     let args = [
         "--queue",
@@ -128,8 +130,10 @@ pub fn start_system_b(
         store.to_str().expect("utf-8 path"),
         "--instance",
         name,
-        "--amqp",
-        &amqp,
+        &broker[0],
+        &broker[1],
+        &broker[2],
+        &broker[3],
         "--zk-session-timeout-ms",
         &session,
     ];
@@ -165,22 +169,24 @@ pub fn start_ha_worker(
     spawn_service("ha-worker", zk, root, &args, &[], log_dir)
 }
 
-/// system-a on port 0 as instance `a1`; returns it and its gRPC address once
-/// it can publish.
+/// system-a on port 0 as instance `a1`, as `queue`'s own system-a broker
+/// user; returns it and its gRPC address once it can publish.
 pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String) {
     start_system_a_with(zk, root, queue, &[], log_dir)
 }
 
 /// [`start_system_a`] with `extra` flags (e.g. `--task-retention-secs`).
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
-    let amqp = testkit::rabbitmq_url();
+    let broker = testkit::broker::provision(queue).flags("system-a");
     let args = [
         "--queue",
         queue,
         "--listen",
         "127.0.0.1:0",
-        "--amqp",
-        &amqp,
+        &broker[0],
+        &broker[1],
+        &broker[2],
+        &broker[3],
         "--instance",
         "a1",
         "--zk-session-timeout-ms",

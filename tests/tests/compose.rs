@@ -115,6 +115,12 @@ fn every_compose_service_runs_a_real_command_with_real_flags() {
         }
         for v in strs(&svc["volumes"]) {
             let source = v.split(':').next().expect("a volume");
+            if let Some(file) = source.strip_prefix("./") {
+                // A file of the repository, bind-mounted read-only.
+                assert!(repo().join(file).is_file(), "{name} mounts {source}, which the repository lacks");
+                assert!(v.ends_with(":ro"), "{name} mounts {source} writable");
+                continue;
+            }
             assert!(volumes.contains(source), "{name} mounts undeclared volume {source}");
         }
         if let Some(deps) = svc["depends_on"].as_hash() {
@@ -229,6 +235,56 @@ fn every_zookeeper_client_has_its_own_identity() {
     }
 }
 
+/// Each service that uses RabbitMQ logs in as its own broker user, from a
+/// secret only it mounts; no URL, environment value or argument of any
+/// service carries a broker password or guest; the broker alone mounts the
+/// definitions (the users' password hashes).
+#[test]
+fn every_broker_client_has_its_own_broker_user() {
+    for file in ["docker-compose.yml", "docker-compose.zookeeper.yml"] {
+        for (name, svc) in services(&load(file)) {
+            let mut values = strs(&svc["command"]);
+            if let Some(env) = svc["environment"].as_hash() {
+                values.extend(env.values().filter_map(|v| v.as_str().map(str::to_string)));
+            }
+            for v in &values {
+                assert!(!v.contains("guest"), "{file}: {name} uses guest: {v}");
+                if v.starts_with("amqp") {
+                    assert_eq!(servicekit::rabbit::userinfo_of(v), None, "{file}: {name}'s URL has credentials: {v}");
+                }
+            }
+        }
+    }
+    let doc = load("docker-compose.yml");
+    let declared = &doc["secrets"];
+    let mut users = BTreeSet::new();
+    for (name, svc) in services(&doc) {
+        let mounted = strs(&svc["secrets"]);
+        let broker_secrets: Vec<&String> =
+            mounted.iter().filter(|s| s.starts_with("amqp-") || s.as_str() == "broker-definitions").collect();
+        if name == "rabbitmq" {
+            assert_eq!(broker_secrets, ["broker-definitions"], "the broker mounts the definitions only");
+            assert!(strs(&svc["volumes"]).iter().any(|v| v.contains("/etc/rabbitmq/conf.d/")), "loads them at boot");
+            continue;
+        }
+        if svc["environment"]["AMQP_URL"].is_badvalue() {
+            assert!(broker_secrets.is_empty(), "{name} uses no broker but mounts {broker_secrets:?}");
+            continue;
+        }
+        let command = strs(&svc["command"]);
+        let at = command.iter().position(|a| a == "--amqp-credentials-file");
+        let path = at.and_then(|i| command.get(i + 1)).unwrap_or_else(|| panic!("{name} has no broker user"));
+        let secret = path.strip_prefix("/run/secrets/").unwrap_or_else(|| panic!("{name}: {path} is not a secret"));
+        let role = if name.starts_with("system-b") { "system-b" } else { name.as_str() };
+        assert_eq!(secret, format!("amqp-{role}"), "{name} logs in as another service");
+        assert_eq!(broker_secrets, [secret], "{name} mounts another service's broker secret");
+        let file = declared[secret]["file"].as_str().unwrap_or_else(|| panic!("secret {secret} is not declared"));
+        assert_eq!(file, format!("./.secrets/broker-{role}.cred"), "{secret} is what compose-secrets.sh writes");
+        users.insert(role.to_string());
+    }
+    assert_eq!(users.into_iter().collect::<Vec<_>>(), servicekit::broker::ROLES, "every broker user is used");
+}
+
 /// scripts/compose-secrets.sh writes identities the services accept (each
 /// password matches its listed digest id, computed with openssl there and
 /// with the sha1 crate here), a fresh set each time, and never overwrites a
@@ -255,10 +311,36 @@ fn compose_secrets_are_fresh_and_valid() {
     }
     let token = std::fs::read_to_string(secrets.join("admin.token")).expect("admin.token");
     assert_eq!(token.len(), 64, "32 random bytes, hex");
+    check_broker_set(&secrets);
     assert!(!run(&[]).status.success(), "a second run overwrote the deployment's identities");
     let before = read("system-b").ids;
     assert!(run(&["--rotate"]).status.success());
     assert_ne!(read("system-b").ids, before, "--rotate made the same identities");
+}
+
+/// The broker set compose-secrets.sh writes in bash is the one
+/// `servicekit::broker::generate` writes for the queue `tasks`: the same
+/// permissions and topology, and each password hashed as RabbitMQ does.
+fn check_broker_set(secrets: &Path) {
+    let text = std::fs::read_to_string(secrets.join("broker-definitions.json")).expect("definitions");
+    let bash: serde_json::Value = serde_json::from_str(&text).expect("the definitions are JSON");
+    let rust: serde_json::Value =
+        serde_json::from_str(&servicekit::broker::generate("tasks", "").definitions).expect("JSON");
+    for key in ["vhosts", "permissions", "queues", "exchanges", "bindings"] {
+        assert_eq!(bash[key], rust[key], "{key} differ from servicekit::broker's");
+    }
+    for role in servicekit::broker::ROLES {
+        let file = secrets.join(format!("broker-{role}.cred"));
+        let creds = servicekit::auth::ZkAuth::credentials_from_file(&file).expect("a broker credentials file");
+        assert_eq!(creds.user(), role);
+        let user = bash["users"].as_array().and_then(|u| u.iter().find(|u| u["name"] == role)).expect("user");
+        assert_eq!(user["hashing_algorithm"], "rabbit_password_hashing_sha256");
+        let hash = user["password_hash"].as_str().expect("hash");
+        let password = std::fs::read_to_string(&file).expect("read");
+        let password = password.lines().find_map(|l| l.strip_prefix(&format!("auth = {role}:"))).expect("auth");
+        assert!(servicekit::broker::password_matches(password, hash), "{role}'s hash is not RabbitMQ's");
+        assert_eq!(password.len(), 43, "256 random bits");
+    }
 }
 
 /// A named volume mounted where the image has no directory is created

@@ -58,30 +58,31 @@ async fn system(zk: &str, dir: &Path) -> System {
         }
     };
     tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
-    let common = |name: &str| {
-        vec![
+    let broker = testkit::broker::provision(&queue);
+    let common = |name: &str, role: &str| {
+        let mut args = vec![
             "--zk".to_string(),
             zk.to_string(),
             "--root".into(),
             root.clone(),
             "--queue".into(),
             queue.clone(),
-            "--amqp".into(),
-            testkit::rabbitmq_url(),
             "--instance".into(),
             name.to_string(),
-        ]
+        ];
+        args.extend(broker.flags(role));
+        args
     };
     let mut bs = Vec::new();
     for name in ["b1", "b2"] {
-        let mut args = common(name);
+        let mut args = common(name, "system-b");
         args.extend(["--store-dir".to_string(), store.to_str().expect("utf-8").to_string()]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut p = Proc::spawn("system-b", &refs, dir);
         p.wait_line("system-b ready", Duration::from_secs(30));
         bs.push(p);
     }
-    let mut args = common("a1");
+    let mut args = common("a1", "system-a");
     args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut a = Proc::spawn("system-a", &refs, dir);

@@ -42,6 +42,7 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
 
     // A system-a whose broker never answers (nothing listens on port 1):
     // it accepts tasks and cannot publish them.
+    let a_creds = testkit::broker::provision(&queue).file("system-a").to_string_lossy().into_owned();
     let mut a1 = Proc::spawn(
         "system-a",
         &[
@@ -54,7 +55,9 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
             "--listen",
             "127.0.0.1:0",
             "--amqp",
-            "amqp://guest:guest@127.0.0.1:1/%2f",
+            "amqp://127.0.0.1:1/%2f",
+            "--amqp-credentials-file",
+            &a_creds,
             "--instance",
             "a1",
         ],

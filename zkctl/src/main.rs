@@ -105,6 +105,23 @@ enum Cmd {
         /// Where to write `<role>.cred`.
         dir: std::path::PathBuf,
     },
+    /// Write fresh RabbitMQ users for system-a and system-b on one task
+    /// queue: `broker-<service>.cred` each (mode 0600) and
+    /// `broker-definitions.json` (users with salted hashes, permissions,
+    /// the queue's topology) to load with `rabbitmqctl import_definitions`
+    /// or RabbitMQ's `load_definitions`. See docs/security.md, "Broker
+    /// identities".
+    GenBrokerCredentials {
+        /// Where to write the files.
+        dir: std::path::PathBuf,
+        /// The task queue the services use (`--queue` / TASK_QUEUE).
+        #[arg(long, default_value = "tasks")]
+        queue: String,
+        /// Prefix of the user names (`<prefix>system-a`), for several
+        /// deployments on one broker; empty for one.
+        #[arg(long, default_value = "")]
+        user_prefix: String,
+    },
     /// List registered service instances (under /services) with their metadata.
     Services {
         /// Only this service.
@@ -159,11 +176,14 @@ async fn run(cli: Cli) -> Result<()> {
     if let Cmd::GenCredentials { dir } = &cli.cmd {
         return gen_credentials(dir);
     }
+    if let Cmd::GenBrokerCredentials { dir, queue, user_prefix } = &cli.cmd {
+        return gen_broker_credentials(dir, queue, user_prefix);
+    }
     let auth = cli.auth.load()?;
     let policy = auth.policy();
     let zk = connect(&cli.zk, &auth).await?;
     match cli.cmd {
-        Cmd::GenCredentials { .. } => {}
+        Cmd::GenCredentials { .. } | Cmd::GenBrokerCredentials { .. } => {}
         Cmd::Getacl { path } => {
             let (acl, _) = zk.get_acl(&path).await.map_err(on(&path))?;
             for a in acl {
@@ -294,21 +314,51 @@ async fn run(cli: Cli) -> Result<()> {
 /// only; refuses to overwrite, so a running deployment's set is not lost
 /// by a slip.
 fn gen_credentials(dir: &std::path::Path) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (role, text) in servicekit::auth::ZkAuth::generate() {
-        let path = dir.join(format!("{role}.cred"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {} (remove the old set first to replace it)", path.display()))?;
-        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+        write_secret(&dir.join(format!("{role}.cred")), &text)?;
     }
     println!("wrote {} credentials files to {}", servicekit::auth::ROLES.len(), dir.display());
+    Ok(())
+}
+
+/// Writes each service's broker credentials and the broker definitions
+/// into `dir`, all mode 0600 (the definitions hold only salted hashes of
+/// 256-bit passwords, but nobody else needs them); refuses to overwrite,
+/// as `gen-credentials` does.
+fn gen_broker_credentials(dir: &std::path::Path, queue: &str, user_prefix: &str) -> Result<()> {
+    if queue.is_empty() {
+        bail!("--queue must name the task queue");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let generated = servicekit::broker::generate(queue, user_prefix);
+    for (name, text) in &generated.credentials {
+        write_secret(&dir.join(name), text)?;
+    }
+    let definitions = dir.join(servicekit::broker::DEFINITIONS_FILE);
+    write_secret(&definitions, &generated.definitions)?;
+    println!(
+        "wrote {} broker credentials files and {} to {}; load it with `scripts/rabbitmq.sh import {}`",
+        generated.credentials.len(),
+        servicekit::broker::DEFINITIONS_FILE,
+        dir.display(),
+        definitions.display()
+    );
+    Ok(())
+}
+
+/// Creates `path` readable by the owner only and writes `text`, synced.
+fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (remove the old set first to replace it)", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }
 

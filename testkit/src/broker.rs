@@ -1,0 +1,127 @@
+//! Broker users for a test's task queue, provisioned as a deployment's
+//! are: `servicekit::broker::generate` writes each service's credentials
+//! file and the definitions, and one `rabbitmqctl import_definitions`
+//! (about 0.7 s) loads them. Each queue gets users of its own
+//! (`<queue>.system-a`, `<queue>.system-b`), so tests that share the
+//! broker cannot use each other's rights.
+//!
+//! The tests themselves keep connecting as `guest` ([`crate::rabbitmq_url`]):
+//! they play the observer and the attacker, never a service.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+
+/// One queue's provisioned users.
+#[derive(Clone, Debug)]
+pub struct BrokerUsers {
+    pub queue: String,
+    pub dir: PathBuf,
+}
+
+impl BrokerUsers {
+    /// The credentials file of `role` (`system-a`, `system-b`).
+    pub fn file(&self, role: &str) -> PathBuf {
+        self.dir.join(servicekit::broker::credentials_file_name(role))
+    }
+
+    /// The definitions that were imported.
+    pub fn definitions(&self) -> PathBuf {
+        self.dir.join(servicekit::broker::DEFINITIONS_FILE)
+    }
+
+    /// `--amqp <URL without credentials> --amqp-credentials-file <file>`:
+    /// how a service of `role` is started.
+    pub fn flags(&self, role: &str) -> [String; 4] {
+        [
+            "--amqp".into(),
+            service_url(),
+            "--amqp-credentials-file".into(),
+            self.file(role).to_string_lossy().into_owned(),
+        ]
+    }
+
+    /// The broker as `role` sees it (to connect as that service).
+    pub fn broker(&self, role: &str) -> servicekit::rabbit::Broker {
+        let file = self.file(role);
+        let creds = servicekit::auth::ZkAuth::credentials_from_file(&file).expect("a provisioned credentials file");
+        servicekit::rabbit::Broker::new(&service_url(), &creds, &file).expect("the service URL")
+    }
+}
+
+/// [`crate::rabbitmq_url`] without its user and password: what services
+/// are given, with a credentials file.
+pub fn service_url() -> String {
+    servicekit::rabbit::redact_url(&crate::rabbitmq_url())
+}
+
+static PROVISIONED: Mutex<Option<HashMap<String, BrokerUsers>>> = Mutex::new(None);
+
+/// The users of `queue`, provisioned on first use; panics (fails the test)
+/// with rabbitmqctl's words when the broker cannot be provisioned.
+pub fn provision(queue: &str) -> BrokerUsers {
+    try_provision(queue).unwrap_or_else(|e| panic!("provisioning the broker for {queue}: {e:#}"))
+}
+
+/// [`provision`], as a `Result` (for the benchmark).
+pub fn try_provision(queue: &str) -> anyhow::Result<BrokerUsers> {
+    // Held across the import, so two instances of one test's queue
+    // provision it once.
+    let mut cache = PROVISIONED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(users) = cache.get_or_insert_with(HashMap::new).get(queue) {
+        return Ok(users.clone());
+    }
+    let dir = std::env::temp_dir().join(crate::unique("broker-users"));
+    write_set(&dir, queue)?;
+    let users = BrokerUsers { queue: queue.to_string(), dir };
+    import_definitions(&users.definitions())?;
+    cache.get_or_insert_with(HashMap::new).insert(queue.to_string(), users.clone());
+    Ok(users)
+}
+
+/// A fresh set for `queue` in `dir` (mode 0700, files 0600), as
+/// `zkctl gen-broker-credentials DIR --queue QUEUE --user-prefix QUEUE.` writes.
+pub fn write_set(dir: &Path, queue: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("{}", dir.display()))?;
+    let generated = servicekit::broker::generate(queue, &format!("{queue}."));
+    let definitions = (servicekit::broker::DEFINITIONS_FILE.to_string(), generated.definitions.clone());
+    for (name, text) in generated.credentials.iter().chain([&definitions]) {
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("{}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Loads broker definitions through rabbitmqctl, on standard input: the
+/// broker node runs as its own user and could not open a 0600 file of
+/// ours. `RABBITMQ_NODENAME` (exported by scripts/test.sh when it started
+/// a private broker) selects the node, as `scripts/rabbitmq.sh import`
+/// does.
+pub fn import_definitions(file: &Path) -> anyhow::Result<()> {
+    let input = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "import_definitions"])
+        .stdin(Stdio::from(input))
+        .output()
+        .context("run rabbitmqctl (is rabbitmq-server installed? scripts/setup.sh installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl import_definitions {}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
