@@ -3,18 +3,21 @@
 //! Leader election alone cannot stop a deposed leader that does not know it
 //! is deposed yet (paused by SIGSTOP or GC past its session timeout, then
 //! resumed). So the journal itself refuses: every line carries its writer's
-//! term token, and a write whose token is lower than the highest already in
-//! the journal is rejected. Check and append happen under an exclusive lock
-//! on the file, so two writers cannot both pass the check.
+//! term token (`zk_recipes::fencing::Token`: the fencing epoch, then the
+//! leader node's czxid), and a write whose token is lower than the highest
+//! already in the journal is rejected. Check and append happen under an
+//! exclusive lock on the file, so two writers cannot both pass the check.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use zk_recipes::fencing::Token;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("fenced: our term {ours} is older than term {highest} already in the journal")]
-    Fenced { ours: i64, highest: i64 },
+    Fenced { ours: Token, highest: Token },
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("journal {path}: record {line} is damaged ({what}); the highest term cannot be known")]
@@ -48,8 +51,9 @@ pub struct Journal {
     path: PathBuf,
 }
 
-/// One journal record: the line `<token> <instance> <seq> <crc>\n`, where
-/// `<crc>` is the CRC-32C of the text before it, in 8 hex digits.
+/// One journal record: the line `<epoch> <zxid> <instance> <seq> <crc>\n`,
+/// where `<epoch> <zxid>` is the writer's term token and `<crc>` is the
+/// CRC-32C of the text before it, in 8 hex digits.
 ///
 /// Framing, and why: a record is appended with a single write(2), but a
 /// kill -9 or a power loss can still leave a prefix of it (the write was
@@ -63,14 +67,14 @@ pub struct Journal {
 /// power loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub token: i64,
+    pub token: Token,
     pub instance: String,
     pub seq: u64,
 }
 
 impl Entry {
     fn body(&self) -> String {
-        format!("{} {} {}", self.token, self.instance, self.seq)
+        format!("{} {} {} {}", self.token.epoch, self.token.zxid, self.instance, self.seq)
     }
 
     /// The record's bytes, newline included.
@@ -82,10 +86,13 @@ impl Entry {
     /// Parses one complete line (without its newline); `None` if it is not
     /// a record or its checksum does not match.
     ///
-    /// A line of exactly three fields is a record of an older version of
-    /// this journal, which had no checksum: it is read as it was written.
+    /// Records of older versions of this journal are read as they were
+    /// written, in epoch 0 (they predate epochs): three fields
+    /// (`zxid instance seq`, before checksums) or four (`zxid instance seq
+    /// crc`, before epochs).
     pub fn parse(line: &str) -> Option<Entry> {
-        let body = if line.split(' ').count() == 3 {
+        let fields = line.split(' ').count();
+        let body = if fields == 3 {
             line
         } else {
             let (body, crc) = line.rsplit_once(' ')?;
@@ -95,8 +102,9 @@ impl Entry {
             body
         };
         let mut parts = body.split(' ');
+        let epoch = if fields == 5 { parts.next()?.parse().ok()? } else { 0 };
         let e = Entry {
-            token: parts.next()?.parse().ok()?,
+            token: Token::new(epoch, parts.next()?.parse().ok()?),
             instance: parts.next()?.to_string(),
             seq: parts.next()?.parse().ok()?,
         };
@@ -123,6 +131,17 @@ fn scan(bytes: &[u8]) -> Result<(Vec<Entry>, usize), (usize, &'static str)> {
         intact += line.len() + 1;
     }
     Ok((entries, intact))
+}
+
+/// Every intact record of the journal at `path`, oldest first (a torn last
+/// record is left out): for operators, the dashboard and the tests.
+pub fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
+    let bytes = std::fs::read(path).map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+    scan(&bytes).map(|(entries, _)| entries).map_err(|(line, what)| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        what,
+    })
 }
 
 impl Journal {
@@ -158,7 +177,7 @@ impl Journal {
     /// Appends `token instance seq` if no newer term has written; durable
     /// (fsync'd) when it returns `Ok`. A torn last record left by a crash
     /// is truncated first.
-    pub fn append(&self, token: i64, instance: &str, seq: u64) -> Result<(), JournalError> {
+    pub fn append(&self, token: Token, instance: &str, seq: u64) -> Result<(), JournalError> {
         let mut file = self.open()?;
         // Released when `file` is closed at the end of this call.
         file.lock().map_err(self.io())?;
@@ -175,8 +194,7 @@ impl Journal {
             );
             file.set_len(intact as u64).map_err(self.io())?;
         }
-        let highest = entries.iter().map(|e| e.token).max().unwrap_or(i64::MIN);
-        if token < highest {
+        if let Some(highest) = entries.iter().map(|e| e.token).max().filter(|h| token < *h) {
             return Err(JournalError::Fenced { ours: token, highest });
         }
         let record = Entry { token, instance: instance.to_string(), seq }.encode();
@@ -212,17 +230,24 @@ mod tests {
         let bytes = std::fs::read(path).unwrap();
         let (entries, intact) = scan(&bytes).unwrap();
         assert_eq!(intact, bytes.len(), "the journal ends on a record boundary");
-        entries.into_iter().map(|e| (e.token, e.instance, e.seq)).collect()
+        entries.into_iter().map(|e| (e.token.zxid, e.instance, e.seq)).collect()
+    }
+
+    /// A term of one epoch: the tests below compare zxids within it.
+    fn t(zxid: i64) -> Token {
+        Token::new(1, zxid)
     }
 
     #[test]
     fn an_older_term_is_refused_after_a_newer_one_wrote() {
         let dir = temp_dir("fence");
         let j = Journal::new(dir.join("j"));
-        j.append(5, "a", 0).unwrap();
-        j.append(9, "b", 0).unwrap();
-        assert!(matches!(j.append(5, "a", 1), Err(JournalError::Fenced { ours: 5, highest: 9 })));
-        j.append(9, "b", 1).unwrap();
+        j.append(t(5), "a", 0).unwrap();
+        j.append(t(9), "b", 0).unwrap();
+        assert!(
+            matches!(j.append(t(5), "a", 1), Err(JournalError::Fenced { ours, highest }) if ours == t(5) && highest == t(9))
+        );
+        j.append(t(9), "b", 1).unwrap();
         assert_eq!(tokens(&dir.join("j")), vec![(5, "a".into(), 0), (9, "b".into(), 0), (9, "b".into(), 1)]);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -236,16 +261,16 @@ mod tests {
         let path = dir.join("j");
         // The torn record claims a much higher term than the next leader's:
         // read as a whole record, it would fence that leader out.
-        let torn = Entry { token: 813, instance: "ha2".into(), seq: 0 }.encode();
+        let torn = Entry { token: t(813), instance: "ha2".into(), seq: 0 }.encode();
         for cut in 0..torn.len() {
             let j = Journal::new(&path);
             let _ = std::fs::remove_file(&path);
-            j.append(7, "ha1", 0).unwrap();
-            j.append(8, "ha2", 0).unwrap();
+            j.append(t(7), "ha1", 0).unwrap();
+            j.append(t(8), "ha2", 0).unwrap();
             let mut f = OpenOptions::new().append(true).open(&path).unwrap();
             f.write_all(&torn[..cut]).unwrap();
             drop(f);
-            j.append(13, "ha1", 0).unwrap_or_else(|e| panic!("cut at byte {cut}: {e}"));
+            j.append(t(13), "ha1", 0).unwrap_or_else(|e| panic!("cut at byte {cut}: {e}"));
             assert_eq!(
                 tokens(&path),
                 vec![(7, "ha1".into(), 0), (8, "ha2".into(), 0), (13, "ha1".into(), 0)],
@@ -257,7 +282,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&torn).unwrap();
         drop(f);
-        assert!(matches!(j.append(14, "ha1", 1), Err(JournalError::Fenced { ours: 14, highest: 813 })));
+        assert!(matches!(j.append(t(14), "ha1", 1), Err(JournalError::Fenced { highest, .. }) if highest == t(813)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -268,15 +293,32 @@ mod tests {
         let dir = temp_dir("damaged");
         let path = dir.join("j");
         let j = Journal::new(&path);
-        j.append(7, "ha1", 0).unwrap();
+        j.append(t(7), "ha1", 0).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[0] = b'9';
         std::fs::write(&path, &bytes).unwrap();
-        let e = j.append(8, "ha1", 1).unwrap_err();
+        let e = j.append(t(8), "ha1", 1).unwrap_err();
         assert!(matches!(e, JournalError::Corrupt { line: 1, .. }), "{e}");
         assert!(e.is_permanent());
         // The worker's check before campaigning sees it too.
         assert!(matches!(j.check(), Err(JournalError::Corrupt { line: 1, .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Journals written before epochs (and before checksums) read on, in
+    /// epoch 0: the first term of epoch 1 passes every one of their terms,
+    /// however large.
+    #[test]
+    fn records_of_older_formats_read_as_epoch_0() {
+        let dir = temp_dir("formats");
+        let path = dir.join("j");
+        let four = format!("309 ha1 7 {:08x}\n", crc32c::crc32c(b"309 ha1 7"));
+        std::fs::write(&path, format!("12 ha2 3\n{four}")).unwrap();
+        let j = Journal::new(&path);
+        let refused = j.append(Token::new(0, 8), "ha2", 0);
+        assert!(matches!(refused, Err(JournalError::Fenced { highest, .. }) if highest == Token::new(0, 309)));
+        j.append(Token::new(1, 8), "ha2", 0).unwrap();
+        assert_eq!(tokens(&path), vec![(12, "ha2".into(), 3), (309, "ha1".into(), 7), (8, "ha2".into(), 0)]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

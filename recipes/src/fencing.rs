@@ -182,6 +182,34 @@ impl Epoch {
     }
 }
 
+/// What a holder refused by a fenced resource does next, once a write to
+/// its own node has said whether it still holds (`still_held`), after
+/// `advances` epoch advances for the same piece of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// We no longer hold: we stalled, a newer holder wrote. The refusal is
+    /// right; stop.
+    Stale,
+    /// We hold, so the resource has seen a history this server never had:
+    /// advance the epoch past it and try again.
+    Advance,
+    /// We hold, advanced [`MAX_ADVANCES`] times already, and are still
+    /// refused: an alarm for an operator, not a loop.
+    GiveUp,
+}
+
+/// The most epoch advances one piece of work may make. One is enough after
+/// a reset; a second covers another holder's advance racing ours.
+pub const MAX_ADVANCES: u32 = 2;
+
+pub fn after_refusal(still_held: bool, advances: u32) -> Refusal {
+    match (still_held, advances) {
+        (false, _) => Refusal::Stale,
+        (true, n) if n >= MAX_ADVANCES => Refusal::GiveUp,
+        (true, _) => Refusal::Advance,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +222,13 @@ mod tests {
         assert!(Token::new(1, 9) > Token::new(1, 8));
         assert!(Token::new(0, 8) < Token::new(1, 0));
         assert_eq!(Token::new(3, 7).to_string(), "7@3");
+    }
+
+    #[test]
+    fn a_refused_holder_is_stale_unless_it_confirms_and_advances_at_most_twice() {
+        assert_eq!(after_refusal(false, 0), Refusal::Stale);
+        assert_eq!(after_refusal(true, 0), Refusal::Advance);
+        assert_eq!(after_refusal(true, 1), Refusal::Advance);
+        assert_eq!(after_refusal(true, MAX_ADVANCES), Refusal::GiveUp);
     }
 }

@@ -198,8 +198,11 @@ pub mod telemetry {
     /// file (scripts/run.sh, the tests) escape codes are noise to a reader
     /// and break grep.
     pub fn init(json: bool) {
+        // zookeeper-async logs each connect request, session password
+        // included, at INFO: a secret must never reach a log, so its
+        // connection module is held to warnings unless RUST_LOG says more.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_async::io=warn"));
         let logs = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())

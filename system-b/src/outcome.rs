@@ -102,33 +102,6 @@ pub fn attempts_in(header: Option<&lapin::types::AMQPValue>) -> i64 {
 /// The header carrying how many attempts a republished task has had.
 pub const ATTEMPTS_HEADER: &str = "x-attempts";
 
-/// After the store refused our token although we may hold the lock, what
-/// the confirming write to our own lock node says decides the next step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FencedStep {
-    /// We no longer hold the lock: we stalled, a newer holder wrote. The
-    /// refusal is right; the task goes back to the queue.
-    Stale,
-    /// We hold it, so the store has seen a history this server never had:
-    /// advance the epoch past it and try again.
-    Advance,
-    /// We hold it and already advanced this many times for this task, and
-    /// are still refused: an alarm, not a loop.
-    GiveUp,
-}
-
-/// The most epoch advances one task may make. One is enough after a reset;
-/// a second covers another holder's advance racing ours.
-pub const MAX_ADVANCES: u32 = 2;
-
-pub fn after_fenced(still_held: bool, advances: u32) -> FencedStep {
-    match (still_held, advances) {
-        (false, _) => FencedStep::Stale,
-        (true, n) if n >= MAX_ADVANCES => FencedStep::GiveUp,
-        (true, _) => FencedStep::Advance,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,14 +143,6 @@ mod tests {
     fn a_fencing_alarm_fails_at_once() {
         let alarm = Failure::Alarm { reason: "epoch".into(), remedy: "zkctl".into() };
         assert!(matches!(disposition(&alarm, 1), Disposition::FailThenDeadLetter { .. }));
-    }
-
-    #[test]
-    fn a_refused_holder_is_stale_unless_it_confirms_and_advances_at_most_twice() {
-        assert_eq!(after_fenced(false, 0), FencedStep::Stale);
-        assert_eq!(after_fenced(true, 0), FencedStep::Advance);
-        assert_eq!(after_fenced(true, 1), FencedStep::Advance);
-        assert_eq!(after_fenced(true, MAX_ADVANCES), FencedStep::GiveUp);
     }
 
     #[test]

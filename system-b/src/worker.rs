@@ -31,20 +31,20 @@
 //! a write to our own lock node: gone means we stalled (the refusal is
 //! right); still ours means the store has seen a history this server never
 //! issued (a data reset, a restore, a move), and the epoch is advanced
-//! past it, at most [`outcome::MAX_ADVANCES`] times before it is an alarm.
+//! past it, at most [`fencing::MAX_ADVANCES`] times before it is an alarm.
 
 use std::time::Duration;
 
 use task_contract::{Op, TaskNode, TaskState};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use zk_recipes::fencing::{Epoch, Token};
+use zk_recipes::fencing::{self, Epoch, Refusal, Token};
 use zk_recipes::lock::{Lock, LockError, LockGuard};
 use zk_recipes::retry::{self, RetryPolicy};
 use zk_recipes::session::Client;
 use zk_recipes::ZkError;
 
-use crate::outcome::{self, Disposition, Failure, FencedStep};
+use crate::outcome::{self, Disposition, Failure};
 use crate::store::{Applied, Entity, Store, StoreError};
 use crate::Settings;
 
@@ -209,13 +209,13 @@ impl Worker {
             };
             let still_held =
                 guard.confirm().await.map_err(|e| Failure::Retry(format!("confirming the lock: {e:?}")))?;
-            match outcome::after_fenced(still_held, advances) {
-                FencedStep::Stale => {
+            match fencing::after_refusal(still_held, advances) {
+                Refusal::Stale => {
                     return Err(Failure::Retry(format!(
                         "fenced: our token {token} is older than {seen}, and the lock is no longer ours"
                     )))
                 }
-                FencedStep::GiveUp => {
+                Refusal::GiveUp => {
                     return Err(Failure::Alarm {
                         reason: format!(
                             "the store has seen fencing token {seen} for {}, and token {token} still cannot pass it \
@@ -232,7 +232,7 @@ impl Worker {
                         ),
                     })
                 }
-                FencedStep::Advance => {
+                Refusal::Advance => {
                     let epoch = self.epoch.advance_past(seen.epoch).await.map_err(epoch_failure)?;
                     tracing::warn!(%seen, old = %token, epoch, "the store is ahead of this coordination history: epoch advanced");
                     token = Token::new(epoch, token.zxid);

@@ -183,8 +183,8 @@ async fn cut_off_active(zk: &str, dir: &Path) {
     assert!(stepped_down < took_over, "the cut-off active stopped only after the standby started");
     // Its last line is written before it steps down; nothing of w1 after w2.
     std::thread::sleep(Duration::from_millis(500));
-    let text = std::fs::read_to_string(&journal).expect("journal");
-    let who: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    let records = ha_worker::journal::read_entries(&journal).expect("journal");
+    let who: Vec<&str> = records.iter().map(|e| e.instance.as_str()).collect();
     let first_w2 = who.iter().position(|w| *w == "w2").expect("w2 worked");
     assert!(who[first_w2..].iter().all(|w| *w == "w2"), "w1 worked after w2 took over");
     proxy.restore();

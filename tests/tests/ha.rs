@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::{provision, start_coordinator, start_ha_worker, Proc, TempDir};
 use nix::sys::signal::Signal;
+use zk_recipes::fencing::Token;
 
 const SESSION_MS: u64 = 4000;
 
@@ -17,19 +18,23 @@ fn worker(zk: &str, root: &str, journal: &Path, name: &str, log_dir: &Path) -> P
     start_ha_worker(zk, root, journal, name, 100, SESSION_MS, log_dir)
 }
 
-fn term(line: &str) -> i64 {
-    line.trim_start_matches("term=").parse().expect("a term token")
+/// The term token of an `ha-worker active term=<zxid> epoch=<epoch>` line.
+fn term(line: &str) -> Token {
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    Token::new(field("epoch="), field("term="))
 }
 
-/// Journal lines as (token, instance), checking tokens never go down.
-fn check_journal(journal: &Path) -> Vec<(i64, String)> {
-    let text = std::fs::read_to_string(journal).expect("read the journal");
-    let entries: Vec<(i64, String)> = text
-        .lines()
-        .map(|l| {
-            let mut p = l.split_whitespace();
-            (p.next().and_then(|t| t.parse().ok()).expect("token"), p.next().expect("instance").to_string())
-        })
+/// Journal records as (token, instance), checking tokens never go down.
+fn check_journal(journal: &Path) -> Vec<(Token, String)> {
+    let entries: Vec<(Token, String)> = ha_worker::journal::read_entries(journal)
+        .expect("read the journal")
+        .into_iter()
+        .map(|e| (e.token, e.instance))
         .collect();
     for w in entries.windows(2) {
         assert!(w[0].0 <= w[1].0, "an older term wrote after a newer one: {:?} then {:?}", w[0], w[1]);

@@ -1,0 +1,310 @@
+//! One worker's life in the election: stand by, lead a term, step down,
+//! and again, until stopped.
+//!
+//! ```text
+//!   ┌─▶ journal usable? ──no──▶ aside (backoff, ERROR) ─┐
+//!   │        │ yes                                        │
+//!   │   campaign (/ha/<group>, "standby" once in line) ◀──┘
+//!   │        │ first in line
+//!   │   active: every interval, journal.append(token)
+//!   │        ├─ connection lost ──────────────▶ stepped down ─┐
+//!   │        ├─ fenced, no longer leader ─────▶ stepped down ─┤
+//!   │        ├─ fenced, still leader ─────────▶ advance the epoch, go on
+//!   │        ├─ fenced after MAX_ADVANCES ────▶ fencing alarm, aside
+//!   │        └─ stop ─────────────────────────▶ resign (bounded), exit
+//!   └────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The decisions are functions over plain values ([`on_append_error`],
+//! [`zk_recipes::fencing::after_refusal`]), tested without a server.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use zk_recipes::election::{Election, Leadership};
+use zk_recipes::fencing::{self, Epoch, Refusal, Token};
+use zk_recipes::session::Client;
+
+use crate::journal::{Journal, JournalError};
+use crate::Settings;
+
+/// What a worker stands with.
+pub struct Stand {
+    pub client: Client,
+    pub election: Election,
+    pub journal: Journal,
+    pub epoch: Epoch,
+    pub settings: watch::Receiver<Settings>,
+    pub default_interval: Duration,
+    pub instance: String,
+}
+
+/// Why a worker stays out of the election for now.
+enum Aside {
+    /// The journal cannot be written until an operator acts.
+    Journal,
+    /// The journal has seen a term no advance of the epoch could pass:
+    /// rejoin once the epoch is past `highest`'s (an operator set it).
+    Fencing { highest: Token },
+}
+
+/// How a term ended.
+enum TermEnd {
+    /// Told to stop: resigned, exit.
+    Stopped,
+    /// Stepped down; campaign again.
+    SteppedDown,
+    /// Out of the election until the fault is fixed.
+    Aside(Aside),
+}
+
+/// What an active worker does when the journal refuses a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAppendError {
+    /// A newer term wrote, or so it seems: ask the server whether we still
+    /// lead (see [`zk_recipes::fencing`]).
+    Confirm,
+    /// A fault only an operator can fix: resign and stay out.
+    StepAside,
+    /// A fault that may heal: resign, let another try (or us again).
+    StepDown,
+}
+
+pub fn on_append_error(e: &JournalError) -> OnAppendError {
+    match e {
+        JournalError::Fenced { .. } => OnAppendError::Confirm,
+        e if e.is_permanent() => OnAppendError::StepAside,
+        _ => OnAppendError::StepDown,
+    }
+}
+
+impl Stand {
+    /// Stands in the election until `stop`; returns when the stop was
+    /// asked, so the caller can bound what is left of the way out.
+    pub async fn until(&self, stop: &CancellationToken) -> Instant {
+        // A worker that would win a term only to resign it stays out of the
+        // election until its fault is fixed, instead of handing leadership
+        // back and forth.
+        let mut backoff = servicekit::fault::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let alarm = servicekit::fault::Throttle::new(Duration::from_secs(30));
+        let mut aside: Option<Aside> = None;
+        loop {
+            if let Some(why) = &aside {
+                if self.still_aside(why, &alarm).await {
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = stop.cancelled() => return Instant::now(),
+                    }
+                }
+                aside = None;
+                backoff.reset();
+                alarm.clear();
+                println!("ha-worker journal usable again");
+                tracing::info!(journal = %self.journal.path().display(), "usable again: rejoining the election");
+            }
+            if let Err(e) = self.journal.check() {
+                if e.is_permanent() {
+                    aside = Some(Aside::Journal);
+                    continue;
+                }
+            }
+            if !self.client.is_live() {
+                tokio::select! {
+                    _ = self.client.wait_live(Duration::from_secs(3600)) => {}
+                    _ = stop.cancelled() => return Instant::now(),
+                }
+            }
+            let leadership = tokio::select! {
+                // "standby" once our candidate node exists, not before: only
+                // then does a failover of the active find us in line.
+                l = self.election.campaign_then(|| println!("ha-worker standby")) => l,
+                _ = stop.cancelled() => return Instant::now(),
+            };
+            let leadership = match leadership {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("campaign failed ({e:?}); campaigning again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match self.lead(leadership, stop).await {
+                TermEnd::Stopped => return Instant::now(),
+                TermEnd::SteppedDown => {}
+                TermEnd::Aside(why) => aside = Some(why),
+            }
+        }
+    }
+
+    /// Whether the reason to stay aside still holds; logs it (throttled).
+    async fn still_aside(&self, why: &Aside, alarm: &servicekit::fault::Throttle) -> bool {
+        match why {
+            Aside::Journal => match self.journal.check() {
+                Err(e) if e.is_permanent() => {
+                    if alarm.ready() {
+                        println!("ha-worker journal unusable");
+                        tracing::error!(
+                            "{e}: a permanent fault, staying out of the election until it is fixed; {}",
+                            e.remedy()
+                        );
+                    }
+                    true
+                }
+                _ => false,
+            },
+            Aside::Fencing { highest } => match self.epoch.current().await {
+                Ok(epoch) if epoch > highest.epoch => false,
+                _ => {
+                    if alarm.ready() {
+                        println!("ha-worker fencing alarm");
+                        tracing::error!(
+                            "the journal {} has seen term {highest}, which no term of this coordination service can \
+                             pass: staying out of the election; check that only one coordination service serves \
+                             this journal, then set the epoch at {} above {} as the operator",
+                            self.journal.path().display(),
+                            self.epoch.path(),
+                            highest.epoch
+                        );
+                    }
+                    true
+                }
+            },
+        }
+    }
+
+    /// One term: work every interval until the term ends.
+    async fn lead(&self, leadership: Leadership, stop: &CancellationToken) -> TermEnd {
+        // The epoch is read once we lead: an advance made before is seen.
+        let mut token = match self.epoch.token(leadership.token()).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot read the fencing epoch ({e}); resigning the term");
+                resign_within(leadership, stop).await;
+                return if e.is_transient() { TermEnd::SteppedDown } else { TermEnd::Aside(Aside::Journal) };
+            }
+        };
+        println!("ha-worker active term={} epoch={}", token.zxid, token.epoch);
+        tracing::info!(term = %token, "active");
+        let mut lost = leadership.lost();
+        let mut seq = 0u64;
+        let mut advances = 0;
+        loop {
+            let interval =
+                self.settings.borrow().interval_ms.map(Duration::from_millis).unwrap_or(self.default_interval);
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    // Hand over now: the standby must not wait a session
+                    // timeout. Bounded: if the server is unreachable, the
+                    // session's expiry hands over instead.
+                    let _ = tokio::time::timeout(crate::STOP_BUDGET / 2, leadership.resign()).await;
+                    println!("ha-worker resigned");
+                    return TermEnd::Stopped;
+                }
+                _ = lost.wait_for(|l| *l) => {
+                    println!("ha-worker stepped down");
+                    tracing::warn!(term = %token, "connection lost: stepped down");
+                    // If the session survives, our node would stay first in
+                    // line with nobody acting on it: delete it once we can.
+                    resign_within(leadership, stop).await;
+                    return TermEnd::SteppedDown;
+                }
+                _ = tokio::time::sleep(interval) => {}
+            }
+            // Checked again right before the write: a pause may have
+            // happened between the timer and here.
+            if leadership.is_lost() {
+                continue;
+            }
+            let error = match self.journal.append(token, &self.instance, seq) {
+                Ok(()) => {
+                    seq += 1;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match (on_append_error(&error), &error) {
+                (OnAppendError::Confirm, JournalError::Fenced { ours, highest }) => {
+                    println!("ha-worker fenced term={ours} newer={highest}");
+                    let still_leader = leadership.confirm().await.unwrap_or(false);
+                    match fencing::after_refusal(still_leader, advances) {
+                        Refusal::Stale => {
+                            tracing::warn!(term = %ours, newer = %highest, "fenced by a newer term: stepping down");
+                            resign_within(leadership, stop).await;
+                            return TermEnd::SteppedDown;
+                        }
+                        Refusal::GiveUp => {
+                            resign_within(leadership, stop).await;
+                            return TermEnd::Aside(Aside::Fencing { highest: *highest });
+                        }
+                        Refusal::Advance => match self.epoch.advance_past(highest.epoch).await {
+                            Ok(epoch) => {
+                                advances += 1;
+                                token = Token::new(epoch, token.zxid);
+                                println!("ha-worker epoch advanced to {epoch}");
+                                tracing::warn!(
+                                    %highest,
+                                    term = %token,
+                                    "the journal is ahead of this coordination history: epoch advanced"
+                                );
+                            }
+                            Err(e) if e.is_transient() => {
+                                tracing::warn!("cannot advance the fencing epoch ({e}); resigning the term");
+                                resign_within(leadership, stop).await;
+                                return TermEnd::SteppedDown;
+                            }
+                            Err(e) => {
+                                tracing::error!("cannot advance the fencing epoch: {e}");
+                                resign_within(leadership, stop).await;
+                                return TermEnd::Aside(Aside::Fencing { highest: *highest });
+                            }
+                        },
+                    }
+                }
+                (OnAppendError::StepAside, _) | (OnAppendError::Confirm, _) => {
+                    tracing::error!("journal write failed: {error}; stepping down");
+                    resign_within(leadership, stop).await;
+                    return TermEnd::Aside(Aside::Journal);
+                }
+                (OnAppendError::StepDown, _) => {
+                    tracing::warn!("journal write failed: {error}; stepping down");
+                    resign_within(leadership, stop).await;
+                    return TermEnd::SteppedDown;
+                }
+            }
+        }
+    }
+}
+
+/// Resigns (deletes our node, retrying through connection loss) unless a
+/// stop comes first: then the session's end hands over instead.
+async fn resign_within(leadership: Leadership, stop: &CancellationToken) {
+    tokio::select! {
+        _ = leadership.resign() => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_fenced_write_asks_the_server_and_a_broken_journal_steps_aside() {
+        let fenced = JournalError::Fenced { ours: Token::new(0, 8), highest: Token::new(0, 309) };
+        assert_eq!(on_append_error(&fenced), OnAppendError::Confirm);
+        let read_only = JournalError::Io {
+            path: PathBuf::from("/j"),
+            source: std::io::Error::from_raw_os_error(30), // EROFS
+        };
+        assert_eq!(on_append_error(&read_only), OnAppendError::StepAside);
+        let interrupted =
+            JournalError::Io { path: PathBuf::from("/j"), source: std::io::ErrorKind::Interrupted.into() };
+        assert_eq!(on_append_error(&interrupted), OnAppendError::StepDown);
+        let damaged = JournalError::Corrupt { path: PathBuf::from("/j"), line: 3, what: "bad checksum" };
+        assert_eq!(on_append_error(&damaged), OnAppendError::StepAside);
+    }
+}
