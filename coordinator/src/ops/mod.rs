@@ -36,6 +36,12 @@ use crate::txn::Txn;
 /// Carries out one request and queues its reply. Returns false when the
 /// connection must close after the reply (closeSession, failed auth).
 pub(crate) fn process(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
+    let go_on = dispatch(core, client, xid, req);
+    client.done(&core.stats);
+    go_on
+}
+
+fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
     let kind = match req {
         Request::Create(..)
         | Request::Delete(_)
@@ -97,12 +103,14 @@ pub(crate) fn process(core: &Core, client: &mut Client, xid: i32, req: Request) 
     }
 }
 
-/// A request has been read: it is outstanding until its reply is
-/// written (see [`crate::conn`]'s writer, which records its latency).
+/// A request has been read: it is in process until its reply is queued
+/// (and a write's txn is outstanding until durable, see
+/// [`Core::outstanding_requests`]). The latency runs until the reply is
+/// written ([`crate::conn`]'s writer records it).
 fn begin(core: &Core, client: &mut Client, kind: RequestKind) {
     client.request = Answer { started: Instant::now(), kind };
-    client.conn.outstanding.fetch_add(1, Ordering::Relaxed);
-    core.stats.request_began();
+    client.in_process.store(true, Ordering::Relaxed);
+    core.stats.request_began(core.committer.unlogged());
 }
 
 /// Answers a request whose body did not decode for its opcode. As in
@@ -113,4 +121,5 @@ pub(crate) fn reject_malformed(core: &Core, client: &mut Client, xid: i32) {
     begin(core, client, RequestKind::Read);
     let zxid = core.committer.last_zxid();
     client.reply(reply(xid, zxid, Err(ErrorCode::MarshallingError)), zxid);
+    client.done(&core.stats);
 }

@@ -110,7 +110,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
     core.watches.lock().set_auth(conn.id, &auth);
     let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
-    Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request })
+    Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request, in_process: false.into() })
 }
 
 /// Ends a session: deletes its ephemerals (firing their watches), and
