@@ -396,25 +396,33 @@ impl Registry {
         if !self.totals.over_budget() {
             return 0;
         }
-        let (mut stalled, leaving) = self.with(|conns| {
-            let mut stalled = Vec::new();
+        let (mut holding, leaving) = self.with(|conns| {
+            let mut holding = Vec::new();
             let mut leaving = 0;
             for c in conns.values() {
                 if c.abandoned() {
                     // Already dropped; its bytes go when its task ends.
                     leaving += c.queued();
-                } else if c.stuck_for() >= STALLED_AFTER && c.queued() > 0 {
-                    stalled.push((c.queued(), c.clone()));
+                } else if c.queued() > 0 {
+                    holding.push((c.queued(), c.clone()));
                 }
             }
-            (stalled, leaving)
+            (holding, leaving)
         });
-        stalled.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        holding.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
         let mut excess = self.totals.queued.load(Ordering::Relaxed).saturating_sub(leaving).saturating_sub(budget);
         let mut closed = 0;
-        for (bytes, c) in stalled {
+        for (bytes, c) in holding {
             if excess == 0 {
                 break;
+            }
+            match c.stuck_for() {
+                // Its writer is not waiting on the socket: it reads.
+                Duration::ZERO => continue,
+                // It may not be reading: wait until that is known, rather
+                // than close a lighter one ahead of it.
+                stuck if stuck < STALLED_AFTER => break,
+                _ => {}
             }
             c.drop_unread(Unread::OverGlobalBudget);
             excess = excess.saturating_sub(bytes);

@@ -1325,10 +1325,10 @@ async fn silent_probe(addr: SocketAddr, pid: nix::unistd::Pid, honest: &mut Clie
 /// The global budget of unread replies (`global_queued_bytes_limit`, 8 MiB
 /// here): two clients pipeline getData of a 1 MB node and never read, one
 /// asking for far more than the other, while a third reads the same node
-/// in a loop. Past the budget the server reads no more of the two silent
-/// ones, and once they have read nothing for a while it closes the one
-/// holding the most, and only it: what the other holds then fits. The
-/// reading client is never closed and is answered throughout.
+/// in a loop. Past the budget the server reads no more of the silent ones,
+/// and once they have read nothing for a while it closes the one holding
+/// the most, and only it: what the other holds then fits. The reading
+/// client is never closed and is answered throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_byte_budget_closes_the_heaviest_unread_connection_first() {
     use tokio::io::AsyncWriteExt;
@@ -1346,27 +1346,32 @@ async fn the_byte_budget_closes_the_heaviest_unread_connection_first() {
     let mut reader = connect(addr).await;
     assert_eq!(call(&mut reader, create(&big, &vec![7u8; 1_000_000], CreateMode::Persistent)).await.err, 0);
 
-    let listed = |s: &tokio::net::TcpStream| {
-        let me = s.local_addr().expect("local addr");
-        core.connections().iter().any(|c| c.peer == me)
-    };
     let pipeline = |n: i32| -> Vec<u8> { (1..=n).flat_map(|x| request_frame(x, &get_data(&big))).collect() };
-    // The heavy one asks for 40 MB, the light one for 8 MB: each more than
-    // its socket's buffers take (about 4 MB), so both leave bytes queued.
+    let queued_on = |s: &tokio::net::TcpStream| {
+        let me = s.local_addr().expect("local addr");
+        core.connections().iter().find(|c| c.peer == me).map(|c| c.queued())
+    };
+    // The light one asks for 5 MB, more than its socket's buffers take
+    // (2-4 MB), and all of it is read: the server is within its budget.
+    // The heavy one asks for 40 MB, and is read until the server is over
+    // its budget: it holds the most.
+    let mut light = silent_session(addr, 4096).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), light.write_all(&pipeline(5))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut heavy = silent_session(addr, 4096).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), heavy.write_all(&pipeline(40))).await;
-    let mut light = silent_session(addr, 4096).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), light.write_all(&pipeline(8))).await;
 
     let t = Instant::now();
     let mut reads = 0;
-    while listed(&heavy) {
-        assert!(t.elapsed() < Duration::from_secs(15), "the heaviest unread connection was never closed");
-        assert!(listed(&light), "the lighter unread connection was closed first");
+    let mut held = (0, 0);
+    while let (Some(h), Some(l)) = (queued_on(&heavy), queued_on(&light)) {
+        held = (h, l);
+        assert!(t.elapsed() < Duration::from_secs(15), "no unread connection was closed: {held:?} bytes held");
         assert_eq!(call(&mut reader, get_data(&big)).await.err, 0, "the reading client was refused");
         reads += 1;
     }
     let closed_after = t.elapsed();
+    assert!(queued_on(&heavy).is_none(), "the lighter unread connection was closed first (held {held:?})");
     // Once the heaviest is gone the rest fits: nothing more is closed.
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(3) {
@@ -1375,10 +1380,11 @@ async fn the_byte_budget_closes_the_heaviest_unread_connection_first() {
     }
     let queued = core.queued_bytes();
     println!(
-        "heaviest unread connection closed after {closed_after:?}; the reader read {reads} MB meanwhile; \
-         {queued} bytes still queued (budget {BUDGET})"
+        "unread bytes held: {} heavy, {} light; the heavy connection closed after {closed_after:?}; the reader \
+         read {reads} MB meanwhile; {queued} bytes still queued (budget {BUDGET})",
+        held.0, held.1
     );
-    assert!(listed(&light), "the lighter unread connection was closed although the rest fit the budget");
+    assert!(queued_on(&light).is_some(), "the lighter unread connection was closed although the rest fit the budget");
     assert!(queued <= BUDGET as u64, "{queued} bytes queued over a budget of {BUDGET}");
     drop((heavy, light));
     let _ = stop_tx.send(());
