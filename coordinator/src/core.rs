@@ -52,7 +52,9 @@ use crate::watch::{Notification, WatchManager};
 
 pub struct Core {
     pub config: Config,
-    pub(crate) committer: Arc<Committer>,
+    /// Private: the tree is reached through `Core` alone (`with_tree`,
+    /// `commit`), so the handlers above depend on one facade.
+    committer: Arc<Committer>,
     pub(crate) sessions: lock::Mutex<Sessions>,
     pub(crate) watches: lock::Mutex<WatchManager>,
     pub(crate) conns: Registry,
@@ -141,6 +143,21 @@ impl Core {
         )
     }
 
+    /// Orders a createSession (see [`Committer::create_session`]).
+    pub(crate) fn create_session(&self, open: impl FnOnce() -> i64, timeout_ms: i32) -> i64 {
+        self.committer.create_session(open, timeout_ms)
+    }
+
+    /// The zxid of the last txn applied.
+    pub(crate) fn last_zxid(&self) -> i64 {
+        self.committer.last_zxid()
+    }
+
+    /// Txns applied and not yet durable (see [`Committer::unlogged`]).
+    pub(crate) fn unlogged(&self) -> u64 {
+        self.committer.unlogged()
+    }
+
     /// Turns fired triggers into events for the connections watching, and
     /// queues them: called under the tree lock, before the write's reply.
     fn deliver(&self, triggers: &[Trigger], zxid: i64) {
@@ -182,7 +199,7 @@ impl Core {
     /// on a client that does not read it is no longer work: it counts as
     /// bytes (`global_queued_bytes_limit`), not as a request.
     pub fn outstanding_requests(&self) -> u64 {
-        self.stats.in_process() + self.committer.unlogged()
+        self.stats.in_process() + self.unlogged()
     }
 
     /// Bytes of replies queued on all connections and not yet written.
@@ -193,6 +210,11 @@ impl Core {
     /// The write-ahead log, when the server keeps a data dir.
     pub fn storage(&self) -> Option<&Storage> {
         self.committer.storage()
+    }
+
+    /// Whether a snapshot is due (see `Storage::snapshot_due`).
+    pub(crate) fn snapshot_due(&self) -> bool {
+        self.committer.snapshot_due(self.config.snap_count)
     }
 
     /// Writes a snapshot now; the zxid it covers, or `None` without a data

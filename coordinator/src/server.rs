@@ -98,7 +98,7 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
             _ = tick.tick() => {}
             _ = token.cancelled() => return,
         }
-        if !core.committer.snapshot_due(core.config.snap_count) {
+        if !core.snapshot_due() {
             continue;
         }
         if let Err(e) = core.snapshot_now().await {

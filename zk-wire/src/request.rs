@@ -189,7 +189,12 @@ impl Request {
         }
     }
 
-    /// Does this request change the tree (and so take a zxid)?
+    /// Is this request a transaction: does it take a zxid, and count as an
+    /// update (ZooKeeper's `Request.isQuorum`)? Check and reconfig are,
+    /// although neither changes the tree: ZooKeeper 3.8's
+    /// `PrepRequestProcessor` logs a check as a `CheckVersionTxn`, and a
+    /// reconfig refused by a standalone server as an error txn, each with a
+    /// zxid, and its stats count both as updates.
     pub fn is_write(&self) -> bool {
         matches!(
             self,
@@ -197,8 +202,10 @@ impl Request {
                 | Request::Delete(_)
                 | Request::SetData(_)
                 | Request::SetAcl(_)
+                | Request::Check(_)
                 | Request::Multi(_)
                 | Request::CloseSession
+                | Request::Unsupported(OpCode::Reconfig)
         )
     }
 

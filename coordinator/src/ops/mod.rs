@@ -42,23 +42,14 @@ pub(crate) fn process(core: &Core, client: &mut Client, xid: i32, req: Request) 
 }
 
 fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
-    let kind = match req {
-        Request::Create(..)
-        | Request::Delete(_)
-        | Request::SetData(_)
-        | Request::SetAcl(_)
-        | Request::Check(_)
-        | Request::Multi(_)
-        | Request::CloseSession
-        | Request::Unsupported(OpCode::Reconfig) => RequestKind::Update,
-        _ => RequestKind::Read,
-    };
+    // One list of what is a transaction, zk-wire's (see `is_write`).
+    let kind = if req.is_write() { RequestKind::Update } else { RequestKind::Read };
     begin(core, client, kind);
     let conn = client.conn.clone();
     conn.last_cxid.store(xid.into(), Ordering::Relaxed);
     match req {
         Request::Ping => {
-            let zxid = core.committer.last_zxid();
+            let zxid = core.last_zxid();
             client.reply(reply(xid, zxid, Ok(&Response::Empty)), zxid);
             true
         }
@@ -92,7 +83,7 @@ fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
             // connection; we answer the same and keep it, so one odd
             // request does not cost a client its connection.
             tracing::info!(session = format!("{:#x}", client.session_id), op = ?op, "unimplemented request");
-            let zxid = core.committer.last_zxid();
+            let zxid = core.last_zxid();
             client.reply(reply(xid, zxid, Err(ErrorCode::Unimplemented)), zxid);
             true
         }
@@ -110,7 +101,7 @@ fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
 fn begin(core: &Core, client: &mut Client, kind: RequestKind) {
     client.request = Answer { started: Instant::now(), kind };
     client.in_process.store(true, Ordering::Relaxed);
-    core.stats.request_began(core.committer.unlogged());
+    core.stats.request_began(core.unlogged());
 }
 
 /// Answers a request whose body did not decode for its opcode. As in
@@ -119,7 +110,7 @@ fn begin(core: &Core, client: &mut Client, kind: RequestKind) {
 /// where it should.
 pub(crate) fn reject_malformed(core: &Core, client: &mut Client, xid: i32) {
     begin(core, client, RequestKind::Read);
-    let zxid = core.committer.last_zxid();
+    let zxid = core.last_zxid();
     client.reply(reply(xid, zxid, Err(ErrorCode::MarshallingError)), zxid);
     client.done(&core.stats);
 }
