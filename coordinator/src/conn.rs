@@ -68,10 +68,10 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     let reason = read_loop(&core, &conn, rd, shutdown.clone()).instrument(span).await;
     let session = conn.session_id.load(Ordering::Relaxed);
     match &reason {
-        Ok(()) => {
+        Ended::Closed => {
             tracing::debug!(conn = conn.id, %peer, session = format!("{session:#x}"), "connection closed")
         }
-        Err(why) => {
+        why => {
             tracing::info!(conn = conn.id, %peer, session = format!("{session:#x}"), "closing connection: {why}")
         }
     }
@@ -236,12 +236,35 @@ async fn write_by(
     Ok(())
 }
 
-async fn read_loop(
-    core: &Arc<Core>,
-    conn: &Arc<ConnShared>,
-    rd: OwnedReadHalf,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+/// Why a connection's reader stopped.
+#[derive(Debug)]
+enum Ended {
+    /// In the ordinary course: the client closed, or asked to (closeSession),
+    /// or the server closed it (session moved or expired, a refused
+    /// handshake, shutdown, a connection condemned).
+    Closed,
+    /// Bytes that are not the protocol (an oversized frame, a handshake or
+    /// a request header that does not decode).
+    BadInput(String),
+    /// The client has seen a newer zxid than ours (it was served by a
+    /// server ahead of this one): ZooKeeper drops it without a reply.
+    AheadOfUs,
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Closed => write!(f, "closed"),
+            Ended::BadInput(why) => write!(f, "{why}"),
+            Ended::AheadOfUs => write!(f, "client has seen a newer zxid"),
+            Ended::Io(e) => write!(f, "read error: {e}"),
+        }
+    }
+}
+
+async fn read_loop(core: &Arc<Core>, conn: &Arc<ConnShared>, rd: OwnedReadHalf, shutdown: CancellationToken) -> Ended {
     let max = core.config.max_buffer;
     let mut buf = BytesMut::new();
     let mut client: Option<Client> = None;
@@ -254,41 +277,46 @@ async fn read_loop(
         // no one will read.
         loop {
             if conn.closed.is_cancelled() || shutdown.is_cancelled() {
-                return Ok(());
+                return Ended::Closed;
             }
             if client.is_some() && !wait_for_admission(core, conn, &shutdown).await {
-                return Ok(());
+                return Ended::Closed;
             }
             if client.is_none() && buf.len() >= 4 {
                 let word = [buf[0], buf[1], buf[2], buf[3]];
                 if let Some(cmd) = fourlw::parse(&word) {
                     let text = fourlw::run(core, cmd);
                     conn.send(bytes::Bytes::from(text), 0);
-                    return Ok(());
+                    return Ended::Closed;
                 }
             }
             let frame = match split_frame(&mut buf, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return Err(format!("{e}")),
+                Err(e) => return Ended::BadInput(e.to_string()),
             };
             conn.received.fetch_add(1, Ordering::Relaxed);
             core.stats.packets_received.fetch_add(1, Ordering::Relaxed);
             match &mut client {
                 None => {
-                    let req = ConnectRequest::decode(&frame).map_err(|e| format!("malformed handshake: {e}"))?;
+                    let req = match ConnectRequest::decode(&frame) {
+                        Ok(r) => r,
+                        Err(e) => return Ended::BadInput(format!("malformed handshake: {e}")),
+                    };
                     match ops::session::handshake(core, conn, &req) {
                         Handshake::Accepted(c) => client = Some(c),
-                        Handshake::Refused => return Ok(()),
-                        Handshake::Dropped => return Err("client has seen a newer zxid".into()),
+                        Handshake::Refused => return Ended::Closed,
+                        Handshake::Dropped => return Ended::AheadOfUs,
                     }
                 }
                 Some(c) => {
                     // One atomic store: the session's deadline moves, no lock taken.
                     c.live.touch();
                     let mut body = &frame[..];
-                    let hdr = RequestHeader::read(&mut zk_wire::Reader::new(body))
-                        .map_err(|e| format!("malformed request header: {e}"))?;
+                    let hdr = match RequestHeader::read(&mut zk_wire::Reader::new(body)) {
+                        Ok(h) => h,
+                        Err(e) => return Ended::BadInput(format!("malformed request header: {e}")),
+                    };
                     body.advance(8);
                     let req = match Request::decode(hdr.op, body) {
                         Ok(r) => r,
@@ -300,7 +328,7 @@ async fn read_loop(
                         }
                     };
                     if !ops::process(core, c, hdr.xid, req) {
-                        return Ok(());
+                        return Ended::Closed;
                     }
                 }
             }
@@ -316,17 +344,19 @@ async fn read_loop(
         // the socket readable.
         tokio::select! {
             biased;
-            _ = conn.closed.cancelled() => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
-            r = rd.readable() => r.map_err(|e| format!("read error: {e}"))?,
+            _ = conn.closed.cancelled() => return Ended::Closed,
+            _ = shutdown.cancelled() => return Ended::Closed,
+            r = rd.readable() => if let Err(e) = r {
+                return Ended::Io(e);
+            },
         }
         buf.reserve(READ_CHUNK);
         match rd.try_read_buf(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ended::Closed,
             Ok(_) => {}
             // Readiness can be spurious: wait again.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("read error: {e}")),
+            Err(e) => return Ended::Io(e),
         }
     }
 }
