@@ -293,3 +293,22 @@ fn read_multi(r: &mut Reader<'_>, reads: bool) -> Result<Vec<MultiOp>, DecodeErr
         ops.push(op);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transactions are ZooKeeper 3.8's (`Request.isQuorum`): check
+    /// and reconfig take a zxid although neither changes the tree; the
+    /// reads, pings and watch requests do not.
+    #[test]
+    fn check_and_reconfig_are_transactions_and_reads_are_not() {
+        let check = Request::Check(CheckVersionRequest { path: "/a".into(), version: 1 });
+        assert!(check.is_write());
+        assert!(Request::Unsupported(OpCode::Reconfig).is_write());
+        assert!(Request::CloseSession.is_write());
+        assert!(!Request::Ping.is_write());
+        assert!(!Request::GetData(PathWatchRequest { path: "/a".into(), watch: false }).is_write());
+        assert!(!Request::Unsupported(OpCode::Error).is_write());
+    }
+}
