@@ -163,7 +163,11 @@ fn prometheus(s: &Snapshot) -> String {
     out.gauge("approximate_data_size", "Bytes of paths and data in the tree", s.approximate_data_size);
     out.gauge("global_sessions", "Open sessions", s.global_sessions);
     out.gauge("num_alive_connections", "Client connections", s.num_alive_connections);
-    out.gauge("outstanding_requests", "Requests read and not yet answered", s.outstanding_requests);
+    out.gauge(
+        "outstanding_requests",
+        "Requests received and not yet processed (a write until its txn is durable)",
+        s.outstanding_requests,
+    );
     out.gauge("packets_received", "Requests received since start", s.packets_received);
     out.gauge("packets_sent", "Replies and notifications sent since start", s.packets_sent);
     out.gauge("avg_latency", "Mean request latency since start, ms", l.avg_ms);

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -20,16 +20,42 @@ use crate::watch::ConnId;
 
 /// A connection's outbound queue holds at most this many bytes; a client
 /// that stops reading is disconnected rather than allowed to grow the
-/// server's memory without bound.
+/// server's memory without bound. Across connections, the server's
+/// `global_queued_bytes_limit` bounds the total (see [`Registry::shed_unread`]).
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
+/// A connection whose writer has waited this long for its socket to take
+/// a byte is not reading. Past the global budget of queued bytes, such
+/// connections are closed, those holding the most first; one whose client
+/// reads, however slowly, is never closed for it. Long enough for a
+/// client's pause (a collection, a slow consumer) not to count, short
+/// enough that the budget is exceeded only briefly.
+pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(2);
+
 pub enum Outbound {
-    /// A frame, and the zxid that must be durable before it may be sent
-    /// (the state it reflects); for the reply to a request, the request it
-    /// answers.
-    Frame(Bytes, i64, Option<Answer>),
+    Frame(Frame),
     /// Flush what is queued, then close the socket.
     Close,
+}
+
+/// A frame on its way to the socket.
+pub struct Frame {
+    pub bytes: Bytes,
+    /// The zxid that must be durable before the frame may be sent: the
+    /// state it reflects.
+    pub durable_at: i64,
+    /// For the reply to a request, the request it answers.
+    pub answer: Option<Answer>,
+}
+
+/// Why the server closes a connection without flushing its queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Unread {
+    /// It queued more than [`MAX_QUEUED_BYTES`].
+    OverConnectionLimit,
+    /// The server was over its global budget and this connection, not
+    /// reading, held the most.
+    OverGlobalBudget,
 }
 
 /// A connection's outbound queue, drained by its writer. A deque behind a
@@ -39,15 +65,49 @@ pub enum Outbound {
 /// when something is queued, and the writer gives it back once drained.
 /// The mutex is a leaf: nothing else is ever taken while it is held, so it
 /// has no place in the lock order.
+///
+/// Bytes are charged to the connection and to the server as a frame is
+/// queued, under the queue's mutex, and once the queue is shut (the
+/// connection is ending) nothing more is queued or charged: so what is
+/// still charged when the connection ends is exactly what it never wrote,
+/// and can be given back.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    queue: parking_lot::Mutex<VecDeque<Outbound>>,
+    queue: parking_lot::Mutex<Queue>,
     ready: Notify,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Nothing more is queued; the writer is told to close.
+    shut: bool,
+}
+
 impl Outbox {
-    fn push(&self, item: Outbound) {
-        self.queue.lock().push_back(item);
+    /// Queues `item` and charges `bytes` for it, unless the queue is shut
+    /// or `charge` refuses (the connection's limit).
+    fn push(&self, item: Outbound, charge: impl FnOnce() -> bool) -> bool {
+        let mut q = self.queue.lock();
+        if q.shut || !charge() {
+            return false;
+        }
+        q.items.push_back(item);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Drops what is queued and queues nothing more: the writer sees a
+    /// Close next.
+    fn shut(&self) {
+        let dropped = {
+            let mut q = self.queue.lock();
+            q.shut = true;
+            std::mem::take(&mut q.items)
+        };
+        // Freed outside the lock.
+        drop(dropped);
         self.ready.notify_one();
     }
 
@@ -64,17 +124,18 @@ impl Outbox {
     }
 
     pub(crate) fn try_next(&self) -> Option<Outbound> {
-        self.queue.lock().pop_front()
+        let mut q = self.queue.lock();
+        q.items.pop_front().or_else(|| q.shut.then_some(Outbound::Close))
     }
 
     /// Frees the queue's memory if nothing is queued; true if so.
     pub(crate) fn release_if_empty(&self) -> bool {
-        let mut queue = self.queue.lock();
-        if !queue.is_empty() {
+        let mut q = self.queue.lock();
+        if !q.items.is_empty() {
             return false;
         }
-        if queue.capacity() > 0 {
-            *queue = VecDeque::new();
+        if q.items.capacity() > 0 {
+            q.items = VecDeque::new();
         }
         true
     }
@@ -94,7 +155,10 @@ pub struct ConnShared {
     pub id: ConnId,
     pub peer: SocketAddr,
     pub(crate) outbox: Outbox,
-    queued: Arc<AtomicUsize>,
+    /// Bytes queued and not yet written to the socket.
+    queued: AtomicUsize,
+    /// The server's totals, which each connection adds to.
+    totals: Arc<Totals>,
     /// Cancelled when the server closes the connection (session expired or
     /// moved, shutdown, slow consumer).
     pub closed: CancellationToken,
@@ -102,7 +166,6 @@ pub struct ConnShared {
     pub timeout_ms: AtomicU64,
     pub received: AtomicU64,
     pub sent: AtomicU64,
-    global_sent: Arc<AtomicU64>,
     pub last_zxid: AtomicI64,
     pub last_cxid: AtomicI64,
     pub established: SystemTime,
@@ -110,13 +173,41 @@ pub struct ConnShared {
     /// logged once when the connection ends (a watch storm towards a dead
     /// client must not become a log storm).
     pub dropped: AtomicU64,
-    over_cap: AtomicBool,
-    /// Requests read and not yet answered on the socket: the reader adds
-    /// one per request, the writer takes one per reply it has written.
-    pub outstanding: AtomicUsize,
-    /// Signalled by the writer whenever it has written replies, for a
+    /// The server dropped the connection's queue (see [`Unread`]).
+    abandoned: AtomicBool,
+    /// Wakes the writer when the queue is dropped, even mid-write.
+    pub(crate) abandon: Notify,
+    /// The highest zxid a reply queued here waits for. While it is not
+    /// durable the connection has a request in progress, which is what
+    /// admission control asks of a connection (`conn::wait_for_admission`).
+    pub awaiting: AtomicI64,
+    /// When the writer began waiting for the socket to take bytes (ms
+    /// since `opened`, plus one), or 0 when it is not waiting: how long
+    /// the client has not been reading.
+    stuck_since: AtomicU64,
+    opened: Instant,
+    /// Signalled by the writer whenever it has written something, for a
     /// reader that is waiting to be let through admission control.
     pub drained: Notify,
+}
+
+/// What every connection adds to.
+pub(crate) struct Totals {
+    /// Frames queued, the server's `packets_sent`.
+    packets_sent: Arc<AtomicU64>,
+    /// Bytes queued on all connections and not yet written.
+    pub(crate) queued: AtomicUsize,
+    /// The server's budget for `queued` (`global_queued_bytes_limit`); 0
+    /// for none.
+    pub(crate) budget: usize,
+    /// Signalled when `queued` passes `budget`.
+    pub(crate) over_budget: Notify,
+}
+
+impl Totals {
+    pub(crate) fn over_budget(&self) -> bool {
+        self.budget > 0 && self.queued.load(Ordering::Relaxed) > self.budget
+    }
 }
 
 impl ConnShared {
@@ -129,40 +220,111 @@ impl ConnShared {
 
     /// Queues the reply to a request (see [`ConnShared::send`]).
     pub fn answer(&self, frame: Bytes, zxid: i64, request: Answer) {
+        self.awaiting.fetch_max(zxid, Ordering::Relaxed);
         self.queue(frame, zxid, Some(request));
     }
 
-    fn queue(&self, frame: Bytes, zxid: i64, answer: Option<Answer>) {
+    fn queue(&self, bytes: Bytes, durable_at: i64, answer: Option<Answer>) {
         // A condemned connection's writer stops at the Close it was sent:
         // anything queued after it would never leave, only hold memory.
         if self.closed.is_cancelled() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let n = frame.len();
-        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+        let n = bytes.len();
+        let mut over_cap = false;
+        let queued = self.outbox.push(Outbound::Frame(Frame { bytes, durable_at, answer }), || {
+            if self.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
+                over_cap = true;
+                return false;
+            }
+            self.queued.fetch_add(n, Ordering::Relaxed);
+            let total = self.totals.queued.fetch_add(n, Ordering::Relaxed) + n;
+            if self.totals.budget > 0 && total > self.totals.budget {
+                self.totals.over_budget.notify_one();
+            }
+            true
+        });
+        if !queued {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            // Several reads may cross the cap at once: one of them logs.
-            if !self.over_cap.swap(true, Ordering::Relaxed) {
-                self.close();
-                tracing::warn!(conn = self.id, peer = %self.peer, queued_bytes = MAX_QUEUED_BYTES, "client is not reading its replies; closing");
+            if over_cap {
+                self.drop_unread(Unread::OverConnectionLimit);
             }
             return;
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.global_sent.fetch_add(1, Ordering::Relaxed);
-        self.outbox.push(Outbound::Frame(frame, zxid, answer));
+        self.totals.packets_sent.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Flushes what is queued, then closes.
     pub fn close(&self) {
-        self.outbox.push(Outbound::Close);
+        self.outbox.push(Outbound::Close, || true);
         self.closed.cancel();
     }
 
+    /// Closes at once, dropping what is queued: its client is not reading
+    /// it, and holding it until the write deadline would let a few such
+    /// clients hold the server's memory. Logs once why.
+    pub(crate) fn drop_unread(&self, why: Unread) {
+        if self.abandoned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let queued_bytes = self.queued();
+        let session = self.session_id.load(Ordering::Relaxed);
+        match why {
+            Unread::OverConnectionLimit => tracing::warn!(
+                conn = self.id, peer = %self.peer, session = format!("{session:#x}"), queued_bytes, limit = MAX_QUEUED_BYTES,
+                "closing connection: its client is not reading its replies and they passed the connection's limit"
+            ),
+            Unread::OverGlobalBudget => tracing::warn!(
+                conn = self.id, peer = %self.peer, session = format!("{session:#x}"), queued_bytes,
+                total = self.totals.queued.load(Ordering::Relaxed), budget = self.totals.budget,
+                "closing connection: the server holds more unread replies than its budget, this client has read nothing for {STALLED_AFTER:?}, and it holds the most"
+            ),
+        }
+        self.closed.cancel();
+        self.outbox.shut();
+        self.abandon.notify_one();
+    }
+
+    /// Whether the server dropped this connection's queue.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
     /// Bytes queued and not yet written to the socket.
-    pub fn queued(&self) -> Arc<AtomicUsize> {
-        self.queued.clone()
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The writer wrote `n` queued bytes.
+    pub(crate) fn written(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.totals.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The connection has ended and its writer is gone: nothing more is
+    /// queued, and what was never written is given back to the server's
+    /// total.
+    pub(crate) fn discard_queue(&self) {
+        self.outbox.shut();
+        let left = self.queued.swap(0, Ordering::Relaxed);
+        self.totals.queued.fetch_sub(left, Ordering::Relaxed);
+    }
+
+    /// The writer is waiting for the socket to take bytes (`true`), or has
+    /// just written some (`false`).
+    pub(crate) fn set_stuck(&self, stuck: bool) {
+        let v = if stuck { self.opened.elapsed().as_millis() as u64 + 1 } else { 0 };
+        self.stuck_since.store(v, Ordering::Relaxed);
+    }
+
+    /// How long the writer has waited for the socket to take a byte.
+    pub(crate) fn stuck_for(&self) -> Duration {
+        match self.stuck_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis((self.opened.elapsed().as_millis() as u64 + 1).saturating_sub(since)),
+        }
     }
 }
 
@@ -176,12 +338,25 @@ pub struct Client {
     /// The request being carried out (requests are carried out one at a
     /// time, in order, by the connection's reader).
     pub(crate) request: Answer,
+    /// Whether that request still counts among the server's requests in
+    /// process (see `ops::begin`): until its reply is queued or, for one
+    /// that proposes a txn, until the txn is applied, when the log's count
+    /// takes it over (`Core::commit`).
+    pub(crate) in_process: AtomicBool,
 }
 
 impl Client {
     /// Queues the reply to the request being carried out.
     pub(crate) fn reply(&self, frame: Bytes, zxid: i64) {
         self.conn.answer(frame, zxid, self.request);
+    }
+
+    /// Takes the request being carried out off the count of requests in
+    /// process, once.
+    pub(crate) fn done(&self, stats: &crate::stats::Stats) {
+        if self.in_process.swap(false, Ordering::Relaxed) {
+            stats.request_done();
+        }
     }
 }
 
@@ -193,19 +368,67 @@ pub(crate) struct Registry {
     per_ip: parking_lot::Mutex<HashMap<IpAddr, usize>>,
     next: AtomicU64,
     limit: usize,
-    /// The server's count of frames sent, which each connection adds to.
-    packets_sent: Arc<AtomicU64>,
+    pub(crate) totals: Arc<Totals>,
 }
 
 impl Registry {
-    pub(crate) fn new(limit_per_ip: usize, packets_sent: Arc<AtomicU64>) -> Self {
+    /// `packets_sent` is the server's count of frames sent, which each
+    /// connection adds to; `budget` is `global_queued_bytes_limit`.
+    pub(crate) fn new(limit_per_ip: usize, packets_sent: Arc<AtomicU64>, budget: usize) -> Self {
         Registry {
             conns: lock::Mutex::new(Level::Connections, HashMap::new()),
             per_ip: parking_lot::Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             limit: limit_per_ip,
-            packets_sent,
+            totals: Arc::new(Totals { packets_sent, queued: AtomicUsize::new(0), budget, over_budget: Notify::new() }),
         }
+    }
+
+    /// Past the global budget of queued bytes, closes the connections
+    /// that are not reading (their writer has waited [`STALLED_AFTER`] for
+    /// the socket), those holding the most first, until what the rest
+    /// hold fits the budget. A connection whose client reads is never
+    /// closed here: its queue drains, and admission control stops reading
+    /// its requests while the server is over budget. Returns how many
+    /// were closed.
+    pub(crate) fn shed_unread(&self) -> usize {
+        let budget = self.totals.budget;
+        if !self.totals.over_budget() {
+            return 0;
+        }
+        let (mut holding, leaving) = self.with(|conns| {
+            let mut holding = Vec::new();
+            let mut leaving = 0;
+            for c in conns.values() {
+                if c.abandoned() {
+                    // Already dropped; its bytes go when its task ends.
+                    leaving += c.queued();
+                } else if c.queued() > 0 {
+                    holding.push((c.queued(), c.clone()));
+                }
+            }
+            (holding, leaving)
+        });
+        holding.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        let mut excess = self.totals.queued.load(Ordering::Relaxed).saturating_sub(leaving).saturating_sub(budget);
+        let mut closed = 0;
+        for (bytes, c) in holding {
+            if excess == 0 {
+                break;
+            }
+            match c.stuck_for() {
+                // Its writer is not waiting on the socket: it reads.
+                Duration::ZERO => continue,
+                // It may not be reading: wait until that is known, rather
+                // than close a lighter one ahead of it.
+                stuck if stuck < STALLED_AFTER => break,
+                _ => {}
+            }
+            c.drop_unread(Unread::OverGlobalBudget);
+            excess = excess.saturating_sub(bytes);
+            closed += 1;
+        }
+        closed
     }
 
     /// Admits a connection, or refuses it when its IP is at the limit.
@@ -222,19 +445,22 @@ impl Registry {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             peer,
             outbox: Outbox::default(),
-            queued: Arc::new(AtomicUsize::new(0)),
+            queued: AtomicUsize::new(0),
+            totals: self.totals.clone(),
             closed: CancellationToken::new(),
             session_id: AtomicI64::new(0),
             timeout_ms: AtomicU64::new(0),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
-            global_sent: self.packets_sent.clone(),
             last_zxid: AtomicI64::new(0),
             last_cxid: AtomicI64::new(0),
             established: SystemTime::now(),
             dropped: AtomicU64::new(0),
-            over_cap: AtomicBool::new(false),
-            outstanding: AtomicUsize::new(0),
+            abandoned: AtomicBool::new(false),
+            abandon: Notify::new(),
+            awaiting: AtomicI64::new(0),
+            stuck_since: AtomicU64::new(0),
+            opened: Instant::now(),
             drained: Notify::new(),
         });
         self.conns.lock().insert(conn.id, conn.clone());

@@ -24,6 +24,7 @@
 //! except the snapshot writer, which only encodes. So every change is a
 //! logged txn and replay reproduces the tree exactly.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -63,6 +64,9 @@ pub(crate) struct Committer {
     storage: Option<Storage>,
     /// The highest durable zxid (always "everything" without a data dir).
     durable: watch::Receiver<i64>,
+    /// The zxid of the last txn applied, readable without the tree lock:
+    /// with `durable`, how many txns wait for the log (see `unlogged`).
+    applied: AtomicI64,
     extended_types: bool,
     /// Held while a snapshot is written: the periodic one and one asked for
     /// over the admin API must not write the same file at once.
@@ -90,6 +94,7 @@ impl Committer {
             None => watch::channel(i64::MAX).1,
         };
         let committer = Committer {
+            applied: AtomicI64::new(tree.last_zxid()),
             tree: lock::RwLock::new(Level::Tree, tree),
             storage,
             durable,
@@ -111,6 +116,18 @@ impl Committer {
 
     pub(crate) fn durable(&self) -> watch::Receiver<i64> {
         self.durable.clone()
+    }
+
+    /// The highest durable zxid now.
+    pub(crate) fn durable_zxid(&self) -> i64 {
+        *self.durable.borrow()
+    }
+
+    /// Txns applied whose log entry is not yet durable: the writes that,
+    /// in ZooKeeper's pipeline, would still be between the log and
+    /// `FinalRequestProcessor`. Always 0 without a data dir.
+    pub(crate) fn unlogged(&self) -> u64 {
+        (self.applied.load(Ordering::Acquire) - self.durable_zxid()).max(0) as u64
     }
 
     pub(crate) fn storage(&self) -> Option<&Storage> {
@@ -177,6 +194,7 @@ impl Committer {
         if let Some(st) = &self.storage {
             st.append(hdr, txn);
         }
+        self.applied.store(hdr.zxid, Ordering::Release);
         (result, triggers)
     }
 

@@ -101,6 +101,13 @@ pub struct Config {
     /// already have one outstanding are not read (`globalOutstandingLimit`,
     /// ZooKeeper's admission control); 0 means no limit.
     pub global_outstanding_limit: usize,
+    /// Bytes of replies queued across the server, not yet taken by their
+    /// clients, past which a connection that holds some is not read, and
+    /// the connections that have stopped reading are closed, those holding
+    /// the most first; 0 means no limit. Admission control bounds the work
+    /// in progress, this bounds what the answers to finished work cost
+    /// while a client leaves them unread (ZooKeeper has no such bound).
+    pub global_queued_bytes_limit: usize,
     /// Admin/observability listener (gRPC and HTTP); none by default.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for the admin endpoints that read data or change state;
@@ -138,6 +145,10 @@ impl Default for Config {
             max_session_timeout: tick * 20,
             max_client_connections: 60,
             global_outstanding_limit: 1000,
+            // What one connection may queue (see `clients`): one client that
+            // stops reading may use it all, two cannot, and it is a few
+            // times what the whole server holds for 10,000 idle sessions.
+            global_queued_bytes_limit: 64 * 1024 * 1024,
             admin_listen: None,
             admin_token: None,
             four_letter_words: [FourLetterWord::Srvr].into_iter().collect(),
@@ -208,6 +219,11 @@ pub struct Args {
     /// not read until they drain; 0 for no limit [default: 1000].
     #[arg(long, env = "COORDINATOR_GLOBAL_OUTSTANDING_LIMIT", value_name = "N")]
     pub global_outstanding_limit: Option<usize>,
+    /// Bytes of unread replies server-wide past which connections holding
+    /// some are not read, and those that stopped reading are closed,
+    /// largest first; 0 for no limit [default: 67108864, 64 MiB].
+    #[arg(long, env = "COORDINATOR_GLOBAL_QUEUED_BYTES_LIMIT", value_name = "BYTES")]
+    pub global_queued_bytes_limit: Option<usize>,
     /// Address for the admin API: gRPC, and HTTP /health, /metrics and
     /// `/commands/<word>` (off unless given; the dashboard is its own binary).
     #[arg(long, env = "COORDINATOR_ADMIN_LISTEN", value_name = "HOST:PORT")]
@@ -466,6 +482,16 @@ const SETTINGS: &[Setting] = &[
         from_args: |a| text(&a.global_outstanding_limit),
         apply: |r, v| {
             r.cfg.global_outstanding_limit = num(v, "a number")?;
+            Ok(())
+        },
+    },
+    Setting {
+        flag: Some("global-queued-bytes-limit"),
+        // The coordinator's own key: ZooKeeper has no such bound.
+        zoo_cfg: &["globalQueuedBytesLimit"],
+        from_args: |a| text(&a.global_queued_bytes_limit),
+        apply: |r, v| {
+            r.cfg.global_queued_bytes_limit = num(v, "a number of bytes")?;
             Ok(())
         },
     },

@@ -28,7 +28,7 @@ use zk_wire::frame::split_frame;
 use zk_wire::records::{ConnectRequest, RequestHeader};
 use zk_wire::Request;
 
-use crate::clients::{Answer, Client, ConnShared, Outbound};
+use crate::clients::{Answer, Client, ConnShared, Frame, Outbound};
 use crate::core::Core;
 use crate::fourlw;
 use crate::ops::{self, session::Handshake};
@@ -68,10 +68,10 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     let reason = read_loop(&core, &conn, rd, shutdown.clone()).instrument(span).await;
     let session = conn.session_id.load(Ordering::Relaxed);
     match &reason {
-        Ok(()) => {
+        Ended::Closed => {
             tracing::debug!(conn = conn.id, %peer, session = format!("{session:#x}"), "connection closed")
         }
-        Err(why) => {
+        why => {
             tracing::info!(conn = conn.id, %peer, session = format!("{session:#x}"), "closing connection: {why}")
         }
     }
@@ -89,10 +89,8 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
         writer.abort();
         let _ = writer.await;
     }
-    // Replies never written (the connection was condemned, or its writer
-    // stopped) answer nothing: they are no longer outstanding.
-    let unanswered = conn.outstanding.swap(0, Ordering::Relaxed);
-    core.stats.outstanding_requests.fetch_sub(unanswered as i64, Ordering::Relaxed);
+    // What was never written goes, and leaves the server's total.
+    conn.discard_queue();
     let dropped = conn.dropped.load(Ordering::Relaxed);
     if dropped > 0 {
         tracing::info!(conn = conn.id, peer = %conn.peer, dropped, "frames dropped after the connection was condemned");
@@ -119,7 +117,6 @@ async fn write_loop(
     mut durable: watch::Receiver<i64>,
     before_handshake: Duration,
 ) {
-    let queued = conn.queued();
     // Taken when there is something to write and given back when the
     // queue is empty (see below).
     let mut buf: Vec<u8> = Vec::new();
@@ -127,10 +124,10 @@ async fn write_loop(
     let mut closing = false;
     while !closing {
         let mut need = match conn.outbox.next().await {
-            Outbound::Frame(f, zxid, answer) => {
-                buf.extend_from_slice(&f);
+            Outbound::Frame(Frame { bytes, durable_at, answer }) => {
+                buf.extend_from_slice(&bytes);
                 answers.extend(answer);
-                zxid
+                durable_at
             }
             Outbound::Close => break,
         };
@@ -138,10 +135,10 @@ async fn write_loop(
         // connection cannot build an unbounded buffer here either).
         while buf.len() < 256 * 1024 {
             match conn.outbox.try_next() {
-                Some(Outbound::Frame(f, zxid, answer)) => {
-                    buf.extend_from_slice(&f);
+                Some(Outbound::Frame(Frame { bytes, durable_at, answer })) => {
+                    buf.extend_from_slice(&bytes);
                     answers.extend(answer);
-                    need = need.max(zxid);
+                    need = need.max(durable_at);
                 }
                 Some(Outbound::Close) => {
                     closing = true;
@@ -153,24 +150,29 @@ async fn write_loop(
         // Copy the value out: a `borrow()` guard kept alive across the await
         // would hold the channel's lock and block the log thread's update.
         let on_disk = *durable.borrow();
-        if on_disk < need && durable.wait_for(|d| *d >= need).await.is_err() {
-            // The log failed: nothing more can be acknowledged.
-            return;
+        if on_disk < need {
+            tokio::select! {
+                r = durable.wait_for(|d| *d >= need) => if r.is_err() {
+                    // The log failed: nothing more can be acknowledged.
+                    return;
+                },
+                _ = conn.abandon.notified() => return,
+            }
         }
         let n = buf.len();
         let deadline = match conn.timeout_ms.load(Ordering::Relaxed) {
             0 => before_handshake,
             ms => Duration::from_millis(ms),
         };
-        if let Err(stalled) = write_by(&mut wr, &buf, deadline).await {
-            if stalled {
+        if let Err(why) = write_by(&mut wr, &conn, &buf, deadline).await {
+            if why == WriteFailed::Stalled {
                 tracing::info!(conn = conn.id, peer = %conn.peer, ?deadline, "closing connection: the client has read nothing for its session timeout");
             }
             // The reader must stop too: nothing it answers can be sent.
             conn.close();
             return;
         }
-        queued.fetch_sub(n, Ordering::Relaxed);
+        conn.written(n);
         // A connection with nothing more to send keeps no buffer: an idle
         // session should cost its socket and little else. A busy one keeps
         // it for the next batch.
@@ -179,16 +181,14 @@ async fn write_loop(
         } else {
             buf.clear();
         }
-        if !answers.is_empty() {
-            // Answered: the latency runs from the read to the reply on the
-            // socket, the fsync it waited for included.
-            conn.outstanding.fetch_sub(answers.len(), Ordering::Relaxed);
-            for a in answers.drain(..) {
-                core.stats.record_request(a.kind, a.started.elapsed());
-                core.stats.request_ended();
-            }
-            conn.drained.notify_one();
+        // Answered: the latency runs from the read to the reply on the
+        // socket, the fsync it waited for included.
+        for a in answers.drain(..) {
+            core.stats.record_request(a.kind, a.started.elapsed());
         }
+        // A reader held back while the server is over its byte budget
+        // may go on once its queue is empty.
+        conn.drained.notify_one();
         // Idle again: the answers' list goes with the buffer.
         if buf.capacity() == 0 {
             answers.shrink_to_fit();
@@ -197,28 +197,74 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
+/// Why a write to the client failed.
+#[derive(Debug, PartialEq, Eq)]
+enum WriteFailed {
+    /// A write made no progress within its deadline.
+    Stalled,
+    /// The socket failed, as it does when the client goes away.
+    Broken,
+    /// The server dropped the connection's queue (`ConnShared::drop_unread`).
+    Abandoned,
+}
+
 /// Writes all of `buf`, failing when one write makes no progress within
 /// `deadline` (a slow reader that keeps reading is fine; one that stopped
-/// is not). The error says whether the deadline passed (true) or the
-/// socket failed, as it does when the client goes away (false).
-async fn write_by(wr: &mut OwnedWriteHalf, buf: &[u8], deadline: Duration) -> Result<(), bool> {
+/// is not). While the socket takes nothing the connection is marked stuck,
+/// which is how the server tells a client that is not reading.
+async fn write_by(
+    wr: &mut OwnedWriteHalf,
+    conn: &ConnShared,
+    buf: &[u8],
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
     let mut at = 0;
     while at < buf.len() {
-        match tokio::time::timeout(deadline, wr.write(&buf[at..])).await {
-            Err(_) => return Err(true),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(false),
+        conn.set_stuck(true);
+        let wrote = tokio::select! {
+            biased;
+            _ = conn.abandon.notified() => return Err(WriteFailed::Abandoned),
+            r = tokio::time::timeout(deadline, wr.write(&buf[at..])) => r,
+        };
+        match wrote {
+            Err(_) => return Err(WriteFailed::Stalled),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailed::Broken),
             Ok(Ok(n)) => at += n,
         }
     }
+    conn.set_stuck(false);
     Ok(())
 }
 
-async fn read_loop(
-    core: &Arc<Core>,
-    conn: &Arc<ConnShared>,
-    rd: OwnedReadHalf,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+/// Why a connection's reader stopped.
+#[derive(Debug)]
+enum Ended {
+    /// In the ordinary course: the client closed, or asked to (closeSession),
+    /// or the server closed it (session moved or expired, a refused
+    /// handshake, shutdown, a connection condemned).
+    Closed,
+    /// Bytes that are not the protocol (an oversized frame, a handshake or
+    /// a request header that does not decode).
+    BadInput(String),
+    /// The client has seen a newer zxid than ours (it was served by a
+    /// server ahead of this one): ZooKeeper drops it without a reply.
+    AheadOfUs,
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Closed => write!(f, "closed"),
+            Ended::BadInput(why) => write!(f, "{why}"),
+            Ended::AheadOfUs => write!(f, "client has seen a newer zxid"),
+            Ended::Io(e) => write!(f, "read error: {e}"),
+        }
+    }
+}
+
+async fn read_loop(core: &Arc<Core>, conn: &Arc<ConnShared>, rd: OwnedReadHalf, shutdown: CancellationToken) -> Ended {
     let max = core.config.max_buffer;
     let mut buf = BytesMut::new();
     let mut client: Option<Client> = None;
@@ -231,41 +277,46 @@ async fn read_loop(
         // no one will read.
         loop {
             if conn.closed.is_cancelled() || shutdown.is_cancelled() {
-                return Ok(());
+                return Ended::Closed;
             }
             if client.is_some() && !wait_for_admission(core, conn, &shutdown).await {
-                return Ok(());
+                return Ended::Closed;
             }
             if client.is_none() && buf.len() >= 4 {
                 let word = [buf[0], buf[1], buf[2], buf[3]];
                 if let Some(cmd) = fourlw::parse(&word) {
                     let text = fourlw::run(core, cmd);
                     conn.send(bytes::Bytes::from(text), 0);
-                    return Ok(());
+                    return Ended::Closed;
                 }
             }
             let frame = match split_frame(&mut buf, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return Err(format!("{e}")),
+                Err(e) => return Ended::BadInput(e.to_string()),
             };
             conn.received.fetch_add(1, Ordering::Relaxed);
             core.stats.packets_received.fetch_add(1, Ordering::Relaxed);
             match &mut client {
                 None => {
-                    let req = ConnectRequest::decode(&frame).map_err(|e| format!("malformed handshake: {e}"))?;
+                    let req = match ConnectRequest::decode(&frame) {
+                        Ok(r) => r,
+                        Err(e) => return Ended::BadInput(format!("malformed handshake: {e}")),
+                    };
                     match ops::session::handshake(core, conn, &req) {
                         Handshake::Accepted(c) => client = Some(c),
-                        Handshake::Refused => return Ok(()),
-                        Handshake::Dropped => return Err("client has seen a newer zxid".into()),
+                        Handshake::Refused => return Ended::Closed,
+                        Handshake::Dropped => return Ended::AheadOfUs,
                     }
                 }
                 Some(c) => {
                     // One atomic store: the session's deadline moves, no lock taken.
                     c.live.touch();
                     let mut body = &frame[..];
-                    let hdr = RequestHeader::read(&mut zk_wire::Reader::new(body))
-                        .map_err(|e| format!("malformed request header: {e}"))?;
+                    let hdr = match RequestHeader::read(&mut zk_wire::Reader::new(body)) {
+                        Ok(h) => h,
+                        Err(e) => return Ended::BadInput(format!("malformed request header: {e}")),
+                    };
                     body.advance(8);
                     let req = match Request::decode(hdr.op, body) {
                         Ok(r) => r,
@@ -277,7 +328,7 @@ async fn read_loop(
                         }
                     };
                     if !ops::process(core, c, hdr.xid, req) {
-                        return Ok(());
+                        return Ended::Closed;
                     }
                 }
             }
@@ -293,47 +344,58 @@ async fn read_loop(
         // the socket readable.
         tokio::select! {
             biased;
-            _ = conn.closed.cancelled() => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
-            r = rd.readable() => r.map_err(|e| format!("read error: {e}"))?,
+            _ = conn.closed.cancelled() => return Ended::Closed,
+            _ = shutdown.cancelled() => return Ended::Closed,
+            r = rd.readable() => if let Err(e) = r {
+                return Ended::Io(e);
+            },
         }
         buf.reserve(READ_CHUNK);
         match rd.try_read_buf(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ended::Closed,
             Ok(_) => {}
             // Readiness can be spurious: wait again.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("read error: {e}")),
+            Err(e) => return Ended::Io(e),
         }
     }
 }
 
 /// Admission control, as ZooKeeper's `globalOutstandingLimit` does it:
-/// while more requests are outstanding across the server than the limit,
-/// a connection that still has a request of its own outstanding is not
-/// read. Its requests wait in its socket and then in the client, which is
-/// where a client sending faster than the server can log belongs; the
-/// server's memory stays bounded by the limit, not by the offered load.
-/// A connection with nothing outstanding is always read, so every client
-/// keeps at least one request in flight and none is starved.
+/// while more requests are outstanding across the server than the limit
+/// (received and not yet processed, see `Core::outstanding_requests`), a
+/// connection that still has a request of its own in progress (a reply
+/// waiting for its txn to be durable) is not read. Its requests wait in its
+/// socket and then in the client, which is where a client sending faster
+/// than the server can log belongs; the server's memory stays bounded by
+/// the limit, not by the offered load. A connection with nothing in
+/// progress is always read, so every client keeps at least one request in
+/// flight and none is starved.
+///
+/// A reply that is ready but unread is not work in progress, and does not
+/// count (it did, and twenty clients that never read held every other
+/// client to one request in flight). It is bounded by bytes instead: while
+/// the server holds more unread bytes than `global_queued_bytes_limit`, a
+/// connection with bytes of its own still queued is not read either, and
+/// the ones that stopped reading are closed (`Registry::shed_unread`).
 ///
 /// Returns false when the connection is condemned or the server stops
 /// while waiting.
 async fn wait_for_admission(core: &Core, conn: &ConnShared, shutdown: &CancellationToken) -> bool {
     let limit = core.config.global_outstanding_limit;
     let over = || {
-        limit > 0
-            && conn.outstanding.load(Ordering::Relaxed) > 0
-            && core.stats.outstanding_requests.load(Ordering::Relaxed) > limit as i64
+        let busy = || conn.awaiting.load(Ordering::Relaxed) > core.durable_zxid();
+        let too_much_work = limit > 0 && core.outstanding_requests() > limit as u64 && busy();
+        too_much_work || (conn.queued() > 0 && core.conns.totals.over_budget())
     };
     if !over() {
         return true;
     }
     core.stats.throttled_waits.fetch_add(1, Ordering::Relaxed);
     while over() {
-        // The connection's own writer signals each time it answers; the
-        // timer covers a fall in the global count while this connection's
-        // replies wait on a client that is slow to read them.
+        // The connection's own writer signals each time it writes; the
+        // timer covers the rest (the log's fsync, other connections
+        // draining or being closed).
         tokio::select! {
             biased;
             _ = conn.closed.cancelled() => return false,

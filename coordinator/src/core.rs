@@ -52,7 +52,9 @@ use crate::watch::{Notification, WatchManager};
 
 pub struct Core {
     pub config: Config,
-    pub(crate) committer: Arc<Committer>,
+    /// Private: the tree is reached through `Core` alone (`with_tree`,
+    /// `commit`), so the handlers above depend on one facade.
+    committer: Arc<Committer>,
     pub(crate) sessions: lock::Mutex<Sessions>,
     pub(crate) watches: lock::Mutex<WatchManager>,
     pub(crate) conns: Registry,
@@ -76,7 +78,11 @@ impl Core {
         }
         let stats = Stats::default();
         let core = Core {
-            conns: Registry::new(config.max_client_connections, stats.packets_sent.clone()),
+            conns: Registry::new(
+                config.max_client_connections,
+                stats.packets_sent.clone(),
+                config.global_queued_bytes_limit,
+            ),
             config,
             committer: Arc::new(committer),
             sessions: lock::Mutex::new(Level::Sessions, sessions),
@@ -113,14 +119,43 @@ impl Core {
     }
 
     /// Orders a transaction through the committer and delivers the watch
-    /// events it fired (see [`Committer::commit`]).
+    /// events it fired (see [`Committer::commit`]). A client's request
+    /// leaves the count of requests in process as its txn is applied:
+    /// from then on it counts among the txns the log has not made durable
+    /// (see [`Core::outstanding_requests`]), and never twice.
     pub(crate) fn commit<R>(
         &self,
         proposal: Proposal<'_>,
         build: impl FnOnce(&DataTree, &prep::Ctx<'_>) -> Txn,
         reply: impl FnOnce(i64, &TxnResult) -> R,
     ) -> R {
-        self.committer.commit(proposal, build, |triggers, zxid| self.deliver(triggers, zxid), reply)
+        let from = proposal.from;
+        self.committer.commit(
+            proposal,
+            build,
+            |triggers, zxid| self.deliver(triggers, zxid),
+            |zxid, result| {
+                if let Some(c) = from {
+                    c.done(&self.stats);
+                }
+                reply(zxid, result)
+            },
+        )
+    }
+
+    /// Orders a createSession (see [`Committer::create_session`]).
+    pub(crate) fn create_session(&self, open: impl FnOnce() -> i64, timeout_ms: i32) -> i64 {
+        self.committer.create_session(open, timeout_ms)
+    }
+
+    /// The zxid of the last txn applied.
+    pub(crate) fn last_zxid(&self) -> i64 {
+        self.committer.last_zxid()
+    }
+
+    /// Txns applied and not yet durable (see [`Committer::unlogged`]).
+    pub(crate) fn unlogged(&self) -> u64 {
+        self.committer.unlogged()
     }
 
     /// Turns fired triggers into events for the connections watching, and
@@ -149,9 +184,37 @@ impl Core {
         self.committer.durable()
     }
 
+    /// The highest durable zxid now.
+    pub fn durable_zxid(&self) -> i64 {
+        self.committer.durable_zxid()
+    }
+
+    /// Requests received and not yet processed: ZooKeeper's
+    /// `outstanding_requests`, and what `globalOutstandingLimit` bounds.
+    /// A request is processed once its reply is queued, and a write once
+    /// its txn is durable too, as in ZooKeeper, whose final stage (which
+    /// applies, replies and takes the request off its count) runs after the
+    /// log's fsync. Here a write is applied before the fsync, so it counts
+    /// among the unlogged txns until then. A reply that is ready and waits
+    /// on a client that does not read it is no longer work: it counts as
+    /// bytes (`global_queued_bytes_limit`), not as a request.
+    pub fn outstanding_requests(&self) -> u64 {
+        self.stats.in_process() + self.unlogged()
+    }
+
+    /// Bytes of replies queued on all connections and not yet written.
+    pub fn queued_bytes(&self) -> u64 {
+        self.conns.totals.queued.load(Ordering::Relaxed) as u64
+    }
+
     /// The write-ahead log, when the server keeps a data dir.
     pub fn storage(&self) -> Option<&Storage> {
         self.committer.storage()
+    }
+
+    /// Whether a snapshot is due (see `Storage::snapshot_due`).
+    pub(crate) fn snapshot_due(&self) -> bool {
+        self.committer.snapshot_due(self.config.snap_count)
     }
 
     /// Writes a snapshot now; the zxid it covers, or `None` without a data

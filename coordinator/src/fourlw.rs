@@ -25,7 +25,6 @@ pub(crate) fn snapshot(core: &Core) -> Snapshot {
     let watches = core.with_watches(|w| w.count());
     let sessions = core.with_sessions(|s| s.len());
     let connections = core.connections();
-    let queued_bytes = connections.iter().map(|c| c.queued().load(Ordering::Relaxed) as u64).sum();
     let storage = core.storage().map(|s| &*s.times);
     let stats = &core.stats;
     Snapshot {
@@ -39,8 +38,8 @@ pub(crate) fn snapshot(core: &Core) -> Snapshot {
         packets_received: stats.packets_received.load(Ordering::Relaxed),
         packets_sent: stats.packets_sent(),
         num_alive_connections: connections.len() as u64,
-        outstanding_requests: stats.outstanding(),
-        queued_bytes,
+        outstanding_requests: core.outstanding_requests(),
+        queued_bytes: core.queued_bytes(),
         znode_count: nodes as u64,
         watch_count: watches as u64,
         ephemerals_count: ephemerals as u64,

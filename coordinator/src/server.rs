@@ -46,6 +46,7 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: impl Future
     }
     tasks.spawn(expire_sessions(core.clone(), token.clone()));
     tasks.spawn(reap(core.clone(), token.clone()));
+    tasks.spawn(shed_unread(core.clone(), token.clone()));
     if core.storage().is_some() {
         tasks.spawn(snapshots(core.clone(), token.clone()));
     }
@@ -97,7 +98,7 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
             _ = tick.tick() => {}
             _ = token.cancelled() => return,
         }
-        if !core.committer.snapshot_due(core.config.snap_count) {
+        if !core.snapshot_due() {
             continue;
         }
         if let Err(e) = core.snapshot_now().await {
@@ -116,6 +117,28 @@ async fn expire_sessions(core: Arc<Core>, token: CancellationToken) {
             _ = token.cancelled() => return,
         }
         crate::ops::session::expire_sessions(&core);
+    }
+}
+
+/// Keeps the replies nobody reads within `global_queued_bytes_limit`: once
+/// the server is over it, closes the connections that stopped reading,
+/// largest first (see `Registry::shed_unread`), checking again while it
+/// stays over, since a connection counts as not reading only once its
+/// writer has waited long enough.
+async fn shed_unread(core: Arc<Core>, token: CancellationToken) {
+    let totals = core.conns.totals.clone();
+    loop {
+        tokio::select! {
+            _ = totals.over_budget.notified() => {}
+            _ = token.cancelled() => return,
+        }
+        while totals.over_budget() {
+            core.conns.shed_unread();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = token.cancelled() => return,
+            }
+        }
     }
 }
 

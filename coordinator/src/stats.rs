@@ -49,10 +49,11 @@ pub struct Stats {
     pub packets_received: AtomicU64,
     /// Shared with every connection, which counts the frames it queues.
     pub packets_sent: Arc<AtomicU64>,
-    /// Requests read off a connection and not answered yet (ZooKeeper's
-    /// `outstanding_requests`). Signed so that a decrement racing ahead of
-    /// its increment cannot wrap; reported as 0 when below.
-    pub outstanding_requests: AtomicI64,
+    /// Requests read off a connection and not yet carried out. With the
+    /// txns not yet durable, what ZooKeeper calls `outstanding_requests`
+    /// (see `Core::outstanding_requests`). Signed so that a decrement
+    /// racing ahead of its increment cannot wrap; reported as 0 when below.
+    pub in_process: AtomicI64,
     /// The most requests ever outstanding at once: what admission control
     /// (`globalOutstandingLimit`) bounds.
     pub outstanding_peak: AtomicI64,
@@ -72,25 +73,26 @@ impl Stats {
         }
     }
 
-    /// A request has been read and is not answered yet.
-    pub fn request_began(&self) {
-        let now = self.outstanding_requests.fetch_add(1, Ordering::Relaxed) + 1;
-        self.outstanding_peak.fetch_max(now, Ordering::Relaxed);
+    /// A request has been read; `unlogged` txns are not yet durable, and
+    /// count towards the peak with the requests in process.
+    pub fn request_began(&self, unlogged: u64) {
+        let now = self.in_process.fetch_add(1, Ordering::Relaxed) + 1;
+        self.outstanding_peak.fetch_max(now + unlogged as i64, Ordering::Relaxed);
     }
 
     /// A request counted by [`request_began`](Self::request_began) has been
-    /// answered, or dropped with its connection.
-    pub fn request_ended(&self) {
-        self.outstanding_requests.fetch_sub(1, Ordering::Relaxed);
+    /// carried out: its reply is queued, or its txn handed to the log.
+    pub fn request_done(&self) {
+        self.in_process.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn packets_sent(&self) -> u64 {
         self.packets_sent.load(Ordering::Relaxed)
     }
 
-    /// Requests outstanding now (0 if the count has dipped below).
-    pub fn outstanding(&self) -> u64 {
-        self.outstanding_requests.load(Ordering::Relaxed).max(0) as u64
+    /// Requests being carried out now (0 if the count has dipped below).
+    pub fn in_process(&self) -> u64 {
+        self.in_process.load(Ordering::Relaxed).max(0) as u64
     }
 
     pub fn read_latency(&self) -> SummaryStats {
@@ -518,13 +520,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn outstanding_never_reads_negative() {
+    fn in_process_never_reads_negative() {
         let stats = Stats::default();
-        stats.request_ended();
-        assert_eq!(stats.outstanding_requests.load(Ordering::Relaxed), -1);
-        assert_eq!(stats.outstanding(), 0);
-        stats.request_began();
-        stats.request_began();
-        assert_eq!(stats.outstanding(), 1);
+        stats.request_done();
+        assert_eq!(stats.in_process.load(Ordering::Relaxed), -1);
+        assert_eq!(stats.in_process(), 0);
+        stats.request_began(0);
+        stats.request_began(5);
+        assert_eq!(stats.in_process(), 1);
+        assert_eq!(stats.outstanding_peak.load(Ordering::Relaxed), 6, "the peak counts the unlogged txns too");
     }
 }

@@ -189,7 +189,12 @@ impl Request {
         }
     }
 
-    /// Does this request change the tree (and so take a zxid)?
+    /// Is this request a transaction: does it take a zxid, and count as an
+    /// update (ZooKeeper's `Request.isQuorum`)? Check and reconfig are,
+    /// although neither changes the tree: ZooKeeper 3.8's
+    /// `PrepRequestProcessor` logs a check as a `CheckVersionTxn`, and a
+    /// reconfig refused by a standalone server as an error txn, each with a
+    /// zxid, and its stats count both as updates.
     pub fn is_write(&self) -> bool {
         matches!(
             self,
@@ -197,8 +202,10 @@ impl Request {
                 | Request::Delete(_)
                 | Request::SetData(_)
                 | Request::SetAcl(_)
+                | Request::Check(_)
                 | Request::Multi(_)
                 | Request::CloseSession
+                | Request::Unsupported(OpCode::Reconfig)
         )
     }
 
@@ -284,5 +291,24 @@ fn read_multi(r: &mut Reader<'_>, reads: bool) -> Result<Vec<MultiOp>, DecodeErr
             _ => return Err(DecodeError::BadMultiOp { op: h.op, context }),
         };
         ops.push(op);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transactions are ZooKeeper 3.8's (`Request.isQuorum`): check
+    /// and reconfig take a zxid although neither changes the tree; the
+    /// reads, pings and watch requests do not.
+    #[test]
+    fn check_and_reconfig_are_transactions_and_reads_are_not() {
+        let check = Request::Check(CheckVersionRequest { path: "/a".into(), version: 1 });
+        assert!(check.is_write());
+        assert!(Request::Unsupported(OpCode::Reconfig).is_write());
+        assert!(Request::CloseSession.is_write());
+        assert!(!Request::Ping.is_write());
+        assert!(!Request::GetData(PathWatchRequest { path: "/a".into(), watch: false }).is_write());
+        assert!(!Request::Unsupported(OpCode::Error).is_write());
     }
 }

@@ -36,23 +36,20 @@ use crate::txn::Txn;
 /// Carries out one request and queues its reply. Returns false when the
 /// connection must close after the reply (closeSession, failed auth).
 pub(crate) fn process(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
-    let kind = match req {
-        Request::Create(..)
-        | Request::Delete(_)
-        | Request::SetData(_)
-        | Request::SetAcl(_)
-        | Request::Check(_)
-        | Request::Multi(_)
-        | Request::CloseSession
-        | Request::Unsupported(OpCode::Reconfig) => RequestKind::Update,
-        _ => RequestKind::Read,
-    };
+    let go_on = dispatch(core, client, xid, req);
+    client.done(&core.stats);
+    go_on
+}
+
+fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
+    // One list of what is a transaction, zk-wire's (see `is_write`).
+    let kind = if req.is_write() { RequestKind::Update } else { RequestKind::Read };
     begin(core, client, kind);
     let conn = client.conn.clone();
     conn.last_cxid.store(xid.into(), Ordering::Relaxed);
     match req {
         Request::Ping => {
-            let zxid = core.committer.last_zxid();
+            let zxid = core.last_zxid();
             client.reply(reply(xid, zxid, Ok(&Response::Empty)), zxid);
             true
         }
@@ -86,7 +83,7 @@ pub(crate) fn process(core: &Core, client: &mut Client, xid: i32, req: Request) 
             // connection; we answer the same and keep it, so one odd
             // request does not cost a client its connection.
             tracing::info!(session = format!("{:#x}", client.session_id), op = ?op, "unimplemented request");
-            let zxid = core.committer.last_zxid();
+            let zxid = core.last_zxid();
             client.reply(reply(xid, zxid, Err(ErrorCode::Unimplemented)), zxid);
             true
         }
@@ -97,12 +94,14 @@ pub(crate) fn process(core: &Core, client: &mut Client, xid: i32, req: Request) 
     }
 }
 
-/// A request has been read: it is outstanding until its reply is
-/// written (see [`crate::conn`]'s writer, which records its latency).
+/// A request has been read: it is in process until its reply is queued
+/// (and a write's txn is outstanding until durable, see
+/// [`Core::outstanding_requests`]). The latency runs until the reply is
+/// written ([`crate::conn`]'s writer records it).
 fn begin(core: &Core, client: &mut Client, kind: RequestKind) {
     client.request = Answer { started: Instant::now(), kind };
-    client.conn.outstanding.fetch_add(1, Ordering::Relaxed);
-    core.stats.request_began();
+    client.in_process.store(true, Ordering::Relaxed);
+    core.stats.request_began(core.unlogged());
 }
 
 /// Answers a request whose body did not decode for its opcode. As in
@@ -111,6 +110,7 @@ fn begin(core: &Core, client: &mut Client, kind: RequestKind) {
 /// where it should.
 pub(crate) fn reject_malformed(core: &Core, client: &mut Client, xid: i32) {
     begin(core, client, RequestKind::Read);
-    let zxid = core.committer.last_zxid();
+    let zxid = core.last_zxid();
     client.reply(reply(xid, zxid, Err(ErrorCode::MarshallingError)), zxid);
+    client.done(&core.stats);
 }

@@ -1,6 +1,6 @@
 //! The reads: one handler per operation, from the tree to a typed reply.
 //!
-//! All of them run under the tree's read lock ([`Core::read`]), which is
+//! All of them run under the tree's read lock ([`Core::with_tree`]), which is
 //! also held while the reply is queued: a read that sees a change is
 //! queued after that change's notifications (see [`crate::core`]). A read
 //! that sets a watch registers it under the same lock, so no change can
@@ -33,7 +33,7 @@ type Reply = Result<Response, ErrorCode>;
 /// events it owes first).
 pub(super) fn read(core: &Core, client: &Client, xid: i32, req: &Request) {
     let conn = &client.conn;
-    core.committer.read(|tree| {
+    core.with_tree(|tree| {
         let zxid = tree.last_zxid();
         let r = Reader { core, tree, client };
         let mut owed = Vec::new();

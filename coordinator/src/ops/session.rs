@@ -29,7 +29,7 @@ pub(crate) enum Handshake {
 /// A connection's first request: opens a session, or reattaches the one
 /// the client names if it is live and the password matches.
 pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectRequest) -> Handshake {
-    let last_zxid = core.committer.last_zxid();
+    let last_zxid = core.last_zxid();
     if req.last_zxid_seen > last_zxid {
         tracing::info!(
             peer = %conn.peer,
@@ -47,7 +47,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     let timeout = Duration::from_millis(timeout_ms as u64);
 
     let session_id = if req.session_id == 0 {
-        core.committer.create_session(|| core.sessions.lock().open(timeout), timeout_ms)
+        core.create_session(|| core.sessions.lock().open(timeout), timeout_ms)
     } else {
         let mut sessions = core.sessions.lock();
         let password = sessions.password(req.session_id);
@@ -104,13 +104,13 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
         read_only: req.read_only.map(|_| false),
     };
     // The session must be on disk before the client may rely on it.
-    let zxid = core.committer.last_zxid();
+    let zxid = core.last_zxid();
     conn.send(connect_frame(&reply), zxid);
     tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
     let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
     core.watches.lock().set_auth(conn.id, &auth);
     let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
-    Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request })
+    Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request, in_process: false.into() })
 }
 
 /// Ends a session: deletes its ephemerals (firing their watches), and
