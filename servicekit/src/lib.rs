@@ -14,11 +14,13 @@
 //!   (wrong password, missing permission or queue) told apart and final.
 //! - [`broker`]: each service's RabbitMQ user and permissions, and the
 //!   broker definitions that provision them.
+//! - [`failpoint`]: crashes on purpose at named places, for tests and drills.
 //! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
 pub mod auth;
 pub mod broker;
+pub mod failpoint;
 pub mod fault;
 pub mod layout;
 pub mod rabbit;

@@ -187,6 +187,8 @@ impl Worker {
             token: token.zxid,
         };
         self.store.apply(&task.entity, token, applied).map_err(store_failure)?;
+        // The window exactly-once must survive: applied, not yet answered.
+        servicekit::failpoint::crash_if_armed("system-b/after-store-apply");
         let node = TaskNode::done(value, &self.instance, token.epoch, token.zxid);
         self.report(&task.id, &node, version).await?;
         tracing::info!(value, %token, "applied");
