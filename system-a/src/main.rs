@@ -123,7 +123,7 @@ async fn submit(server: &str, entity: &str, amount: i64, op: &str) -> anyhow::Re
         .await
         .with_context(|| format!("cannot reach system-a at {server}"))?;
     let reply = c
-        .submit(SubmitRequest { entity: entity.into(), op: op.into(), amount })
+        .submit(SubmitRequest { entity: entity.into(), op: op.into(), amount, ..Default::default() })
         .await
         .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
         .into_inner();

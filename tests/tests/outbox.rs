@@ -66,7 +66,7 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
     for _ in 0..5 {
         let mut g = grpc.clone();
         calls.push(tokio::spawn(async move {
-            g.submit(SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 1 }).await
+            g.submit(SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 1, ..Default::default() }).await
         }));
     }
     let started = Instant::now();

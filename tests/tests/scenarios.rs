@@ -78,7 +78,7 @@ async fn scenario(zk: &str, dir: &Path) {
     // Scenario 1: A -> RabbitMQ -> B -> znode -> A.
     let reply = tokio::time::timeout(
         Duration::from_secs(20),
-        grpc.submit(SubmitRequest { entity: "acct-1".into(), op: "add".into(), amount: 5 }),
+        grpc.submit(SubmitRequest { entity: "acct-1".into(), op: "add".into(), amount: 5, ..Default::default() }),
     )
     .await
     .expect("an answer in time")
@@ -106,7 +106,7 @@ async fn scenario(zk: &str, dir: &Path) {
         let mut g = grpc.clone();
         let entity = if i % 2 == 0 { "hot".to_string() } else { format!("e-{}", i % 10) };
         calls.push(tokio::spawn(async move {
-            let r = g.submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1 }).await;
+            let r = g.submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1, ..Default::default() }).await;
             (entity, r)
         }));
     }
@@ -182,7 +182,7 @@ async fn scenario(zk: &str, dir: &Path) {
     let mut g = grpc.clone();
     let pending =
         tokio::spawn(
-            async move { g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7 }).await },
+            async move { g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7, ..Default::default() }).await },
         );
     let lock_dir = format!("{}/locks/redo", sys.root);
     let holder = loop {
