@@ -106,7 +106,9 @@ async fn scenario(zk: &str, dir: &Path) {
         let mut g = grpc.clone();
         let entity = if i % 2 == 0 { "hot".to_string() } else { format!("e-{}", i % 10) };
         calls.push(tokio::spawn(async move {
-            let r = g.submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1, ..Default::default() }).await;
+            let r = g
+                .submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1, ..Default::default() })
+                .await;
             (entity, r)
         }));
     }
@@ -180,10 +182,9 @@ async fn scenario(zk: &str, dir: &Path) {
         .expect("set config");
     sys.a.wait_line(r#"config applied {"timeout_ms":30000}"#, Duration::from_secs(10));
     let mut g = grpc.clone();
-    let pending =
-        tokio::spawn(
-            async move { g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7, ..Default::default() }).await },
-        );
+    let pending = tokio::spawn(async move {
+        g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7, ..Default::default() }).await
+    });
     let lock_dir = format!("{}/locks/redo", sys.root);
     let holder = loop {
         let q = zk_recipes::lock::Lock::new(&sys.client, lock_dir.clone()).queue().await.expect("queue");
