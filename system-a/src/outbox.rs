@@ -22,6 +22,12 @@
 //! two creates), is recognised by the drain (no task node) and, once older
 //! than any Submit can take, deleted unpublished: that task was never
 //! accepted.
+//!
+//! The directory also holds request records, `<id>.request` (see
+//! `submit`, "Idempotency"): the outbox is the one directory only
+//! system-a may write, and a record must outlive its task's result. A
+//! record's name is not a task id (no task id has a '.'), and the drain
+//! passes it by; the reaper deletes it with its task.
 
 use std::time::Duration;
 
