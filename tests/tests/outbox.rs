@@ -38,7 +38,7 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
             .expect("set config");
     };
     tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
-    let b = start_system_b(zk, &root, &queue, &store, "b1", 4000, dir);
+    let _b = start_system_b(zk, &root, &queue, &store, "b1", 4000, dir);
 
     // A system-a whose broker never answers (nothing listens on port 1):
     // it accepts tasks and cannot publish them.
