@@ -3,20 +3,20 @@
 //! 1. [`Submitter::submit`] checks the request at the edge
 //!    ([`edge::check_submit`]): nothing invalid reaches the coordination
 //!    server.
-//! 2. With a request id, [`Submitter::claim`] records the request under
+//! 2. With a request id, `Submitter::claim` records the request under
 //!    the key, or recognises a retry of it (see "Idempotency" below).
-//! 3. [`Submitter::accept`] records the task: `<root>/outbox/<id>` (the
+//! 3. `Submitter::accept` records the task: `<root>/outbox/<id>` (the
 //!    message), then `<root>/tasks/<id>` (status `pending`) with a watch
 //!    armed on it, retrying through a lost connection until the caller's
 //!    deadline. Once both exist the task is accepted: it will be published,
 //!    whatever happens to RabbitMQ or to this process (see `outbox`).
-//! 4. [`Submitter::publish`] sends it to RabbitMQ only then: had we
+//! 4. `Submitter::publish` sends it to RabbitMQ only then: had we
 //!    published first, system-b could write the result before the watch
 //!    existed and we would wait for an event that already happened. A
 //!    confirm deletes the outbox entry; without one the outbox drain
 //!    publishes it when RabbitMQ is back: a broker outage costs latency,
 //!    not a refused task.
-//! 5. [`Submitter::wait`] waits for system-b's write to the node (the
+//! 5. `Submitter::wait` waits for system-b's write to the node (the
 //!    watch fires; every event and every reconnect is followed by a
 //!    re-read), up to the timeout from `<root>/config/system-a`, and
 //!    answers with it ([`edge::answer`]).

@@ -11,7 +11,7 @@
 //!   finished task (or one that cannot be read) is answered from that read
 //!   at once, and nothing is left behind.
 //! - A pending task is followed by one follower per task, shared by every
-//!   stream on it ([`follow`]): one armed watcher per task at a time,
+//!   stream on it (`follow`): one armed watcher per task at a time,
 //!   whatever the number of callers. The follower stays until its watch
 //!   fires (the task changed), so a caller that comes and goes again and
 //!   again joins the same follower instead of arming another watcher; it
