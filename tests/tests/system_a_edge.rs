@@ -349,6 +349,23 @@ async fn a_request_id_makes_submit_idempotent() {
         }
     }
     assert_eq!((bench.value("once"), bench.value("other")), (5, 0));
+
+    // The shell client sends a request id and says which: running the
+    // same command again with it is the same task.
+    let cli = |extra: &[&str]| {
+        let server = format!("http://{}", bench.a_addr);
+        let mut args = vec!["submit", "--server", &server, "--entity", "cli", "--amount", "2"];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(e2e_tests::binary("system-a")).args(&args).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = cli(&[]);
+    let key = printed.rsplit("request id ").next().and_then(|k| k.strip_suffix(")\n")).expect("a request id");
+    assert!(printed.contains(" done: cli = 2 "), "{printed}");
+    let again = cli(&["--request-id", key]);
+    assert!(again.contains(" done: cli = 2 ") && again.contains(key), "{again}");
+    assert_eq!(bench.value("cli"), 2, "the CLI's retry ran the task twice");
 }
 
 /// A retry while the first attempt still waits for system-b (there is
