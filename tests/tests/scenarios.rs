@@ -87,6 +87,17 @@ async fn scenario(zk: &str, dir: &Path) {
     assert_eq!((reply.status.as_str(), reply.value), ("done", 5));
     assert!(reply.worker.starts_with('b') && reply.token > 0, "{reply:?}");
 
+    // As a careful caller sends it, with a request id: its retry is the
+    // same task, under least-privilege ACLs and on either server.
+    let keyed = SubmitRequest { entity: "acct-k".into(), op: "add".into(), amount: 2, request_id: "pay-1".into() };
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(20), grpc.submit(keyed.clone())).await;
+        answers.push(r.expect("an answer in time").expect("a keyed submit").into_inner());
+    }
+    assert_eq!(answers[0], answers[1], "the retry is the same task");
+    assert_eq!(sys.value("acct-k"), 2);
+
     // The services created their nodes with least privilege: a client with
     // no identity can neither forge this task's result nor change config.
     let anon = Client::connect(&sys.zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
