@@ -82,7 +82,7 @@ pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> R
         let t = Instant::now();
         let reply = tokio::time::timeout(
             Duration::from_secs(30),
-            g.submit(SubmitRequest { entity, op: "add".into(), amount: 1 }),
+            g.submit(SubmitRequest { entity, op: "add".into(), amount: 1, ..Default::default() }),
         )
         .await
         .context("no answer within 30 s")?

@@ -73,6 +73,18 @@ impl TaskStatus {
             retry::ensure_path(&client.zk, parent, acl, deadline).await?;
         }
         retry::create_owned(&client.zk, path, initial, acl, deadline).await?;
+        Self::existing(client, path, deadline).await
+    }
+
+    /// Follows a task node that already exists (a retried request finding
+    /// the node its first attempt created): reads it and arms its watch,
+    /// retrying through connection loss until `deadline`. `Deleted` if
+    /// there is no such node.
+    pub async fn existing(
+        client: &Client,
+        path: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<TaskStatus, TaskError> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut status = TaskStatus {
             client: client.clone(),

@@ -157,7 +157,7 @@ impl CommonArgs {
             .await
             .context("--zk / ZK_CONNECT")?;
         if zk_auth.credentials.is_some() {
-            let services = self.path("/services");
+            let services = self.layout().services();
             if client.zk.exists(&services, false).await.map_err(|e| anyhow::anyhow!("{services}: {e:?}"))?.is_none() {
                 anyhow::bail!(
                     "{services} does not exist: lay out the tree first with `zkctl init` as the operator \
@@ -178,7 +178,7 @@ impl CommonArgs {
         instance: &str,
         meta: &[u8],
     ) -> anyhow::Result<zk_recipes::registry::Registration> {
-        let dir = self.path(&format!("/services/{service}"));
+        let dir = self.layout().service(service);
         zk_recipes::registry::register_with_acl(client, &dir, instance, meta, &self.policy().service_member(service))
             .await
             .with_context(|| format!("registering under {dir}"))

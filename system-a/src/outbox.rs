@@ -22,20 +22,21 @@
 //! two creates), is recognised by the drain (no task node) and, once older
 //! than any Submit can take, deleted unpublished: that task was never
 //! accepted.
+//!
+//! The directory also holds request records, `<id>.request` (see
+//! `submit`, "Idempotency"): the outbox is the one directory only
+//! system-a may write, and a record must outlive its task's result. A
+//! record's name is not a task id (no task id has a '.'), and the drain
+//! passes it by; the reaper deletes it with its task.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Confirmation};
-use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use zk_recipes::retry;
 use zk_recipes::session::Client;
 use zk_recipes::ZkError;
 
-/// The current publishing channel; `None` while RabbitMQ is away.
-pub type ChannelSlot = Arc<RwLock<Option<lapin::Channel>>>;
+use crate::publisher::{publish, ChannelSlot};
 
 /// Entries younger than this are left to the Submit that wrote them (it is
 /// publishing them now): the drain would only publish a duplicate.
@@ -43,51 +44,16 @@ const FRESH: Duration = Duration::from_secs(2);
 
 /// An entry without its task node older than this was abandoned between
 /// the two creates (longer than any Submit's budget for them).
-const ORPHANED: Duration = Duration::from_secs(120);
+pub const ORPHANED: Duration = Duration::from_secs(120);
 
-/// Why a task was not confirmed: certainly not queued, or unknown (the
-/// broker may have it; only its confirm is missing). Either way the outbox
-/// entry stays and the task will be published (again).
-pub enum Unpublished {
-    NotSent(String),
-    Unknown(String),
+/// The name of a request record (see `submit`): it sits in the outbox, the
+/// one directory only system-a may write, and is not an entry to publish.
+pub fn record_name(task_id: &str) -> String {
+    format!("{task_id}{RECORD_SUFFIX}")
 }
 
-impl std::fmt::Display for Unpublished {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unpublished::NotSent(why) | Unpublished::Unknown(why) => f.write_str(why),
-        }
-    }
-}
-
-/// Publishes one task, persistent, mandatory, and waits for its confirm.
-pub async fn publish(slot: &ChannelSlot, queue: &str, id: &str, body: &[u8]) -> Result<(), Unpublished> {
-    use Unpublished::{NotSent, Unknown};
-    let channel = slot.read().await.clone().ok_or(NotSent("RabbitMQ is not connected".into()))?;
-    let props = BasicProperties::default()
-        .with_delivery_mode(2) // persistent: survives a broker restart
-        .with_message_id(id.into())
-        .with_content_type("application/json".into());
-    let confirm = channel
-        .basic_publish(
-            servicekit::rabbit::task_exchange(queue).as_str().into(),
-            queue.into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            body,
-            props,
-        )
-        .await
-        .map_err(|e| NotSent(format!("publish failed: {e}")))?;
-    match tokio::time::timeout(Duration::from_secs(5), confirm).await {
-        Err(_) => Err(Unknown("RabbitMQ did not confirm the task within 5 s".into())),
-        Ok(Err(e)) => Err(Unknown(format!("the confirm was lost: {e}"))),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(NotSent(format!("no queue {queue:?} to route the task to"))),
-        Ok(Ok(Confirmation::Nack(_))) => Err(NotSent("RabbitMQ refused the task".into())),
-        Ok(Ok(Confirmation::NotRequested)) => Err(NotSent("publisher confirms are off".into())),
-    }
-}
+/// What ends a request record's name; no task id contains a '.'.
+pub const RECORD_SUFFIX: &str = ".request";
 
 /// The task is confirmed by the broker: its outbox entry is done. Deleting
 /// it is safe to repeat (`NoNode` means an earlier attempt, or another
@@ -137,7 +103,8 @@ pub async fn drain(
                 continue;
             }
         };
-        for id in entries {
+        // Request records share the directory; they are never published.
+        for id in entries.into_iter().filter(|name| !name.ends_with(RECORD_SUFFIX)) {
             let entry = zk_recipes::join(&outbox_dir, &id);
             let Ok((body, stat)) = client.zk.get_data(&entry, false).await else { continue };
             let age = Duration::from_millis((now_ms() - stat.ctime).max(0) as u64);

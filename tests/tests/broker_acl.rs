@@ -354,7 +354,12 @@ async fn no_service_has_a_password_in_its_argv() {
     let mut grpc = system_a::proto::tasks_client::TasksClient::connect(format!("http://{addr}")).await.expect("grpc");
     let reply = tokio::time::timeout(
         Duration::from_secs(30),
-        grpc.submit(system_a::proto::SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 3 }),
+        grpc.submit(system_a::proto::SubmitRequest {
+            entity: "acct".into(),
+            op: "add".into(),
+            amount: 3,
+            ..Default::default()
+        }),
     )
     .await
     .expect("in time")

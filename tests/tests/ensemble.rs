@@ -68,7 +68,12 @@ async fn submit_stream(a_addr: String, clients: usize, stop: Arc<AtomicBool>) ->
                 let t = Instant::now();
                 let r = tokio::time::timeout(
                     Duration::from_secs(30),
-                    g.submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1 }),
+                    g.submit(SubmitRequest {
+                        entity: entity.clone(),
+                        op: "add".into(),
+                        amount: 1,
+                        ..Default::default()
+                    }),
                 )
                 .await;
                 lat.push(t.elapsed());

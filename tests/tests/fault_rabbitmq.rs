@@ -103,7 +103,9 @@ fn submit_spread(sys: &System) -> Vec<tokio::task::JoinHandle<(Duration, Result<
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100 * i)).await;
                 let t = Instant::now();
-                let r = g.submit(SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 1 }).await;
+                let r = g
+                    .submit(SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 1, ..Default::default() })
+                    .await;
                 (t.elapsed(), r.map(|r| assert_eq!(r.into_inner().status, "done")))
             })
         })

@@ -62,7 +62,7 @@ async fn coordinator_restart_mid_flow_loses_no_task() {
     for _ in 0..60 {
         let mut g = grpc.clone();
         calls.push(tokio::spawn(async move {
-            g.submit(SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 1 }).await
+            g.submit(SubmitRequest { entity: "acct".into(), op: "add".into(), amount: 1, ..Default::default() }).await
         }));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -99,8 +99,9 @@ async fn stalled_holder(zk: &str, dir: &Path) {
     let observer = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
 
     let mut g = grpc.clone();
-    let first =
-        tokio::spawn(async move { g.submit(SubmitRequest { entity: "f".into(), op: "add".into(), amount: 10 }).await });
+    let first = tokio::spawn(async move {
+        g.submit(SubmitRequest { entity: "f".into(), op: "add".into(), amount: 10, ..Default::default() }).await
+    });
     let lock = zk_recipes::lock::Lock::new(&observer, format!("{root}/locks/f"));
     let (holder_node, holder) = loop {
         if let Some(h) = lock.queue().await.expect("queue").into_iter().next() {
@@ -123,8 +124,9 @@ async fn stalled_holder(zk: &str, dir: &Path) {
 
     // Its session expires; the other instance takes the lock for a new task.
     let mut g = grpc.clone();
-    let second =
-        tokio::spawn(async move { g.submit(SubmitRequest { entity: "f".into(), op: "add".into(), amount: 1 }).await });
+    let second = tokio::spawn(async move {
+        g.submit(SubmitRequest { entity: "f".into(), op: "add".into(), amount: 1, ..Default::default() }).await
+    });
     let r2 =
         tokio::time::timeout(Duration::from_secs(30), second).await.expect("in time").expect("task").expect("submit");
     let r2 = r2.into_inner();

@@ -78,7 +78,7 @@ async fn scenario(zk: &str, dir: &Path) {
     // Scenario 1: A -> RabbitMQ -> B -> znode -> A.
     let reply = tokio::time::timeout(
         Duration::from_secs(20),
-        grpc.submit(SubmitRequest { entity: "acct-1".into(), op: "add".into(), amount: 5 }),
+        grpc.submit(SubmitRequest { entity: "acct-1".into(), op: "add".into(), amount: 5, ..Default::default() }),
     )
     .await
     .expect("an answer in time")
@@ -86,6 +86,17 @@ async fn scenario(zk: &str, dir: &Path) {
     .into_inner();
     assert_eq!((reply.status.as_str(), reply.value), ("done", 5));
     assert!(reply.worker.starts_with('b') && reply.token > 0, "{reply:?}");
+
+    // As a careful caller sends it, with a request id: its retry is the
+    // same task, under least-privilege ACLs and on either server.
+    let keyed = SubmitRequest { entity: "acct-k".into(), op: "add".into(), amount: 2, request_id: "pay-1".into() };
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(20), grpc.submit(keyed.clone())).await;
+        answers.push(r.expect("an answer in time").expect("a keyed submit").into_inner());
+    }
+    assert_eq!(answers[0], answers[1], "the retry is the same task");
+    assert_eq!(sys.value("acct-k"), 2);
 
     // The services created their nodes with least privilege: a client with
     // no identity can neither forge this task's result nor change config.
@@ -106,7 +117,9 @@ async fn scenario(zk: &str, dir: &Path) {
         let mut g = grpc.clone();
         let entity = if i % 2 == 0 { "hot".to_string() } else { format!("e-{}", i % 10) };
         calls.push(tokio::spawn(async move {
-            let r = g.submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1 }).await;
+            let r = g
+                .submit(SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1, ..Default::default() })
+                .await;
             (entity, r)
         }));
     }
@@ -180,10 +193,9 @@ async fn scenario(zk: &str, dir: &Path) {
         .expect("set config");
     sys.a.wait_line(r#"config applied {"timeout_ms":30000}"#, Duration::from_secs(10));
     let mut g = grpc.clone();
-    let pending =
-        tokio::spawn(
-            async move { g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7 }).await },
-        );
+    let pending = tokio::spawn(async move {
+        g.submit(SubmitRequest { entity: "redo".into(), op: "add".into(), amount: 7, ..Default::default() }).await
+    });
     let lock_dir = format!("{}/locks/redo", sys.root);
     let holder = loop {
         let q = zk_recipes::lock::Lock::new(&sys.client, lock_dir.clone()).queue().await.expect("queue");

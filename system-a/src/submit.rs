@@ -1,0 +1,268 @@
+//! The Submit flow: accept → outbox → publish → wait.
+//!
+//! 1. [`Submitter::submit`] checks the request at the edge
+//!    ([`edge::check_submit`]): nothing invalid reaches the coordination
+//!    server.
+//! 2. With a request id, `Submitter::claim` records the request under
+//!    the key, or recognises a retry of it (see "Idempotency" below).
+//! 3. `Submitter::accept` records the task: `<root>/outbox/<id>` (the
+//!    message), then `<root>/tasks/<id>` (status `pending`) with a watch
+//!    armed on it, retrying through a lost connection until the caller's
+//!    deadline. Once both exist the task is accepted: it will be published,
+//!    whatever happens to RabbitMQ or to this process (see `outbox`).
+//! 4. `Submitter::publish` sends it to RabbitMQ only then: had we
+//!    published first, system-b could write the result before the watch
+//!    existed and we would wait for an event that already happened. A
+//!    confirm deletes the outbox entry; without one the outbox drain
+//!    publishes it when RabbitMQ is back: a broker outage costs latency,
+//!    not a refused task.
+//! 5. `Submitter::wait` waits for system-b's write to the node (the
+//!    watch fires; every event and every reconnect is followed by a
+//!    re-read), up to the timeout from `<root>/config/system-a`, and
+//!    answers with it ([`edge::answer`]).
+//!
+//! # Idempotency
+//!
+//! A caller that gets UNAVAILABLE or DEADLINE_EXCEEDED cannot know whether
+//! its task runs. With a request id it retries safely: the task id is
+//! derived from the key ([`edge::task_id_for`]), so every retry names the
+//! same task, and creating its node is what makes a second one impossible.
+//!
+//! What the node cannot do is tell a retry from a *different* request
+//! that reuses the key once the task has finished: system-b writes the
+//! result over the whole node, and what was asked is gone. So the request
+//! itself is recorded first, at `<root>/outbox/<id>.request` (the outbox
+//! is the one directory only system-a may write; the record is not an
+//! entry to publish). A Submit whose record already exists is a retry
+//! only if it asks exactly what the record says ([`edge::same_request`]);
+//! otherwise FAILED_PRECONDITION. A retry whose task node exists waits on
+//! it (or answers at once with its result); one whose task node does not
+//! exist yet (the first attempt is between its creates, or died there)
+//! creates what is missing, and a create that meets a node the first
+//! attempt made takes it as its own. Two copies may both publish: system-b
+//! applies a task once, whatever copies arrive.
+//!
+//! A key lives as long as its task node: the reaper deletes both after
+//! `--task-retention-secs`. A retry after that is a new task.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use task_contract::{TaskMessage, TaskNode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::Instrument;
+use zk_recipes::session::Client;
+use zk_recipes::task::{TaskError, TaskStatus};
+use zk_recipes::ZkError;
+
+use crate::edge::{self, Accepted, Submission};
+use crate::outbox;
+use crate::proto::{SubmitReply, SubmitRequest};
+use crate::publisher::{self, ChannelSlot};
+
+/// Live settings from `<root>/config/system-a`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// How long Submit waits for system-b (default 10 s).
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a Submit needs: the coordination server, where the task and the
+/// outbox live, and the broker.
+pub struct Submitter {
+    pub client: Client,
+    /// `<root>/tasks`.
+    pub tasks: String,
+    /// `<root>/outbox`.
+    pub outbox: String,
+    pub policy: servicekit::auth::Policy,
+    pub queue: String,
+    pub channel: ChannelSlot,
+    pub settings: watch::Receiver<Settings>,
+}
+
+impl Submitter {
+    /// One Submit, from the request to the caller's answer.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitReply, Status> {
+        let sub = edge::check_submit(&req, || uuid::Uuid::new_v4().to_string())?;
+        let span = tracing::info_span!("submit", task_id = %sub.task_id, entity = %req.entity);
+        async {
+            // The caller's budget covers everything: recording the task
+            // through a lost connection (retried) and its result.
+            let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
+            let deadline = Instant::now() + timeout;
+            let retry = match &sub.request_id {
+                Some(key) => self.claim(key, &sub, deadline).await?,
+                None => false,
+            };
+            let status = match retry {
+                true => self.first_attempts_task(&sub, deadline).await?,
+                false => None,
+            };
+            let status = match status {
+                Some(status) => status,
+                None => {
+                    let status = self.accept(&sub, deadline).await?;
+                    self.publish(&sub).await;
+                    status
+                }
+            };
+            self.wait(&sub, status, timeout, deadline).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn task_path(&self, sub: &Submission) -> String {
+        zk_recipes::join(&self.tasks, &sub.task_id)
+    }
+
+    fn entry_path(&self, sub: &Submission) -> String {
+        zk_recipes::join(&self.outbox, &sub.task_id)
+    }
+
+    /// Records the request under its key, or recognises a retry of it:
+    /// `Ok(true)` when the key was used before, for this same request.
+    async fn claim(&self, key: &str, sub: &Submission, deadline: Instant) -> Result<bool, Status> {
+        let record = zk_recipes::join(&self.outbox, &outbox::record_name(&sub.task_id));
+        let asked = sub.node.encode();
+        let zk = &self.client.zk;
+        let made = async {
+            zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
+            zk_recipes::retry::create_owned(zk, &record, &asked, &self.policy.outbox_entry(), deadline).await
+        };
+        match made.await {
+            Ok(_) => Ok(false),
+            Err(ZkError::NodeExists) => {
+                let read =
+                    zk_recipes::retry::retry(&Default::default(), deadline, |_| zk.get_data(&record, false)).await;
+                let (first, _) = read.map_err(|e| edge::coordination_failure(sub, Accepted::No, &e))?;
+                edge::same_request(key, &first, &sub.node)?;
+                tracing::info!("a retry of request id {key:?}");
+                Ok(true)
+            }
+            Err(e) => Err(edge::coordination_failure(sub, Accepted::No, &e)),
+        }
+    }
+
+    /// The task node a retry's first attempt created, followed, if it
+    /// exists yet.
+    async fn first_attempts_task(&self, sub: &Submission, deadline: Instant) -> Result<Option<TaskStatus>, Status> {
+        let path = self.task_path(sub);
+        let zk = &self.client.zk;
+        // A plain exists first: zookeeper-async keeps the watcher of a read
+        // that found no node until that node appears.
+        let exists = zk_recipes::retry::retry(&Default::default(), deadline, |_| zk.exists(&path, false)).await;
+        match exists {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => match TaskStatus::existing(&self.client, &path, deadline).await {
+                Ok(status) => Ok(Some(status)),
+                // Reaped in between: the key is forgotten with it.
+                Err(TaskError::Deleted(_)) => Ok(None),
+                Err(TaskError::Zk(e)) => Err(edge::coordination_failure(sub, Accepted::Maybe, &e)),
+                Err(e) => Err(Status::unavailable(format!("task {}: {e}", sub.task_id))),
+            },
+            Err(e) => Err(edge::coordination_failure(sub, Accepted::Maybe, &e)),
+        }
+    }
+
+    /// The outbox entry, then the node and its watch, before anything can
+    /// answer (see `outbox` for why in this order).
+    async fn accept(&self, sub: &Submission, deadline: Instant) -> Result<TaskStatus, Status> {
+        let zk = &self.client.zk;
+        let body = TaskMessage::new(&sub.task_id).encode();
+        let entry = self.entry_path(sub);
+        let recorded = async {
+            zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
+            create_or_same(&self.client, &entry, &body, &self.policy.outbox_entry(), deadline).await
+        };
+        recorded.await.map_err(|e| edge::coordination_failure(sub, Accepted::No, &e))?;
+        let path = self.task_path(sub);
+        let pending = sub.node.encode();
+        match TaskStatus::create_with_acl(&self.client, &path, &pending, &self.policy.task(), deadline).await {
+            Ok(status) => Ok(status),
+            // Another copy of this request (same key, checked by `claim`)
+            // created it first: it is this task.
+            Err(TaskError::Zk(ZkError::NodeExists)) if sub.request_id.is_some() => {
+                match TaskStatus::existing(&self.client, &path, deadline).await {
+                    Ok(status) => Ok(status),
+                    Err(TaskError::Zk(e)) => Err(edge::coordination_failure(sub, Accepted::Maybe, &e)),
+                    Err(e) => Err(Status::unavailable(format!("task {}: {e}", sub.task_id))),
+                }
+            }
+            // The create may still reach the server, and then the outbox
+            // publishes the task: its outcome is unknown, and the answer
+            // says so.
+            Err(TaskError::Zk(e)) => Err(edge::coordination_failure(sub, Accepted::Maybe, &e)),
+            Err(e) => Err(Status::unavailable(format!("task {}: {e}; it was not accepted", sub.task_id))),
+        }
+    }
+
+    /// Publishes the accepted task, confirmed and routed. If RabbitMQ is
+    /// away or the confirm is lost, the entry stays and the outbox drain
+    /// publishes it once the broker is back: the caller waits, it is not
+    /// refused.
+    async fn publish(&self, sub: &Submission) {
+        let body = TaskMessage::new(&sub.task_id).encode();
+        match publisher::publish(&self.channel, &self.queue, &sub.task_id, &body).await {
+            Ok(()) => outbox::confirmed(&self.client, &self.entry_path(sub)).await,
+            Err(e) => tracing::warn!("not published yet ({e}); the outbox will publish it"),
+        }
+    }
+
+    /// Waits for system-b's answer through the watch.
+    async fn wait(
+        &self,
+        sub: &Submission,
+        mut status: TaskStatus,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<SubmitReply, Status> {
+        let id = &sub.task_id;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let data = match status.wait_until(left, |d| !TaskNode::is_pending(d)).await {
+            Ok(d) => d,
+            Err(TaskError::Timeout(_)) => {
+                let how = match &sub.request_id {
+                    Some(key) => format!("retry with request id {key:?} or Watch {id}"),
+                    None => format!("Watch {id}"),
+                };
+                return Err(Status::deadline_exceeded(format!(
+                    "no result from system-b within {timeout:?}; task {id} may still complete ({how})"
+                )));
+            }
+            Err(e) => return Err(Status::unavailable(format!("waiting for task {id}'s result: {e}"))),
+        };
+        let reply = edge::answer(id, &data)?;
+        tracing::info!(status = reply.status, "task answered");
+        Ok(reply)
+    }
+}
+
+/// Creates `path` with `data`, or finds it already there with `data`
+/// (another copy of the same request made it): both are success. A node
+/// with other data is `NodeExists`.
+async fn create_or_same(
+    client: &Client,
+    path: &str,
+    data: &[u8],
+    acl: &[zk_recipes::Acl],
+    deadline: Instant,
+) -> Result<(), ZkError> {
+    let zk = &client.zk;
+    match zk_recipes::retry::create_owned(zk, path, data, acl, deadline).await {
+        Ok(_) => Ok(()),
+        Err(ZkError::NodeExists) => {
+            let (current, _) =
+                zk_recipes::retry::retry(&Default::default(), deadline, |_| zk.get_data(path, false)).await?;
+            if current == data {
+                Ok(())
+            } else {
+                Err(ZkError::NodeExists)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
