@@ -61,7 +61,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_A));
     let addr = listener.local_addr()?;
     let meta = serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}).to_string();
-    let registration = common.register(&client, servicekit::auth::SYSTEM_A, &common.instance_id(), meta.as_bytes()).await?;
+    let registration =
+        common.register(&client, servicekit::auth::SYSTEM_A, &common.instance_id(), meta.as_bytes()).await?;
 
     let (tasks, outbox_dir) = (layout.tasks(), layout.outbox());
     let channel = publisher::ChannelSlot::default();

@@ -96,6 +96,19 @@ pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
 /// `extra`. A system [`provision`]ed under `root` runs it as its own
 /// identity: the role of the same name, as the deployment does.
 fn spawn_service(binary: &str, zk: &str, root: &str, args: &[&str], extra: &[&str], log_dir: &Path) -> Proc {
+    spawn_service_with_env(binary, zk, root, args, extra, &[], log_dir)
+}
+
+/// [`spawn_service`] with extra environment variables (a failpoint).
+fn spawn_service_with_env(
+    binary: &str,
+    zk: &str,
+    root: &str,
+    args: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> Proc {
     let creds = identities_of(root).map(|i| i.flag(binary));
     let mut all = vec!["--zk", zk, "--root", root];
     all.extend_from_slice(args);
@@ -103,7 +116,7 @@ fn spawn_service(binary: &str, zk: &str, root: &str, args: &[&str], extra: &[&st
         all.extend([c[0].as_str(), c[1].as_str()]);
     }
     all.extend_from_slice(extra);
-    Proc::spawn(binary, &all, log_dir)
+    Proc::spawn_with_env(binary, &all, env, log_dir)
 }
 
 /// The scenario services, configured alike in every suite: a system-b
@@ -119,6 +132,22 @@ pub fn start_system_b(
     store: &Path,
     name: &str,
     session_ms: u64,
+    log_dir: &Path,
+) -> Proc {
+    start_system_b_with_env(zk, root, queue, store, name, session_ms, &[], log_dir)
+}
+
+/// [`start_system_b`] with extra environment variables, such as
+/// `FAILPOINTS` (`servicekit::failpoint`).
+#[allow(clippy::too_many_arguments)]
+pub fn start_system_b_with_env(
+    zk: &str,
+    root: &str,
+    queue: &str,
+    store: &Path,
+    name: &str,
+    session_ms: u64,
+    env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
     let broker = testkit::broker::provision(queue).flags("system-b");
@@ -137,7 +166,7 @@ pub fn start_system_b(
         "--zk-session-timeout-ms",
         &session,
     ];
-    let mut p = spawn_service("system-b", zk, root, &args, &[], log_dir);
+    let mut p = spawn_service_with_env("system-b", zk, root, &args, &[], env, log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
 }

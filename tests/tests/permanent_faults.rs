@@ -56,10 +56,21 @@ async fn a_task_on_an_unwritable_store_is_dead_lettered_after_bounded_attempts()
         .expect("connect to RabbitMQ");
     let ch = amqp.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    // The tasks' nodes, as system-a writes them: what system-b applies.
+    let c = zk_recipes::session::Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10))
+        .await
+        .expect("connect");
+    zk_recipes::ensure_path(&c.zk, &format!("{root}/tasks")).await.expect("tasks dir");
+    for (id, entity, amount) in [("t-broken", "broken", 1), ("t-fine", "fine", 7)] {
+        let node = task_contract::TaskNode::pending(entity, task_contract::Op::Add, amount).encode();
+        let open = zookeeper_async::Acl::open_unsafe().clone();
+        let path = format!("{root}/tasks/{id}");
+        c.zk.create(&path, node, open, zookeeper_async::CreateMode::Persistent).await.expect("task node");
+    }
     let started = Instant::now();
-    publish(&ch, &queue, serde_json::json!({"id": "t-broken", "entity": "broken", "amount": 1})).await;
+    publish(&ch, &queue, serde_json::json!({"version": 2, "id": "t-broken"})).await;
     // Another entity is not held up by the broken one.
-    publish(&ch, &queue, serde_json::json!({"id": "t-fine", "entity": "fine", "amount": 7})).await;
+    publish(&ch, &queue, serde_json::json!({"version": 2, "id": "t-fine"})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while entity_value(&store, "fine") != Some(7) {
         assert!(Instant::now() < deadline, "a healthy entity was held up by the broken one");

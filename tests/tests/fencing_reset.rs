@@ -1,0 +1,175 @@
+//! Fencing that never goes backwards: the review's reset drill.
+//!
+//! The coordination server's data directory is replaced under running
+//! services (a wipe, a restore from an old snapshot, a move between the
+//! coordinator and an ensemble all look like this to them): zxids start
+//! again from small numbers, while the journal and the store remember
+//! terms and tokens in the hundreds. Before epochs, the ha-worker was fenced
+//! 98 times in 20 s and wrote nothing, and system-b requeued its tasks for
+//! ever. Now the holder confirms it holds, advances the fencing epoch past
+//! what the resource has seen (`zk_recipes::fencing`), and carries on; and
+//! when the epoch cannot be advanced (here: the operator made it read-only)
+//! it is one ERROR and a failed task, not a loop.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::{
+    binary, provision, rabbitmq_confirmed_channel, start_coordinator, start_ha_worker, start_system_b, Identities,
+    Proc, TempDir,
+};
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use servicekit::auth::ZkAuth;
+use zk_recipes::fencing::Token;
+use zk_recipes::session::Client;
+use zookeeper_async::{Acl, CreateMode};
+
+/// Connects as `role` of `ids`.
+async fn connect_as(zk: &str, ids: &Identities, role: &str) -> (Client, ZkAuth) {
+    let auth = ZkAuth::from_file(&ids.file(role)).expect("credentials");
+    let connect =
+        Client::connect_authenticated(zk, Duration::from_secs(10), Duration::from_secs(10), auth.auth_packets());
+    (tokio::time::timeout(Duration::from_secs(15), connect).await.expect("in time").expect("connect"), auth)
+}
+
+/// A history of `n` transactions under a scratch root, so the zxids the
+/// services hold are in the hundreds before the reset.
+async fn history(zk: &str, n: usize) {
+    let c = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    let dir = format!("/{}", testkit::unique("history"));
+    zk_recipes::ensure_path(&c.zk, &dir).await.expect("dir");
+    for i in 0..n {
+        let path = format!("{dir}/n{i}");
+        c.zk.create(&path, vec![], Acl::open_unsafe().clone(), CreateMode::Persistent).await.expect("create");
+    }
+}
+
+/// Replaces the server at `zk` with a fresh one on an empty data dir, on
+/// the same address, and lays the tree out again with the same identities.
+fn reset(server: &mut Proc, zk: &str, root: &str, ids: &Identities, data: &Path, log_dir: &Path) -> Proc {
+    server.kill9();
+    let data = data.to_str().expect("utf-8");
+    let mut fresh = Proc::spawn("coordinator", &["--listen", zk, "--data-dir", data], log_dir);
+    fresh.wait_line("coordinator listening on", Duration::from_secs(20));
+    init(zk, root, ids);
+    fresh
+}
+
+fn init(zk: &str, root: &str, ids: &Identities) {
+    let op = ids.file("operator");
+    let out = std::process::Command::new(binary("zkctl"))
+        .args(["--zk", zk, "--zk-credentials-file", op.to_str().expect("utf-8"), "init", "--root", root])
+        .output()
+        .expect("run zkctl");
+    assert!(out.status.success(), "zkctl init: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_active_worker_is_not_fenced_for_ever_after_a_data_reset() {
+    let dir = TempDir::new("reset-ha");
+    let (mut server, zk) =
+        start_coordinator(&["--data-dir", dir.path().join("d1").to_str().expect("utf-8")], dir.path());
+    let root = format!("/{}", testkit::unique("reset"));
+    let ids = provision(&zk, &root, dir.path());
+    history(&zk, 300).await;
+    let journal = dir.path().join("journal");
+    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    let line = w1.wait_line("ha-worker active", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(800));
+    let before = ha_worker::journal::read_entries(&journal).expect("journal");
+    let high = before.iter().map(|e| e.token).max().expect("the active wrote");
+    assert!(high.zxid >= 300, "the drill needs a term in the hundreds: {line}");
+
+    let _fresh = reset(&mut server, &zk, &root, &ids, &dir.path().join("d2"), dir.path());
+    let started = Instant::now();
+    w1.wait_line("ha-worker epoch advanced to", Duration::from_secs(30));
+    println!("active again {:?} after the reset, past term {high}", started.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    let after = ha_worker::journal::read_entries(&journal).expect("journal");
+    let new: Vec<Token> = after[before.len()..].iter().map(|e| e.token).collect();
+    assert!(new.len() >= 3, "the worker wrote {} records after the reset", new.len());
+    assert!(new.iter().all(|t| *t > high), "a record after the reset is not newer than {high}: {new:?}");
+    for w in after.windows(2) {
+        assert!(w[0].token <= w[1].token, "the journal went backwards: {:?} then {:?}", w[0], w[1]);
+    }
+    let log = w1.log_text();
+    assert_eq!(log.matches("fencing epoch advanced").count(), 1, "{log}");
+    assert!(!log.contains("fencing alarm") && !log.contains("cannot catch up"), "{log}");
+}
+
+async fn publish(ch: &lapin::Channel, queue: &str, id: &str) {
+    let body = task_contract::TaskMessage::new(id).encode();
+    let sent = async {
+        ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm")
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
+}
+
+/// Creates task `id` (`add 1` to `acct`) as system-a and publishes it;
+/// returns its final status and value.
+async fn run_task(a: &(Client, ZkAuth), root: &str, ch: &lapin::Channel, queue: &str, id: &str) -> (String, i64) {
+    let path = format!("{root}/tasks/{id}");
+    let node = task_contract::TaskNode::pending("acct", task_contract::Op::Add, 1).encode();
+    let created = a.0.zk.create(&path, node, a.1.policy().task(), CreateMode::Persistent);
+    tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
+    publish(ch, queue, id).await;
+    let started = Instant::now();
+    loop {
+        let (data, _) = a.0.zk.get_data(&path, false).await.expect("task node");
+        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
+        if v["status"] != "pending" {
+            return (v["status"].as_str().unwrap_or("?").into(), v["value"].as_i64().unwrap_or(i64::MIN));
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{id} still pending: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn system_b_is_not_fenced_for_ever_after_a_data_reset_and_alarms_when_it_cannot_advance() {
+    let dir = TempDir::new("reset-b");
+    let (mut server, zk) =
+        start_coordinator(&["--data-dir", dir.path().join("d1").to_str().expect("utf-8")], dir.path());
+    let root = format!("/{}", testkit::unique("reset"));
+    let queue = testkit::unique("reset-tasks");
+    let ids = provision(&zk, &root, dir.path());
+    history(&zk, 300).await;
+    let store = dir.path().join("store");
+    let b = start_system_b(&zk, &root, &queue, &store, "b1", 3000, dir.path());
+    let (_amqp, ch) = rabbitmq_confirmed_channel().await;
+    let a = connect_as(&zk, &ids, "system-a").await;
+    for i in 0..5 {
+        assert_eq!(run_task(&a, &root, &ch, &queue, &format!("t{i}")).await, ("done".into(), i + 1));
+    }
+    drop(a);
+
+    let _fresh = reset(&mut server, &zk, &root, &ids, &dir.path().join("d2"), dir.path());
+    let a = connect_as(&zk, &ids, "system-a").await;
+    // The operator makes the epoch read-only: no holder can advance it, so
+    // the store's tokens can never be caught up. One ERROR, the task fails.
+    let (op, op_auth) = connect_as(&zk, &ids, "operator").await;
+    let fencing = format!("{root}/fencing");
+    op.zk.set_acl(&fencing, op_auth.policy().operator_dir(), None).await.expect("setacl");
+    let retried = b.log_text().matches("task will be retried").count();
+    let (status, _) = run_task(&a, &root, &ch, &queue, "x1").await;
+    assert_eq!(status, "failed", "a task was applied under a token the store must refuse");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = b.log_text();
+    assert_eq!(log.matches("a fencing token that cannot catch up").count(), 1, "{log}");
+    assert!(log.matches("task will be retried").count() <= retried + 2, "the refusal looped:\n{log}");
+
+    // `zkctl init` grants the epoch again; the next task advances it and
+    // is applied, after the five of the old history.
+    init(&zk, &root, &ids);
+    assert_eq!(run_task(&a, &root, &ch, &queue, "x2").await, ("done".into(), 6));
+    assert_eq!(run_task(&a, &root, &ch, &queue, "x3").await, ("done".into(), 7));
+    let entity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join("acct.json")).expect("entity")).expect("json");
+    assert_eq!(entity["epoch"], 1, "{entity}");
+    assert_eq!(b.log_text().matches("fencing epoch advanced").count(), 1);
+}
