@@ -72,10 +72,11 @@ pub struct Settings {
 /// doing: resigning and deregistering are worth a try (a standby takes over
 /// at once), but a server that does not answer must not hold the process;
 /// the session's expiry hands over instead.
-pub const STOP_BUDGET: Duration = Duration::from_millis(1500);
+pub const STOP_BUDGET: Duration = Duration::from_millis(1200);
 
 /// Runs the worker until `stop` is cancelled.
 pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
+    servicekit::exit_after(&stop, STOP_BUDGET + Duration::from_millis(300));
     let instance = args.common.instance_id();
     let layout = args.common.layout();
     let client = tokio::select! {

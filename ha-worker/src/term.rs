@@ -52,8 +52,8 @@ enum Aside {
 
 /// How a term ended.
 enum TermEnd {
-    /// Told to stop: resigned, exit.
-    Stopped,
+    /// Told to stop (at that instant): resigned, exit.
+    Stopped(Instant),
     /// Stepped down; campaign again.
     SteppedDown,
     /// Out of the election until the fault is fixed.
@@ -132,7 +132,7 @@ impl Stand {
                 }
             };
             match self.lead(leadership, stop).await {
-                TermEnd::Stopped => return Instant::now(),
+                TermEnd::Stopped(asked) => return asked,
                 TermEnd::SteppedDown => {}
                 TermEnd::Aside(why) => aside = Some(why),
             }
@@ -196,12 +196,13 @@ impl Stand {
                 self.settings.borrow().interval_ms.map(Duration::from_millis).unwrap_or(self.default_interval);
             tokio::select! {
                 _ = stop.cancelled() => {
+                    let asked = Instant::now();
                     // Hand over now: the standby must not wait a session
                     // timeout. Bounded: if the server is unreachable, the
                     // session's expiry hands over instead.
                     let _ = tokio::time::timeout(crate::STOP_BUDGET / 2, leadership.resign()).await;
                     println!("ha-worker resigned");
-                    return TermEnd::Stopped;
+                    return TermEnd::Stopped(asked);
                 }
                 _ = lost.wait_for(|l| *l) => {
                     println!("ha-worker stepped down");

@@ -259,6 +259,21 @@ where
     rx
 }
 
+/// Bounds a graceful stop: once `stop` is cancelled, the process has
+/// `budget` to finish on its own (resign, deregister, drain) and is then
+/// ended. Each of those steps is bounded too, but a step that waits on a
+/// server nobody answers (paused, partitioned) is exactly the one whose
+/// bound is easiest to get wrong; this is the bound on all of them at once.
+pub fn exit_after(stop: &CancellationToken, budget: Duration) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        tokio::time::sleep(budget).await;
+        tracing::warn!("the graceful stop took longer than {budget:?}: exiting now");
+        std::process::exit(0);
+    });
+}
+
 /// Cancelled on SIGTERM or SIGINT: the start of a graceful shutdown.
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();

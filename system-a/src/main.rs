@@ -89,5 +89,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         watch_limits: WatchLimits { total: args.max_watch_streams, per_peer: args.max_watch_streams_per_peer },
     };
     let stop = servicekit::shutdown_token();
+    // A stop is bounded whatever the servers do: in-flight Submits are
+    // accepted tasks (the outbox has them), so ending them costs no task.
+    servicekit::exit_after(&stop, Duration::from_millis(1500));
     server::run(config, listener, stop.cancelled_owned()).await
 }

@@ -83,6 +83,8 @@ const DEREGISTER_LIMIT: Duration = Duration::from_millis(500);
 /// follows its live config, and consumes tasks, reconnecting to the broker
 /// whenever the connection ends.
 pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
+    // The drain and the deregistration are bounded; this bounds the rest.
+    servicekit::exit_after(&stop, consumer::DRAIN + DEREGISTER_LIMIT + Duration::from_millis(300));
     let instance = args.common.instance_id();
     let layout = args.common.layout();
     let store = store::Store::open(&args.store_dir).context("--store-dir")?;
