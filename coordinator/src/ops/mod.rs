@@ -30,6 +30,7 @@ use crate::clients::{Answer, Client};
 use crate::committer::Proposal;
 use crate::core::Core;
 use crate::frames::reply;
+use crate::session::SessionId;
 use crate::stats::RequestKind;
 use crate::txn::Txn;
 
@@ -82,7 +83,7 @@ fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
             // ZooKeeper answers ZUNIMPLEMENTED and then drops the
             // connection; we answer the same and keep it, so one odd
             // request does not cost a client its connection.
-            tracing::info!(session = format!("{:#x}", client.session_id), op = ?op, "unimplemented request");
+            tracing::info!(session = %SessionId(client.session_id), op = ?op, "unimplemented request");
             let zxid = core.last_zxid();
             client.reply(reply(xid, zxid, Err(ErrorCode::Unimplemented)), zxid);
             true

@@ -13,6 +13,7 @@ use crate::clients::{Answer, Client, ConnShared};
 use crate::committer::Proposal;
 use crate::core::Core;
 use crate::frames::{connect_frame, reply};
+use crate::session::SessionId;
 use crate::txn::Txn;
 
 /// How a handshake ended.
@@ -55,7 +56,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
             req.passwd.as_slice() == password.as_slice() && sessions.get(req.session_id).is_some_and(|s| !s.closing);
         if !valid {
             drop(sessions);
-            tracing::info!(peer = %conn.peer, session = format!("{:#x}", req.session_id), "refusing reconnect: session expired or wrong password");
+            tracing::info!(peer = %conn.peer, session = %SessionId(req.session_id), "refusing reconnect: session expired or wrong password");
             let reply = ConnectResponse {
                 protocol_version: 0,
                 time_out: 0,
@@ -77,7 +78,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
         // A session is served by one connection at a time: the old one,
         // if the client left it half-open, is closed.
         if let Some(old) = previous.and_then(|id| core.conns.get(id)) {
-            tracing::info!(session = format!("{:#x}", req.session_id), old = %old.peer, new = %conn.peer, "session moved to a new connection");
+            tracing::info!(session = %SessionId(req.session_id), old = %old.peer, new = %conn.peer, "session moved to a new connection");
             old.close();
         }
         req.session_id
@@ -106,7 +107,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     // The session must be on disk before the client may rely on it.
     let zxid = core.last_zxid();
     conn.send(connect_frame(&reply), zxid);
-    tracing::debug!(session = format!("{session_id:#x}"), peer = %conn.peer, timeout_ms, "session established");
+    tracing::debug!(session = %SessionId(session_id), peer = %conn.peer, timeout_ms, "session established");
     let auth = vec![Id { scheme: "ip".into(), id: conn.peer.ip().to_string() }];
     core.watches.lock().set_auth(conn.id, &auth);
     let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
@@ -149,7 +150,7 @@ pub fn close_session(core: &Core, session_id: i64, requester: Option<(&Client, i
 pub fn expire_sessions(core: &Core) -> usize {
     let expired = core.sessions.lock().expired();
     for id in &expired {
-        tracing::info!(session = format!("{id:#x}"), "session expired");
+        tracing::info!(session = %SessionId(*id), "session expired");
         close_session(core, *id, None);
     }
     expired.len()
