@@ -7,7 +7,9 @@
 //!   the committer (`committer`), answered from the txn's result;
 //! - `auth`: addauth and whoAmI;
 //! - [`session`]: the handshake that opens or reattaches a session, and
-//!   its end (closeSession, or expiry, which the server orders itself).
+//!   its end (closeSession, the admin API, or expiry);
+//! - [`expiry`]: what the server ends on its own, by the clock: sessions
+//!   past their deadline, empty containers, stale TTL nodes.
 //!
 //! Every reply body is a zk-wire record ([`Response`]), encoded by zk-wire
 //! (`frames`): no handler writes bytes itself.
@@ -16,6 +18,7 @@
 //! `&Core` and nothing below them calls back up.
 
 mod auth;
+pub mod expiry;
 mod read;
 pub mod session;
 mod write;

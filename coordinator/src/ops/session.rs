@@ -1,7 +1,9 @@
 //! What happens to sessions: the handshake that opens or reattaches one,
-//! and its end (closeSession, or expiry). [`crate::session`] keeps the
-//! table, the passwords and the deadlines (ZooKeeper's `SessionTracker`);
-//! this is the session half of ZooKeeper's `ZooKeeperServer`.
+//! and its end ([`close_session`], whether the client asked, the admin API
+//! did, or [`expiry`](super::expiry) found it silent past its deadline).
+//! [`crate::session`] keeps the table, the passwords and the deadlines
+//! (ZooKeeper's `SessionTracker`); this is the session half of ZooKeeper's
+//! `ZooKeeperServer`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -144,19 +146,4 @@ pub fn close_session(core: &Core, session_id: i64, requester: Option<(&Client, i
     if let Some(c) = conn_id.and_then(|id| core.conns.get(id)) {
         c.close();
     }
-}
-
-/// Expires every session whose deadline has passed. Returns how many.
-pub fn expire_sessions(core: &Core) -> usize {
-    let expired = core.sessions.lock().expired();
-    for id in &expired {
-        tracing::info!(session = %SessionId(*id), "session expired");
-        close_session(core, *id, None);
-    }
-    expired.len()
-}
-
-/// How long until the next expiry step.
-pub fn until_next_step(core: &Core) -> Duration {
-    core.sessions.lock().until_next_step()
 }
