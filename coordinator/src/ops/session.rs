@@ -21,8 +21,9 @@ use crate::txn::Txn;
 /// How a handshake ended.
 pub(crate) enum Handshake {
     Accepted(Client),
-    /// The session is unknown, expired or the password is wrong: the reply
-    /// (timeout 0) was queued; close after it.
+    /// The session is unknown, expired, closing or the password is wrong:
+    /// the refusal (timeout 0, session 0) was queued; close after it. Every
+    /// `Refused` comes from [`refuse`], which queues it.
     Refused,
     /// The client has seen a newer zxid than ours; ZooKeeper drops such a
     /// connection without a reply, so the client tries another server.
@@ -59,15 +60,7 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
         if !valid {
             drop(sessions);
             tracing::info!(peer = %conn.peer, session = %SessionId(req.session_id), "refusing reconnect: session expired or wrong password");
-            let reply = ConnectResponse {
-                protocol_version: 0,
-                time_out: 0,
-                session_id: 0,
-                passwd: vec![0; 16],
-                read_only: req.read_only.map(|_| false),
-            };
-            conn.send(connect_frame(&reply), 0);
-            return Handshake::Refused;
+            return refuse(conn, req);
         }
         let previous = sessions.get_mut(req.session_id).and_then(|s| {
             s.timeout = timeout;
@@ -85,11 +78,21 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
         }
         req.session_id
     };
+    attach(core, conn, req, session_id, timeout_ms)
+}
 
+/// Makes `conn` the one serving `session_id`, which was valid a moment ago,
+/// and queues the handshake's reply.
+fn attach(core: &Core, conn: &Arc<ConnShared>, req: &ConnectRequest, session_id: i64, timeout_ms: i32) -> Handshake {
     let mut sessions = core.sessions.lock();
     let password = sessions.password(session_id);
     let Some(session) = sessions.get_mut(session_id) else {
-        return Handshake::Refused;
+        // Closed since it was checked (it expired, or the admin API or
+        // another connection closed it), so it is refused as if it had
+        // been gone already, with the same reply.
+        drop(sessions);
+        tracing::info!(peer = %conn.peer, session = %SessionId(session_id), "refusing a session that closed during its handshake");
+        return refuse(conn, req);
     };
     session.conn = Some(conn.id);
     session.live.attach(conn.id);
@@ -114,6 +117,30 @@ pub(crate) fn handshake(core: &Core, conn: &Arc<ConnShared>, req: &ConnectReques
     core.watches.lock().set_auth(conn.id, &auth);
     let request = Answer { started: std::time::Instant::now(), kind: crate::stats::RequestKind::Read };
     Handshake::Accepted(Client { conn: conn.clone(), session_id, auth, live, request, in_process: false.into() })
+}
+
+/// Refuses a handshake as ZooKeeper does: a reply with timeout 0, session
+/// 0 and a zeroed password, then the connection closes (the caller closes
+/// it after `Refused`). The reply is what tells a client its session is
+/// gone: ZooKeeper's clients raise SessionExpired on a timeout of 0, while
+/// a connection closed without a reply looks like a network failure, and
+/// they would retry the dead session on the next server.
+///
+/// ZooKeeper 3.8: `ZooKeeperServer.reopenSession` (wrong password) and
+/// `revalidateSession` (unknown, expired or closing session) both end in
+/// `finishSessionInit(cnxn, false)`, which sends this `ConnectResponse`
+/// and then `closeConn`.
+fn refuse(conn: &ConnShared, req: &ConnectRequest) -> Handshake {
+    let reply = ConnectResponse {
+        protocol_version: 0,
+        time_out: 0,
+        session_id: 0,
+        passwd: vec![0; 16],
+        // Mirrors the client, as an accepted handshake's reply does.
+        read_only: req.read_only.map(|_| false),
+    };
+    conn.send(connect_frame(&reply), 0);
+    Handshake::Refused
 }
 
 /// Ends a session: deletes its ephemerals (firing their watches), and
@@ -145,5 +172,63 @@ pub fn close_session(core: &Core, session_id: i64, requester: Option<(&Client, i
     core.sessions.lock().remove(session_id);
     if let Some(c) = conn_id.and_then(|id| core.conns.get(id)) {
         c.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zk_wire::codec::{Jute, Reader};
+
+    use super::*;
+    use crate::clients::Outbound;
+    use crate::config::Config;
+
+    /// The reply queued on `conn`, decoded.
+    fn queued_reply(conn: &ConnShared) -> ConnectResponse {
+        let Some(Outbound::Frame(frame)) = conn.outbox.try_next() else { panic!("no reply was queued") };
+        // Past the 4-byte length prefix.
+        ConnectResponse::read(&mut Reader::new(&frame.bytes[4..])).expect("a ConnectResponse")
+    }
+
+    fn setup() -> (Core, Arc<ConnShared>) {
+        let core = Core::open(Config::for_tests()).expect("an in-memory core");
+        let conn = core.conns.register("127.0.0.1:4000".parse().expect("an address")).expect("under the limit");
+        (core, conn)
+    }
+
+    fn resume(session_id: i64) -> ConnectRequest {
+        ConnectRequest {
+            time_out: 30_000,
+            session_id,
+            passwd: vec![0; 16],
+            read_only: Some(false),
+            ..Default::default()
+        }
+    }
+
+    /// ZooKeeper answers a reconnect to a session it does not know (or
+    /// with a wrong password) with timeout 0 and session 0 before closing,
+    /// which is how a client learns its session expired.
+    #[test]
+    fn a_refused_reconnect_is_answered() {
+        let (core, conn) = setup();
+        assert!(matches!(handshake(&core, &conn, &resume(0x7777)), Handshake::Refused));
+        let reply = queued_reply(&conn);
+        assert_eq!((reply.time_out, reply.session_id, reply.passwd), (0, 0, vec![0; 16]));
+        assert_eq!(reply.read_only, Some(false), "mirrors the client's readOnly byte");
+    }
+
+    /// The session can close between the check and the attach (expiry,
+    /// the admin API, another connection's closeSession). That refusal
+    /// used to close the connection with no reply, unlike ZooKeeper and
+    /// unlike `Handshake::Refused`'s promise: the client saw a network
+    /// error instead of an expired session.
+    #[test]
+    fn a_session_that_closes_during_its_handshake_is_refused_with_a_reply() {
+        let (core, conn) = setup();
+        let gone = 0x7777; // not in the table, as after a close
+        assert!(matches!(attach(&core, &conn, &resume(gone), gone, 30_000), Handshake::Refused));
+        let reply = queued_reply(&conn);
+        assert_eq!((reply.time_out, reply.session_id), (0, 0));
     }
 }
