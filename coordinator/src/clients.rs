@@ -13,10 +13,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use zk_wire::records::Id;
 
+use crate::conn_id::ConnId;
 use crate::lock::{self, Level};
 use crate::session::{Liveness, SessionId};
 use crate::stats::RequestKind;
-use crate::watch::ConnId;
 
 /// A connection's outbound queue holds at most this many bytes; a client
 /// that stops reading is disconnected rather than allowed to grow the

@@ -64,6 +64,7 @@ mod clients;
 mod committer;
 pub mod config;
 mod conn;
+mod conn_id;
 pub mod core;
 mod fourlw;
 mod frames;

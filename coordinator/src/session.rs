@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
-use crate::watch::ConnId;
+use crate::conn_id::ConnId;
 
 /// A session id as ZooKeeper prints it in logs, four-letter words and
 /// admin output: `0x`, then lowercase hex with no padding, a negative id as
