@@ -8,8 +8,6 @@
 
 use std::net::IpAddr;
 
-use base64::Engine;
-use sha1::{Digest, Sha1};
 use zk_wire::consts::perms;
 use zk_wire::records::{Acl, Id};
 use zk_wire::ErrorCode;
@@ -28,11 +26,11 @@ fn anyone() -> Id {
     Id { scheme: "world".into(), id: "anyone".into() }
 }
 
-/// `user:base64(sha1("user:password"))`, the stored form of a digest identity.
+/// `user:base64(sha1("user:password"))`, the stored form of a digest
+/// identity, from an `addauth` payload as it came (see
+/// [`zk_wire::auth::generate_digest`], the one computation clients share).
 pub fn digest(user_password: &str) -> String {
-    let user = user_password.split(':').next().unwrap_or_default();
-    let hash = Sha1::digest(user_password.as_bytes());
-    format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
+    zk_wire::auth::generate_digest(user_password)
 }
 
 /// Is the connection holding `auth` allowed `perm` on a node with `acl`?

@@ -13,10 +13,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use zk_wire::records::Id;
 
+use crate::conn_id::ConnId;
 use crate::lock::{self, Level};
-use crate::session::Liveness;
+use crate::session::{Liveness, SessionId};
 use crate::stats::RequestKind;
-use crate::watch::ConnId;
 
 /// A connection's outbound queue holds at most this many bytes; a client
 /// that stops reading is disconnected rather than allowed to grow the
@@ -273,11 +273,11 @@ impl ConnShared {
         let session = self.session_id.load(Ordering::Relaxed);
         match why {
             Unread::OverConnectionLimit => tracing::warn!(
-                conn = self.id, peer = %self.peer, session = format!("{session:#x}"), queued_bytes, limit = MAX_QUEUED_BYTES,
+                conn = self.id, peer = %self.peer, session = %SessionId(session), queued_bytes, limit = MAX_QUEUED_BYTES,
                 "closing connection: its client is not reading its replies and they passed the connection's limit"
             ),
             Unread::OverGlobalBudget => tracing::warn!(
-                conn = self.id, peer = %self.peer, session = format!("{session:#x}"), queued_bytes,
+                conn = self.id, peer = %self.peer, session = %SessionId(session), queued_bytes,
                 total = self.totals.queued.load(Ordering::Relaxed), budget = self.totals.budget,
                 "closing connection: the server holds more unread replies than its budget, this client has read nothing for {STALLED_AFTER:?}, and it holds the most"
             ),

@@ -32,6 +32,7 @@ use crate::clients::{Answer, Client, ConnShared, Frame, Outbound};
 use crate::core::Core;
 use crate::fourlw;
 use crate::ops::{self, session::Handshake};
+use crate::session::SessionId;
 
 /// How long a connection may take to flush what is queued once the server
 /// shuts down. Shutdown must finish whatever clients do (a supervisor
@@ -69,10 +70,10 @@ pub async fn serve(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTok
     let session = conn.session_id.load(Ordering::Relaxed);
     match &reason {
         Ended::Closed => {
-            tracing::debug!(conn = conn.id, %peer, session = format!("{session:#x}"), "connection closed")
+            tracing::debug!(conn = conn.id, %peer, session = %SessionId(session), "connection closed")
         }
         why => {
-            tracing::info!(conn = conn.id, %peer, session = format!("{session:#x}"), "closing connection: {why}")
+            tracing::info!(conn = conn.id, %peer, session = %SessionId(session), "closing connection: {why}")
         }
     }
     core.unregister_conn(&conn);

@@ -43,7 +43,7 @@ use crate::committer::{Committer, Proposal};
 use crate::config::Config;
 use crate::lock::{self, Level};
 use crate::prep;
-use crate::session::Sessions;
+use crate::session::{SessionId, Sessions};
 use crate::stats::Stats;
 use crate::storage::{Storage, StorageError};
 use crate::tree::{DataTree, Trigger, TxnResult};
@@ -109,7 +109,7 @@ impl Core {
         });
         for (id, count) in &orphans {
             tracing::warn!(
-                session = format!("{id:#x}"),
+                session = %SessionId(*id),
                 ephemerals = count,
                 "deleting the ephemerals of a session that is gone"
             );

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::FourLetterWord;
 use crate::core::Core;
+use crate::session::SessionId;
 use crate::stats::{Snapshot, SummaryStats};
 
 /// Leads with the ZooKeeper release whose protocol we speak, in ZooKeeper's
@@ -207,11 +208,11 @@ fn cons(core: &Core) -> String {
     for c in core.connections() {
         let _ = writeln!(
             out,
-            " /{}[1](queued=0,recved={},sent={},sid={:#x},lop=NA,est={},to={},lcxid={:#x},lzxid={:#x})",
+            " /{}[1](queued=0,recved={},sent={},sid={},lop=NA,est={},to={},lcxid={:#x},lzxid={:#x})",
             c.peer,
             c.received.load(Ordering::Relaxed),
             c.sent.load(Ordering::Relaxed),
-            c.session_id.load(Ordering::Relaxed),
+            SessionId(c.session_id.load(Ordering::Relaxed)),
             c.established.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
             c.timeout_ms.load(Ordering::Relaxed),
             c.last_cxid.load(Ordering::Relaxed),
@@ -246,7 +247,7 @@ fn wchc(core: &Core) -> String {
     let mut out = String::new();
     for c in core.connections() {
         if let Some(paths) = by_conn.get(&c.id) {
-            let _ = writeln!(out, "{:#x}", c.session_id.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{}", SessionId(c.session_id.load(Ordering::Relaxed)));
             for p in paths {
                 let _ = writeln!(out, "\t{p}");
             }
@@ -269,7 +270,7 @@ fn wchp(core: &Core) -> String {
     for (path, sessions) in by_path {
         let _ = writeln!(out, "{path}");
         for s in sessions {
-            let _ = writeln!(out, "\t{s:#x}");
+            let _ = writeln!(out, "\t{}", SessionId(s));
         }
     }
     out
@@ -282,7 +283,7 @@ fn dump(core: &Core) -> String {
         let mut list: Vec<_> = s.iter().map(|x| (x.id, x.timeout.as_millis())).collect();
         list.sort();
         for (id, to) in list {
-            let _ = writeln!(out, "{id:#x}\t{to}ms");
+            let _ = writeln!(out, "{}\t{to}ms", SessionId(id));
         }
     });
     out.push_str("ephemeral nodes dump:\n");
@@ -291,7 +292,7 @@ fn dump(core: &Core) -> String {
         owners.sort_by_key(|(id, _)| **id);
         let _ = writeln!(out, "Sessions with Ephemerals ({}):", owners.len());
         for (id, paths) in owners {
-            let _ = writeln!(out, "{id:#x}:");
+            let _ = writeln!(out, "{}:", SessionId(*id));
             for p in paths {
                 let _ = writeln!(out, "\t{p}");
             }

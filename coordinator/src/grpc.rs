@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::path;
+use crate::session::SessionId;
 use crate::stats::{self, SummaryStats};
 use crate::watch::Mode;
 
@@ -95,7 +96,7 @@ impl AdminService {
     fn open_session(&self, id: i64) -> Result<Vec<String>, Status> {
         let open = self.core().with_sessions(|s| s.get(id).is_some_and(|s| !s.closing));
         if !open {
-            return Err(Status::not_found(format!("no open session {id:#x}")));
+            return Err(Status::not_found(format!("no open session {}", SessionId(id))));
         }
         Ok(self.core().with_tree(|t| t.ephemerals_of(id).cloned().collect()))
     }
@@ -266,7 +267,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn expire_session(&self, req: Request<SessionRequest>) -> Result<Response<SessionReply>, Status> {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
-        tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session expired by the admin API");
+        tracing::info!(session = %SessionId(id), ephemerals = ephemerals.len(), "session expired by the admin API");
         crate::ops::session::close_session(self.core(), id, None);
         Ok(Response::new(SessionReply { ephemerals }))
     }
@@ -274,7 +275,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn close_session(&self, req: Request<SessionRequest>) -> Result<Response<SessionReply>, Status> {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
-        tracing::info!(session = format!("{id:#x}"), ephemerals = ephemerals.len(), "session closed by the admin API");
+        tracing::info!(session = %SessionId(id), ephemerals = ephemerals.len(), "session closed by the admin API");
         crate::ops::session::close_session(self.core(), id, None);
         Ok(Response::new(SessionReply { ephemerals }))
     }
@@ -283,12 +284,12 @@ impl pb::admin_server::Admin for AdminService {
         let id = req.into_inner().session_id;
         let ephemerals = self.open_session(id)?;
         let Some(conn_id) = self.core().with_sessions(|s| s.get(id).and_then(|s| s.conn)) else {
-            return Err(Status::failed_precondition(format!("session {id:#x} has no connection right now")));
+            return Err(Status::failed_precondition(format!("session {} has no connection right now", SessionId(id))));
         };
         let Some(conn) = self.core().connections().into_iter().find(|c| c.id == conn_id) else {
-            return Err(Status::failed_precondition(format!("session {id:#x}'s connection has just closed")));
+            return Err(Status::failed_precondition(format!("session {}'s connection has just closed", SessionId(id))));
         };
-        tracing::info!(session = format!("{id:#x}"), peer = %conn.peer, "connection dropped by the admin API");
+        tracing::info!(session = %SessionId(id), peer = %conn.peer, "connection dropped by the admin API");
         conn.close();
         Ok(Response::new(SessionReply { ephemerals }))
     }

@@ -1,5 +1,9 @@
 //! The accept loop and the server's background duties.
 //!
+//! The duties' timers live here, beside the shutdown they stop with; what
+//! each pass does lives with the rest of what the server does
+//! ([`ops::expiry`](crate::ops::expiry) for expiry and reaping).
+//!
 //! Shutdown is one [`CancellationToken`]: the accept loop stops, every
 //! connection's reader sees it and closes, and [`run`] returns once all
 //! connection tasks have finished (tracked by a `TaskTracker`).
@@ -12,14 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use zk_wire::ErrorCode;
-
-use crate::committer::Proposal;
 use crate::config::Config;
 use crate::conn;
 use crate::core::Core;
-use crate::tree::TxnResult;
-use crate::txn::{NodeKind, Txn};
 
 /// Serves ZooKeeper clients on `listener` until `shutdown` completes, then
 /// closes every connection and returns.
@@ -111,12 +110,12 @@ async fn snapshots(core: Arc<Core>, token: CancellationToken) {
 /// steps, so one pass per step is exact; see `session`).
 async fn expire_sessions(core: Arc<Core>, token: CancellationToken) {
     loop {
-        let wait = crate::ops::session::until_next_step(&core);
+        let wait = crate::ops::expiry::until_next_step(&core);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = token.cancelled() => return,
         }
-        crate::ops::session::expire_sessions(&core);
+        crate::ops::expiry::expire_sessions(&core);
     }
 }
 
@@ -142,6 +141,8 @@ async fn shed_unread(core: Arc<Core>, token: CancellationToken) {
     }
 }
 
+/// Deletes empty containers and stale TTL nodes every
+/// `container_check_interval` (see `ops::expiry::reap_once`).
 async fn reap(core: Arc<Core>, token: CancellationToken) {
     let mut interval = tokio::time::interval(core.config.container_check_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,51 +151,6 @@ async fn reap(core: Arc<Core>, token: CancellationToken) {
             _ = interval.tick() => {}
             _ = token.cancelled() => return,
         }
-        reap_once(&core);
+        crate::ops::expiry::reap_once(&core);
     }
-}
-
-/// Deletes empty containers that have had children, and TTL nodes that are
-/// childless and unmodified for longer than their TTL. Each deletion is a
-/// txn like a client's, checked again under the write lock (a child may
-/// have arrived since the candidates were listed). Returns how many went.
-fn reap_once(core: &Core) -> usize {
-    let now = crate::committer::wall_ms();
-    let candidates: Vec<String> = core.with_tree(|tree| {
-        let containers =
-            tree.containers().filter(|p| tree.get(p).is_some_and(|n| n.stat.cversion > 0 && n.num_children() == 0));
-        let ttls = tree.ttls().filter(|p| {
-            tree.get(p).is_some_and(
-                |n| matches!(n.kind(), NodeKind::Ttl(ttl) if n.num_children() == 0 && now - n.stat.mtime > ttl),
-            )
-        });
-        containers.chain(ttls).cloned().collect()
-    });
-    let mut reaped = 0;
-    for path in candidates {
-        let done = core.commit(
-            Proposal::server(0, 0),
-            |t, ctx| {
-                let still = t.get(&path).is_some_and(|n| {
-                    n.num_children() == 0
-                        && match n.kind() {
-                            NodeKind::Container => n.stat.cversion > 0,
-                            NodeKind::Ttl(ttl) => ctx.time - n.stat.mtime > ttl,
-                            _ => false,
-                        }
-                });
-                if still {
-                    Txn::Delete { path: path.clone() }
-                } else {
-                    Txn::Error(ErrorCode::NotEmpty)
-                }
-            },
-            |_, r| matches!(r, TxnResult::Deleted),
-        );
-        if done {
-            tracing::debug!(path, "reaped");
-            reaped += 1;
-        }
-    }
-    reaped
 }

@@ -17,13 +17,33 @@
 //! the step except how soon after its timeout a dead session goes.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
-use crate::watch::ConnId;
+use crate::conn_id::ConnId;
+
+/// A session id as ZooKeeper prints it in logs, four-letter words and
+/// admin output: `0x`, then lowercase hex with no padding, a negative id as
+/// its 64-bit two's complement (Java's `"0x" + Long.toHexString(id)`).
+///
+/// Ids stay `i64` in the table, the txns and the tree (an ephemeral's
+/// owner is one): that is what the wire and the log carry. This type is how
+/// an id is *shown*, so every place that prints one prints it the same way
+/// and none spells the format out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub i64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Rust's `{:x}` on a signed integer prints its two's complement,
+        // as Java's toHexString does.
+        write!(f, "{:#x}", self.0)
+    }
+}
 
 /// The longest expiry step: how late after its timeout a silent session
 /// may end, at most.
@@ -219,6 +239,17 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As ZooKeeper prints ids: `"0x" + Long.toHexString(id)`, so no
+    /// padding, and a negative id (a server id of 128 or more in the top
+    /// byte) as its two's complement.
+    #[test]
+    fn a_session_id_prints_as_zookeeper_prints_it() {
+        assert_eq!(SessionId(0).to_string(), "0x0");
+        assert_eq!(SessionId(0x1000_0a2b_3c4d_0001).to_string(), "0x10000a2b3c4d0001");
+        assert_eq!(SessionId(-1).to_string(), "0xffffffffffffffff");
+        assert_eq!(SessionId(i64::MIN).to_string(), "0x8000000000000000");
+    }
 
     #[test]
     fn passwords_are_per_session_and_stable() {

@@ -28,9 +28,8 @@ use std::sync::Arc;
 use zk_wire::consts::{perms, EventType, KeeperState, WatcherType};
 use zk_wire::records::{Acl, Id, WatcherEvent};
 
+use crate::conn_id::ConnId;
 use crate::tree::Trigger;
-
-pub type ConnId = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

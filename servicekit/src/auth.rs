@@ -46,7 +46,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use sha1::{Digest, Sha1};
 use zookeeper_async::{Acl, Permission, ZkError, ZooKeeper};
 
 /// The role names, which are also the digest user names.
@@ -119,8 +118,7 @@ impl fmt::Display for Credentials {
 /// `DigestAuthenticationProvider` derives from an `addauth`, and what an ACL
 /// entry (and the server's `superDigest`) names.
 pub fn digest_id(user: &str, password: &str) -> String {
-    let hash = Sha1::digest(format!("{user}:{password}").as_bytes());
-    format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
+    zk_wire::auth::digest_id(user, password)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -903,6 +903,30 @@ async fn wrong_password_reconnect_leaves_the_live_connection_alone() {
     }
 }
 
+/// A reconnect to a session that is gone is refused with a reply, then
+/// closed: ZooKeeper's `finishSessionInit(cnxn, false)` answers timeout 0,
+/// session 0 and a zeroed password (mirroring the readOnly byte) before it
+/// closes the socket, and that reply is how a client learns its session
+/// expired rather than that the network failed. (The coordinator's refusal
+/// of a session that closes *during* its handshake, which no wire test can
+/// time, is pinned in `ops::session`'s tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reconnect_is_answered_then_closed() {
+    differential("refused-reconnect", async |t: &mut Run| {
+        let s = t.connect().await;
+        let (id, pw) = (s.c.session_id(), s.c.passwd().to_vec());
+        t.close(s).await;
+        for (label, id, pw) in [("closed", id, pw), ("unknown", 0x7777_0000_0000_0002, vec![7; 16])] {
+            let mut again = t.resume(label, id, pw, 0).await;
+            let hs = again.c.handshake().clone();
+            t.note(format!("{label}: passwd zeroed {}, readOnly {:?}", hs.passwd == [0; 16], hs.read_only));
+            let closed = again.c.closed_within(Duration::from_secs(5)).await;
+            t.note(format!("{label}: closed after the refusal: {closed}"));
+        }
+    })
+    .await;
+}
+
 /// Session timeouts are clamped to [2, 20] ticks. The coordinator runs here
 /// with the oracle's tickTime (2 s) so the same requests negotiate the same
 /// timeouts.

@@ -18,6 +18,8 @@
 //! - [`response`]: a typed [`Response`] encoded after a [`records::ReplyHeader`].
 //! - [`frame`]: the 4-byte length prefix and the `jute.maxbuffer` limit.
 //! - [`path`]: building znode paths (`join`), shared by every side.
+//! - [`auth`]: the `digest` scheme's id ([`auth::digest_id`]), which the
+//!   server derives and clients name in ACLs.
 //! - `client` (cargo feature `client`): a raw async client for tests, which
 //!   sends any request with any xid and shows every reply and notification.
 //!
@@ -25,6 +27,7 @@
 //! every length is checked against the bytes that remain. The fuzz target and
 //! the property tests hold it to that.
 
+pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;

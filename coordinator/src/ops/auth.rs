@@ -6,6 +6,7 @@ use zk_wire::{ErrorCode, Response};
 use crate::acl;
 use crate::clients::Client;
 use crate::core::Core;
+use crate::session::SessionId;
 
 /// The most identities one connection may hold (its `ip` id, `super`, and
 /// the digest ids it added). A real client adds one or two; ZooKeeper keeps
@@ -28,7 +29,7 @@ pub(super) fn auth(core: &Core, client: &mut Client, xid: i32, auth: &AuthPacket
         // stay bounded, so ordering them (below) costs a bounded time.
         "digest" if auth.auth.len() > MAX_AUTH_BYTES || client.auth.len() >= MAX_AUTH_IDS => {
             tracing::info!(
-                session = format!("{:#x}", client.session_id),
+                session = %SessionId(client.session_id),
                 bytes = auth.auth.len(),
                 ids = client.auth.len(),
                 max_bytes = MAX_AUTH_BYTES,
@@ -60,7 +61,7 @@ pub(super) fn auth(core: &Core, client: &mut Client, xid: i32, auth: &AuthPacket
     let result = if ok { Ok(&Response::Empty) } else { Err(ErrorCode::AuthFailed) };
     client.reply(crate::frames::reply(xid, 0, result), 0);
     if !ok {
-        tracing::info!(session = format!("{:#x}", client.session_id), scheme = %auth.scheme, "authentication failed; closing the connection");
+        tracing::info!(session = %SessionId(client.session_id), scheme = %auth.scheme, "authentication failed; closing the connection");
     }
     ok
 }

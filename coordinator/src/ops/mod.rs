@@ -7,7 +7,9 @@
 //!   the committer (`committer`), answered from the txn's result;
 //! - `auth`: addauth and whoAmI;
 //! - [`session`]: the handshake that opens or reattaches a session, and
-//!   its end (closeSession, or expiry, which the server orders itself).
+//!   its end (closeSession, the admin API, or expiry);
+//! - [`expiry`]: what the server ends on its own, by the clock: sessions
+//!   past their deadline, empty containers, stale TTL nodes.
 //!
 //! Every reply body is a zk-wire record ([`Response`]), encoded by zk-wire
 //! (`frames`): no handler writes bytes itself.
@@ -16,6 +18,7 @@
 //! `&Core` and nothing below them calls back up.
 
 mod auth;
+pub mod expiry;
 mod read;
 pub mod session;
 mod write;
@@ -30,6 +33,7 @@ use crate::clients::{Answer, Client};
 use crate::committer::Proposal;
 use crate::core::Core;
 use crate::frames::reply;
+use crate::session::SessionId;
 use crate::stats::RequestKind;
 use crate::txn::Txn;
 
@@ -82,7 +86,7 @@ fn dispatch(core: &Core, client: &mut Client, xid: i32, req: Request) -> bool {
             // ZooKeeper answers ZUNIMPLEMENTED and then drops the
             // connection; we answer the same and keep it, so one odd
             // request does not cost a client its connection.
-            tracing::info!(session = format!("{:#x}", client.session_id), op = ?op, "unimplemented request");
+            tracing::info!(session = %SessionId(client.session_id), op = ?op, "unimplemented request");
             let zxid = core.last_zxid();
             client.reply(reply(xid, zxid, Err(ErrorCode::Unimplemented)), zxid);
             true

@@ -15,6 +15,7 @@ use zk_wire::{ErrorCode, Request, Response};
 use crate::acl;
 use crate::clients::Client;
 use crate::core::Core;
+use crate::session::SessionId;
 use crate::tree::{DataTree, NodeRef};
 
 /// The serialized size of a Stat.
@@ -185,7 +186,7 @@ impl<'a> Reader<'a> {
                 };
             if size > limit {
                 tracing::info!(
-                    session = format!("{:#x}", self.client.session_id),
+                    session = %SessionId(self.client.session_id),
                     ops = ops.len(),
                     limit,
                     "multiRead refused: its reply would pass the size limit"

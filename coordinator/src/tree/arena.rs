@@ -29,42 +29,11 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
-use super::node::{Node, StatPersisted};
-use super::snapshot::{self, Progress, SnapshotError};
+use super::node::{Links, Node, StatPersisted, NIL};
 use crate::path;
 
-/// "No node" in a slot link.
-const NIL: u32 = u32::MAX;
 /// The root is created first and never removed.
 pub(super) const ROOT: u32 = 0;
-
-/// Where a node sits: its parent, its first child, its siblings, and how
-/// many children it has. A child list is intrusive, so adding or removing a
-/// child is O(1) and costs the parent nothing. The fields are private to
-/// the arena, so nothing else can build links or change them.
-#[derive(Debug, Clone)]
-pub(super) struct Links {
-    parent: u32,
-    first_child: u32,
-    next_sibling: u32,
-    prev_sibling: u32,
-    num_children: u32,
-}
-
-impl Links {
-    fn under(parent: u32) -> Self {
-        Links { parent, first_child: NIL, next_sibling: NIL, prev_sibling: NIL, num_children: 0 }
-    }
-
-    /// The parent's slot; `None` for the root.
-    pub(super) fn parent(&self) -> Option<u32> {
-        (self.parent != NIL).then_some(self.parent)
-    }
-
-    pub(super) fn num_children(&self) -> u32 {
-        self.num_children
-    }
-}
 
 /// One entry of the path index: a node's slot and the hash of its
 /// (parent, name), kept so that growing the table never re-hashes names.
@@ -94,12 +63,40 @@ pub(super) struct Arena {
     snapshot: Option<Frozen>,
 }
 
+/// How a snapshot writes one node's record: its path, data, ACL id and
+/// stat into `out`.
+///
+/// The format is the snapshot codec's (`snapshot::encode_node`); the arena
+/// is handed it when a snapshot begins instead of naming it, so the codec
+/// sits above the arena and the arena knows only *when* a node must be
+/// encoded (before its first change, or when the cursor reaches it), never
+/// how.
+pub(super) type EncodeNode = fn(path: &str, node: &Node, out: &mut Vec<u8>);
+
+/// Where a snapshot stands after a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    More,
+    Done,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("no snapshot is in progress (another one replaced it)")]
+    NotStarted,
+    /// A self-check: the encoded nodes must be exactly those the tree held
+    /// when the snapshot began.
+    #[error("the snapshot encoded {emitted} nodes where the tree held {expected}")]
+    Inconsistent { emitted: usize, expected: usize },
+}
+
 /// A snapshot in progress: the zxid it describes, how far its cursor is,
 /// and the nodes changed ahead of the cursor, encoded as they were at that
 /// zxid.
 #[derive(Debug, Clone)]
 struct Frozen {
     zxid: i64,
+    encode: EncodeNode,
     /// The next slot the cursor encodes.
     next: u32,
     /// Slots at or past this one were empty when the snapshot began.
@@ -285,10 +282,11 @@ impl Arena {
     // ---- the snapshot in progress ------------------------------------------
 
     /// Starts a snapshot of the arena as it is now, described as of `zxid`,
-    /// abandoning one in progress.
-    pub(super) fn freeze(&mut self, zxid: i64) {
+    /// whose records `encode` writes, abandoning one in progress.
+    pub(super) fn freeze(&mut self, zxid: i64, encode: EncodeNode) {
         self.snapshot = Some(Frozen {
             zxid,
+            encode,
             next: 0,
             end: self.slots.len() as u32,
             saved: HashMap::new(),
@@ -320,7 +318,7 @@ impl Arena {
                 out.extend_from_slice(&record);
                 snap.emitted += 1;
             } else if let Some(node) = self.node(slot).filter(|n| n.stat.czxid <= snap.zxid) {
-                snapshot::encode_node(self, slot, node, out);
+                (snap.encode)(&self.path_of(slot), node, out);
                 snap.emitted += 1;
             }
         }
@@ -345,7 +343,7 @@ impl Arena {
         }
         let Some(node) = self.node(slot).filter(|n| n.stat.czxid <= snap.zxid) else { return };
         let mut record = Vec::with_capacity(96 + node.blob_len());
-        snapshot::encode_node(self, slot, node, &mut record);
+        (snap.encode)(&self.path_of(slot), node, &mut record);
         if let Some(snap) = &mut self.snapshot {
             snap.saved.insert(slot, record);
         }

@@ -52,19 +52,27 @@
 //! to each change to remember: the arena hands out a node to change only
 //! through `Arena::edit`, which sets it aside first (see `arena`).
 //!
-//! # Map
+//! # Map, bottom layer first
 //!
-//! - `node`: one znode's layout ([`Node`], [`StatPersisted`]) and the
-//!   view readers get ([`NodeRef`]).
-//! - `arena`: the slots, the links between them, the path index, and the
-//!   copy-on-write state of a snapshot in progress.
+//! Each file names only files above it in this list, and this file, which
+//! holds [`DataTree`], names only those that come before `apply`
+//! (`tests/layers.rs` fails on a cycle among them):
+//!
+//! - `zxid`: where an in-memory server's zxids start.
 //! - `acls`: the interned, counted ACL table.
+//! - `node`: one znode's layout ([`Node`], [`StatPersisted`], its links).
+//! - `arena`: the slots, the links between them, the path index, and the
+//!   copy-on-write cursor of a snapshot in progress ([`Progress`],
+//!   [`SnapshotError`]), which encodes nodes with the codec it is handed.
+//! - This file: [`DataTree`] itself, its read API and the view readers get
+//!   ([`NodeRef`]), and what `apply` reports ([`Trigger`], [`TxnResult`]).
 //! - `apply`: applying a txn ([`DataTree::apply`]), and the indexes of
 //!   ephemerals, containers and TTL nodes it keeps.
 //! - `snapshot`: the snapshot format, its chunked writing and reading.
-//! - `zxid`: where an in-memory server's zxids start.
-//! - This file: [`DataTree`] itself, its read API, and what `apply`
-//!   reports ([`Trigger`], [`TxnResult`]).
+//!
+//! `apply` and `snapshot` add methods to [`DataTree`], so they sit above
+//! it; this file's `pub use` lines hand their types on to the rest of the
+//! server and do not count as a use.
 
 mod acls;
 mod apply;
@@ -74,6 +82,7 @@ mod snapshot;
 mod zxid;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use zk_wire::records::{Acl, Stat};
@@ -83,8 +92,9 @@ use crate::acl;
 use acls::AclTable;
 use arena::{Arena, ROOT};
 
-pub use node::{Node, NodeRef, StatPersisted};
-pub use snapshot::{Progress, SnapshotError, SnapshotHeader};
+pub use arena::{Progress, SnapshotError};
+pub use node::{Node, StatPersisted};
+pub use snapshot::SnapshotHeader;
 pub use zxid::in_memory_first_zxid;
 
 /// A watch trigger produced by a change, for the watch manager to deliver.
@@ -247,6 +257,39 @@ impl DataTree {
     /// Open sessions (id, timeout ms) as of the last applied txn.
     pub fn sessions(&self) -> impl Iterator<Item = (i64, i32)> + '_ {
         self.sessions.iter().map(|(k, v)| (*k, *v))
+    }
+}
+
+/// A node found in the tree, with what it refers to by id (its ACL, its
+/// children) resolved through the tree.
+#[derive(Clone, Copy)]
+pub struct NodeRef<'t> {
+    tree: &'t DataTree,
+    slot: u32,
+    node: &'t Node,
+}
+
+impl<'t> Deref for NodeRef<'t> {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        self.node
+    }
+}
+
+impl<'t> NodeRef<'t> {
+    fn new(tree: &'t DataTree, slot: u32, node: &'t Node) -> Self {
+        NodeRef { tree, slot, node }
+    }
+
+    pub fn acl(&self) -> &'t Arc<Vec<Acl>> {
+        self.tree.acls.get(self.node.acl)
+    }
+
+    /// The children's names, sorted, so listings are deterministic.
+    pub fn children(&self) -> Vec<&'t str> {
+        let mut names: Vec<&str> = self.tree.arena.children_of(self.slot).map(|(_, n)| n.name()).collect();
+        names.sort_unstable();
+        names
     }
 }
 

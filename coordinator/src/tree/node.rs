@@ -1,19 +1,57 @@
-//! One znode as the arena stores it, and the view of it readers get.
+//! One znode as the arena stores it: its content and its links.
 //!
 //! A node holds its content (stat, ACL id, name and data in one `blob`)
 //! and its [`Links`] to other slots. The content is changed through
 //! [`Arena::edit`](super::arena::Arena::edit), which keeps a snapshot in
-//! progress right; the links belong to the arena alone (their fields are
-//! private to it), so an edit cannot unlink a node by mistake.
+//! progress right; the links are the arena's to change.
+//!
+//! This is the tree's bottom layer: it names no other part of the tree, so
+//! the arena (which owns nodes) and the snapshot codec (which encodes
+//! them) can both build on it. The view readers get, which resolves a
+//! node's ACL and children through the tree, is
+//! [`NodeRef`](super::NodeRef), beside the tree.
 
-use std::ops::Deref;
-use std::sync::Arc;
+use zk_wire::records::Stat;
 
-use zk_wire::records::{Acl, Stat};
-
-use super::arena::Links;
-use super::DataTree;
 use crate::txn::NodeKind;
+
+/// "No node" in a slot link.
+pub(super) const NIL: u32 = u32::MAX;
+
+/// Where a node sits: its parent, its first child, its siblings, and how
+/// many children it has. A child list is intrusive, so adding or removing a
+/// child is O(1) and costs the parent nothing.
+///
+/// Only the arena writes these (in `Arena::insert` and `Arena::remove`,
+/// which keep the lists and the path index in step); the rest of the tree
+/// reads a node's parent and child count through the methods. The type
+/// lives here, not in the arena, because a node embeds it: were it the
+/// arena's, the arena and the node would each need the other.
+#[derive(Debug, Clone)]
+pub(super) struct Links {
+    pub(super) parent: u32,
+    pub(super) first_child: u32,
+    pub(super) next_sibling: u32,
+    pub(super) prev_sibling: u32,
+    pub(super) num_children: u32,
+}
+
+impl Links {
+    /// The links of a node just added under `parent`: no children, no
+    /// siblings yet.
+    pub(super) fn under(parent: u32) -> Self {
+        Links { parent, first_child: NIL, next_sibling: NIL, prev_sibling: NIL, num_children: 0 }
+    }
+
+    /// The parent's slot; `None` for the root.
+    pub(super) fn parent(&self) -> Option<u32> {
+        (self.parent != NIL).then_some(self.parent)
+    }
+
+    pub(super) fn num_children(&self) -> u32 {
+        self.num_children
+    }
+}
 
 /// The stat a node persists. `cversion` here counts creates of children, as
 /// ZooKeeper stores it; clients see creates plus deletes (see [`Node::stat`]).
@@ -42,8 +80,8 @@ pub struct Node {
     /// An id in the tree's ACL table, which counts its users: whoever
     /// replaces it releases the old id.
     pub(super) acl: u32,
-    /// Parent, children and siblings. Only the arena can build or change
-    /// them, which is also why only the arena builds nodes.
+    /// Parent, children and siblings, changed only by the arena (see
+    /// [`Links`]).
     pub(super) links: Links,
 }
 
@@ -126,38 +164,5 @@ impl Node {
             num_children,
             pzxid: self.stat.pzxid,
         }
-    }
-}
-
-/// A node found in the tree, with what it refers to by id (its ACL, its
-/// children) resolved through the tree.
-#[derive(Clone, Copy)]
-pub struct NodeRef<'t> {
-    tree: &'t DataTree,
-    slot: u32,
-    node: &'t Node,
-}
-
-impl<'t> Deref for NodeRef<'t> {
-    type Target = Node;
-    fn deref(&self) -> &Node {
-        self.node
-    }
-}
-
-impl<'t> NodeRef<'t> {
-    pub(super) fn new(tree: &'t DataTree, slot: u32, node: &'t Node) -> Self {
-        NodeRef { tree, slot, node }
-    }
-
-    pub fn acl(&self) -> &'t Arc<Vec<Acl>> {
-        self.tree.acls.get(self.node.acl)
-    }
-
-    /// The children's names, sorted, so listings are deterministic.
-    pub fn children(&self) -> Vec<&'t str> {
-        let mut names: Vec<&str> = self.tree.arena.children_of(self.slot).map(|(_, n)| n.name()).collect();
-        names.sort_unstable();
-        names
     }
 }

@@ -8,14 +8,16 @@
 //!
 //! The cursor that walks the arena and the records it keeps for nodes
 //! changed ahead of it live in [the arena](super::arena), next to the one
-//! way to change a node, so that no change can skip them.
+//! way to change a node, so that no change can skip them. The arena does
+//! not know the format: a snapshot hands it [`encode_node`] when it begins,
+//! so this codec sits above the arena and the arena names nothing above it.
 
 use std::sync::Arc;
 
 use zk_wire::codec::{DecodeError, Jute, Reader};
 use zk_wire::records::Acl;
 
-use super::arena::{Arena, ROOT};
+use super::arena::{Progress, SnapshotError, ROOT};
 use super::node::{Node, StatPersisted};
 use super::DataTree;
 use crate::path;
@@ -48,28 +50,10 @@ impl SnapshotHeader {
     }
 }
 
-/// Where a snapshot stands after a chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    More,
-    Done,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SnapshotError {
-    #[error("no snapshot is in progress (another one replaced it)")]
-    NotStarted,
-    /// A self-check: the encoded nodes must be exactly those the tree held
-    /// when the snapshot began.
-    #[error("the snapshot encoded {emitted} nodes where the tree held {expected}")]
-    Inconsistent { emitted: usize, expected: usize },
-}
-
 /// One node's record: path, data, ACL id (the index into the header's
 /// table, which is the ACL table as it stood), stat.
-pub(super) fn encode_node(arena: &Arena, slot: u32, node: &Node, out: &mut Vec<u8>) {
-    let path = arena.path_of(slot);
-    path.write(out);
+fn encode_node(path: &str, node: &Node, out: &mut Vec<u8>) {
+    zk_wire::codec::write_str(out, path);
     zk_wire::codec::write_nullable_bytes(out, node.data());
     (node.acl as i32).write(out);
     let s = &node.stat;
@@ -89,7 +73,7 @@ impl DataTree {
     /// may be applied between the calls. A snapshot already in progress is
     /// abandoned.
     pub fn begin_snapshot(&mut self) -> SnapshotHeader {
-        self.arena.freeze(self.last_zxid);
+        self.arena.freeze(self.last_zxid, encode_node);
         SnapshotHeader {
             zxid: self.last_zxid,
             sessions: self.sessions().collect(),
