@@ -108,14 +108,14 @@ fn scenario(zk: &str, dir: &Path) {
 }
 
 #[test]
-fn ha_on_the_coordinator() {
+fn scenario_4_active_standby_on_the_coordinator() {
     let dir = TempDir::new("ha-coordinator");
     let (_server, addr) = start_coordinator(&["--tick-time", "500"], dir.path());
     scenario(&addr, dir.path());
 }
 
 #[test]
-fn ha_on_zookeeper() {
+fn scenario_4_active_standby_on_zookeeper() {
     let dir = TempDir::new("ha-zookeeper");
     scenario(&testkit::zookeeper_addr().to_string(), dir.path());
 }
