@@ -173,3 +173,36 @@ async fn system_b_is_not_fenced_for_ever_after_a_data_reset_and_alarms_when_it_c
     assert_eq!(entity["epoch"], 1, "{entity}");
     assert_eq!(b.log_text().matches("fencing epoch advanced").count(), 1);
 }
+
+/// A move from Apache ZooKeeper to the coordinator (or back, or a restore
+/// from an old snapshot) is the same drill: the two servers' zxids have
+/// nothing to do with each other (an ensemble's carry its election epoch
+/// in their high 32 bits; this standalone oracle's are in the thousands
+/// after the suite's other tests), and a coordinator on a fresh data dir
+/// starts from 1. The journal keeps growing across the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terms_keep_growing_across_a_move_from_zookeeper_to_the_coordinator() {
+    let dir = TempDir::new("move-ha");
+    let root = format!("/{}", testkit::unique("move"));
+    let journal = dir.path().join("journal");
+    let zookeeper = testkit::zookeeper_addr().to_string();
+    let ids = provision(&zookeeper, &root, dir.path());
+    let mut w1 = start_ha_worker(&zookeeper, &root, &journal, "w1", 100, 3000, dir.path());
+    w1.wait_line("ha-worker active", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(800));
+    drop(w1);
+    let before = ha_worker::journal::read_entries(&journal).expect("journal");
+    let high = before.iter().map(|e| e.token).max().expect("the active wrote on ZooKeeper");
+    assert!(high.zxid >= 100, "the drill needs a term above the coordinator's first ones: {high}");
+
+    // The same system, moved: the coordinator, laid out by the operator.
+    let data = dir.path().join("coordinator");
+    let (_server, zk) = start_coordinator(&["--data-dir", data.to_str().expect("utf-8")], dir.path());
+    init(&zk, &root, &ids);
+    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    w1.wait_line("ha-worker epoch advanced to", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    let after = ha_worker::journal::read_entries(&journal).expect("journal");
+    let new: Vec<Token> = after[before.len()..].iter().map(|e| e.token).collect();
+    assert!(new.len() >= 3 && new.iter().all(|t| *t > high), "after the move: {new:?}, before: {high}");
+}
