@@ -30,9 +30,11 @@
 //! Stdout lines, for tests and operators: `ha-worker standby`,
 //! `ha-worker active term=<zxid> epoch=<epoch>`, `ha-worker stepped down`,
 //! `ha-worker fenced term=<token> newer=<token>`, `ha-worker epoch advanced
-//! to <epoch>`, `ha-worker fencing alarm`, `ha-worker journal unusable` (a
-//! permanent fault: out of the election until fixed), `ha-worker journal
-//! usable again`, `ha-worker resigned`.
+//! to <epoch>`, `ha-worker fencing alarm` (out of the election until an
+//! operator sets the epoch past the journal's), `ha-worker fencing epoch
+//! past the journal again`, `ha-worker journal unusable` (a permanent
+//! fault: out of the election until fixed), `ha-worker journal usable
+//! again`, `ha-worker resigned`.
 
 pub mod journal;
 pub mod term;

@@ -99,10 +99,12 @@ impl Stand {
                         _ = stop.cancelled() => return Instant::now(),
                     }
                 }
-                aside = None;
+                match aside.take() {
+                    Some(Aside::Fencing { .. }) => println!("ha-worker fencing epoch past the journal again"),
+                    _ => println!("ha-worker journal usable again"),
+                }
                 backoff.reset();
                 alarm.clear();
-                println!("ha-worker journal usable again");
                 tracing::info!(journal = %self.journal.path().display(), "usable again: rejoining the election");
             }
             if let Err(e) = self.journal.check() {

@@ -249,8 +249,19 @@ impl Worker {
     /// connection, between the store's write and the node's), its recorded
     /// result is written now, before anything else touches the entity.
     /// This is what lets the store keep one record instead of every id.
+    ///
+    /// If the previous task's node cannot be written (an ACL refuses us),
+    /// nothing else may be applied to the entity: the previous task would
+    /// stop being the last one while still pending, and a copy of it would
+    /// be applied again. The entity waits for an operator instead.
     async fn close_previous(&self, last: &Applied) -> Result<(), Failure> {
-        let Some((_, version)) = self.read_pending(&last.task).await? else { return Ok(()) };
+        let pending = match self.read_pending(&last.task).await {
+            Ok(pending) => pending,
+            // A node we cannot read is no pending task of ours to answer.
+            Err(Failure::Unreadable(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let Some((_, version)) = pending else { return Ok(()) };
         tracing::info!(previous = %last.task, "the entity's previous task was applied but not answered: answering it");
         let node = TaskNode::done(last.value, &last.worker, last.epoch, last.token);
         self.report(&last.task, &node, version).await

@@ -206,3 +206,46 @@ async fn terms_keep_growing_across_a_move_from_zookeeper_to_the_coordinator() {
     let new: Vec<Token> = after[before.len()..].iter().map(|e| e.token).collect();
     assert!(new.len() >= 3 && new.iter().all(|t| *t > high), "after the move: {new:?}, before: {high}");
 }
+
+/// The ha-worker's alarm: after a reset, with the epoch read-only, no term
+/// of this server can pass the journal's. The worker writes nothing, says
+/// so, and stays out of the election (it does not win and resign in a
+/// loop); once the operator sets the epoch past the journal's, it rejoins
+/// by itself and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_cannot_pass_the_journal_stays_out_until_the_operator_acts() {
+    let dir = TempDir::new("reset-ha-alarm");
+    let (mut server, zk) =
+        start_coordinator(&["--data-dir", dir.path().join("d1").to_str().expect("utf-8")], dir.path());
+    let root = format!("/{}", testkit::unique("reset"));
+    let ids = provision(&zk, &root, dir.path());
+    history(&zk, 300).await;
+    let journal = dir.path().join("journal");
+    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    w1.wait_line("ha-worker active", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    // Stop it before the reset, so it finds the read-only epoch first thing.
+    w1.kill9();
+    let high = ha_worker::journal::read_entries(&journal).expect("journal").iter().map(|e| e.token).max();
+    let high = high.expect("the active wrote");
+
+    let _fresh = reset(&mut server, &zk, &root, &ids, &dir.path().join("d2"), dir.path());
+    let (op, op_auth) = connect_as(&zk, &ids, "operator").await;
+    let fencing = format!("{root}/fencing");
+    op.zk.set_acl(&fencing, op_auth.policy().operator_dir(), None).await.expect("setacl");
+    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    w1.wait_line("ha-worker fencing alarm", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let entries = ha_worker::journal::read_entries(&journal).expect("journal");
+    assert!(entries.iter().all(|e| e.token <= high), "a term that cannot pass the journal wrote to it");
+    let log = w1.log_text();
+    assert!(log.matches("ERROR").count() <= 2, "the alarm floods the log:\n{log}");
+
+    // The operator sets the epoch past the journal's; the worker rejoins.
+    op.zk.set_data(&fencing, b"1".to_vec(), None).await.expect("set the epoch");
+    w1.wait_line("ha-worker fencing epoch past the journal again", Duration::from_secs(40));
+    w1.wait_line("ha-worker active", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let entries = ha_worker::journal::read_entries(&journal).expect("journal");
+    assert!(entries.iter().any(|e| e.token > high), "the worker did not work after the operator acted");
+}
