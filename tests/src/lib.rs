@@ -245,6 +245,29 @@ pub async fn rabbitmq_confirmed_channel() -> (lapin::Connection, lapin::Channel)
     (amqp, ch)
 }
 
+/// Publishes `body` to `queue` through the default exchange (as the
+/// broker's administrator: the tests' observer, or attacker), persistent,
+/// and waits for the broker's confirm; `ch` must be in confirm mode
+/// ([`rabbitmq_confirmed_channel`]).
+pub async fn publish_confirmed(ch: &lapin::Channel, queue: &str, body: &[u8]) {
+    use lapin::options::BasicPublishOptions;
+    use lapin::BasicProperties;
+    let sent = async {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm")
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
+}
+
 /// The invariant "every ephemeral's owner is a live session", read from the
 /// text of the coordinator's `dump` four-letter word: returns the
 /// ephemerals whose owner is not among the sessions, by owner. Panics if

@@ -20,8 +20,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{binary, rabbitmq_confirmed_channel, start_coordinator, start_system_b, Proc, TempDir};
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use zk_recipes::session::Client;
 use zookeeper_async::{Acl, CreateMode};
 
@@ -143,22 +141,9 @@ fn password_in(file: &Path) -> String {
     line.trim().split_once(':').expect("user:password").1.to_string()
 }
 
-/// Publishes `body` to `queue`, confirmed.
+/// Publishes `body` to `queue`, confirmed, as the broker's administrator.
 async fn publish(ch: &lapin::Channel, queue: &str, body: &str) {
-    let sent = async {
-        ch.basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm")
-    };
-    tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
+    e2e_tests::publish_confirmed(ch, queue, body.as_bytes()).await;
 }
 
 /// Waits until the task node's status is no longer `pending`; returns its

@@ -15,9 +15,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{rabbitmq_confirmed_channel, start_coordinator, start_system_b, start_system_b_with_env, TempDir};
-use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::BasicProperties;
+use e2e_tests::{
+    publish_confirmed, rabbitmq_confirmed_channel, start_coordinator, start_system_b, start_system_b_with_env, TempDir,
+};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 use system_b::worker::{Handled, Worker};
 use zk_recipes::session::Client;
 use zookeeper_async::{Acl, CreateMode};
@@ -33,21 +34,7 @@ async fn create_task(c: &Client, root: &str, id: &str, entity: &str, amount: i64
 }
 
 async fn publish(ch: &lapin::Channel, queue: &str, id: &str) {
-    let body = task_contract::TaskMessage::new(id).encode();
-    let sent = async {
-        ch.basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm")
-    };
-    tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
+    publish_confirmed(ch, queue, &task_contract::TaskMessage::new(id).encode()).await;
 }
 
 /// The task node once final: (status, value).

@@ -15,11 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    binary, provision, rabbitmq_confirmed_channel, start_coordinator, start_ha_worker, start_system_b, Identities,
-    Proc, TempDir,
+    binary, provision, publish_confirmed, rabbitmq_confirmed_channel, start_coordinator, start_ha_worker,
+    start_system_b, Identities, Proc, TempDir,
 };
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use servicekit::auth::ZkAuth;
 use zk_recipes::fencing::Token;
 use zk_recipes::session::Client;
@@ -65,23 +63,52 @@ fn init(zk: &str, root: &str, ids: &Identities) {
     assert!(out.status.success(), "zkctl init: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_active_worker_is_not_fenced_for_ever_after_a_data_reset() {
-    let dir = TempDir::new("reset-ha");
-    let (mut server, zk) =
-        start_coordinator(&["--data-dir", dir.path().join("d1").to_str().expect("utf-8")], dir.path());
+/// A system on the coordinator with data dir `d1`, laid out by the
+/// operator, with a history of 300 transactions behind it, and an
+/// ha-worker `w1` active in it, its journal at `journal`.
+struct Deployment {
+    dir: TempDir,
+    server: Proc,
+    zk: String,
+    root: String,
+    ids: Identities,
+    journal: std::path::PathBuf,
+}
+
+async fn deployment(name: &str) -> Deployment {
+    let dir = TempDir::new(name);
+    let data = dir.path().join("d1");
+    let (server, zk) = start_coordinator(&["--data-dir", data.to_str().expect("utf-8")], dir.path());
     let root = format!("/{}", testkit::unique("reset"));
     let ids = provision(&zk, &root, dir.path());
     history(&zk, 300).await;
     let journal = dir.path().join("journal");
-    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    Deployment { dir, server, zk, root, ids, journal }
+}
+
+impl Deployment {
+    fn worker(&self) -> Proc {
+        start_ha_worker(&self.zk, &self.root, &self.journal, "w1", 100, 3000, self.dir.path())
+    }
+
+    /// The coordinator replaced by one on an empty data dir (see [`reset`]).
+    fn reset(&mut self) -> Proc {
+        reset(&mut self.server, &self.zk, &self.root, &self.ids, &self.dir.path().join("d2"), self.dir.path())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_active_worker_is_not_fenced_for_ever_after_a_data_reset() {
+    let mut d = deployment("reset-ha").await;
+    let journal = d.journal.clone();
+    let mut w1 = d.worker();
     let line = w1.wait_line("ha-worker active", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(800));
     let before = ha_worker::journal::read_entries(&journal).expect("journal");
     let high = before.iter().map(|e| e.token).max().expect("the active wrote");
     assert!(high.zxid >= 300, "the drill needs a term in the hundreds: {line}");
 
-    let _fresh = reset(&mut server, &zk, &root, &ids, &dir.path().join("d2"), dir.path());
+    let _fresh = d.reset();
     let started = Instant::now();
     w1.wait_line("ha-worker epoch advanced to", Duration::from_secs(30));
     println!("active again {:?} after the reset, past term {high}", started.elapsed());
@@ -98,18 +125,6 @@ async fn an_active_worker_is_not_fenced_for_ever_after_a_data_reset() {
     assert!(!log.contains("fencing alarm") && !log.contains("cannot catch up"), "{log}");
 }
 
-async fn publish(ch: &lapin::Channel, queue: &str, id: &str) {
-    let body = task_contract::TaskMessage::new(id).encode();
-    let sent = async {
-        ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, BasicProperties::default())
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm")
-    };
-    tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
-}
-
 /// Creates task `id` (`add 1` to `acct`) as system-a and publishes it;
 /// returns its final status and value.
 async fn run_task(a: &(Client, ZkAuth), root: &str, ch: &lapin::Channel, queue: &str, id: &str) -> (String, i64) {
@@ -117,7 +132,7 @@ async fn run_task(a: &(Client, ZkAuth), root: &str, ch: &lapin::Channel, queue: 
     let node = task_contract::TaskNode::pending("acct", task_contract::Op::Add, 1).encode();
     let created = a.0.zk.create(&path, node, a.1.policy().task(), CreateMode::Persistent);
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
-    publish(ch, queue, id).await;
+    publish_confirmed(ch, queue, &task_contract::TaskMessage::new(id).encode()).await;
     let started = Instant::now();
     loop {
         let (data, _) = a.0.zk.get_data(&path, false).await.expect("task node");
@@ -132,15 +147,11 @@ async fn run_task(a: &(Client, ZkAuth), root: &str, ch: &lapin::Channel, queue: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn system_b_is_not_fenced_for_ever_after_a_data_reset_and_alarms_when_it_cannot_advance() {
-    let dir = TempDir::new("reset-b");
-    let (mut server, zk) =
-        start_coordinator(&["--data-dir", dir.path().join("d1").to_str().expect("utf-8")], dir.path());
-    let root = format!("/{}", testkit::unique("reset"));
+    let mut d = deployment("reset-b").await;
+    let (zk, root, ids, dir) = (d.zk.clone(), d.root.clone(), d.ids.clone(), d.dir.path().to_path_buf());
     let queue = testkit::unique("reset-tasks");
-    let ids = provision(&zk, &root, dir.path());
-    history(&zk, 300).await;
-    let store = dir.path().join("store");
-    let b = start_system_b(&zk, &root, &queue, &store, "b1", 3000, dir.path());
+    let store = dir.join("store");
+    let b = start_system_b(&zk, &root, &queue, &store, "b1", 3000, &dir);
     let (_amqp, ch) = rabbitmq_confirmed_channel().await;
     let a = connect_as(&zk, &ids, "system-a").await;
     for i in 0..5 {
@@ -148,7 +159,7 @@ async fn system_b_is_not_fenced_for_ever_after_a_data_reset_and_alarms_when_it_c
     }
     drop(a);
 
-    let _fresh = reset(&mut server, &zk, &root, &ids, &dir.path().join("d2"), dir.path());
+    let _fresh = d.reset();
     let a = connect_as(&zk, &ids, "system-a").await;
     // The operator makes the epoch read-only: no holder can advance it, so
     // the store's tokens can never be caught up. One ERROR, the task fails.
@@ -214,14 +225,9 @@ async fn terms_keep_growing_across_a_move_from_zookeeper_to_the_coordinator() {
 /// by itself and works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_that_cannot_pass_the_journal_stays_out_until_the_operator_acts() {
-    let dir = TempDir::new("reset-ha-alarm");
-    let (mut server, zk) =
-        start_coordinator(&["--data-dir", dir.path().join("d1").to_str().expect("utf-8")], dir.path());
-    let root = format!("/{}", testkit::unique("reset"));
-    let ids = provision(&zk, &root, dir.path());
-    history(&zk, 300).await;
-    let journal = dir.path().join("journal");
-    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    let mut d = deployment("reset-ha-alarm").await;
+    let (journal, zk, root, ids) = (d.journal.clone(), d.zk.clone(), d.root.clone(), d.ids.clone());
+    let mut w1 = d.worker();
     w1.wait_line("ha-worker active", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     // Stop it before the reset, so it finds the read-only epoch first thing.
@@ -229,11 +235,11 @@ async fn a_worker_that_cannot_pass_the_journal_stays_out_until_the_operator_acts
     let high = ha_worker::journal::read_entries(&journal).expect("journal").iter().map(|e| e.token).max();
     let high = high.expect("the active wrote");
 
-    let _fresh = reset(&mut server, &zk, &root, &ids, &dir.path().join("d2"), dir.path());
+    let _fresh = d.reset();
     let (op, op_auth) = connect_as(&zk, &ids, "operator").await;
     let fencing = format!("{root}/fencing");
     op.zk.set_acl(&fencing, op_auth.policy().operator_dir(), None).await.expect("setacl");
-    let mut w1 = start_ha_worker(&zk, &root, &journal, "w1", 100, 3000, dir.path());
+    let mut w1 = d.worker();
     w1.wait_line("ha-worker fencing alarm", Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(2));
     let entries = ha_worker::journal::read_entries(&journal).expect("journal");
