@@ -8,8 +8,10 @@
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
 //! - [`layout`]: every znode path of the scenarios, named once.
-//! - [`auth`]: digest identities from a credentials file, and the ACL of
-//!   every kind of node (least privilege per role).
+//! - [`auth`]: the roles; [`auth::credentials`], digest identities from a
+//!   credentials file; [`auth::policy`], the ACL of every kind of node
+//!   (least privilege per role); [`auth::init`](mod@auth::init), `zkctl
+//!   init`'s layout of the tree with those ACLs.
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff; refusals
 //!   (wrong password, missing permission or queue) told apart and final.
 //! - [`broker`]: each service's RabbitMQ user and permissions, and the
