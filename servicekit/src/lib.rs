@@ -123,11 +123,6 @@ impl CommonArgs {
         layout::Layout::new(&self.root)
     }
 
-    /// `<root><path>`.
-    pub fn path(&self, path: &str) -> String {
-        format!("{}{path}", self.root.trim_end_matches('/'))
-    }
-
     /// The instance id: the flag, else `<host>-<pid>`.
     pub fn instance_id(&self) -> String {
         self.instance.clone().unwrap_or_else(|| {

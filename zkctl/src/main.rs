@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use servicekit::layout::Layout;
 use zk_wire::path::join;
 use zookeeper_async::{CreateMode, WatchedEventType, ZkError, ZooKeeper};
 
@@ -126,8 +127,9 @@ enum Cmd {
     Services {
         /// Only this service.
         service: Option<String>,
-        /// Registry root.
-        #[arg(long, default_value = "/services")]
+        /// The registry directory (`<root>/services` of a system under a
+        /// root prefix).
+        #[arg(long, default_value_t = Layout::new("").services())]
         root: String,
     },
 }
@@ -199,7 +201,8 @@ async fn run(cli: Cli) -> Result<()> {
                     servicekit::auth::ZkAuth::credentials_from_file(&path).context("--extra-auth-file")?.auth_packet();
                 zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
             }
-            let planted = servicekit::auth::planted(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
+            let layout = Layout::new(&root);
+            let planted = servicekit::auth::planted(&zk, &layout, &policy).await.map_err(|(path, e)| on(&path)(e))?;
             if !planted.is_empty() {
                 bail!(
                     "refusing to adopt nodes anyone may write (made before init, while the tree was open): {}; \
@@ -207,7 +210,7 @@ async fn run(cli: Cli) -> Result<()> {
                     planted.join(", ")
                 );
             }
-            let report = servicekit::auth::init(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
+            let report = servicekit::auth::init(&zk, &layout, &policy).await.map_err(|(path, e)| on(&path)(e))?;
             println!("created {} node(s), ACL set on {} existing node(s)", report.created.len(), report.acl_set.len());
         }
         Cmd::Get { path } => {

@@ -3,12 +3,8 @@
 
 use zookeeper_async::{Acl, Permission, ZkError, ZooKeeper};
 
-use super::{Policy, SERVICES};
-
-/// `root` + `path`, with an empty root meaning `/`.
-fn under(root: &str, path: &str) -> String {
-    format!("{}{path}", root.trim_end_matches('/'))
-}
+use super::Policy;
+use crate::layout::Layout;
 
 /// What `zkctl init` did, for its report.
 #[derive(Debug, Default)]
@@ -17,54 +13,32 @@ pub struct InitReport {
     pub acl_set: Vec<String>,
 }
 
-/// Lays out the system's tree under `root` with the policy's ACLs: the
-/// root itself, `/config/<service>` for each service (empty data means
-/// defaults), `/services/<service>`, `/tasks`, `/locks`, `/ha`. Nodes that
-/// exist get their ACL set again, and so do the nodes the services created
-/// below them (task, lock, election and member nodes): after a credentials
-/// rotation, one `init` with the new ids re-grants every node. Run as the
-/// operator (or with the super identity the first time, when an old tree
-/// is in the way).
+/// Lays out the system's tree ([`Layout::laid_out`]) with the policy's
+/// ACLs. Nodes that exist get their ACL set again, and so do the nodes the
+/// services created below them ([`Layout::service_made`]: task, outbox,
+/// lock, election and member nodes): after a credentials rotation, one
+/// `init` with the new ids re-grants every node. Run as the operator (or
+/// with the super identity the first time, when an old tree is in the way).
 ///
-/// An empty `root` means the system owns `/`: its ACL is set too, so an
+/// An empty root means the system owns `/`: its ACL is set too, so an
 /// anonymous client cannot add top-level nodes beside ours. On a shared
 /// ensemble give each system its own root instead.
-pub async fn init(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<InitReport, (String, ZkError)> {
-    let planted = planted(zk, root, policy).await?;
+///
+/// `/fencing` is laid out empty (epoch 0) and never written by init again:
+/// an epoch only grows, and init must not undo an advance.
+pub async fn init(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<InitReport, (String, ZkError)> {
+    let planted = planted(zk, layout, policy).await?;
     if !planted.is_empty() {
         return Err((planted.join(", "), ZkError::InvalidACL));
     }
     let mut report = InitReport::default();
-    let mut plan: Vec<(String, Vec<Acl>)> = vec![(under(root, ""), policy.operator_dir())];
-    if plan[0].0.is_empty() {
-        plan[0].0 = "/".into();
-    }
-    plan.push((under(root, "/config"), policy.operator_dir()));
-    for s in SERVICES {
-        plan.push((under(root, &format!("/config/{s}")), policy.config(s)));
-    }
-    plan.push((under(root, "/services"), policy.operator_dir()));
-    for s in SERVICES {
-        plan.push((under(root, &format!("/services/{s}")), policy.service_dir(s)));
-    }
-    plan.push((under(root, "/tasks"), policy.tasks_dir()));
-    plan.push((under(root, "/outbox"), policy.outbox_dir()));
-    plan.push((under(root, "/locks"), policy.locks_dir()));
-    plan.push((under(root, "/ha"), policy.ha_dir()));
-    // Laid out empty (epoch 0) and never written by init again: an epoch
-    // only grows, and init must not undo an advance.
-    plan.push((under(root, "/fencing"), policy.fencing()));
-    for (path, acl) in &plan {
-        put_acl(zk, path, acl, &mut report).await?;
+    for (path, kind) in layout.laid_out() {
+        put_acl(zk, &path, &policy.of(&kind), &mut report).await?;
     }
     // What the services created, granted again (credentials rotation).
-    for s in SERVICES {
-        reacl_below(zk, &under(root, &format!("/services/{s}")), 1, &policy.service_member(s), &mut report).await?;
+    for (dir, depth, kind) in layout.service_made() {
+        reacl_below(zk, &dir, depth, &policy.of(&kind), &mut report).await?;
     }
-    reacl_below(zk, &under(root, "/tasks"), 1, &policy.task(), &mut report).await?;
-    reacl_below(zk, &under(root, "/outbox"), 1, &policy.outbox_entry(), &mut report).await?;
-    reacl_below(zk, &under(root, "/locks"), 2, &policy.lock(), &mut report).await?;
-    reacl_below(zk, &under(root, "/ha"), 2, &policy.ha_group(), &mut report).await?;
     Ok(report)
 }
 
@@ -77,7 +51,7 @@ pub async fn init(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<InitRep
 /// publishes and system-b runs, and a planted `/config/<service>` looks
 /// written by the operator. The operator inspects and deletes them first.
 /// With an open policy (no identities) every node is open: nothing to tell.
-pub async fn planted(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<Vec<String>, (String, ZkError)> {
+pub async fn planted(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<Vec<String>, (String, ZkError)> {
     let mut found = Vec::new();
     if policy.is_open() {
         return Ok(found);
@@ -85,10 +59,7 @@ pub async fn planted(zk: &ZooKeeper, root: &str, policy: &Policy) -> Result<Vec<
     let beyond_read = [Permission::WRITE, Permission::CREATE, Permission::DELETE, Permission::ADMIN];
     // The system's directories and what is below them; not the root's
     // other children, which on a shared ensemble belong to others.
-    let mut level: Vec<String> = ["/config", "/services", "/tasks", "/outbox", "/locks", "/ha", "/fencing"]
-        .iter()
-        .map(|d| under(root, d))
-        .collect();
+    let mut level = layout.top_level();
     for depth in 0..3 {
         let mut next = Vec::new();
         for parent in &level {

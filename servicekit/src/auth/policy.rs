@@ -3,13 +3,16 @@
 //! [`Policy`] is the single place where the ACL of every kind of node is
 //! written; the services, `zkctl init` and the tests all take it from
 //! here, so the tree has the same ACLs on the coordinator and on an Apache
-//! ZooKeeper ensemble. The table is in `docs/security.md`.
+//! ZooKeeper ensemble. The kinds of node, and who reads and writes each,
+//! are in [`crate::layout`]; every right of every role is in
+//! docs/security.md, "ACLs".
 
 use std::collections::BTreeMap;
 
 use zookeeper_async::{Acl, Permission};
 
 use super::{DASHBOARD, HA_WORKER, OPERATOR, SYSTEM_A, SYSTEM_B};
+use crate::layout::Kind;
 
 /// What the operator keeps on the nodes the services own: ADMIN, to set
 /// their ACLs again when credentials rotate, and READ, to list the
@@ -24,8 +27,8 @@ fn perms(bits: &[Permission]) -> Permission {
     bits.iter().fold(Permission::NONE, |acc, p| acc | *p)
 }
 
-/// The ACL of each kind of node, relative to the system's root. Built from
-/// every role's digest id; `ids: None` gives open ACLs everywhere.
+/// The ACL of each [`Kind`] of node ([`Policy::of`]). Built from every
+/// role's digest id; `ids: None` gives open ACLs everywhere.
 #[derive(Clone, Debug)]
 pub struct Policy {
     ids: Option<BTreeMap<String, String>>,
@@ -73,10 +76,28 @@ impl Policy {
     /// `set --create`): a `/config/<service>` node gets [`Policy::config`],
     /// anything else [`Policy::operator_dir`].
     pub fn operator_created(&self, path: &str) -> Vec<Acl> {
-        let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        match segments.as_slice() {
-            [.., "config", service] => self.config(service),
+        match Kind::of(path) {
+            Some(Kind::Config { service }) => self.config(&service),
             _ => self.operator_dir(),
+        }
+    }
+
+    /// The ACL a node of this kind is created (or granted again) with.
+    pub fn of(&self, kind: &Kind) -> Vec<Acl> {
+        match kind {
+            Kind::Root | Kind::ConfigDir | Kind::ServicesDir => self.operator_dir(),
+            Kind::Config { service } => self.config(service),
+            Kind::ServiceDir { service } => self.service_dir(service),
+            Kind::ServiceMember { service } => self.service_member(service),
+            Kind::TasksDir => self.tasks_dir(),
+            Kind::Task => self.task(),
+            Kind::OutboxDir => self.outbox_dir(),
+            Kind::OutboxEntry => self.outbox_entry(),
+            Kind::LocksDir => self.locks_dir(),
+            Kind::Lock => self.lock(),
+            Kind::HaDir => self.ha_dir(),
+            Kind::HaGroup => self.ha_group(),
+            Kind::Fencing => self.fencing(),
         }
     }
 
@@ -177,22 +198,21 @@ impl Policy {
 
 /// The role that may do what `path` was refused for, in a sentence for an
 /// operator: "not allowed: /config/system-b needs the operator identity".
-/// The first of the system's directory names in the path decides, so a
-/// system under a root prefix is named the same.
+/// The path's [`Kind`] decides, and [`Kind::of`] reads it under any root,
+/// so a system under a root prefix is named the same.
 pub fn not_allowed(path: &str) -> String {
-    let known = ["config", "services", "tasks", "outbox", "locks", "ha", "fencing"];
-    let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let at = segments.iter().position(|s| known.contains(s)).unwrap_or(segments.len());
-    let mut parts = segments[at..].iter().copied();
-    let who = match (parts.next(), parts.next()) {
-        (Some("config"), _) => "the operator identity".to_string(),
-        (Some("services"), Some(s)) => format!("the {s} identity"),
-        (Some("tasks"), _) => "the system-a or system-b identity".to_string(),
-        (Some("outbox"), _) => "the system-a identity".to_string(),
-        (Some("locks"), _) => "the system-b identity".to_string(),
-        (Some("ha"), _) => "the ha-worker identity".to_string(),
-        (Some("fencing"), _) => "the operator identity (system-b and ha-worker may only advance it)".to_string(),
-        _ => "an identity its ACL grants (zkctl getacl shows it)".to_string(),
+    let who = match Kind::of(path) {
+        Some(Kind::ConfigDir | Kind::Config { .. }) => format!("the {OPERATOR} identity"),
+        Some(Kind::ServiceDir { service } | Kind::ServiceMember { service }) => format!("the {service} identity"),
+        // A task node: system-a creates it, system-b answers it.
+        Some(Kind::TasksDir | Kind::Task) => format!("the {SYSTEM_A} or {SYSTEM_B} identity"),
+        Some(Kind::OutboxDir | Kind::OutboxEntry) => format!("the {SYSTEM_A} identity"),
+        Some(Kind::LocksDir | Kind::Lock) => format!("the {SYSTEM_B} identity"),
+        Some(Kind::HaDir | Kind::HaGroup) => format!("the {HA_WORKER} identity"),
+        Some(Kind::Fencing) => {
+            format!("the {OPERATOR} identity ({SYSTEM_B} and {HA_WORKER} may only advance it)")
+        }
+        Some(Kind::Root | Kind::ServicesDir) | None => "an identity its ACL grants (zkctl getacl shows it)".into(),
     };
     format!("not allowed: {path} needs {who}")
 }
@@ -205,5 +225,49 @@ mod tests {
     fn refusals_name_the_identity_needed() {
         assert_eq!(not_allowed("/config/system-b"), "not allowed: /config/system-b needs the operator identity");
         assert!(not_allowed("/r/locks/x").ends_with("the system-b identity"));
+        assert!(not_allowed("/r/tasks").ends_with("the system-a or system-b identity"));
+        assert!(not_allowed("/r/services/ha-worker/i1").ends_with("the ha-worker identity"));
+        assert!(not_allowed("/r").ends_with("(zkctl getacl shows it)"));
+    }
+
+    /// The table in `crate::layout`'s docs, row by row, read back from the
+    /// ACLs: who writes (W, C or D) and who reads, besides the operator,
+    /// who reads every node but a task's.
+    #[test]
+    fn the_layout_table_is_the_policy() {
+        let ids = super::super::ROLES.iter().map(|r| (r.to_string(), format!("{r}:hash"))).collect();
+        let policy = Policy::least_privilege(ids);
+        let service = |s: &str| s.to_string();
+        let rows: [(Kind, &[&str], &[&str]); 15] = [
+            (Kind::Root, &[OPERATOR], &["anyone"]),
+            (Kind::ConfigDir, &[OPERATOR], &["anyone"]),
+            (Kind::ServicesDir, &[OPERATOR], &["anyone"]),
+            (Kind::Config { service: service(SYSTEM_B) }, &[OPERATOR], &[SYSTEM_B, DASHBOARD]),
+            (Kind::ServiceDir { service: service(HA_WORKER) }, &[HA_WORKER], &["anyone"]),
+            (Kind::ServiceMember { service: service(SYSTEM_A) }, &[SYSTEM_A], &["anyone"]),
+            (Kind::TasksDir, &[SYSTEM_A], &[SYSTEM_A, DASHBOARD]),
+            (Kind::Task, &[SYSTEM_A, SYSTEM_B], &[SYSTEM_A, SYSTEM_B, DASHBOARD]),
+            (Kind::OutboxDir, &[SYSTEM_A], &[SYSTEM_A, DASHBOARD]),
+            (Kind::OutboxEntry, &[SYSTEM_A], &[SYSTEM_A, DASHBOARD]),
+            (Kind::LocksDir, &[SYSTEM_B], &[SYSTEM_B, DASHBOARD]),
+            (Kind::Lock, &[SYSTEM_B], &[SYSTEM_B, DASHBOARD]),
+            (Kind::HaDir, &[HA_WORKER], &[HA_WORKER, DASHBOARD]),
+            (Kind::HaGroup, &[HA_WORKER], &[HA_WORKER, DASHBOARD]),
+            (Kind::Fencing, &[OPERATOR, SYSTEM_B, HA_WORKER], &[SYSTEM_B, HA_WORKER, DASHBOARD]),
+        ];
+        let writes = [Permission::WRITE, Permission::CREATE, Permission::DELETE];
+        for (kind, writers, readers) in rows {
+            let acl = policy.of(&kind);
+            let who = |a: &Acl| a.id.split(':').next().unwrap_or_default().to_string();
+            let wrote: Vec<String> = acl.iter().filter(|a| writes.iter().any(|p| a.perms.can(*p))).map(who).collect();
+            let mut read: Vec<String> =
+                acl.iter().filter(|a| a.perms.can(Permission::READ)).map(who).filter(|r| r != OPERATOR).collect();
+            if read.iter().any(|r| r == "anyone") {
+                read = vec!["anyone".into()];
+            }
+            assert_eq!(wrote, writers, "who writes {kind:?}");
+            assert_eq!(read, readers, "who reads {kind:?}");
+        }
+        assert!(!policy.of(&Kind::Task).iter().any(|a| a.id.starts_with(OPERATOR) && a.perms.can(Permission::READ)));
     }
 }
