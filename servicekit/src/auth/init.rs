@@ -3,8 +3,46 @@
 
 use zookeeper_async::{Acl, Permission, ZkError, ZooKeeper};
 
-use super::Policy;
+use super::{not_allowed, Policy};
 use crate::layout::Layout;
+
+/// Why `init` (or [`planted`]) stopped, in a sentence that names the node
+/// and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The server refused or failed an operation on `path`.
+    #[error("{}", zk_failure(path, *error))]
+    Zk { path: String, error: ZkError },
+    /// Nodes anyone may write, made before `init` (see [`planted`]):
+    /// adopting them would make a forged task or config look genuine.
+    #[error(
+        "refusing to adopt nodes anyone may write (made before init, while the tree was open): {}; \
+         inspect them, delete them (zkctl rm), then run init again",
+        paths.join(", ")
+    )]
+    Planted { paths: Vec<String> },
+}
+
+/// An [`InitError::Zk`] on `path`, for `map_err`.
+fn at(path: &str) -> impl FnOnce(ZkError) -> InitError + '_ {
+    move |error| InitError::Zk { path: path.to_string(), error }
+}
+
+fn zk_failure(path: &str, error: ZkError) -> String {
+    match error {
+        // Most often a rotation run with the new operator alone: the tree
+        // still names the old one.
+        ZkError::NoAuth => format!(
+            "{}; after a credentials rotation, hold the previous operator's identity too \
+             (zkctl init --extra-auth-file, docs/security.md)",
+            not_allowed(path)
+        ),
+        ZkError::NoNode => {
+            format!("the parent of {path} does not exist: create it first, or lay out under another root")
+        }
+        other => format!("{path}: {other:?}"),
+    }
+}
 
 /// What `zkctl init` did, for its report.
 #[derive(Debug, Default)]
@@ -26,10 +64,10 @@ pub struct InitReport {
 ///
 /// `/fencing` is laid out empty (epoch 0) and never written by init again:
 /// an epoch only grows, and init must not undo an advance.
-pub async fn init(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<InitReport, (String, ZkError)> {
+pub async fn init(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<InitReport, InitError> {
     let planted = planted(zk, layout, policy).await?;
     if !planted.is_empty() {
-        return Err((planted.join(", "), ZkError::InvalidACL));
+        return Err(InitError::Planted { paths: planted });
     }
     let mut report = InitReport::default();
     for (path, kind) in layout.laid_out() {
@@ -51,7 +89,7 @@ pub async fn init(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<In
 /// publishes and system-b runs, and a planted `/config/<service>` looks
 /// written by the operator. The operator inspects and deletes them first.
 /// With an open policy (no identities) every node is open: nothing to tell.
-pub async fn planted(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<Vec<String>, (String, ZkError)> {
+pub async fn planted(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result<Vec<String>, InitError> {
     let mut found = Vec::new();
     if policy.is_open() {
         return Ok(found);
@@ -71,7 +109,7 @@ pub async fn planted(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result
                     // Not readable by the operator (a task node keeps it
                     // ADMIN only), so not open to anyone either.
                     Err(ZkError::NoNode) | Err(ZkError::NoAuth) => continue,
-                    Err(e) => return Err((parent.clone(), e)),
+                    Err(e) => return Err(at(parent)(e)),
                 }
             };
             for path in children {
@@ -84,7 +122,7 @@ pub async fn planted(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result
                         }
                     }
                     Err(ZkError::NoNode) => continue,
-                    Err(e) => return Err((path, e)),
+                    Err(e) => return Err(at(&path)(e)),
                 }
                 next.push(path);
             }
@@ -96,19 +134,19 @@ pub async fn planted(zk: &ZooKeeper, layout: &Layout, policy: &Policy) -> Result
 
 /// Creates `path` with `acl`, or sets `acl` on it if it exists (its
 /// ancestors must exist: `init` goes top down).
-async fn put_acl(zk: &ZooKeeper, path: &str, acl: &[Acl], report: &mut InitReport) -> Result<(), (String, ZkError)> {
-    if zk.exists(path, false).await.map_err(|e| (path.to_string(), e))?.is_none() {
+async fn put_acl(zk: &ZooKeeper, path: &str, acl: &[Acl], report: &mut InitReport) -> Result<(), InitError> {
+    if zk.exists(path, false).await.map_err(at(path))?.is_none() {
         match zk.create(path, vec![], acl.to_vec(), zookeeper_async::CreateMode::Persistent).await {
             Ok(_) => {
                 report.created.push(path.to_string());
                 return Ok(());
             }
             Err(ZkError::NodeExists) => {}
-            Err(e) => return Err((path.to_string(), e)),
+            Err(e) => return Err(at(path)(e)),
         }
     }
-    if zk.get_acl(path).await.map_err(|e| (path.to_string(), e))?.0 != acl {
-        zk.set_acl(path, acl.to_vec(), None).await.map_err(|e| (path.to_string(), e))?;
+    if zk.get_acl(path).await.map_err(at(path))?.0 != acl {
+        zk.set_acl(path, acl.to_vec(), None).await.map_err(at(path))?;
         report.acl_set.push(path.to_string());
     }
     Ok(())
@@ -121,7 +159,7 @@ async fn reacl_below(
     depth: u32,
     acl: &[Acl],
     report: &mut InitReport,
-) -> Result<(), (String, ZkError)> {
+) -> Result<(), InitError> {
     let mut level = vec![dir.to_string()];
     for _ in 0..depth {
         let mut next = Vec::new();
@@ -129,7 +167,7 @@ async fn reacl_below(
             let children = match zk.get_children(parent, false).await {
                 Ok(c) => c,
                 Err(ZkError::NoNode) => continue,
-                Err(e) => return Err((parent.clone(), e)),
+                Err(e) => return Err(at(parent)(e)),
             };
             for c in children {
                 let path = zk_recipes::join(parent, &c);
@@ -137,11 +175,11 @@ async fn reacl_below(
                     Ok((current, _)) if current != acl => match zk.set_acl(&path, acl.to_vec(), None).await {
                         Ok(_) => report.acl_set.push(path.clone()),
                         Err(ZkError::NoNode) => continue,
-                        Err(e) => return Err((path, e)),
+                        Err(e) => return Err(at(&path)(e)),
                     },
                     Ok(_) => {}
                     Err(ZkError::NoNode) => continue,
-                    Err(e) => return Err((path, e)),
+                    Err(e) => return Err(at(&path)(e)),
                 }
                 next.push(path);
             }
@@ -149,4 +187,19 @@ async fn reacl_below(
         level = next;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_node_and_the_fix() {
+        let refused = at("/r/config")(ZkError::NoAuth).to_string();
+        assert!(refused.starts_with("not allowed: /r/config needs the operator identity;"), "{refused}");
+        assert!(refused.contains("--extra-auth-file"), "{refused}");
+        let planted = InitError::Planted { paths: vec!["/r/tasks/x".into(), "/r/outbox/x".into()] }.to_string();
+        assert!(planted.contains("/r/tasks/x, /r/outbox/x") && planted.contains("zkctl rm"), "{planted}");
+        assert!(at("/a/b")(ZkError::NoNode).to_string().contains("the parent of /a/b does not exist"));
+    }
 }

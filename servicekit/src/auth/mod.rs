@@ -31,7 +31,7 @@ pub mod policy;
 
 pub(crate) use credentials::warn_if_shared;
 pub use credentials::{digest_id, AuthArgs, AuthError, Credentials, ZkAuth};
-pub use init::{init, planted, InitReport};
+pub use init::{init, planted, InitError, InitReport};
 pub use policy::{not_allowed, Policy};
 
 /// The role names, which are also the digest user names.
