@@ -7,7 +7,8 @@
 //!   instance id, root prefix), with env vars and clear startup errors.
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
-//! - [`layout`]: every znode path of the scenarios, named once.
+//! - [`layout`]: every znode path of the scenarios, named once, what each
+//!   node is ([`layout::Kind`]) and who reads and writes it.
 //! - [`auth`]: the roles; [`auth::credentials`], digest identities from a
 //!   credentials file; [`auth::policy`], the ACL of every kind of node
 //!   (least privilege per role); [`auth::init`](mod@auth::init), `zkctl
