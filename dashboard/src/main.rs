@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`snapshot`]: walks the tree and derives the views (lock queues, HA
-//!   groups, tasks, services, config) into one JSON document.
+//!   groups, tasks, services, config) into one JSON document. Where each
+//!   lives is asked of `servicekit::layout::Layout`, as the services do.
 //! - [`sessions`]: the server's sessions, from the coordinator's admin API
 //!   (`--admin`) or the `cons` four-letter word.
 //! - this file: flags, the refresher task, and the HTTP routes: `/` (the
@@ -110,7 +111,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let root = args.root.trim_end_matches('/').to_string();
+    let layout = servicekit::layout::Layout::new(&args.root);
     let zk =
         tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(&args.zk, Duration::from_secs(10), |_| {}))
             .await
@@ -165,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sessions = sessions::Sessions::new(args.admin.as_deref(), &args.zk, token)?;
     let (tx, rx) = watch::channel(Arc::new("{}".to_string()));
     let every = Duration::from_millis(args.refresh_ms);
-    tokio::spawn(refresher(zk.clone(), root, sessions, armed, changed, tx, every));
+    tokio::spawn(refresher(zk.clone(), layout, sessions, armed, changed, tx, every));
 
     let app = Router::new()
         .route("/", get(|| async { Html(include_str!("page.html")) }))
@@ -187,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// changes), and at least every `every`; publishes it only when it changed.
 async fn refresher(
     zk: Arc<ZooKeeper>,
-    root: String,
+    layout: servicekit::layout::Layout,
     mut sessions: sessions::Sessions,
     armed: Arc<Armed>,
     changed: Arc<Notify>,
@@ -196,7 +197,7 @@ async fn refresher(
 ) {
     let mut reported = HashSet::new();
     loop {
-        match snapshot::build(&zk, &root, &armed, &changed).await {
+        match snapshot::build(&zk, &layout, &armed, &changed).await {
             Ok(mut doc) => {
                 // Each refusal once, as the one line the page shows too.
                 if let Some(list) = doc["denied"].as_array() {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
+use servicekit::layout::Layout;
 use tokio::sync::Notify;
 use zk_wire::path::join;
 use zookeeper_async::{ZkError, ZooKeeper};
@@ -169,13 +170,17 @@ async fn flat(
     Ok(out)
 }
 
-pub async fn build(zk: &ZooKeeper, root: &str, armed: &Arc<Armed>, changed: &Arc<Notify>) -> Result<Value, ZkError> {
+pub async fn build(
+    zk: &ZooKeeper,
+    layout: &Layout,
+    armed: &Arc<Armed>,
+    changed: &Arc<Notify>,
+) -> Result<Value, ZkError> {
     if let Ok(mut d) = armed.denied.lock() {
         d.clear();
     }
-    let at = |p: &str| format!("{root}{p}");
 
-    let locks: Map<String, Value> = groups(zk, &at("/locks"), armed, changed)
+    let locks: Map<String, Value> = groups(zk, &layout.locks(), armed, changed)
         .await?
         .into_iter()
         .map(|(entity, q)| {
@@ -184,7 +189,7 @@ pub async fn build(zk: &ZooKeeper, root: &str, armed: &Arc<Armed>, changed: &Arc
             (entity, json!({"holder": holder, "waiters": q.get(1..).unwrap_or(&[]).to_vec()}))
         })
         .collect();
-    let ha: Map<String, Value> = groups(zk, &at("/ha"), armed, changed)
+    let ha: Map<String, Value> = groups(zk, &layout.ha(), armed, changed)
         .await?
         .into_iter()
         .map(|(group, q)| {
@@ -193,19 +198,19 @@ pub async fn build(zk: &ZooKeeper, root: &str, armed: &Arc<Armed>, changed: &Arc
             (group, json!({"active": active, "standby": q.get(1..).unwrap_or(&[]).to_vec()}))
         })
         .collect();
-    let tasks = flat(zk, &at("/tasks"), armed, changed).await?;
-    let config = flat(zk, &at("/config"), armed, changed).await?;
+    let tasks = flat(zk, &layout.tasks(), armed, changed).await?;
+    let config = flat(zk, &layout.config_dir(), armed, changed).await?;
     let mut services = Map::new();
-    if let Some(node) = read(zk, &at("/services"), armed, changed).await? {
+    if let Some(node) = read(zk, &layout.services(), armed, changed).await? {
         for svc in node.children {
-            services.insert(svc.clone(), Value::Object(flat(zk, &join(&at("/services"), &svc), armed, changed).await?));
+            let members = flat(zk, &layout.service(&svc), armed, changed).await?;
+            services.insert(svc, Value::Object(members));
         }
     }
 
     // The raw tree, breadth first and bounded: what zkctl tree would draw.
-    let start = if root.is_empty() { "/".to_string() } else { root.to_string() };
     let mut tree = Vec::new();
-    let mut queue = std::collections::VecDeque::from([start]);
+    let mut queue = std::collections::VecDeque::from([layout.root()]);
     let mut truncated = false;
     while let Some(path) = queue.pop_front() {
         if tree.len() >= TREE_LIMIT {
@@ -226,7 +231,7 @@ pub async fn build(zk: &ZooKeeper, root: &str, armed: &Arc<Armed>, changed: &Arc
 
     let denied: Vec<String> = armed.denied.lock().map(|d| d.iter().cloned().collect()).unwrap_or_default();
     Ok(json!({
-        "root": root, "locks": locks, "ha": ha, "tasks": tasks, "services": services, "config": config,
+        "root": layout.prefix(), "locks": locks, "ha": ha, "tasks": tasks, "services": services, "config": config,
         "tree": tree, "tree_truncated": truncated, "denied": denied,
     }))
 }

@@ -7,9 +7,12 @@
 //!   instance id, root prefix), with env vars and clear startup errors.
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
 //!   live.
-//! - [`layout`]: every znode path of the scenarios, named once.
-//! - [`auth`]: digest identities from a credentials file, and the ACL of
-//!   every kind of node (least privilege per role).
+//! - [`layout`]: every znode path of the scenarios, named once, what each
+//!   node is ([`layout::Kind`]) and who reads and writes it.
+//! - [`auth`]: the roles; [`auth::credentials`], digest identities from a
+//!   credentials file; [`auth::policy`], the ACL of every kind of node
+//!   (least privilege per role); [`auth::init`](mod@auth::init), `zkctl
+//!   init`'s layout of the tree with those ACLs.
 //! - [`rabbit`]: RabbitMQ connection with exponential backoff; refusals
 //!   (wrong password, missing permission or queue) told apart and final.
 //! - [`broker`]: each service's RabbitMQ user and permissions, and the
@@ -119,11 +122,6 @@ impl CommonArgs {
     /// The system's tree under `--root`.
     pub fn layout(&self) -> layout::Layout {
         layout::Layout::new(&self.root)
-    }
-
-    /// `<root><path>`.
-    pub fn path(&self, path: &str) -> String {
-        format!("{}{path}", self.root.trim_end_matches('/'))
     }
 
     /// The instance id: the flag, else `<host>-<pid>`.

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use servicekit::auth::{self, Policy, ZkAuth};
+use servicekit::layout::Layout;
 use testkit::proxy::ZkProxy;
 use testkit::Server;
 use zk_recipes::election::Election;
@@ -73,7 +74,7 @@ async fn check_acls(server: Server) {
 
     // The operator lays out the tree, as `zkctl init` does.
     let operator = client(&addr, &ids, "operator").await;
-    within("init", auth::init(&operator.zk, &root, &policy)).await.expect("init");
+    within("init", auth::init(&operator.zk, &Layout::new(&root), &policy)).await.expect("init");
 
     // The nodes each service creates, through the recipes, as that service.
     let a = client(&addr, &ids, "system-a").await;
@@ -202,7 +203,7 @@ async fn identity_survives_a_reconnect(server: Server) {
     let root = format!("/{}", testkit::unique("reauth"));
     let proxy = ZkProxy::start(running.addr).await;
     let operator = client(&proxy.connect_string(), &ids, "operator").await;
-    within("init", auth::init(&operator.zk, &root, &policy)).await.expect("init");
+    within("init", auth::init(&operator.zk, &Layout::new(&root), &policy)).await.expect("init");
     let cfg = format!("{root}/config/system-b");
     within("set", operator.zk.set_data(&cfg, b"1".to_vec(), None)).await.expect("set before the cut");
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use servicekit::layout::Layout;
 use zk_wire::path::join;
 use zookeeper_async::{CreateMode, WatchedEventType, ZkError, ZooKeeper};
 
@@ -126,8 +127,9 @@ enum Cmd {
     Services {
         /// Only this service.
         service: Option<String>,
-        /// Registry root.
-        #[arg(long, default_value = "/services")]
+        /// The registry directory (`<root>/services` of a system under a
+        /// root prefix).
+        #[arg(long, default_value_t = Layout::new("").services())]
         root: String,
     },
 }
@@ -152,14 +154,35 @@ async fn connect(addr: &str, auth: &servicekit::auth::ZkAuth) -> Result<ZooKeepe
     Ok(zk)
 }
 
-/// Names the znode in the error a user sees, instead of a bare `NoNode`.
+/// A refused or failed operation on a znode, in the line a user sees: it
+/// names the znode (and for a refusal, the identity needed) instead of a
+/// bare `NoNode`.
+#[derive(Debug, thiserror::Error)]
+enum ZnodeError {
+    #[error("no such znode: {0}")]
+    NoNode(String),
+    #[error("znode already exists: {0}")]
+    Exists(String),
+    #[error("{0} has children (use -r)")]
+    NotEmpty(String),
+    #[error("{}", servicekit::auth::not_allowed(.0))]
+    NotAllowed(String),
+    #[error("{path}: {error:?}")]
+    Other { path: String, error: ZkError },
+}
+
+/// The [`ZnodeError`] of `path`, for `map_err`.
 fn on(path: &str) -> impl FnOnce(ZkError) -> anyhow::Error + '_ {
-    move |e| match e {
-        ZkError::NoNode => anyhow::anyhow!("no such znode: {path}"),
-        ZkError::NodeExists => anyhow::anyhow!("znode already exists: {path}"),
-        ZkError::NotEmpty => anyhow::anyhow!("{path} has children (use -r)"),
-        ZkError::NoAuth => anyhow::anyhow!("{}", servicekit::auth::not_allowed(path)),
-        other => anyhow::anyhow!("{path}: {other:?}"),
+    move |e| {
+        let path = path.to_string();
+        match e {
+            ZkError::NoNode => ZnodeError::NoNode(path),
+            ZkError::NodeExists => ZnodeError::Exists(path),
+            ZkError::NotEmpty => ZnodeError::NotEmpty(path),
+            ZkError::NoAuth => ZnodeError::NotAllowed(path),
+            error => ZnodeError::Other { path, error },
+        }
+        .into()
     }
 }
 
@@ -199,15 +222,8 @@ async fn run(cli: Cli) -> Result<()> {
                     servicekit::auth::ZkAuth::credentials_from_file(&path).context("--extra-auth-file")?.auth_packet();
                 zk.add_auth(scheme, credentials).await.map_err(|e| anyhow::anyhow!("authentication failed: {e:?}"))?;
             }
-            let planted = servicekit::auth::planted(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
-            if !planted.is_empty() {
-                bail!(
-                    "refusing to adopt nodes anyone may write (made before init, while the tree was open): {}; \
-                     inspect them, delete them (zkctl rm), then run init again",
-                    planted.join(", ")
-                );
-            }
-            let report = servicekit::auth::init(&zk, &root, &policy).await.map_err(|(path, e)| on(&path)(e))?;
+            // Refuses, naming them, nodes planted before the tree had ACLs.
+            let report = servicekit::auth::init(&zk, &Layout::new(&root), &policy).await?;
             println!("created {} node(s), ACL set on {} existing node(s)", report.created.len(), report.acl_set.len());
         }
         Cmd::Get { path } => {
@@ -425,7 +441,7 @@ async fn load_tree(zk: &ZooKeeper, path: &str) -> Result<Value> {
         // A child deleted while we walk is simply not drawn.
         match Box::pin(load_tree(zk, &p)).await {
             Ok(v) => out.push(v),
-            Err(e) if e.to_string().starts_with("no such znode") => {}
+            Err(e) if matches!(e.downcast_ref(), Some(ZnodeError::NoNode(_))) => {}
             Err(e) => return Err(e),
         }
     }
