@@ -270,7 +270,12 @@ async fn clients_that_never_read_are_bounded() {
     // The session timeout they negotiate (10 s asked, 10 s granted with a
     // 500 ms tick) is the write deadline.
     let started = Instant::now();
-    let hogs = vec![hog(addr, &big, 100).await, hog(addr, &big, 100).await];
+    // 40 replies of 1 MB each: under the per-connection bound (64 MiB), so
+    // what closes them is the write deadline or the global byte budget
+    // (which waits 2 s for a writer first), never before the checks below.
+    // With 100 each, the per-connection bound closed them at once on a
+    // fast run, and the slots were free before the test looked.
+    let hogs = vec![hog(addr, &big, 40).await, hog(addr, &big, 40).await];
     tokio::time::sleep(Duration::from_millis(500)).await;
     for n in 3..=5 {
         assert!(refused(addr).await, "connection {n} from the same address was admitted past the limit of 2");
