@@ -267,17 +267,15 @@ async fn lock_survives_leader_kill() {
     assert!(errors.is_empty(), "acquisitions failed through the election: {errors:?}");
 }
 
-/// Journal lines as (token, instance), leniently: a line that does not
-/// start with both is skipped.
-fn journal(path: &Path) -> Vec<(i64, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut p = l.split_whitespace();
-            Some((p.next()?.parse().ok()?, p.next()?.to_string()))
-        })
-        .collect()
+/// Journal records as (term token, instance); none yet is an empty list.
+fn journal(path: &Path) -> Vec<(zk_recipes::fencing::Token, String)> {
+    match ha_worker::journal::read_entries(path) {
+        Ok(entries) => entries.into_iter().map(|e| (e.token, e.instance)).collect(),
+        Err(ha_worker::journal::JournalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
+        }
+        Err(e) => panic!("the journal cannot be read: {e}"),
+    }
 }
 
 /// The ha pair while the ensemble's leader is killed -9: the active steps

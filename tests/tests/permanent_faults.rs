@@ -139,11 +139,8 @@ async fn an_unusable_journal_keeps_the_worker_out_of_the_election_until_fixed() 
         bad_log.contains("ERROR") && bad_log.contains("journal-dir") && bad_log.contains("staying out of the election"),
         "no ERROR names the journal and says what happens:\n{bad_log}"
     );
-    let terms: std::collections::BTreeSet<String> = std::fs::read_to_string(&good_journal)
-        .expect("the good journal")
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
+    let terms: std::collections::BTreeSet<zk_recipes::fencing::Token> =
+        ha_worker::journal::read_entries(&good_journal).expect("the good journal").iter().map(|e| e.token).collect();
     assert_eq!(terms.len(), 1, "leadership changed hands: terms {terms:?}");
 
     // Fixed: the worker rejoins on its own and takes over when needed.
