@@ -115,20 +115,23 @@ async fn handle(
         delivery.properties.headers().as_ref().and_then(|h| h.inner().get(outcome::ATTEMPTS_HEADER)),
     ) + 1;
     let span = tracing::info_span!("task", task_id = %message.id, attempt);
-    let handled = worker.handle(&message.id, attempt).instrument(span.clone()).await;
-    let _entered = span.enter();
-    match handled {
-        Handled::Done { .. } => {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+    // Instrumented, never entered: an entered span held across an await
+    // would stay entered on this thread for whatever runs there meanwhile.
+    let settled = async {
+        match worker.handle(&message.id, attempt).await {
+            Handled::Done { .. } => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Handled::NoOp(why) => {
+                tracing::info!("nothing to do: {why}");
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Handled::NotDone(failure, disposition) => {
+                settle(alarms, &delivery, channel, queue, &failure, disposition).await
+            }
         }
-        Handled::NoOp(why) => {
-            tracing::info!("nothing to do: {why}");
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        }
-        Handled::NotDone(failure, disposition) => {
-            settle(alarms, &delivery, channel, queue, &failure, disposition).await
-        }
-    }
+    };
+    settled.instrument(span).await;
 }
 
 /// Carries out a disposition with the broker, logging it as loudly as it
