@@ -244,6 +244,12 @@ impl Submitter {
 /// Creates `path` with `data`, or finds it already there with `data`
 /// (another copy of the same request made it): both are success. A node
 /// with other data is `NodeExists`.
+///
+/// A node that is gone between our create and our read was the other
+/// copy's outbox entry, deleted by its confirm (or by the drain, as an
+/// orphan): it is created again, so that whatever happened to the other
+/// copy, an entry exists before this copy creates the task node. The
+/// price is at most one more publish, which system-b applies as a no-op.
 async fn create_or_same(
     client: &Client,
     path: &str,
@@ -252,17 +258,21 @@ async fn create_or_same(
     deadline: Instant,
 ) -> Result<(), ZkError> {
     let zk = &client.zk;
-    match zk_recipes::retry::create_owned(zk, path, data, acl, deadline).await {
-        Ok(_) => Ok(()),
-        Err(ZkError::NodeExists) => {
-            let (current, _) =
-                zk_recipes::retry::retry(&Default::default(), deadline, |_| zk.get_data(path, false)).await?;
-            if current == data {
-                Ok(())
-            } else {
-                Err(ZkError::NodeExists)
+    // Each round is a create another copy's delete raced; a handful is
+    // more than any number of concurrent copies needs to settle.
+    for _ in 0..5 {
+        match zk_recipes::retry::create_owned(zk, path, data, acl, deadline).await {
+            Ok(_) => return Ok(()),
+            Err(ZkError::NodeExists) => {
+                match zk_recipes::retry::retry(&Default::default(), deadline, |_| zk.get_data(path, false)).await {
+                    Ok((current, _)) if current == data => return Ok(()),
+                    Ok(_) => return Err(ZkError::NodeExists),
+                    Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(e),
+                }
             }
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
     }
+    Err(ZkError::OperationTimeout)
 }
