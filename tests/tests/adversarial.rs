@@ -157,6 +157,35 @@ fn coordinator_with_data(dir: &TempDir) -> (Proc, SocketAddr, String) {
     (p, addr.parse().expect("addr"), data)
 }
 
+/// An in-process coordinator serving `config` on a port of its own: the
+/// tests that must look inside the server (its counts, its sessions) or
+/// call what its timers call, while clients talk to it over TCP.
+struct InProcess {
+    core: std::sync::Arc<coordinator::core::Core>,
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    async fn start(config: testkit::CoordinatorConfig) -> InProcess {
+        let core = std::sync::Arc::new(coordinator::core::Core::open(config).expect("a server"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
+            let _ = stopped.await;
+        }));
+        InProcess { core, addr, stop, server }
+    }
+
+    /// Stops the server and waits until it has stopped.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        within("stop", self.server).await.expect("join").expect("serve");
+    }
+}
+
 /// Finding: requests already read from a connection ran after their session
 /// was closed from another connection, leaving ephemerals owned by a dead
 /// session, forever (they survived the timeout and a restart). ZooKeeper,
@@ -963,14 +992,8 @@ async fn the_fatal_log_exit_is_bounded_with_a_stuck_reader() {
 /// before the expiry may be carried out after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_request_runs_after_its_session_expires() {
-    use std::sync::Arc;
-    let core = Arc::new(coordinator::core::Core::open(testkit::CoordinatorConfig::for_tests()).expect("a server"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = InProcess::start(testkit::CoordinatorConfig::for_tests()).await;
+    let (core, addr) = (server.core.clone(), server.addr);
     let mut left_total = 0;
     for round in 0..5 {
         let parent = make_parent(addr, "expiry-drill").await;
@@ -1005,8 +1028,7 @@ async fn no_request_runs_after_its_session_expires() {
         assert!(dead.is_empty(), "round {round}: ephemerals owned by sessions that are gone: {dead:x?}");
     }
     assert_eq!(left_total, 0, "ephemerals of an expired session survived");
-    let _ = stop_tx.send(());
-    within("stop", server).await.expect("join").expect("serve");
+    server.stop().await;
 }
 
 /// Overload: four connections each pipeline 2,000 setData at once, far
@@ -1019,7 +1041,6 @@ async fn no_request_runs_after_its_session_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admission_control_bounds_what_overload_holds_in_memory() {
     use std::sync::atomic::Ordering;
-    use std::sync::Arc;
     use zk_wire::records::SetDataRequest;
     const CONNS: usize = 4;
     const REQUESTS: usize = 2_000;
@@ -1032,13 +1053,8 @@ async fn admission_control_bounds_what_overload_holds_in_memory() {
             global_outstanding_limit: limit,
             ..testkit::CoordinatorConfig::for_tests()
         };
-        let core = Arc::new(coordinator::core::Core::open(config).expect("open the data dir"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
-            let _ = stop_rx.await;
-        }));
+        let server = InProcess::start(config).await;
+        let (core, addr) = (server.core.clone(), server.addr);
         let mut clients = Vec::new();
         for n in 0..CONNS {
             let mut c = connect(addr).await;
@@ -1071,8 +1087,7 @@ async fn admission_control_bounds_what_overload_holds_in_memory() {
         });
         futures::future::join_all(runs).await;
         let peak = core.stats.outstanding_peak.load(Ordering::Relaxed);
-        let _ = stop_tx.send(());
-        within("stop", server).await.expect("join").expect("serve");
+        server.stop().await;
         peak
     }
 
@@ -1098,13 +1113,8 @@ async fn a_hog_that_never_reads_holds_no_outstanding_requests() {
     const LIMIT: usize = 64;
     let config =
         testkit::CoordinatorConfig { global_outstanding_limit: LIMIT, ..testkit::CoordinatorConfig::for_tests() };
-    let core = std::sync::Arc::new(coordinator::core::Core::open(config).expect("a server"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = InProcess::start(config).await;
+    let (core, addr) = (server.core.clone(), server.addr);
     let path = format!("/{}", testkit::unique("hogged"));
     let mut other = connect(addr).await;
     assert_eq!(call(&mut other, create(&path, &[7u8; 1024], CreateMode::Persistent)).await.err, 0);
@@ -1127,8 +1137,7 @@ async fn a_hog_that_never_reads_holds_no_outstanding_requests() {
         core.queued_bytes()
     );
     assert!(most <= LIMIT as u64, "unread replies counted as outstanding requests: {most}");
-    let _ = stop_tx.send(());
-    within("stop", server).await.expect("join").expect("serve");
+    server.stop().await;
 }
 
 /// A raw socket whose receive buffer is `rcvbuf` bytes, with a handshake
@@ -1340,13 +1349,8 @@ async fn the_byte_budget_closes_the_heaviest_unread_connection_first() {
     const BUDGET: usize = 8 * 1024 * 1024;
     let config =
         testkit::CoordinatorConfig { global_queued_bytes_limit: BUDGET, ..testkit::CoordinatorConfig::for_tests() };
-    let core = std::sync::Arc::new(coordinator::core::Core::open(config).expect("a server"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(coordinator::serve(listener, core.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = InProcess::start(config).await;
+    let (core, addr) = (server.core.clone(), server.addr);
     let big = format!("/{}", testkit::unique("budget"));
     let mut reader = connect(addr).await;
     assert_eq!(call(&mut reader, create(&big, &vec![7u8; 1_000_000], CreateMode::Persistent)).await.err, 0);
@@ -1392,6 +1396,5 @@ async fn the_byte_budget_closes_the_heaviest_unread_connection_first() {
     assert!(queued_on(&light).is_some(), "the lighter unread connection was closed although the rest fit the budget");
     assert!(queued <= BUDGET as u64, "{queued} bytes queued over a budget of {BUDGET}");
     drop((heavy, light));
-    let _ = stop_tx.send(());
-    within("stop", server).await.expect("join").expect("serve");
+    server.stop().await;
 }
