@@ -268,6 +268,22 @@ pub async fn publish_confirmed(ch: &lapin::Channel, queue: &str, body: &[u8]) {
     tokio::time::timeout(Duration::from_secs(10), sent).await.expect("published in time");
 }
 
+/// Waits until the task node at `path` is no longer `pending`, reading it
+/// every 50 ms for at most `limit`; returns its data (as JSON) and version.
+pub async fn final_task_node(c: &zk_recipes::session::Client, path: &str, limit: Duration) -> (serde_json::Value, i32) {
+    let started = std::time::Instant::now();
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), c.zk.get_data(path, false)).await.expect("in time");
+        let (data, stat) = read.expect("task node");
+        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
+        if v["status"] != "pending" {
+            return (v, stat.version);
+        }
+        assert!(started.elapsed() < limit, "{path} still pending after {limit:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The invariant "every ephemeral's owner is a live session", read from the
 /// text of the coordinator's `dump` four-letter word: returns the
 /// ephemerals whose owner is not among the sessions, by owner. Panics if

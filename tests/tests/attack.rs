@@ -19,7 +19,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{binary, rabbitmq_confirmed_channel, start_coordinator, start_system_b, Proc, TempDir};
+use e2e_tests::{
+    binary, final_task_node, rabbitmq_confirmed_channel, start_coordinator, start_system_b, Proc, TempDir,
+};
 use zk_recipes::session::Client;
 use zookeeper_async::{Acl, CreateMode};
 
@@ -146,22 +148,6 @@ async fn publish(ch: &lapin::Channel, queue: &str, body: &str) {
     e2e_tests::publish_confirmed(ch, queue, body.as_bytes()).await;
 }
 
-/// Waits until the task node's status is no longer `pending`; returns its
-/// data and version.
-async fn finished(c: &Client, path: &str, limit: Duration) -> (serde_json::Value, i32) {
-    let started = Instant::now();
-    loop {
-        let read = tokio::time::timeout(Duration::from_secs(10), c.zk.get_data(path, false)).await.expect("in time");
-        let (data, stat) = read.expect("task node");
-        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
-        if v["status"] != "pending" {
-            return (v, stat.version);
-        }
-        assert!(started.elapsed() < limit, "{path} still pending after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A task node as system-a writes it before publishing: `add amount` to
 /// `entity`.
 fn pending_node(entity: &str, amount: i64) -> Vec<u8> {
@@ -231,13 +217,13 @@ async fn a_late_copy_of_a_task_does_not_rewrite_its_result() {
     let t = bench(dir.path()).await;
     let first = pending_task(&t.c, &t.root, "t1", "acct", 5).await;
     publish(&t.ch, &t.queue, &message("t1")).await;
-    let (result, version) = finished(&t.c, &first, Duration::from_secs(15)).await;
+    let (result, version) = final_task_node(&t.c, &first, Duration::from_secs(15)).await;
     assert_eq!(result["value"], 5, "{result}");
 
     // Another task changes the entity since.
     let second = pending_task(&t.c, &t.root, "t2", "acct", 3).await;
     publish(&t.ch, &t.queue, &message("t2")).await;
-    assert_eq!(finished(&t.c, &second, Duration::from_secs(15)).await.0["value"], 8);
+    assert_eq!(final_task_node(&t.c, &second, Duration::from_secs(15)).await.0["value"], 8);
 
     // The first task once more: the outbox re-publishing after a lost
     // confirm, or the drain and a slow Submit both publishing it. Its node
@@ -278,7 +264,7 @@ async fn whoever_can_publish_cannot_decide_what_is_applied() {
     // 2. A real task, answered, replayed on another entity as `set 666`.
     let real = pending_task(&t.c, &t.root, "real", "acct", 5).await;
     publish(&t.ch, &t.queue, &message("real")).await;
-    let (answer, version) = finished(&t.c, &real, Duration::from_secs(15)).await;
+    let (answer, version) = final_task_node(&t.c, &real, Duration::from_secs(15)).await;
     assert_eq!(answer["value"], 5);
     let before = t.b.log_text().matches("nothing to do").count();
     publish(&t.ch, &t.queue, r#"{"version":1,"id":"real","entity":"other","op":"set","amount":666}"#).await;
@@ -306,7 +292,7 @@ async fn whoever_can_publish_cannot_decide_what_is_applied() {
     got.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
     publish(&t.ch, &t.queue, r#"{"version":1,"id":"stolen","entity":"other","op":"set","amount":-1000}"#).await;
     t.b = start_system_b(&t.zk, &t.root, &t.queue, &dir.path().join("store"), "b2", 4000, dir.path());
-    let (v, _) = finished(&t.c, &stolen, Duration::from_secs(15)).await;
+    let (v, _) = final_task_node(&t.c, &stolen, Duration::from_secs(15)).await;
     assert_eq!(v["value"], 12, "the caller was told what the rewritten message said: {v}");
     assert_eq!((stored(dir.path(), "acct"), stored(dir.path(), "other")), (12, 0));
     let _ = t.amqp.close(0, "bye".into()).await;
@@ -326,7 +312,7 @@ async fn a_task_for_an_entity_that_cannot_exist_fails_once_not_forever() {
     }
     for (i, entity) in bad.iter().enumerate() {
         let path = format!("{}/tasks/bad{i}", t.root);
-        let (v, _) = finished(&t.c, &path, Duration::from_secs(10)).await;
+        let (v, _) = final_task_node(&t.c, &path, Duration::from_secs(10)).await;
         assert_eq!(v["status"], "failed", "entity {entity:?}: {v}");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -376,7 +362,7 @@ async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
     let (amqp, ch) = rabbitmq_confirmed_channel().await;
     publish(&ch, &queue, &message("t1")).await;
 
-    let (v, _) = finished(&a, &task, Duration::from_secs(20)).await;
+    let (v, _) = final_task_node(&a, &task, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "failed", "{v}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let retries = b.log_text().matches("task will be retried").count();
@@ -519,7 +505,7 @@ async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
         .expect("in time")
         .expect("the operator keeps ADMIN on task nodes");
     publish(&ch, &queue, &String::from_utf8_lossy(&dead.delivery.data)).await;
-    let (v, _) = finished(&a, &task, Duration::from_secs(15)).await;
+    let (v, _) = final_task_node(&a, &task, Duration::from_secs(15)).await;
     assert_eq!((v["status"].as_str(), v["value"].as_i64()), (Some("done"), Some(1)), "{v}");
     assert_eq!(stored(dir.path(), "acct"), 1, "the replay applied the task again");
     let _ = amqp.close(0, "bye".into()).await;
@@ -578,7 +564,7 @@ async fn reconnects_mid_work_fail_no_task() {
     }
     let mut statuses = Vec::new();
     for p in &paths {
-        statuses.push(finished(&a, p, Duration::from_secs(40)).await.0["status"].clone());
+        statuses.push(final_task_node(&a, p, Duration::from_secs(40)).await.0["status"].clone());
     }
     cutter.0.store(true, std::sync::atomic::Ordering::SeqCst);
     let cuts = tokio::time::timeout(Duration::from_secs(5), cutter.1).await.expect("in time").expect("cutter");
@@ -615,7 +601,7 @@ async fn a_poison_message_naming_a_task_neither_fails_nor_applies_it() {
     let (data, _) = t.c.zk.get_data(&task, false).await.expect("task node");
     assert_eq!(data, pending_node("acct", 2), "a poison message changed the task");
     publish(&t.ch, &t.queue, &message("p1")).await;
-    let (v, _) = finished(&t.c, &task, Duration::from_secs(10)).await;
+    let (v, _) = final_task_node(&t.c, &task, Duration::from_secs(10)).await;
     assert_eq!((v["status"].as_str(), v["value"].as_i64()), (Some("done"), Some(2)), "{v}");
     let _ = t.amqp.close(0, "bye".into()).await;
 }

@@ -39,16 +39,8 @@ async fn publish(ch: &lapin::Channel, queue: &str, id: &str) {
 
 /// The task node once final: (status, value).
 async fn answer(c: &Client, path: &str) -> (String, i64) {
-    let started = Instant::now();
-    loop {
-        let (data, _) = c.zk.get_data(path, false).await.expect("task node");
-        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
-        if v["status"] != "pending" {
-            return (v["status"].as_str().unwrap_or("?").to_string(), v["value"].as_i64().unwrap_or(i64::MIN));
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{path} still pending");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (v, _) = e2e_tests::final_task_node(c, path, Duration::from_secs(20)).await;
+    (v["status"].as_str().unwrap_or("?").to_string(), v["value"].as_i64().unwrap_or(i64::MIN))
 }
 
 fn stored(store: &Path, entity: &str) -> serde_json::Value {

@@ -133,16 +133,8 @@ async fn run_task(a: &(Client, ZkAuth), root: &str, ch: &lapin::Channel, queue: 
     let created = a.0.zk.create(&path, node, a.1.policy().task(), CreateMode::Persistent);
     tokio::time::timeout(Duration::from_secs(10), created).await.expect("in time").expect("task node");
     publish_confirmed(ch, queue, &task_contract::TaskMessage::new(id).encode()).await;
-    let started = Instant::now();
-    loop {
-        let (data, _) = a.0.zk.get_data(&path, false).await.expect("task node");
-        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
-        if v["status"] != "pending" {
-            return (v["status"].as_str().unwrap_or("?").into(), v["value"].as_i64().unwrap_or(i64::MIN));
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{id} still pending: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (v, _) = e2e_tests::final_task_node(&a.0, &path, Duration::from_secs(20)).await;
+    (v["status"].as_str().unwrap_or("?").into(), v["value"].as_i64().unwrap_or(i64::MIN))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
