@@ -127,15 +127,9 @@ impl Worker {
         };
         let handled = match self.apply_locked(&task, &guard).await {
             Ok(handled) => handled,
-            Err(failure) => {
-                let disposition = outcome::disposition(&failure, attempt);
-                if let Disposition::FailThenDeadLetter { error } = &disposition {
-                    // Still under the lock: nobody can apply the task
-                    // between our look at the store and this write.
-                    self.report_failed(&task, error).await;
-                }
-                Handled::NotDone(failure, disposition)
-            }
+            // Still under the lock: nobody can apply the task between the
+            // failure's look at the store and its write to the node.
+            Err(failure) => self.fail(&task, failure, attempt).await,
         };
         guard.release().await;
         handled
@@ -327,8 +321,10 @@ impl Worker {
         }
     }
 
-    /// Fails a task outside the lock (nothing can apply it: its entity is
-    /// not a name any store has).
+    /// The disposition of a failure, telling the task's node first when the
+    /// task fails for good. Called under the entity's lock, or without one
+    /// for a task no worker can ever apply (its entity is no name a store
+    /// or a lock can have).
     async fn fail(&self, task: &Task, failure: Failure, attempt: i64) -> Handled {
         let disposition = outcome::disposition(&failure, attempt);
         if let Disposition::FailThenDeadLetter { error } = &disposition {
