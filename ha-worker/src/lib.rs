@@ -32,7 +32,8 @@
 //! `ha-worker fenced term=<token> newer=<token>`, `ha-worker epoch advanced
 //! to <epoch>`, `ha-worker fencing alarm` (out of the election until an
 //! operator sets the epoch past the journal's), `ha-worker fencing epoch
-//! past the journal again`, `ha-worker journal unusable` (a permanent
+//! past the journal again`, `ha-worker fencing epoch unusable` / `readable
+//! again` (its node damaged or refused to us), `ha-worker journal unusable` (a permanent
 //! fault: out of the election until fixed), `ha-worker journal usable
 //! again`, `ha-worker resigned`.
 

@@ -48,6 +48,9 @@ enum Aside {
     /// The journal has seen a term no advance of the epoch could pass:
     /// rejoin once the epoch is past `highest`'s (an operator set it).
     Fencing { highest: Token },
+    /// The fencing epoch cannot be read (damaged, or refused to us): no
+    /// term can have a token until an operator fixes it.
+    Epoch,
 }
 
 /// How a term ended.
@@ -101,6 +104,7 @@ impl Stand {
                 }
                 match aside.take() {
                     Some(Aside::Fencing { .. }) => println!("ha-worker fencing epoch past the journal again"),
+                    Some(Aside::Epoch) => println!("ha-worker fencing epoch readable again"),
                     _ => println!("ha-worker journal usable again"),
                 }
                 backoff.reset();
@@ -174,6 +178,16 @@ impl Stand {
                     true
                 }
             },
+            Aside::Epoch => match self.epoch.current().await {
+                Err(e) if !e.is_transient() => {
+                    if alarm.ready() {
+                        println!("ha-worker fencing epoch unusable");
+                        tracing::error!("{e}: no term can be fenced, staying out of the election until it is fixed");
+                    }
+                    true
+                }
+                _ => false,
+            },
         }
     }
 
@@ -185,7 +199,9 @@ impl Stand {
             Err(e) => {
                 tracing::warn!("cannot read the fencing epoch ({e}); resigning the term");
                 resign_within(leadership, stop).await;
-                return if e.is_transient() { TermEnd::SteppedDown } else { TermEnd::Aside(Aside::Journal) };
+                // Stepping aside for the journal's sake would find the
+                // journal fine, rejoin at once, win and resign again.
+                return if e.is_transient() { TermEnd::SteppedDown } else { TermEnd::Aside(Aside::Epoch) };
             }
         };
         println!("ha-worker active term={} epoch={}", token.zxid, token.epoch);

@@ -247,3 +247,27 @@ async fn a_worker_that_cannot_pass_the_journal_stays_out_until_the_operator_acts
     let entries = ha_worker::journal::read_entries(&journal).expect("journal");
     assert!(entries.iter().any(|e| e.token > high), "the worker did not work after the operator acted");
 }
+
+/// An epoch that cannot be read (here: damaged by hand) gives no term a
+/// token. The worker says so once and stays out of the election, instead
+/// of winning a term, failing to read the epoch, resigning and winning
+/// again; once the operator repairs the node, it rejoins and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_epoch_cannot_be_read_stays_out_until_it_is_repaired() {
+    let d = deployment("epoch-damaged").await;
+    let (op, _) = connect_as(&d.zk, &d.ids, "operator").await;
+    let fencing = format!("{}/fencing", d.root);
+    op.zk.set_data(&fencing, b"not a number".to_vec(), None).await.expect("damage the epoch");
+    let mut w1 = d.worker();
+    w1.wait_line("ha-worker fencing epoch unusable", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = w1.log_text();
+    let tries = log.matches("cannot read the fencing epoch").count();
+    assert!(tries <= 2, "the worker won and resigned {tries} terms in a row:\n{log}");
+    assert!(ha_worker::journal::read_entries(&d.journal).map(|e| e.is_empty()).unwrap_or(true), "it worked");
+
+    op.zk.set_data(&fencing, b"3".to_vec(), None).await.expect("repair the epoch");
+    w1.wait_line("ha-worker fencing epoch readable again", Duration::from_secs(40));
+    let active = w1.wait_line("ha-worker active", Duration::from_secs(10));
+    assert!(active.contains("epoch=3"), "{active}");
+}
