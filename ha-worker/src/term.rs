@@ -182,7 +182,10 @@ impl Stand {
                 Err(e) if !e.is_transient() => {
                     if alarm.ready() {
                         println!("ha-worker fencing epoch unusable");
-                        tracing::error!("{e}: no term can be fenced, staying out of the election until it is fixed");
+                        tracing::error!(
+                            "{e}: no term can be fenced, staying out of the election until it is fixed; {}",
+                            e.remedy()
+                        );
                     }
                     true
                 }
@@ -275,7 +278,7 @@ impl Stand {
                                 return TermEnd::SteppedDown;
                             }
                             Err(e) => {
-                                tracing::error!("cannot advance the fencing epoch: {e}");
+                                tracing::error!("cannot advance the fencing epoch: {e}; {}", e.remedy());
                                 resign_within(leadership, stop).await;
                                 return TermEnd::Aside(Aside::Fencing { highest: *highest });
                             }

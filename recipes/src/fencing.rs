@@ -73,9 +73,9 @@ impl fmt::Display for Token {
 /// Why an epoch could not be read or advanced.
 #[derive(Debug, thiserror::Error)]
 pub enum EpochError {
-    #[error("the fencing epoch node {0} does not exist: lay out the tree with `zkctl init` as the operator")]
+    #[error("the fencing epoch node {0} does not exist")]
     Missing(String),
-    #[error("the fencing epoch node {path} holds {data:?}, not a number: set it with `zkctl init` as the operator")]
+    #[error("the fencing epoch node {path} holds {data:?}, not a number")]
     Damaged { path: String, data: String },
     #[error("the fencing epoch cannot go past {0}")]
     Exhausted(i64),
@@ -88,6 +88,26 @@ impl EpochError {
     /// act (everything else: a missing, damaged or refused node).
     pub fn is_transient(&self) -> bool {
         matches!(self, EpochError::Zk { error, .. } if crate::retry::is_retryable(error))
+    }
+
+    /// What an operator does about it, for the alarm. `zkctl init` lays
+    /// the node out and grants it again, but never writes its number (an
+    /// epoch must not go back), so a damaged or spent one is set by hand.
+    pub fn remedy(&self) -> String {
+        match self {
+            EpochError::Missing(_) => "lay out the tree with `zkctl init` as the operator".into(),
+            EpochError::Damaged { path, .. } => format!(
+                "write a number into it as the operator (`zkctl set {path} N`), above every epoch the fenced \
+                 stores and journals have seen"
+            ),
+            EpochError::Exhausted(_) => {
+                "the epoch has reached the largest number: check what advanced it so far, and reset the stores \
+                 and journals with care"
+                    .into()
+            }
+            EpochError::Zk { error: ZkError::NoAuth, .. } => "grant it again with `zkctl init` as the operator".into(),
+            EpochError::Zk { .. } => "check the coordination server".into(),
+        }
     }
 }
 
@@ -222,6 +242,16 @@ mod tests {
         assert!(Token::new(1, 9) > Token::new(1, 8));
         assert!(Token::new(0, 8) < Token::new(1, 0));
         assert_eq!(Token::new(3, 7).to_string(), "7@3");
+    }
+
+    #[test]
+    fn each_epoch_fault_names_its_fix() {
+        let damaged = EpochError::Damaged { path: "/r/fencing".into(), data: "x".into() };
+        assert!(damaged.remedy().contains("zkctl set /r/fencing"), "{}", damaged.remedy());
+        assert!(EpochError::Missing("/r/fencing".into()).remedy().contains("zkctl init"));
+        let refused = EpochError::Zk { path: "/r/fencing".into(), error: ZkError::NoAuth };
+        assert!(refused.remedy().contains("zkctl init") && !refused.is_transient());
+        assert!(EpochError::Zk { path: "/r/fencing".into(), error: ZkError::ConnectionLoss }.is_transient());
     }
 
     #[test]

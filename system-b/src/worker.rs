@@ -394,9 +394,6 @@ fn epoch_failure(e: zk_recipes::fencing::EpochError) -> Failure {
     if e.is_transient() {
         Failure::Retry(e.to_string())
     } else {
-        Failure::Alarm {
-            reason: e.to_string(),
-            remedy: "lay out the tree again with `zkctl init` as the operator".into(),
-        }
+        Failure::Alarm { reason: e.to_string(), remedy: e.remedy() }
     }
 }
