@@ -63,6 +63,12 @@ where
 /// Publishes `body` to `exchange` with routing key `key` on a confirm
 /// channel and returns what the broker said: a refused publish closes the
 /// channel, which fails the confirm.
+/// Declares a queue of a fresh name: what neither service may do.
+async fn declare_planted(ch: lapin::Channel) -> lapin::Result<lapin::Queue> {
+    let name = testkit::unique("planted");
+    ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await
+}
+
 async fn publish(ch: lapin::Channel, exchange: &str, key: &str, body: &[u8]) -> lapin::Result<()> {
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let confirm = ch
@@ -124,15 +130,7 @@ async fn system_a_publishes_tasks_and_nothing_else() {
     refused(&a, "system-a publishes through the default exchange", |ch| publish(ch, "", dlq, b"x")).await;
     refused(&a, "system-a writes into the dead-letter exchange", |ch| publish(ch, dlx, "", b"x")).await;
     // Nor change the topology.
-    refused(&a, "system-a declares a queue", |ch| async move {
-        ch.queue_declare(
-            testkit::unique("planted").as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    })
-    .await;
+    refused(&a, "system-a declares a queue", declare_planted).await;
     refused(&a, "system-a deletes the task queue", |ch| async move {
         ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await
     })
@@ -181,15 +179,7 @@ async fn system_b_consumes_tasks_and_cannot_touch_the_dead_letters_or_the_topolo
         ch.queue_declare(queue.into(), durable, args).await
     })
     .await;
-    refused(&b, "system-b declares a queue of its own", |ch| async move {
-        ch.queue_declare(
-            testkit::unique("planted").as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    })
-    .await;
+    refused(&b, "system-b declares a queue of its own", declare_planted).await;
     refused(&b, "system-b deletes the dead-letter queue", |ch| async move {
         ch.queue_delete(dlq.into(), QueueDeleteOptions::default()).await
     })
