@@ -10,6 +10,15 @@
 # ha-workers, and the dashboard if it was built. Data lives under .run/.
 # Ctrl-C stops everything this script started.
 #
+# Each process is supervised, as systemd or a container engine would: one
+# that dies (kill -9, a crash) is started again a second later. Its pid is
+# in .run/system/pids/<name>.pid, and .run/system/system.env says where
+# everything is: what `scripts/drill.sh` reads to break things on purpose
+# and judge what happened.
+#
+# RUN_PROFILE=debug uses the debug build (what scripts/test.sh builds)
+# instead of building release binaries; RUN_DIR moves .run elsewhere.
+#
 # Every process runs as its own ZooKeeper identity (docs/security.md): the
 # first run generates a fresh set of credentials, and an admin API token,
 # under .run/identities/ (mode 0600, never in the repository); they live
@@ -27,14 +36,20 @@ backend=coordinator
 
 scripts/setup.sh
 scripts/rabbitmq.sh ensure
-echo "== building (release)" >&2
-cargo build --release --locked --workspace --bins
+profile=${RUN_PROFILE:-release}
+case "$profile" in
+release) echo "== building (release)" >&2; cargo build --release --locked --workspace --bins ;;
+debug) echo "== building (debug)" >&2; cargo build --locked --workspace --bins ;;
+*) echo "run.sh: RUN_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
+esac
 
-bin=$root/target/release
-run=$root/.run/system
-mkdir -p "$run/logs" "$run/store" "$run/ha"
+bin=$root/target/$profile
+base=${RUN_DIR:-$root/.run}
+run=$base/system
+rm -rf "$run/pids"
+mkdir -p "$run/logs" "$run/store" "$run/ha" "$run/pids"
 zk=127.0.0.1:2181
-ids=$root/.run/identities
+ids=$base/identities
 if [ ! -f "$ids/operator.cred" ]; then
   "$bin/zkctl" gen-credentials "$ids"
 fi
@@ -49,29 +64,47 @@ cred() { echo "--zk-credentials-file=$ids/$1.cred"; }
 broker() { echo "--amqp-credentials-file=$ids/broker-$1.cred"; }
 # No user or password in the URL: those come from each service's file.
 amqp=${AMQP_URL:-amqp://127.0.0.1:5672/%2f}
-pids=()
+names=()
 cleanup() {
   trap - EXIT INT TERM
   echo "== stopping" >&2
-  # Services first (they resign and deregister through the server), the
-  # coordination server last.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
+  # Supervisors first, so nothing is started again; then the services
+  # (they resign and deregister through the server), the coordination
+  # server last.
+  touch "$run/pids/stopping"
+  for ((i = ${#names[@]} - 1; i >= 0; i--)); do
+    local name=${names[i]} p
+    p=$(cat "$run/pids/$name.pid" 2>/dev/null) || continue
+    kill -CONT "$p" 2>/dev/null || true # a drill may have paused it
+    kill -TERM "$p" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   done
-  [ "$backend" = zookeeper ] && scripts/zookeeper.sh stop 2181 || true
+  [ "$backend" = zookeeper ] && scripts/zookeeper.sh stop 2181 "$base/zookeeper-2181" || true
+  exit 0
 }
 trap cleanup EXIT INT TERM
 
 start() { # name, then the command; logs to .run/system/logs/<name>.log
   local name=$1
   shift
-  "$@" >"$run/logs/$name.log" 2>&1 &
-  pids+=($!)
+  names+=("$name")
+  (
+    # The supervisor: start again whatever ends unasked, a second later.
+    while [ ! -e "$run/pids/stopping" ]; do
+      "$@" >>"$run/logs/$name.log" 2>&1 &
+      echo $! >"$run/pids/$name.pid"
+      rc=0
+      wait $! || rc=$?
+      [ -e "$run/pids/stopping" ] && break
+      echo "run.sh: $name exited ($rc); starting it again in 1 s" >>"$run/logs/$name.log"
+      sleep 1
+    done
+  ) &
+  for _ in $(seq 1 50); do [ -s "$run/pids/$name.pid" ] && break; sleep 0.02; done
 }
 
 if [ "$backend" = zookeeper ]; then
-  scripts/zookeeper.sh start 2181
+  scripts/zookeeper.sh start 2181 "$base/zookeeper-2181"
 else
   start coordinator "$bin/coordinator" --listen "$zk" --data-dir "$run/coordinator" --admin-listen 127.0.0.1:8081 \
     --admin-token-file "$ids/admin.token"
@@ -100,6 +133,19 @@ if [ -x "$bin/dashboard" ]; then
   start dashboard "$bin/dashboard" --zk "$zk" "$(cred dashboard)" --listen 127.0.0.1:8080 "${admin[@]}"
 fi
 
+# Where everything is, for scripts/drill.sh (and anyone else who asks).
+cat >"$run/system.env" <<ENV
+backend=$backend
+zk=$zk
+system_a=127.0.0.1:50051
+dashboard=127.0.0.1:8080
+operator_credentials=$ids/operator.cred
+pids=$run/pids
+logs=$run/logs
+journal=$run/ha/journal
+zookeeper_dir=$base/zookeeper-2181
+ENV
+
 cat <<MSG
 
 The system runs on $backend at $zk. Logs: $run/logs/. Try, in another shell:
@@ -109,10 +155,12 @@ The system runs on $backend at $zk. Logs: $run/logs/. Try, in another shell:
   target/release/zkctl services                          # who is alive
   target/release/system-a submit --entity acct-1 --amount 5   # scenario 1 + 2
   target/release/zkctl set /config/system-b '{"work_ms":20}'  # scenario 3, live
-  kill \$(pgrep -f 'ha-worker.*ha1')                      # scenario 4: ha2 takes over
+  kill -9 \$(cat $run/pids/ha-worker-1.pid)               # scenario 4: the standby takes over
+  scripts/drill.sh lock-stall                            # a failure, caused and judged (docs/scenarios/)
   tail -f $run/ha/journal
   dashboard: http://127.0.0.1:8080/   metrics: http://127.0.0.1:8081/metrics
 
 Ctrl-C stops it all.
 MSG
-wait
+# Until Ctrl-C (the supervisors never end on their own).
+while :; do sleep 3600 & wait $! || true; done

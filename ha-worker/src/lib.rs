@@ -86,13 +86,14 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
         c = args.common.connect_zk() => c?,
         _ = stop.cancelled() => return Ok(()),
     };
-    let meta = serde_json::json!({"pid": std::process::id(), "group": args.group}).to_string();
+    let status = servicekit::status::Status::new(serde_json::json!({"pid": std::process::id(), "group": args.group}));
     let registration = tokio::select! {
-        r = args.common.register(&client, servicekit::auth::HA_WORKER, &instance, meta.as_bytes()) => r?,
+        r = args.common.register(&client, servicekit::auth::HA_WORKER, &instance, &status) => r?,
         _ = stop.cancelled() => return Ok(()),
     };
     let stand = term::Stand {
-        settings: servicekit::live_config(&client, &layout.config(servicekit::auth::HA_WORKER)),
+        settings: servicekit::live_config(&client, &layout.config(servicekit::auth::HA_WORKER), &status),
+        status,
         journal: journal::Journal::new(&args.journal),
         election: zk_recipes::election::Election::new(&client, layout.ha_group(&args.group), instance.clone())
             .with_acl(args.common.policy().ha_group()),

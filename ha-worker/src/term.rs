@@ -39,6 +39,9 @@ pub struct Stand {
     pub settings: watch::Receiver<Settings>,
     pub default_interval: Duration,
     pub instance: String,
+    /// What this worker says about itself in its registration node: its
+    /// term while active, and a journal write refused by token.
+    pub status: servicekit::status::Status,
 }
 
 /// Why a worker stays out of the election for now.
@@ -197,7 +200,7 @@ impl Stand {
     /// One term: work every interval until the term ends.
     async fn lead(&self, leadership: Leadership, stop: &CancellationToken) -> TermEnd {
         // The epoch is read once we lead: an advance made before is seen.
-        let mut token = match self.epoch.token(leadership.token()).await {
+        let token = match self.epoch.token(leadership.token()).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!("cannot read the fencing epoch ({e}); resigning the term");
@@ -209,6 +212,14 @@ impl Stand {
         };
         println!("ha-worker active term={} epoch={}", token.zxid, token.epoch);
         tracing::info!(term = %token, "active");
+        self.status.set("term", serde_json::json!(token.to_string()));
+        let end = self.term(leadership, token, stop).await;
+        self.status.set("term", serde_json::Value::Null);
+        end
+    }
+
+    /// The active worker's loop, with the term's first token.
+    async fn term(&self, leadership: Leadership, mut token: Token, stop: &CancellationToken) -> TermEnd {
         let mut lost = leadership.lost();
         let mut seq = 0u64;
         let mut advances = 0;
@@ -216,6 +227,13 @@ impl Stand {
             let interval =
                 self.settings.borrow().interval_ms.map(Duration::from_millis).unwrap_or(self.default_interval);
             tokio::select! {
+                // In this order when several are ready at once, as after a
+                // pause: a due write goes before the client's news that the
+                // session was lost. Whether we still lead is the journal's
+                // to judge by token, not a local flag that a pause can make
+                // stale right after it is read; a stale term's write is
+                // refused there, and the refusal is the evidence.
+                biased;
                 _ = stop.cancelled() => {
                     let asked = Instant::now();
                     // Hand over now: the standby must not wait a session
@@ -225,6 +243,7 @@ impl Stand {
                     println!("ha-worker resigned");
                     return TermEnd::Stopped(asked);
                 }
+                _ = tokio::time::sleep(interval) => {}
                 _ = lost.wait_for(|l| *l) => {
                     println!("ha-worker stepped down");
                     tracing::warn!(term = %token, "connection lost: stepped down");
@@ -233,12 +252,6 @@ impl Stand {
                     resign_within(leadership, stop).await;
                     return TermEnd::SteppedDown;
                 }
-                _ = tokio::time::sleep(interval) => {}
-            }
-            // Checked again right before the write: a pause may have
-            // happened between the timer and here.
-            if leadership.is_lost() {
-                continue;
             }
             let error = match self.journal.append(token, &self.instance, seq) {
                 Ok(()) => {
@@ -250,6 +263,7 @@ impl Stand {
             match (on_append_error(&error), &error) {
                 (OnAppendError::Confirm, JournalError::Fenced { ours, highest }) => {
                     println!("ha-worker fenced term={ours} newer={highest}");
+                    self.status.fenced("journal", ours, highest);
                     let still_leader = leadership.confirm().await.unwrap_or(false);
                     match fencing::after_refusal(still_leader, advances) {
                         Refusal::Stale => {

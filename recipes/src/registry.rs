@@ -4,11 +4,14 @@
 //! as long as the instance's session. When the session is lost the node
 //! goes with it, and zookeeper-async opens a new session by itself; the
 //! registration then has to be made again, which [`register`]'s background
-//! task does on every return to a live session (and only if the node is
-//! missing, so a mere reconnect costs one `exists`).
+//! task does on every return to a live session. A registration can also
+//! carry live data ([`register_live`]): what the instance says about itself
+//! now (the config it applied, the last write a fence refused), written into
+//! the same node, so the registry is where anyone looks for both.
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zookeeper_async::{Acl, CreateMode, ZkError};
 
@@ -22,6 +25,8 @@ pub struct Registration {
     client: Client,
     path: String,
     task: JoinHandle<()>,
+    /// Keeps a fixed registration's data channel open (see [`register_with_acl`]).
+    _fixed: Option<watch::Sender<Vec<u8>>>,
 }
 
 impl Registration {
@@ -62,6 +67,16 @@ async fn put(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<()
     }
 }
 
+/// Makes the node say `data`: a setData, or a create when the node went
+/// with an old session.
+async fn sync(client: &Client, path: &str, data: &[u8], acl: &[Acl]) -> Result<(), ZkError> {
+    match client.zk.set_data(path, data.to_vec(), None).await {
+        Ok(_) => Ok(()),
+        Err(ZkError::NoNode) => put(client, path, data, acl).await,
+        Err(e) => Err(e),
+    }
+}
+
 /// Registers `instance` under `dir` with `data` and keeps it registered
 /// across new sessions; the node (and `dir`, if missing) is open to anyone.
 pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -> Result<Registration, ZkError> {
@@ -71,11 +86,6 @@ pub async fn register(client: &Client, dir: &str, instance: &str, data: &[u8]) -
 /// [`register`] with the ACL to give the instance's node and, when it is
 /// missing, `dir`: typically everyone may read, only this service's
 /// identity may write or delete.
-///
-/// The first registration is retried through connection loss for up to
-/// [`REGISTER_PATIENCE`] (a service starting during an ensemble's election
-/// should start, a little later, not exit): `put` is safe to repeat, since
-/// it replaces whatever node it finds under our name.
 pub async fn register_with_acl(
     client: &Client,
     dir: &str,
@@ -83,33 +93,64 @@ pub async fn register_with_acl(
     data: &[u8],
     acl: &[Acl],
 ) -> Result<Registration, ZkError> {
+    let (tx, rx) = watch::channel(data.to_vec());
+    let mut registration = register_live(client, dir, instance, rx, acl).await?;
+    registration._fixed = Some(tx);
+    Ok(registration)
+}
+
+/// A registration whose data follows `data`: every new value is written
+/// into the node (the instance's live status, which anyone watching the
+/// registry sees), and the node is made again with the latest value after
+/// a new session.
+///
+/// The first registration is retried through connection loss for up to
+/// [`REGISTER_PATIENCE`] (a service starting during an ensemble's election
+/// should start, a little later, not exit): `put` is safe to repeat, since
+/// it replaces whatever node it finds under our name.
+pub async fn register_live(
+    client: &Client,
+    dir: &str,
+    instance: &str,
+    mut data: watch::Receiver<Vec<u8>>,
+    acl: &[Acl],
+) -> Result<Registration, ZkError> {
     let deadline = tokio::time::Instant::now() + REGISTER_PATIENCE;
     retry::ensure_path(&client.zk, dir, acl, deadline).await?;
     let path = crate::join(dir, instance);
-    retry::retry(&RetryPolicy::default(), deadline, |_| put(client, &path, data, acl)).await?;
-    let (c, p, d, acl) = (client.clone(), path.clone(), data.to_vec(), acl.to_vec());
+    let first = data.borrow_and_update().clone();
+    retry::retry(&RetryPolicy::default(), deadline, |_| put(client, &path, &first, acl)).await?;
+    let (c, p, acl) = (client.clone(), path.clone(), acl.to_vec());
     let task = tokio::spawn(async move {
         let mut states = c.states();
+        let mut data_open = true;
         loop {
-            if states.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *states.borrow_and_update() != Session::Live {
+                        continue;
+                    }
+                    // Live again: after a mere reconnect the node is still
+                    // there (a write it missed is made now); after a new
+                    // session it is gone and must be made again.
+                }
+                changed = data.changed(), if data_open => {
+                    if changed.is_err() {
+                        data_open = false;
+                        continue;
+                    }
+                }
             }
-            if *states.borrow_and_update() != Session::Live {
-                continue;
-            }
-            // Live again: after a mere reconnect the node is still there;
-            // after a new session it is gone and must be made again.
+            // Until the node says the latest data, or the session drops
+            // (the next Live brings us back here).
             loop {
-                match c.zk.exists(&p, false).await {
-                    Ok(Some(_)) => break,
-                    Ok(None) => match put(&c, &p, &d, &acl).await {
-                        Ok(()) => {
-                            tracing::info!(path = p, "registered again on a new session");
-                            break;
-                        }
-                        Err(e) => tracing::warn!(path = p, "re-registration failed: {e:?}"),
-                    },
-                    Err(e) => tracing::debug!(path = p, "registry check: {e:?}"),
+                let latest = data.borrow_and_update().clone();
+                match sync(&c, &p, &latest, &acl).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::debug!(path = p, "registry update: {e:?}"),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if !c.is_live() {
@@ -118,7 +159,7 @@ pub async fn register_with_acl(
             }
         }
     });
-    Ok(Registration { client: client.clone(), path, task })
+    Ok(Registration { client: client.clone(), path, task, _fixed: None })
 }
 
 /// How long [`register`] keeps trying through connection loss.

@@ -17,6 +17,8 @@
 //!   (wrong password, missing permission or queue) told apart and final.
 //! - [`broker`]: each service's RabbitMQ user and permissions, and the
 //!   broker definitions that provision them.
+//! - [`status`]: what an instance says about itself in its registration
+//!   node (the config it applied, writes a fence refused).
 //! - [`failpoint`]: crashes on purpose at named places, for tests and drills.
 //! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
@@ -27,6 +29,7 @@ pub mod failpoint;
 pub mod fault;
 pub mod layout;
 pub mod rabbit;
+pub mod status;
 
 use std::time::Duration;
 
@@ -167,17 +170,18 @@ impl CommonArgs {
     }
 
     /// Registers `instance` of `service` under `/services/<service>` with
-    /// `meta`, as that service's own node (readable by all), and keeps it
-    /// registered across new sessions.
+    /// its live `status`, as that service's own node (readable by all), and
+    /// keeps it registered, and current, across new sessions.
     pub async fn register(
         &self,
         client: &Client,
         service: &str,
         instance: &str,
-        meta: &[u8],
+        status: &status::Status,
     ) -> anyhow::Result<zk_recipes::registry::Registration> {
         let dir = self.layout().service(service);
-        zk_recipes::registry::register_with_acl(client, &dir, instance, meta, &self.policy().service_member(service))
+        let acl = self.policy().service_member(service);
+        zk_recipes::registry::register_live(client, &dir, instance, status.subscribe(), &acl)
             .await
             .with_context(|| format!("registering under {dir}"))
     }
@@ -218,17 +222,21 @@ pub mod telemetry {
 /// Follows `/config/<service>` (JSON) and keeps the latest valid settings in
 /// a `watch`. A missing node means defaults; invalid JSON is logged and the
 /// last good settings stay, so a typo cannot take a running service down.
-/// Each applied change prints `config applied <json>` on stdout.
-pub fn live_config<T>(client: &Client, path: &str) -> watch::Receiver<T>
+/// Each applied change prints `config applied <json>` on stdout, and every
+/// valid write read is reported in `status` (`config_version`, its mzxid),
+/// so anyone can see which write each instance runs.
+pub fn live_config<T>(client: &Client, path: &str, status: &status::Status) -> watch::Receiver<T>
 where
     T: DeserializeOwned + Default + serde::Serialize + Clone + PartialEq + Send + Sync + 'static,
 {
     let (tx, rx) = watch::channel(T::default());
     let mut raw = zk_recipes::config::watch_data(client, path);
     let path = path.to_string();
+    let status = status.clone();
     tokio::spawn(async move {
         loop {
             let value = raw.borrow_and_update().clone();
+            let version = value.as_ref().map(|v| v.mzxid);
             let parsed = match value {
                 // Missing, or laid out empty by `zkctl init`: defaults.
                 None => Ok(T::default()),
@@ -245,6 +253,10 @@ where
                         let shown = serde_json::to_string(&settings).unwrap_or_default();
                         tracing::info!(path, settings = shown, "config applied");
                         println!("config applied {shown}");
+                    }
+                    // Reported once the new settings are in force.
+                    if let Some(v) = version {
+                        status.config_applied(v);
                     }
                 }
                 Err(e) => tracing::warn!(path, "ignoring invalid config (keeping the last good one): {e}"),

@@ -58,11 +58,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let _stop_all = stop.clone().drop_guard();
     let client = common.connect_zk().await?;
     let layout = common.layout();
-    let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_A));
     let addr = listener.local_addr()?;
-    let meta = serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}).to_string();
-    let registration =
-        common.register(&client, servicekit::auth::SYSTEM_A, &common.instance_id(), meta.as_bytes()).await?;
+    let status =
+        servicekit::status::Status::new(serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}));
+    let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_A), &status);
+    let registration = common.register(&client, servicekit::auth::SYSTEM_A, &common.instance_id(), &status).await?;
 
     let (tasks, outbox_dir) = (layout.tasks(), layout.outbox());
     let channel = publisher::ChannelSlot::default();

@@ -89,9 +89,9 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
     let layout = args.common.layout();
     let store = store::Store::open(&args.store_dir).context("--store-dir")?;
     let client = args.common.connect_zk().await?;
-    let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_B));
-    let meta = serde_json::json!({"pid": std::process::id(), "queue": args.q.queue}).to_string();
-    let registration = args.common.register(&client, servicekit::auth::SYSTEM_B, &instance, meta.as_bytes()).await?;
+    let status = servicekit::status::Status::new(serde_json::json!({"pid": std::process::id(), "queue": args.q.queue}));
+    let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_B), &status);
+    let registration = args.common.register(&client, servicekit::auth::SYSTEM_B, &instance, &status).await?;
     let worker = Arc::new(worker::Worker {
         epoch: zk_recipes::fencing::Epoch::new(&client, layout.fencing()),
         client,
@@ -99,6 +99,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
         layout,
         policy: args.common.policy(),
         settings,
+        status,
         instance: instance.clone(),
     });
     let alarms = Arc::new(consumer::Alarms::default());

@@ -79,6 +79,9 @@ pub struct Worker {
     pub policy: servicekit::auth::Policy,
     pub epoch: Epoch,
     pub settings: watch::Receiver<Settings>,
+    /// What this instance says about itself in its registration node; a
+    /// write the store refused by token is reported there.
+    pub status: servicekit::status::Status,
     /// This instance's name: in lock nodes and in results.
     pub instance: String,
 }
@@ -168,11 +171,10 @@ impl Worker {
                 entity.value
             ))
         })?;
-        if guard.is_lost() {
-            // We may no longer hold the lock; the token would protect the
-            // store anyway, but do not even try.
-            return Err(Failure::Retry("lock lost during the work".into()));
-        }
+        // No "do we still hold the lock?" check here: it could not be atomic
+        // with the write (a pause can fall right after it, the very case a
+        // fence exists for), so the store alone judges, by token. A holder
+        // that stalled past its session is refused there, and says so.
         let applied = Applied {
             task: task.id.clone(),
             value,
@@ -180,7 +182,7 @@ impl Worker {
             epoch: token.epoch,
             token: token.zxid,
         };
-        self.store.apply(&task.entity, token, applied).map_err(store_failure)?;
+        self.store.apply(&task.entity, token, applied).map_err(|e| self.refused(e))?;
         // The window exactly-once must survive: applied, not yet answered.
         servicekit::failpoint::crash_if_armed("system-b/after-store-apply");
         let node = TaskNode::done(value, &self.instance, token.epoch, token.zxid);
@@ -207,9 +209,10 @@ impl Worker {
                 guard.confirm().await.map_err(|e| Failure::Retry(format!("confirming the lock: {e:?}")))?;
             match fencing::after_refusal(still_held, advances) {
                 Refusal::Stale => {
+                    self.status.fenced(&task.entity, token, seen);
                     return Err(Failure::Retry(format!(
                         "fenced: our token {token} is older than {seen}, and the lock is no longer ours"
-                    )))
+                    )));
                 }
                 Refusal::GiveUp => {
                     return Err(Failure::Alarm {
@@ -379,6 +382,18 @@ fn is_noauth(e: &ZkError) -> bool {
 
 /// A store error as the failure it is: a newer holder is transient, a
 /// store an operator must fix is stuck.
+impl Worker {
+    /// A failed store write; a refusal by token is also reported in this
+    /// instance's status, the evidence that the fence held.
+    fn refused(&self, e: StoreError) -> Failure {
+        if let StoreError::Fenced { entity, ours, seen } = &e {
+            tracing::warn!(%entity, token = %ours, newer = %seen, "the store refused our write: a newer holder applied meanwhile");
+            self.status.fenced(entity, ours, seen);
+        }
+        store_failure(e)
+    }
+}
+
 fn store_failure(e: StoreError) -> Failure {
     match e {
         StoreError::Fenced { .. } => Failure::Retry(e.to_string()),

@@ -141,6 +141,7 @@ async fn a_redelivery_after_20000_tasks_on_its_entity_is_a_no_op() {
         layout,
         policy: servicekit::auth::Policy::open(),
         settings: tokio::sync::watch::channel(system_b::Settings::default()).1,
+        status: servicekit::status::Status::new(serde_json::json!({})),
         instance: "hot".into(),
     });
 

@@ -1,0 +1,294 @@
+//! Where the system runs, and how to hurt it.
+//!
+//! The same verbs on both deployments, each done the way production
+//! does it:
+//!
+//! | verb | `scripts/run.sh` (processes) | compose (containers) |
+//! |---|---|---|
+//! | kill -9 | `kill -KILL <pid>`; run.sh's supervisor starts it again | `compose kill -s SIGKILL`, then `compose start` (the restart policy's job) |
+//! | pause | `kill -STOP` / `kill -CONT` | `compose pause` / `unpause` (the cgroup freezer) |
+//! | broker outage | `rabbitmqctl stop_app` / `start_app` | `compose stop rabbitmq` / `start` |
+//! | server restart | kill -9 the coordinator (or the ZooKeeper server), start it on its data | kill -9 the coordinator, or the ensemble's leader, and start it |
+//!
+//! Processes are named as run.sh and the compose file name them:
+//! `system-b-2` runs instance `b2`, `ha-worker-1` runs `ha1`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Which coordination server the system runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Coordinator,
+    ZooKeeper,
+}
+
+pub enum System {
+    /// Processes started by `scripts/run.sh`, described by its
+    /// `.run/system/system.env`.
+    Local(Local),
+    /// Containers of `docker compose up`.
+    Compose(Compose),
+}
+
+pub struct Local {
+    pub backend: Backend,
+    pub zk: String,
+    pub system_a: String,
+    pub operator_credentials: PathBuf,
+    pub pids: PathBuf,
+    pub journal: PathBuf,
+    pub zookeeper_dir: PathBuf,
+    /// The repository, for scripts/zookeeper.sh.
+    pub root: PathBuf,
+}
+
+pub struct Compose {
+    pub backend: Backend,
+    /// The compose command and its files, e.g. `docker compose -f
+    /// docker-compose.yml -f docker-compose.zookeeper.yml`.
+    pub command: Vec<String>,
+    pub root: PathBuf,
+}
+
+/// The process (or compose service) that runs `instance`.
+pub fn process_of(instance: &str) -> Option<String> {
+    if let Some(n) = instance.strip_prefix("ha") {
+        return n.parse::<u32>().ok().map(|n| format!("ha-worker-{n}"));
+    }
+    instance.strip_prefix('b').and_then(|n| n.parse::<u32>().ok()).map(|n| format!("system-b-{n}"))
+}
+
+impl System {
+    /// The system `scripts/run.sh` describes in `<run_dir>/system/system.env`.
+    pub fn local(root: PathBuf, run_dir: PathBuf) -> Result<System> {
+        let file = run_dir.join("system").join("system.env");
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!("{} is missing: start the system first with scripts/run.sh (or pass --compose)", file.display())
+        })?;
+        let get = |key: &str| -> Result<String> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+                .map(str::to_string)
+                .with_context(|| format!("{}: no {key}=", file.display()))
+        };
+        let backend = match get("backend")?.as_str() {
+            "zookeeper" => Backend::ZooKeeper,
+            _ => Backend::Coordinator,
+        };
+        Ok(System::Local(Local {
+            backend,
+            zk: get("zk")?,
+            system_a: get("system_a")?,
+            operator_credentials: get("operator_credentials")?.into(),
+            pids: get("pids")?.into(),
+            journal: get("journal")?.into(),
+            zookeeper_dir: get("zookeeper_dir")?.into(),
+            root,
+        }))
+    }
+
+    pub fn compose(root: PathBuf, command: Vec<String>, backend: Backend) -> System {
+        System::Compose(Compose { backend, command, root })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            System::Local(l) => l.backend,
+            System::Compose(c) => c.backend,
+        }
+    }
+
+    /// The connect string, from where the drill runs.
+    pub fn zk(&self) -> String {
+        match self {
+            System::Local(l) => l.zk.clone(),
+            // The compose files publish these on the host's loopback.
+            System::Compose(c) if c.backend == Backend::ZooKeeper => {
+                "127.0.0.1:2182,127.0.0.1:2183,127.0.0.1:2184".into()
+            }
+            System::Compose(_) => "127.0.0.1:2181".into(),
+        }
+    }
+
+    pub fn system_a(&self) -> String {
+        match self {
+            System::Local(l) => format!("http://{}", l.system_a),
+            System::Compose(_) => "http://127.0.0.1:50051".into(),
+        }
+    }
+
+    pub fn operator_credentials(&self) -> PathBuf {
+        match self {
+            System::Local(l) => l.operator_credentials.clone(),
+            System::Compose(c) => c.root.join(".secrets").join("operator.cred"),
+        }
+    }
+
+    /// kill -9: no goodbye, no deregistration, nothing flushed that was not.
+    pub fn kill(&self, process: &str) -> Result<()> {
+        match self {
+            System::Local(l) => signal(l.pid(process)?, "KILL"),
+            System::Compose(c) => c.run(&["kill", "-s", "SIGKILL", process]),
+        }
+    }
+
+    /// After [`System::kill`]: the supervisor's part. run.sh's starts the
+    /// process again by itself; compose's restart policy does not act on a
+    /// kill it was asked for, so it is started as an operator would.
+    pub fn start_again(&self, process: &str) -> Result<()> {
+        match self {
+            System::Local(_) => Ok(()),
+            System::Compose(c) => c.run(&["start", process]),
+        }
+    }
+
+    /// Freezes the process: it holds its sockets and its memory, and does
+    /// nothing, as in a long GC pause or a VM stalled by its host.
+    pub fn pause(&self, process: &str) -> Result<()> {
+        match self {
+            System::Local(l) => signal(l.pid(process)?, "STOP"),
+            System::Compose(c) => c.run(&["pause", process]),
+        }
+    }
+
+    pub fn resume(&self, process: &str) -> Result<()> {
+        match self {
+            System::Local(l) => signal(l.pid(process)?, "CONT"),
+            System::Compose(c) => c.run(&["unpause", process]),
+        }
+    }
+
+    /// Takes the broker away: connections drop, publishes are not
+    /// confirmed, nothing is delivered.
+    pub fn stop_broker(&self) -> Result<()> {
+        match self {
+            System::Local(_) => run(Command::new("rabbitmqctl").arg("stop_app")),
+            System::Compose(c) => c.run(&["stop", "rabbitmq"]),
+        }
+    }
+
+    pub fn start_broker(&self) -> Result<()> {
+        match self {
+            System::Local(_) => run(Command::new("rabbitmqctl").arg("start_app")),
+            System::Compose(c) => c.run(&["start", "rabbitmq"]),
+        }
+    }
+
+    /// The ha-workers' journal, as text.
+    pub fn journal(&self) -> Result<String> {
+        match self {
+            System::Local(l) => std::fs::read_to_string(&l.journal)
+                .with_context(|| format!("reading the journal {}", l.journal.display())),
+            // Through either worker's container (one may be the one hurt).
+            System::Compose(c) => c
+                .output(&["exec", "-T", "ha-worker-1", "cat", "/journal/journal"])
+                .or_else(|_| c.output(&["exec", "-T", "ha-worker-2", "cat", "/journal/journal"])),
+        }
+    }
+
+    /// kill -9 of the coordination server (on an ensemble, its leader),
+    /// then started again on its data, as a supervisor would. Returns what
+    /// was killed.
+    pub async fn restart_coordination(&self) -> Result<String> {
+        match (self, self.backend()) {
+            (System::Local(l), Backend::Coordinator) => {
+                signal(l.pid("coordinator")?, "KILL")?;
+                Ok("the coordinator".into())
+            }
+            (System::Local(l), Backend::ZooKeeper) => {
+                let pid = std::fs::read_to_string(l.zookeeper_dir.join("pid"))
+                    .context("the ZooKeeper server's pid file")?
+                    .trim()
+                    .parse::<u32>()
+                    .context("the ZooKeeper server's pid file")?;
+                signal(pid, "KILL")?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let script = l.root.join("scripts/zookeeper.sh");
+                run(Command::new(script).args(["start", "2181"]).arg(&l.zookeeper_dir).env("ZK_KEEP_DATA", "1"))?;
+                Ok("the ZooKeeper server".into())
+            }
+            (System::Compose(c), Backend::Coordinator) => {
+                c.run(&["kill", "-s", "SIGKILL", "coordinator"])?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                c.run(&["start", "coordinator"])?;
+                Ok("the coordinator".into())
+            }
+            (System::Compose(c), Backend::ZooKeeper) => {
+                let leader = c.zookeeper_leader()?;
+                c.run(&["kill", "-s", "SIGKILL", &leader])?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                c.run(&["start", &leader])?;
+                Ok(format!("the ensemble's leader, {leader}"))
+            }
+        }
+    }
+}
+
+impl Local {
+    fn pid(&self, process: &str) -> Result<u32> {
+        let file = self.pids.join(format!("{process}.pid"));
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("{}: no such process under scripts/run.sh", file.display()))?;
+        text.trim().parse().with_context(|| format!("{}: not a pid", file.display()))
+    }
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.command[0]);
+        cmd.args(&self.command[1..]).args(args).current_dir(&self.root);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        run(&mut self.command(args))
+    }
+
+    fn output(&self, args: &[&str]) -> Result<String> {
+        let out = self.command(args).output().with_context(|| format!("running {}", self.command.join(" ")))?;
+        if !out.status.success() {
+            bail!("{} {}: {}", self.command.join(" "), args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The ensemble member that says it leads.
+    fn zookeeper_leader(&self) -> Result<String> {
+        for zk in ["zk1", "zk2", "zk3"] {
+            let status = self.output(&["exec", "-T", zk, "zkServer.sh", "status"]).unwrap_or_default();
+            if status.contains("Mode: leader") {
+                return Ok(zk.into());
+            }
+        }
+        bail!("no member of the ensemble says it leads (zkServer.sh status on zk1, zk2, zk3)")
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    run(Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_map_to_the_processes_that_run_them() {
+        assert_eq!(process_of("b2").as_deref(), Some("system-b-2"));
+        assert_eq!(process_of("ha1").as_deref(), Some("ha-worker-1"));
+        assert_eq!(process_of("host-42"), None);
+    }
+}
