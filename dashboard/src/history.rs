@@ -65,9 +65,12 @@ pub enum What {
         entity: Option<String>,
     },
     /// An instance reports a new `config_version` in its registration.
-    Config { service: String, instance: String, version: Value },
-    /// `/config/<service>` was written; `version` is its mzxid.
-    ConfigWrite { service: String, version: i64 },
+    /// Versions are decimal strings here: a zxid passes 2^53, past what a
+    /// JavaScript number holds exactly, and the page compares them.
+    Config { service: String, instance: String, version: String },
+    /// `/config/<service>` was written; `version` is its mzxid (a string,
+    /// as above).
+    ConfigWrite { service: String, version: String },
     /// An instance reports a write refused by fencing (its registration's
     /// `fenced` count grew): `token` was refused, the store had `newer`.
     Fenced { service: String, instance: String, what: Value, token: Value, newer: Value, count: i64 },
@@ -227,7 +230,7 @@ pub fn diff(prev: Option<&Now>, next: &Now, now_ms: i64) -> Vec<Event> {
             None => !first || node.mtime >= window_start,
         };
         if written {
-            push(node.mtime, false, What::ConfigWrite { service: service.clone(), version: node.mzxid });
+            push(node.mtime, false, What::ConfigWrite { service: service.clone(), version: node.mzxid.to_string() });
         }
     }
 
@@ -246,13 +249,15 @@ pub fn diff(prev: Option<&Now>, next: &Now, now_ms: i64) -> Vec<Event> {
                     What::Up { service: service.clone(), instance: instance.clone(), session: session_id(node.owner) },
                 );
             }
-            let version = &node.data["config_version"];
-            if !version.is_null() && recent && was.is_none_or(|w| &w.data["config_version"] != version) {
-                push(
-                    node.mtime,
-                    false,
-                    What::Config { service: service.clone(), instance: instance.clone(), version: version.clone() },
-                );
+            let version = text(&node.data["config_version"]);
+            if let Some(version) = version.filter(|_| recent) {
+                if was.is_none_or(|w| text(&w.data["config_version"]).as_ref() != Some(&version)) {
+                    push(
+                        node.mtime,
+                        false,
+                        What::Config { service: service.clone(), instance: instance.clone(), version },
+                    );
+                }
             }
             let count = fenced_count(node);
             if recent && count > was.map(fenced_count).unwrap_or(0) {
@@ -575,7 +580,7 @@ mod tests {
             vec![Event {
                 t: NOW - 500,
                 initial: false,
-                what: What::ConfigWrite { service: "system-b".into(), version: 60 }
+                what: What::ConfigWrite { service: "system-b".into(), version: "60".into() }
             }]
         );
         let mut c = b.clone();
@@ -586,7 +591,7 @@ mod tests {
             vec![Event {
                 t: NOW - 300,
                 initial: false,
-                what: What::Config { service: "system-b".into(), instance: "b1".into(), version: json!(60) }
+                what: What::Config { service: "system-b".into(), instance: "b1".into(), version: "60".into() }
             }]
         );
     }
@@ -684,10 +689,11 @@ mod tests {
 
     #[test]
     fn events_serialise_tagged_by_kind() {
-        let e = Event { t: 5, initial: false, what: What::ConfigWrite { service: "system-b".into(), version: 9 } };
+        let e =
+            Event { t: 5, initial: false, what: What::ConfigWrite { service: "system-b".into(), version: "9".into() } };
         assert_eq!(
             serde_json::to_value(&e).ok(),
-            Some(json!({"t": 5, "kind": "config-write", "service": "system-b", "version": 9}))
+            Some(json!({"t": 5, "kind": "config-write", "service": "system-b", "version": "9"}))
         );
     }
 }
