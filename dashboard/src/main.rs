@@ -10,9 +10,15 @@
 //!   lives is asked of `servicekit::layout::Layout`, as the services do.
 //! - [`sessions`]: the server's sessions, from the coordinator's admin API
 //!   (`--admin`) or the `cons` four-letter word.
+//! - [`history`]: what changed between consecutive snapshots (grants,
+//!   terms and gaps, finished tasks, config reaching instances, fencing
+//!   refusals, instances and sessions coming and going), kept for the last
+//!   ten minutes, bounded.
 //! - this file: flags, the refresher task, and the HTTP routes: `/` (the
-//!   page), `/api/state` (the latest snapshot), `/events` (Server-Sent
-//!   Events, one per change).
+//!   page), `/api/state` (the latest snapshot), `/api/history` (the kept
+//!   events), `/events` (Server-Sent Events: `state`, one per change;
+//!   `history`, the kept events, once per connection; then `timeline`, the
+//!   events added since, one per refresh that found any).
 //!
 //! # Why watches *and* polling
 //! Watches make the page move the moment something changes. They are not
@@ -22,10 +28,11 @@
 //! fired watch triggers a refresh, and a modest poll (`--refresh-ms`) bounds
 //! how stale the page can be whatever happens to the watches.
 
+mod history;
 mod sessions;
 mod snapshot;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -98,6 +105,15 @@ impl Armed {
 #[derive(Clone)]
 struct AppState {
     snapshot: watch::Receiver<Arc<String>>,
+    history: Arc<Mutex<history::History>>,
+    /// The history's newest sequence number: a change wakes the streams.
+    history_seq: watch::Receiver<u64>,
+}
+
+/// The history, even if a panic elsewhere poisoned its lock: it holds
+/// plain data, and a page without a timeline helps nobody.
+fn lock(h: &Mutex<history::History>) -> std::sync::MutexGuard<'_, history::History> {
+    h.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[tokio::main]
@@ -165,14 +181,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let sessions = sessions::Sessions::new(args.admin.as_deref(), &args.zk, token)?;
     let (tx, rx) = watch::channel(Arc::new("{}".to_string()));
+    let history = Arc::new(Mutex::new(history::History::new()));
+    let (seq_tx, seq_rx) = watch::channel(0u64);
     let every = Duration::from_millis(args.refresh_ms);
-    tokio::spawn(refresher(zk.clone(), layout, sessions, armed, changed, tx, every));
+    let published = Published { snapshot: tx, history: history.clone(), history_seq: seq_tx };
+    tokio::spawn(refresher(zk.clone(), layout, sessions, armed, changed, published, every));
 
     let app = Router::new()
         .route("/", get(|| async { Html(include_str!("page.html")) }))
         .route("/api/state", get(state))
+        .route("/api/history", get(history_doc))
         .route("/events", get(events))
-        .with_state(AppState { snapshot: rx });
+        .with_state(AppState { snapshot: rx, history, history_seq: seq_rx });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
@@ -184,21 +204,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the refresher puts what it finds.
+struct Published {
+    snapshot: watch::Sender<Arc<String>>,
+    history: Arc<Mutex<history::History>>,
+    history_seq: watch::Sender<u64>,
+}
+
 /// Rebuilds the snapshot whenever a watch fires (or the connection state
-/// changes), and at least every `every`; publishes it only when it changed.
+/// changes), and at least every `every`; publishes it only when it changed,
+/// and what changed since the last one into the history.
 async fn refresher(
     zk: Arc<ZooKeeper>,
     layout: servicekit::layout::Layout,
     mut sessions: sessions::Sessions,
     armed: Arc<Armed>,
     changed: Arc<Notify>,
-    tx: watch::Sender<Arc<String>>,
+    out: Published,
     every: Duration,
 ) {
     let mut reported = HashSet::new();
     loop {
         match snapshot::build(&zk, &layout, &armed, &changed).await {
-            Ok(mut doc) => {
+            Ok(snapshot::Snapshot { mut doc, mut now }) => {
                 // Each refusal once, as the one line the page shows too.
                 if let Some(list) = doc["denied"].as_array() {
                     for line in list.iter().filter_map(|l| l.as_str()) {
@@ -208,10 +236,19 @@ async fn refresher(
                     }
                 }
                 doc["sessions"] = sessions.fetch().await;
+                now.set_sessions(&doc["sessions"]);
                 let text = doc.to_string();
-                if **tx.borrow() != text {
-                    tx.send_replace(Arc::new(text));
+                if **out.snapshot.borrow() != text {
+                    out.snapshot.send_replace(Arc::new(text));
                 }
+                // Only a snapshot read whole is diffed: a failed walk (the
+                // arm below) would read as everything vanishing.
+                let last = {
+                    let mut h = lock(&out.history);
+                    h.observe(now, history::now_ms());
+                    h.last_seq()
+                };
+                out.history_seq.send_if_modified(|seq| std::mem::replace(seq, last) != last);
             }
             Err(e) => {
                 // Connection loss: keep showing the last state; the next
@@ -236,14 +273,61 @@ async fn state(State(app): State<AppState>) -> impl IntoResponse {
     ([("content-type", "application/json"), ("cache-control", "no-store")], body)
 }
 
-/// One SSE event per published snapshot, starting with the current one.
+async fn history_doc(State(app): State<AppState>) -> impl IntoResponse {
+    let body = lock(&app.history).doc(history::now_ms()).to_string();
+    ([("content-type", "application/json"), ("cache-control", "no-store")], body)
+}
+
+/// One connection's place in the two feeds.
+struct Feed {
+    app: AppState,
+    /// The newest history event this connection was sent; `None` before
+    /// the first (whole) history.
+    sent: Option<u64>,
+    queue: VecDeque<Event>,
+}
+
+/// SSE: the current snapshot (`state`) and the whole history (`history`)
+/// first; then a `state` per published snapshot and a `timeline` with the
+/// events added since the last one sent. Events go as deltas because the
+/// history is up to [`history::MAX_EVENTS`] long and a busy system adds to
+/// it on most refreshes.
 async fn events(State(app): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold((app.snapshot, true), |(mut rx, first)| async move {
-        if !first && rx.changed().await.is_err() {
-            return None;
+    let feed = Feed { app, sent: None, queue: VecDeque::new() };
+    let stream = futures::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.queue.pop_front() {
+                return Some((Ok(e), f));
+            }
+            let Some(sent) = f.sent else {
+                let state = f.app.snapshot.borrow_and_update().as_str().to_string();
+                f.app.history_seq.borrow_and_update();
+                let (doc, last) = {
+                    let h = lock(&f.app.history);
+                    (h.doc(history::now_ms()), h.last_seq())
+                };
+                f.queue.push_back(Event::default().event("state").data(state));
+                f.queue.push_back(Event::default().event("history").data(doc.to_string()));
+                f.sent = Some(last);
+                continue;
+            };
+            tokio::select! {
+                r = f.app.snapshot.changed() => {
+                    r.ok()?;
+                    let state = f.app.snapshot.borrow_and_update().as_str().to_string();
+                    f.queue.push_back(Event::default().event("state").data(state));
+                }
+                r = f.app.history_seq.changed() => {
+                    r.ok()?;
+                    f.app.history_seq.borrow_and_update();
+                    let (doc, last) = lock(&f.app.history).since(sent, history::now_ms());
+                    f.sent = Some(last);
+                    if doc["events"].as_array().is_some_and(|e| !e.is_empty()) {
+                        f.queue.push_back(Event::default().event("timeline").data(doc.to_string()));
+                    }
+                }
+            }
         }
-        let data = rx.borrow_and_update().as_str().to_string();
-        Some((Ok(Event::default().event("state").data(data)), (rx, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -156,10 +156,9 @@ async fn dashboard_on_zookeeper() {
     exercise(&testkit::zookeeper_addr().to_string(), None, dir.path()).await;
 }
 
-/// The page itself, in a real browser: Debian's headless Chromium driven by
-/// playwright-core (tests/browser). The screenshots are kept as artifacts
-/// in target/test-artifacts/.
-async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
+/// Chromium, node and tests/browser's playwright-core, or a loud failure
+/// that says how to get them; tests/browser's path.
+fn browser_ready() -> std::path::PathBuf {
     // Checked first, so a machine without them fails at once and says why.
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
@@ -179,7 +178,14 @@ async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_d
             .expect("run npm (Debian package npm; scripts/setup.sh installs it)");
         assert!(ci.success(), "npm ci in tests/browser failed");
     }
+    browser_dir
+}
 
+/// The page itself, in a real browser: Debian's headless Chromium driven by
+/// playwright-core (tests/browser). The screenshots are kept as artifacts
+/// in target/test-artifacts/.
+async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
+    let browser_dir = browser_ready();
     let root = format!("/{}", testkit::unique("browser"));
     let zk =
         tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
@@ -291,4 +297,337 @@ async fn refusals_on_the_coordinator() {
 async fn refusals_on_zookeeper() {
     let dir = TempDir::new("dashboard-acl-zk");
     refusals(&testkit::zookeeper_addr().to_string(), dir.path()).await;
+}
+
+/// Polls /api/history until an event matches `pred`, returning it.
+fn event_until(addr: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let h: Value = serde_json::from_str(&http_get(addr, "/api/history")).expect("JSON history");
+        if let Some(e) = h["events"].as_array().and_then(|list| list.iter().find(|e| pred(e))) {
+            return e.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the history never showed {what}; last history: {h:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An event of `kind` whose `field` is `value`.
+fn is(e: &Value, kind: &str, field: &str, value: &str) -> bool {
+    e["kind"] == kind && e[field] == value
+}
+
+/// What a drill did, for the browser to look for.
+struct Drilled {
+    /// The session that registered b1 and then closed.
+    closed_session: String,
+}
+
+/// A failure drill driven through ZooKeeper itself while the dashboard
+/// watches, checking after each step that /api/history tells it with the
+/// right fields: a lock handed over by deleting its holder, then freed; an
+/// HA active resigning, a new term, a gap, another term; an instance's
+/// fencing refusal; a task pending → done; a config write and each
+/// instance reporting it applied; an instance and its session going away.
+/// `pace` is waited between steps, so that a screenshot spreads them out as
+/// a real drill would.
+async fn drill(zk: &ZooKeeper, zk_addr: &str, root: &str, addr: &str, pace: Duration) -> Drilled {
+    let step = || tokio::time::sleep(pace);
+    let set = |path: String, data: String| async move {
+        tokio::time::timeout(Duration::from_secs(10), zk.set_data(&path, data.into_bytes(), None))
+            .await
+            .expect("set in time")
+            .expect("set")
+    };
+    let stat = |path: String| async move {
+        tokio::time::timeout(Duration::from_secs(10), zk.exists(&path, false))
+            .await
+            .expect("exists in time")
+            .expect("exists")
+            .expect("the node exists")
+    };
+
+    // The lock: b1 holds, b2 waits; b1's node goes, b2 holds; b2's goes, free.
+    let b1 = mk(zk, &format!("{root}/locks/acct-1/_c_aaa-lock-"), "b1", CreateMode::EphemeralSequential).await;
+    let b2 = mk(zk, &format!("{root}/locks/acct-1/_c_bbb-lock-"), "b2", CreateMode::EphemeralSequential).await;
+    let (b1_stat, b2_stat) = (stat(b1.clone()).await, stat(b2.clone()).await);
+    let e = event_until(addr, "b1's grant", |e| is(e, "grant", "holder", "b1"));
+    assert_eq!(e["entity"], "acct-1");
+    assert_eq!(e["token"], format!("{}@3", b1_stat.czxid), "token = czxid@epoch of /fencing");
+    assert_eq!(e["t"], b1_stat.ctime, "a holder that won at once was granted when its node was made");
+    step().await;
+    zk.delete(&b1, None).await.expect("b1 lets go");
+    let e = event_until(addr, "b2's grant", |e| is(e, "grant", "holder", "b2"));
+    assert_eq!((e["entity"].as_str(), e["token"].as_str()), (Some("acct-1"), Some(&*format!("{}@3", b2_stat.czxid))));
+    step().await;
+    zk.delete(&b2, None).await.expect("b2 lets go");
+    let e = event_until(addr, "the release", |e| is(e, "release", "entity", "acct-1"));
+    assert_eq!(e["holder"], "b2");
+
+    // HA: ha1 active, ha2 standby; ha1 resigns; ha2 goes too (a gap); ha3.
+    step().await;
+    let ha1 = mk(zk, &format!("{root}/ha/workers/_c_ccc-n_"), "ha1", CreateMode::EphemeralSequential).await;
+    let ha2 = mk(zk, &format!("{root}/ha/workers/_c_ddd-n_"), "ha2", CreateMode::EphemeralSequential).await;
+    let ha2_stat = stat(ha2.clone()).await;
+    event_until(addr, "ha1's term", |e| is(e, "term", "who", "ha1"));
+    step().await;
+    zk.delete(&ha1, None).await.expect("ha1 resigns");
+    let e = event_until(addr, "ha2's term", |e| is(e, "term", "who", "ha2"));
+    assert_eq!((e["group"].as_str(), e["term"].as_str()), (Some("workers"), Some(&*format!("{}@3", ha2_stat.czxid))));
+    step().await;
+    zk.delete(&ha2, None).await.expect("ha2 resigns");
+    let e = event_until(addr, "the gap", |e| is(e, "gap", "group", "workers"));
+    assert_eq!(e["who"], "ha2");
+    step().await;
+    mk(zk, &format!("{root}/ha/workers/_c_eee-n_"), "ha3", CreateMode::EphemeralSequential).await;
+    event_until(addr, "ha3's term", |e| is(e, "term", "who", "ha3"));
+
+    // Registrations: b1 on a session of its own (closed at the end), b2.
+    step().await;
+    let other =
+        tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+    let reg = |i: &str| format!("{root}/services/system-b/{i}");
+    mk(&other, &reg("b1"), "{}", CreateMode::Ephemeral).await;
+    mk(zk, &reg("b2"), "{}", CreateMode::Ephemeral).await;
+    let owner = format!("{:#x}", stat(reg("b1")).await.ephemeral_owner);
+    let e = event_until(addr, "b1 up", |e| is(e, "up", "instance", "b1"));
+    assert_eq!((e["service"].as_str(), e["session"].as_str()), (Some("system-b"), Some(&*owner)));
+    event_until(addr, "b2 up", |e| is(e, "up", "instance", "b2"));
+    // Sessions refresh on the poll (they have no watches).
+    event_until(addr, "b1's session opening", |e| is(e, "session", "id", &owner) && e["what"] == "opened");
+
+    // b1's write refused by fencing: its registration's count grows.
+    let fenced = r#"{"fenced":{"count":1,"what":"store acct-1","token":"5@3","newer":"9@3"}}"#;
+    step().await;
+    let f_stat = set(reg("b1"), fenced.to_string()).await;
+    let e = event_until(addr, "b1's refusal", |e| is(e, "fenced", "instance", "b1"));
+    assert_eq!((e["token"].as_str(), e["newer"].as_str(), e["count"].as_i64()), (Some("5@3"), Some("9@3"), Some(1)));
+    assert_eq!((e["what"].as_str(), e["t"].as_i64()), (Some("store acct-1"), Some(f_stat.mtime)));
+
+    // A task pending → done: latency on the server's clock.
+    step().await;
+    let task = format!("{root}/tasks/t1");
+    mk(
+        zk,
+        &task,
+        r#"{"version":1,"status":"pending","entity":"acct-1","op":"add","amount":1}"#,
+        CreateMode::Persistent,
+    )
+    .await;
+    // Seen pending first: the done node names no entity, the pending one did.
+    state_until(addr, "t1 pending", |s| s["tasks"]["t1"]["status"] == "pending");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let done =
+        set(task.clone(), r#"{"version":1,"status":"done","value":1,"worker":"b2","token":7,"epoch":3}"#.into()).await;
+    let e = event_until(addr, "t1 done", |e| is(e, "task", "id", "t1"));
+    assert_eq!(e["latency_ms"], done.mtime - done.ctime);
+    assert!(e["latency_ms"].as_i64().is_some_and(|l| l >= 100), "{e}");
+    assert_eq!(
+        (e["status"].as_str(), e["worker"].as_str(), e["entity"].as_str()),
+        (Some("done"), Some("b2"), Some("acct-1"))
+    );
+    assert_eq!(e["t"], done.mtime);
+
+    // Config written, then each instance reports the version it applied.
+    step().await;
+    let written = set(format!("{root}/config/system-b"), r#"{"work_ms":2}"#.into()).await;
+    // Versions are decimal strings: a zxid passes what JavaScript holds.
+    let v = written.mzxid.to_string();
+    let e =
+        event_until(addr, "the config write", |e| is(e, "config-write", "service", "system-b") && e["version"] == v);
+    assert_eq!(e["t"], written.mtime);
+    step().await;
+    let b1_applied = set(
+        reg("b1"),
+        format!(r#"{{"config_version":{v},"fenced":{{"count":1,"what":"store acct-1","token":"5@3","newer":"9@3"}}}}"#),
+    )
+    .await;
+    step().await;
+    let b2_applied = set(reg("b2"), format!(r#"{{"config_version":{v}}}"#)).await;
+    for (i, applied) in [("b1", b1_applied), ("b2", b2_applied)] {
+        let e =
+            event_until(addr, &format!("{i} applying {v}"), |e| is(e, "config", "instance", i) && e["version"] == *v);
+        assert_eq!((e["service"].as_str(), e["t"].as_i64()), (Some("system-b"), Some(applied.mtime)));
+    }
+
+    // b1's session closes: its registration goes, and its session.
+    step().await;
+    other.close().await.expect("close b1's session");
+    event_until(addr, "b1 down", |e| is(e, "down", "instance", "b1"));
+    event_until(addr, "b1's session closing", |e| is(e, "session", "id", &owner) && e["what"] == "closed");
+
+    // The same refusal is not told twice, and b1's config report came once.
+    let h: Value = serde_json::from_str(&http_get(addr, "/api/history")).expect("JSON history");
+    let events = h["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.iter().filter(|e| is(e, "fenced", "instance", "b1")).count(), 1, "{h:#}");
+    assert_eq!(events.iter().filter(|e| is(e, "config", "instance", "b1")).count(), 1, "{h:#}");
+    assert_eq!(h["window_ms"], 600_000);
+    Drilled { closed_session: owner }
+}
+
+/// The tree a drill runs in, laid out before the dashboard starts; the
+/// fencing epoch is 3, so every token reads `czxid@3`.
+async fn drill_tree(zk: &ZooKeeper, root: &str) {
+    for p in
+        ["", "/locks", "/locks/acct-1", "/ha", "/ha/workers", "/config", "/services", "/services/system-b", "/tasks"]
+    {
+        mk(zk, &format!("{root}{p}"), "", CreateMode::Persistent).await;
+    }
+    mk(zk, &format!("{root}/config/system-b"), r#"{"work_ms":1}"#, CreateMode::Persistent).await;
+    mk(zk, &format!("{root}/fencing"), "3", CreateMode::Persistent).await;
+}
+
+async fn connect(zk_addr: &str) -> ZooKeeper {
+    tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+async fn timeline(zk_addr: &str, admin: Option<&str>, log_dir: &std::path::Path) {
+    let root = format!("/{}", testkit::unique("timeline"));
+    let zk = connect(zk_addr).await;
+    drill_tree(&zk, &root).await;
+    let mut dash = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, admin), log_dir);
+    let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
+    state_until(&addr, "the first snapshot", |s| s["config"]["system-b"]["work_ms"] == 1);
+    drill(&zk, zk_addr, &root, &addr, Duration::ZERO).await;
+
+    // Over SSE: the whole history first, then only what is new.
+    let mut events = TcpStream::connect(&addr).expect("connect");
+    events.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(events, "GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").expect("send");
+    let mut lines = BufReader::new(events);
+    let mut next_event = || {
+        let mut kind = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            lines.read_line(&mut line).expect("an SSE line within 10 s");
+            let l = line.trim_end();
+            if let Some(k) = l.strip_prefix("event:") {
+                kind = k.trim().to_string();
+            } else if let Some(d) = l.strip_prefix("data:") {
+                return (kind.clone(), serde_json::from_str::<Value>(d.trim()).expect("JSON in an SSE event"));
+            }
+        }
+    };
+    let (kind, _) = next_event();
+    assert_eq!(kind, "state");
+    let (kind, whole) = next_event();
+    assert_eq!(kind, "history", "the whole history follows the state");
+    let all = whole["events"].as_array().cloned().unwrap_or_default();
+    assert!(all.iter().any(|e| is(e, "fenced", "instance", "b1")) && all.iter().any(|e| is(e, "term", "who", "ha3")));
+    let last = whole["last_seq"].as_u64().expect("last_seq");
+    let ha3 = zk.get_children(&format!("{root}/ha/workers"), false).await.expect("the candidates");
+    zk.delete(&format!("{root}/ha/workers/{}", ha3[0]), None).await.expect("ha3 resigns");
+    let start = Instant::now();
+    loop {
+        let (kind, doc) = next_event();
+        if kind == "timeline" {
+            let new = doc["events"].as_array().cloned().unwrap_or_default();
+            assert!(new.iter().all(|e| e["seq"].as_u64() > Some(last)), "a delta repeats nothing: {doc:#}");
+            if new.iter().any(|e| is(e, "gap", "who", "ha3")) {
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no timeline event told ha3's resignation");
+    }
+    let _ = zk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_on_the_coordinator() {
+    let dir = TempDir::new("dashboard-timeline");
+    let (_server, addr, admin) = coordinator_with_admin(dir.path());
+    timeline(&addr, Some(&admin), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_on_zookeeper() {
+    let dir = TempDir::new("dashboard-timeline-zk");
+    timeline(&testkit::zookeeper_addr().to_string(), None, dir.path()).await;
+}
+
+/// Runs tests/browser/check-timeline.mjs: Chromium must draw each
+/// `event:who` within 30 s; the screenshot lands in target/test-artifacts.
+async fn timeline_drawn(url: String, shot_name: &str, expect: Vec<String>) {
+    let browser_dir = browser_ready();
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
+    let shot = artifacts.join(shot_name);
+    let _ = std::fs::remove_file(&shot);
+    let shot2 = shot.clone();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .arg("check-timeline.mjs")
+                .arg(url)
+                .arg(&shot2)
+                .args(&expect)
+                .current_dir(&browser_dir)
+                .output()
+                .expect("run node")
+        }),
+    )
+    .await
+    .expect("the browser check finished within 90 s")
+    .expect("the browser check");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("timeline ok"),
+        "the browser did not draw the drill:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real page");
+}
+
+async fn timeline_in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
+    browser_ready();
+    let root = format!("/{}", testkit::unique("timeline-browser"));
+    let zk = connect(zk_addr).await;
+    drill_tree(&zk, &root).await;
+    let mut dash = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, admin), log_dir);
+    let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
+    state_until(&addr, "the first snapshot", |s| s["config"]["system-b"]["work_ms"] == 1);
+    let drilled = drill(&zk, zk_addr, &root, &addr, Duration::from_millis(700)).await;
+    let expect: Vec<String> = [
+        "grant:acct-1",
+        "release:acct-1",
+        "term:ha2",
+        "gap:workers",
+        "term:ha3",
+        "fenced:b1",
+        "config:b1",
+        "config:b2",
+        "config-write:system-b",
+        "up:b2",
+        "down:b1",
+        "latency:t1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("session:{}", drilled.closed_session)])
+    .collect();
+    timeline_drawn(format!("http://{addr}/"), shot_name, expect).await;
+    let _ = zk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_in_a_real_browser() {
+    let dir = TempDir::new("dashboard-timeline-browser");
+    let (_server, zk_addr, admin) = coordinator_with_admin(dir.path());
+    timeline_in_a_browser(&zk_addr, Some(&admin), "dashboard-timeline.png", dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_in_a_real_browser_on_zookeeper() {
+    let dir = TempDir::new("dashboard-timeline-browser-zk");
+    timeline_in_a_browser(&testkit::zookeeper_addr().to_string(), None, "dashboard-timeline-zookeeper.png", dir.path())
+        .await;
 }
