@@ -314,3 +314,74 @@ pub fn orphans_in_dump(text: &str) -> std::collections::BTreeMap<String, Vec<Str
     owners.retain(|id, _| !live.contains(id));
     owners
 }
+
+/// The dashboard in a real browser: Debian's headless Chromium driven by
+/// playwright-core (tests/browser).
+pub mod browser {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Chromium, node and tests/browser's playwright-core, or a loud failure
+    /// that says how to get them; tests/browser's path.
+    pub fn ready() -> PathBuf {
+        // Checked first, so a machine without them fails at once and says why.
+        assert!(
+            std::path::Path::new("/usr/bin/chromium").exists(),
+            "/usr/bin/chromium is missing: run scripts/setup.sh (Debian package chromium)"
+        );
+        let node = Command::new("node").arg("--version").output();
+        assert!(
+            node.is_ok_and(|o| o.status.success()),
+            "node is missing: run scripts/setup.sh (Debian packages nodejs and npm)"
+        );
+        let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+        if !browser_dir.join("node_modules/playwright-core").exists() {
+            let ci = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&browser_dir)
+                .status()
+                .expect("run npm (Debian package npm; scripts/setup.sh installs it)");
+            assert!(ci.success(), "npm ci in tests/browser failed");
+        }
+        browser_dir
+    }
+
+    /// Runs tests/browser/check-timeline.mjs: Chromium must draw each
+    /// `event:who` of the page at `url` on its timeline within 30 s; the
+    /// screenshot lands in target/test-artifacts/`shot_name`.
+    pub fn timeline_drawn(url: &str, shot_name: &str, expect: &[String]) {
+        let browser_dir = ready();
+        let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+        std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
+        let shot = artifacts.join(shot_name);
+        let _ = std::fs::remove_file(&shot);
+        let mut child = Command::new("node")
+            .arg("check-timeline.mjs")
+            .arg(url)
+            .arg(&shot)
+            .args(expect)
+            .current_dir(&browser_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run node");
+        let start = Instant::now();
+        while matches!(child.try_wait(), Ok(None)) {
+            if start.elapsed() > Duration::from_secs(90) {
+                let _ = child.kill();
+                panic!("the browser check ran past 90 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().expect("the browser check's output");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("timeline ok"),
+            "the browser did not draw {expect:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = std::fs::read(&shot).expect("the screenshot");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real page");
+    }
+}

@@ -156,36 +156,11 @@ async fn dashboard_on_zookeeper() {
     exercise(&testkit::zookeeper_addr().to_string(), None, dir.path()).await;
 }
 
-/// Chromium, node and tests/browser's playwright-core, or a loud failure
-/// that says how to get them; tests/browser's path.
-fn browser_ready() -> std::path::PathBuf {
-    // Checked first, so a machine without them fails at once and says why.
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run scripts/setup.sh (Debian package chromium)"
-    );
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "node is missing: run scripts/setup.sh (Debian packages nodejs and npm)"
-    );
-    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        let ci = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&browser_dir)
-            .status()
-            .expect("run npm (Debian package npm; scripts/setup.sh installs it)");
-        assert!(ci.success(), "npm ci in tests/browser failed");
-    }
-    browser_dir
-}
-
 /// The page itself, in a real browser: Debian's headless Chromium driven by
 /// playwright-core (tests/browser). The screenshots are kept as artifacts
 /// in target/test-artifacts/.
 async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
-    let browser_dir = browser_ready();
+    let browser_dir = e2e_tests::browser::ready();
     let root = format!("/{}", testkit::unique("browser"));
     let zk =
         tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
@@ -552,43 +527,16 @@ async fn timeline_on_zookeeper() {
     timeline(&testkit::zookeeper_addr().to_string(), None, dir.path()).await;
 }
 
-/// Runs tests/browser/check-timeline.mjs: Chromium must draw each
-/// `event:who` within 30 s; the screenshot lands in target/test-artifacts.
+/// Runs tests/browser/check-timeline.mjs (see `e2e_tests::browser`).
 async fn timeline_drawn(url: String, shot_name: &str, expect: Vec<String>) {
-    let browser_dir = browser_ready();
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
-    let shot = artifacts.join(shot_name);
-    let _ = std::fs::remove_file(&shot);
-    let shot2 = shot.clone();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("node")
-                .arg("check-timeline.mjs")
-                .arg(url)
-                .arg(&shot2)
-                .args(&expect)
-                .current_dir(&browser_dir)
-                .output()
-                .expect("run node")
-        }),
-    )
-    .await
-    .expect("the browser check finished within 90 s")
-    .expect("the browser check");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("timeline ok"),
-        "the browser did not draw the drill:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real page");
+    let shot_name = shot_name.to_string();
+    tokio::task::spawn_blocking(move || e2e_tests::browser::timeline_drawn(&url, &shot_name, &expect))
+        .await
+        .expect("the browser check");
 }
 
 async fn timeline_in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
-    browser_ready();
+    e2e_tests::browser::ready();
     let root = format!("/{}", testkit::unique("timeline-browser"));
     let zk = connect(zk_addr).await;
     drill_tree(&zk, &root).await;

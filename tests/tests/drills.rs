@@ -127,12 +127,37 @@ fn every_drill_passes_on_the_system_run_sh_starts() {
         "coordinator-restart",
     ] {
         let out = drill(&run_dir, name);
-        // The evidence is named, not just the verdict.
+        // The evidence is named, not just the verdict, and the dashboard
+        // draws it: the refused token, the new term.
         match name {
-            "lock-stall" => assert!(out.contains("was refused by the store, which had seen"), "{out}"),
-            "active-pause" => assert!(out.contains("the journal refused it, having seen"), "{out}"),
+            "lock-stall" => {
+                let who = before(&out, "'s stale write to ");
+                timeline(
+                    &format!("drill-{name}.png"),
+                    &[format!("fenced:{who}"), "grant:*".into(), "latency:*".into()],
+                );
+            }
+            "active-pause" => {
+                let who = before(&out, " woke and wrote with term ");
+                timeline(&format!("drill-{name}.png"), &[format!("fenced:{who}"), "term:*".into(), "down:*".into()]);
+            }
             "task-crash" => assert!(out.contains("was done exactly once"), "{out}"),
+            "config-change" => {
+                timeline(&format!("drill-{name}.png"), &["config:b1".into(), "config:ha1".into()]);
+            }
             _ => {}
         }
     }
+}
+
+/// The word before `marker` in the drill's output (who it is about).
+fn before(out: &str, marker: &str) -> String {
+    let line = out.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
+    let head = &line[..line.find(marker).unwrap_or(0)];
+    head.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
+/// The dashboard scripts/run.sh started draws `expect` on its timeline.
+fn timeline(shot: &str, expect: &[String]) {
+    e2e_tests::browser::timeline_drawn("http://127.0.0.1:8080/", shot, expect);
 }
