@@ -119,7 +119,8 @@ for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2181) 2>/dev/null && break
 "$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/system-b '{"work_ms":200}'
 "$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/ha-worker '{"interval_ms":1000}'
 
-start system-a "$bin/system-a" --zk "$zk" "$(cred system-a)" --amqp "$amqp" "$(broker system-a)" --listen 127.0.0.1:50051
+start system-a "$bin/system-a" --zk "$zk" "$(cred system-a)" --amqp "$amqp" "$(broker system-a)" --listen 127.0.0.1:50051 \
+  --instance a1
 for i in 1 2 3; do
   start "system-b-$i" "$bin/system-b" --zk "$zk" "$(cred system-b)" --amqp "$amqp" "$(broker system-b)" \
     --store-dir "$run/store" --instance "b$i"

@@ -28,7 +28,9 @@
 //! - [`journal`]: the fenced resource.
 //!
 //! Stdout lines, for tests and operators: `ha-worker standby`,
-//! `ha-worker active term=<zxid> epoch=<epoch>`, `ha-worker stepped down`,
+//! `ha-worker active term=<zxid> epoch=<epoch>`, `ha-worker suspended
+//! term=<zxid>` (connection lost: no writes), `ha-worker resumed
+//! term=<zxid>` (the session survived), `ha-worker stepped down`,
 //! `ha-worker fenced term=<token> newer=<token>`, `ha-worker epoch advanced
 //! to <epoch>`, `ha-worker fencing alarm` (out of the election until an
 //! operator sets the epoch past the journal's), `ha-worker fencing epoch

@@ -7,13 +7,24 @@
 //!   │   campaign (/ha/<group>, "standby" once in line) ◀──┘
 //!   │        │ first in line
 //!   │   active: every interval, journal.append(token)
-//!   │        ├─ connection lost ──────────────▶ stepped down ─┐
+//!   │        ├─ connection lost ──────────────▶ suspended: no writes
+//!   │        │     ├─ back, our node still there ─▶ resumed, same term
+//!   │        │     └─ back, session gone ─────────▶ stepped down ─┐
 //!   │        ├─ fenced, no longer leader ─────▶ stepped down ─┤
 //!   │        ├─ fenced, still leader ─────────▶ advance the epoch, go on
 //!   │        ├─ fenced after MAX_ADVANCES ────▶ fencing alarm, aside
 //!   │        └─ stop ─────────────────────────▶ resign (bounded), exit
 //!   └────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! **Suspended, not resigned, while disconnected.** A worker whose
+//! connection drops cannot tell whether its session will outlive the
+//! outage, so it stops writing at once, well before the server could
+//! expire it and let a standby in. If it comes back to the same session
+//! (its election node is still there: a write to it says so), it resumes
+//! its term: a server restart or a network blip costs no failover. If the
+//! session is gone, a standby leads and it stands by again. As in Curator,
+//! where a leader suspends on SUSPENDED and gives up on LOST.
 //!
 //! The decisions are functions over plain values ([`on_append_error`],
 //! [`zk_recipes::fencing::after_refusal`]), tested without a server.
@@ -25,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zk_recipes::election::{Election, Leadership};
 use zk_recipes::fencing::{self, Epoch, Refusal, Token};
-use zk_recipes::session::Client;
+use zk_recipes::session::{Client, Session};
 
 use crate::journal::{Journal, JournalError};
 use crate::Settings;
@@ -220,7 +231,7 @@ impl Stand {
 
     /// The active worker's loop, with the term's first token.
     async fn term(&self, leadership: Leadership, mut token: Token, stop: &CancellationToken) -> TermEnd {
-        let mut lost = leadership.lost();
+        let mut states = self.client.states();
         let mut seq = 0u64;
         let mut advances = 0;
         loop {
@@ -244,13 +255,16 @@ impl Stand {
                     return TermEnd::Stopped(asked);
                 }
                 _ = tokio::time::sleep(interval) => {}
-                _ = lost.wait_for(|l| *l) => {
-                    println!("ha-worker stepped down");
-                    tracing::warn!(term = %token, "connection lost: stepped down");
-                    // If the session survives, our node would stay first in
-                    // line with nobody acting on it: delete it once we can.
-                    resign_within(leadership, stop).await;
-                    return TermEnd::SteppedDown;
+                _ = connection_lost(&mut states) => {
+                    if let Some(end) = self.suspended(&leadership, token, stop).await {
+                        if matches!(end, TermEnd::SteppedDown) {
+                            // Our node may outlive a session we gave up on
+                            // (a stop during the outage): delete it once we can.
+                            resign_within(leadership, stop).await;
+                        }
+                        return end;
+                    }
+                    continue;
                 }
             }
             let error = match self.journal.append(token, &self.instance, seq) {
@@ -312,6 +326,46 @@ impl Stand {
             }
         }
     }
+}
+
+impl Stand {
+    /// The connection dropped mid-term: no writes until we know whether the
+    /// session survived. `None` to resume the term; else how it ended.
+    async fn suspended(&self, leadership: &Leadership, token: Token, stop: &CancellationToken) -> Option<TermEnd> {
+        println!("ha-worker suspended term={}", token.zxid);
+        tracing::warn!(term = %token, "connection lost: suspended until the session is known to survive");
+        let mut states = self.client.states();
+        let mut expired = false;
+        loop {
+            match *states.borrow_and_update() {
+                Session::Live => break,
+                Session::Lost => expired = true,
+                Session::Suspended => {}
+            }
+            tokio::select! {
+                changed = states.changed() => if changed.is_err() { return Some(TermEnd::SteppedDown) },
+                _ = stop.cancelled() => return Some(TermEnd::Stopped(Instant::now())),
+            }
+        }
+        // Connected again. The same session still holds our node, and
+        // nobody can have got ahead of it in line: a write to it tells.
+        if !expired && leadership.confirm().await.unwrap_or(false) {
+            println!("ha-worker resumed term={}", token.zxid);
+            tracing::info!(term = %token, "the session survived the outage: resuming the term");
+            return None;
+        }
+        println!("ha-worker stepped down");
+        tracing::warn!(term = %token, "the session did not survive the outage: stepped down");
+        Some(TermEnd::SteppedDown)
+    }
+}
+
+/// Returns once the session is not live. Not `states.wait_for(..)` as a
+/// `select!` arm: its result is a read guard on the watch, which the arm's
+/// body would hold through everything it awaits, and the client's next
+/// state change (a blocking write to the same watch) would wait for ever.
+async fn connection_lost(states: &mut watch::Receiver<Session>) {
+    let _ = states.wait_for(|s| *s != Session::Live).await;
 }
 
 /// Resigns (deletes our node, retrying through connection loss) unless a
