@@ -151,3 +151,38 @@ async fn standby_only_once_in_line() {
     assert!(said.is_err(), "ha-worker said standby without a candidate node; its log:\n{}", w.log_text());
     assert!(client.zk.get_children(&group, false).await.expect("children").is_empty());
 }
+
+/// The coordinator killed -9 and started again on its data, well within the
+/// session timeout: the sessions survive, so the active keeps its term. It
+/// stops writing while disconnected (suspended), resumes the same term on
+/// the same session, and the standby never leads: a server restart costs no
+/// failover. (It used to resign on any disconnect, a failover per restart;
+/// and a first cut of the suspension hung for ever holding a watch guard.)
+#[test]
+fn the_active_keeps_its_term_across_a_coordinator_restart() {
+    let dir = TempDir::new("ha-restart");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let (mut server, zk) = start_coordinator(&["--data-dir", data], dir.path());
+    let root = format!("/{}", testkit::unique("ha"));
+    let journal = dir.path().join("journal");
+    provision(&zk, &root, dir.path());
+    let mut w1 = worker(&zk, &root, &journal, "w1", dir.path());
+    let t1 = term(&w1.wait_line("ha-worker active", Duration::from_secs(20)));
+    let mut w2 = worker(&zk, &root, &journal, "w2", dir.path());
+    w2.wait_line("ha-worker standby", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+
+    server.kill9();
+    w1.wait_line("ha-worker suspended", Duration::from_secs(5));
+    let mut restarted = Proc::spawn("coordinator", &["--listen", &zk, "--data-dir", data], dir.path());
+    restarted.wait_line("coordinator listening on", Duration::from_secs(20));
+    let resumed = w1.wait_line("ha-worker resumed", Duration::from_secs(SESSION_MS / 1000 + 5));
+    assert!(resumed.contains(&format!("term={}", t1.zxid)), "w1 resumed another term: {resumed}");
+    // Writing again, in the same term, and nobody else.
+    std::thread::sleep(Duration::from_millis(1500));
+    let entries = check_journal(&journal);
+    let last = entries.last().expect("journal records");
+    assert_eq!(last, &(t1, "w1".to_string()), "after the restart the journal is w1's, term {t1}");
+    assert!(!w2.log_text().contains("ha-worker active"), "the standby led across a restart:\n{}", w2.log_text());
+}
