@@ -123,6 +123,9 @@ pub async fn register_live(
     let (c, p, acl) = (client.clone(), path.clone(), acl.to_vec());
     let task = tokio::spawn(async move {
         let mut states = c.states();
+        // The node was just made on the live session: only a change from
+        // here on is news.
+        states.borrow_and_update();
         let mut data_open = true;
         loop {
             tokio::select! {

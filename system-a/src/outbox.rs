@@ -10,9 +10,9 @@
 //! outbox entry. When the publish fails or its confirm is lost, the entry
 //! stays, and [`drain`] (running in every system-a) publishes it again
 //! once RabbitMQ is back. That is at-least-once: a message whose confirm
-//! was lost may be published twice, and system-b, which records the task
-//! ids applied to each entity, applies the copy as a no-op that reports
-//! the same result. Exactly once in effect.
+//! was lost may be published twice, and system-b finds the copy's task
+//! node already answered (or the task recorded as its entity's last
+//! applied one) and acks it as a no-op. Exactly once in effect.
 //!
 //! Why the outbox entry comes first: zookeeper-async has no `multi`, so
 //! the two creates cannot be one transaction. In this order, "the task

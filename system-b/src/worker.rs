@@ -104,7 +104,11 @@ impl Worker {
     pub async fn handle(&self, id: &str, attempt: i64) -> Handled {
         let task = match self.read_pending(id).await {
             Ok(Some((task, _))) => task,
-            Ok(None) => return Handled::NoOp("no pending task by that id"),
+            Ok(None) => match self.read_missing_again(id).await {
+                Ok(Some(task)) => task,
+                Ok(None) => return Handled::NoOp("no pending task by that id"),
+                Err(f) => return not_done(f, attempt),
+            },
             Err(f) => return not_done(f, attempt),
         };
         // A name no store or lock can have fails now, without a lock: no
@@ -237,6 +241,50 @@ impl Worker {
                     token = Token::new(epoch, token.zxid);
                     advances += 1;
                 }
+            }
+        }
+    }
+
+    /// A message whose task we did not find. On an ensemble our server
+    /// may be a follower that has not yet applied system-a's create: the
+    /// message was published after the create committed, but a follower
+    /// applies commits a little later, and a read is answered from its
+    /// copy. Acked as a no-op, that task would never run. So before
+    /// believing "no such task", this session's server is brought up to
+    /// date ([`Worker::catch_up`]) and asked again. A node that is there
+    /// but final needs none of it: a final node never turns pending.
+    async fn read_missing_again(&self, id: &str) -> Result<Option<Task>, Failure> {
+        let path = self.layout.task(id);
+        let deadline = Instant::now() + PATIENCE;
+        let policy = RetryPolicy::default();
+        match retry::retry(&policy, deadline, |_| self.client.zk.exists(&path, false)).await {
+            Ok(Some(_)) => return Ok(None),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Retry(format!("reading {path}: {e:?}"))),
+        }
+        self.catch_up().await?;
+        Ok(self.read_pending(id).await?.map(|(task, _)| task))
+    }
+
+    /// Brings this session's server up to date with everything committed
+    /// before now: ZooKeeper's `sync`, which zookeeper-async does not send.
+    /// A write does the same: it is ordered by the ensemble's leader, and
+    /// our server answers it only after applying every commit before it.
+    /// The write is to our own registration node, rewritten with the data
+    /// it holds at the version it has (what others see does not change).
+    async fn catch_up(&self) -> Result<(), Failure> {
+        let path = zk_recipes::join(&self.layout.service(servicekit::auth::SYSTEM_B), &self.instance);
+        let deadline = Instant::now() + PATIENCE;
+        let policy = RetryPolicy::default();
+        loop {
+            let (data, stat) = retry::retry(&policy, deadline, |_| self.client.zk.get_data(&path, false))
+                .await
+                .map_err(|e| Failure::Retry(format!("catching up with the ensemble through {path}: {e:?}")))?;
+            match self.client.zk.set_data(&path, data, Some(stat.version)).await {
+                Ok(_) => return Ok(()),
+                // Rewritten meanwhile (our status changed): read it again.
+                Err(ZkError::BadVersion) if Instant::now() < deadline => continue,
+                Err(e) => return Err(Failure::Retry(format!("catching up with the ensemble through {path}: {e:?}"))),
             }
         }
     }

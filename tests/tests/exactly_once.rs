@@ -129,21 +129,9 @@ async fn a_redelivery_after_20000_tasks_on_its_entity_is_a_no_op() {
     let tasks: usize = std::env::var("HOT_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(TASKS);
     let dir = TempDir::new("once-hot");
     let store_dir = fast_dir("once-hot-store");
-    let (_server, zk) = start_coordinator(&[], dir.path());
-    let root = format!("/{}", testkit::unique("hot"));
-    let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
-    zk_recipes::ensure_path(&c.zk, &format!("{root}/tasks")).await.expect("tasks dir");
-    let layout = servicekit::layout::Layout::new(&root);
-    let worker = Arc::new(Worker {
-        epoch: zk_recipes::fencing::Epoch::new(&c, layout.fencing()),
-        store: system_b::store::Store::open(store_dir.path()).expect("store"),
-        client: c.clone(),
-        layout,
-        policy: servicekit::auth::Policy::open(),
-        settings: tokio::sync::watch::channel(system_b::Settings::default()).1,
-        status: servicekit::status::Status::new(serde_json::json!({})),
-        instance: "hot".into(),
-    });
+    let status = servicekit::status::Status::new(serde_json::json!({}));
+    let (_server, c, root, worker) = in_process_worker(&dir, store_dir.path(), "hot", status).await;
+    let worker = Arc::new(worker);
 
     // Every task's node first, pipelined.
     let node = task_contract::TaskNode::pending("hot", task_contract::Op::Add, 1).encode();
@@ -192,4 +180,71 @@ async fn a_redelivery_after_20000_tasks_on_its_entity_is_a_no_op() {
         last_size <= first_size + 32,
         "the entity file grew from {first_size} to {last_size} bytes over {tasks} tasks"
     );
+}
+
+/// A message whose task node system-b cannot see: on an ensemble its server
+/// may be a follower that has not yet applied system-a's create (the
+/// message is published once the create committed; a follower applies it
+/// a moment later). Acked as "no such task", the task would never run. So
+/// before it believes that, the worker brings its server up to date with a
+/// write (zookeeper-async has no `sync`): its own registration node,
+/// rewritten as it is. Here the lag itself cannot be forced (one server),
+/// so the write is what is checked: the registration's version moves, its
+/// data does not, and the answer is still a no-op. A final node needs no
+/// catching up and gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_not_found_is_looked_for_again_after_catching_up() {
+    let dir = TempDir::new("once-catch-up");
+    let store_dir = fast_dir("once-catch-up-store");
+    let status = servicekit::status::Status::new(serde_json::json!({"pid": 1}));
+    let (_server, c, root, worker) = in_process_worker(&dir, store_dir.path(), "b9", status.clone()).await;
+    let dir_path = worker.layout.service(servicekit::auth::SYSTEM_B);
+    let _registration =
+        zk_recipes::registry::register_live(&c, &dir_path, "b9", status.subscribe(), Acl::open_unsafe())
+            .await
+            .expect("register");
+    let member = format!("{dir_path}/b9");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the registration settles
+    let (data, before) = c.zk.get_data(&member, false).await.expect("the registration");
+
+    assert_eq!(worker.handle("never-created", 1).await, Handled::NoOp("no pending task by that id"));
+    let (after_data, after) = c.zk.get_data(&member, false).await.expect("the registration");
+    assert_eq!(after.version, before.version + 1, "no write brought the server up to date before the no-op");
+    assert_eq!(after_data, data, "catching up changed what the registration says");
+
+    // A final node: no catching up.
+    let done = task_contract::TaskNode::done(1, "b1", 0, 1).encode();
+    c.zk.create(&format!("{root}/tasks/answered"), done, Acl::open_unsafe().clone(), CreateMode::Persistent)
+        .await
+        .expect("a final node");
+    assert_eq!(worker.handle("answered", 2).await, Handled::NoOp("no pending task by that id"));
+    let (_, last) = c.zk.get_data(&member, false).await.expect("the registration");
+    assert_eq!(last.version, after.version, "a final node was caught up on");
+}
+
+/// A coordinator, a client on it, a tasks dir under a fresh root, and an
+/// in-process system-b worker `instance` on a store in `store`: the task
+/// path without RabbitMQ, for tests that drive `Worker::handle` directly.
+async fn in_process_worker(
+    dir: &TempDir,
+    store: &Path,
+    instance: &str,
+    status: servicekit::status::Status,
+) -> (e2e_tests::Proc, Client, String, Worker) {
+    let (server, zk) = start_coordinator(&[], dir.path());
+    let root = format!("/{}", testkit::unique(instance));
+    let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+    zk_recipes::ensure_path(&c.zk, &format!("{root}/tasks")).await.expect("tasks dir");
+    let layout = servicekit::layout::Layout::new(&root);
+    let worker = Worker {
+        epoch: zk_recipes::fencing::Epoch::new(&c, layout.fencing()),
+        store: system_b::store::Store::open(store).expect("store"),
+        client: c.clone(),
+        layout,
+        policy: servicekit::auth::Policy::open(),
+        settings: tokio::sync::watch::channel(system_b::Settings::default()).1,
+        status,
+        instance: instance.into(),
+    };
+    (server, c, root, worker)
 }
