@@ -115,8 +115,11 @@ async fn an_active_worker_is_not_fenced_for_ever_after_a_data_reset() {
     std::thread::sleep(Duration::from_secs(1));
     let after = ha_worker::journal::read_entries(&journal).expect("journal");
     let new: Vec<Token> = after[before.len()..].iter().map(|e| e.token).collect();
-    assert!(new.len() >= 3, "the worker wrote {} records after the reset", new.len());
-    assert!(new.iter().all(|t| *t > high), "a record after the reset is not newer than {high}: {new:?}");
+    // A write already due when the server went may still land in the old
+    // term (the journal judges it, and that term was still the newest);
+    // after that, only newer ones.
+    assert!(new.iter().filter(|t| **t > high).count() >= 3, "the worker wrote {new:?} after the reset");
+    assert!(new.iter().all(|t| *t >= high), "a record after the reset is older than {high}: {new:?}");
     for w in after.windows(2) {
         assert!(w[0].token <= w[1].token, "the journal went backwards: {:?} then {:?}", w[0], w[1]);
     }
