@@ -119,14 +119,17 @@ for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/2181) 2>/dev/null && break
 "$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/system-b '{"work_ms":200}'
 "$bin/zkctl" --zk "$zk" "$(cred operator)" set /config/ha-worker '{"interval_ms":1000}'
 
+# Each process serves Prometheus metrics and /health on a loopback port of
+# its own: system-a 9101, system-b 9102-9104, ha-worker 9111-9112.
 start system-a "$bin/system-a" --zk "$zk" "$(cred system-a)" --amqp "$amqp" "$(broker system-a)" --listen 127.0.0.1:50051 \
-  --instance a1
+  --instance a1 --metrics-listen 127.0.0.1:9101
 for i in 1 2 3; do
   start "system-b-$i" "$bin/system-b" --zk "$zk" "$(cred system-b)" --amqp "$amqp" "$(broker system-b)" \
-    --store-dir "$run/store" --instance "b$i"
+    --store-dir "$run/store" --instance "b$i" --metrics-listen "127.0.0.1:910$((i + 1))"
 done
 for i in 1 2; do
-  start "ha-worker-$i" "$bin/ha-worker" --zk "$zk" "$(cred ha-worker)" --journal "$run/ha/journal" --instance "ha$i"
+  start "ha-worker-$i" "$bin/ha-worker" --zk "$zk" "$(cred ha-worker)" --journal "$run/ha/journal" --instance "ha$i" \
+    --metrics-listen "127.0.0.1:911$i"
 done
 if [ -x "$bin/dashboard" ]; then
   admin=()
@@ -140,6 +143,9 @@ backend=$backend
 zk=$zk
 system_a=127.0.0.1:50051
 dashboard=127.0.0.1:8080
+metrics_system_a=127.0.0.1:9101
+metrics_system_b=127.0.0.1:9102,127.0.0.1:9103,127.0.0.1:9104
+metrics_ha_worker=127.0.0.1:9111,127.0.0.1:9112
 operator_credentials=$ids/operator.cred
 pids=$run/pids
 logs=$run/logs
@@ -159,7 +165,9 @@ The system runs on $backend at $zk. Logs: $run/logs/. Try, in another shell:
   kill -9 \$(cat $run/pids/ha-worker-1.pid)               # scenario 4: the standby takes over
   scripts/drill.sh lock-stall                            # a failure, caused and judged (docs/scenarios/)
   tail -f $run/ha/journal
-  dashboard: http://127.0.0.1:8080/   metrics: http://127.0.0.1:8081/metrics
+  dashboard: http://127.0.0.1:8080/   metrics: http://127.0.0.1:8081/metrics (coordinator)
+  service metrics (/metrics, /health): system-a http://127.0.0.1:9101  system-b http://127.0.0.1:9102-9104
+                                       ha-worker http://127.0.0.1:9111-9112
 
 Ctrl-C stops it all.
 MSG

@@ -26,6 +26,9 @@
 //! - [`run`]: the service; `main.rs` only parses flags and calls it.
 //! - [`term`]: campaign → active loop → step down, one term at a time.
 //! - [`journal`]: the fenced resource.
+//! - [`metrics`]: ha-worker's Prometheus metrics (active, term, failovers,
+//!   handover time), served on `--metrics-listen` with the common ones
+//!   (`servicekit::metrics`).
 //!
 //! Stdout lines, for tests and operators: `ha-worker standby`,
 //! `ha-worker active term=<zxid> epoch=<epoch>`, `ha-worker suspended
@@ -40,6 +43,7 @@
 //! again`, `ha-worker resigned`.
 
 pub mod journal;
+pub mod metrics;
 pub mod term;
 
 use std::path::PathBuf;
@@ -84,17 +88,26 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
     servicekit::exit_after(&stop, STOP_BUDGET + Duration::from_millis(300));
     let instance = args.common.instance_id();
     let layout = args.common.layout();
+    let mut metrics = servicekit::metrics::Metrics::new();
+    let own = crate::metrics::Metrics::register(metrics.registry());
+    let common_metrics = metrics.common.clone();
     let client = tokio::select! {
         c = args.common.connect_zk() => c?,
         _ = stop.cancelled() => return Ok(()),
     };
+    metrics.serve(args.common.metrics_listen, &client, stop.clone()).await?;
     let status = servicekit::status::Status::new(serde_json::json!({"pid": std::process::id(), "group": args.group}));
     let registration = tokio::select! {
         r = args.common.register(&client, servicekit::auth::HA_WORKER, &instance, &status) => r?,
         _ = stop.cancelled() => return Ok(()),
     };
     let stand = term::Stand {
-        settings: servicekit::live_config(&client, &layout.config(servicekit::auth::HA_WORKER), &status),
+        settings: servicekit::live_config(
+            &client,
+            &layout.config(servicekit::auth::HA_WORKER),
+            &status,
+            &common_metrics,
+        ),
         status,
         journal: journal::Journal::new(&args.journal),
         election: zk_recipes::election::Election::new(&client, layout.ha_group(&args.group), instance.clone())
@@ -102,6 +115,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
         epoch: zk_recipes::fencing::Epoch::new(&client, layout.fencing()),
         default_interval: Duration::from_millis(args.interval_ms),
         instance: instance.clone(),
+        metrics: own,
         client,
     };
     let span = tracing::info_span!("ha", instance = %instance, group = %args.group);

@@ -53,6 +53,7 @@ pub struct Stand {
     /// What this worker says about itself in its registration node: its
     /// term while active, and a journal write refused by token.
     pub status: servicekit::status::Status,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Why a worker stays out of the election for now.
@@ -221,16 +222,28 @@ impl Stand {
                 return if e.is_transient() { TermEnd::SteppedDown } else { TermEnd::Aside(Aside::Epoch) };
             }
         };
+        // Counted before it is announced: whoever reads the line and then
+        // the metrics finds them agreeing.
+        let took_over = leadership.took_over_at();
+        self.metrics.term_began(token.zxid, took_over.is_some());
         println!("ha-worker active term={} epoch={}", token.zxid, token.epoch);
         tracing::info!(term = %token, "active");
         self.status.set("term", serde_json::json!(token.to_string()));
-        let end = self.term(leadership, token, stop).await;
+        let end = self.term(leadership, token, took_over, stop).await;
+        self.metrics.term_ended();
         self.status.set("term", serde_json::Value::Null);
         end
     }
 
-    /// The active worker's loop, with the term's first token.
-    async fn term(&self, leadership: Leadership, mut token: Token, stop: &CancellationToken) -> TermEnd {
+    /// The active worker's loop, with the term's first token; `took_over`
+    /// is when the term's predecessor was seen gone, if it had one.
+    async fn term(
+        &self,
+        leadership: Leadership,
+        mut token: Token,
+        mut took_over: Option<Instant>,
+        stop: &CancellationToken,
+    ) -> TermEnd {
         let mut states = self.client.states();
         let mut seq = 0u64;
         let mut advances = 0;
@@ -256,6 +269,7 @@ impl Stand {
                 }
                 _ = tokio::time::sleep(interval) => {}
                 _ = connection_lost(&mut states) => {
+                    self.metrics.writing(false);
                     if let Some(end) = self.suspended(&leadership, token, stop).await {
                         if matches!(end, TermEnd::SteppedDown) {
                             // Our node may outlive a session we gave up on
@@ -264,11 +278,15 @@ impl Stand {
                         }
                         return end;
                     }
+                    self.metrics.writing(true);
                     continue;
                 }
             }
             let error = match self.journal.append(token, &self.instance, seq) {
                 Ok(()) => {
+                    if let Some(at) = took_over.take() {
+                        self.metrics.handed_over(at.elapsed());
+                    }
                     seq += 1;
                     continue;
                 }

@@ -58,8 +58,9 @@ impl Election {
     pub async fn campaign_then(&self, joined: impl FnOnce()) -> Result<Leadership, zookeeper_async::ZkError> {
         let me = queue::enter(&self.client, &self.dir, "n_", self.id.as_bytes(), &self.acl).await?;
         joined();
-        match queue::wait_first(&self.client, &self.dir, &me, None).await {
-            Ok(_) => Ok(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me }),
+        let mut took_over_at = None;
+        match queue::wait_first_noting(&self.client, &self.dir, &me, None, &mut took_over_at).await {
+            Ok(_) => Ok(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me, took_over_at }),
             Err(e) => {
                 queue::leave(&self.client, &me.path).await;
                 Err(e)
@@ -85,12 +86,21 @@ pub struct Leadership {
     client: Client,
     me: Candidate,
     lost: watch::Receiver<bool>,
+    took_over_at: Option<tokio::time::Instant>,
 }
 
 impl Leadership {
     /// This term's fencing token.
     pub fn token(&self) -> i64 {
         self.me.czxid
+    }
+
+    /// When this term took over from another: the moment we learned that
+    /// the candidate ahead of us had left (the watch on its node fired).
+    /// `None` when nobody was ahead of us as we joined: a term that
+    /// followed no other.
+    pub fn took_over_at(&self) -> Option<tokio::time::Instant> {
+        self.took_over_at
     }
 
     /// Turns `true` when we may no longer be leader: stop at once.

@@ -131,6 +131,21 @@ pub(crate) async fn wait_first(
     me: &Candidate,
     deadline: Option<Instant>,
 ) -> Result<bool, ZkError> {
+    wait_first_noting(client, dir, me, deadline, &mut None).await
+}
+
+/// [`wait_first`], noting in `woken` the last time the wait behind a
+/// predecessor ended (its node went, or changed, or the connection did), or
+/// the predecessor was found gone: once we are first, that is when we
+/// learned the one ahead of us had left. Untouched when we were first at
+/// once.
+pub(crate) async fn wait_first_noting(
+    client: &Client,
+    dir: &str,
+    me: &Candidate,
+    deadline: Option<Instant>,
+    woken: &mut Option<Instant>,
+) -> Result<bool, ZkError> {
     let mut states = client.states();
     loop {
         if *states.borrow_and_update() == Session::Lost {
@@ -175,6 +190,7 @@ pub(crate) async fn wait_first(
             Err(e) => return Err(e),
         };
         if present.is_none() {
+            *woken = Some(Instant::now());
             continue; // it left between our listing and the watch: look again
         }
         let timeout = async {
@@ -190,6 +206,7 @@ pub(crate) async fn wait_first(
             _ = states.changed() => {}
             _ = timeout => return Ok(false),
         }
+        *woken = Some(Instant::now());
     }
 }
 

@@ -19,6 +19,8 @@
 //!   broker definitions that provision them.
 //! - [`status`]: what an instance says about itself in its registration
 //!   node (the config it applied, writes a fence refused).
+//! - [`metrics`]: Prometheus metrics and `/health` on the service's own
+//!   port (`--metrics-listen`), and the metrics every service has.
 //! - [`failpoint`]: crashes on purpose at named places, for tests and drills.
 //! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
@@ -28,6 +30,7 @@ pub mod broker;
 pub mod failpoint;
 pub mod fault;
 pub mod layout;
+pub mod metrics;
 pub mod rabbit;
 pub mod status;
 
@@ -114,6 +117,11 @@ pub struct CommonArgs {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) and a health check (`GET
+    /// /health`: 200 while the ZooKeeper session is live) on this address.
+    /// Off when absent.
+    #[arg(long, env = "METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub auth: auth::AuthArgs,
 }
@@ -224,8 +232,14 @@ pub mod telemetry {
 /// last good settings stay, so a typo cannot take a running service down.
 /// Each applied change prints `config applied <json>` on stdout, and every
 /// valid write read is reported in `status` (`config_version`, its mzxid),
-/// so anyone can see which write each instance runs.
-pub fn live_config<T>(client: &Client, path: &str, status: &status::Status) -> watch::Receiver<T>
+/// so anyone can see which write each instance runs; `metrics` gets the
+/// same version (`config_version`).
+pub fn live_config<T>(
+    client: &Client,
+    path: &str,
+    status: &status::Status,
+    metrics: &metrics::Common,
+) -> watch::Receiver<T>
 where
     T: DeserializeOwned + Default + serde::Serialize + Clone + PartialEq + Send + Sync + 'static,
 {
@@ -233,6 +247,7 @@ where
     let mut raw = zk_recipes::config::watch_data(client, path);
     let path = path.to_string();
     let status = status.clone();
+    let applied = metrics.config_version.clone();
     tokio::spawn(async move {
         loop {
             let value = raw.borrow_and_update().clone();
@@ -257,6 +272,7 @@ where
                     // Reported once the new settings are in force.
                     if let Some(v) = version {
                         status.config_applied(v);
+                        applied.set(v);
                     }
                 }
                 Err(e) => tracing::warn!(path, "ignoring invalid config (keeping the last good one): {e}"),

@@ -188,6 +188,56 @@ pub fn admit_watch(limits: WatchLimits, open_total: usize, open_from_peer: usize
     Ok(())
 }
 
+/// How a Submit ended, as `system_a_submits_total` counts it: a fixed
+/// few values, so the counter stays a handful of series whatever callers
+/// send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// system-b applied it; the caller has the result.
+    Done,
+    /// system-b failed it for good (its node says `failed`).
+    Failed,
+    /// Refused before it could run: an invalid request, a request id reused
+    /// for another request, a limit.
+    Refused,
+    /// No result within the configured timeout; the task may still run.
+    Timeout,
+    /// The coordination server could not be reached in time.
+    Unavailable,
+    /// Anything else (a refusal by ACL, a result that cannot be read).
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] =
+        [Outcome::Done, Outcome::Failed, Outcome::Refused, Outcome::Timeout, Outcome::Unavailable, Outcome::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// The outcome of a Submit that ended with `status` before system-b
+    /// answered it (an answer's outcome is known where it is read).
+    pub fn of_failure(status: &Status) -> Outcome {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted | Code::AlreadyExists => {
+                Outcome::Refused
+            }
+            Code::DeadlineExceeded => Outcome::Timeout,
+            Code::Unavailable => Outcome::Unavailable,
+            _ => Outcome::Error,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;
@@ -209,6 +259,15 @@ mod tests {
         let s = check_submit(&req("acct-1", "set", -3, "retry-me"), fresh).expect("valid");
         assert_eq!((s.task_id, s.request_id.as_deref()), (task_id_for("retry-me"), Some("retry-me")));
         assert_eq!(s.node, TaskNode::pending("acct-1", Op::Set, -3));
+    }
+
+    #[test]
+    fn a_failure_is_counted_by_what_it_tells_the_caller() {
+        let bad = check_submit(&req("", "add", 1, ""), fresh).expect_err("no entity");
+        assert_eq!(Outcome::of_failure(&bad), Outcome::Refused);
+        assert_eq!(Outcome::of_failure(&Status::deadline_exceeded("no result")), Outcome::Timeout);
+        assert_eq!(Outcome::of_failure(&Status::unavailable("connection loss")), Outcome::Unavailable);
+        assert_eq!(Outcome::of_failure(&Status::internal("NOAUTH")), Outcome::Error);
     }
 
     /// What the review sent: a megabyte of name, answered briefly.

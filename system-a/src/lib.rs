@@ -18,6 +18,9 @@
 //! - [`publisher`]: the one confirm-mode channel, kept open across broker
 //!   outages, and the one way a task is published.
 //! - [`watch`]: Watch streams, one shared watcher per task, limited.
+//! - [`metrics`]: system-a's Prometheus metrics (Submits by outcome,
+//!   their latency, the outbox), served on `--metrics-listen` with the
+//!   common ones (`servicekit::metrics`).
 //! - [`reaper`]: deletes finished tasks (and their request ids) after the
 //!   retention.
 //! - [`client`]: `system-a submit`, the shell's client.
@@ -43,6 +46,7 @@
 
 pub mod client;
 pub mod edge;
+pub mod metrics;
 pub mod outbox;
 pub mod publisher;
 pub mod reaper;

@@ -36,6 +36,7 @@ use zk_recipes::retry;
 use zk_recipes::session::Client;
 use zk_recipes::ZkError;
 
+use crate::metrics::Metrics;
 use crate::publisher::{publish, ChannelSlot};
 
 /// Entries younger than this are left to the Submit that wrote them (it is
@@ -78,13 +79,16 @@ fn now_ms() -> i64 {
 
 /// Publishes every outbox entry its Submit could not, whenever RabbitMQ is
 /// connected: after a broker outage, and on start (entries a previous
-/// system-a accepted and died before publishing).
+/// system-a accepted and died before publishing). Every look also reports
+/// the outbox's depth and its oldest entry's age to `metrics`, broker or
+/// not: a broker outage is exactly when they grow.
 pub async fn drain(
     client: Client,
     outbox_dir: String,
     tasks_dir: String,
     slot: ChannelSlot,
     queue: String,
+    metrics: Metrics,
     stop: CancellationToken,
 ) {
     loop {
@@ -92,23 +96,28 @@ pub async fn drain(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.cancelled() => return,
         }
-        if slot.read().await.is_none() {
-            continue;
-        }
         let entries = match client.zk.get_children(&outbox_dir, false).await {
             Ok(e) => e,
-            Err(ZkError::NoNode) => continue,
+            Err(ZkError::NoNode) => {
+                metrics.outbox(0, Duration::ZERO);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("outbox: {e:?}");
                 continue;
             }
         };
         // Request records share the directory; they are never published.
-        for id in entries.into_iter().filter(|name| !name.ends_with(RECORD_SUFFIX)) {
+        let entries: Vec<String> = entries.into_iter().filter(|name| !name.ends_with(RECORD_SUFFIX)).collect();
+        let mut connected = slot.read().await.is_some();
+        let mut oldest = Duration::ZERO;
+        let count = entries.len();
+        for id in entries {
             let entry = zk_recipes::join(&outbox_dir, &id);
             let Ok((body, stat)) = client.zk.get_data(&entry, false).await else { continue };
             let age = Duration::from_millis((now_ms() - stat.ctime).max(0) as u64);
-            if age < FRESH {
+            oldest = oldest.max(age);
+            if !connected || age < FRESH {
                 continue;
             }
             match client.zk.exists(&zk_recipes::join(&tasks_dir, &id), false).await {
@@ -129,12 +138,12 @@ pub async fn drain(
                 }
                 Err(e) => {
                     tracing::warn!(task_id = id, "outbox publish: {e}");
-                    // The broker is away again: try the rest later.
-                    if slot.read().await.is_none() {
-                        break;
-                    }
+                    // The broker is away again: try the rest later (and
+                    // only measure them now).
+                    connected = slot.read().await.is_some();
                 }
             }
         }
+        metrics.outbox(count, oldest);
     }
 }

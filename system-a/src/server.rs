@@ -1,5 +1,6 @@
 //! system-a as a server: [`run`] connects, registers, starts the background
-//! tasks (the publishing channel, the outbox drain, the reaper) and serves
+//! tasks (the publishing channel, the outbox drain, the reaper), serves
+//! metrics on `--metrics-listen` if set, and serves
 //! gRPC on a listener the caller bound (port 0 in tests), until `shutdown`.
 
 use std::future::Future;
@@ -56,12 +57,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let stop = CancellationToken::new();
     // Background tasks stop with the server, however `run` returns.
     let _stop_all = stop.clone().drop_guard();
+    let mut metrics = servicekit::metrics::Metrics::new();
+    let own = crate::metrics::Metrics::register(metrics.registry());
+    let common_metrics = metrics.common.clone();
     let client = common.connect_zk().await?;
+    metrics.serve(common.metrics_listen, &client, stop.clone()).await?;
     let layout = common.layout();
     let addr = listener.local_addr()?;
     let status =
         servicekit::status::Status::new(serde_json::json!({"pid": std::process::id(), "grpc": addr.to_string()}));
-    let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_A), &status);
+    let settings =
+        servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_A), &status, &common_metrics);
     let registration = common.register(&client, servicekit::auth::SYSTEM_A, &common.instance_id(), &status).await?;
 
     let (tasks, outbox_dir) = (layout.tasks(), layout.outbox());
@@ -73,6 +79,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tasks.clone(),
         channel.clone(),
         queue.queue.clone(),
+        own.clone(),
         stop.clone(),
     ));
     tokio::spawn(reaper::run(client.clone(), tasks.clone(), outbox_dir.clone(), task_retention, stop.clone()));
@@ -86,6 +93,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             queue: queue.queue,
             channel,
             settings,
+            metrics: own,
         },
         watches: Watches::new(client, tasks, watch_limits),
     };

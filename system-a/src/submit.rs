@@ -57,7 +57,8 @@ use zk_recipes::session::Client;
 use zk_recipes::task::{TaskError, TaskStatus};
 use zk_recipes::ZkError;
 
-use crate::edge::{self, Accepted, Submission};
+use crate::edge::{self, Accepted, Outcome, Submission};
+use crate::metrics::Metrics;
 use crate::outbox;
 use crate::proto::{SubmitReply, SubmitRequest};
 use crate::publisher::{self, ChannelSlot};
@@ -81,14 +82,23 @@ pub struct Submitter {
     pub queue: String,
     pub channel: ChannelSlot,
     pub settings: watch::Receiver<Settings>,
+    pub metrics: Metrics,
 }
 
 impl Submitter {
-    /// One Submit, from the request to the caller's answer.
+    /// One Submit, from the request to the caller's answer, counted by
+    /// how it ended.
     pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitReply, Status> {
-        let sub = edge::check_submit(&req, || uuid::Uuid::new_v4().to_string())?;
+        let called = Instant::now();
+        let sub = match edge::check_submit(&req, || uuid::Uuid::new_v4().to_string()) {
+            Ok(sub) => sub,
+            Err(refused) => {
+                self.metrics.submitted(Outcome::Refused);
+                return Err(refused);
+            }
+        };
         let span = tracing::info_span!("submit", task_id = %sub.task_id, entity = %req.entity);
-        async {
+        let answered = async {
             // The caller's budget covers everything: recording the task
             // through a lost connection (retried) and its result.
             let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
@@ -112,7 +122,23 @@ impl Submitter {
             self.wait(&sub, status, timeout, deadline).await
         }
         .instrument(span)
-        .await
+        .await;
+        match answered {
+            Ok(answer) => {
+                self.metrics.answered(called.elapsed());
+                self.metrics.submitted(match &answer {
+                    Ok(_) => Outcome::Done,
+                    // What `edge::answer` makes of a `failed` node.
+                    Err(e) if e.code() == tonic::Code::FailedPrecondition => Outcome::Failed,
+                    Err(_) => Outcome::Error,
+                });
+                answer
+            }
+            Err(e) => {
+                self.metrics.submitted(Outcome::of_failure(&e));
+                Err(e)
+            }
+        }
     }
 
     fn task_path(&self, sub: &Submission) -> String {
@@ -212,14 +238,15 @@ impl Submitter {
         }
     }
 
-    /// Waits for system-b's answer through the watch.
+    /// Waits for system-b's answer through the watch: `Ok` once the node
+    /// is final, with what it says (a `failed` node is an `Err` inside).
     async fn wait(
         &self,
         sub: &Submission,
         mut status: TaskStatus,
         timeout: Duration,
         deadline: Instant,
-    ) -> Result<SubmitReply, Status> {
+    ) -> Result<Result<SubmitReply, Status>, Status> {
         let id = &sub.task_id;
         let left = deadline.saturating_duration_since(Instant::now());
         let data = match status.wait_until(left, |d| !TaskNode::is_pending(d)).await {
@@ -235,8 +262,10 @@ impl Submitter {
             }
             Err(e) => return Err(Status::unavailable(format!("waiting for task {id}'s result: {e}"))),
         };
-        let reply = edge::answer(id, &data)?;
-        tracing::info!(status = reply.status, "task answered");
+        let reply = edge::answer(id, &data);
+        if let Ok(r) = &reply {
+            tracing::info!(status = r.status, "task answered");
+        }
         Ok(reply)
     }
 }

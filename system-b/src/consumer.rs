@@ -21,6 +21,7 @@ use task_contract::{ContractError, TaskMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::metrics::Outcome;
 use crate::outcome::{self, Disposition, Failure};
 use crate::worker::{Handled, Worker};
 
@@ -98,6 +99,7 @@ async fn handle(
         // worker that reads its version replays it.
         Err(e @ ContractError::UnsupportedVersion { .. }) => {
             tracing::warn!(error = %e, "task message of a newer version: dead-lettering it");
+            worker.metrics.task(Outcome::DeadLettered);
             let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
             return;
         }
@@ -107,10 +109,14 @@ async fn handle(
         // any task).
         Err(e) => {
             tracing::warn!(error = %e, "poison message: dead-lettering it");
+            worker.metrics.task(Outcome::DeadLettered);
             let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
             return;
         }
     };
+    if delivery.redelivered {
+        worker.metrics.redelivered();
+    }
     let attempt = outcome::attempts_in(
         delivery.properties.headers().as_ref().and_then(|h| h.inner().get(outcome::ATTEMPTS_HEADER)),
     ) + 1;
@@ -118,7 +124,9 @@ async fn handle(
     // Instrumented, never entered: an entered span held across an await
     // would stay entered on this thread for whatever runs there meanwhile.
     let settled = async {
-        match worker.handle(&message.id, attempt).await {
+        let handled = worker.handle(&message.id, attempt).await;
+        worker.metrics.task(counted_as(&handled));
+        match handled {
             Handled::Done { .. } => {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
@@ -132,6 +140,19 @@ async fn handle(
         }
     };
     settled.instrument(span).await;
+}
+
+/// How `system_b_tasks_total` counts a delivery's end.
+fn counted_as(handled: &Handled) -> Outcome {
+    match handled {
+        Handled::Done { fresh: true, .. } => Outcome::Done,
+        Handled::Done { fresh: false, .. } => Outcome::Reported,
+        Handled::NoOp(_) => Outcome::NoOp,
+        Handled::NotDone(_, Disposition::Requeue) => Outcome::Requeued,
+        Handled::NotDone(_, Disposition::Republish { .. }) => Outcome::Republished,
+        Handled::NotDone(_, Disposition::FailThenDeadLetter { .. }) => Outcome::Failed,
+        Handled::NotDone(_, Disposition::DeadLetter) => Outcome::DeadLettered,
+    }
 }
 
 /// Carries out a disposition with the broker, logging it as loudly as it

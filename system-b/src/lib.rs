@@ -12,6 +12,9 @@
 //!   exactly once, report. Start here to learn the scenario.
 //! - [`store`]: the shared resource: one small file per entity, fenced by
 //!   token, recording the last task applied.
+//! - [`metrics`]: system-b's Prometheus metrics (tasks by outcome, lock
+//!   wait and hold, fenced writes, redeliveries), served on
+//!   `--metrics-listen` with the common ones (`servicekit::metrics`).
 //! - [`outcome`]: why a task was not done, and what that means for the
 //!   message, as functions over plain values.
 //!
@@ -38,6 +41,7 @@
 //! live config change.
 
 pub mod consumer;
+pub mod metrics;
 pub mod outcome;
 pub mod store;
 pub mod worker;
@@ -88,9 +92,14 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
     let instance = args.common.instance_id();
     let layout = args.common.layout();
     let store = store::Store::open(&args.store_dir).context("--store-dir")?;
+    let mut metrics = servicekit::metrics::Metrics::new();
+    let own = crate::metrics::Metrics::register(metrics.registry());
+    let common_metrics = metrics.common.clone();
     let client = args.common.connect_zk().await?;
+    metrics.serve(args.common.metrics_listen, &client, stop.clone()).await?;
     let status = servicekit::status::Status::new(serde_json::json!({"pid": std::process::id(), "queue": args.q.queue}));
-    let settings = servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_B), &status);
+    let settings =
+        servicekit::live_config(&client, &layout.config(servicekit::auth::SYSTEM_B), &status, &common_metrics);
     let registration = args.common.register(&client, servicekit::auth::SYSTEM_B, &instance, &status).await?;
     let worker = Arc::new(worker::Worker {
         epoch: zk_recipes::fencing::Epoch::new(&client, layout.fencing()),
@@ -101,6 +110,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
         settings,
         status,
         instance: instance.clone(),
+        metrics: own,
     });
     let alarms = Arc::new(consumer::Alarms::default());
     let mut announced = false;

@@ -84,6 +84,8 @@ pub struct Worker {
     pub status: servicekit::status::Status,
     /// This instance's name: in lock nodes and in results.
     pub instance: String,
+    /// Lock wait and hold times, and refusals by token.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// How long a worker keeps trying a request to the coordination server
@@ -121,17 +123,22 @@ impl Worker {
         let lock = Lock::new(&self.client, lock_path.clone()).with_acl(self.policy.lock());
         // A NOAUTH that survives the second try is an ACL that shuts
         // system-b out: the task fails instead of going round for ever.
+        let asked = std::time::Instant::now();
         let acquired = self
             .refused_twice(|e| matches!(e, LockError::Zk(ZkError::NoAuth)), || lock.acquire(&self.instance, LOCK_WAIT))
             .await;
         let guard = match acquired {
-            Ok(g) => g,
+            Ok(g) => {
+                self.metrics.lock_waited(asked.elapsed());
+                g
+            }
             Err(LockError::Zk(ZkError::NoAuth)) => {
                 let failure = Failure::Rejected(servicekit::auth::not_allowed(&lock_path));
                 return self.fail(&task, failure, attempt).await;
             }
             Err(e) => return not_done(Failure::Retry(e.to_string()), attempt),
         };
+        let held = std::time::Instant::now();
         let handled = match self.apply_locked(&task, &guard).await {
             Ok(handled) => handled,
             // Still under the lock: nobody can apply the task between the
@@ -139,6 +146,7 @@ impl Worker {
             Err(failure) => self.fail(&task, failure, attempt).await,
         };
         guard.release().await;
+        self.metrics.lock_held(held.elapsed());
         handled
     }
 
@@ -214,6 +222,7 @@ impl Worker {
             match fencing::after_refusal(still_held, advances) {
                 Refusal::Stale => {
                     self.status.fenced(&task.entity, token, seen);
+                    self.metrics.fenced();
                     return Err(Failure::Retry(format!(
                         "fenced: our token {token} is older than {seen}, and the lock is no longer ours"
                     )));
@@ -437,6 +446,7 @@ impl Worker {
         if let StoreError::Fenced { entity, ours, seen } = &e {
             tracing::warn!(%entity, token = %ours, newer = %seen, "the store refused our write: a newer holder applied meanwhile");
             self.status.fenced(entity, ours, seen);
+            self.metrics.fenced();
         }
         store_failure(e)
     }

@@ -93,13 +93,9 @@ pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
 }
 
 /// Spawns the service `binary` on `zk` under `root` with `args`, then
-/// `extra`. A system [`provision`]ed under `root` runs it as its own
+/// `extra`, with extra environment variables (a failpoint, the metrics
+/// port). A system [`provision`]ed under `root` runs it as its own
 /// identity: the role of the same name, as the deployment does.
-fn spawn_service(binary: &str, zk: &str, root: &str, args: &[&str], extra: &[&str], log_dir: &Path) -> Proc {
-    spawn_service_with_env(binary, zk, root, args, extra, &[], log_dir)
-}
-
-/// [`spawn_service`] with extra environment variables (a failpoint).
 fn spawn_service_with_env(
     binary: &str,
     zk: &str,
@@ -150,6 +146,44 @@ pub fn start_system_b_with_env(
     env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
+    let mut p = spawn_system_b(zk, root, queue, store, name, session_ms, env, log_dir);
+    p.wait_line("system-b ready", Duration::from_secs(30));
+    p
+}
+
+/// `METRICS_LISTEN` for a service under test: metrics on a port of its
+/// own that the OS picks; the service prints `metrics listening on <addr>`.
+pub const METRICS_ANY_PORT: (&str, &str) = ("METRICS_LISTEN", "127.0.0.1:0");
+
+/// [`start_system_b`] serving its metrics ([`METRICS_ANY_PORT`]); returns
+/// it and its metrics address once it consumes.
+pub fn start_system_b_metered(
+    zk: &str,
+    root: &str,
+    queue: &str,
+    store: &Path,
+    name: &str,
+    session_ms: u64,
+    log_dir: &Path,
+) -> (Proc, String) {
+    let mut p = spawn_system_b(zk, root, queue, store, name, session_ms, &[METRICS_ANY_PORT], log_dir);
+    // Printed before `ready`: lines are read in order.
+    let metrics = p.wait_line("metrics listening on", Duration::from_secs(30));
+    p.wait_line("system-b ready", Duration::from_secs(30));
+    (p, metrics)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_system_b(
+    zk: &str,
+    root: &str,
+    queue: &str,
+    store: &Path,
+    name: &str,
+    session_ms: u64,
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> Proc {
     let broker = testkit::broker::provision(queue).flags("system-b");
     let session = session_ms.to_string();
     let args = [
@@ -166,9 +200,7 @@ pub fn start_system_b_with_env(
         "--zk-session-timeout-ms",
         &session,
     ];
-    let mut p = spawn_service_with_env("system-b", zk, root, &args, &[], env, log_dir);
-    p.wait_line("system-b ready", Duration::from_secs(30));
-    p
+    spawn_service_with_env("system-b", zk, root, &args, &[], env, log_dir)
 }
 
 /// An ha-worker instance `name` under `root`, journaling to `journal`,
@@ -183,6 +215,36 @@ pub fn start_ha_worker(
     session_ms: u64,
     log_dir: &Path,
 ) -> Proc {
+    spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
+}
+
+/// [`start_ha_worker`] serving its metrics ([`METRICS_ANY_PORT`]); returns
+/// it and its metrics address once it serves them (before it campaigns).
+pub fn start_ha_worker_metered(
+    zk: &str,
+    root: &str,
+    journal: &Path,
+    name: &str,
+    interval_ms: u64,
+    session_ms: u64,
+    log_dir: &Path,
+) -> (Proc, String) {
+    let mut p = spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, &[METRICS_ANY_PORT], log_dir);
+    let metrics = p.wait_line("metrics listening on", Duration::from_secs(30));
+    (p, metrics)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_ha_worker(
+    zk: &str,
+    root: &str,
+    journal: &Path,
+    name: &str,
+    interval_ms: u64,
+    session_ms: u64,
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> Proc {
     let interval = interval_ms.to_string();
     let session = session_ms.to_string();
     let args = [
@@ -195,7 +257,7 @@ pub fn start_ha_worker(
         "--zk-session-timeout-ms",
         &session,
     ];
-    spawn_service("ha-worker", zk, root, &args, &[], log_dir)
+    spawn_service_with_env("ha-worker", zk, root, &args, &[], env, log_dir)
 }
 
 /// system-a on port 0 as instance `a1`, as `queue`'s own system-a broker
@@ -206,6 +268,23 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
 
 /// [`start_system_a`] with `extra` flags (e.g. `--task-retention-secs`).
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
+    let mut p = spawn_system_a(zk, root, queue, extra, &[], log_dir);
+    let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
+    p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
+    (p, addr)
+}
+
+/// [`start_system_a`] serving its metrics ([`METRICS_ANY_PORT`]); returns
+/// it, its gRPC address and its metrics address once it can publish.
+pub fn start_system_a_metered(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String, String) {
+    let mut p = spawn_system_a(zk, root, queue, &[], &[METRICS_ANY_PORT], log_dir);
+    let metrics = p.wait_line("metrics listening on", Duration::from_secs(30));
+    let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
+    p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
+    (p, addr, metrics)
+}
+
+fn spawn_system_a(zk: &str, root: &str, queue: &str, extra: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Proc {
     let broker = testkit::broker::provision(queue).flags("system-a");
     let args = [
         "--queue",
@@ -221,10 +300,29 @@ pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], lo
         "--zk-session-timeout-ms",
         "10000",
     ];
-    let mut p = spawn_service("system-a", zk, root, &args, extra, log_dir);
-    let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
-    p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
-    (p, addr)
+    spawn_service_with_env("system-a", zk, root, &args, extra, env, log_dir)
+}
+
+/// `GET path` from the HTTP server at `addr` (HTTP/1.0, so the server
+/// closes when done): the status code and the body. An error when nothing
+/// answers there.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {raw:?}"));
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    Ok((code, body.to_string()))
+}
+
+/// The value of the sample `series` (a name with its labels, as exposed:
+/// `system_a_submits_total{outcome="done"}`) in a `/metrics` body.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }
 
 /// A connection to the RabbitMQ the suites run against

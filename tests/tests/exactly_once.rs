@@ -245,6 +245,7 @@ async fn in_process_worker(
         settings: tokio::sync::watch::channel(system_b::Settings::default()).1,
         status,
         instance: instance.into(),
+        metrics: Default::default(),
     };
     (server, c, root, worker)
 }
