@@ -636,9 +636,15 @@ scenarios() {
   say "zkctl services lists system-a, b1-b3, ha1-ha2"
 
   # Dashboard and metrics answer.
-  curl -fsS http://127.0.0.1:8080/ | grep -qi "<html" || fail "the dashboard page did not answer"
-  curl -fsS http://127.0.0.1:8080/api/state | grep -q '"' || fail "the dashboard's /api/state did not answer"
-  curl -fsS http://127.0.0.1:8081/metrics | grep -q '^[a-z_]\+' || fail "the coordinator's /metrics did not answer"
+  # Each body read whole before it is searched: `curl | grep -q` fails
+  # under pipefail whenever grep matches and exits before curl has written
+  # the rest (curl: (23) Failed writing body).
+  local body
+  body=$(curl -fsS http://127.0.0.1:8080/) && grep -qi "<html" <<<"$body" || fail "the dashboard page did not answer"
+  body=$(curl -fsS http://127.0.0.1:8080/api/state) && grep -q '"' <<<"$body" ||
+    fail "the dashboard's /api/state did not answer"
+  body=$(curl -fsS http://127.0.0.1:8081/metrics) && grep -q '^[a-z_]\+' <<<"$body" ||
+    fail "the coordinator's /metrics did not answer"
   say "dashboard and /metrics answer"
 
   # Scenario 4: graceful stop, then crash, of the active ha-worker.
