@@ -22,8 +22,12 @@
 #   host's Debian mirror; a Rust build image from the host's own toolchain
 #   (passed to the Dockerfile as RUST_IMAGE, so its tag says what it is);
 #   Apache ZooKeeper from Debian's `zookeeper` package; and a stand-in for the
-#   broker that checks the host's RabbitMQ (127.0.0.1:5672) with an AMQP
-#   handshake, since the broker image cannot be pulled either. The host's
+#   broker, since the broker image cannot be pulled either: a TCP proxy on
+#   the broker's own address (rabbitmq = 127.0.0.14:5672) to the host's
+#   RabbitMQ (127.0.0.1:5672), healthy once an AMQP handshake through it
+#   succeeds. Stopping the `rabbitmq` service closes every connection and
+#   refuses new ones, as stopping the broker does, so the broker-outage
+#   drill has a real outage without touching the host's broker. The host's
 #   broker gets the deployment's definitions imported (the services' users
 #   `system-a` and `system-b`, their permissions, the `tasks` topology), as
 #   the broker image loads them at boot; it replaces the passwords of users
@@ -35,6 +39,15 @@
 #   `ports:` removed (host networking refuses port bindings, and Compose v1
 #   appends an override's ports to the base file's instead of replacing them).
 #   The ZooKeeper servers take 127.0.0.11-13, the coordinator 127.0.0.1.
+#   A published port whose host address and port differ from where the
+#   service listens (zk1-3's 2181 on 127.0.0.1:2182-2184) gets a forwarder
+#   on the host for the profile's run, as Docker's port publishing would.
+# - After the scenarios, every failure drill once on each profile
+#   (scripts/drill.sh --compose [--zookeeper] NAME, its Compose commands
+#   run as this script runs them: same Compose, project and rendered file,
+#   through a DRILL_COMPOSE wrapper): its VERDICT line in the output, all
+#   its evidence when it fails. The drill binary is built on the host
+#   first (cargo build --release -p drills).
 # - Containers, volumes and the project's network are removed at the end;
 #   base images and the build cache are kept for the next run (--rmi removes
 #   them too).
@@ -46,7 +59,7 @@ mkdir -p "$work"
 rust_version=$(rustc --version | awk '{print $2}')
 rust_image=coordination-demo/rust-host:$rust_version
 zk_image=coordination-demo/zookeeper-debian:3.8
-broker_image=coordination-demo/rabbitmq-host:latest
+broker_image=coordination-demo/rabbitmq-proxy:latest
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
 compose=${SMOKE_COMPOSE:-docker-compose}
 t0=$(date +%s)
@@ -222,7 +235,7 @@ EOF
 build_broker() {
   have_image "$broker_image" && return
   local ctx=$work/broker-ctx
-  say "building $broker_image (a stand-in that checks the host's RabbitMQ)"
+  say "building $broker_image (a stand-in that proxies to the host's RabbitMQ)"
   rm -rf "$ctx" && mkdir -p "$ctx"
   # The healthcheck speaks AMQP: it sends the 0-9-1 protocol header and
   # expects the broker's Connection.Start method frame (type 1, channel 0,
@@ -236,11 +249,26 @@ printf 'AMQP\x00\x00\x09\x01' >&3
 head=$(timeout 3 head -c 11 <&3 | od -An -tx1 | tr -d ' \n')
 [ "${head:0:6}" = 010000 ] && [ "${head:14:8}" = 000a000a ]
 EOF
+  # The broker's address in the deployment (what `rabbitmq` resolves to)
+  # forwarded to the host's broker. On SIGTERM (compose stop) the whole
+  # process group goes, so every proxied connection closes at once, as
+  # when a broker stops.
+  cat >"$ctx/broker-proxy" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+addr=$(getent hosts rabbitmq | awk '{print $1; exit}')
+trap 'trap - TERM INT; kill 0' TERM INT
+socat "TCP-LISTEN:5672,bind=${addr:?cannot resolve rabbitmq},reuseaddr,fork" TCP:127.0.0.1:5672 &
+wait
+EOF
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM debian:bookworm-slim
-COPY amqp-ping /usr/local/bin/amqp-ping
-RUN chmod +x /usr/local/bin/amqp-ping
-CMD ["sleep", "infinity"]
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends socat \
+ && rm -rf /var/lib/apt/lists/*
+COPY amqp-ping broker-proxy /usr/local/bin/
+RUN chmod +x /usr/local/bin/amqp-ping /usr/local/bin/broker-proxy
+CMD ["broker-proxy"]
 EOF
   docker build --network host -t "$broker_image" "$ctx" >"$work/broker-image.log" 2>&1 ||
     fail "building $broker_image failed; see $work/broker-image.log"
@@ -263,12 +291,23 @@ fi
 # Host networking: every service sees the others on loopback. The
 # coordinator binds 127.0.0.1 only, so that the ensemble's servers can take
 # port 2181 on 127.0.0.11-13.
-for port in 2181 8080 8081 50051; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    fail "port $port on 127.0.0.1 is taken by another process; the compose services need it"
-  fi
-done
+# Checked again before each profile's `up`: a build takes minutes, and a
+# system started meanwhile (scripts/run.sh, a test) takes the same ports.
+ports_free() {
+  local port
+  for port in 2181 8080 8081 50051; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      fail "port $port on 127.0.0.1 is taken by another process; the compose services need it"
+    fi
+  done
+}
+ports_free
 (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || fail "no RabbitMQ on 127.0.0.1:5672 (scripts/rabbitmq.sh ensure starts one)"
+# The stand-in broker binds rabbitmq's own address; a broker listening on
+# every address holds it already.
+if (exec 3<>/dev/tcp/127.0.0.14/5672) 2>/dev/null; then
+  fail "127.0.0.14:5672 answers (a broker on 0.0.0.0?): the stand-in broker needs it; bind the host's RabbitMQ to 127.0.0.1"
+fi
 
 # Identities (docs/security.md): a fresh set for this deployment unless the
 # user has one (a set made before broker identities gets them added).
@@ -277,7 +316,7 @@ done
 "$root/scripts/rabbitmq.sh" import "$root/.secrets/broker-definitions.json" ||
   fail "cannot import the broker definitions into the host's RabbitMQ"
 
-hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.1", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
+hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.14", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
 override=$work/smoke-override.yml
 {
   cat <<YAML
@@ -301,7 +340,7 @@ services:
     image: $broker_image
     init: true
     healthcheck:
-      test: ["CMD", "amqp-ping", "127.0.0.1", "5672"]
+      test: ["CMD", "amqp-ping", "rabbitmq", "5672"]
       interval: 2s
       timeout: 5s
       retries: 30
@@ -325,20 +364,118 @@ zk_override=$work/smoke-override-zookeeper.yml
 } >"$zk_override"
 
 # Renders the merged files without `ports:` (host networking refuses port
-# bindings) into $work/<profile>.yml.
+# bindings) into $work/<profile>.yml, and lists in $work/<profile>.forwards
+# ("HOST_IP HOST_PORT ADDRESS PORT") each published port that is not where
+# its service listens on the host network (ADDRESS: the service's name in
+# extra_hosts, else 127.0.0.1). The stand-in broker has no management UI to
+# publish.
 render() {
   local profile=$1 files=(-f "$root/docker-compose.yml")
   [ "$profile" = zookeeper ] && files+=(-f "$root/docker-compose.zookeeper.yml")
   files+=(-f "$override")
   [ "$profile" = zookeeper ] && files+=(-f "$zk_override")
   "$compose" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
-  python3 - "$work/$profile.raw.yml" "$work/$profile.yml" <<'PY'
-import sys, yaml
+  python3 - "$work/$profile.raw.yml" "$work/$profile.yml" "$work/$profile.forwards" <<'PY'
+import re, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
-for svc in doc["services"].values():
-    svc.pop("ports", None)
+forwards = []
+for name, svc in doc["services"].items():
+    ports = svc.pop("ports", None) or []
+    if name == "rabbitmq":
+        continue
+    hosts = svc.get("extra_hosts") or []
+    if isinstance(hosts, dict):
+        hosts = [f"{k}:{v}" for k, v in hosts.items()]
+    addr = next((re.split("[:=]", h, 1)[1] for h in hosts if re.split("[:=]", h, 1)[0] == name), "127.0.0.1")
+    for p in ports:
+        if isinstance(p, dict):  # Compose v2's long form
+            ip, published, target = p.get("host_ip", "0.0.0.0"), str(p["published"]), str(p["target"])
+        else:  # v1: "[ip:]published:target[/proto]"
+            parts = str(p).split("/")[0].split(":")
+            target, published = parts[-1], parts[-2]
+            ip = parts[-3] if len(parts) > 2 else "0.0.0.0"
+        if (ip, published) != (addr, target):
+            forwards.append(f"{ip} {published} {addr} {target}")
 yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
+open(sys.argv[3], "w").write("".join(f + "\n" for f in forwards))
 PY
+}
+
+# Forwarders for $work/<profile>.forwards, on the host, each in its own
+# process group (socat forks one child per connection).
+forwarders=()
+start_forwards() {
+  local ip port addr target pid
+  while read -r ip port addr target; do
+    if (exec 3<>"/dev/tcp/$ip/$port") 2>/dev/null; then
+      fail "$ip:$port is taken by another process; $profile publishes it"
+    fi
+    setsid socat "TCP-LISTEN:$port,bind=$ip,reuseaddr,fork" "TCP:$addr:$target" </dev/null 2>>"$work/$profile.forwards.log" &
+    pid=$!
+    forwarders+=("$pid")
+    sleep 0.2
+    kill -0 "$pid" 2>/dev/null || fail "cannot forward $ip:$port to $addr:$target; see $work/$profile.forwards.log"
+    say "forwarding $ip:$port to $addr:$target (a published port)"
+  done <"$work/$profile.forwards"
+}
+stop_forwards() {
+  local pid
+  for pid in "${forwarders[@]}"; do
+    kill -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  forwarders=()
+}
+
+# Every failure drill once against the running profile, through the same
+# Compose, project and files as dc(). The drill names the repository's files
+# itself (-f docker-compose.yml [-f docker-compose.zookeeper.yml]); here
+# those files run rendered for the host network, and Compose v1 checks a
+# service's networks on `start`, so the files as written (on the default
+# network, which host networking never creates) fail with "network
+# coordsmoke_default not found". DRILL_COMPOSE is a wrapper that swaps the
+# files the drill names for the profile's rendered file, after checking
+# that they are this profile's.
+write_drill_compose() {
+  local wrapper=$work/drill-compose want=docker-compose.yml
+  [ "$profile" = zookeeper ] && want="docker-compose.yml docker-compose.zookeeper.yml"
+  {
+    echo '#!/usr/bin/env bash'
+    echo "# Generated by scripts/compose-smoke.sh for the $profile profile: dc()."
+    echo 'files=() args=()'
+    echo 'while [ $# -gt 0 ]; do'
+    echo '  if [ "$1" = -f ]; then files+=("$2"); shift 2; else args+=("$1"); shift; fi'
+    echo 'done'
+    printf 'if [ "${files[*]}" != %q ]; then\n' "$want"
+    printf '  echo "drill-compose: the drill named ${files[*]}, expected %s" >&2; exit 2\nfi\n' "$want"
+    printf 'exec %q -p %q --project-directory %q -f %q "${args[@]}"\n' "$compose" "$project" "$root" "$work/$profile.yml"
+  } >"$wrapper"
+  chmod +x "$wrapper"
+  echo "$wrapper"
+}
+drills=(config-change task-crash lock-stall active-crash active-pause broker-outage coordinator-restart)
+build_drill() {
+  say "building the drill binary (cargo build --release -p drills)"
+  (cd "$root" && cargo build -q --locked --release -p drills) >"$work/drill-build.log" 2>&1 ||
+    fail "cannot build the drill binary; see $work/drill-build.log"
+}
+run_drills() {
+  local args=(--compose) d log t verdict drill_compose
+  [ "$profile" = zookeeper ] && args+=(--zookeeper)
+  drill_compose=$(write_drill_compose)
+  for d in "${drills[@]}"; do
+    log=$work/$profile.drill-$d.log
+    t=$(date +%s)
+    if COMPOSE_PROJECT_NAME=$project DRILL_COMPOSE=$drill_compose RUN_PROFILE=release \
+      timeout 900 "$root/scripts/drill.sh" "${args[@]}" "$d" >"$log" 2>&1; then
+      verdict=$(grep -m1 'VERDICT:' "$log" || true)
+      [ -n "$verdict" ] || { cat "$log" >&2; fail "drill $d exited 0 without a VERDICT line"; }
+      say "drill $d ($(($(date +%s) - t)) s): $verdict"
+    else
+      sed 's/^/    /' "$log" >&2
+      fail "drill $d on profile $profile failed ($(($(date +%s) - t)) s); its output is above and in $log"
+    fi
+  done
 }
 
 project=coordsmoke
@@ -346,12 +483,15 @@ dc() { "$compose" -p "$project" --project-directory "$root" -f "$work/$profile.y
 
 cleanup() {
   local rc=$?
+  stop_forwards
   if [ -n "${profile:-}" ] && [ -f "$work/$profile.yml" ]; then
     if [ "$rc" != 0 ]; then
       say "logs of the failed run: $work/$profile.failed.log"
       dc logs --no-color >"$work/$profile.failed.log" 2>&1 || true
       dc ps >&2 || true
     fi
+    # A drill that failed midway may leave a container paused.
+    dc unpause >/dev/null 2>&1 || true
     dc down -v --remove-orphans >/dev/null 2>&1 || true
   fi
   if [ "$rmi" = 1 ]; then
@@ -496,9 +636,15 @@ scenarios() {
   say "zkctl services lists system-a, b1-b3, ha1-ha2"
 
   # Dashboard and metrics answer.
-  curl -fsS http://127.0.0.1:8080/ | grep -qi "<html" || fail "the dashboard page did not answer"
-  curl -fsS http://127.0.0.1:8080/api/state | grep -q '"' || fail "the dashboard's /api/state did not answer"
-  curl -fsS http://127.0.0.1:8081/metrics | grep -q '^[a-z_]\+' || fail "the coordinator's /metrics did not answer"
+  # Each body read whole before it is searched: `curl | grep -q` fails
+  # under pipefail whenever grep matches and exits before curl has written
+  # the rest (curl: (23) Failed writing body).
+  local body
+  body=$(curl -fsS http://127.0.0.1:8080/) && grep -qi "<html" <<<"$body" || fail "the dashboard page did not answer"
+  body=$(curl -fsS http://127.0.0.1:8080/api/state) && grep -q '"' <<<"$body" ||
+    fail "the dashboard's /api/state did not answer"
+  body=$(curl -fsS http://127.0.0.1:8081/metrics) && grep -q '^[a-z_]\+' <<<"$body" ||
+    fail "the coordinator's /metrics did not answer"
   say "dashboard and /metrics answer"
 
   # Scenario 4: graceful stop, then crash, of the active ha-worker.
@@ -547,12 +693,14 @@ run_profile() {
       >"$work/$profile.build.log" 2>&1 || fail "docker build failed; see $work/$profile.build.log"
     build=
   fi
+  ports_free
   dc up -d $build >"$work/$profile.up.log" 2>&1 || {
     tail -40 "$work/$profile.up.log" >&2
     fail "docker-compose up --build failed; see $work/$profile.up.log"
   }
   wait_healthy 180
   say "up --build and healthy in $(($(date +%s) - t)) s"
+  start_forwards
   scenarios
   # Data survives down + up (the named volumes stay).
   t=$(date +%s)
@@ -563,11 +711,14 @@ run_profile() {
   v=$(submit acct-1 5)
   [ "$v" = 20 ] || fail "after down + up, acct-1 + 5 gave $v, expected 20 (data lost?)"
   say "down + up keeps the data (acct-1 = 20), $(($(date +%s) - t)) s"
+  run_drills
+  stop_forwards
   dc down -v --remove-orphans >/dev/null 2>&1
   say "profile $profile: every promise held"
   profile=
 }
 
+build_drill
 for p in "${profiles[@]}"; do
   run_profile "$p"
 done
