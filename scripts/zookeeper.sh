@@ -61,7 +61,9 @@ CFG
   echo $! >"$dir/pid"
   [ "${ZK_WAIT:-1}" = 0 ] && exit 0
   for _ in $(seq 1 150); do
-    if [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf ruok >&3 && cat <&3) 2>/dev/null)" = imok ]; then
+    # `srvr` says `Mode:` only once the server serves requests; `ruok`
+    # answers imok earlier, while the first sessions are still dropped.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf srvr >&3 && cat <&3) 2>/dev/null | grep -q '^Mode:'; then
       echo "zookeeper.sh: Apache ZooKeeper answers on 127.0.0.1:$port (data $dir)" >&2
       exit 0
     fi
