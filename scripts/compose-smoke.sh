@@ -348,8 +348,18 @@ YAML
   # Every other service of the base file, so a service added there is on
   # the host network here too (one left on the default network, which has
   # no bridge, resolves nothing).
+  # Each service's metrics listen on 9100 in a network namespace of its
+  # own; sharing the host's, they need a port each (compose merges these
+  # into the base file's environment).
+  metrics_port=9100
   for s in $("$compose" -f "$root/docker-compose.yml" config --services | grep -vxE 'coordinator|rabbitmq'); do
     printf '  %s:\n    <<: *host\n' "$s"
+    case $s in
+    system-a | system-b-* | ha-worker-*)
+      metrics_port=$((metrics_port + 1))
+      printf '    environment:\n      METRICS_LISTEN: 127.0.0.1:%s\n' "$metrics_port"
+      ;;
+    esac
   done
 } >"$override"
 zk_override=$work/smoke-override-zookeeper.yml

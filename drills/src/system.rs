@@ -256,16 +256,36 @@ impl Compose {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The ensemble member that says it leads.
+    /// The ensemble member that says it leads, asked with the `srvr` word
+    /// on the client ports the profile publishes (a member busy electing
+    /// says nothing useful for a moment: asked again for up to 20 s).
     fn zookeeper_leader(&self) -> Result<String> {
-        for zk in ["zk1", "zk2", "zk3"] {
-            let status = self.output(&["exec", "-T", zk, "zkServer.sh", "status"]).unwrap_or_default();
-            if status.contains("Mode: leader") {
-                return Ok(zk.into());
+        let members = [("zk1", 2182), ("zk2", 2183), ("zk3", 2184)];
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            for (member, port) in members {
+                if srvr(port).is_some_and(|s| s.lines().any(|l| l.trim() == "Mode: leader")) {
+                    return Ok(member.into());
+                }
             }
+            if std::time::Instant::now() > deadline {
+                bail!("no member of the ensemble says it leads (srvr on 127.0.0.1:2182-2184 for 20 s)");
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        bail!("no member of the ensemble says it leads (zkServer.sh status on zk1, zk2, zk3)")
     }
+}
+
+/// The `srvr` four-letter word's answer from the server on `port`.
+fn srvr(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"srvr").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
