@@ -6,7 +6,8 @@
 //
 // Each expectation is `event:who`, matched against the drawn elements'
 // data-event and data-who: `term:ha2`, `fenced:b1`, `grant:acct-1`,
-// `config:b2`, `session:0x1000…`; `who` may be `*` (any), as in
+// `config:b2`, `config:b2#4294967321` (that instance applied that config
+// version), `session:0x1000…`; `who` may be `*` (any), as in
 // `latency:*`. Only the text up to the first `:` is the event, so a `who`
 // may itself contain colons. Waits up to 30 s for all of them; prints
 // `timeline ok` and exits 0, else prints what was never drawn and exits 1.
@@ -47,8 +48,14 @@ try {
   for (;;) {
     // Asked of the page itself: what is drawn now, as (event, who) pairs.
     const drawn = await page.evaluate(() =>
-      [...document.querySelectorAll("#timeline [data-event], #latency [data-event]")].map((e) => [e.dataset.event, e.dataset.who]));
-    missing = parsed.filter((p) => !drawn.some(([ev, who]) => ev === p.event && (p.who === "*" || who === p.who)));
+      [...document.querySelectorAll("#timeline [data-event], #latency [data-event]")]
+        .map((e) => [e.dataset.event, e.dataset.who, e.dataset.version]));
+    // `who#version` also asks for the version a config mark carries.
+    const matches = (p, [ev, who, version]) => {
+      const [w, v] = p.who.split("#");
+      return ev === p.event && (w === "*" || who === w) && (v === undefined || version === v);
+    };
+    missing = parsed.filter((p) => !drawn.some((d) => matches(p, d)));
     if (missing.length === 0 || Date.now() > deadline) break;
     await page.waitForTimeout(250);
   }

@@ -143,7 +143,15 @@ fn every_drill_passes_on_the_system_run_sh_starts() {
             }
             "task-crash" => assert!(out.contains("was done exactly once"), "{out}"),
             "config-change" => {
-                timeline(&format!("drill-{name}.png"), &["config:b1".into(), "config:ha1".into()]);
+                // The versions this drill wrote, as each instance applied them.
+                let b = after(&out, "system-b instances applied version ");
+                let ha = after(&out, "ha-worker instances applied version ");
+                let expect: Vec<String> = ["b1", "b2", "b3"]
+                    .iter()
+                    .map(|i| format!("config:{i}#{b}"))
+                    .chain(["ha1", "ha2"].iter().map(|i| format!("config:{i}#{ha}")))
+                    .collect();
+                timeline(&format!("drill-{name}.png"), &expect);
             }
             _ => {}
         }
@@ -155,6 +163,13 @@ fn before(out: &str, marker: &str) -> String {
     let line = out.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
     let head = &line[..line.find(marker).unwrap_or(0)];
     head.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
+/// The word after `marker` in the drill's output.
+fn after(out: &str, marker: &str) -> String {
+    let line = out.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
+    let tail = &line[line.find(marker).unwrap_or(0) + marker.len()..];
+    tail.split_whitespace().next().unwrap_or_default().to_string()
 }
 
 /// The dashboard scripts/run.sh started draws `expect` on its timeline.
