@@ -688,6 +688,18 @@ scenarios() {
   fi
 }
 
+# A clean start and the scenarios leave no WARN or ERROR line in the logs of
+# the project's own containers (the broker's and ZooKeeper's stand-ins log
+# as they do). A warning there must mean something is wrong.
+no_warnings() {
+  local s lines=""
+  for s in $(dc config --services | grep -vxE 'rabbitmq|zk[0-9]'); do
+    lines+=$(dc logs --no-color "$s" 2>&1 | grep -E '(^|[ |])(WARN|ERROR)[ :]|\| warning:' | head -5 || true)
+  done
+  [ -z "$lines" ] || { echo "$lines" >&2; fail "WARN or ERROR lines $1 (above)"; }
+  say "no WARN or ERROR line $1"
+}
+
 run_profile() {
   profile=$1
   say "== profile $profile =="
@@ -712,6 +724,7 @@ run_profile() {
   say "up --build and healthy in $(($(date +%s) - t)) s"
   start_forwards
   scenarios
+  no_warnings "from up to the end of the scenarios"
   # Data survives down + up (the named volumes stay).
   t=$(date +%s)
   dc down >/dev/null 2>&1
@@ -721,6 +734,7 @@ run_profile() {
   v=$(submit acct-1 5)
   [ "$v" = 20 ] || fail "after down + up, acct-1 + 5 gave $v, expected 20 (data lost?)"
   say "down + up keeps the data (acct-1 = 20), $(($(date +%s) - t)) s"
+  no_warnings "after down and up again"
   run_drills
   stop_forwards
   dc down -v --remove-orphans >/dev/null 2>&1

@@ -511,11 +511,19 @@ const SETTINGS: &[Setting] = &[
         // The error names the file, never its contents.
         apply: |r, v| {
             // Used anyway (docker mounts secrets 0444 in a one-process
-            // container), but on a shared host anyone could read it.
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(v).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-            if mode & 0o077 != 0 {
+            // container), but on a shared host anyone could read it. Only
+            // our own file can we make private: another account's (a
+            // compose secret mounted with the host's mode) is its owner's
+            // to change, and `chmod 600` would lock us out of it.
+            use std::os::unix::fs::MetadataExt;
+            let (mode, owner) = std::fs::metadata(v).map(|m| (m.mode() & 0o777, m.uid())).unwrap_or((0, 0));
+            let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+            if mode & 0o077 != 0 && owner == me {
                 tracing::warn!("the admin token file {v} is readable by other users (mode {mode:o}): `chmod 600` it");
+            } else if mode & 0o077 != 0 {
+                tracing::info!(
+                    "the admin token file {v} belongs to user {owner} and is readable by others (mode {mode:o})"
+                );
             }
             let token = std::fs::read_to_string(v).map_err(|e| format!("cannot read it: {e}"))?;
             r.cfg.admin_token = Some(crate::token::Token::new(&token)?);

@@ -274,25 +274,64 @@ impl AuthArgs {
 /// stores (docker's among them) mount files 0444 in a container that runs
 /// one process, where that is harmless.
 pub(crate) fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(path) else { return };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 == 0 {
-        return;
-    }
-    let why =
-        format!("the credentials file {} is readable by other users (mode {mode:o}): `chmod 600` it", path.display());
+    // The owner of /proc/self is this process's effective user.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    let Some((warn, why)) = shared_file_advice(path, meta.mode(), meta.uid(), me) else { return };
     // zkctl installs no logger; the services log to stderr through one.
     if tracing::dispatcher::has_been_set() {
-        tracing::warn!("{why}");
-    } else {
+        if warn {
+            tracing::warn!("{why}");
+        } else {
+            tracing::info!("{why}");
+        }
+    } else if warn {
         eprintln!("warning: {why}");
+    }
+}
+
+/// What to say about a credentials file of `mode`, owned by `owner`, read
+/// by user `me`: (a warning?, the line), or nothing for a private file.
+/// Advice must be right where it runs. Our own file we can `chmod 600`.
+/// Another account's file (a compose secret bind-mounted from the host with
+/// the host's mode, read by a container's own user) we cannot, and making
+/// it private would lock us out of our identity: its owner decides, so it
+/// is a note, not a warning.
+fn shared_file_advice(path: &Path, mode: u32, owner: u32, me: u32) -> Option<(bool, String)> {
+    let mode = mode & 0o777;
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let path = path.display();
+    if owner == me {
+        Some((true, format!("the credentials file {path} is readable by other users (mode {mode:o}): `chmod 600` it")))
+    } else {
+        Some((
+            false,
+            format!(
+                "the credentials file {path} belongs to user {owner} and is readable by others (mode {mode:o}), as \
+                 mounted secrets are; only its owner can make it private"
+            ),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_file_we_own_gets_chmod_advice() {
+        let p = Path::new("/run/secrets/zk-system-b");
+        assert_eq!(shared_file_advice(p, 0o100600, 1000, 1000), None, "private");
+        let (warn, line) = shared_file_advice(p, 0o100644, 1000, 1000).expect("ours, shared");
+        assert!(warn && line.contains("`chmod 600` it"), "{line}");
+        // A compose secret: the host's file, its host mode, read by the
+        // container's user 10001. chmod 600 would lock the service out.
+        let (warn, line) = shared_file_advice(p, 0o100644, 0, 10001).expect("another's, shared");
+        assert!(!warn && !line.contains("chmod"), "{line}");
+    }
 
     #[test]
     fn digest_id_is_zookeepers() {
