@@ -3,27 +3,14 @@
 // holder, an active worker and a session, and saves a screenshot.
 //
 //   node check-dashboard.mjs <dashboard URL> <screenshot.png> <holder> <active> <session id>
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch } from "./chromium.mjs";
 
 const [url, shot, holder, active, session] = process.argv.slice(2);
 if (!session) {
   console.error("usage: node check-dashboard.mjs <url> <screenshot.png> <holder> <active> <session id>");
   process.exit(2);
 }
-// A fresh profile every run: no state from an earlier run can make it pass.
-const profile = mkdtempSync(join(tmpdir(), "dashboard-chromium-"));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  // The machine is offline: nothing may try to reach the network.
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const { browser, close } = await launch("dashboard");
 try {
   const page = browser.pages()[0] ?? (await browser.newPage());
   await page.setViewportSize({ width: 1280, height: 900 });
@@ -35,6 +22,5 @@ try {
   await page.screenshot({ path: shot, fullPage: true });
   console.log("dashboard ok");
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

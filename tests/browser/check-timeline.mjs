@@ -12,10 +12,7 @@
 // may itself contain colons. Waits up to 30 s for all of them; prints
 // `timeline ok` and exits 0, else prints what was never drawn and exits 1.
 // Usable by any test that drives a drill: it knows nothing of this one.
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch } from "./chromium.mjs";
 
 const [url, shot, ...expect] = process.argv.slice(2);
 const parsed = expect.map((x) => {
@@ -28,17 +25,7 @@ if (!shot || expect.length === 0 || parsed.some((p) => !p || !p.who)) {
 }
 const WAIT_MS = 30000;
 
-// A fresh profile every run: no state from an earlier run can make it pass.
-const profile = mkdtempSync(join(tmpdir(), "timeline-chromium-"));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  // The machine is offline: nothing may try to reach the network.
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const { browser, close } = await launch("timeline");
 let missing = parsed;
 try {
   const page = browser.pages()[0] ?? (await browser.newPage());
@@ -71,7 +58,6 @@ try {
     console.log("drawn: " + [...new Set(drawn)].join(" "));
   }
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 process.exit(missing.length === 0 ? 0 : 1);

@@ -449,16 +449,24 @@ pub mod browser {
     /// `event:who` of the page at `url` on its timeline within 30 s; the
     /// screenshot lands in target/test-artifacts/`shot_name`.
     pub fn timeline_drawn(url: &str, shot_name: &str, expect: &[String]) {
+        check("check-timeline.mjs", url, shot_name, expect, "timeline ok", &format!("{expect:?} on the timeline"));
+    }
+
+    /// Runs the browser check `script` of tests/browser on the page at
+    /// `url` with `args`: it must print `ok` (else the failure says the
+    /// browser did not show `what`) and leave a real screenshot in
+    /// target/test-artifacts/`shot_name`. Bounded to 90 s.
+    pub fn check(script: &str, url: &str, shot_name: &str, args: &[String], ok: &str, what: &str) {
         let browser_dir = ready();
         let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
         std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
         let shot = artifacts.join(shot_name);
         let _ = std::fs::remove_file(&shot);
         let mut child = Command::new("node")
-            .arg("check-timeline.mjs")
+            .arg(script)
             .arg(url)
             .arg(&shot)
-            .args(expect)
+            .args(args)
             .current_dir(&browser_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -468,14 +476,14 @@ pub mod browser {
         while matches!(child.try_wait(), Ok(None)) {
             if start.elapsed() > Duration::from_secs(90) {
                 let _ = child.kill();
-                panic!("the browser check ran past 90 s");
+                panic!("the browser check {script} ran past 90 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let out = child.wait_with_output().expect("the browser check's output");
         assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("timeline ok"),
-            "the browser did not draw {expect:?}:\n{}\n{}",
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains(ok),
+            "the browser did not show {what}:\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

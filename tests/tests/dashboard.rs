@@ -4,7 +4,7 @@
 //! from the coordinator's gRPC admin API, and from `cons` on Apache
 //! ZooKeeper (whose test config whitelists every four-letter word).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -13,14 +13,9 @@ use serde_json::Value;
 use zookeeper_async::{Acl, CreateMode, ZooKeeper};
 
 fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the dashboard");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    body.to_string()
+    let (code, body) = e2e_tests::http_get(addr, path).expect("GET from the dashboard");
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body
 }
 
 /// Polls /api/state until `pred` holds (the dashboard refreshes on watches
@@ -160,7 +155,8 @@ async fn dashboard_on_zookeeper() {
 /// playwright-core (tests/browser). The screenshots are kept as artifacts
 /// in target/test-artifacts/.
 async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_dir: &std::path::Path) {
-    let browser_dir = e2e_tests::browser::ready();
+    // Checked first: a machine without a browser fails at once, saying why.
+    e2e_tests::browser::ready();
     let root = format!("/{}", testkit::unique("browser"));
     let zk =
         tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(zk_addr, Duration::from_secs(10), |_| {}))
@@ -184,35 +180,20 @@ async fn in_a_browser(zk_addr: &str, admin: Option<&str>, shot_name: &str, log_d
     let mut dash = Proc::spawn("dashboard", &dashboard_args(zk_addr, &root, admin), log_dir);
     let addr = dash.wait_line("dashboard listening on", Duration::from_secs(20));
 
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
-    let shot = artifacts.join(shot_name);
-    let _ = std::fs::remove_file(&shot);
-    let shot2 = shot.clone();
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("node")
-                .arg("check-dashboard.mjs")
-                .arg(format!("http://{addr}/"))
-                .arg(&shot2)
-                .args(["system-b-1", "ha-worker-1", &format!("{owner:#x}")])
-                .current_dir(&browser_dir)
-                .output()
-                .expect("run node")
-        }),
-    )
+    let (shot_name, args) =
+        (shot_name.to_string(), vec!["system-b-1".into(), "ha-worker-1".into(), format!("{owner:#x}")]);
+    tokio::task::spawn_blocking(move || {
+        e2e_tests::browser::check(
+            "check-dashboard.mjs",
+            &format!("http://{addr}/"),
+            &shot_name,
+            &args,
+            "dashboard ok",
+            "the holder, the active worker and the session",
+        )
+    })
     .await
-    .expect("the browser check finished within 90 s")
     .expect("the browser check");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("dashboard ok"),
-        "the browser did not see the holder, the active worker and the session:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real page");
     let _ = zk.close().await;
 }
 
