@@ -39,6 +39,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -199,6 +200,31 @@ impl Common {
                 }
             }
         });
+    }
+}
+
+/// A counter with one `outcome` label from a fixed set (tasks, Submits by
+/// how they ended). Every series exists from the start: a rate over a
+/// series that appears only at its first event misses that event.
+#[derive(Clone, Debug, Default)]
+pub struct ByOutcome(Family<[(&'static str, &'static str); 1], Counter>);
+
+impl ByOutcome {
+    pub fn new(outcomes: impl IntoIterator<Item = &'static str>) -> ByOutcome {
+        let family = Family::default();
+        for o in outcomes {
+            let _ = family.get_or_create(&[("outcome", o)]);
+        }
+        ByOutcome(family)
+    }
+
+    pub fn inc(&self, outcome: &'static str) {
+        self.0.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// What to register: the same series.
+    pub fn family(&self) -> Family<[(&'static str, &'static str); 1], Counter> {
+        self.0.clone()
     }
 }
 

@@ -12,16 +12,13 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use servicekit::metrics::prometheus_client::metrics::counter::Counter;
-use servicekit::metrics::prometheus_client::metrics::family::Family;
 use servicekit::metrics::prometheus_client::metrics::gauge::Gauge;
 use servicekit::metrics::prometheus_client::metrics::histogram::Histogram;
 use servicekit::metrics::prometheus_client::registry::{Registry, Unit};
 
-use crate::edge::Outcome;
+use servicekit::metrics::ByOutcome;
 
-/// The label set of a counter by outcome: one of a fixed few values.
-type ByOutcome = Family<[(&'static str, &'static str); 1], Counter>;
+use crate::edge::Outcome;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -35,13 +32,13 @@ impl Metrics {
     /// The handles, registered in `registry` under `system_a_`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
-            submits: ByOutcome::default(),
+            submits: ByOutcome::new(Outcome::ALL.map(Outcome::as_str)),
             submit_duration: Histogram::new(servicekit::metrics::duration_buckets()),
             outbox_entries: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("system_a");
-        r.register("submits", "Submits by how they ended", m.submits.clone());
+        r.register("submits", "Submits by how they ended", m.submits.family());
         r.register_with_unit(
             "submit_duration",
             "From a Submit call to system-b's result (done or failed)",
@@ -59,17 +56,12 @@ impl Metrics {
             Unit::Seconds,
             m.outbox_oldest_age.clone(),
         );
-        // Every outcome from the start: a rate over a series that appears
-        // only at its first event misses that event.
-        for o in Outcome::ALL {
-            let _ = m.submits.get_or_create(&[("outcome", o.as_str())]);
-        }
         m
     }
 
     /// A Submit ended so.
     pub fn submitted(&self, outcome: Outcome) {
-        self.submits.get_or_create(&[("outcome", outcome.as_str())]).inc();
+        self.submits.inc(outcome.as_str());
     }
 
     /// A Submit had system-b's result `took` after it was called.

@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use servicekit::metrics::prometheus_client::metrics::counter::Counter;
-use servicekit::metrics::prometheus_client::metrics::family::Family;
 use servicekit::metrics::prometheus_client::metrics::histogram::Histogram;
 use servicekit::metrics::prometheus_client::registry::{Registry, Unit};
+use servicekit::metrics::ByOutcome;
 
 /// How a delivery ended, as `system_b_tasks_total` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +63,6 @@ impl Outcome {
     }
 }
 
-type ByOutcome = Family<[(&'static str, &'static str); 1], Counter>;
-
 #[derive(Clone)]
 pub struct Metrics {
     tasks: ByOutcome,
@@ -85,14 +83,14 @@ impl Metrics {
     /// The handles, registered in `registry` under `system_b_`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
-            tasks: ByOutcome::default(),
+            tasks: ByOutcome::new(Outcome::ALL.map(Outcome::as_str)),
             lock_wait: Histogram::new(servicekit::metrics::duration_buckets()),
             lock_hold: Histogram::new(servicekit::metrics::duration_buckets()),
             fenced: Counter::default(),
             redeliveries: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("system_b");
-        r.register("tasks", "Task deliveries by how they ended", m.tasks.clone());
+        r.register("tasks", "Task deliveries by how they ended", m.tasks.family());
         r.register_with_unit(
             "lock_wait",
             "From asking for an entity's lock to holding it",
@@ -111,16 +109,11 @@ impl Metrics {
             m.fenced.clone(),
         );
         r.register("redeliveries", "Deliveries RabbitMQ marked as redelivered", m.redeliveries.clone());
-        // Every outcome from the start: a rate over a series that appears
-        // only at its first event misses that event.
-        for o in Outcome::ALL {
-            let _ = m.tasks.get_or_create(&[("outcome", o.as_str())]);
-        }
         m
     }
 
     pub fn task(&self, outcome: Outcome) {
-        self.tasks.get_or_create(&[("outcome", outcome.as_str())]).inc();
+        self.tasks.inc(outcome.as_str());
     }
 
     pub fn lock_waited(&self, took: Duration) {
