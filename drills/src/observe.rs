@@ -86,7 +86,7 @@ impl Observer {
         names.sort();
         let mut out = Vec::new();
         for instance in names {
-            let path = format!("{dir}/{instance}");
+            let path = self.layout.member(service, &instance);
             match zk_recipes::retry::retry_for(PATIENCE, |_| zk.get_data(&path, false)).await {
                 Ok((data, stat)) => out.push(Member {
                     instance,
@@ -127,6 +127,13 @@ impl Observer {
     /// the holder's fencing token).
     pub async fn lock_holder(&self, entity: &str) -> Result<Option<(String, i64)>> {
         self.first_in_line(&self.layout.lock(entity)).await
+    }
+
+    /// Waits up to 30 s for someone to hold `entity`'s lock (a task just
+    /// submitted on it reaching a system-b): the holder and its czxid.
+    pub async fn wait_lock_holder(&self, entity: &str) -> Result<(String, i64)> {
+        until(&format!("a system-b holding {entity}'s lock"), Duration::from_secs(30), || self.lock_holder(entity))
+            .await
     }
 
     /// The fencing epoch now (0 while unset).

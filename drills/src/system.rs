@@ -218,7 +218,7 @@ impl System {
                 Ok("the coordinator".into())
             }
             (System::Compose(c), Backend::ZooKeeper) => {
-                let leader = c.zookeeper_leader()?;
+                let leader = zookeeper_leader().await?;
                 c.run(&["kill", "-s", "SIGKILL", &leader])?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 c.run(&["start", &leader])?;
@@ -255,37 +255,38 @@ impl Compose {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
 
-    /// The ensemble member that says it leads, asked with the `srvr` word
-    /// on the client ports the profile publishes (a member busy electing
-    /// says nothing useful for a moment: asked again for up to 20 s).
-    fn zookeeper_leader(&self) -> Result<String> {
-        let members = [("zk1", 2182), ("zk2", 2183), ("zk3", 2184)];
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            for (member, port) in members {
-                if srvr(port).is_some_and(|s| s.lines().any(|l| l.trim() == "Mode: leader")) {
-                    return Ok(member.into());
-                }
+/// The ensemble member that says it leads, asked with the `srvr` word on
+/// the client ports the compose profile publishes (a member busy electing
+/// says nothing useful for a moment: asked again for up to 20 s).
+async fn zookeeper_leader() -> Result<String> {
+    let members = [("zk1", 2182), ("zk2", 2183), ("zk3", 2184)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (member, port) in members {
+            if srvr(port).await.is_some_and(|s| s.lines().any(|l| l.trim() == "Mode: leader")) {
+                return Ok(member.into());
             }
-            if std::time::Instant::now() > deadline {
-                bail!("no member of the ensemble says it leads (srvr on 127.0.0.1:2182-2184 for 20 s)");
-            }
-            std::thread::sleep(Duration::from_millis(250));
         }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no member of the ensemble says it leads (srvr on 127.0.0.1:2182-2184 for 20 s)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-/// The `srvr` four-letter word's answer from the server on `port`.
-fn srvr(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"srvr").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+/// The `srvr` four-letter word's answer from the server on `port`, within 2 s.
+async fn srvr(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(b"srvr").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {

@@ -55,6 +55,12 @@ pub async fn add(system_a: &str, entity: &str, amount: i64) -> Outcome {
     Outcome { request_id, reply, took: started.elapsed(), calls }
 }
 
+/// [`add`] of 1 to `entity`, running on its own while the drill goes on.
+pub fn spawn_add(system_a: &str, entity: &str) -> tokio::task::JoinHandle<Outcome> {
+    let (a, e) = (system_a.to_string(), entity.to_string());
+    tokio::spawn(async move { add(&a, &e, 1).await })
+}
+
 /// Submits `n` tasks of "add 1" to `entity`, `concurrency` at a time.
 pub async fn adds(system_a: &str, entity: &str, n: usize, concurrency: usize) -> Vec<Outcome> {
     use futures::StreamExt;

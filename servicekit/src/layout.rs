@@ -161,6 +161,11 @@ impl Layout {
         self.under(&format!("/{SERVICES}/{service}"))
     }
 
+    /// An instance's registration node (its status is its data).
+    pub fn member(&self, service: &str, instance: &str) -> String {
+        zk_recipes::join(&self.service(service), instance)
+    }
+
     pub fn tasks(&self) -> String {
         self.dir(TASKS)
     }

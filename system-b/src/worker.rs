@@ -282,7 +282,7 @@ impl Worker {
     /// The write is to our own registration node, rewritten with the data
     /// it holds at the version it has (what others see does not change).
     async fn catch_up(&self) -> Result<(), Failure> {
-        let path = zk_recipes::join(&self.layout.service(servicekit::auth::SYSTEM_B), &self.instance);
+        let path = self.layout.member(servicekit::auth::SYSTEM_B, &self.instance);
         let deadline = Instant::now() + PATIENCE;
         let policy = RetryPolicy::default();
         loop {

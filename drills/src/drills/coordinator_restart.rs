@@ -42,14 +42,8 @@ async fn sessions(ctx: &Ctx) -> Result<BTreeMap<String, i64>> {
 async fn drill(ctx: &mut Ctx) -> Result<()> {
     let entity = fresh_entity("restart");
     let system_a = ctx.system.system_a();
-    let held = {
-        let (a, e) = (system_a.clone(), entity.clone());
-        tokio::spawn(async move { workload::add(&a, &e, 1).await })
-    };
-    let (holder, czxid) = until(&format!("a system-b holding {entity}'s lock"), Duration::from_secs(30), || async {
-        ctx.obs.lock_holder(&entity).await
-    })
-    .await?;
+    let held = workload::spawn_add(&system_a, &entity);
+    let (holder, czxid) = ctx.obs.wait_lock_holder(&entity).await?;
     let (active, term) = ctx.obs.active().await?.context("no active ha-worker")?;
     let before = sessions(ctx).await?;
     ctx.report.saw(format!(
@@ -62,12 +56,7 @@ async fn drill(ctx: &mut Ctx) -> Result<()> {
     let what = ctx.system.restart_coordination().await?;
     ctx.report.saw(format!("killed {what} with SIGKILL and started it again"));
     // Tasks submitted while the server is away.
-    let more: Vec<_> = (1..TASKS)
-        .map(|_| {
-            let (a, e) = (system_a.clone(), entity.clone());
-            tokio::spawn(async move { workload::add(&a, &e, 1).await })
-        })
-        .collect();
+    let more: Vec<_> = (1..TASKS).map(|_| workload::spawn_add(&system_a, &entity)).collect();
     let after = until("every session back", Duration::from_secs(60), || async {
         let now = sessions(ctx).await?;
         Ok((now.len() >= before.len()).then_some(now))

@@ -32,14 +32,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
 async fn drill(ctx: &mut Ctx) -> Result<()> {
     let entity = fresh_entity("stall");
     let system_a = ctx.system.system_a();
-    let first = {
-        let (a, e) = (system_a.clone(), entity.clone());
-        tokio::spawn(async move { workload::add(&a, &e, 1).await })
-    };
-    let (holder, czxid) = until(&format!("a system-b holding {entity}'s lock"), Duration::from_secs(30), || async {
-        ctx.obs.lock_holder(&entity).await
-    })
-    .await?;
+    let first = workload::spawn_add(&system_a, &entity);
+    let (holder, czxid) = ctx.obs.wait_lock_holder(&entity).await?;
     let epoch = ctx.obs.epoch().await?;
     let ours = zk_recipes::fencing::Token::new(epoch, czxid);
     let process = process_of(&holder).with_context(|| format!("no process runs instance {holder}"))?;
@@ -48,12 +42,7 @@ async fn drill(ctx: &mut Ctx) -> Result<()> {
     ctx.system.pause(&process)?;
 
     // Others proceed: two more tasks on the same entity.
-    let others: Vec<_> = (1..TASKS)
-        .map(|_| {
-            let (a, e) = (system_a.clone(), entity.clone());
-            tokio::spawn(async move { workload::add(&a, &e, 1).await })
-        })
-        .collect();
+    let others: Vec<_> = (1..TASKS).map(|_| workload::spawn_add(&system_a, &entity)).collect();
     let resumed = async {
         // The server expires the frozen holder's session: its registration
         // and its lock node go.

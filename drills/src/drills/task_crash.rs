@@ -25,12 +25,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
 
 async fn drill(ctx: &mut Ctx) -> Result<()> {
     let entity = fresh_entity("crash");
-    let (system_a, e) = (ctx.system.system_a(), entity.clone());
-    let task = tokio::spawn(async move { workload::add(&system_a, &e, 1).await });
-    let victim = until(&format!("a system-b holding {entity}'s lock"), Duration::from_secs(30), || async {
-        Ok(ctx.obs.lock_holder(&entity).await?.map(|(holder, _)| holder))
-    })
-    .await?;
+    let task = workload::spawn_add(&ctx.system.system_a(), &entity);
+    let (victim, _) = ctx.obs.wait_lock_holder(&entity).await?;
     let process = process_of(&victim).with_context(|| format!("no process runs instance {victim}"))?;
     let session_before = ctx.obs.member(SYSTEM_B, &victim).await?.map(|m| m.session);
     ctx.report.saw(format!("{victim} holds {entity}'s lock, mid-task: kill -9 {process}"));
