@@ -108,10 +108,6 @@ impl Leadership {
         self.lost.clone()
     }
 
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
     /// Whether we still lead, asked of the server with a write to our own
     /// node (see [`crate::fencing`]).
     pub async fn confirm(&self) -> Result<bool, zookeeper_async::ZkError> {

@@ -114,10 +114,6 @@ impl LockGuard {
         self.lost.clone()
     }
 
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
     /// Whether we still hold the lock, asked of the server with a write to
     /// our own node (see [`crate::fencing`]): `Ok(false)` once our session
     /// is gone. How a holder refused by a fencing token tells "I stalled
