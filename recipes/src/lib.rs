@@ -14,7 +14,8 @@
 //!   growing when the server's history is reset, restored or moved.
 //! - [`task`]: wait for a task's status, watch armed before publishing.
 //! - [`config`]: a live value that always converges on the latest data.
-//! - [`registry`]: ephemeral service registration and live membership.
+//! - [`registry`]: ephemeral service registration and live membership;
+//!   a registration can carry live data (an instance's status).
 //! - [`retry`]: repeat what is safe to repeat through a lost connection,
 //!   with backoff, until the caller's deadline.
 //!
