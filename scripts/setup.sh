@@ -26,6 +26,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer, which is C++.
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+# Clock steps of one service's wall clock (testkit::clock).
+[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -23,6 +23,8 @@
 //!   common ones (`servicekit::metrics`).
 //! - [`reaper`]: deletes finished tasks (and their request ids) after the
 //!   retention.
+//! - [`sightings`]: how long a znode has been there, on this process's
+//!   monotonic clock (never its wall clock against the server's).
 //! - [`client`]: `system-a submit`, the shell's client.
 //! - [`proto`]: the generated gRPC types, shared with clients and tests.
 //!
@@ -51,6 +53,7 @@ pub mod outbox;
 pub mod publisher;
 pub mod reaper;
 pub mod server;
+pub mod sightings;
 pub mod submit;
 pub mod watch;
 

@@ -29,7 +29,7 @@
 //! record's name is not a task id (no task id has a '.'), and the drain
 //! passes it by; the reaper deletes it with its task.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use zk_recipes::retry;
@@ -38,13 +38,15 @@ use zk_recipes::ZkError;
 
 use crate::metrics::Metrics;
 use crate::publisher::{publish, ChannelSlot};
+use crate::sightings::Sightings;
 
-/// Entries younger than this are left to the Submit that wrote them (it is
-/// publishing them now): the drain would only publish a duplicate.
+/// Entries the drain has seen for less than this are left to the Submit
+/// that wrote them (it is publishing them now): the drain would only
+/// publish a duplicate.
 const FRESH: Duration = Duration::from_secs(2);
 
-/// An entry without its task node older than this was abandoned between
-/// the two creates (longer than any Submit's budget for them).
+/// An entry without its task node seen for longer than this was abandoned
+/// between the two creates (longer than any Submit's budget for them).
 pub const ORPHANED: Duration = Duration::from_secs(120);
 
 /// The name of a request record (see `submit`): it sits in the outbox, the
@@ -73,15 +75,13 @@ pub async fn confirmed(client: &Client, entry: &str) {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// Publishes every outbox entry its Submit could not, whenever RabbitMQ is
 /// connected: after a broker outage, and on start (entries a previous
 /// system-a accepted and died before publishing). Every look also reports
 /// the outbox's depth and its oldest entry's age to `metrics`, broker or
-/// not: a broker outage is exactly when they grow.
+/// not: a broker outage is exactly when they grow. An entry's age is how
+/// long this drain has seen it ([`Sightings`]), never this machine's wall
+/// clock against the server's ctime.
 pub async fn drain(
     client: Client,
     outbox_dir: String,
@@ -91,6 +91,7 @@ pub async fn drain(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
+    let mut sightings = Sightings::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -109,13 +110,14 @@ pub async fn drain(
         };
         // Request records share the directory; they are never published.
         let entries: Vec<String> = entries.into_iter().filter(|name| !name.ends_with(RECORD_SUFFIX)).collect();
+        sightings.retain_only(entries.iter().map(String::as_str));
         let mut connected = slot.read().await.is_some();
         let mut oldest = Duration::ZERO;
         let count = entries.len();
         for id in entries {
             let entry = zk_recipes::join(&outbox_dir, &id);
             let Ok((body, stat)) = client.zk.get_data(&entry, false).await else { continue };
-            let age = Duration::from_millis((now_ms() - stat.ctime).max(0) as u64);
+            let age = sightings.age(&id, stat.czxid, Instant::now());
             oldest = oldest.max(age);
             if !connected || age < FRESH {
                 continue;

@@ -13,9 +13,11 @@
 //! fixture panics with a message that says how to start what is missing.
 //!
 //! [`process`] launches the workspace's binaries (the services, the
-//! coordinator as a process) for the end-to-end tests and the benchmark.
+//! coordinator as a process) for the end-to-end tests and the benchmark;
+//! [`clock`] steps the wall clock of such a process.
 
 pub mod broker;
+pub mod clock;
 pub mod process;
 pub mod proxy;
 

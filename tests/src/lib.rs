@@ -268,7 +268,20 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
 
 /// [`start_system_a`] with `extra` flags (e.g. `--task-retention-secs`).
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
-    let mut p = spawn_system_a(zk, root, queue, extra, &[], log_dir);
+    start_system_a_with_env(zk, root, queue, extra, &[], log_dir)
+}
+
+/// [`start_system_a_with`] and extra environment variables (a stepped
+/// wall clock, `testkit::clock`).
+pub fn start_system_a_with_env(
+    zk: &str,
+    root: &str,
+    queue: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> (Proc, String) {
+    let mut p = spawn_system_a(zk, root, queue, extra, env, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr)
