@@ -17,6 +17,16 @@ static ARMED: OnceLock<Vec<String>> = OnceLock::new();
 /// Aborts the process if the failpoint `name` is armed in `FAILPOINTS`
 /// (comma-separated names).
 pub fn crash_if_armed(name: &str) {
+    if is_armed(name) {
+        eprintln!("failpoint {name}: crashing on purpose");
+        std::process::abort();
+    }
+}
+
+/// Whether the failpoint `name` is armed. Besides crashes, a failpoint may
+/// break a promise on purpose (`system-b/store-ignores-fencing`), so that
+/// a test can show its checker catches exactly that break.
+pub fn is_armed(name: &str) -> bool {
     let armed = ARMED.get_or_init(|| {
         std::env::var("FAILPOINTS")
             .unwrap_or_default()
@@ -26,8 +36,5 @@ pub fn crash_if_armed(name: &str) {
             .map(str::to_string)
             .collect()
     });
-    if armed.iter().any(|a| a == name) {
-        eprintln!("failpoint {name}: crashing on purpose");
-        std::process::abort();
-    }
+    armed.iter().any(|a| a == name)
 }

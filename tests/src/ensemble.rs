@@ -172,6 +172,22 @@ impl Ensemble {
         }
     }
 
+    /// SIGSTOP member `i`: a JVM in a long GC pause, or a VM stalled.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT member `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.members[i] {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
     /// Starts member `i` again on its data dir.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].is_none(), "zk{} is running", i + 1);

@@ -4,6 +4,7 @@
 
 pub mod ensemble;
 pub mod linearizability;
+pub mod nemesis;
 pub mod requests;
 
 use std::path::{Path, PathBuf};
@@ -216,6 +217,22 @@ pub fn start_ha_worker(
     log_dir: &Path,
 ) -> Proc {
     spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
+}
+
+/// [`start_ha_worker`] with extra environment variables (a stepped wall
+/// clock, `testkit::clock`).
+#[allow(clippy::too_many_arguments)]
+pub fn start_ha_worker_with_env(
+    zk: &str,
+    root: &str,
+    journal: &Path,
+    name: &str,
+    interval_ms: u64,
+    session_ms: u64,
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> Proc {
+    spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, env, log_dir)
 }
 
 /// [`start_ha_worker`] serving its metrics ([`METRICS_ANY_PORT`]); returns

@@ -1,0 +1,579 @@
+//! The nemesis: the four scenarios running for real while faults strike on
+//! a seeded schedule, every client operation recorded, and checkers that
+//! judge the history afterwards, the way Jepsen and etcd's robustness tests
+//! prove a coordination system.
+//!
+//! A run ([`run`]) is a [`Plan`]: a target (the coordinator, or a 3-node
+//! Apache ZooKeeper ensemble), a seed, the fault kinds allowed, a length.
+//! It deploys system-a, two system-b and an ha-worker pair on the target
+//! (each service as its own identity, with a wall clock the nemesis can
+//! step), starts the clients of [`workload`], and lets the nemesis strike:
+//! one fault at a time, each held 1-8 s, then healed, with quiet gaps
+//! between. The schedule is drawn from the seed, so a seed names a run.
+//! When the time is up every fault is healed, the clients finish what they
+//! started, and the [`check`]ers read the history and the state left
+//! behind: the store, the journal, the registry.
+//!
+//! Everything a run records is kept under `target/nemesis/<target>-<seed>/`:
+//! the history (`history.jsonl`), the verdicts (`verdict.txt`) and every
+//! process's log. `scripts/nemesis.sh` runs many seeds;
+//! tests/tests/nemesis.rs runs a fixed few in CI.
+
+pub mod check;
+pub mod history;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use testkit::clock::SkewedClock;
+
+use crate::ensemble::{Ensemble, Mode};
+use crate::{provision, Identities, Proc};
+use check::Verdict;
+use history::{Entry, History};
+
+/// Where a run deploys the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The coordinator, one process on its own data dir.
+    Coordinator,
+    /// Three Apache ZooKeeper 3.8 servers.
+    Ensemble,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Coordinator => "coordinator",
+            Target::Ensemble => "ensemble",
+        }
+    }
+
+    /// The services' session timeout: within what each server allows
+    /// (the coordinator's default tick 2 s allows 4-40 s; the ensemble's
+    /// tick 500 ms allows 1-10 s), short so faults outlast sessions.
+    fn session_ms(self) -> u64 {
+        match self {
+            Target::Coordinator => 4000,
+            Target::Ensemble => 6000,
+        }
+    }
+}
+
+/// What the nemesis may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// kill -9 of the coordinator (restarted on its data dir) or of an
+    /// ensemble member, the leader half the time.
+    KillServer,
+    /// SIGSTOP of the coordinator or an ensemble member (a GC pause, a
+    /// stalled VM), long enough at times for sessions to expire.
+    PauseServer,
+    /// kill -9 of a service, restarted as its supervisor would.
+    KillService,
+    /// SIGSTOP of a service: the lock holder or the active ha-worker
+    /// stalled past its session, half the time.
+    PauseService,
+    /// A service's wall clock stepped an hour or a day, forward or back.
+    ClockJump,
+    /// SIGSTOP of the hot entity's lock holder, past its session: the
+    /// case fencing tokens exist for, every time rather than by chance.
+    StallLockHolder,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::KillServer,
+        FaultKind::PauseServer,
+        FaultKind::KillService,
+        FaultKind::PauseService,
+        FaultKind::ClockJump,
+        FaultKind::StallLockHolder,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillServer => "kill-server",
+            FaultKind::PauseServer => "pause-server",
+            FaultKind::KillService => "kill-service",
+            FaultKind::PauseService => "pause-service",
+            FaultKind::ClockJump => "clock-jump",
+            FaultKind::StallLockHolder => "stall-lock-holder",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    pub seed: u64,
+    pub faults: Vec<FaultKind>,
+    /// How long the nemesis strikes (the run takes longer: deploying,
+    /// then healing and checking).
+    pub duration: Duration,
+    /// Extra environment for every system-b, e.g. a failpoint that breaks
+    /// a promise on purpose to prove a checker catches it.
+    pub system_b_env: Vec<(String, String)>,
+    /// The range of system-b's `work_ms` (how long applying a task takes)
+    /// the config writer draws from: longer work, longer lock holds.
+    pub work_ms: std::ops::Range<u64>,
+}
+
+impl Plan {
+    pub fn new(target: Target, seed: u64, faults: &[FaultKind], duration: Duration) -> Plan {
+        Plan { target, seed, faults: faults.to_vec(), duration, system_b_env: Vec::new(), work_ms: 0..20 }
+    }
+
+    /// How to run this plan again from the shell.
+    pub fn rerun(&self) -> String {
+        let faults: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
+        format!(
+            "scripts/nemesis.sh --target {} --seed {} --runs 1 --seconds {} --faults {}",
+            self.target.name(),
+            self.seed,
+            self.duration.as_secs(),
+            faults.join(",")
+        )
+    }
+}
+
+/// What a run found.
+pub struct Report {
+    pub plan: Plan,
+    pub verdicts: Vec<Verdict>,
+    /// Each fault as it struck, in order, and its kind.
+    pub faults: Vec<String>,
+    pub struck: Vec<FaultKind>,
+    /// Where its history, verdicts and logs are kept.
+    pub dir: PathBuf,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.verdicts.iter().all(|v| v.ok)
+    }
+
+    /// The verdicts, one per line, then how to run it again.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "nemesis {} seed {}: {} ({} faults: {})\n",
+            self.plan.target.name(),
+            self.plan.seed,
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.faults.len(),
+            self.faults.join(", ")
+        );
+        for v in &self.verdicts {
+            out.push_str(&format!("  {} {}: {}\n", if v.ok { "ok  " } else { "FAIL" }, v.checker, v.detail));
+        }
+        out.push_str(&format!("  history: {}\n  rerun: {}\n", self.dir.display(), self.plan.rerun()));
+        out
+    }
+}
+
+/// The coordination servers of a run.
+enum Servers {
+    Coordinator { proc: Option<Proc>, addr: String, data: PathBuf },
+    Ensemble(Ensemble),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    SystemA,
+    SystemB,
+    HaWorker,
+}
+
+/// One service instance, with the clock it runs on.
+struct Service {
+    name: String,
+    role: Role,
+    proc: Option<Proc>,
+    clock: SkewedClock,
+}
+
+/// The system under test and the means to hurt it.
+struct Deployment {
+    target: Target,
+    dir: PathBuf,
+    zk: String,
+    root: String,
+    queue: String,
+    store: PathBuf,
+    journal: PathBuf,
+    ids: Identities,
+    servers: Servers,
+    services: Vec<Service>,
+    /// Where system-a listens now (it moves when system-a restarts).
+    system_a: Arc<RwLock<String>>,
+    system_b_env: Vec<(String, String)>,
+}
+
+impl Deployment {
+    fn start(plan: &Plan, dir: &Path) -> Deployment {
+        let servers = match plan.target {
+            Target::Coordinator => {
+                let data = dir.join("coordinator-data");
+                let data_s = data.to_str().expect("utf-8 path").to_string();
+                let mut p = Proc::spawn(
+                    "coordinator",
+                    &["--listen", "127.0.0.1:0", "--data-dir", &data_s, "--tick-time", "500"],
+                    dir,
+                );
+                let addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
+                Servers::Coordinator { proc: Some(p), addr, data }
+            }
+            Target::Ensemble => Servers::Ensemble(Ensemble::start(dir)),
+        };
+        let zk = match &servers {
+            Servers::Coordinator { addr, .. } => addr.clone(),
+            Servers::Ensemble(e) => e.connect_string(),
+        };
+        let root = format!("/{}", testkit::unique("nemesis"));
+        let ids = provision(&zk, &root, dir);
+        let mut d = Deployment {
+            target: plan.target,
+            dir: dir.to_path_buf(),
+            zk,
+            root,
+            queue: testkit::unique("nemesis-tasks"),
+            store: dir.join("store"),
+            journal: dir.join("ha-journal"),
+            ids,
+            servers,
+            services: Vec::new(),
+            system_a: Arc::new(RwLock::new(String::new())),
+            system_b_env: plan.system_b_env.clone(),
+        };
+        for (name, role) in [
+            ("a1", Role::SystemA),
+            ("b1", Role::SystemB),
+            ("b2", Role::SystemB),
+            ("h1", Role::HaWorker),
+            ("h2", Role::HaWorker),
+        ] {
+            let clock = SkewedClock::new(dir);
+            d.services.push(Service { name: name.into(), role, proc: None, clock });
+            let i = d.services.len() - 1;
+            d.start_service(i);
+        }
+        d
+    }
+
+    /// Starts service `i` (again), and waits until it serves.
+    fn start_service(&mut self, i: usize) {
+        let (zk, root, queue, dir, session) =
+            (self.zk.clone(), self.root.clone(), self.queue.clone(), self.dir.clone(), self.target.session_ms());
+        let s = &self.services[i];
+        let mut env: Vec<(&str, &str)> = s.clock.env().to_vec();
+        let proc = match s.role {
+            Role::SystemA => {
+                let (p, addr) = crate::start_system_a_with_env(&zk, &root, &queue, &[], &env, &dir);
+                if let Ok(mut a) = self.system_a.write() {
+                    *a = addr;
+                }
+                p
+            }
+            Role::SystemB => {
+                env.extend(self.system_b_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                crate::start_system_b_with_env(&zk, &root, &queue, &self.store, &s.name, session, &env, &dir)
+            }
+            Role::HaWorker => {
+                crate::start_ha_worker_with_env(&zk, &root, &self.journal, &s.name, 100, session, &env, &dir)
+            }
+        };
+        self.services[i].proc = Some(proc);
+    }
+
+    fn signal_service(&self, i: usize, sig: Signal) {
+        if let Some(p) = &self.services[i].proc {
+            p.signal(sig);
+        }
+    }
+
+    fn restart_coordinator(&mut self) {
+        if let Servers::Coordinator { proc, addr, data } = &mut self.servers {
+            let data_s = data.to_str().expect("utf-8 path").to_string();
+            let mut p =
+                Proc::spawn("coordinator", &["--listen", addr, "--data-dir", &data_s, "--tick-time", "500"], &self.dir);
+            p.wait_line("coordinator listening on", Duration::from_secs(30));
+            *proc = Some(p);
+        }
+    }
+}
+
+/// The operator's view of the deployment (the registry, lock queues).
+async fn observer(d: &Deployment) -> drills::observe::Observer {
+    let mut o =
+        drills::observe::Observer::connect(&d.zk, &d.ids.file("operator")).await.expect("the operator connects");
+    o.layout = servicekit::layout::Layout::new(&d.root);
+    o
+}
+
+/// One fault: strikes, holds for a while, heals. Returns what it was.
+async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &drills::observe::Observer) -> String {
+    let session = Duration::from_millis(d.target.session_ms());
+    let hold = Duration::from_millis(rng.random_range(1000..8000));
+    match kind {
+        FaultKind::KillServer => match &mut d.servers {
+            Servers::Coordinator { proc, .. } => {
+                if let Some(mut p) = proc.take() {
+                    p.kill9();
+                }
+                tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
+                tokio::task::block_in_place(|| d.restart_coordinator());
+                "kill -9 coordinator".into()
+            }
+            Servers::Ensemble(e) => {
+                let i = member(e, rng);
+                e.kill9(i);
+                tokio::time::sleep(hold).await;
+                e.restart(i);
+                tokio::task::block_in_place(|| e.wait_serving(i, Duration::from_secs(60)));
+                format!("kill -9 zk{}", i + 1)
+            }
+        },
+        FaultKind::PauseServer => {
+            // Up to twice the session timeout: some sessions expire.
+            let hold = Duration::from_millis(rng.random_range(500..2 * session.as_millis() as u64));
+            match &mut d.servers {
+                Servers::Coordinator { proc, .. } => {
+                    if let Some(p) = proc {
+                        p.signal(Signal::SIGSTOP);
+                        tokio::time::sleep(hold).await;
+                        p.signal(Signal::SIGCONT);
+                    }
+                    format!("pause coordinator {} ms", hold.as_millis())
+                }
+                Servers::Ensemble(e) => {
+                    let i = member(e, rng);
+                    e.pause(i);
+                    tokio::time::sleep(hold).await;
+                    e.resume(i);
+                    format!("pause zk{} {} ms", i + 1, hold.as_millis())
+                }
+            }
+        }
+        FaultKind::KillService => {
+            let i = rng.random_range(0..d.services.len());
+            if let Some(mut p) = d.services[i].proc.take() {
+                p.kill9();
+            }
+            tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
+            tokio::task::block_in_place(|| d.start_service(i));
+            format!("kill -9 {}", d.services[i].name)
+        }
+        FaultKind::PauseService => {
+            // Half the time the one whose stall matters: the hot entity's
+            // lock holder, or the active ha-worker.
+            let chosen = if rng.random_bool(0.5) {
+                let holder = if rng.random_bool(0.5) {
+                    obs.lock_holder("hot").await.ok().flatten().map(|(data, _)| data)
+                } else {
+                    obs.active().await.ok().flatten().map(|(m, _)| m.instance)
+                };
+                holder.and_then(|h| d.services.iter().position(|s| h.contains(&s.name)))
+            } else {
+                None
+            };
+            let i = chosen.unwrap_or_else(|| rng.random_range(0..d.services.len()));
+            let hold = Duration::from_millis(rng.random_range(500..2 * session.as_millis() as u64));
+            d.signal_service(i, Signal::SIGSTOP);
+            tokio::time::sleep(hold).await;
+            d.signal_service(i, Signal::SIGCONT);
+            format!("pause {} {} ms", d.services[i].name, hold.as_millis())
+        }
+        FaultKind::ClockJump => {
+            let i = rng.random_range(0..d.services.len());
+            let size = if rng.random_bool(0.5) { 3600 } else { 86_400 };
+            let offset = if rng.random_bool(0.5) { size } else { -size };
+            d.services[i].clock.step(offset);
+            tokio::time::sleep(hold).await;
+            // Half the time the clock stays where it jumped (NTP may never
+            // step it back); the rest, it is stepped back.
+            let stays = rng.random_bool(0.5);
+            if !stays {
+                d.services[i].clock.step(0);
+            }
+            format!("clock {} {offset:+} s{}", d.services[i].name, if stays { "" } else { " and back" })
+        }
+        FaultKind::StallLockHolder => {
+            let holder = obs.lock_holder("hot").await.ok().flatten().map(|(data, _)| data);
+            let Some(i) =
+                holder.and_then(|h| d.services.iter().position(|s| s.role == Role::SystemB && h.contains(&s.name)))
+            else {
+                return "stall the lock holder: nobody held the hot entity's lock".into();
+            };
+            let hold = 2 * session + Duration::from_secs(1);
+            d.signal_service(i, Signal::SIGSTOP);
+            tokio::time::sleep(hold).await;
+            d.signal_service(i, Signal::SIGCONT);
+            format!("stall lock holder {} {} ms", d.services[i].name, hold.as_millis())
+        }
+    }
+}
+
+/// An ensemble member to hurt: the leader half the time.
+fn member(e: &Ensemble, rng: &mut StdRng) -> usize {
+    if rng.random_bool(0.5) {
+        if let Some(i) = (0..3).find(|&i| e.mode(i) == Mode::Leader) {
+            return i;
+        }
+    }
+    rng.random_range(0..3)
+}
+
+/// Where runs keep what they record.
+pub fn runs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nemesis")
+}
+
+/// Runs `plan`: deploys, strikes, heals, checks. Keeps the run's directory
+/// (history, verdicts, logs) when a checker fails, removes it otherwise.
+pub async fn run(plan: &Plan) -> Report {
+    // One run at a time in a process: each deploys a whole system, and two
+    // on a small machine would each see the other's load as a fault.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = runs_dir().join(format!("{}-{}", plan.target.name(), plan.seed));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the run's directory");
+    let mut d = tokio::task::block_in_place(|| Deployment::start(plan, &dir));
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let obs = observer(&d).await;
+    let config_path = obs.layout.config("system-b");
+    let first = format!(r#"{{"work_ms":{}}}"#, plan.work_ms.start);
+    obs.set(&config_path, first.as_bytes()).await.expect("the first config");
+    let obs = Arc::new(obs);
+
+    // The registers: znodes of their own, open to the test's clients.
+    let registers = 3;
+    let reg_dir = format!("{}-registers", d.root);
+    let setup = zk_recipes::session::Client::connect(&d.zk, Duration::from_secs(10), Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let open = zookeeper_async::Acl::open_unsafe().clone();
+    for path in std::iter::once(reg_dir.clone()).chain((0..registers).map(|r| format!("{reg_dir}/r{r}"))) {
+        setup
+            .zk
+            .create(&path, b"0".to_vec(), open.clone(), zookeeper_async::CreateMode::Persistent)
+            .await
+            .expect("register");
+    }
+
+    let mut clients = Vec::new();
+    for c in 0..3 {
+        let (a, h, s) = (d.system_a.clone(), history.clone(), stop.clone());
+        clients.push(tokio::spawn(workload::submitter(c, a, h, s, plan.seed ^ (c as u64 + 1))));
+    }
+    for c in 0..2 {
+        let reads = plan.target == Target::Coordinator;
+        let (zk, dir, h, s) = (d.zk.clone(), reg_dir.clone(), history.clone(), stop.clone());
+        clients.push(tokio::spawn(workload::register_client(
+            c,
+            zk,
+            dir,
+            registers,
+            reads,
+            h,
+            s,
+            plan.seed ^ (c as u64 + 100),
+        )));
+    }
+    let (h, s, work) = (history.clone(), stop.clone(), plan.work_ms.clone());
+    clients.push(tokio::spawn(workload::config_writer(obs.clone(), config_path.clone(), work, h, s, plan.seed ^ 7)));
+
+    // The nemesis: a quiet gap, a fault, its heal; until the time is up.
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let (mut faults, mut struck) = (Vec::new(), Vec::new());
+    let until = Instant::now() + plan.duration;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while Instant::now() < until && !plan.faults.is_empty() {
+        let kind = plan.faults[rng.random_range(0..plan.faults.len())];
+        let started = Instant::now();
+        let what = strike(&mut d, kind, &mut rng, &obs).await;
+        history.push(Entry::Fault { what: what.clone(), started, healed: Instant::now() });
+        faults.push(what);
+        struck.push(kind);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+    }
+    // Heal what a fault may leave: every clock true again.
+    for s in &d.services {
+        s.clock.step(0);
+    }
+    if plan.faults.is_empty() {
+        tokio::time::sleep(plan.duration).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+
+    let verdicts = judge(&d, &history, &obs, &config_path).await;
+    let report = Report { plan: plan.clone(), verdicts, faults, struck, dir: dir.clone() };
+    let _ = history.save(&dir.join("history.jsonl"));
+    let _ = std::fs::write(dir.join("verdict.txt"), report.summary());
+    drop(d);
+    if report.passed() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    report
+}
+
+/// Every checker on the history and the state the run left.
+async fn judge(d: &Deployment, history: &History, obs: &drills::observe::Observer, config_path: &str) -> Vec<Verdict> {
+    let entries = history.entries();
+    let mut finals = BTreeMap::new();
+    for e in &entries {
+        if let Entry::Task { entity, .. } = e {
+            finals.entry(entity.clone()).or_insert_with(|| entity_value(&d.store, entity));
+        }
+    }
+    let journal: Vec<_> = ha_worker::journal::read_entries(&d.journal)
+        .map(|es| es.into_iter().map(|e| (e.token, e.instance)).collect())
+        .unwrap_or_default();
+
+    // Config: every registered system-b on the version the node holds now
+    // (the last write, whichever attempt of it landed), given time to
+    // catch up after the last fault.
+    let last = obs.get(config_path).await.ok().flatten().map(|(_, mzxid, _)| mzxid);
+    let mut applied = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        applied = obs
+            .members(servicekit::auth::SYSTEM_B)
+            .await
+            .map(|ms| ms.iter().map(|m| (m.instance.clone(), m.config_version())).collect())
+            .unwrap_or_default();
+        if check::config(last, &applied).ok && applied.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    vec![
+        check::tasks(&entries, &finals),
+        check::lock_tokens(&entries),
+        check::ha_journal(&journal),
+        check::config(last, &applied),
+        check::registers(&entries, Duration::from_secs(60)).await,
+    ]
+}
+
+fn entity_value(store: &Path, entity: &str) -> i64 {
+    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
+}
