@@ -23,12 +23,16 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// The path of a workspace binary built next to the running executable
-/// (a test executable lives in `target/<profile>/deps/`). `scripts/test.sh`
-/// builds them all before the tests run; a missing one fails the test with
-/// that instruction.
+/// (a test executable lives in `target/<profile>/deps/`, a binary such as
+/// the nemesis in `target/<profile>/`). `scripts/test.sh` builds them all
+/// before the tests run; a missing one fails the test with that
+/// instruction.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let mut dir = exe.parent().expect("target/<profile>");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -437,7 +437,8 @@ fn member(e: &Ensemble, rng: &mut StdRng) -> usize {
 
 /// Where runs keep what they record.
 pub fn runs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nemesis")
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).join("target/nemesis")
 }
 
 /// Runs `plan`: deploys, strikes, heals, checks. Keeps the run's directory
