@@ -26,6 +26,10 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer, which is C++.
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+# The partition tests: hosts are network namespaces joined by veth pairs
+# (iproute2's `ip`), partitioned with iptables inside them.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -16,6 +16,7 @@
 //! coordinator as a process) for the end-to-end tests and the benchmark.
 
 pub mod broker;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 
