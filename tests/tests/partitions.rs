@@ -594,3 +594,43 @@ async fn client_partitioned_from_the_coordinator_past_its_session() {
     assert!(bad.is_empty(), "{bad:?}");
     drop(rt);
 }
+
+/// The demo services on hosts of their own, the coordinator on a third,
+/// reaching RabbitMQ (on the root namespace's loopback) through the relay:
+/// a task goes A → RabbitMQ → B → znode → A, and is applied once. What
+/// the partition tests of the services build on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_hosts_reach_the_broker_through_the_relay() {
+    use system_a::proto::tasks_client::TasksClient;
+    use system_a::proto::SubmitRequest;
+
+    let dir = TempDir::new("part-services");
+    let net = Net::create();
+    let (srv, a, b) = (net.add_host("srv"), net.add_host("a"), net.add_host("b"));
+    let relay = net.relay(testkit::broker::broker_addr());
+    let data = dir.path().join("data");
+    let coordinator = Coordinator::start(&Place::on(&srv), &["--data-dir", data.to_str().expect("utf-8")], dir.path());
+    let zk = coordinator.addr.clone();
+    let root = format!("/{}", testkit::unique("partsvc"));
+    let queue = testkit::unique("tasks");
+    let store = dir.path().join("store");
+    let _b = e2e_tests::start_system_b_on(
+        &Place::with_broker(&b, &relay),
+        &zk,
+        &root,
+        &queue,
+        &store,
+        "b1",
+        4000,
+        dir.path(),
+    );
+    let (_a, a_addr) =
+        e2e_tests::start_system_a_on(&Place::with_broker(&a, &relay), &zk, &root, &queue, &[], dir.path());
+    assert!(a_addr.starts_with(&a.ip().to_string()), "system-a listens on {a_addr}, not on its host");
+    let mut grpc = TasksClient::connect(format!("http://{a_addr}")).await.expect("gRPC to system-a on its host");
+    let submit = grpc.submit(SubmitRequest { entity: "e1".into(), op: "add".into(), amount: 5, ..Default::default() });
+    tokio::time::timeout(Duration::from_secs(30), submit).await.expect("answered in time").expect("the task done");
+    let text = std::fs::read_to_string(store.join("e1.json")).expect("the entity's file");
+    let value = serde_json::from_str::<serde_json::Value>(&text).expect("json")["value"].as_i64();
+    assert_eq!(value, Some(5), "the task was not applied once: {text}");
+}
