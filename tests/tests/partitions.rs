@@ -535,6 +535,8 @@ async fn client_partitioned_from_the_coordinator_past_its_session() {
     let expired = expiry_flag(&c);
 
     let h = Arc::new(History::default());
+    // In the root namespace, which the partition leaves alone.
+    let observer = connect(&zk, Duration::from_secs(6)).await;
     // The reply is lost: the request reaches the server, its answer does
     // not come back.
     net.cut_one_way("srv", "client");
@@ -559,9 +561,7 @@ async fn client_partitioned_from_the_coordinator_past_its_session() {
     net.partition(&[&["srv"], &["client"]]);
     let lost = send(8);
     let cut = Instant::now();
-    let (arrived, lost) = (arrived.await.expect("write"), lost.await.expect("write"));
     // The server expires the session: its ephemeral goes.
-    let observer = connect(&zk, Duration::from_secs(6)).await;
     let gone = loop {
         if observer.zk.exists(&eph, false).await.expect("exists").is_none() {
             break cut.elapsed();
@@ -570,6 +570,7 @@ async fn client_partitioned_from_the_coordinator_past_its_session() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::task::block_in_place(|| assert_no_orphans_on(&zk, "after the expiry"));
+    let (arrived, lost) = (arrived.await.expect("write"), lost.await.expect("write"));
     net.heal();
     let learned = tokio::time::timeout(Duration::from_secs(20), async {
         while !expired.load(Ordering::SeqCst) {
@@ -593,6 +594,58 @@ async fn client_partitioned_from_the_coordinator_past_its_session() {
     let bad = h.violations();
     assert!(bad.is_empty(), "{bad:?}");
     drop(rt);
+
+    // The coordinator on its host, paused and killed as a nemesis does:
+    // paused, it answers nothing; resumed, it serves; killed and restarted
+    // on its data dir, it still has the write.
+    let mut coordinator = coordinator;
+    let ruok = |addr: &str| four_letter(addr, "ruok").is_some_and(|a| a == "imok");
+    coordinator.pause();
+    assert!(!tokio::task::block_in_place(|| ruok(&zk)), "a paused coordinator answered");
+    coordinator.resume();
+    assert!(tokio::task::block_in_place(|| ruok(&zk)), "the resumed coordinator does not answer");
+    coordinator.kill9();
+    coordinator.restart();
+    assert_eq!(coordinator.addr, zk, "restarted on another address");
+    let c = connect(&zk, Duration::from_secs(6)).await;
+    let (data, _) = c.zk.get_data(&register(&base, 0), false).await.expect("read after the restart");
+    assert_eq!(&data, b"7", "the acknowledged state did not survive a kill -9 on the host");
+}
+
+/// A paused leader (SIGSTOP of the JVM on its host) is replaced as an
+/// isolated one is, and rejoins as a follower once resumed: the pause
+/// reaches the server itself, not `ip netns exec`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_rejoins_when_resumed() {
+    let dir = TempDir::new("part-pause");
+    let net = Net::create();
+    let ens = tokio::task::block_in_place(|| Ensemble::start_on(&net, dir.path()));
+    let old = leader(&ens);
+    let paused = Instant::now();
+    ens.pause(old);
+    let (new_leader, election) = tokio::task::block_in_place(|| loop {
+        if let Some(i) = (0..3).find(|&i| i != old && ens.mode(i) == Mode::Leader) {
+            break (i, paused.elapsed());
+        }
+        assert!(paused.elapsed() < Duration::from_secs(30), "no new leader within 30 s of the pause");
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    assert_eq!(ens.mode(old), Mode::NotServing, "a paused member answered srvr");
+    ens.resume(old);
+    let rejoined = tokio::task::block_in_place(|| {
+        let started = Instant::now();
+        while ens.mode(old) != Mode::Follower {
+            assert!(started.elapsed() < Duration::from_secs(30), "the resumed leader did not rejoin as a follower");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    });
+    println!(
+        "leader zk{} paused: zk{} leads after {election:?}; resumed, zk{} follows after {rejoined:?}",
+        old + 1,
+        new_leader + 1,
+        old + 1
+    );
 }
 
 /// The demo services on hosts of their own, the coordinator on a third,
