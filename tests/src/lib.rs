@@ -600,6 +600,38 @@ pub fn orphans_in_dump(text: &str) -> std::collections::BTreeMap<String, Vec<Str
     owners
 }
 
+#[cfg(test)]
+mod dump_tests {
+    use super::orphans_in_dump;
+
+    /// An Apache ZooKeeper 3.8 leader's `dump`, as it prints it: live
+    /// sessions under their expiry buckets, then ephemerals by owner, then
+    /// connections (whose lines are not ephemerals).
+    const ZK_LEADER: &str = "SessionTracker dump:\nSession Sets (3)/(2):\n0 expire at Mon Dec 07 02:09:53 UTC 2026:\n\
+        1 expire at Mon Dec 07 02:09:56 UTC 2026:\n\t0x10000142ccb0000\n1 expire at Mon Dec 07 02:09:59 UTC 2026:\n\
+        \t0x300001404be0002\nephemeral nodes dump:\nSessions with Ephemerals (1):\n0x300001404be0002:\n\t/a/e1\n\
+        Connections dump:\nConnections Sets (1)/(1):\n2 expire at Mon Dec 07 02:09:17 UTC 2026:\n\
+        \tip: /10.215.192.1:45860 sessionId: 0x300001404be0002\n";
+
+    #[test]
+    fn a_zookeeper_leaders_dump_with_live_owners_has_no_orphan() {
+        assert!(orphans_in_dump(ZK_LEADER).is_empty(), "{:?}", orphans_in_dump(ZK_LEADER));
+    }
+
+    #[test]
+    fn an_ephemeral_whose_owner_is_not_a_live_session_is_an_orphan() {
+        let broken = ZK_LEADER.replace("\t0x300001404be0002\nephemeral", "ephemeral");
+        let orphans = orphans_in_dump(&broken);
+        assert_eq!(orphans.get("0x300001404be0002"), Some(&vec!["/a/e1".to_string()]), "{orphans:?}");
+    }
+
+    #[test]
+    fn the_coordinators_dump_is_read_too() {
+        let text = "Global Sessions(1):\n0x1\t4000ms\nSessions with Ephemerals (2):\n0x1:\n\t/x\n0x2:\n\t/y\n";
+        assert_eq!(orphans_in_dump(text).keys().collect::<Vec<_>>(), ["0x2"]);
+    }
+}
+
 /// The dashboard in a real browser: Debian's headless Chromium driven by
 /// playwright-core (tests/browser).
 pub mod browser {

@@ -265,10 +265,10 @@ impl Writers {
     }
 }
 
-/// The ensemble's leader, asked from the root namespace, which reaches
-/// every host.
+/// The ensemble's leader, asked from the root namespace (which reaches
+/// every host), waiting out an election in progress.
 fn leader(ens: &Ensemble) -> usize {
-    ens.leader()
+    tokio::task::block_in_place(|| ens.wait_leader(Duration::from_secs(30)).0)
 }
 
 /// The leader isolated from both followers while a client on the majority
@@ -343,6 +343,12 @@ async fn leader_isolated_from_its_followers() {
     // acknowledged by a leader without a quorum.
     let through_old = h.acknowledged_within("minority", cut, healed);
     assert!(through_old.is_empty(), "writes acknowledged through the isolated leader: {through_old:?}");
+    // And that check catches one.
+    let forged = History::default();
+    let acked_in_partition =
+        Event { op: Op::Write(42), outcome: Outcome::Written(1), called: cut, returned: Some(cut) };
+    forged.push("minority", 0, acked_in_partition);
+    assert_eq!(forged.acknowledged_within("minority", cut, healed).len(), 1, "the window check missed a write");
     let after_heal = h.acknowledged_within("majority", healed, Instant::now());
     assert!(!after_heal.is_empty(), "the majority side wrote nothing after the heal");
     let bad = h.violations();
