@@ -445,7 +445,9 @@ fn routed(routes: &str, subnet: [u8; 3]) -> bool {
 /// Kills what runs in namespace `ns` and deletes it.
 fn delete_namespace(ns: &str) {
     if let Ok(pids) = ip(&["netns", "pids", ns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        // Never this process, whose threads may live on a host.
+        let me = std::process::id() as i32;
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|p| *p != me) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
