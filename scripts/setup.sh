@@ -28,6 +28,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # Clock steps of one service's wall clock (testkit::clock).
 [ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
+# The partition tests: hosts are network namespaces joined by veth pairs
+# (iproute2's `ip`), partitioned with iptables inside them.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -37,9 +37,15 @@ impl BrokerUsers {
     /// `--amqp <URL without credentials> --amqp-credentials-file <file>`:
     /// how a service of `role` is started.
     pub fn flags(&self, role: &str) -> [String; 4] {
+        self.flags_at(role, &service_url())
+    }
+
+    /// [`BrokerUsers::flags`] for a service that reaches the broker at
+    /// `url` (a relay's, from a host of a test network).
+    pub fn flags_at(&self, role: &str, url: &str) -> [String; 4] {
         [
             "--amqp".into(),
-            service_url(),
+            url.to_string(),
             "--amqp-credentials-file".into(),
             self.file(role).to_string_lossy().into_owned(),
         ]
@@ -57,6 +63,29 @@ impl BrokerUsers {
 /// are given, with a credentials file.
 pub fn service_url() -> String {
     servicekit::rabbit::redact_url(&crate::rabbitmq_url())
+}
+
+/// [`service_url`] with its host and port replaced by `addr` (a relay
+/// to the broker, `testkit::netns::Net::relay`).
+pub fn service_url_via(addr: std::net::SocketAddr) -> String {
+    let url = service_url();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", &url));
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    format!("{scheme}://{addr}{path}")
+}
+
+/// The broker's address (host:port of [`crate::rabbitmq_url`]), which a
+/// relay forwards to.
+pub fn broker_addr() -> std::net::SocketAddr {
+    let url = service_url();
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:5672") };
+    std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("the broker's address {with_port:?} (AMQP_URL) does not resolve"))
 }
 
 static PROVISIONED: Mutex<Option<HashMap<String, BrokerUsers>>> = Mutex::new(None);

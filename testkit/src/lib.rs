@@ -18,6 +18,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 

@@ -65,19 +65,30 @@ impl Proc {
     /// Starts the executable at `bin`, called `name` in messages and in
     /// its log file's name under `log_dir`.
     pub fn start(bin: &Path, name: &str, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).envs(env.iter().copied());
+        Self::start_command(cmd, name, log_dir).with_context(|| format!("{}", bin.display()))
+    }
+
+    /// Starts `cmd` as a [`Proc`] (its stdin, stdout and stderr are set
+    /// here): for a program started through another, such as
+    /// `testkit::netns::Net::command`, which execs it so the pid is still
+    /// the program's.
+    pub fn start_command(mut cmd: Command, name: &str, log_dir: &Path) -> anyhow::Result<Proc> {
         let log = log_dir.join(format!("{}.log", crate::unique(name)));
         let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut child = Command::new(bin)
-            .args(args)
-            // The tests' own broker URL logs in as guest (the observer);
-            // a service must never inherit it: each is given its own user.
-            .env_remove("AMQP_URL")
-            .envs(env.iter().copied())
+        // The tests' own broker URL logs in as guest (the observer); a
+        // service must never inherit it: each is given its own user. The
+        // caller's environment goes on top.
+        if !cmd.get_envs().any(|(k, _)| k == "AMQP_URL") {
+            cmd.env_remove("AMQP_URL");
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("cannot start {name} ({})", bin.display()))?;
+            .with_context(|| format!("cannot start {name}"))?;
         let stdout = child.stdout.take().context("piped stdout")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

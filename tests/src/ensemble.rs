@@ -10,23 +10,35 @@
 //! the others' addresses in advance. Tests that use it run one at a time
 //! (a process-wide lock), since they share those ports.
 //!
+//! [`Ensemble::start_on`] places the members on hosts of a test network
+//! instead (`testkit::netns`: zk1, zk2, zk3, each on ports 2181, 2888 and
+//! 3888 of its own address), so partitions can come between them. Those
+//! run one at a time too: three JVMs are what this machine's two cores
+//! can start at once.
+//!
 //! Tick 500 ms: sessions may negotiate 1-10 s, and an election after a
 //! leader's death settles in about a second, as with a tuned production
 //! ensemble.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use testkit::netns::Net;
+
+use crate::Place;
 
 const CLIENT_PORT: u16 = 22181;
 const QUORUM_PORT: u16 = 22881;
 const ELECTION_PORT: u16 = 23881;
 const JAR: &str = "/usr/share/java/zookeeper.jar";
 
-/// One ensemble at a time in this process: the ports are fixed.
+/// One ensemble at a time in this process: the loopback ports are fixed,
+/// and three JVMs are all two cores start in good time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A member's role as its `srvr` four-letter word reports it.
@@ -38,17 +50,26 @@ pub enum Mode {
     NotServing,
 }
 
+/// Where a member runs and listens.
+struct Member {
+    place: Place,
+    client: u16,
+    quorum: u16,
+    election: u16,
+}
+
 pub struct Ensemble {
     dir: PathBuf,
+    places: Vec<Member>,
     members: Vec<Option<Child>>,
     _turn: MutexGuard<'static, ()>,
 }
 
 impl Ensemble {
-    /// Starts three members under `dir` and waits until they serve with one
-    /// leader (at most 90 s: three JVMs starting on a loaded 2-core machine).
+    /// Starts three members on loopback under `dir` and waits until they
+    /// serve with one leader (at most 90 s: three JVMs starting on a loaded
+    /// 2-core machine).
     pub fn start(dir: &Path) -> Ensemble {
-        assert!(Path::new(JAR).exists(), "{JAR} is missing: install Debian's zookeeper package (scripts/setup.sh)");
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..3 {
             let port = CLIENT_PORT + i as u16;
@@ -57,21 +78,53 @@ impl Ensemble {
                 "port {port} already answers: a stale ensemble member is running (a killed test run?); stop it"
             );
         }
-        let servers: String =
-            (0..3).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, QUORUM_PORT + i, ELECTION_PORT + i)).collect();
-        for i in 0..3 {
+        let places = (0..3u16)
+            .map(|i| Member {
+                place: Place::Loopback,
+                client: CLIENT_PORT + i,
+                quorum: QUORUM_PORT + i,
+                election: ELECTION_PORT + i,
+            })
+            .collect();
+        Self::start_members(dir, places, turn)
+    }
+
+    /// Starts three members on new hosts `zk1`, `zk2`, `zk3` of `net`, each
+    /// on ZooKeeper's usual ports of its own address.
+    pub fn start_on(net: &Net, dir: &Path) -> Ensemble {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let places = (1..=3)
+            .map(|i| Member {
+                place: Place::on(&net.add_host(&format!("zk{i}"))),
+                client: 2181,
+                quorum: 2888,
+                election: 3888,
+            })
+            .collect();
+        Self::start_members(dir, places, turn)
+    }
+
+    fn start_members(dir: &Path, places: Vec<Member>, turn: MutexGuard<'static, ()>) -> Ensemble {
+        assert!(Path::new(JAR).exists(), "{JAR} is missing: install Debian's zookeeper package (scripts/setup.sh)");
+        let servers: String = places
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("server.{}={}:{}:{}\n", i + 1, m.place.ip(), m.quorum, m.election))
+            .collect();
+        for (i, m) in places.iter().enumerate() {
             let home = dir.join(format!("zk{}", i + 1));
             std::fs::create_dir_all(home.join("data")).expect("member data dir");
             std::fs::write(home.join("data/myid"), format!("{}\n", i + 1)).expect("myid");
             let cfg = format!(
-                "tickTime=500\ninitLimit=20\nsyncLimit=5\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
+                "tickTime=500\ninitLimit=20\nsyncLimit=5\ndataDir={}\nclientPort={}\nclientPortAddress={}\n\
                  maxClientCnxns=0\n4lw.commands.whitelist=*\nadmin.enableServer=false\n{servers}",
                 home.join("data").display(),
-                CLIENT_PORT + i as u16,
+                m.client,
+                m.place.ip(),
             );
             std::fs::write(home.join("zoo.cfg"), cfg).expect("zoo.cfg");
         }
-        let mut e = Ensemble { dir: dir.to_path_buf(), members: vec![None, None, None], _turn: turn };
+        let mut e = Ensemble { dir: dir.to_path_buf(), places, members: vec![None, None, None], _turn: turn };
         for i in 0..3 {
             e.spawn(i);
         }
@@ -87,7 +140,9 @@ impl Ensemble {
     fn spawn(&mut self, i: usize) {
         let home = self.dir.join(format!("zk{}", i + 1));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(home.join("zookeeper.log")).expect("log");
-        let child = Command::new("java")
+        let child = self.places[i]
+            .place
+            .command("java")
             .args([
                 "-Xmx192m",
                 "-XX:+UseSerialGC",
@@ -114,7 +169,37 @@ impl Ensemble {
 
     /// One member's client address.
     pub fn addr(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", CLIENT_PORT + i as u16)
+        std::net::SocketAddr::new(self.ip(i), self.places[i].client).to_string()
+    }
+
+    /// One member's address.
+    pub fn ip(&self, i: usize) -> IpAddr {
+        self.places[i].place.ip()
+    }
+
+    /// The test network's host member `i` runs on ([`Ensemble::start_on`]);
+    /// panics for an ensemble on loopback.
+    pub fn host(&self, i: usize) -> &str {
+        match &self.places[i].place {
+            Place::Host { host, .. } => host.name(),
+            Place::Loopback => panic!("this ensemble runs on loopback, not on hosts"),
+        }
+    }
+
+    /// SIGSTOP member `i`: it keeps its sockets and answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, Signal::SIGSTOP);
+    }
+
+    /// SIGCONT member `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: Signal) {
+        let child = self.members[i].as_ref().unwrap_or_else(|| panic!("zk{} is not running", i + 1));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+            .unwrap_or_else(|e| panic!("{sig} to zk{}: {e}", i + 1));
     }
 
     /// What member `i` says it is (`srvr`).
@@ -169,22 +254,6 @@ impl Ensemble {
         if let Some(mut c) = self.members[i].take() {
             let _ = c.kill();
             let _ = c.wait();
-        }
-    }
-
-    /// SIGSTOP member `i`: a JVM in a long GC pause, or a VM stalled.
-    pub fn pause(&self, i: usize) {
-        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
-    }
-
-    /// SIGCONT member `i`.
-    pub fn resume(&self, i: usize) {
-        self.signal(i, nix::sys::signal::Signal::SIGCONT);
-    }
-
-    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
-        if let Some(c) = &self.members[i] {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
         }
     }
 

@@ -34,14 +34,127 @@ impl Drop for TempDir {
     }
 }
 
+/// Where a test runs a process: this machine's loopback, or a host of a
+/// test network (`testkit::netns`), where partitions can reach it.
+#[derive(Clone, Debug, Default)]
+pub enum Place {
+    #[default]
+    Loopback,
+    /// On `host`; services reach the broker at `broker` (an AMQP URL
+    /// without credentials, through a relay), when there is one.
+    Host { host: testkit::netns::Host, broker: Option<String> },
+}
+
+impl Place {
+    /// On `host`, with no way to the broker.
+    pub fn on(host: &testkit::netns::Host) -> Place {
+        Place::Host { host: host.clone(), broker: None }
+    }
+
+    /// On `host`, reaching the broker through `relay` (`Net::relay` of
+    /// `testkit::broker::broker_addr()`).
+    pub fn with_broker(host: &testkit::netns::Host, relay: &testkit::netns::Relay) -> Place {
+        Place::Host { host: host.clone(), broker: Some(testkit::broker::service_url_via(relay.addr())) }
+    }
+
+    /// The address the place's servers listen on.
+    pub fn ip(&self) -> std::net::IpAddr {
+        match self {
+            Place::Loopback => [127, 0, 0, 1].into(),
+            Place::Host { host, .. } => host.ip().into(),
+        }
+    }
+
+    /// `program` to run there.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self {
+            Place::Loopback => Command::new(program),
+            Place::Host { host, .. } => host.command(program),
+        }
+    }
+
+    /// Starts the workspace binary `name` there; panics if it cannot.
+    pub fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Proc {
+        let mut cmd = self.command(binary(name));
+        cmd.args(args).envs(env.iter().copied());
+        Proc::start_command(cmd, name, log_dir).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `--amqp URL --amqp-credentials-file FILE` for a `role` service of
+    /// `queue` started here.
+    fn broker_flags(&self, queue: &str, role: &str) -> [String; 4] {
+        let users = testkit::broker::provision(queue);
+        match self {
+            Place::Loopback => users.flags(role),
+            Place::Host { broker: Some(url), .. } => users.flags_at(role, url),
+            Place::Host { host, broker: None } => {
+                panic!("{role} on host {} needs a relay to the broker: Place::with_broker", host.name())
+            }
+        }
+    }
+}
+
 /// Starts the coordinator binary on port 0 with `args`; returns it and the
 /// address it serves.
 pub fn start_coordinator(args: &[&str], log_dir: &Path) -> (Proc, String) {
-    let mut all = vec!["--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let mut p = Proc::spawn("coordinator", &all, log_dir);
-    let addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
-    (p, addr)
+    let c = Coordinator::start(&Place::Loopback, args, log_dir);
+    (c.proc.expect("started"), c.addr)
+}
+
+/// The coordinator binary at a [`Place`], with what a fault drill does to
+/// it: pause, resume, kill -9 and restart on the same address and flags
+/// (so on the same data dir when `args` name one).
+pub struct Coordinator {
+    pub place: Place,
+    /// `host:port`, the same across restarts.
+    pub addr: String,
+    args: Vec<String>,
+    log_dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl Coordinator {
+    /// Starts it at `place` (on a host, at the host's address on port
+    /// 2181; on loopback, on a port the OS picks) with `args`.
+    pub fn start(place: &Place, args: &[&str], log_dir: &Path) -> Coordinator {
+        let port = if matches!(place, Place::Loopback) { 0 } else { 2181 };
+        let mut c = Coordinator {
+            place: place.clone(),
+            addr: std::net::SocketAddr::new(place.ip(), port).to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log_dir: log_dir.to_path_buf(),
+            proc: None,
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts it again after [`Coordinator::kill9`].
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "the coordinator runs");
+        let mut all = vec!["--listen", self.addr.as_str()];
+        all.extend(self.args.iter().map(String::as_str));
+        let mut p = self.place.spawn("coordinator", &all, &[], &self.log_dir);
+        self.addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
+        self.proc = Some(p);
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// SIGSTOP: its sessions' clocks tick on in its clients, not in it.
+    pub fn pause(&self) {
+        self.proc.as_ref().expect("the coordinator runs").signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.proc.as_ref().expect("the coordinator runs").signal(nix::sys::signal::Signal::SIGCONT);
+    }
 }
 
 /// A deployment's identities: one credentials file per role, made by
@@ -97,7 +210,9 @@ pub fn provision(zk: &str, root: &str, dir: &Path) -> Identities {
 /// `extra`, with extra environment variables (a failpoint, the metrics
 /// port). A system [`provision`]ed under `root` runs it as its own
 /// identity: the role of the same name, as the deployment does.
+#[allow(clippy::too_many_arguments)]
 fn spawn_service_with_env(
+    place: &Place,
     binary: &str,
     zk: &str,
     root: &str,
@@ -113,7 +228,7 @@ fn spawn_service_with_env(
         all.extend([c[0].as_str(), c[1].as_str()]);
     }
     all.extend_from_slice(extra);
-    Proc::spawn_with_env(binary, &all, env, log_dir)
+    place.spawn(binary, &all, env, log_dir)
 }
 
 /// The scenario services, configured alike in every suite: a system-b
@@ -134,6 +249,24 @@ pub fn start_system_b(
     start_system_b_with_env(zk, root, queue, store, name, session_ms, &[], log_dir)
 }
 
+/// [`start_system_b`] at `place` (a host of a test network, reaching the
+/// broker through a relay).
+#[allow(clippy::too_many_arguments)]
+pub fn start_system_b_on(
+    place: &Place,
+    zk: &str,
+    root: &str,
+    queue: &str,
+    store: &Path,
+    name: &str,
+    session_ms: u64,
+    log_dir: &Path,
+) -> Proc {
+    let mut p = spawn_system_b(place, zk, root, queue, store, name, session_ms, &[], log_dir);
+    p.wait_line("system-b ready", Duration::from_secs(30));
+    p
+}
+
 /// [`start_system_b`] with extra environment variables, such as
 /// `FAILPOINTS` (`servicekit::failpoint`).
 #[allow(clippy::too_many_arguments)]
@@ -147,7 +280,7 @@ pub fn start_system_b_with_env(
     env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
-    let mut p = spawn_system_b(zk, root, queue, store, name, session_ms, env, log_dir);
+    let mut p = spawn_system_b(&Place::Loopback, zk, root, queue, store, name, session_ms, env, log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
 }
@@ -167,7 +300,8 @@ pub fn start_system_b_metered(
     session_ms: u64,
     log_dir: &Path,
 ) -> (Proc, String) {
-    let mut p = spawn_system_b(zk, root, queue, store, name, session_ms, &[METRICS_ANY_PORT], log_dir);
+    let mut p =
+        spawn_system_b(&Place::Loopback, zk, root, queue, store, name, session_ms, &[METRICS_ANY_PORT], log_dir);
     // Printed before `ready`: lines are read in order.
     let metrics = p.wait_line("metrics listening on", Duration::from_secs(30));
     p.wait_line("system-b ready", Duration::from_secs(30));
@@ -176,6 +310,7 @@ pub fn start_system_b_metered(
 
 #[allow(clippy::too_many_arguments)]
 fn spawn_system_b(
+    place: &Place,
     zk: &str,
     root: &str,
     queue: &str,
@@ -185,7 +320,7 @@ fn spawn_system_b(
     env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
-    let broker = testkit::broker::provision(queue).flags("system-b");
+    let broker = place.broker_flags(queue, "system-b");
     let session = session_ms.to_string();
     let args = [
         "--queue",
@@ -201,7 +336,7 @@ fn spawn_system_b(
         "--zk-session-timeout-ms",
         &session,
     ];
-    spawn_service_with_env("system-b", zk, root, &args, &[], env, log_dir)
+    spawn_service_with_env(place, "system-b", zk, root, &args, &[], env, log_dir)
 }
 
 /// An ha-worker instance `name` under `root`, journaling to `journal`,
@@ -216,7 +351,22 @@ pub fn start_ha_worker(
     session_ms: u64,
     log_dir: &Path,
 ) -> Proc {
-    spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
+    spawn_ha_worker(&Place::Loopback, zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
+}
+
+/// [`start_ha_worker`] at `place` (a host of a test network).
+#[allow(clippy::too_many_arguments)]
+pub fn start_ha_worker_on(
+    place: &Place,
+    zk: &str,
+    root: &str,
+    journal: &Path,
+    name: &str,
+    interval_ms: u64,
+    session_ms: u64,
+    log_dir: &Path,
+) -> Proc {
+    spawn_ha_worker(place, zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
 }
 
 /// [`start_ha_worker`] with extra environment variables (a stepped wall
@@ -232,7 +382,7 @@ pub fn start_ha_worker_with_env(
     env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
-    spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, env, log_dir)
+    spawn_ha_worker(&Place::Loopback, zk, root, journal, name, interval_ms, session_ms, env, log_dir)
 }
 
 /// [`start_ha_worker`] serving its metrics ([`METRICS_ANY_PORT`]); returns
@@ -246,13 +396,24 @@ pub fn start_ha_worker_metered(
     session_ms: u64,
     log_dir: &Path,
 ) -> (Proc, String) {
-    let mut p = spawn_ha_worker(zk, root, journal, name, interval_ms, session_ms, &[METRICS_ANY_PORT], log_dir);
+    let mut p = spawn_ha_worker(
+        &Place::Loopback,
+        zk,
+        root,
+        journal,
+        name,
+        interval_ms,
+        session_ms,
+        &[METRICS_ANY_PORT],
+        log_dir,
+    );
     let metrics = p.wait_line("metrics listening on", Duration::from_secs(30));
     (p, metrics)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn spawn_ha_worker(
+    place: &Place,
     zk: &str,
     root: &str,
     journal: &Path,
@@ -274,7 +435,7 @@ fn spawn_ha_worker(
         "--zk-session-timeout-ms",
         &session,
     ];
-    spawn_service_with_env("ha-worker", zk, root, &args, &[], env, log_dir)
+    spawn_service_with_env(place, "ha-worker", zk, root, &args, &[], env, log_dir)
 }
 
 /// system-a on port 0 as instance `a1`, as `queue`'s own system-a broker
@@ -285,7 +446,7 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
 
 /// [`start_system_a`] with `extra` flags (e.g. `--task-retention-secs`).
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
-    start_system_a_with_env(zk, root, queue, extra, &[], log_dir)
+    start_system_a_on(&Place::Loopback, zk, root, queue, extra, log_dir)
 }
 
 /// [`start_system_a_with`] and extra environment variables (a stepped
@@ -298,7 +459,32 @@ pub fn start_system_a_with_env(
     env: &[(&str, &str)],
     log_dir: &Path,
 ) -> (Proc, String) {
-    let mut p = spawn_system_a(zk, root, queue, extra, env, log_dir);
+    start_system_a_at(&Place::Loopback, zk, root, queue, extra, env, log_dir)
+}
+
+/// [`start_system_a_with`] at `place` (a host of a test network, reaching
+/// the broker through a relay); it listens on the place's address.
+pub fn start_system_a_on(
+    place: &Place,
+    zk: &str,
+    root: &str,
+    queue: &str,
+    extra: &[&str],
+    log_dir: &Path,
+) -> (Proc, String) {
+    start_system_a_at(place, zk, root, queue, extra, &[], log_dir)
+}
+
+fn start_system_a_at(
+    place: &Place,
+    zk: &str,
+    root: &str,
+    queue: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> (Proc, String) {
+    let mut p = spawn_system_a(place, zk, root, queue, extra, env, log_dir);
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr)
@@ -307,20 +493,29 @@ pub fn start_system_a_with_env(
 /// [`start_system_a`] serving its metrics ([`METRICS_ANY_PORT`]); returns
 /// it, its gRPC address and its metrics address once it can publish.
 pub fn start_system_a_metered(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String, String) {
-    let mut p = spawn_system_a(zk, root, queue, &[], &[METRICS_ANY_PORT], log_dir);
+    let mut p = spawn_system_a(&Place::Loopback, zk, root, queue, &[], &[METRICS_ANY_PORT], log_dir);
     let metrics = p.wait_line("metrics listening on", Duration::from_secs(30));
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
     p.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
     (p, addr, metrics)
 }
 
-fn spawn_system_a(zk: &str, root: &str, queue: &str, extra: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Proc {
-    let broker = testkit::broker::provision(queue).flags("system-a");
+fn spawn_system_a(
+    place: &Place,
+    zk: &str,
+    root: &str,
+    queue: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> Proc {
+    let broker = place.broker_flags(queue, "system-a");
+    let listen = std::net::SocketAddr::new(place.ip(), 0).to_string();
     let args = [
         "--queue",
         queue,
         "--listen",
-        "127.0.0.1:0",
+        &listen,
         &broker[0],
         &broker[1],
         &broker[2],
@@ -330,7 +525,7 @@ fn spawn_system_a(zk: &str, root: &str, queue: &str, extra: &[&str], env: &[(&st
         "--zk-session-timeout-ms",
         "10000",
     ];
-    spawn_service_with_env("system-a", zk, root, &args, extra, env, log_dir)
+    spawn_service_with_env(place, "system-a", zk, root, &args, extra, env, log_dir)
 }
 
 /// `GET path` from the HTTP server at `addr` (HTTP/1.0, so the server
@@ -413,21 +608,25 @@ pub async fn final_task_node(c: &zk_recipes::session::Client, path: &str, limit:
 }
 
 /// The invariant "every ephemeral's owner is a live session", read from the
-/// text of the coordinator's `dump` four-letter word: returns the
-/// ephemerals whose owner is not among the sessions, by owner. Panics if
-/// the text has no session list (not a `dump`).
+/// text of a `dump` four-letter word: the coordinator's, or an Apache
+/// ZooKeeper leader's (whose live sessions are listed under their expiry
+/// buckets, "Session Sets"); returns the ephemerals whose owner is not
+/// among the sessions, by owner. Panics if the text has no session list
+/// (not a `dump`, or a follower's).
 pub fn orphans_in_dump(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut live = Vec::new();
     let mut owners: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let mut section = 0;
     let mut owner = String::new();
     for line in text.lines() {
-        if line.starts_with("Global Sessions") {
+        if line.starts_with("Global Sessions") || line.starts_with("Session Sets") {
             section = 1;
         } else if line.starts_with("Sessions with Ephemerals") {
             section = 2;
+        } else if line.starts_with("Connections dump") {
+            section = 0;
         } else if section == 1 {
-            if let Some(id) = line.split('\t').next().filter(|s| s.starts_with("0x")) {
+            if let Some(id) = line.trim_start().split('\t').next().filter(|s| s.starts_with("0x")) {
                 live.push(id.to_string());
             }
         } else if section == 2 {
@@ -438,9 +637,41 @@ pub fn orphans_in_dump(text: &str) -> std::collections::BTreeMap<String, Vec<Str
             }
         }
     }
-    assert!(text.contains("Global Sessions"), "dump has no session list: {text}");
+    assert!(text.contains("Global Sessions") || text.contains("Session Sets"), "dump has no session list: {text}");
     owners.retain(|id, _| !live.contains(id));
     owners
+}
+
+#[cfg(test)]
+mod dump_tests {
+    use super::orphans_in_dump;
+
+    /// An Apache ZooKeeper 3.8 leader's `dump`, as it prints it: live
+    /// sessions under their expiry buckets, then ephemerals by owner, then
+    /// connections (whose lines are not ephemerals).
+    const ZK_LEADER: &str = "SessionTracker dump:\nSession Sets (3)/(2):\n0 expire at Mon Dec 07 02:09:53 UTC 2026:\n\
+        1 expire at Mon Dec 07 02:09:56 UTC 2026:\n\t0x10000142ccb0000\n1 expire at Mon Dec 07 02:09:59 UTC 2026:\n\
+        \t0x300001404be0002\nephemeral nodes dump:\nSessions with Ephemerals (1):\n0x300001404be0002:\n\t/a/e1\n\
+        Connections dump:\nConnections Sets (1)/(1):\n2 expire at Mon Dec 07 02:09:17 UTC 2026:\n\
+        \tip: /10.215.192.1:45860 sessionId: 0x300001404be0002\n";
+
+    #[test]
+    fn a_zookeeper_leaders_dump_with_live_owners_has_no_orphan() {
+        assert!(orphans_in_dump(ZK_LEADER).is_empty(), "{:?}", orphans_in_dump(ZK_LEADER));
+    }
+
+    #[test]
+    fn an_ephemeral_whose_owner_is_not_a_live_session_is_an_orphan() {
+        let broken = ZK_LEADER.replace("\t0x300001404be0002\nephemeral", "ephemeral");
+        let orphans = orphans_in_dump(&broken);
+        assert_eq!(orphans.get("0x300001404be0002"), Some(&vec!["/a/e1".to_string()]), "{orphans:?}");
+    }
+
+    #[test]
+    fn the_coordinators_dump_is_read_too() {
+        let text = "Global Sessions(1):\n0x1\t4000ms\nSessions with Ephemerals (2):\n0x1:\n\t/x\n0x2:\n\t/y\n";
+        assert_eq!(orphans_in_dump(text).keys().collect::<Vec<_>>(), ["0x2"]);
+    }
 }
 
 /// The dashboard in a real browser: Debian's headless Chromium driven by
