@@ -250,7 +250,8 @@ pub fn start_system_b(
 }
 
 /// [`start_system_b`] at `place` (a host of a test network, reaching the
-/// broker through a relay).
+/// broker through a relay), with extra environment variables (a failpoint,
+/// a stepped wall clock).
 #[allow(clippy::too_many_arguments)]
 pub fn start_system_b_on(
     place: &Place,
@@ -260,9 +261,10 @@ pub fn start_system_b_on(
     store: &Path,
     name: &str,
     session_ms: u64,
+    env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
-    let mut p = spawn_system_b(place, zk, root, queue, store, name, session_ms, &[], log_dir);
+    let mut p = spawn_system_b(place, zk, root, queue, store, name, session_ms, env, log_dir);
     p.wait_line("system-b ready", Duration::from_secs(30));
     p
 }
@@ -354,7 +356,8 @@ pub fn start_ha_worker(
     spawn_ha_worker(&Place::Loopback, zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
 }
 
-/// [`start_ha_worker`] at `place` (a host of a test network).
+/// [`start_ha_worker`] at `place` (a host of a test network), with extra
+/// environment variables (a stepped wall clock, `testkit::clock`).
 #[allow(clippy::too_many_arguments)]
 pub fn start_ha_worker_on(
     place: &Place,
@@ -364,25 +367,10 @@ pub fn start_ha_worker_on(
     name: &str,
     interval_ms: u64,
     session_ms: u64,
-    log_dir: &Path,
-) -> Proc {
-    spawn_ha_worker(place, zk, root, journal, name, interval_ms, session_ms, &[], log_dir)
-}
-
-/// [`start_ha_worker`] with extra environment variables (a stepped wall
-/// clock, `testkit::clock`).
-#[allow(clippy::too_many_arguments)]
-pub fn start_ha_worker_with_env(
-    zk: &str,
-    root: &str,
-    journal: &Path,
-    name: &str,
-    interval_ms: u64,
-    session_ms: u64,
     env: &[(&str, &str)],
     log_dir: &Path,
 ) -> Proc {
-    spawn_ha_worker(&Place::Loopback, zk, root, journal, name, interval_ms, session_ms, env, log_dir)
+    spawn_ha_worker(place, zk, root, journal, name, interval_ms, session_ms, env, log_dir)
 }
 
 /// [`start_ha_worker`] serving its metrics ([`METRICS_ANY_PORT`]); returns
@@ -446,36 +434,13 @@ pub fn start_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Pro
 
 /// [`start_system_a`] with `extra` flags (e.g. `--task-retention-secs`).
 pub fn start_system_a_with(zk: &str, root: &str, queue: &str, extra: &[&str], log_dir: &Path) -> (Proc, String) {
-    start_system_a_on(&Place::Loopback, zk, root, queue, extra, log_dir)
-}
-
-/// [`start_system_a_with`] and extra environment variables (a stepped
-/// wall clock, `testkit::clock`).
-pub fn start_system_a_with_env(
-    zk: &str,
-    root: &str,
-    queue: &str,
-    extra: &[&str],
-    env: &[(&str, &str)],
-    log_dir: &Path,
-) -> (Proc, String) {
-    start_system_a_at(&Place::Loopback, zk, root, queue, extra, env, log_dir)
+    start_system_a_on(&Place::Loopback, zk, root, queue, extra, &[], log_dir)
 }
 
 /// [`start_system_a_with`] at `place` (a host of a test network, reaching
-/// the broker through a relay); it listens on the place's address.
+/// the broker through a relay; it listens on the place's address), with
+/// extra environment variables (a stepped wall clock, `testkit::clock`).
 pub fn start_system_a_on(
-    place: &Place,
-    zk: &str,
-    root: &str,
-    queue: &str,
-    extra: &[&str],
-    log_dir: &Path,
-) -> (Proc, String) {
-    start_system_a_at(place, zk, root, queue, extra, &[], log_dir)
-}
-
-fn start_system_a_at(
     place: &Place,
     zk: &str,
     root: &str,

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_a_with_env, start_system_b, Proc, TempDir};
+use e2e_tests::{start_coordinator, start_system_a_on, start_system_b, Place, Proc, TempDir};
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::{SubmitReply, SubmitRequest};
 use testkit::clock::SkewedClock;
@@ -112,7 +112,7 @@ async fn a_system_a_an_hour_behind_publishes_what_the_outbox_holds() {
     let clock = SkewedClock::new(dir.path());
     clock.step(-ONE_HOUR);
     let restarted = Instant::now();
-    let (_a2, _) = start_system_a_with_env(&zk, &root, &queue, &[], &clock.env(), dir.path());
+    let (_a2, _) = start_system_a_on(&Place::Loopback, &zk, &root, &queue, &[], &clock.env(), dir.path());
     while entity_value(&store, "acct") < 3 {
         assert!(
             restarted.elapsed() < Duration::from_secs(20),
@@ -147,8 +147,15 @@ async fn a_system_a_a_day_ahead_keeps_request_ids_for_the_retention() {
     // 10 s after the task finished, well inside the retention as the
     // server's clock counts it only if the reaper's first look at the
     // finished task starts the count.
-    let (_a, addr) =
-        start_system_a_with_env(&zk, &root, &queue, &["--task-retention-secs", "8"], &clock.env(), dir.path());
+    let (_a, addr) = start_system_a_on(
+        &Place::Loopback,
+        &zk,
+        &root,
+        &queue,
+        &["--task-retention-secs", "8"],
+        &clock.env(),
+        dir.path(),
+    );
     let first = submit(&addr, "acct", "ahead-1").await.expect("the task is done");
     assert_eq!((first.status.as_str(), first.value), ("done", 1));
     // A second task on the entity, so the first is no longer the entity's

@@ -681,10 +681,11 @@ async fn services_on_hosts_reach_the_broker_through_the_relay() {
         &store,
         "b1",
         4000,
+        &[],
         dir.path(),
     );
     let (_a, a_addr) =
-        e2e_tests::start_system_a_on(&Place::with_broker(&a, &relay), &zk, &root, &queue, &[], dir.path());
+        e2e_tests::start_system_a_on(&Place::with_broker(&a, &relay), &zk, &root, &queue, &[], &[], dir.path());
     assert!(a_addr.starts_with(&a.ip().to_string()), "system-a listens on {a_addr}, not on its host");
     let mut grpc = TasksClient::connect(format!("http://{a_addr}")).await.expect("gRPC to system-a on its host");
     let submit = grpc.submit(SubmitRequest { entity: "e1".into(), op: "add".into(), amount: 5, ..Default::default() });

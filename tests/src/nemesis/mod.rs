@@ -5,11 +5,13 @@
 //!
 //! A run ([`run`]) is a [`Plan`]: a target (the coordinator, or a 3-node
 //! Apache ZooKeeper ensemble), a seed, the fault kinds allowed, a length.
-//! It deploys system-a, two system-b and an ha-worker pair on the target
-//! (each service as its own identity, with a wall clock the nemesis can
-//! step), starts the clients of [`workload`], and lets the nemesis strike:
-//! one fault at a time, each held 1-8 s, then healed, with quiet gaps
-//! between. The schedule is drawn from the seed, so a seed names a run.
+//! It deploys system-a, two system-b and an ha-worker pair on the target,
+//! every server and every service on a host of its own (a network
+//! namespace, `testkit::netns`), each service as its own identity and
+//! with a wall clock the nemesis can step; it starts the clients of
+//! [`workload`] and lets the nemesis strike: one fault at a time (kill -9,
+//! SIGSTOP, a stalled lock holder, a clock step, a partition), each held
+//! 1-8 s, then healed, with quiet gaps between. The schedule is drawn from the seed, so a seed names a run.
 //! When the time is up every fault is healed, the clients finish what they
 //! started, and the [`check`]ers read the history and the state left
 //! behind: the store, the journal, the registry.
@@ -34,8 +36,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testkit::clock::SkewedClock;
 
+use testkit::netns::{Net, Relay, GATEWAY};
+
 use crate::ensemble::{Ensemble, Mode};
-use crate::{provision, Identities, Proc};
+use crate::{provision, Coordinator, Identities, Place, Proc};
 use check::Verdict;
 use history::{Entry, History};
 
@@ -86,16 +90,22 @@ pub enum FaultKind {
     /// SIGSTOP of the hot entity's lock holder, past its session: the
     /// case fencing tokens exist for, every time rather than by chance.
     StallLockHolder,
+    /// A network partition (iptables in the hosts' namespaces): a server
+    /// isolated (the ensemble's leader half the time), the ensemble split
+    /// into a minority with a service and a majority with the rest, a
+    /// one-way cut, or the active ha-worker or the lock holder cut off.
+    Partition,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::KillServer,
         FaultKind::PauseServer,
         FaultKind::KillService,
         FaultKind::PauseService,
         FaultKind::ClockJump,
         FaultKind::StallLockHolder,
+        FaultKind::Partition,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +116,7 @@ impl FaultKind {
             FaultKind::PauseService => "pause-service",
             FaultKind::ClockJump => "clock-jump",
             FaultKind::StallLockHolder => "stall-lock-holder",
+            FaultKind::Partition => "partition",
         }
     }
 
@@ -183,9 +194,9 @@ impl Report {
     }
 }
 
-/// The coordination servers of a run.
+/// The coordination servers of a run, each on a host of its own.
 enum Servers {
-    Coordinator { proc: Option<Proc>, addr: String, data: PathBuf },
+    Coordinator(Coordinator),
     Ensemble(Ensemble),
 }
 
@@ -204,7 +215,11 @@ struct Service {
     clock: SkewedClock,
 }
 
-/// The system under test and the means to hurt it.
+/// The system under test and the means to hurt it. Every server and
+/// every service runs on a host of its own (a network namespace of `net`),
+/// so any of them can be cut off; the test's own clients (submitters,
+/// register clients, the operator) run in the root namespace, the
+/// network's gateway; the services reach RabbitMQ through `relay`.
 struct Deployment {
     target: Target,
     dir: PathBuf,
@@ -219,28 +234,32 @@ struct Deployment {
     /// Where system-a listens now (it moves when system-a restarts).
     system_a: Arc<RwLock<String>>,
     system_b_env: Vec<(String, String)>,
+    // Dropped last: the hosts go when nothing runs on them any more.
+    relay: Relay,
+    net: Net,
 }
 
 impl Deployment {
     fn start(plan: &Plan, dir: &Path) -> Deployment {
+        let net = Net::create();
         let servers = match plan.target {
             Target::Coordinator => {
                 let data = dir.join("coordinator-data");
-                let data_s = data.to_str().expect("utf-8 path").to_string();
-                let mut p = Proc::spawn(
-                    "coordinator",
-                    &["--listen", "127.0.0.1:0", "--data-dir", &data_s, "--tick-time", "500"],
+                let data = data.to_str().expect("utf-8 path");
+                let host = net.add_host("srv");
+                Servers::Coordinator(Coordinator::start(
+                    &Place::on(&host),
+                    &["--data-dir", data, "--tick-time", "500"],
                     dir,
-                );
-                let addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
-                Servers::Coordinator { proc: Some(p), addr, data }
+                ))
             }
-            Target::Ensemble => Servers::Ensemble(Ensemble::start(dir)),
+            Target::Ensemble => Servers::Ensemble(Ensemble::start_on(&net, dir)),
         };
         let zk = match &servers {
-            Servers::Coordinator { addr, .. } => addr.clone(),
+            Servers::Coordinator(c) => c.addr.clone(),
             Servers::Ensemble(e) => e.connect_string(),
         };
+        let relay = net.relay(testkit::broker::broker_addr());
         let root = format!("/{}", testkit::unique("nemesis"));
         let ids = provision(&zk, &root, dir);
         let mut d = Deployment {
@@ -256,6 +275,8 @@ impl Deployment {
             services: Vec::new(),
             system_a: Arc::new(RwLock::new(String::new())),
             system_b_env: plan.system_b_env.clone(),
+            relay,
+            net,
         };
         for (name, role) in [
             ("a1", Role::SystemA),
@@ -264,6 +285,7 @@ impl Deployment {
             ("h1", Role::HaWorker),
             ("h2", Role::HaWorker),
         ] {
+            d.net.add_host(name);
             let clock = SkewedClock::new(dir);
             d.services.push(Service { name: name.into(), role, proc: None, clock });
             let i = d.services.len() - 1;
@@ -272,15 +294,15 @@ impl Deployment {
         d
     }
 
-    /// Starts service `i` (again), and waits until it serves.
+    /// Starts service `i` (again) on its host, and waits until it serves.
     fn start_service(&mut self, i: usize) {
-        let (zk, root, queue, dir, session) =
-            (self.zk.clone(), self.root.clone(), self.queue.clone(), self.dir.clone(), self.target.session_ms());
+        let (zk, root, queue, dir, session) = (&self.zk, &self.root, &self.queue, &self.dir, self.target.session_ms());
         let s = &self.services[i];
+        let place = Place::with_broker(&self.net.host(&s.name), &self.relay);
         let mut env: Vec<(&str, &str)> = s.clock.env().to_vec();
         let proc = match s.role {
             Role::SystemA => {
-                let (p, addr) = crate::start_system_a_with_env(&zk, &root, &queue, &[], &env, &dir);
+                let (p, addr) = crate::start_system_a_on(&place, zk, root, queue, &[], &env, dir);
                 if let Ok(mut a) = self.system_a.write() {
                     *a = addr;
                 }
@@ -288,10 +310,10 @@ impl Deployment {
             }
             Role::SystemB => {
                 env.extend(self.system_b_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                crate::start_system_b_with_env(&zk, &root, &queue, &self.store, &s.name, session, &env, &dir)
+                crate::start_system_b_on(&place, zk, root, queue, &self.store, &s.name, session, &env, dir)
             }
             Role::HaWorker => {
-                crate::start_ha_worker_with_env(&zk, &root, &self.journal, &s.name, 100, session, &env, &dir)
+                crate::start_ha_worker_on(&place, zk, root, &self.journal, &s.name, 100, session, &env, dir)
             }
         };
         self.services[i].proc = Some(proc);
@@ -303,13 +325,11 @@ impl Deployment {
         }
     }
 
-    fn restart_coordinator(&mut self) {
-        if let Servers::Coordinator { proc, addr, data } = &mut self.servers {
-            let data_s = data.to_str().expect("utf-8 path").to_string();
-            let mut p =
-                Proc::spawn("coordinator", &["--listen", addr, "--data-dir", &data_s, "--tick-time", "500"], &self.dir);
-            p.wait_line("coordinator listening on", Duration::from_secs(30));
-            *proc = Some(p);
+    /// The hosts of the coordination servers.
+    fn server_hosts(&self) -> Vec<String> {
+        match &self.servers {
+            Servers::Coordinator(_) => vec!["srv".to_string()],
+            Servers::Ensemble(e) => (0..3).map(|i| e.host(i).to_string()).collect(),
         }
     }
 }
@@ -328,12 +348,10 @@ async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &dri
     let hold = Duration::from_millis(rng.random_range(1000..8000));
     match kind {
         FaultKind::KillServer => match &mut d.servers {
-            Servers::Coordinator { proc, .. } => {
-                if let Some(mut p) = proc.take() {
-                    p.kill9();
-                }
+            Servers::Coordinator(c) => {
+                c.kill9();
                 tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
-                tokio::task::block_in_place(|| d.restart_coordinator());
+                tokio::task::block_in_place(|| c.restart());
                 "kill -9 coordinator".into()
             }
             Servers::Ensemble(e) => {
@@ -349,12 +367,10 @@ async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &dri
             // Up to twice the session timeout: some sessions expire.
             let hold = Duration::from_millis(rng.random_range(500..2 * session.as_millis() as u64));
             match &mut d.servers {
-                Servers::Coordinator { proc, .. } => {
-                    if let Some(p) = proc {
-                        p.signal(Signal::SIGSTOP);
-                        tokio::time::sleep(hold).await;
-                        p.signal(Signal::SIGCONT);
-                    }
+                Servers::Coordinator(c) => {
+                    c.pause();
+                    tokio::time::sleep(hold).await;
+                    c.resume();
                     format!("pause coordinator {} ms", hold.as_millis())
                 }
                 Servers::Ensemble(e) => {
@@ -421,6 +437,80 @@ async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &dri
             tokio::time::sleep(hold).await;
             d.signal_service(i, Signal::SIGCONT);
             format!("stall lock holder {} {} ms", d.services[i].name, hold.as_millis())
+        }
+        FaultKind::Partition => {
+            let what = partition(d, rng, obs).await;
+            tokio::time::sleep(hold).await;
+            d.net.heal();
+            format!("{what} for {} ms", hold.as_millis())
+        }
+    }
+}
+
+/// Cuts the network one of four ways; returns which.
+async fn partition(d: &Deployment, rng: &mut StdRng, obs: &drills::observe::Observer) -> String {
+    let servers = d.server_hosts();
+    let services: Vec<String> = d.services.iter().map(|s| s.name.clone()).collect();
+    match rng.random_range(0..4) {
+        // A server cut off from everyone: the coordinator unreachable, or
+        // an ensemble member (the leader half the time) alone.
+        0 => {
+            let host = match &d.servers {
+                Servers::Coordinator(_) => servers[0].clone(),
+                Servers::Ensemble(e) => e.host(member(e, rng)).to_string(),
+            };
+            d.net.isolate(&host);
+            format!("isolate {host}")
+        }
+        // A minority with a service, the majority with everything else
+        // (on the coordinator: one service alone with the server).
+        1 => {
+            let service = services[rng.random_range(0..services.len())].clone();
+            let (mut minority, mut majority) = (vec![service.clone()], vec![GATEWAY.to_string()]);
+            match &d.servers {
+                Servers::Coordinator(_) => minority.push(servers[0].clone()),
+                Servers::Ensemble(e) => {
+                    let lone = member(e, rng);
+                    for (i, h) in servers.iter().enumerate() {
+                        if i == lone {
+                            minority.push(h.clone())
+                        } else {
+                            majority.push(h.clone())
+                        }
+                    }
+                }
+            }
+            majority.extend(services.iter().filter(|s| **s != service).cloned());
+            let (a, b): (Vec<&str>, Vec<&str>) =
+                (minority.iter().map(String::as_str).collect(), majority.iter().map(String::as_str).collect());
+            d.net.partition(&[&a, &b]);
+            format!("partition {a:?} | {b:?}")
+        }
+        // One way only: a server's packets to a service (or, on an
+        // ensemble, to another member) dropped, the reverse allowed.
+        2 => {
+            let from = servers[rng.random_range(0..servers.len())].clone();
+            let to = if servers.len() > 1 && rng.random_bool(0.5) {
+                servers.iter().find(|h| **h != from).cloned().unwrap_or_default()
+            } else {
+                services[rng.random_range(0..services.len())].clone()
+            };
+            d.net.cut_one_way(&from, &to);
+            format!("cut {from} -> {to}")
+        }
+        // The one whose isolation matters: the active ha-worker or the hot
+        // entity's lock holder, cut off from the servers and the broker.
+        _ => {
+            let who = if rng.random_bool(0.5) {
+                obs.active().await.ok().flatten().map(|(m, _)| m.instance)
+            } else {
+                obs.lock_holder("hot").await.ok().flatten().map(|(data, _)| data)
+            };
+            let host = who
+                .and_then(|w| services.iter().find(|s| w.contains(s.as_str())).cloned())
+                .unwrap_or_else(|| services[rng.random_range(0..services.len())].clone());
+            d.net.isolate(&host);
+            format!("isolate {host}")
         }
     }
 }
@@ -511,7 +601,8 @@ pub async fn run(plan: &Plan) -> Report {
         struck.push(kind);
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
     }
-    // Heal what a fault may leave: every clock true again.
+    // Heal what a fault may leave: every link up, every clock true again.
+    d.net.heal();
     for s in &d.services {
         s.clock.step(0);
     }
