@@ -29,7 +29,7 @@ async fn an_ensemble_keeps_every_promise_under_every_fault_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]
 async fn a_store_that_ignores_fencing_tokens_fails_the_lock_checker() {
-    let mut plan = Plan::new(Target::Coordinator, 3, &[FaultKind::StallLockHolder], Duration::from_secs(12));
+    let mut plan = Plan::new(Target::Coordinator, 3, &[FaultKind::StallLockHolder], Duration::from_secs(30));
     plan.system_b_env = vec![("FAILPOINTS".into(), system_b::store::IGNORE_FENCING.into())];
     // Long work: the stalled holder is caught between its read and its write.
     plan.work_ms = 1500..1600;
