@@ -455,6 +455,35 @@ pub fn start_system_a_on(
     (p, addr)
 }
 
+/// A system-a whose broker never answers (nothing listens on port 1): it
+/// accepts tasks, records them in its outbox and cannot publish them.
+/// Returns it and its gRPC address.
+pub fn start_unpublishing_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String) {
+    let creds = testkit::broker::provision(queue).file("system-a").to_string_lossy().into_owned();
+    let mut p = Proc::spawn(
+        "system-a",
+        &[
+            "--zk",
+            zk,
+            "--root",
+            root,
+            "--queue",
+            queue,
+            "--listen",
+            "127.0.0.1:0",
+            "--amqp",
+            "amqp://127.0.0.1:1/%2f",
+            "--amqp-credentials-file",
+            &creds,
+            "--instance",
+            "a1",
+        ],
+        log_dir,
+    );
+    let addr = p.wait_line("system-a listening on", Duration::from_secs(30));
+    (p, addr)
+}
+
 /// [`start_system_a`] serving its metrics ([`METRICS_ANY_PORT`]); returns
 /// it, its gRPC address and its metrics address once it can publish.
 pub fn start_system_a_metered(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String, String) {

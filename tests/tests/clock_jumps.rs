@@ -14,10 +14,12 @@
 //! steps one system-a's clock (`testkit::clock`, libfaketime) and checks
 //! the promise that step used to break.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_a_on, start_system_b, Place, Proc, TempDir};
+use e2e_tests::{
+    start_coordinator, start_system_a_on, start_system_b, start_unpublishing_system_a, Place, Proc, TempDir,
+};
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::{SubmitReply, SubmitRequest};
 use testkit::clock::SkewedClock;
@@ -36,6 +38,32 @@ async fn children(c: &Client, path: &str) -> Vec<String> {
         .await
         .expect("in time")
         .unwrap_or_default()
+}
+
+/// The coordinator and a system-b under a root of their own, with
+/// system-a's config (`timeout_ms`) written; system-a is each test's own.
+struct System {
+    dir: TempDir,
+    zk: String,
+    client: Client,
+    root: String,
+    queue: String,
+    store: PathBuf,
+    _coordinator: Proc,
+    _system_b: Proc,
+}
+
+impl System {
+    async fn start(name: &str, timeout_ms: u64) -> System {
+        let dir = TempDir::new(name);
+        let (coordinator, zk) = start_coordinator(&[], dir.path());
+        let client = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+        let root = configured_root(&client, name, timeout_ms).await;
+        let queue = testkit::unique("tasks");
+        let store = dir.path().join("store");
+        let system_b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
+        System { dir, zk, client, root, queue, store, _coordinator: coordinator, _system_b: system_b }
+    }
 }
 
 /// A root with system-a's config (`timeout_ms`), for one test.
@@ -62,45 +90,18 @@ async fn submit(addr: &str, entity: &str, request_id: &str) -> Result<SubmitRepl
 /// in its future.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_system_a_an_hour_behind_publishes_what_the_outbox_holds() {
-    let dir = TempDir::new("clock-outbox");
-    let (_coord, zk) = start_coordinator(&[], dir.path());
-    let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
-    let root = configured_root(&c, "clock-outbox", 60_000).await;
-    let queue = testkit::unique("tasks");
-    let store = dir.path().join("store");
-    let _b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
+    let s = System::start("clock-outbox", 60_000).await;
+    let (dir, zk, c, root, queue, store) = (&s.dir, &s.zk, &s.client, &s.root, &s.queue, &s.store);
 
-    // A system-a whose broker never answers (nothing listens on port 1):
-    // it accepts tasks and cannot publish them.
-    let a_creds = testkit::broker::provision(&queue).file("system-a").to_string_lossy().into_owned();
-    let mut a1 = Proc::spawn(
-        "system-a",
-        &[
-            "--zk",
-            &zk,
-            "--root",
-            &root,
-            "--queue",
-            &queue,
-            "--listen",
-            "127.0.0.1:0",
-            "--amqp",
-            "amqp://127.0.0.1:1/%2f",
-            "--amqp-credentials-file",
-            &a_creds,
-            "--instance",
-            "a1",
-        ],
-        dir.path(),
-    );
-    let a1_addr = a1.wait_line("system-a listening on", Duration::from_secs(30));
+    // It accepts tasks and cannot publish them.
+    let (mut a1, a1_addr) = start_unpublishing_system_a(zk, root, queue, dir.path());
     let mut calls = Vec::new();
     for i in 0..3 {
         let addr = a1_addr.clone();
         calls.push(tokio::spawn(async move { submit(&addr, "acct", &format!("behind-{i}")).await }));
     }
     let started = Instant::now();
-    while children(&c, &format!("{root}/tasks")).await.len() < 3 {
+    while children(c, &format!("{root}/tasks")).await.len() < 3 {
         assert!(started.elapsed() < Duration::from_secs(20), "system-a did not record the 3 tasks");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -112,19 +113,19 @@ async fn a_system_a_an_hour_behind_publishes_what_the_outbox_holds() {
     let clock = SkewedClock::new(dir.path());
     clock.step(-ONE_HOUR);
     let restarted = Instant::now();
-    let (_a2, _) = start_system_a_on(&Place::Loopback, &zk, &root, &queue, &[], &clock.env(), dir.path());
-    while entity_value(&store, "acct") < 3 {
+    let (_a2, _) = start_system_a_on(&Place::Loopback, zk, root, queue, &[], &clock.env(), dir.path());
+    while entity_value(store, "acct") < 3 {
         assert!(
             restarted.elapsed() < Duration::from_secs(20),
             "a system-a an hour behind left accepted tasks unpublished: {} of 3 applied after {:?}, outbox {:?}",
-            entity_value(&store, "acct"),
+            entity_value(store, "acct"),
             restarted.elapsed(),
-            children(&c, &format!("{root}/outbox")).await
+            children(c, &format!("{root}/outbox")).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("published by a system-a an hour behind {:?} after it started", restarted.elapsed());
-    assert_eq!(entity_value(&store, "acct"), 3);
+    assert_eq!(entity_value(store, "acct"), 3);
 }
 
 /// A finished task, and with it its request id, is kept for the retention
@@ -133,13 +134,8 @@ async fn a_system_a_an_hour_behind_publishes_what_the_outbox_holds() {
 /// task's result, not a second task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_system_a_a_day_ahead_keeps_request_ids_for_the_retention() {
-    let dir = TempDir::new("clock-reaper");
-    let (_coord, zk) = start_coordinator(&[], dir.path());
-    let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
-    let root = configured_root(&c, "clock-reaper", 20_000).await;
-    let queue = testkit::unique("tasks");
-    let store = dir.path().join("store");
-    let _b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
+    let s = System::start("clock-reaper", 20_000).await;
+    let (dir, zk, c, root, queue, store) = (&s.dir, &s.zk, &s.client, &s.root, &s.queue, &s.store);
 
     let clock = SkewedClock::new(dir.path());
     clock.step(ONE_DAY);
@@ -147,15 +143,8 @@ async fn a_system_a_a_day_ahead_keeps_request_ids_for_the_retention() {
     // 10 s after the task finished, well inside the retention as the
     // server's clock counts it only if the reaper's first look at the
     // finished task starts the count.
-    let (_a, addr) = start_system_a_on(
-        &Place::Loopback,
-        &zk,
-        &root,
-        &queue,
-        &["--task-retention-secs", "8"],
-        &clock.env(),
-        dir.path(),
-    );
+    let (_a, addr) =
+        start_system_a_on(&Place::Loopback, zk, root, queue, &["--task-retention-secs", "8"], &clock.env(), dir.path());
     let first = submit(&addr, "acct", "ahead-1").await.expect("the task is done");
     assert_eq!((first.status.as_str(), first.value), ("done", 1));
     // A second task on the entity, so the first is no longer the entity's
@@ -164,14 +153,14 @@ async fn a_system_a_a_day_ahead_keeps_request_ids_for_the_retention() {
     let second = submit(&addr, "acct", "ahead-2").await.expect("the task is done");
     assert_eq!((second.status.as_str(), second.value), ("done", 2));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let tasks = children(&c, &format!("{root}/tasks")).await;
+    let tasks = children(c, &format!("{root}/tasks")).await;
     let again = submit(&addr, "acct", "ahead-1").await.expect("the retry is answered");
     assert_eq!(
         (again.task_id.as_str(), again.value),
         (first.task_id.as_str(), 1),
         "a retry inside the retention was not answered with its task's result (tasks left: {tasks:?}); entity value {}",
-        entity_value(&store, "acct")
+        entity_value(store, "acct")
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(entity_value(&store, "acct"), 2, "the retried request was applied twice");
+    assert_eq!(entity_value(store, "acct"), 2, "the retried request was applied twice");
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{rabbitmq, start_coordinator, start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{rabbitmq, start_coordinator, start_system_a, start_system_b, start_unpublishing_system_a, TempDir};
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use system_a::proto::tasks_client::TasksClient;
@@ -40,30 +40,7 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
     tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
     let _b = start_system_b(zk, &root, &queue, &store, "b1", 4000, dir);
 
-    // A system-a whose broker never answers (nothing listens on port 1):
-    // it accepts tasks and cannot publish them.
-    let a_creds = testkit::broker::provision(&queue).file("system-a").to_string_lossy().into_owned();
-    let mut a1 = Proc::spawn(
-        "system-a",
-        &[
-            "--zk",
-            zk,
-            "--root",
-            &root,
-            "--queue",
-            &queue,
-            "--listen",
-            "127.0.0.1:0",
-            "--amqp",
-            "amqp://127.0.0.1:1/%2f",
-            "--amqp-credentials-file",
-            &a_creds,
-            "--instance",
-            "a1",
-        ],
-        dir,
-    );
-    let a1_addr = a1.wait_line("system-a listening on", Duration::from_secs(30));
+    let (mut a1, a1_addr) = start_unpublishing_system_a(zk, &root, &queue, dir);
     let grpc = TasksClient::connect(format!("http://{a1_addr}")).await.expect("gRPC");
     let mut calls = Vec::new();
     for _ in 0..5 {
