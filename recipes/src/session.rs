@@ -122,17 +122,9 @@ impl Client {
                 let state = Session::from_state(*raw.borrow_and_update());
                 if state == Session::Live {
                     let Some(zk) = weak.upgrade() else { return };
-                    let mut added = true;
-                    for (scheme, credentials) in &auth {
-                        if let Err(e) = zk.add_auth(scheme, credentials.clone()).await {
-                            // The connection dropped again: the next
-                            // `Connected` tries again.
-                            tracing::warn!("re-authentication after a reconnect failed: {e:?}");
-                            added = false;
-                            break;
-                        }
-                    }
-                    if !added || raw.has_changed().unwrap_or(true) {
+                    if !reauthenticate(&zk, &auth, &raw).await {
+                        // The connection changed meanwhile: the next state
+                        // decides (a new `Connected` authenticates again).
                         continue;
                     }
                 }
@@ -177,6 +169,35 @@ impl Client {
     pub async fn wait_live(&self, limit: Duration) -> bool {
         let mut states = self.states();
         tokio::time::timeout(limit, states.wait_for(|s| *s == Session::Live)).await.map(|r| r.is_ok()).unwrap_or(false)
+    }
+}
+
+/// Adds every identity to the connection that just came up, and keeps
+/// trying while that connection lasts; false once it is gone (the state
+/// moved on). An add can fail with the connection still up: zookeeper-async
+/// matches replies to requests in order, and a request some other task
+/// sent anonymously in the same instant gets NOAUTH, which can come back
+/// as the add's answer. Giving up then left the client anonymous and its
+/// state short of `Live` for good (tests/tests/acl.rs,
+/// `identity_survives_reconnects_under_load_*`). Adding an identity the
+/// connection already has is harmless, so trying again is safe.
+async fn reauthenticate(zk: &ZooKeeper, auth: &[(String, Vec<u8>)], raw: &watch::Receiver<ZkState>) -> bool {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let mut failed = None;
+        for (scheme, credentials) in auth {
+            if let Err(e) = zk.add_auth(scheme, credentials.clone()).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        if raw.has_changed().unwrap_or(true) {
+            return false;
+        }
+        let Some(e) = failed else { return true };
+        tracing::warn!("re-authentication after a reconnect failed ({e:?}); trying again on the same connection");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 

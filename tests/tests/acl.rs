@@ -217,6 +217,52 @@ async fn identity_survives_a_reconnect(server: Server) {
         .expect("the operator's identity is back on the new connection");
 }
 
+/// The same, with the client busy: a loop of reads of a node only its
+/// identity may read runs through every reconnect, so an anonymous read
+/// refused with NOAUTH can be in flight while the identity is re-added.
+/// (zookeeper-async then handed that NOAUTH to the re-authentication,
+/// which gave up: the client stayed anonymous and never turned live
+/// again; a nemesis run on an ensemble found it as a config that never
+/// converged.) Every cut must end live, with the identity back.
+async fn identity_survives_reconnects_under_load(server: Server) {
+    let running = server.start();
+    let ids = identities();
+    let policy: Policy = ids["operator"].policy();
+    let root = format!("/{}", testkit::unique("reauth-busy"));
+    let proxy = ZkProxy::start(running.addr).await;
+    let operator = client(&proxy.connect_string(), &ids, "operator").await;
+    within("init", auth::init(&operator.zk, &Layout::new(&root), &policy)).await.expect("init");
+    let cfg = format!("{root}/config/system-b");
+    let busy = operator.clone();
+    let path = cfg.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let _ = busy.zk.get_data(&path, false).await;
+        }
+    });
+    for round in 0..20 {
+        let mut states = operator.states();
+        proxy.cut();
+        within("suspended", states.wait_for(|s| *s != zk_recipes::session::Session::Live)).await.expect("state");
+        proxy.restore();
+        assert!(operator.wait_live(Duration::from_secs(10)).await, "round {round}: the client never turned live again");
+        within("set", operator.zk.set_data(&cfg, round.to_string().into_bytes(), None))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the identity is not back: {e:?}"));
+    }
+    reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_survives_reconnects_under_load_on_the_coordinator() {
+    identity_survives_reconnects_under_load(Server::Coordinator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_survives_reconnects_under_load_on_zookeeper() {
+    identity_survives_reconnects_under_load(Server::ZooKeeper).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_survives_a_reconnect_on_the_coordinator() {
     identity_survives_a_reconnect(Server::Coordinator).await;
