@@ -26,6 +26,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer, which is C++.
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+# The power-loss tests mount testkit::crashfs (FUSE); fusermount3 unmounts
+# it if the test process dies.
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

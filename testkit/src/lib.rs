@@ -14,8 +14,11 @@
 //!
 //! [`process`] launches the workspace's binaries (the services, the
 //! coordinator as a process) for the end-to-end tests and the benchmark.
+//! [`crashfs`] mounts a file system that can lose power, for the tests of
+//! what each program's files keep across one.
 
 pub mod broker;
+pub mod crashfs;
 pub mod process;
 pub mod proxy;
 
