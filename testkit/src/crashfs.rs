@@ -19,6 +19,10 @@
 //!   survives or not by a seeded coin (LazyFS's torn writes): a log's tail
 //!   can come back as a zeroed block followed by data, as after a real
 //!   power loss that reached the disk out of order.
+//! - [`CrashFs::cut_after`] cuts the power at an exact, seeded change: the
+//!   request after it and all later ones fail with EIO, so a program (in
+//!   this process or another) stops mid-operation where a kill could only
+//!   land by luck; then [`CrashFs::crash`] brings the disk back.
 //!
 //! The rules are POSIX's, the strict reading: a file system may persist
 //! more (ext4's journal often does), never less, so a program that passes
@@ -138,6 +142,20 @@ impl CrashFs {
         self.state.lock().crash(mode)
     }
 
+    /// Cuts the power after `changes` more changes (writes, syncs, creates,
+    /// renames, ...): the one after them and every request from then on
+    /// fail with EIO, as a disk that lost power would, until
+    /// [`crash`](Self::crash). A program under test stops at an exact,
+    /// seeded point of its write path, mid-operation, without a kill.
+    pub fn cut_after(&self, changes: u64) {
+        self.state.lock().changes_left = Some(changes);
+    }
+
+    /// Whether the power is gone (a [`cut_after`](Self::cut_after) ran out).
+    pub fn is_cut(&self) -> bool {
+        self.state.lock().dead
+    }
+
     /// Bytes held now, live and durable copies together.
     pub fn used_bytes(&self) -> u64 {
         self.state.lock().used
@@ -201,6 +219,10 @@ struct State {
     next_fh: u64,
     used: u64,
     capacity: u64,
+    /// Changes still allowed before the power goes (see `CrashFs::cut_after`).
+    changes_left: Option<u64>,
+    /// The power is gone: every request fails with EIO until the crash.
+    dead: bool,
 }
 
 fn now() -> SystemTime {
@@ -239,6 +261,8 @@ impl State {
             next_fh: 1,
             used: 0,
             capacity,
+            changes_left: None,
+            dead: false,
         }
     }
 
@@ -434,7 +458,24 @@ impl State {
         }
     }
 
+    /// Lets a request through unless the power is gone; a change uses up
+    /// one of those left before the cut.
+    fn tick(&mut self, change: bool) -> Result<(), Errno> {
+        if change {
+            match &mut self.changes_left {
+                Some(0) => self.dead = true,
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
+        if self.dead {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
     fn crash(&mut self, mode: Crash) -> CrashReport {
+        (self.dead, self.changes_left) = (false, None);
         let mut report = CrashReport::default();
         let mut rng = match mode {
             Crash::Torn { seed } => Some(rand::rngs::StdRng::seed_from_u64(seed)),
@@ -601,6 +642,9 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         let st = self.state.lock();
         match st.lookup(parent.0, name) {
             Ok(ino) => self.entry(&st, ino, reply),
@@ -609,6 +653,9 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         match self.state.lock().attr(ino.0) {
             Some(attr) => reply.attr(&TTL, &attr),
             None => reply.error(Errno::ENOENT),
@@ -633,6 +680,9 @@ impl Filesystem for Fs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         if let Some(len) = size {
             if let Err(e) = st.set_len(ino.0, len) {
@@ -669,6 +719,9 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         match self.state.lock().inodes.get(&ino.0).map(|i| &i.node) {
             Some(Node::Symlink(target)) => reply.data(target.as_os_str().as_encoded_bytes()),
             Some(_) => reply.error(Errno::EINVAL),
@@ -686,6 +739,9 @@ impl Filesystem for Fs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
@@ -698,6 +754,9 @@ impl Filesystem for Fs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         let node = Node::Dir { live: BTreeMap::new(), durable: BTreeMap::new() };
         match st.new_node(parent.0, name, node, perm_of(mode, umask), req) {
@@ -707,6 +766,9 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         match self.state.lock().unlink(parent.0, name, false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -714,6 +776,9 @@ impl Filesystem for Fs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         match self.state.lock().unlink(parent.0, name, true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -721,6 +786,9 @@ impl Filesystem for Fs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         match st.new_node(parent.0, link_name, Node::Symlink(target.to_path_buf()), 0o777, req) {
             Ok(ino) => self.entry(&st, ino, reply),
@@ -738,6 +806,9 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         match self.state.lock().rename(parent.0, name, newparent.0, newname, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -745,6 +816,9 @@ impl Filesystem for Fs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         if st.kind(ino.0) == FileType::Directory {
             return reply.error(Errno::EPERM);
@@ -766,6 +840,9 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         match st.inodes.get(&ino.0).map(|i| &i.node) {
             Some(Node::File { .. }) => {}
@@ -788,6 +865,9 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         let node = Node::File { live: Vec::new(), durable: Vec::new(), dirty: BTreeSet::new() };
         match st.new_node(parent.0, name, node, perm_of(mode, umask), req) {
@@ -819,6 +899,9 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         let st = self.state.lock();
         match st.inodes.get(&ino.0).map(|i| &i.node) {
             Some(Node::File { live, .. }) => {
@@ -843,6 +926,9 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         // O_APPEND: the end as we know it, not as the kernel last heard.
         let append = st.files.get(&fh.0).is_some_and(|f| f.append);
@@ -878,6 +964,9 @@ impl Filesystem for Fs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         // fdatasync too: it must persist the size when the size changed,
         // and nothing else here is worth telling apart.
         match self.state.lock().sync_file(ino.0) {
@@ -887,6 +976,9 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         let entries: Vec<(u64, FileType, OsString)> = match st.dir(ino.0) {
             Ok(d) => d.iter().map(|(n, c)| (*c, FileType::RegularFile, n.clone())).collect(),
@@ -901,6 +993,9 @@ impl Filesystem for Fs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         let st = self.state.lock();
         let Some(listing) = st.dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
@@ -919,6 +1014,9 @@ impl Filesystem for Fs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         let mut st = self.state.lock();
         match st.sync_dir(ino.0) {
             Ok(()) => {
@@ -930,6 +1028,9 @@ impl Filesystem for Fs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        if let Err(e) = self.state.lock().tick(false) {
+            return reply.error(e);
+        }
         let st = self.state.lock();
         let blocks = st.capacity / BLOCK;
         let free = st.capacity.saturating_sub(st.used) / BLOCK;
@@ -954,6 +1055,9 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.state.lock().tick(true) {
+            return reply.error(e);
+        }
         if mode != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }

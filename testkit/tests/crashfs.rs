@@ -246,3 +246,23 @@ fn the_mount_goes_away_on_drop() {
     assert!(!mounted(), "{} is still mounted after drop", dir.display());
     assert!(!dir.exists(), "the empty mount point is removed with the mount");
 }
+
+#[test]
+fn a_cut_fails_every_request_with_eio_until_the_crash() {
+    let fs = mount("cut");
+    let path = fs.path().join("log");
+    let mut f = File::create(&path).unwrap();
+    sync_dir(fs.path());
+    fs.cut_after(3);
+    f.write_all(b"a").unwrap();
+    f.sync_data().unwrap();
+    f.write_all(b"b").unwrap();
+    let err = f.sync_data().expect_err("the fourth change comes after the cut");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(fs.is_cut());
+    assert!(fs::read(&path).is_err(), "reads fail too once the power is gone");
+    drop(f);
+    fs.crash(Crash::DropUnsynced);
+    assert!(!fs.is_cut());
+    assert_eq!(fs::read(&path).unwrap(), b"a", "what was synced before the cut, nothing after");
+}
