@@ -134,7 +134,7 @@ impl Storage {
 
     /// [`open`](Self::open), keeping `retain` snapshots (at least one).
     pub fn open_retaining(dir: &Path, retain: usize) -> Result<Recovered, StorageError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_dir_durably(dir)?;
         let lock_path = dir.join("LOCK");
         let lock =
             OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
@@ -447,6 +447,34 @@ fn new_segment(dir: &Path, first_zxid: i64) -> Result<File, StorageError> {
     f.sync_all().map_err(io_err(&path))?;
     sync_dir(dir)?;
     Ok(f)
+}
+
+/// Creates `dir` and its missing parents so that they survive a power
+/// cut. A directory's name lives in its parent, which fsyncing the
+/// directory itself does not persist: without the parent's fsync, a data
+/// dir the server created on first start could vanish at a power cut with
+/// every write acknowledged in it (found by the power-loss tests, which
+/// lost a fresh data dir whole at the first cut).
+fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
+    let mut created = Vec::new();
+    let mut d = dir;
+    while !d.as_os_str().is_empty() && !d.exists() {
+        created.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Top-down, so each name is durable before the one under it.
+    for new in created.iter().rev() {
+        let parent = match new.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
