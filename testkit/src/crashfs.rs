@@ -66,11 +66,18 @@ pub struct CrashFsOptions {
     /// Bytes the file system holds at most, live and durable copies
     /// together; past it a write fails with ENOSPC.
     pub capacity_bytes: u64,
+    /// A disk that lies: fsync of a file returns and persists nothing.
+    /// For proving a checker catches lost writes.
+    pub ignore_file_fsync: bool,
+    /// A disk that lies about directories: fsyncdir returns and persists
+    /// nothing, which is what a program that skips its directory fsyncs
+    /// gets. For proving a checker catches lost renames and creates.
+    pub ignore_dir_fsync: bool,
 }
 
 impl Default for CrashFsOptions {
     fn default() -> Self {
-        CrashFsOptions { capacity_bytes: 256 << 20 }
+        CrashFsOptions { capacity_bytes: 256 << 20, ignore_file_fsync: false, ignore_dir_fsync: false }
     }
 }
 
@@ -110,7 +117,9 @@ impl CrashFs {
     /// Mounts an empty file system on `mountpoint` (created if missing).
     pub fn mount(mountpoint: &Path, options: CrashFsOptions) -> io::Result<CrashFs> {
         std::fs::create_dir_all(mountpoint)?;
-        let state = Arc::new(Mutex::new(State::new(options.capacity_bytes)));
+        let mut state = State::new(options.capacity_bytes);
+        (state.ignore_file_fsync, state.ignore_dir_fsync) = (options.ignore_file_fsync, options.ignore_dir_fsync);
+        let state = Arc::new(Mutex::new(state));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("crashfs".into()),
@@ -223,6 +232,8 @@ struct State {
     changes_left: Option<u64>,
     /// The power is gone: every request fails with EIO until the crash.
     dead: bool,
+    ignore_file_fsync: bool,
+    ignore_dir_fsync: bool,
 }
 
 fn now() -> SystemTime {
@@ -263,6 +274,8 @@ impl State {
             capacity,
             changes_left: None,
             dead: false,
+            ignore_file_fsync: false,
+            ignore_dir_fsync: false,
         }
     }
 
@@ -408,6 +421,9 @@ impl State {
 
     /// Makes a file's contents and size durable (fsync, fdatasync).
     fn sync_file(&mut self, ino: u64) -> Result<(), Errno> {
+        if self.ignore_file_fsync {
+            return Ok(());
+        }
         let inode = self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if let Node::File { live, durable, dirty } = &mut inode.node {
             let before = durable.len() as u64;
@@ -426,6 +442,9 @@ impl State {
 
     /// Makes a directory's entries durable (fsyncdir).
     fn sync_dir(&mut self, ino: u64) -> Result<(), Errno> {
+        if self.ignore_dir_fsync {
+            return Ok(());
+        }
         match &mut self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?.node {
             Node::Dir { live, durable } => {
                 *durable = live.clone();

@@ -211,7 +211,7 @@ fn a_torn_crash_keeps_some_unsynced_blocks_and_zeros_before_them() {
 
 #[test]
 fn writes_past_the_capacity_fail_with_no_space() {
-    let fs = mount_with("full", CrashFsOptions { capacity_bytes: 1 << 20 });
+    let fs = mount_with("full", CrashFsOptions { capacity_bytes: 1 << 20, ..CrashFsOptions::default() });
     let mut f = File::create(fs.path().join("big")).unwrap();
     let err = f.write_all(&vec![7u8; 2 << 20]).expect_err("a write past the capacity must fail");
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
