@@ -327,19 +327,31 @@ async fn coordinator_cuts(
 }
 
 /// Snapshots as often as the server takes them (every 0.5 s once 200
-/// txns and the log's bytes are in), so cuts land in them and in the
-/// segment rolls they bring.
+/// txns and a snapshot's worth of log are in), so cuts land in them and in
+/// the segment rolls they bring.
 const FREQUENT_SNAPSHOTS: [&str; 2] = ["--snap-count", "200"];
+
+/// Cuts per fresh data dir: as the tree grows, snapshots (which wait for
+/// the log to outgrow them) come too rarely for a cut to land in one, so
+/// more cuts are more fresh dirs, each with its own seed.
+const CUTS_PER_DIR: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_keeps_every_acknowledged_write_across_power_cuts() {
     let seed = seed();
     let _rerun = Rerun::new("coordinator_keeps_every_acknowledged_write_across_power_cuts", seed);
-    let n = cuts(4);
+    let n = cuts(CUTS_PER_DIR);
     let started = Instant::now();
-    let run = coordinator_cuts(seed, n, &FREQUENT_SNAPSHOTS, &[]).await.unwrap_or_else(|v| panic!("VIOLATION: {v}"));
-    println!("{n} power cuts, {} acknowledged creates all present, in {:?}", run.acked, started.elapsed());
-    assert!(run.acked > 0, "no write was acknowledged: the checker checked nothing");
+    let mut acked = 0;
+    for dir in 0..n.div_ceil(CUTS_PER_DIR) {
+        let cuts = CUTS_PER_DIR.min(n - dir * CUTS_PER_DIR);
+        let run = coordinator_cuts(seed.wrapping_add(dir as u64), cuts, &FREQUENT_SNAPSHOTS, &[])
+            .await
+            .unwrap_or_else(|v| panic!("VIOLATION (data dir {dir}, its seed {}): {v}", seed.wrapping_add(dir as u64)));
+        acked += run.acked;
+    }
+    println!("{n} power cuts, {acked} acknowledged creates all present, in {:?}", started.elapsed());
+    assert!(acked > 0, "no write was acknowledged: the checker checked nothing");
 }
 
 /// The checker catches a lost log segment: with the segment's directory
