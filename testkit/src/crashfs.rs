@@ -24,6 +24,18 @@
 //!   this process or another) stops mid-operation where a kill could only
 //!   land by luck; then [`CrashFs::crash`] brings the disk back.
 //!
+//! Use, from a test or a harness:
+//!
+//! ```text
+//! let disk = CrashFs::mount(&scratch.join("disk"), CrashFsOptions::default())?;
+//! let server = start(["--data-dir", disk.path().join("data")]);  // any process
+//! // ... traffic, recording what was acknowledged ...
+//! server.kill9();                                  // nobody may use the mount
+//! disk.crash(Crash::Torn { seed });                // or Crash::DropUnsynced
+//! let server = start(["--data-dir", disk.path().join("data")]);  // recovery
+//! // ... every acknowledged write must be there ...
+//! ```
+//!
 //! The rules are POSIX's, the strict reading: a file system may persist
 //! more (ext4's journal often does), never less, so a program that passes
 //! here is durable on any of them.

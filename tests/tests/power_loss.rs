@@ -115,8 +115,11 @@ struct Ledger {
 }
 
 async fn connect(addr: &str) -> Result<ZooKeeper, String> {
-    match tokio::time::timeout(Duration::from_secs(10), ZooKeeper::connect(addr, Duration::from_secs(10), |_| {})).await
-    {
+    // A client whose server was killed reconnects until its runtime ends
+    // (each data dir's run has its own); not in a hot loop meanwhile.
+    let connecting =
+        ZooKeeper::connect_with_retry_time(addr, Duration::from_secs(10), |_| {}, Duration::from_millis(100));
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(zk)) => Ok(zk),
         Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
         Err(_) => Err(format!("connect to {addr}: no session within 10 s")),
@@ -171,7 +174,7 @@ fn start(data: &Path, extra: &[&str], env: &[(&str, &str)], logs: &Path) -> Resu
     let mut p = Proc::start(&binary("coordinator"), "coordinator", &args, env, logs).map_err(|e| format!("{e:#}"))?;
     match p.try_wait_line("coordinator listening on", Duration::from_secs(20)) {
         Ok(addr) => Ok((p, addr)),
-        Err(e) => Err(format!("{e:#}; its log:\n{}", p.log_text())),
+        Err(e) => Err(format!("{e:#}; the data dir: {}; its log:\n{}", listing(Path::new(data)), p.log_text())),
     }
 }
 
@@ -179,6 +182,21 @@ fn names(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
+}
+
+/// The data dir's files and sizes, for a verdict.
+fn listing(dir: &Path) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    format!("{} ({} B)", e.file_name().to_string_lossy(), e.metadata().map(|m| m.len()).unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.join(", ")
 }
 
 /// Waits until the cut point is reached (or `limit` passes); says which.
@@ -219,6 +237,26 @@ async fn reach(point: CutPoint, data: &Path, rng: &mut StdRng, limit: Duration) 
 struct CoordinatorRun {
     acked: usize,
     cuts: Vec<String>,
+}
+
+/// [`coordinator_cuts`] on a runtime of its own, dropped at the end with
+/// every client it started: zookeeper-async's clients never stop
+/// reconnecting to a server that was killed, and a run's worth of them
+/// left behind starves the next run.
+fn coordinator_cuts_on_own_runtime(
+    seed: u64,
+    cuts: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<CoordinatorRun, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a runtime: {e}"))?;
+    let run = rt.block_on(coordinator_cuts(seed, cuts, extra, env));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    run
 }
 
 /// Runs `cuts` power cuts of the coordinator's data dir; the first
@@ -274,56 +312,67 @@ async fn coordinator_cuts(
         let (_server, addr) = start(&data, extra, env, scratch.path())
             .map_err(|e| format!("{what}: the coordinator did not start again: {e}"))?;
         let checked = Instant::now();
-        let zk = connect(&addr).await.map_err(|e| format!("{what}: {e}"))?;
-        let l = std::mem::take(&mut *ledger.lock());
-        // `/d` itself may be what the cut lost: then nothing under it is there.
-        let mut present: HashSet<String> = match zk.get_children("/d", false).await {
-            Ok(children) => children.into_iter().map(|c| format!("/d/{c}")).collect(),
-            Err(zookeeper_async::ZkError::NoNode) => HashSet::new(),
-            Err(e) => return Err(format!("{what}: /d cannot be listed: {e}")),
-        };
-        if zk.exists("/d", false).await.map_err(|e| format!("{what}: /d: {e}"))?.is_some() {
-            present.insert("/d".into());
-        }
-        let mut missing: Vec<&String> = l.acked.keys().filter(|p| !present.contains(*p)).collect();
-        if !missing.is_empty() {
-            missing.sort();
-            return Err(format!(
-                "{what}: {} of {} acknowledged creates are missing after the power cut, e.g. {:?}",
-                missing.len(),
-                l.acked.len(),
-                &missing[..missing.len().min(5)]
-            ));
-        }
-        // Read back pipelined: thousands of nodes, one round trip each.
-        let acked: Vec<(&String, &Vec<u8>)> = l.acked.iter().collect();
-        for chunk in acked.chunks(256) {
-            let reads = chunk.iter().map(|(path, _)| zk.get_data(path, false));
-            for ((path, value), got) in chunk.iter().zip(futures::future::join_all(reads).await) {
-                let (got, _) = got.map_err(|e| format!("{what}: read {path}: {e}"))?;
-                if &got != *value {
-                    return Err(format!("{what}: {path} holds {got:?}, not its acknowledged value"));
-                }
-            }
-        }
-        if let Some(p) = present.iter().find(|p| *p != "/d" && !p.starts_with("/d/k") && !l.attempted.contains(*p)) {
-            return Err(format!("{what}: {p} appeared although no client ever created it"));
-        }
-        for (counter, (acked, attempted)) in &l.counters {
-            let (got, _) = zk.get_data(counter, false).await.map_err(|e| format!("{what}: read {counter}: {e}"))?;
-            let got: i64 =
-                String::from_utf8_lossy(&got).parse().map_err(|_| format!("{what}: {counter} is not a number"))?;
-            if got < *acked || got > *attempted {
-                return Err(format!(
-                    "{what}: {counter} = {got}, but {acked} was acknowledged and {attempted} the last sent"
-                ));
-            }
-        }
+        let check = check_coordinator(&addr, &what, &ledger);
+        let l = tokio::time::timeout(Duration::from_secs(120), check)
+            .await
+            .map_err(|_| format!("{what}: the restarted coordinator did not answer the check within 120 s"))??;
         run.acked = l.acked.len();
         println!("  checked in {:?}", checked.elapsed());
         *ledger.lock() = l;
     }
     Ok(run)
+}
+
+/// Reads back everything the ledger says was acknowledged; the ledger
+/// back, or the violation.
+async fn check_coordinator(addr: &str, what: &str, ledger: &Mutex<Ledger>) -> Result<Ledger, String> {
+    let zk = connect(addr).await.map_err(|e| format!("{what}: {e}"))?;
+    let l = std::mem::take(&mut *ledger.lock());
+    // `/d` itself may be what the cut lost: then nothing under it is there.
+    let mut present: HashSet<String> = match zk.get_children("/d", false).await {
+        Ok(children) => children.into_iter().map(|c| format!("/d/{c}")).collect(),
+        Err(zookeeper_async::ZkError::NoNode) => HashSet::new(),
+        Err(e) => return Err(format!("{what}: /d cannot be listed: {e}")),
+    };
+    if zk.exists("/d", false).await.map_err(|e| format!("{what}: /d: {e}"))?.is_some() {
+        present.insert("/d".into());
+    }
+    let mut missing: Vec<&String> = l.acked.keys().filter(|p| !present.contains(*p)).collect();
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(format!(
+            "{what}: {} of {} acknowledged creates are missing after the power cut, e.g. {:?}",
+            missing.len(),
+            l.acked.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    // Read back pipelined: thousands of nodes, one round trip each.
+    let acked: Vec<(&String, &Vec<u8>)> = l.acked.iter().collect();
+    for chunk in acked.chunks(256) {
+        let reads = chunk.iter().map(|(path, _)| zk.get_data(path, false));
+        for ((path, value), got) in chunk.iter().zip(futures::future::join_all(reads).await) {
+            let (got, _) = got.map_err(|e| format!("{what}: read {path}: {e}"))?;
+            if &got != *value {
+                return Err(format!("{what}: {path} holds {got:?}, not its acknowledged value"));
+            }
+        }
+    }
+    if let Some(p) = present.iter().find(|p| *p != "/d" && !p.starts_with("/d/k") && !l.attempted.contains(*p)) {
+        return Err(format!("{what}: {p} appeared although no client ever created it"));
+    }
+    for (counter, (acked, attempted)) in &l.counters {
+        let (got, _) = zk.get_data(counter, false).await.map_err(|e| format!("{what}: read {counter}: {e}"))?;
+        let got: i64 =
+            String::from_utf8_lossy(&got).parse().map_err(|_| format!("{what}: {counter} is not a number"))?;
+        if got < *acked || got > *attempted {
+            return Err(format!(
+                "{what}: {counter} = {got}, but {acked} was acknowledged and {attempted} the last sent"
+            ));
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), zk.close()).await;
+    Ok(l)
 }
 
 /// Snapshots as often as the server takes them (every 0.5 s once 200
@@ -336,8 +385,8 @@ const FREQUENT_SNAPSHOTS: [&str; 2] = ["--snap-count", "200"];
 /// more cuts are more fresh dirs, each with its own seed.
 const CUTS_PER_DIR: usize = 4;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_keeps_every_acknowledged_write_across_power_cuts() {
+#[test]
+fn coordinator_keeps_every_acknowledged_write_across_power_cuts() {
     let seed = seed();
     let _rerun = Rerun::new("coordinator_keeps_every_acknowledged_write_across_power_cuts", seed);
     let n = cuts(CUTS_PER_DIR);
@@ -345,8 +394,7 @@ async fn coordinator_keeps_every_acknowledged_write_across_power_cuts() {
     let mut acked = 0;
     for dir in 0..n.div_ceil(CUTS_PER_DIR) {
         let cuts = CUTS_PER_DIR.min(n - dir * CUTS_PER_DIR);
-        let run = coordinator_cuts(seed.wrapping_add(dir as u64), cuts, &FREQUENT_SNAPSHOTS, &[])
-            .await
+        let run = coordinator_cuts_on_own_runtime(seed.wrapping_add(dir as u64), cuts, &FREQUENT_SNAPSHOTS, &[])
             .unwrap_or_else(|v| panic!("VIOLATION (data dir {dir}, its seed {}): {v}", seed.wrapping_add(dir as u64)));
         acked += run.acked;
     }
@@ -358,17 +406,16 @@ async fn coordinator_keeps_every_acknowledged_write_across_power_cuts() {
 /// fsync skipped on purpose (a failpoint) and no snapshot to fsync the
 /// directory for it, the first cut loses the segment and the writes
 /// acknowledged in it, and the run must say so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_coordinator_checker_catches_a_segment_whose_directory_entry_was_not_fsynced() {
+#[test]
+fn the_coordinator_checker_catches_a_segment_whose_directory_entry_was_not_fsynced() {
     let seed = seed();
     let _rerun = Rerun::new("the_coordinator_checker_catches_a_segment_whose_directory_entry_was_not_fsynced", seed);
-    let verdict = coordinator_cuts(
+    let verdict = coordinator_cuts_on_own_runtime(
         seed,
         2,
         &["--snap-count", "100000000"],
         &[("FAILPOINTS", "coordinator/skip-segment-dir-fsync")],
-    )
-    .await;
+    );
     match verdict {
         Err(v) => {
             println!("the broken variant's verdict: VIOLATION: {v}");
@@ -633,4 +680,59 @@ fn the_journal_checker_catches_appends_that_were_not_made_durable() {
         Err(v) => println!("the broken variant's verdict: VIOLATION: {v}"),
         Ok(acked) => panic!("{acked} records on a disk that ignores fsyncs, and no violation reported"),
     }
+}
+
+// ---- regressions ----------------------------------------------------------
+
+/// A kill -9 between a log write and its fdatasync leaves the record in
+/// the page cache. Recovery used to apply it and append after it without
+/// syncing it, so a power cut later dropped it from the middle of the log,
+/// behind acknowledged records, and the coordinator refused to start
+/// ("zxid 0x6cac does not follow 0x6caa", `POWER_LOSS_SEED=1737310913283754418
+/// POWER_LOSS_CUTS=12`, data dir 1, cut 3). Recovery now syncs the last
+/// segment it replays.
+#[tokio::test]
+async fn recovery_makes_the_unsynced_records_it_replays_durable() {
+    use coordinator::storage::{log_segment_of, Storage};
+    use coordinator::txn::{encode_record, Txn, TxnHeader};
+
+    let scratch = TempDir::new("power-loss-recovery");
+    let fs = mount(&scratch);
+    let dir = fs.path().join("data");
+    let txn = Txn::CreateSession { timeout_ms: 10_000 };
+    let header = |zxid: i64| TxnHeader { session_id: zxid, cxid: 0, zxid, time: 1 };
+    // Appends sessions up to `last`, durably, through a running Storage.
+    let write_up_to = |last: i64| {
+        let rec = Storage::open(&dir).expect("open the data dir");
+        let mut tree = rec.tree;
+        let mut durable = rec.storage.durable();
+        for zxid in tree.last_zxid() + 1..=last {
+            tree.apply(&header(zxid), &txn, &mut Vec::new());
+            rec.storage.append(&header(zxid), &txn);
+        }
+        (rec.storage, async move { durable.wait_for(|d| *d >= last).await.map(|_| ()) })
+    };
+    let (storage, synced) = write_up_to(3);
+    synced.await.expect("zxid 3 durable");
+    drop(storage);
+    // The server dies after writing zxid 4, before its fdatasync.
+    let last_segment = std::fs::read_dir(&dir)
+        .expect("list the data dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("log.")))
+        .max()
+        .expect("a log segment");
+    let record = log_segment_of([encode_record(&header(4), &txn).as_slice()]);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&last_segment).expect("open the segment");
+    std::io::Write::write_all(&mut f, &record[8..]).expect("write zxid 4, unsynced");
+    drop(f);
+    // Restarted, the server recovers zxid 4 from the page cache and
+    // acknowledges 5 and 6 after it.
+    let (storage, synced) = write_up_to(6);
+    synced.await.expect("zxid 6 durable");
+    drop(storage);
+    fs.crash(Crash::DropUnsynced);
+    let rec =
+        Storage::open(&dir).unwrap_or_else(|e| panic!("VIOLATION: recovery refused the disk a power cut left: {e}"));
+    assert_eq!(rec.tree.last_zxid(), 6, "the acknowledged zxids 5 and 6 survive the cut");
 }
