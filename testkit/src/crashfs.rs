@@ -128,6 +128,7 @@ pub struct CrashFs {
 impl CrashFs {
     /// Mounts an empty file system on `mountpoint` (created if missing).
     pub fn mount(mountpoint: &Path, options: CrashFsOptions) -> io::Result<CrashFs> {
+        sweep_dead_mounts();
         std::fs::create_dir_all(mountpoint)?;
         let mut state = State::new(options.capacity_bytes);
         (state.ignore_file_fsync, state.ignore_dir_fsync) = (options.ignore_file_fsync, options.ignore_dir_fsync);
@@ -180,6 +181,26 @@ impl CrashFs {
     /// Bytes held now, live and durable copies together.
     pub fn used_bytes(&self) -> u64 {
         self.state.lock().used
+    }
+}
+
+/// Lazily unmounts crashfs mounts whose server is gone (a test process
+/// killed by a signal runs no destructor, and fusermount3's auto_unmount
+/// does not always follow). Such a mount answers ENOTCONN at once, so it
+/// never hangs anyone; this only keeps them from piling up.
+fn sweep_dead_mounts() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
+    for line in mounts.lines() {
+        let mut fields = line.split(' ');
+        let (Some(_), Some(point), Some(kind)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        if kind != "fuse.crashfs" {
+            continue;
+        }
+        // /proc/mounts escapes spaces and the like as octal.
+        let point = point.replace("\\040", " ");
+        if std::fs::metadata(&point).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) {
+            let _ = nix::mount::umount2(Path::new(&point), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 

@@ -18,7 +18,9 @@
 //!   applied exactly once, the journal refusing older terms).
 //!
 //! Each checker is run once more against a variant that breaks its
-//! promise on purpose, and must report it.
+//! promise on purpose, and must report it. The bugs the cuts found keep a
+//! regression test each (here and in the crates' own tests), listed with
+//! their seeds in docs/faults.md, "Power loss".
 //!
 //! A run prints its seed; `POWER_LOSS_SEED=<seed>` replays it and
 //! `POWER_LOSS_CUTS=<n>` makes more cuts per test than the default.
