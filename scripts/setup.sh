@@ -32,6 +32,9 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # (iproute2's `ip`), partitioned with iptables inside them.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+# The power-loss tests mount testkit::crashfs (FUSE); fusermount3 unmounts
+# it if the test process dies.
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ ${#missing[@]} -gt 0 ]; then

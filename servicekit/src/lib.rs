@@ -21,12 +21,15 @@
 //!   node (the config it applied, writes a fence refused).
 //! - [`metrics`]: Prometheus metrics and `/health` on the service's own
 //!   port (`--metrics-listen`), and the metrics every service has.
+//! - [`durable`]: directories and names made durable (the fsyncs of a
+//!   parent directory that a file's own fsync does not cover).
 //! - [`failpoint`]: crashes on purpose at named places, for tests and drills.
 //! - [`fault`]: permanent vs transient I/O errors, backoff, throttled alarms.
 //! - [`shutdown_token`]: SIGTERM/SIGINT as a `CancellationToken`.
 
 pub mod auth;
 pub mod broker;
+pub mod durable;
 pub mod failpoint;
 pub mod fault;
 pub mod layout;

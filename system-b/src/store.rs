@@ -148,7 +148,10 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        // Durably: a store directory whose own name a power cut took away
+        // would take every entity with it, applied tasks and fences alike.
+        servicekit::durable::create_dir_all(dir)
+            .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         Ok(Store { dir: dir.to_path_buf() })
     }
 
@@ -193,7 +196,7 @@ impl Store {
         file.write_all(&bytes).map_err(io(&tmp))?;
         file.sync_data().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        servicekit::durable::sync_dir(&self.dir).map_err(io(&self.dir))?;
         Ok(out)
         // `lock` closes here, releasing the flock.
     }

@@ -14,10 +14,14 @@
 //!
 //! [`process`] launches the workspace's binaries (the services, the
 //! coordinator as a process) for the end-to-end tests and the benchmark;
-//! [`clock`] steps the wall clock of such a process.
+//! [`clock`] steps the wall clock of such a process; [`netns`] puts
+//! processes on hosts of a test network that can be partitioned;
+//! [`crashfs`] mounts a file system that can lose power, for the tests of
+//! what each program's files keep across one.
 
 pub mod broker;
 pub mod clock;
+pub mod crashfs;
 pub mod netns;
 pub mod process;
 pub mod proxy;
