@@ -37,9 +37,15 @@ impl BrokerUsers {
     /// `--amqp <URL without credentials> --amqp-credentials-file <file>`:
     /// how a service of `role` is started.
     pub fn flags(&self, role: &str) -> [String; 4] {
+        self.flags_on(role, &service_url())
+    }
+
+    /// [`BrokerUsers::flags`] for a broker at `urls` (one URL, or a
+    /// cluster's nodes, comma-separated), without credentials.
+    pub fn flags_on(&self, role: &str, urls: &str) -> [String; 4] {
         [
             "--amqp".into(),
-            service_url(),
+            urls.to_string(),
             "--amqp-credentials-file".into(),
             self.file(role).to_string_lossy().into_owned(),
         ]

@@ -2,6 +2,7 @@
 //! processes, on port 0, each in its own scratch directory, killed when the
 //! test ends however it ends.
 
+pub mod broker_cluster;
 pub mod ensemble;
 pub mod linearizability;
 pub mod requests;
