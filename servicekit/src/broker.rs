@@ -94,9 +94,10 @@ pub fn permissions(role: &str, queue: &str) -> Option<Permissions> {
         SYSTEM_A => {
             Some(Permissions { configure: NOTHING.into(), write: only(&task_exchange(queue)), read: NOTHING.into() })
         }
-        // Consumes the task queue; re-publishes a task with its attempt
-        // count after a store fault, through the same exchange system-a
-        // uses. Not the dead-letter queue: what waits there is for an
+        // Consumes the task queue; puts a fresh copy of a task back after
+        // a transient fault (not a requeue, which the quorum queue's
+        // delivery limit counts) and after a store fault with its attempt
+        // count, through the same exchange system-a uses. Not the dead-letter queue: what waits there is for an
         // operator to look at.
         SYSTEM_B => {
             Some(Permissions { configure: NOTHING.into(), write: only(&task_exchange(queue)), read: only(queue) })

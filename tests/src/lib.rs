@@ -6,6 +6,7 @@ pub mod broker_cluster;
 pub mod ensemble;
 pub mod linearizability;
 pub mod requests;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
