@@ -7,7 +7,8 @@
 //! - **Apache ZooKeeper 3.8**, the oracle, started by `scripts/test.sh`
 //!   (`scripts/zookeeper.sh start`), whose address arrives in
 //!   `ZK_ORACLE_ADDR`;
-//! - **RabbitMQ**, whose URL arrives in `AMQP_URL`.
+//! - **RabbitMQ**, whose URL arrives in `AMQP_URL`, and a 3-node RabbitMQ
+//!   cluster a test (or the benchmark) starts itself ([`broker_cluster`]).
 //!
 //! A server that is missing is a failed test, never a skipped one: every
 //! fixture panics with a message that says how to start what is missing.
@@ -16,6 +17,7 @@
 //! coordinator as a process) for the end-to-end tests and the benchmark.
 
 pub mod broker;
+pub mod broker_cluster;
 pub mod process;
 pub mod proxy;
 

@@ -2,7 +2,6 @@
 //! processes, on port 0, each in its own scratch directory, killed when the
 //! test ends however it ends.
 
-pub mod broker_cluster;
 pub mod ensemble;
 pub mod linearizability;
 pub mod requests;
@@ -12,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub use testkit::broker_cluster;
 pub use testkit::process::{binary, Proc};
 
 /// A scratch directory, removed when dropped.

@@ -226,12 +226,24 @@ impl BrokerCluster {
 
     /// A fresh set of broker users for `queue`, imported into the cluster
     /// through a running node, as `scripts/rabbitmq.sh import` does.
-    pub fn provision(&self, queue: &str) -> testkit::broker::BrokerUsers {
-        let dir = self.dir.join(testkit::unique("users"));
-        testkit::broker::write_set(&dir, queue).expect("broker users");
-        let users = testkit::broker::BrokerUsers { queue: queue.to_string(), dir };
+    pub fn provision(&self, queue: &str) -> crate::broker::BrokerUsers {
+        let users = self.users(queue);
+        self.import(&users.definitions());
+        users
+    }
+
+    /// A fresh set of broker users for `queue`, written, not imported (to
+    /// change the definitions first).
+    pub fn users(&self, queue: &str) -> crate::broker::BrokerUsers {
+        let dir = self.dir.join(crate::unique("users"));
+        crate::broker::write_set(&dir, queue).expect("broker users");
+        crate::broker::BrokerUsers { queue: queue.to_string(), dir }
+    }
+
+    /// Imports broker definitions into the cluster through a running node.
+    pub fn import(&self, definitions: &Path) {
         let i = self.any_running();
-        let input = std::fs::File::open(users.definitions()).expect("definitions");
+        let input = std::fs::File::open(definitions).expect("definitions");
         let out = Command::new(Path::new(BIN).join("rabbitmqctl"))
             .env("HOME", &self.dir)
             .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
@@ -240,7 +252,6 @@ impl BrokerCluster {
             .output()
             .expect("run rabbitmqctl");
         assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
-        users
     }
 
     fn any_running(&self) -> usize {
