@@ -3,6 +3,7 @@
 # same load, fsync on for both (see bench/src/main.rs for what is measured).
 #
 #   scripts/bench.sh [zkbench flags]     # e.g. --nodes 1000000 --secs 5
+#   scripts/bench.sh brokers --secs 5    # A→B→A on classic vs quorum queues, 1 node vs a 3-node cluster
 #
 # Results: docs/bench/results.json, docs/bench/results.png (latency against
 # load), and Markdown tables with ratios on stdout (pasted into BENCHMARKS.md).

@@ -73,8 +73,8 @@ broker_set() {
     {"user": "system-b", "vhost": "/", "configure": "^\$", "write": "^tasks\\\\.in\$", "read": "^tasks\$"}
   ],
   "queues": [
-    {"name": "tasks", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-dead-letter-exchange": "tasks.dlx"}},
-    {"name": "tasks.dlq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}
+    {"name": "tasks", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum", "x-dead-letter-exchange": "tasks.dlx", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish", "x-delivery-limit": 20}},
+    {"name": "tasks.dlq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}
   ],
   "exchanges": [
     {"name": "tasks.in", "vhost": "/", "type": "direct", "durable": true, "auto_delete": false, "internal": false, "arguments": {}},

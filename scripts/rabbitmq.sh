@@ -8,6 +8,18 @@
 #   scripts/rabbitmq.sh import FILE   # broker definitions (zkctl gen-broker-credentials)
 #   scripts/rabbitmq.sh node          # prints the node name rabbitmqctl must use
 #   scripts/rabbitmq.sh stop          # stops only the private one
+#   scripts/rabbitmq.sh migrate-to-quorum QUEUE   # drops QUEUE and QUEUE.dlq if classic and empty
+#
+# The task queue and its dead-letter queue are quorum queues. A broker that
+# has them from an older release as classic queues keeps them so through
+# an import (RabbitMQ never changes a queue's type, and import_definitions
+# skips a queue that exists): `import` checks each queue's type afterwards
+# and stops with the way to migrate, which is: stop system-a, let system-b
+# empty the task queue (`rabbitmqctl list_queues name messages`), look at
+# what waits in QUEUE.dlq, stop system-b, run `migrate-to-quorum QUEUE`
+# (it deletes only empty classic queues), import again and start the
+# services. Tasks accepted meanwhile wait in system-a's outbox, in the
+# coordination server, and are published once it is back.
 #
 # `import` goes through rabbitmqctl (Erlang distribution, as root or the
 # rabbitmq user): it needs no broker user, so no guest either.
@@ -61,7 +73,47 @@ import)
   # On standard input: the broker node runs as its own user and could not
   # open a file that is ours and mode 0600.
   rabbitmqctl ${n:+-n "$n"} -q import_definitions <"$file" >/dev/null
+  # The type each imported queue asked for, against the one it has.
+  wanted=$(python3 -c '
+import json, sys
+for q in json.load(open(sys.argv[1])).get("queues", []):
+    print(q["name"], q.get("arguments", {}).get("x-queue-type", "classic"))' "$file")
+  have=$(rabbitmqctl ${n:+-n "$n"} -q list_queues name type 2>/dev/null || true)
+  bad=0
+  while read -r name type; do
+    [ -n "$name" ] || continue
+    actual=$(awk -v q="$name" '$1 == q { print $2 }' <<<"$have")
+    if [ -n "$actual" ] && [ "$actual" != "$type" ]; then
+      echo "rabbitmq.sh: queue '$name' exists as a $actual queue; these definitions make it a $type queue, and" \
+        "RabbitMQ never changes the type of a queue that exists. To migrate: stop system-a, let system-b empty" \
+        "the queue (rabbitmqctl list_queues name messages), deal with what waits in its .dlq, stop system-b, run" \
+        "'scripts/rabbitmq.sh migrate-to-quorum ${name%.dlq}' and import again." >&2
+      bad=1
+    fi
+  done <<<"$wanted"
+  [ "$bad" = 0 ] || exit 1
   echo "rabbitmq.sh: imported $file into ${n:-the default node}" >&2
+  ;;
+migrate-to-quorum)
+  queue=${2:?usage: $0 migrate-to-quorum QUEUE}
+  n=$(node_in_use)
+  have=$(rabbitmqctl ${n:+-n "$n"} -q list_queues name type messages 2>/dev/null)
+  for q in "$queue" "$queue.dlq"; do
+    read -r type messages < <(awk -v q="$q" '$1 == q { print $2, $3 }' <<<"$have") || true
+    if [ -z "${type:-}" ] || [ "$type" != classic ]; then
+      echo "rabbitmq.sh: '$q' is ${type:-absent}; nothing to drop" >&2
+      continue
+    fi
+    if [ "$messages" != 0 ]; then
+      echo "rabbitmq.sh: classic queue '$q' holds $messages messages: not dropping it (accepted tasks, or" \
+        "dead letters an operator must see); empty it first (let system-b consume the task queue; move or" \
+        "replay the dead letters)" >&2
+      exit 1
+    fi
+    # --if-empty: a message that arrived since the look above stops it.
+    rabbitmqctl ${n:+-n "$n"} -q delete_queue --if-empty "$q" >/dev/null
+    echo "rabbitmq.sh: dropped the empty classic queue '$q'; import the definitions to declare it a quorum queue" >&2
+  done
   ;;
 node)
   node_in_use
@@ -72,7 +124,7 @@ stop)
   fi
   ;;
 *)
-  echo "usage: $0 ensure|import FILE|node|stop" >&2
+  echo "usage: $0 ensure|import FILE|node|stop|migrate-to-quorum QUEUE" >&2
   exit 2
   ;;
 esac

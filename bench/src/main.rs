@@ -21,6 +21,7 @@
 //! measures instead how cost grows: 1k-10k sessions, 100k-1M watches,
 //! 100k-5M znodes, and writes offered beyond what each server sustains.
 
+mod brokers;
 mod ops;
 mod plot;
 mod raw;
@@ -87,6 +88,8 @@ struct Args {
 enum Cmd {
     /// How cost grows with sessions, watches, znodes and overload.
     Scale(scale::ScaleArgs),
+    /// A→B→A on classic and quorum queues, one node and a 3-node cluster.
+    Brokers(brokers::BrokersArgs),
 }
 
 /// Session timeout for the failover figure: the smallest both servers
@@ -166,8 +169,10 @@ async fn run(kind: Kind, args: &Args, tmp: &Path) -> Result<Value> {
 async fn main() -> Result<()> {
     let mut args = Args::parse();
     std::env::set_current_dir(repo_root())?;
-    if let Some(Cmd::Scale(scale)) = args.cmd.take() {
-        return scale::run(scale).await;
+    match args.cmd.take() {
+        Some(Cmd::Scale(scale)) => return scale::run(scale).await,
+        Some(Cmd::Brokers(brokers)) => return brokers::run(brokers).await,
+        None => {}
     }
     if args.replot {
         let text = std::fs::read_to_string(&args.out).with_context(|| args.out.display().to_string())?;

@@ -45,16 +45,29 @@ fn wait_line(p: &mut Proc, prefix: &str, timeout: Duration) -> Result<String> {
 /// system-b instances and one system-a, on a queue and znode root of
 /// their own.
 pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> Result<Value> {
-    let root = format!("/{}", unique("bench-rt"));
     let queue = unique("bench-rt");
-    let store = log.join(&queue);
-    std::fs::create_dir_all(&store)?;
     // Each service logs in as its own broker user, as deployed.
     let users = testkit::broker::try_provision(&queue)?;
-    let (a_broker, b_broker) = (users.flags("system-a"), users.flags("system-b"));
+    round_trip_on(zk, log, sequential, secs, &queue, users.flags("system-a"), users.flags("system-b")).await
+}
+
+/// [`round_trip`] on the provisioned `queue`, each service started with
+/// its broker flags (`--amqp URLS --amqp-credentials-file FILE`).
+pub async fn round_trip_on(
+    zk: &str,
+    log: &Path,
+    sequential: usize,
+    secs: u64,
+    queue: &str,
+    a_broker: [String; 4],
+    b_broker: [String; 4],
+) -> Result<Value> {
+    let root = format!("/{}", unique("bench-rt"));
+    let store = log.join(queue);
+    std::fs::create_dir_all(&store)?;
     let store_s = store.to_string_lossy().to_string();
     // What system-a and system-b must agree on.
-    let shared = ["--zk", zk, "--root", &root, "--queue", &queue];
+    let shared = ["--zk", zk, "--root", &root, "--queue", queue];
     let mut bs = Vec::new();
     for name in ["b1", "b2"] {
         let args: Vec<&str> = shared

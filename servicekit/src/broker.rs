@@ -94,9 +94,10 @@ pub fn permissions(role: &str, queue: &str) -> Option<Permissions> {
         SYSTEM_A => {
             Some(Permissions { configure: NOTHING.into(), write: only(&task_exchange(queue)), read: NOTHING.into() })
         }
-        // Consumes the task queue; re-publishes a task with its attempt
-        // count after a store fault, through the same exchange system-a
-        // uses. Not the dead-letter queue: what waits there is for an
+        // Consumes the task queue; puts a fresh copy of a task back after
+        // a transient fault (not a requeue, which the quorum queue's
+        // delivery limit counts) and after a store fault with its attempt
+        // count, through the same exchange system-a uses. Not the dead-letter queue: what waits there is for an
         // operator to look at.
         SYSTEM_B => {
             Some(Permissions { configure: NOTHING.into(), write: only(&task_exchange(queue)), read: only(queue) })
@@ -204,14 +205,53 @@ pub fn generate(queue: &str, user_prefix: &str) -> Generated {
     Generated { credentials, definitions }
 }
 
+/// How many times RabbitMQ hands one message out before it dead-letters
+/// it instead: the bound on a message whose handling kills its consumer
+/// (a crash, an OOM, a channel closed mid-task), which no header a worker
+/// writes can count, since the worker never gets to write it. Every return
+/// counts (a nack with requeue, and in RabbitMQ 3.10 also a consumer whose
+/// channel died), so system-b never requeues a task it merely could not
+/// finish yet: it puts a fresh copy back instead (`x-attempts` unchanged),
+/// and a task that waits out a coordination-server outage is not
+/// dead-lettered for it. 20 leaves room for that many broker fail-overs
+/// under one message and still ends a crash loop within seconds.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The queue type both queues are declared with: quorum queues, replicated
+/// by Raft over the cluster's nodes, confirm a publish once a majority of
+/// them has it, and lose nothing while a majority lives. On one node they
+/// cost a little throughput over classic queues (BENCHMARKS.md) and keep
+/// every other promise.
+pub const QUEUE_TYPE: &str = "quorum";
+
 /// The task queue, durable, dead-lettering to `<queue>.dlx`; and the
-/// dead-letter queue. RabbitMQ refuses a later declaration of the same
-/// queue with other arguments, so these are the only ones.
+/// dead-letter queue. Both are quorum queues. RabbitMQ refuses a later
+/// declaration of the same queue with other arguments, and
+/// `import_definitions` silently keeps a queue that exists with another
+/// type, so `scripts/rabbitmq.sh import` checks the type after the import
+/// and says how to migrate a classic one.
+///
+/// Dead-lettering from a quorum queue is at-most-once by default: the
+/// message leaves the task queue before the dead-letter queue has it, and
+/// a dead-letter queue that is away (its leader's node down) loses it. A
+/// task dead-lettered is a task an operator must see, so the task queue
+/// uses `at-least-once` dead-lettering: the message stays in the task
+/// queue (not delivered again) until the dead-letter queue confirms it.
+/// RabbitMQ takes that strategy only with `x-overflow: reject-publish`
+/// (with `drop-head` it falls back to at-most-once); with no length limit
+/// set, the overflow rule never rejects anything.
 fn topology_queues(queue: &str) -> Value {
     json!([
         {"name": queue, "vhost": VHOST, "durable": true, "auto_delete": false,
-         "arguments": {"x-dead-letter-exchange": dead_letter_exchange(queue)}},
-        {"name": dead_letter_queue(queue), "vhost": VHOST, "durable": true, "auto_delete": false, "arguments": {}}
+         "arguments": {
+            "x-queue-type": QUEUE_TYPE,
+            "x-dead-letter-exchange": dead_letter_exchange(queue),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": DELIVERY_LIMIT,
+         }},
+        {"name": dead_letter_queue(queue), "vhost": VHOST, "durable": true, "auto_delete": false,
+         "arguments": {"x-queue-type": QUEUE_TYPE}}
     ])
 }
 
@@ -289,6 +329,11 @@ mod tests {
         assert_eq!(names("queues"), ["jobs", "jobs.dlq"]);
         assert_eq!(names("exchanges"), ["jobs.in", "jobs.dlx"]);
         assert_eq!(defs["queues"][0]["arguments"]["x-dead-letter-exchange"], "jobs.dlx");
+        assert_eq!(defs["queues"][0]["arguments"]["x-queue-type"], "quorum");
+        assert_eq!(defs["queues"][0]["arguments"]["x-dead-letter-strategy"], "at-least-once");
+        assert_eq!(defs["queues"][0]["arguments"]["x-overflow"], "reject-publish");
+        assert_eq!(defs["queues"][0]["arguments"]["x-delivery-limit"], DELIVERY_LIMIT);
+        assert_eq!(defs["queues"][1]["arguments"]["x-queue-type"], "quorum");
         assert_eq!(defs["permissions"][1]["read"], "^jobs$");
         // Two generations never share a password.
         let again = generate("jobs", "t1.");

@@ -50,7 +50,10 @@ use zk_recipes::session::Client;
 #[derive(clap::Args, Clone)]
 pub struct QueueArgs {
     /// RabbitMQ URL, without user or password: those come from
-    /// `--amqp-credentials-file`. A URL that carries them is refused.
+    /// `--amqp-credentials-file`. A URL that carries them is refused. For a
+    /// cluster, a comma-separated list of its nodes' URLs: the service
+    /// connects to the first that answers and moves on to the next when
+    /// its node fails (as ZK_CONNECT lists an ensemble's servers).
     #[arg(long, env = "AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
     pub amqp: String,
     /// File with this service's broker user, one line `auth = user:password`

@@ -6,6 +6,15 @@
 //! exponentially (capped), and the caller checks its topology and
 //! re-subscribes on each new connection.
 //!
+//! A broker may be a cluster: the URL is then a comma-separated list of its
+//! nodes (`amqp://h1:5672/%2f,amqp://h2:5672/%2f`), and a service whose
+//! node fails moves to the next one that answers, starting from the first
+//! in the list, backing off only once every node has been tried. What a
+//! move must keep is the caller's: a publish whose confirm was lost with
+//! the node is published again from system-a's outbox, and a delivery
+//! whose ack was lost is delivered again, which system-b's exactly-once
+//! rule turns into a report or a no-op.
+//!
 //! A broker that *refuses* is another matter: a wrong password, a user
 //! without the permission an operation needs, a queue nobody provisioned.
 //! Retrying cannot fix any of these, and a service that retried them
@@ -15,6 +24,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
@@ -26,14 +37,17 @@ use crate::auth::Credentials;
 
 pub use crate::broker::task_exchange;
 
-/// Where the broker is and who this service is to it. Built by
+/// Where the broker's nodes are and who this service is to them. Built by
 /// [`crate::QueueArgs::broker`]. Its `Debug` shows the user, never the
 /// password.
 #[derive(Clone)]
 pub struct Broker {
-    uri: AMQPUri,
-    /// The URL as given (it carries no credentials), for messages.
-    url: String,
+    /// Each node, in the order given: its URL as given (it carries no
+    /// credentials), for messages, and the URL to connect with.
+    nodes: Vec<(String, AMQPUri)>,
+    /// The node the last attempt went to: where a move starts from, and
+    /// the one messages name.
+    current: Arc<AtomicUsize>,
     user: String,
     /// Where the credentials came from, for messages.
     credentials_file: PathBuf,
@@ -41,28 +55,40 @@ pub struct Broker {
 
 impl fmt::Debug for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Broker({} as {}:<redacted>)", self.url, self.user)
+        write!(f, "Broker({} as {}:<redacted>)", self.urls().join(","), self.user)
     }
 }
 
+/// How long one connection attempt may take: a node that does not answer
+/// at all (partitioned, paused) must not hold a service away from the
+/// others.
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
 impl Broker {
-    /// `url` (which must carry no credentials: see [`userinfo_of`]) with
-    /// the user and password of `credentials`, read from
-    /// `credentials_file`.
-    pub fn new(url: &str, credentials: &Credentials, credentials_file: &Path) -> Result<Broker, String> {
-        if userinfo_of(url).is_some() {
-            return Err(format!(
-                "the RabbitMQ URL carries a user or password; give it without them ({}) and put the user \
-                 and password in the credentials file",
-                redact_url(url)
-            ));
+    /// `urls` (one `amqp://` URL, or a comma-separated list of a cluster's
+    /// nodes, each without credentials: see [`userinfo_of`]) with the user
+    /// and password of `credentials`, read from `credentials_file`.
+    pub fn new(urls: &str, credentials: &Credentials, credentials_file: &Path) -> Result<Broker, String> {
+        let mut nodes = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if userinfo_of(url).is_some() {
+                return Err(format!(
+                    "the RabbitMQ URL carries a user or password; give it without them ({}) and put the user \
+                     and password in the credentials file",
+                    redact_url(url)
+                ));
+            }
+            let mut uri: AMQPUri = url.parse().map_err(|e| format!("{url:?} is not an amqp:// URL: {e}"))?;
+            uri.authority.userinfo.username = credentials.user().to_string();
+            uri.authority.userinfo.password = credentials.password().to_string();
+            nodes.push((url.to_string(), uri));
         }
-        let mut uri: AMQPUri = url.parse().map_err(|e| format!("not an amqp:// URL: {e}"))?;
-        uri.authority.userinfo.username = credentials.user().to_string();
-        uri.authority.userinfo.password = credentials.password().to_string();
+        if nodes.is_empty() {
+            return Err("no RabbitMQ URL: give one, or a comma-separated list of a cluster's nodes".into());
+        }
         Ok(Broker {
-            uri,
-            url: url.to_string(),
+            nodes,
+            current: Arc::new(AtomicUsize::new(0)),
             user: credentials.user().to_string(),
             credentials_file: credentials_file.to_path_buf(),
         })
@@ -73,9 +99,35 @@ impl Broker {
         &self.user
     }
 
-    /// One connection attempt as this user.
+    /// Every node's URL, as given.
+    pub fn urls(&self) -> Vec<&str> {
+        self.nodes.iter().map(|(url, _)| url.as_str()).collect()
+    }
+
+    /// The URL of the node the last attempt went to.
+    pub fn url(&self) -> &str {
+        &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].0
+    }
+
+    /// One connection attempt as this user, to the node the last attempt
+    /// went to.
     pub async fn connect(&self) -> lapin::Result<Connection> {
-        Connection::connect_uri(self.uri.clone(), ConnectionProperties::default()).await
+        let uri = self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].1.clone();
+        match tokio::time::timeout(CONNECT_LIMIT, Connection::connect_uri(uri, ConnectionProperties::default())).await {
+            Ok(connected) => connected,
+            Err(_) => Err(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_LIMIT:?}"),
+            ))),
+        }
+    }
+
+    /// Makes the next node in the list the one [`Broker::connect`] tries;
+    /// whether that wrapped around to the first (every node was tried).
+    fn move_on(&self) -> bool {
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.nodes.len();
+        self.current.store(next, Ordering::Relaxed);
+        next == 0
     }
 
     /// Whether `e`, from an operation on a channel of this broker (a
@@ -95,7 +147,7 @@ impl Broker {
                     "RabbitMQ at {}: the task queue's topology is not there ({said}); the services do not \
                      declare it: provision the broker with the definitions `zkctl gen-broker-credentials DIR \
                      --queue QUEUE` writes (`scripts/rabbitmq.sh import DIR/broker-definitions.json`)",
-                    self.url
+                    self.url()
                 )))
             }
             AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => self.login_fix(),
@@ -103,7 +155,8 @@ impl Broker {
         };
         Some(Refused(format!(
             "RabbitMQ at {} refused user `{}` ({said}); retrying cannot help: {fix}",
-            self.url, self.user
+            self.url(),
+            self.user
         )))
     }
 
@@ -116,7 +169,7 @@ impl Broker {
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
                 Some(Refused(format!(
                     "RabbitMQ at {} refused the login of user `{}` ({said}); retrying cannot help: {}",
-                    self.url,
+                    self.url(),
                     self.user,
                     self.login_fix()
                 )))
@@ -182,29 +235,56 @@ pub fn userinfo_of(url: &str) -> Option<&str> {
     authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
 }
 
-/// `url` with its userinfo replaced, for messages.
+/// `url` (or each URL of a comma-separated list) with its userinfo cut
+/// out, for messages.
 pub fn redact_url(url: &str) -> String {
-    match userinfo_of(url) {
-        Some(userinfo) => url.replacen(&format!("{userinfo}@"), "", 1),
-        None => url.to_string(),
-    }
+    url.split(',')
+        .map(|one| match userinfo_of(one) {
+            Some(userinfo) => one.replacen(&format!("{userinfo}@"), "", 1),
+            None => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// Connects, retrying a broker that is away with exponential backoff from
-/// 100 ms to 5 s, until it succeeds (`Ok(Some)`) or `stop` is cancelled
-/// (`Ok(None)`). A login the broker refuses is `Err` at once: the same
-/// password will be refused again.
+/// Connects, retrying a broker that is away, until it succeeds
+/// (`Ok(Some)`) or `stop` is cancelled (`Ok(None)`). Each attempt goes to
+/// the next node of the list, starting with the one the last connection
+/// was to; once every node has failed in a row it backs off exponentially
+/// from 100 ms to 5 s, so a cluster whose nodes are all down (or all
+/// booting) is not hammered, and a cluster with one node down costs one
+/// refused connection. A login the broker refuses is `Err` at once: the
+/// same password will be refused again (the users are the cluster's, the
+/// same on every node).
 pub async fn connect_with_backoff(broker: &Broker, stop: &CancellationToken) -> Result<Option<Connection>, Refused> {
     let mut backoff = crate::fault::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failed_in_a_row = 0;
     loop {
+        let tried = broker.url().to_string();
         let delay = match broker.connect().await {
-            Ok(c) => return Ok(Some(c)),
+            Ok(c) => {
+                if broker.nodes.len() > 1 {
+                    tracing::info!(node = tried, "connected to RabbitMQ");
+                }
+                return Ok(Some(c));
+            }
             Err(e) => {
                 if let Some(refused) = broker.login_refused(&e) {
                     return Err(refused);
                 }
+                failed_in_a_row += 1;
+                let _ = broker.move_on();
+                if failed_in_a_row < broker.nodes.len() {
+                    tracing::warn!(
+                        node = tried,
+                        next = broker.url(),
+                        "cannot reach RabbitMQ: {e}; trying the next node"
+                    );
+                    continue;
+                }
+                failed_in_a_row = 0;
                 let delay = backoff.next_delay();
-                tracing::warn!(retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ: {e}");
+                tracing::warn!(retry_in_ms = delay.as_millis() as u64, node = tried, "cannot reach RabbitMQ: {e}");
                 delay
             }
         };
@@ -213,6 +293,13 @@ pub async fn connect_with_backoff(broker: &Broker, stop: &CancellationToken) -> 
             _ = stop.cancelled() => return Ok(None),
         }
     }
+}
+
+/// After a connection that worked has ended: the next attempt goes to the
+/// next node, since the one that failed is the likeliest to be down.
+/// With one node, it is that node again.
+pub fn lost_connection(broker: &Broker) {
+    let _ = broker.move_on();
 }
 
 /// Checks that the task queue and the exchange into it exist, without
@@ -263,7 +350,35 @@ mod tests {
         assert_eq!(userinfo_of("amqp://h:5672/%2f"), None);
         assert_eq!(userinfo_of("amqp://h/v?x=a@b"), None, "an @ past the authority is not userinfo");
         assert_eq!(redact_url("amqp://a:b@h/%2f"), "amqp://h/%2f");
+        assert_eq!(redact_url("amqp://h1/%2f,amqp://a:b@h2/%2f"), "amqp://h1/%2f,amqp://h2/%2f");
         assert!(Broker::new("http://h", &c, Path::new("x")).is_err(), "not amqp");
+    }
+
+    #[test]
+    fn a_list_of_nodes_is_tried_in_turn_and_each_url_is_checked() {
+        let c = Credentials::parse("system-b:s3cret-pw").expect("credentials");
+        let b = Broker::new("amqp://n1:5672/%2f, amqp://n2:5673/%2f,amqp://n3:5674/%2f", &c, Path::new("x"))
+            .expect("a list of nodes");
+        assert_eq!(b.urls(), ["amqp://n1:5672/%2f", "amqp://n2:5673/%2f", "amqp://n3:5674/%2f"]);
+        assert_eq!(b.url(), "amqp://n1:5672/%2f", "the first node first");
+        assert!(!b.move_on());
+        assert_eq!(b.url(), "amqp://n2:5673/%2f");
+        assert!(!b.move_on());
+        assert!(b.move_on(), "the third move comes back to the first node");
+        assert_eq!(b.url(), "amqp://n1:5672/%2f");
+        for (i, (_, uri)) in b.nodes.iter().enumerate() {
+            assert_eq!(uri.authority.userinfo.username, "system-b", "node {i}");
+            assert_eq!(uri.authority.port, 5672 + i as u16);
+        }
+        let shown = format!("{b:?}");
+        assert!(shown.contains("n3:5674") && !shown.contains("s3cret"), "{shown}");
+        let e = Broker::new("amqp://n1/%2f,amqp://u:p@n2/%2f", &c, Path::new("x")).expect_err("userinfo in the 2nd");
+        assert!(!e.contains("u:p@") && e.contains("credentials file"), "{e}");
+        assert!(Broker::new(" , ", &c, Path::new("x")).is_err(), "no URL at all");
+        assert!(Broker::new("amqp://n1/%2f,http://n2", &c, Path::new("x")).is_err(), "one bad URL");
+        let single = Broker::new("amqp://127.0.0.1:5672/%2f", &c, Path::new("x")).expect("one URL");
+        assert!(single.move_on(), "one node: every move is a full round");
+        assert_eq!(single.url(), "amqp://127.0.0.1:5672/%2f");
     }
 
     #[test]
@@ -271,7 +386,7 @@ mod tests {
         let b = broker();
         let shown = format!("{b:?}");
         assert!(shown.contains("system-b") && !shown.contains("s3cret"), "{shown}");
-        assert_eq!(b.uri.authority.userinfo.password, "s3cret-pw", "but it is what the login sends");
+        assert_eq!(b.nodes[0].1.authority.userinfo.password, "s3cret-pw", "but it is what the login sends");
     }
 
     #[test]

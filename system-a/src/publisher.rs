@@ -48,7 +48,11 @@ pub async fn keep_channel(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 *slot.write().await = None;
-                tracing::warn!("RabbitMQ channel lost; reconnecting");
+                // Confirms still pending on this channel are lost with it:
+                // their tasks stay in the outbox and the drain publishes
+                // them again, through whichever node answers next.
+                servicekit::rabbit::lost_connection(&broker);
+                tracing::warn!(next = broker.url(), "RabbitMQ channel lost; reconnecting");
             }
             Err(e) => match broker.refused(&e) {
                 Some(refused) => refused.exit(),

@@ -135,7 +135,7 @@ async fn handle(
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
             Handled::NotDone(failure, disposition) => {
-                settle(alarms, &delivery, channel, queue, &failure, disposition).await
+                settle(alarms, &delivery, channel, queue, &failure, disposition, attempt).await
             }
         }
     };
@@ -164,12 +164,18 @@ async fn settle(
     queue: &str,
     failure: &Failure,
     disposition: Disposition,
+    attempt: i64,
 ) {
     match disposition {
+        // A fresh copy rather than a requeue: the queue counts every
+        // requeue against its delivery limit (`servicekit::broker::
+        // DELIVERY_LIMIT`), and a task that waits out an outage of the
+        // coordination server must not be dead-lettered for it. The copy
+        // keeps the attempt count: a transient fault is not an attempt.
         Disposition::Requeue => {
             tracing::warn!("task will be retried: {failure}");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            republish(delivery, channel, queue, attempt - 1).await;
         }
         Disposition::DeadLetter => {
             tracing::warn!("dead-lettering the task: {failure}");
@@ -206,12 +212,13 @@ async fn settle(
     }
 }
 
-/// Publishes a copy of the delivery with its attempt count, then acks the
-/// original; if the copy is not confirmed, the original goes back instead
-/// (its count not advanced, the backoff still applied).
-async fn republish(delivery: &lapin::message::Delivery, channel: &lapin::Channel, queue: &str, attempt: i64) {
+/// Publishes a copy of the delivery carrying `attempts` (the attempts it
+/// has had), then acks the original; if the copy is not confirmed, the
+/// original goes back instead (its count not advanced, the backoff still
+/// applied).
+async fn republish(delivery: &lapin::message::Delivery, channel: &lapin::Channel, queue: &str, attempts: i64) {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(outcome::ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempt));
+    headers.insert(outcome::ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(attempts));
     let props = delivery.properties.clone().with_headers(headers);
     let requeued = match channel
         .basic_publish(

@@ -133,6 +133,9 @@ pub async fn run(args: Args, stop: CancellationToken) -> anyhow::Result<()> {
             }
             tracing::warn!("RabbitMQ connection ended: {e}; reconnecting");
         }
+        // Deliveries not acked on this connection go back to the queue and
+        // come again, to this instance or another, through any node.
+        servicekit::rabbit::lost_connection(&broker);
         let _ = tokio::time::timeout(Duration::from_millis(300), conn.close(0, "bye".into())).await;
         if stop.is_cancelled() {
             break;

@@ -41,8 +41,11 @@ pub enum Failure {
 /// What to do with the delivery (and the task's node) after a failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// Give the message back to the queue for another try, after a short
-    /// pause so a retry loop cannot spin.
+    /// Put a fresh copy of the message back in the queue for another try
+    /// (acking the original), after a short pause so a retry loop cannot
+    /// spin; its attempt count unchanged. A copy, not a requeue: the
+    /// broker counts requeues against the queue's delivery limit, which is
+    /// for messages that kill their consumer, not for transient faults.
     Requeue,
     /// Publish a copy carrying attempt number `attempt`, after `delay`, and
     /// ack the original: the attempt count survives the round trip, which a

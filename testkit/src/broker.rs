@@ -40,12 +40,13 @@ impl BrokerUsers {
         self.flags_at(role, &service_url())
     }
 
-    /// [`BrokerUsers::flags`] for a service that reaches the broker at
-    /// `url` (a relay's, from a host of a test network).
-    pub fn flags_at(&self, role: &str, url: &str) -> [String; 4] {
+    /// [`BrokerUsers::flags`] for a broker at `urls`, without credentials:
+    /// one URL, a cluster's nodes comma-separated, or a relay's URL (from a
+    /// host of a test network).
+    pub fn flags_at(&self, role: &str, urls: &str) -> [String; 4] {
         [
             "--amqp".into(),
-            url.to_string(),
+            urls.to_string(),
             "--amqp-credentials-file".into(),
             self.file(role).to_string_lossy().into_owned(),
         ]

@@ -7,7 +7,8 @@
 //! - **Apache ZooKeeper 3.8**, the oracle, started by `scripts/test.sh`
 //!   (`scripts/zookeeper.sh start`), whose address arrives in
 //!   `ZK_ORACLE_ADDR`;
-//! - **RabbitMQ**, whose URL arrives in `AMQP_URL`.
+//! - **RabbitMQ**, whose URL arrives in `AMQP_URL`, and a 3-node RabbitMQ
+//!   cluster a test (or the benchmark) starts itself ([`broker_cluster`]).
 //!
 //! A server that is missing is a failed test, never a skipped one: every
 //! fixture panics with a message that says how to start what is missing.
@@ -20,6 +21,7 @@
 //! what each program's files keep across one.
 
 pub mod broker;
+pub mod broker_cluster;
 pub mod clock;
 pub mod crashfs;
 pub mod netns;

@@ -6,11 +6,13 @@ pub mod ensemble;
 pub mod linearizability;
 pub mod nemesis;
 pub mod requests;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub use testkit::broker_cluster;
 pub use testkit::process::{binary, Proc};
 
 /// A scratch directory, removed when dropped.

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_tests::ensemble::{Ensemble, Mode};
+use e2e_tests::stream::{percentile, submit_stream, Stream};
 use e2e_tests::{start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
-use system_a::proto::tasks_client::TasksClient;
-use system_a::proto::SubmitRequest;
 use zk_recipes::session::Client;
 
 const SESSION_MS: u64 = 6000;
@@ -36,67 +35,6 @@ async fn set_config(c: &Client, path: &str, body: &str) {
 fn entity_value(store: &Path, entity: &str) -> i64 {
     let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
     serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// What a stream of submits saw.
-struct Stream {
-    ok: usize,
-    failed: Vec<String>,
-    latencies: Vec<Duration>,
-    /// Successful submits per entity.
-    per_entity: Vec<(String, i64)>,
-}
-
-/// `clients` loops submitting `add 1` to their own entity until `stop`.
-async fn submit_stream(a_addr: String, clients: usize, stop: Arc<AtomicBool>) -> Stream {
-    let grpc = TasksClient::connect(format!("http://{a_addr}")).await.expect("gRPC");
-    let mut loops = Vec::new();
-    for c in 0..clients {
-        let mut g = grpc.clone();
-        let stop = stop.clone();
-        loops.push(tokio::spawn(async move {
-            let entity = format!("c{c}");
-            let (mut ok, mut failed, mut lat) = (0i64, Vec::new(), Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let r = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    g.submit(SubmitRequest {
-                        entity: entity.clone(),
-                        op: "add".into(),
-                        amount: 1,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-                lat.push(t.elapsed());
-                match r {
-                    Ok(Ok(_)) => ok += 1,
-                    Ok(Err(s)) => failed.push(format!("{:?}: {}", s.code(), s.message())),
-                    Err(_) => failed.push("no answer within 30 s".into()),
-                }
-            }
-            (entity, ok, failed, lat)
-        }));
-    }
-    let mut s = Stream { ok: 0, failed: vec![], latencies: vec![], per_entity: vec![] };
-    for l in loops {
-        let (entity, ok, failed, lat) =
-            tokio::time::timeout(Duration::from_secs(60), l).await.expect("in time").expect("loop");
-        s.ok += ok as usize;
-        s.failed.extend(failed);
-        s.latencies.extend(lat);
-        s.per_entity.push((entity, ok));
-    }
-    s.latencies.sort();
-    s
 }
 
 /// The task pipeline on a fresh ensemble of its own: two system-b (5 ms
@@ -176,14 +114,14 @@ async fn task_stream_survives_leader_kill() {
          p99 {:?} max {:?} (over {since_kill:?} since the kill)",
         leader + 1,
         new_leader + 1,
-        s.ok,
+        s.ok(),
         s.failed.len(),
-        percentile(&s.latencies, 0.5),
-        percentile(&s.latencies, 0.99),
-        s.latencies.last().copied().unwrap_or_default(),
+        percentile(&s.sorted_latencies(), 0.5),
+        percentile(&s.sorted_latencies(), 0.99),
+        s.sorted_latencies().last().copied().unwrap_or_default(),
     );
     p.assert_exactly_once(&s, "through the election");
-    assert!(s.ok > 20, "too few submits to mean anything: {}", s.ok);
+    assert!(s.ok() > 20, "too few submits to mean anything: {}", s.ok());
 }
 
 /// The lock recipe, four sessions contending for one lock, while the
@@ -411,10 +349,10 @@ async fn follower_killed_and_restarted() {
         "follower zk{} killed and restarted: serving {serving:?} after its restart; {} submits ok, {} failed, \
          latency p99 {:?} max {:?}; {want} task nodes on it",
         follower + 1,
-        s.ok,
+        s.ok(),
         s.failed.len(),
-        percentile(&s.latencies, 0.99),
-        s.latencies.last().copied().unwrap_or_default(),
+        percentile(&s.sorted_latencies(), 0.99),
+        s.sorted_latencies().last().copied().unwrap_or_default(),
     );
     let _ = restarted;
     p.assert_exactly_once(&s, "while the follower was down");

@@ -1,0 +1,211 @@
+//! The services on a 3-node RabbitMQ cluster with quorum queues, through
+//! the faults a cluster exists to absorb: the node holding the task
+//! queue's leader killed -9 mid-stream, and a node whose data dir is lost,
+//! rebuilt and rejoined. A fault a majority survives must cost latency
+//! only: no refused submit, nothing lost, nothing applied twice.
+//!
+//! Each test starts its own cluster (tests/src/broker_cluster.rs), one at a
+//! time, and a coordinator of its own; system-a and the two system-b are
+//! given the three nodes in a different order each, so a service is
+//! connected to every node and whichever dies takes a service's connection
+//! with it. Each prints its figures (submits, latency p99 and max, time to
+//! recover); docs/faults.md records them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e_tests::broker_cluster::{node_name, BrokerCluster};
+use e2e_tests::stream::{submit_stream, Stream};
+use e2e_tests::{start_coordinator, Proc, TempDir};
+use zk_recipes::session::Client;
+
+/// The task pipeline on a fresh broker cluster and coordinator: system-a
+/// and two system-b (5 ms of work a task), each given the three nodes
+/// starting from a different one, with a stream of submits from 4 clients
+/// running until [`Pipeline::stop_stream`].
+struct Pipeline {
+    // Fields drop in order: the services stop before the servers under
+    // them, and the scratch directory goes last.
+    _a: Proc,
+    _bs: Vec<Proc>,
+    c: Client,
+    stop: Arc<AtomicBool>,
+    stream: Option<tokio::task::JoinHandle<Stream>>,
+    root: String,
+    queue: String,
+    store: PathBuf,
+    _coordinator: Proc,
+    cluster: BrokerCluster,
+    _dir: TempDir,
+}
+
+impl Pipeline {
+    async fn start(prefix: &str) -> Pipeline {
+        let dir = TempDir::new(prefix);
+        let cluster = tokio::task::block_in_place(|| BrokerCluster::start(dir.path()));
+        let queue = testkit::unique("tasks");
+        let users = tokio::task::block_in_place(|| cluster.provision(&queue));
+        let replicas = tokio::task::block_in_place(|| (cluster.queue_type(&queue), cluster.members(&queue)));
+        assert_eq!(replicas, ("quorum".to_string(), vec![0, 1, 2]), "the task queue: a quorum queue on every node");
+        let (coordinator, zk) = start_coordinator(&["--tick-time", "500"], dir.path());
+        let root = format!("/{}", testkit::unique("bcl"));
+        let store = dir.path().join("store");
+        let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
+        let configured = async {
+            for (node, body) in [("system-b", r#"{"work_ms":5}"#), ("system-a", r#"{"timeout_ms":60000}"#)] {
+                let path = format!("{root}/config/{node}");
+                zk_recipes::ensure_path(&c.zk, &path).await.expect("config");
+                c.zk.set_data(&path, body.as_bytes().to_vec(), None).await.expect("set");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
+        let common = |name: &str, role: &str, first: usize| {
+            let mut args =
+                vec!["--zk".to_string(), zk.clone(), "--root".into(), root.clone(), "--queue".into(), queue.clone()];
+            args.extend(["--instance".to_string(), name.to_string()]);
+            args.extend(users.flags_at(role, &cluster.urls(first)));
+            args
+        };
+        let mut bs = Vec::new();
+        for (name, first) in [("b1", 1), ("b2", 2)] {
+            let mut args = common(name, "system-b", first);
+            args.extend(["--store-dir".to_string(), store.to_str().expect("utf-8").to_string()]);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut p = Proc::spawn("system-b", &refs, dir.path());
+            p.wait_line("system-b ready", Duration::from_secs(30));
+            bs.push(p);
+        }
+        let mut args = common("a1", "system-a", 0);
+        args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut a = Proc::spawn("system-a", &refs, dir.path());
+        let a_addr = a.wait_line("system-a listening on", Duration::from_secs(30));
+        a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stream = Some(tokio::spawn(submit_stream(a_addr, 4, stop.clone())));
+        Pipeline { _a: a, _bs: bs, c, stop, stream, root, queue, store, _coordinator: coordinator, cluster, _dir: dir }
+    }
+
+    /// Ends the stream of submits; what it saw.
+    async fn stop_stream(&mut self) -> Stream {
+        self.stop.store(true, Ordering::Relaxed);
+        let stream = self.stream.take().expect("the stream runs");
+        tokio::time::timeout(Duration::from_secs(60), stream).await.expect("in time").expect("stream")
+    }
+
+    /// No submit of `s` failed; each entity's value is its count of
+    /// successful submits, and the task nodes answered `done` are as many:
+    /// nothing lost, nothing applied twice.
+    async fn assert_exactly_once(&self, s: &Stream, during: &str) {
+        assert!(
+            s.failed.is_empty(),
+            "{} submits failed {during}, first: {:?}",
+            s.failed.len(),
+            s.failed.iter().take(3).collect::<Vec<_>>()
+        );
+        // A duplicate publish (a confirm lost with its node) may still be
+        // on its way: give it the time to be (not) applied.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (entity, ok) in &s.per_entity {
+            let text = std::fs::read_to_string(self.store.join(format!("{entity}.json"))).unwrap_or_default();
+            let value =
+                serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0);
+            assert_eq!(value, *ok, "{entity}: a task was lost or applied twice {during}");
+        }
+        let done = async {
+            let tasks = format!("{}/tasks", self.root);
+            let mut done = 0;
+            for t in self.c.zk.get_children(&tasks, false).await.expect("tasks") {
+                let (data, _) = self.c.zk.get_data(&format!("{tasks}/{t}"), false).await.expect("task");
+                if String::from_utf8_lossy(&data).contains(r#""status":"done""#) {
+                    done += 1;
+                }
+            }
+            done
+        };
+        let done = tokio::time::timeout(Duration::from_secs(30), done).await.expect("counted in time");
+        assert_eq!(done, s.ok(), "the task nodes and the submits disagree {during}");
+    }
+}
+
+/// The node holding the task queue's Raft leader killed -9 while 4 clients
+/// submit: a new leader takes over on the two nodes left, the services
+/// connected to the dead node move to the others, and every submit is
+/// done, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_stream_survives_the_queue_leaders_node_killed() {
+    let mut p = Pipeline::start("bcl-leader").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = p.cluster.leader(&p.queue).expect("the task queue has a leader");
+    let killed = Instant::now();
+    p.cluster.kill9(leader);
+    let new_leader = tokio::task::block_in_place(|| loop {
+        match p.cluster.leader(&p.queue) {
+            Some(l) if l != leader => return l,
+            _ => assert!(killed.elapsed() < Duration::from_secs(30), "no new leader within 30 s"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let elected = killed.elapsed();
+    // Keep submitting a while after: the moves and the outbox's re-publishes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = p.stop_stream().await;
+    println!(
+        "{}",
+        s.report(
+            &format!(
+                "task queue leader's node {} killed, {} leads (seen {elected:?} after)",
+                node_name(leader),
+                node_name(new_leader)
+            ),
+            killed
+        )
+    );
+    p.assert_exactly_once(&s, "through the leader's death").await;
+    assert!(s.ok() > 20, "too few submits to mean anything: {}", s.ok());
+    let after_kill = s.calls.iter().filter(|c| c.ok && c.at > killed.duration_since(s.started)).count();
+    assert!(after_kill > 10, "too few submits after the kill to mean anything: {after_kill}");
+}
+
+/// A node's data dir lost (kill -9, its mnesia dir deleted), then the node
+/// rebuilt as an operator does (forgotten, started empty, joined again,
+/// given its replica back): tasks flow throughout, none lost or doubled,
+/// and the task queue ends with a replica on every node again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_stream_survives_a_node_losing_its_data() {
+    let mut p = Pipeline::start("bcl-disk").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The leader's node: the worst one to lose.
+    let lost = p.cluster.leader(&p.queue).expect("the task queue has a leader");
+    let fault = Instant::now();
+    p.cluster.kill9(lost);
+    p.cluster.lose_data(lost);
+    // Two nodes carry the stream a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rebuilding = Instant::now();
+    tokio::task::block_in_place(|| p.cluster.rebuild(lost));
+    let rebuilt = rebuilding.elapsed();
+    let members = tokio::task::block_in_place(|| p.cluster.members(&p.queue));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = p.stop_stream().await;
+    println!(
+        "{} (the rebuild took {rebuilt:?})",
+        s.report(&format!("{} lost its data dir and was rebuilt", node_name(lost)), fault)
+    );
+    p.assert_exactly_once(&s, "through the data loss and the rebuild").await;
+    assert_eq!(members, vec![0, 1, 2], "the rebuilt node holds a replica of the task queue again");
+    assert!(s.ok() > 20, "too few submits to mean anything: {}", s.ok());
+    // Late copies (outbox re-publishes whose first copy was confirmed after
+    // all) are consumed as no-ops; then the queue is empty.
+    let mut left = None;
+    for _ in 0..20 {
+        left = tokio::task::block_in_place(|| p.cluster.messages(&p.queue));
+        if left == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(left, Some(0), "every message consumed");
+}
