@@ -398,9 +398,10 @@ async fn a_task_is_one_trace_from_system_a_through_rabbitmq_into_system_b() {
 /// With no endpoint, nothing is exported, nothing connects (the receiver
 /// listens where an exporter with no endpoint would go, OTLP/gRPC's default
 /// 127.0.0.1:4317), no exporter thread runs, logs carry no trace id, and
-/// tasks are done as ever.
+/// tasks are done as ever; with an endpoint where no collector answers,
+/// tasks are done as fast as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_no_endpoint_nothing_is_exported_and_nothing_breaks() {
+async fn with_no_endpoint_nothing_connects_and_with_no_collector_tasks_still_run() {
     let dir = TempDir::new("untraced");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:4317").await.unwrap_or_else(|e| {
         panic!("127.0.0.1:4317 (OTLP/gRPC's default port) is taken ({e}): this test listens there to see that nothing connects")
@@ -440,5 +441,30 @@ async fn with_no_endpoint_nothing_is_exported_and_nothing_breaks() {
             "{}'s log does not show the task: the check above proves nothing",
             p.name
         );
+    }
+
+    // A collector that is away costs the spans, never a task: a system-a
+    // exporting to a port nothing listens on answers as fast as ever, and
+    // says why its spans are lost.
+    let away = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let endpoint = format!("http://{}", away.local_addr().expect("addr"));
+    drop(away);
+    let env = traced(&endpoint);
+    let (away, addr) = start_system_a_with_env(&zk, &root, &queue, &[], &env_refs(&env), dir.path());
+    let mut grpc = TasksClient::connect(format!("http://{addr}")).await.expect("gRPC");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let id = submit(&mut grpc, "acct", None).await;
+        done(&c, &root, &id).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a task took {:?} with the collector away",
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    while !away.log_text().contains("ExportError") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no word of the lost spans:\n{}", away.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
