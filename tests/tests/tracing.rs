@@ -233,7 +233,8 @@ async fn a_task_is_one_trace_from_system_a_through_rabbitmq_into_system_b() {
     let env = traced(&endpoint);
     let b =
         start_system_b_with_env(&zk, &root, &queue, &dir.path().join("store"), "b1", 4000, &env_refs(&env), dir.path());
-    let (a, addr) = start_system_a_with_env(&zk, &root, &queue, &[], &env_refs(&env), dir.path());
+    // system-a logs JSON: the trace id must be in both formats.
+    let (a, addr) = start_system_a_with_env(&zk, &root, &queue, &["--log-json"], &env_refs(&env), dir.path());
     assert!(runs_exporter_thread(&a) && runs_exporter_thread(&b), "the exporter is not running with an endpoint set");
     let mut grpc = TasksClient::connect(format!("http://{addr}")).await.expect("gRPC");
     let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
@@ -270,13 +271,17 @@ async fn a_task_is_one_trace_from_system_a_through_rabbitmq_into_system_b() {
         let span = trace.iter().find(|s| s.name == name).expect("span");
         assert_eq!(ancestors(&trace, span)[0].span_id, task_span.span_id, "{name} is not a child of B's task span");
     }
-    // The logs carry it: system-b's line for the applied task, and
-    // system-a's answer.
+    // The logs carry it: system-b's line for the applied task (text), and
+    // system-a's answer (JSON).
     let tagged = format!("trace_id={}", submit_span.trace_id);
     let b_line = b.log_text().lines().find(|l| l.contains("applied") && l.contains(&id)).map(str::to_string);
     assert!(b_line.as_deref().is_some_and(|l| l.contains(&tagged)), "system-b's log line lacks {tagged}: {b_line:?}");
+    let tagged = format!(r#""trace_id":"{}""#, submit_span.trace_id);
     let a_line = a.log_text().lines().find(|l| l.contains("task answered") && l.contains(&id)).map(str::to_string);
-    assert!(a_line.as_deref().is_some_and(|l| l.contains(&tagged)), "system-a's log line lacks {tagged}: {a_line:?}");
+    assert!(
+        a_line.as_deref().is_some_and(|l| l.contains(&tagged)),
+        "system-a's JSON log line lacks {tagged}: {a_line:?}"
+    );
 
     // 2. A caller's traceparent: the Submit continues that trace, and
     //    system-b's work with it.
