@@ -157,11 +157,19 @@ pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor, origin: &st
             tracing::debug!(origin, "ignoring a malformed or oversized traceparent: starting a new trace");
         }
     }
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id);
+    }
+}
+
+/// `span`'s trace id, when traces are on.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
     let context = span.context();
     let ids = context.span().span_context().clone();
-    if ids.is_valid() {
-        span.record("trace_id", tracing::field::display(ids.trace_id()));
-    }
+    ids.is_valid().then(|| ids.trace_id().to_string())
 }
 
 /// Writes `span`'s trace context into `carrier`; nothing when traces are

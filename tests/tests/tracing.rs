@@ -300,6 +300,26 @@ async fn a_task_is_one_trace_from_system_a_through_rabbitmq_into_system_b() {
     assert_eq!(submit_span.trace_state, "client=1", "the caller's tracestate was not kept");
     assert!(trace.iter().any(|s| s.service == "system-b" && s.name == "task"), "system-b's task is not in the trace");
 
+    // 2b. `system-a submit`, the shell's client, roots the trace itself
+    //     and prints its id.
+    let out = std::process::Command::new(e2e_tests::binary("system-a"))
+        .args(["submit", "--server", &format!("http://{addr}"), "--entity", "acct"])
+        .envs(env_refs(&env))
+        .output()
+        .expect("run system-a submit");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "system-a submit failed: {printed}{}", String::from_utf8_lossy(&out.stderr));
+    let shell_trace = printed.lines().find_map(|l| l.strip_prefix("trace ")).expect("the trace id printed").to_string();
+    let (call, submit_span) = receiver
+        .wait_for("the shell client's span and the Submit under it", |spans| {
+            let call = spans.iter().find(|s| s.name == "submit_call" && s.trace_id == shell_trace)?;
+            let submit = spans.iter().find(|s| s.name == "submit" && s.trace_id == shell_trace)?;
+            Some((call.clone(), submit.clone()))
+        })
+        .await;
+    assert!(call.parent.is_empty(), "the shell's call is not the trace's root: {call:?}");
+    assert_eq!(submit_span.parent, call.span_id, "the Submit is not the child of the shell's call");
+
     // 3. A context system-b cannot trust: a malformed traceparent, a
     //    traceparent of another type, an oversized one, are each ignored
     //    (the task's span starts its own trace) and the task is done; a
