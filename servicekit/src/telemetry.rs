@@ -87,9 +87,15 @@ pub fn init(service: &str, json: bool) {
         _ => None,
     };
     tracing_subscriber::registry().with(logs).with(layer).init();
+    // An endpoint may carry a user and password: never in a log.
     match traces {
-        Some((endpoint, Ok(_))) => tracing::info!(endpoint, "exporting traces over OTLP"),
-        Some((endpoint, Err(e))) => tracing::error!(endpoint, "traces are not exported: {e}"),
+        Some((endpoint, Ok(_))) => {
+            tracing::info!(endpoint = crate::rabbit::redact_url(&endpoint), "exporting traces over OTLP")
+        }
+        Some((endpoint, Err(e))) => {
+            let endpoint = crate::rabbit::redact_url(&endpoint);
+            tracing::error!(endpoint, "traces are not exported: {}", crate::rabbit::redact_url(&e.to_string()))
+        }
         None => {}
     }
 }
@@ -158,7 +164,7 @@ pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor, origin: &st
         }
     }
     if let Some(id) = trace_id(span) {
-        span.record("trace_id", id);
+        span.record("trace_id", tracing::field::display(id));
     }
 }
 
