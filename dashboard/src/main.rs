@@ -119,7 +119,7 @@ fn lock(h: &Mutex<history::History>) -> std::sync::MutexGuard<'_, history::Histo
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    servicekit::telemetry::init(args.log_json);
+    servicekit::telemetry::init(env!("CARGO_BIN_NAME"), args.log_json);
     if let Err(e) = run(args).await {
         eprintln!("dashboard: {e:#}");
         std::process::exit(1);

@@ -2,7 +2,8 @@
 //! scenario.
 //!
 //! # Layout
-//! - [`telemetry`]: tracing to stderr, human-readable or JSON.
+//! - [`telemetry`]: logs to stderr (text or JSON), and traces: OTLP export
+//!   when configured, W3C trace context carried across services.
 //! - [`CommonArgs`]: the flags every service takes (ZooKeeper, RabbitMQ,
 //!   instance id, root prefix), with env vars and clear startup errors.
 //! - [`live_config`]: runtime settings from `/config/<service>`, applied
@@ -36,6 +37,7 @@ pub mod layout;
 pub mod metrics;
 pub mod rabbit;
 pub mod status;
+pub mod telemetry;
 
 use std::time::Duration;
 
@@ -207,32 +209,6 @@ impl CommonArgs {
     }
 }
 
-pub mod telemetry {
-    use std::io::IsTerminal;
-
-    /// Installs the global subscriber: logs to stderr (stdout carries the
-    /// readiness lines tests and scripts wait for), filtered by `RUST_LOG`
-    /// (default `info`). Coloured only when stderr is a terminal: in a log
-    /// file (scripts/run.sh, the tests) escape codes are noise to a reader
-    /// and break grep.
-    pub fn init(json: bool) {
-        // zookeeper-async logs each connect request, session password
-        // included, at INFO: a secret must never reach a log, so its
-        // connection module is held to warnings unless RUST_LOG says more.
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_async::io=warn"));
-        let logs = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_env_filter(filter);
-        if json {
-            logs.json().init();
-        } else {
-            logs.init();
-        }
-    }
-}
-
 /// Follows `/config/<service>` (JSON) and keeps the latest valid settings in
 /// a `watch`. A missing node means defaults; invalid JSON is logged and the
 /// last good settings stay, so a typo cannot take a running service down.
@@ -302,6 +278,7 @@ pub fn exit_after(stop: &CancellationToken, budget: Duration) {
         stop.cancelled().await;
         tokio::time::sleep(budget).await;
         tracing::warn!("the graceful stop took longer than {budget:?}: exiting now");
+        telemetry::shutdown(Duration::from_millis(500));
         std::process::exit(0);
     });
 }

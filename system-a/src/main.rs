@@ -65,7 +65,7 @@ enum Cmd {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    servicekit::telemetry::init(args.common.log_json);
+    servicekit::telemetry::init(env!("CARGO_BIN_NAME"), args.common.log_json);
     let result = match args.cmd {
         Some(Cmd::Submit { server, entity, amount, op, request_id }) => {
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -73,6 +73,7 @@ async fn main() {
         }
         None => serve(args).await,
     };
+    servicekit::telemetry::shutdown(Duration::from_secs(1));
     if let Err(e) = result {
         eprintln!("system-a: {e:#}");
         std::process::exit(1);

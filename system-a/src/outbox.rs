@@ -23,15 +23,24 @@
 //! than any Submit can take, deleted unpublished: that task was never
 //! accepted.
 //!
+//! An entry holds the task message and the trace context of the Submit
+//! that accepted it ([`Entry`]): a task published later, by the drain of
+//! another system-a, still joins its Submit's trace.
+//!
 //! The directory also holds request records, `<id>.request` (see
 //! `submit`, "Idempotency"): the outbox is the one directory only
 //! system-a may write, and a record must outlive its task's result. A
 //! record's name is not a task id (no task id has a '.'), and the drain
 //! passes it by; the reaper deletes it with its task.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+use servicekit::telemetry;
+use task_contract::TaskMessage;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use zk_recipes::retry;
 use zk_recipes::session::Client;
 use zk_recipes::ZkError;
@@ -57,6 +66,53 @@ pub fn record_name(task_id: &str) -> String {
 
 /// What ends a request record's name; no task id contains a '.'.
 pub const RECORD_SUFFIX: &str = ".request";
+
+/// An outbox entry: the message to publish, and the W3C trace context
+/// (`traceparent`, `tracestate`) of the Submit that accepted the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub task: TaskMessage,
+    #[serde(default)]
+    pub trace: HashMap<String, String>,
+}
+
+/// What the drain publishes from an entry's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The message body.
+    pub body: Vec<u8>,
+    /// The trace context to continue; empty for none. Read back from the
+    /// coordination server, so it is checked like any carrier
+    /// (`servicekit::telemetry::continue_trace`).
+    pub trace: HashMap<String, String>,
+}
+
+impl Entry {
+    pub fn new(task: TaskMessage, trace: HashMap<String, String>) -> Entry {
+        Entry { task, trace }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// What to publish from an entry's bytes. An entry written before
+    /// entries carried a trace context is the bare message; bytes that are
+    /// neither are published as they are, as they always were: system-b
+    /// dead-letters what it cannot read.
+    pub fn decode(bytes: &[u8]) -> Stored {
+        match serde_json::from_slice::<Entry>(bytes) {
+            Ok(e) => Stored { body: e.task.encode(), trace: e.trace },
+            Err(_) => Stored { body: bytes.to_vec(), trace: HashMap::new() },
+        }
+    }
+
+    /// Whether two entries publish the same message, whatever trace each
+    /// carries (two copies of one request are two Submits, two traces).
+    pub fn same_message(a: &[u8], b: &[u8]) -> bool {
+        Entry::decode(a).body == Entry::decode(b).body
+    }
+}
 
 /// The task is confirmed by the broker: its outbox entry is done. Deleting
 /// it is safe to repeat (`NoNode` means an earlier attempt, or another
@@ -133,19 +189,69 @@ pub async fn drain(
                 }
                 Err(_) => continue,
             }
-            match publish(&slot, &queue, &id, &body).await {
-                Ok(()) => {
-                    tracing::info!(task_id = id, "published from the outbox");
-                    confirmed(&client, &entry).await;
+            let stored = Entry::decode(&body);
+            let span = tracing::info_span!(
+                "publish",
+                otel.kind = "producer",
+                task_id = id,
+                from = "outbox",
+                trace_id = tracing::field::Empty
+            );
+            telemetry::continue_trace(&span, &stored.trace, "outbox entry");
+            let published = async {
+                match publish(&slot, &queue, &id, &stored.body).await {
+                    Ok(()) => {
+                        tracing::info!("published from the outbox");
+                        confirmed(&client, &entry).await;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!("outbox publish: {e}");
+                        false
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(task_id = id, "outbox publish: {e}");
-                    // The broker is away again: try the rest later (and
-                    // only measure them now).
-                    connected = slot.read().await.is_some();
-                }
+            };
+            if !published.instrument(span).await {
+                // The broker is away again: try the rest later (and only
+                // measure them now).
+                connected = slot.read().await.is_some();
             }
         }
         metrics.outbox(count, oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace() -> HashMap<String, String> {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        HashMap::from([("traceparent".to_string(), parent.to_string())])
+    }
+
+    #[test]
+    fn an_entry_publishes_its_message_with_its_trace() {
+        let entry = Entry::new(TaskMessage::new("t1"), trace());
+        let stored = Entry::decode(&entry.encode());
+        assert_eq!(stored.body, TaskMessage::new("t1").encode());
+        assert_eq!(stored.trace, trace());
+    }
+
+    #[test]
+    fn an_entry_from_before_traces_is_its_message() {
+        let bare = TaskMessage::new("t1").encode();
+        assert_eq!(Entry::decode(&bare), Stored { body: bare.clone(), trace: HashMap::new() });
+        let garbage = b"not json".to_vec();
+        assert_eq!(Entry::decode(&garbage).body, garbage, "published as it is, for system-b to dead-letter");
+    }
+
+    #[test]
+    fn two_copies_of_a_request_are_the_same_entry_whatever_their_traces() {
+        let first = Entry::new(TaskMessage::new("t1"), trace()).encode();
+        let retry = Entry::new(TaskMessage::new("t1"), HashMap::new()).encode();
+        assert!(Entry::same_message(&first, &retry));
+        assert!(Entry::same_message(&first, &TaskMessage::new("t1").encode()), "an entry from before traces");
+        assert!(!Entry::same_message(&first, &Entry::new(TaskMessage::new("t2"), trace()).encode()));
     }
 }

@@ -83,13 +83,18 @@ impl std::fmt::Display for Unpublished {
 }
 
 /// Publishes one task, persistent, mandatory, and waits for its confirm.
+/// The current span's trace context goes in the message's headers
+/// (`traceparent`, `tracestate`), for system-b to continue.
 pub async fn publish(slot: &ChannelSlot, queue: &str, id: &str, body: &[u8]) -> Result<(), Unpublished> {
     use Unpublished::{NotSent, Unknown};
     let channel = slot.read().await.clone().ok_or(NotSent("RabbitMQ is not connected".into()))?;
+    let mut headers = lapin::types::FieldTable::default();
+    servicekit::telemetry::inject(&tracing::Span::current(), &mut servicekit::telemetry::AmqpHeadersMut(&mut headers));
     let props = BasicProperties::default()
         .with_delivery_mode(2) // persistent: survives a broker restart
         .with_message_id(id.into())
-        .with_content_type("application/json".into());
+        .with_content_type("application/json".into())
+        .with_headers(headers);
     let confirm = channel
         .basic_publish(
             servicekit::rabbit::task_exchange(queue).as_str().into(),

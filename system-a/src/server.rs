@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::Stream;
+use opentelemetry::propagation::Extractor;
 use servicekit::{CommonArgs, QueueArgs};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,8 @@ struct Service {
 #[tonic::async_trait]
 impl Tasks for Service {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
-        self.submitter.submit(request.into_inner()).await.map(Response::new)
+        let (metadata, _, request) = request.into_parts();
+        self.submitter.submit(request, &CallerMetadata(metadata)).await.map(Response::new)
     }
 
     type WatchStream = UpdateStream;
@@ -47,6 +49,25 @@ impl Tasks for Service {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<UpdateStream>, Status> {
         let peer = request.remote_addr();
         self.watches.watch(request.into_inner().task_id, peer).await.map(Response::new)
+    }
+}
+
+/// A caller's gRPC metadata as a W3C trace context carrier: its
+/// `traceparent` and `tracestate`, if it sent them (the Submit continues
+/// its trace). Binary entries are no trace context.
+struct CallerMetadata(tonic::metadata::MetadataMap);
+
+impl Extractor for CallerMetadata {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        let ascii = |k| match k {
+            tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+            tonic::metadata::KeyRef::Binary(_) => None,
+        };
+        self.0.keys().filter_map(ascii).collect()
     }
 }
 

@@ -45,9 +45,12 @@
 //! A key lives as long as its task node: the reaper deletes both after
 //! `--task-retention-secs`. A retry after that is a new task.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use opentelemetry::propagation::Extractor;
 use serde::{Deserialize, Serialize};
+use servicekit::telemetry;
 use task_contract::{TaskMessage, TaskNode};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -88,7 +91,12 @@ pub struct Submitter {
 impl Submitter {
     /// One Submit, from the request to the caller's answer, counted by
     /// how it ended.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitReply, Status> {
+    ///
+    /// The Submit's span continues the caller's trace (`caller` is its
+    /// gRPC metadata); its context goes with the task, in the outbox entry
+    /// and in the message's headers, so system-b's work on it joins the
+    /// trace; the span ends with the answer.
+    pub async fn submit(&self, req: SubmitRequest, caller: &(dyn Extractor + Sync)) -> Result<SubmitReply, Status> {
         let called = Instant::now();
         let sub = match edge::check_submit(&req, || uuid::Uuid::new_v4().to_string()) {
             Ok(sub) => sub,
@@ -97,7 +105,15 @@ impl Submitter {
                 return Err(refused);
             }
         };
-        let span = tracing::info_span!("submit", task_id = %sub.task_id, entity = %req.entity);
+        let span = tracing::info_span!(
+            "submit",
+            otel.kind = "server",
+            task_id = %sub.task_id,
+            entity = %req.entity,
+            trace_id = tracing::field::Empty
+        );
+        telemetry::continue_trace(&span, caller, "gRPC metadata");
+        let trace = telemetry::carried(&span);
         let answered = async {
             // The caller's budget covers everything: recording the task
             // through a lost connection (retried) and its result.
@@ -114,12 +130,12 @@ impl Submitter {
             let status = match status {
                 Some(status) => status,
                 None => {
-                    let status = self.accept(&sub, deadline).await?;
-                    self.publish(&sub).await;
+                    let status = self.accept(&sub, &trace, deadline).await?;
+                    self.publish(&sub).instrument(tracing::info_span!("publish", otel.kind = "producer")).await;
                     status
                 }
             };
-            self.wait(&sub, status, timeout, deadline).await
+            self.wait(&sub, status, timeout, deadline).instrument(tracing::info_span!("wait_result")).await
         }
         .instrument(span)
         .await;
@@ -196,9 +212,16 @@ impl Submitter {
 
     /// The outbox entry, then the node and its watch, before anything can
     /// answer (see `outbox` for why in this order).
-    async fn accept(&self, sub: &Submission, deadline: Instant) -> Result<TaskStatus, Status> {
+    /// The entry keeps the Submit's `trace` context, so whichever system-a
+    /// publishes the task, system-b's work joins the Submit's trace.
+    async fn accept(
+        &self,
+        sub: &Submission,
+        trace: &HashMap<String, String>,
+        deadline: Instant,
+    ) -> Result<TaskStatus, Status> {
         let zk = &self.client.zk;
-        let body = TaskMessage::new(&sub.task_id).encode();
+        let body = outbox::Entry::new(TaskMessage::new(&sub.task_id), trace.clone()).encode();
         let entry = self.entry_path(sub);
         let recorded = async {
             zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
@@ -226,7 +249,8 @@ impl Submitter {
         }
     }
 
-    /// Publishes the accepted task, confirmed and routed. If RabbitMQ is
+    /// Publishes the accepted task, confirmed and routed, with the current
+    /// span's trace context in its headers. If RabbitMQ is
     /// away or the confirm is lost, the entry stays and the outbox drain
     /// publishes it once the broker is back: the caller waits, it is not
     /// refused.
@@ -270,9 +294,10 @@ impl Submitter {
     }
 }
 
-/// Creates `path` with `data`, or finds it already there with `data`
-/// (another copy of the same request made it): both are success. A node
-/// with other data is `NodeExists`.
+/// Creates the outbox entry `path` with `data`, or finds it already there
+/// with the same message (another copy of the same request made it, with
+/// its own trace context): both are success. An entry with another
+/// message is `NodeExists`.
 ///
 /// A node that is gone between our create and our read was the other
 /// copy's outbox entry, deleted by its confirm (or by the drain, as an
@@ -294,7 +319,7 @@ async fn create_or_same(
             Ok(_) => return Ok(()),
             Err(ZkError::NodeExists) => {
                 match zk_recipes::retry::retry(&Default::default(), deadline, |_| zk.get_data(path, false)).await {
-                    Ok((current, _)) if current == data => return Ok(()),
+                    Ok((current, _)) if outbox::Entry::same_message(&current, data) => return Ok(()),
                     Ok(_) => return Err(ZkError::NodeExists),
                     Err(ZkError::NoNode) => continue,
                     Err(e) => return Err(e),

@@ -120,19 +120,30 @@ async fn handle(
     let attempt = outcome::attempts_in(
         delivery.properties.headers().as_ref().and_then(|h| h.inner().get(outcome::ATTEMPTS_HEADER)),
     ) + 1;
-    let span = tracing::info_span!("task", task_id = %message.id, attempt);
+    // The task's work continues the trace whose context system-a put in
+    // the headers (a malformed one is ignored: the span starts its own).
+    let span = tracing::info_span!(
+        "task",
+        otel.kind = "consumer",
+        task_id = %message.id,
+        attempt,
+        trace_id = tracing::field::Empty
+    );
+    let headers = servicekit::telemetry::AmqpHeaders(delivery.properties.headers().as_ref());
+    servicekit::telemetry::continue_trace(&span, &headers, "AMQP headers");
     // Instrumented, never entered: an entered span held across an await
     // would stay entered on this thread for whatever runs there meanwhile.
     let settled = async {
         let handled = worker.handle(&message.id, attempt).await;
         worker.metrics.task(counted_as(&handled));
+        let ack = || delivery.acker.ack(BasicAckOptions::default()).instrument(tracing::info_span!("ack"));
         match handled {
             Handled::Done { .. } => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                let _ = ack().await;
             }
             Handled::NoOp(why) => {
                 tracing::info!("nothing to do: {why}");
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                let _ = ack().await;
             }
             Handled::NotDone(failure, disposition) => {
                 settle(alarms, &delivery, channel, queue, &failure, disposition, attempt).await

@@ -38,6 +38,7 @@ use std::time::Duration;
 use task_contract::{Op, TaskNode, TaskState};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 use zk_recipes::fencing::{self, Epoch, Refusal, Token};
 use zk_recipes::lock::{Lock, LockError, LockGuard};
 use zk_recipes::retry::{self, RetryPolicy};
@@ -126,6 +127,7 @@ impl Worker {
         let asked = std::time::Instant::now();
         let acquired = self
             .refused_twice(|e| matches!(e, LockError::Zk(ZkError::NoAuth)), || lock.acquire(&self.instance, LOCK_WAIT))
+            .instrument(tracing::info_span!("lock_wait", entity = %task.entity))
             .await;
         let guard = match acquired {
             Ok(g) => {
@@ -194,7 +196,9 @@ impl Worker {
             epoch: token.epoch,
             token: token.zxid,
         };
-        self.store.apply(&task.entity, token, applied).map_err(|e| self.refused(e))?;
+        tracing::info_span!("store_apply", %token)
+            .in_scope(|| self.store.apply(&task.entity, token, applied))
+            .map_err(|e| self.refused(e))?;
         // The window exactly-once must survive: applied, not yet answered.
         servicekit::failpoint::crash_if_armed("system-b/after-store-apply");
         let node = TaskNode::done(value, &self.instance, token.epoch, token.zxid);
@@ -356,6 +360,7 @@ impl Worker {
         let deadline = Instant::now() + PATIENCE;
         let written = self
             .refused_twice(is_noauth, || retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline))
+            .instrument(tracing::info_span!("result_write", status = node.status().as_str()))
             .await;
         match written {
             Ok(_) | Err(ZkError::BadVersion) | Err(ZkError::NoNode) => Ok(()),

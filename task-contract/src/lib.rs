@@ -9,8 +9,8 @@
 //!   truth**: only system-a may create it (its ACL says so), so what it says
 //!   is what the caller asked;
 //! - the **task message** ([`TaskMessage`]): what system-a publishes to
-//!   RabbitMQ for system-b, and keeps in its outbox (`<root>/outbox/<id>`)
-//!   until the broker confirms it. It says only *which* task to do, by id.
+//!   RabbitMQ for system-b, and keeps in its outbox (`<root>/outbox/<id>`,
+//!   beside the Submit's trace context) until the broker confirms it. It says only *which* task to do, by id.
 //!   Whoever can publish to the queue (a stolen broker password, a replayed
 //!   or rewritten message) can therefore at most ask for a task the node
 //!   already describes: a message naming no node, or a node that is already
