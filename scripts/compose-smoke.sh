@@ -809,7 +809,7 @@ scenarios() {
 # A clean start and the scenarios leave no WARN or ERROR line in the logs of
 # the project's own containers (the broker's and ZooKeeper's stand-ins log
 # as they do). A warning there must mean something is wrong.
-warning_lines() { grep -E '(^|[ |])(WARN|ERROR)[ :]|\| warning:|^warning:' | head -5 || true; }
+warning_lines() { grep -E '(^|[ |])(WARN|ERROR)[ :]|(^|[ |])warning:' | head -5 || true; }
 project_services() { dc config --services | grep -vxE 'rabbitmq|zk[0-9]|prometheus'; }
 no_warnings() {
   local s lines=""
