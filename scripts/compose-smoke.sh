@@ -374,7 +374,7 @@ services:
       args:
         RUST_IMAGE: $rust_image
     command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081",
-              "--admin-token-file", "/run/secrets/admin-token"]
+              "--admin-token-file", "/run/identity/admin.token"]
   rabbitmq:
     <<: *host
     image: $broker_image
