@@ -863,13 +863,13 @@ check_identities() {
   [ "$(dc exec -T system-b-1 stat -c '%a %u' /run/identity/zk.cred /run/identity/amqp.cred | tr '\n' ' ')" = "600 10001 600 10001 " ] ||
     fail "system-b's credentials are not 0600 and its own"
   dc exec -T system-b-1 grep -q '^auth = system-b:' /run/identity/zk.cred || fail "system-b's zk.cred is not system-b's"
+  # One pass over the container's files for the three passwords.
   for role in operator ha-worker system-a; do
     mp=$(docker volume inspect -f '{{.Mountpoint}}' "${project}_identity-$role")
-    f=$mp/zk.cred
-    sed -n 's/^auth = [^:]*://p' "$f" | dc exec -T system-b-1 bash -c \
-      'if grep -rlsF -D skip -f /dev/stdin --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev /; then exit 1; fi' >"$work/leak" 2>&1 ||
-      fail "system-b's container can read $role's password: $(cat "$work/leak")"
-  done
+    sed -n 's/^auth = [^:]*://p' "$mp/zk.cred"
+  done | dc exec -T system-b-1 bash -c \
+    'if grep -rlsF -D skip -f /dev/stdin --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev /; then exit 1; fi' >"$work/leak" 2>&1 ||
+    fail "system-b's container can read another role's password, in: $(cat "$work/leak")"
   say "each container mounts only its own identity; system-b's files are 0600 and 10001's; it can read no other role's password"
 }
 
