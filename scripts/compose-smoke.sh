@@ -58,8 +58,11 @@ work=${SMOKE_WORK:-$root/.run/compose-smoke}
 mkdir -p "$work"
 rust_version=$(rustc --version | awk '{print $2}')
 rust_image=coordination-demo/rust-host:$rust_version
-zk_image=coordination-demo/zookeeper-debian:3.8
-broker_image=coordination-demo/rabbitmq-proxy:latest
+# The tags name what the images are and change when what the smoke needs of
+# them does (a base image is rebuilt only when its tag is missing).
+zk_image=coordination-demo/zookeeper-debian:3.8-nometrics
+broker_image=coordination-demo/rabbitmq-proxy:definitions
+prometheus_image=coordination-demo/prometheus-debian:2.42
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
 compose=${SMOKE_COMPOSE:-docker-compose}
 t0=$(date +%s)
@@ -201,7 +204,14 @@ echo "${ZOO_MY_ID:?ZOO_MY_ID is required}" >/data/myid
     addr=$(getent hosts "$host" | awk '{print $1; exit}')
     echo "${s%;*};${addr:?cannot resolve $host}:${s##*;}"
   done
-  for kv in ${ZOO_CFG_EXTRA:-}; do echo "$kv"; done
+  # Debian's package lacks ZooKeeper's Prometheus metrics provider (the
+  # official image has it): its settings are left out, said once.
+  for kv in ${ZOO_CFG_EXTRA:-}; do
+    case $kv in
+    metricsProvider.*) echo "stand-in: no Prometheus metrics provider in Debian's zookeeper; ignoring $kv" >&2 ;;
+    *) echo "$kv" ;;
+    esac
+  done
 } >"$conf"
 exec java -Xmx256m -Dzookeeper.root.logger=INFO,CONSOLE \
   -cp "/conf:/usr/share/java/zookeeper.jar" \
@@ -261,17 +271,50 @@ trap 'trap - TERM INT; kill 0' TERM INT
 socat "TCP-LISTEN:5672,bind=${addr:?cannot resolve rabbitmq},reuseaddr,fork" TCP:127.0.0.1:5672 &
 wait
 EOF
+  # The broker image loads the definitions it mounts at boot; the host's
+  # broker is given them by this script (import_definitions_loop), which
+  # records the hash of what it imported in /imported/sha256. Ready means
+  # both: AMQP answers, and the definitions in the broker's own volume are
+  # the ones loaded.
+  cat >"$ctx/broker-ready" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+amqp-ping rabbitmq 5672
+[ "$(sha256sum </run/identity/definitions.json)" = "$(cat /imported/sha256)" ]
+EOF
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends socat \
  && rm -rf /var/lib/apt/lists/*
-COPY amqp-ping broker-proxy /usr/local/bin/
-RUN chmod +x /usr/local/bin/amqp-ping /usr/local/bin/broker-proxy
+COPY amqp-ping broker-proxy broker-ready /usr/local/bin/
+RUN chmod +x /usr/local/bin/amqp-ping /usr/local/bin/broker-proxy /usr/local/bin/broker-ready
 CMD ["broker-proxy"]
 EOF
   docker build --network host -t "$broker_image" "$ctx" >"$work/broker-image.log" 2>&1 ||
     fail "building $broker_image failed; see $work/broker-image.log"
+  rm -rf "$ctx"
+}
+
+build_prometheus() {
+  have_image "$prometheus_image" && return
+  local ctx=$work/prometheus-ctx
+  say "building $prometheus_image from Debian's prometheus package"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  # The official image's layout: the binary as the entrypoint, the TSDB in
+  # /prometheus (owned by the user it runs as, so a named volume there is
+  # too), wget for the compose file's healthcheck.
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends prometheus wget \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /prometheus && chown prometheus:prometheus /prometheus
+USER prometheus
+ENTRYPOINT ["/usr/bin/prometheus"]
+EOF
+  docker build --network host -t "$prometheus_image" "$ctx" >"$work/prometheus-image.log" 2>&1 ||
+    fail "building $prometheus_image failed; see $work/prometheus-image.log"
   rm -rf "$ctx"
 }
 
@@ -281,6 +324,7 @@ build_debian
 build_rust
 build_zookeeper
 build_broker
+build_prometheus
 say "base images ready"
 if [ "$images_only" = 1 ]; then
   [ -z "$started_dockerd" ] || say "dockerd left running, pid $started_dockerd"
@@ -295,7 +339,7 @@ fi
 # system started meanwhile (scripts/run.sh, a test) takes the same ports.
 ports_free() {
   local port
-  for port in 2181 8080 8081 50051; do
+  for port in 2181 8080 8081 9090 50051; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       fail "port $port on 127.0.0.1 is taken by another process; the compose services need it"
     fi
@@ -309,12 +353,8 @@ if (exec 3<>/dev/tcp/127.0.0.14/5672) 2>/dev/null; then
   fail "127.0.0.14:5672 answers (a broker on 0.0.0.0?): the stand-in broker needs it; bind the host's RabbitMQ to 127.0.0.1"
 fi
 
-# Identities (docs/security.md): a fresh set for this deployment unless the
-# user has one (a set made before broker identities gets them added).
-[ -e "$root/.secrets/broker-definitions.json" ] || "$root/scripts/compose-secrets.sh" >/dev/null
-# The stand-in broker is the host's: load what the broker image loads at boot.
-"$root/scripts/rabbitmq.sh" import "$root/.secrets/broker-definitions.json" ||
-  fail "cannot import the broker definitions into the host's RabbitMQ"
+# Identities: none made here. The first `up` makes them (the `identities`
+# service), as for a user on a fresh checkout.
 
 hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.14", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
 override=$work/smoke-override.yml
@@ -334,16 +374,25 @@ services:
       args:
         RUST_IMAGE: $rust_image
     command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081",
-              "--admin-token-file", "/run/secrets/admin-token"]
+              "--admin-token-file", "/run/identity/admin.token"]
   rabbitmq:
     <<: *host
     image: $broker_image
     init: true
+    volumes:
+      - $work/broker-imported:/imported:ro
     healthcheck:
-      test: ["CMD", "amqp-ping", "rabbitmq", "5672"]
+      test: ["CMD", "broker-ready"]
       interval: 2s
       timeout: 5s
       retries: 30
+  prometheus:
+    <<: *host
+    image: $prometheus_image
+    command: ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+              "--web.listen-address=127.0.0.1:9090"]
+    volumes:
+      - $work/prometheus.yml:/etc/prometheus/prometheus.yml:ro
 YAML
   # Every other service of the base file, so a service added there is on
   # the host network here too (one left on the default network, which has
@@ -352,7 +401,7 @@ YAML
   # own; sharing the host's, they need a port each (compose merges these
   # into the base file's environment).
   metrics_port=9100
-  for s in $("$compose" -f "$root/docker-compose.yml" config --services | grep -vxE 'coordinator|rabbitmq'); do
+  for s in $("$compose" -f "$root/docker-compose.yml" config --services | grep -vxE 'coordinator|rabbitmq|prometheus|grafana'); do
     printf '  %s:\n    <<: *host\n' "$s"
     case $s in
     system-a | system-b-* | ha-worker-*)
@@ -385,9 +434,15 @@ render() {
   files+=(-f "$override")
   [ "$profile" = zookeeper ] && files+=(-f "$zk_override")
   "$compose" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
-  python3 - "$work/$profile.raw.yml" "$work/$profile.yml" "$work/$profile.forwards" <<'PY'
+  local scrape=$root/prometheus/prometheus.yml
+  [ "$profile" = zookeeper ] && scrape=$root/prometheus/prometheus-zookeeper.yml
+  python3 - "$work/$profile.raw.yml" "$work/$profile.yml" "$work/$profile.forwards" "$scrape" "$work/prometheus.yml" <<'PY'
 import re, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
+# Grafana is an optional profile whose image cannot be pulled here (and
+# Debian has no package): its dashboard's queries are run against
+# Prometheus instead (check_prometheus).
+doc["services"].pop("grafana", None)
 forwards = []
 for name, svc in doc["services"].items():
     ports = svc.pop("ports", None) or []
@@ -408,7 +463,71 @@ for name, svc in doc["services"].items():
             forwards.append(f"{ip} {published} {addr} {target}")
 yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
 open(sys.argv[3], "w").write("".join(f + "\n" for f in forwards))
+# The profile's own Prometheus file, each target moved to where its service
+# listens on the host network: its METRICS_LISTEN here, else its name's
+# address in extra_hosts with the same port.
+prom = yaml.safe_load(open(sys.argv[4]))
+jobs = []
+for job in prom["scrape_configs"]:
+    if job["job_name"] == "zookeeper":
+        print("the ZooKeeper stand-in (Debian's package) has no Prometheus metrics provider:"
+              " its job is left out here (the official image serves it on port 7000)", file=sys.stderr)
+        continue
+    for sc in job["static_configs"]:
+        moved = []
+        for t in sc["targets"]:
+            name, port = t.rsplit(":", 1)
+            svc = doc["services"][name]
+            listen = (svc.get("environment") or {}).get("METRICS_LISTEN")
+            if listen and listen.rsplit(":", 1)[1] != port:
+                moved.append(listen)
+                continue
+            hosts = svc.get("extra_hosts") or []
+            if isinstance(hosts, dict):
+                hosts = [f"{k}:{v}" for k, v in hosts.items()]
+            addr = next((re.split("[:=]", h, 1)[1] for h in hosts if re.split("[:=]", h, 1)[0] == name), "127.0.0.1")
+            moved.append(f"{addr}:{port}")
+        sc["targets"] = moved
+    jobs.append(job)
+prom["scrape_configs"] = jobs
+yaml.safe_dump(prom, open(sys.argv[5], "w"), sort_keys=False)
 PY
+}
+
+# The stand-in broker is the host's, and the broker image loads the
+# definitions in its volume at every boot: this loop plays that part. It
+# imports the definitions the `identities` service wrote into the broker's
+# volume (read on the host, through the volume's mount point) whenever they
+# change (the first `up`, a rotation), and records their hash where the
+# stand-in's healthcheck reads it, so the broker is healthy only once its
+# users are loaded, as the real one is.
+importer=
+import_definitions_loop() {
+  local imported=$work/broker-imported mp sum
+  mkdir -p "$imported"
+  rm -f "$imported/sha256"
+  while true; do
+    mp=$(docker volume inspect -f '{{.Mountpoint}}' "${project}_identity-rabbitmq" 2>/dev/null || true)
+    if [ -n "$mp" ] && [ -f "$mp/definitions.json" ]; then
+      sum=$(sha256sum <"$mp/definitions.json")
+      if [ "$sum" != "$(cat "$imported/sha256" 2>/dev/null)" ]; then
+        if "$root/scripts/rabbitmq.sh" import "$mp/definitions.json" 2>>"$work/import.log"; then
+          echo "$sum" >"$imported/sha256.new" && mv "$imported/sha256.new" "$imported/sha256"
+        fi
+      fi
+    fi
+    sleep 0.5
+  done
+}
+start_importer() {
+  import_definitions_loop &
+  importer=$!
+}
+stop_importer() {
+  [ -n "$importer" ] || return 0
+  kill "$importer" 2>/dev/null || true
+  wait "$importer" 2>/dev/null || true
+  importer=
 }
 
 # Forwarders for $work/<profile>.forwards, on the host, each in its own
@@ -494,6 +613,7 @@ dc() { "$compose" -p "$project" --project-directory "$root" -f "$work/$profile.y
 cleanup() {
   local rc=$?
   stop_forwards
+  stop_importer
   if [ -n "${profile:-}" ] && [ -f "$work/$profile.yml" ]; then
     if [ "$rc" != 0 ]; then
       say "logs of the failed run: $work/$profile.failed.log"
@@ -539,9 +659,9 @@ wait_healthy() {
       case "$state" in
       "running healthy" | "running ") break ;;
       esac
-      # init-acls is one-shot: done once it has exited 0.
-      if [ "$svc" = init-acls ] && [ "${state%% *}" = exited ]; then
-        [ "$(docker inspect -f '{{.State.ExitCode}}' "$id")" = 0 ] || fail "init-acls failed: $(dc logs --no-color init-acls | tail -5)"
+      # identities and init-acls are one-shot: done once exited 0.
+      if [[ "$svc" =~ ^(identities|init-acls)$ ]] && [ "${state%% *}" = exited ]; then
+        [ "$(docker inspect -f '{{.State.ExitCode}}' "$id")" = 0 ] || fail "$svc failed: $(dc logs --no-color "$svc" | tail -5)"
         break
       fi
       [ "$(date +%s)" -lt "$until" ] || fail "$svc is not running and healthy: $state"
@@ -553,10 +673,8 @@ wait_healthy() {
 
 # Runs a command as the operator: in a one-off init-acls container, the
 # only one that mounts the operator's secret (as the README does it).
-operator() { # zkctl ARGS...
-  local cmd=$1
-  shift
-  dc run --rm --no-deps -T init-acls "$cmd" --zk-credentials-file /run/secrets/zk-operator "$@"
+operator() { # zkctl ARGS... (ZK_CREDENTIALS_FILE is init-acls's own)
+  dc run --rm --no-deps -T init-acls "$@"
 }
 
 submit() { # ENTITY AMOUNT -> prints the value B returned
@@ -691,13 +809,152 @@ scenarios() {
 # A clean start and the scenarios leave no WARN or ERROR line in the logs of
 # the project's own containers (the broker's and ZooKeeper's stand-ins log
 # as they do). A warning there must mean something is wrong.
+warning_lines() { grep -E '(^|[ |])(WARN|ERROR)[ :]|(^|[ |])warning:' | head -5 || true; }
+project_services() { dc config --services | grep -vxE 'rabbitmq|zk[0-9]|prometheus'; }
 no_warnings() {
   local s lines=""
-  for s in $(dc config --services | grep -vxE 'rabbitmq|zk[0-9]'); do
-    lines+=$(dc logs --no-color "$s" 2>&1 | grep -E '(^|[ |])(WARN|ERROR)[ :]|\| warning:' | head -5 || true)
+  for s in $(project_services); do
+    lines+=$(dc logs --no-color "$s" 2>&1 | warning_lines)
   done
   [ -z "$lines" ] || { echo "$lines" >&2; fail "WARN or ERROR lines $1 (above)"; }
   say "no WARN or ERROR line $1"
+}
+
+# `stop`, then what every project container logged from the moment it was
+# asked to stop: a clean shutdown (SIGTERM, sessions closed, the broker
+# connection closed) says nothing alarming. `down` is `stop` and then the
+# containers' removal, which takes their logs with it; so the logs are read
+# in between.
+stop_quietly() { # WHAT
+  local since s id lines=""
+  since=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+  dc stop >/dev/null 2>&1 || fail "stop failed"
+  for s in $(project_services); do
+    for id in $(dc ps -a -q "$s"); do
+      lines+=$(docker logs --since "$since" "$id" 2>&1 | sed "s/^/$s: /" | warning_lines)
+    done
+  done
+  [ -z "$lines" ] || { echo "$lines" >&2; fail "WARN or ERROR lines while stopping $1 (above)"; }
+  say "no WARN or ERROR line while stopping $1"
+}
+
+# Each container sees its own identity and no other: the identity volumes
+# each one mounts, read from the engine; in one service's container, its
+# files private and its own; and no file it can read there holds another
+# role's password (each password read on the host from its volume and
+# given to grep on standard input, never in a command line).
+check_identities() {
+  local s id mounts want mp role f
+  for s in $(dc config --services); do
+    id=$(dc ps -a -q "$s" | head -1)
+    mounts=$(docker inspect -f '{{range .Mounts}}{{.Name}} {{end}}' "$id" | tr ' ' '\n' | sed -n "s/^${project}_\(identity-.*\)/\1/p" | sort | tr '\n' ' ')
+    case $s in
+    identities) want=$(printf '%s\n' operator coordinator dashboard system-a system-b ha-worker rabbitmq | sed 's/^/identity-/' | sort | tr '\n' ' ') ;;
+    init-acls) want="identity-operator " ;;
+    system-b-*) want="identity-system-b " ;;
+    ha-worker-*) want="identity-ha-worker " ;;
+    coordinator | dashboard | system-a | rabbitmq) want="identity-$s " ;;
+    *) want="" ;;
+    esac
+    [ "$mounts" = "$want" ] || fail "$s mounts identities '$mounts', expected '$want'"
+  done
+  [ "$(dc exec -T system-b-1 ls -A /run/identity | tr '\n' ' ')" = "amqp.cred zk.cred " ] ||
+    fail "system-b's identity volume holds more than its own files"
+  [ "$(dc exec -T system-b-1 stat -c '%a %u' /run/identity/zk.cred /run/identity/amqp.cred | tr '\n' ' ')" = "600 10001 600 10001 " ] ||
+    fail "system-b's credentials are not 0600 and its own"
+  dc exec -T system-b-1 grep -q '^auth = system-b:' /run/identity/zk.cred || fail "system-b's zk.cred is not system-b's"
+  # One pass over the container's files for the three passwords.
+  for role in operator ha-worker system-a; do
+    mp=$(docker volume inspect -f '{{.Mountpoint}}' "${project}_identity-$role")
+    sed -n 's/^auth = [^:]*://p' "$mp/zk.cred"
+  done | dc exec -T system-b-1 bash -c \
+    'if grep -rlsF -D skip -f /dev/stdin --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev /; then exit 1; fi' >"$work/leak" 2>&1 ||
+    fail "system-b's container can read another role's password, in: $(cat "$work/leak")"
+  say "each container mounts only its own identity; system-b's files are 0600 and 10001's; it can read no other role's password"
+}
+
+prom() { # PATH [CURL ARGS...]: Prometheus's HTTP API, from the host
+  curl -fsS --max-time 5 "${@:2}" "http://127.0.0.1:9090$1"
+}
+
+# Prometheus scrapes every target of the profile's file, and its queries
+# say what the scenarios did; every panel of the Grafana dashboard returns
+# data.
+check_prometheus() {
+  local want until out
+  want=$(python3 -c 'import sys,yaml; d=yaml.safe_load(open(sys.argv[1])); print(sum(len(sc["targets"]) for j in d["scrape_configs"] for sc in j["static_configs"]))' "$work/prometheus.yml")
+  until=$(($(date +%s) + 60))
+  while true; do
+    out=$(prom /api/v1/targets | python3 -c 'import sys,json; t=json.load(sys.stdin)["data"]["activeTargets"]; print(len(t), sum(x["health"]=="up" for x in t), " ".join(x["scrapeUrl"] for x in t if x["health"]!="up"))' 2>&1 || true)
+    [ "${out%% *}" = "$want" ] && [ "$(echo "$out" | awk '{print $2}')" = "$want" ] && break
+    [ "$(date +%s)" -lt "$until" ] || fail "Prometheus targets (total, up, down ones): $out; expected $want up"
+    sleep 1
+  done
+  say "Prometheus: all $want targets up"
+  # name|query|test on the value (python, v)
+  local checks=(
+    'system-b tasks done|sum(system_b_tasks_total{outcome="done"})|v >= 15'
+    'system-a submit latencies|sum(system_a_submit_duration_seconds_count)|v >= 15'
+    'system-a submits done|sum(system_a_submits_total{outcome="done"})|v >= 15'
+    'lock waits|sum(system_b_lock_wait_seconds_count)|v >= 15'
+    'lock handoffs (waits over 5 ms)|sum(system_b_lock_wait_seconds_count) - sum(system_b_lock_wait_seconds_bucket{le="0.005"})|v >= 1'
+    'lock holds|sum(system_b_lock_hold_seconds_count)|v >= 15'
+    'active ha-workers|sum(ha_worker_active)|v == 1'
+    'failovers|sum(ha_worker_failovers_total)|v >= 1'
+    'handovers timed|sum(ha_worker_failover_handover_seconds_count)|v >= 1'
+    'the active term|max(ha_worker_term)|v > 0'
+    'live sessions|sum(zk_session_live)|v == 6'
+    'config applied|min(config_version{job="system-b"})|v > 0'
+    'znodes on the coordinator|znode_count{job="coordinator"}|v > 0'
+  )
+  local c name q test
+  for c in "${checks[@]}"; do
+    IFS='|' read -r name q test <<<"$c"
+    until=$(($(date +%s) + 30))
+    while true; do
+      out=$(prom "/api/v1/query" --data-urlencode "query=$q" -G | TEST="$test" python3 -c '
+import json, os, sys
+r = json.load(sys.stdin)["data"]["result"]
+v = float(r[0]["value"][1]) if r else float("nan")
+print(v, "ok" if r and eval(os.environ["TEST"]) else "no")' 2>&1 || true)
+      [ "${out##* }" = ok ] && break
+      [ "$(date +%s)" -lt "$until" ] || fail "Prometheus: $name: $q = ${out% *}, wanted $test"
+      sleep 1
+    done
+    say "Prometheus: $name = ${out% *}"
+  done
+  # Every query of the Grafana dashboard, as Grafana would send it.
+  local n=0
+  while IFS= read -r q; do
+    n=$((n + 1))
+    out=$(prom "/api/v1/query" --data-urlencode "query=$q" -G | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(len(d["data"]["result"]) if d["status"] == "success" else "error")' 2>&1 || true)
+    [[ "$out" =~ ^[1-9][0-9]*$ ]] || fail "the dashboard's query $q returned no data ($out)"
+  done < <(python3 -c 'import json,sys; [print(t["expr"]) for p in json.load(open(sys.argv[1]))["panels"] for t in p.get("targets", [])]' "$root/grafana/dashboards/coordination.json")
+  say "Prometheus: every one of the dashboard's $n queries returns data"
+}
+
+# Rotation as the README gives it: a new set, the re-grant holding the old
+# operator, every container recreated on its new files, the re-grant once
+# more; then the deployment works and the old operator is refused.
+rotate() {
+  local t out
+  t=$(date +%s)
+  dc run --rm -T identities --rotate >"$work/$profile.rotate.log" 2>&1 || fail "identities --rotate failed: $(cat "$work/$profile.rotate.log")"
+  operator zkctl init --extra-auth-file /run/identity/previous-operator.cred >>"$work/$profile.rotate.log" 2>&1 ||
+    fail "the re-grant failed: $(tail -5 "$work/$profile.rotate.log")"
+  dc up -d --force-recreate >>"$work/$profile.rotate.log" 2>&1 || fail "up --force-recreate failed; see $work/$profile.rotate.log"
+  wait_healthy 180
+  operator zkctl init >>"$work/$profile.rotate.log" 2>&1 || fail "the second re-grant failed"
+  out=$(dc run --rm --no-deps -T -e ZK_CREDENTIALS_FILE=/run/identity/previous-operator.cred init-acls \
+    zkctl set /config/system-b '{"work_ms":21}' 2>&1) && fail "the old operator still writes config after the rotation"
+  echo "$out" | grep -q "not allowed" || fail "the old operator's refusal: $out"
+  local v
+  v=$(submit acct-1 5)
+  [ "$v" = 25 ] || fail "after the rotation, acct-1 + 5 gave $v, expected 25"
+  say "rotation: new identities in $(($(date +%s) - t)) s; acct-1 = 25; the old operator refused"
 }
 
 run_profile() {
@@ -716,6 +973,7 @@ run_profile() {
     build=
   fi
   ports_free
+  start_importer
   dc up -d $build >"$work/$profile.up.log" 2>&1 || {
     tail -40 "$work/$profile.up.log" >&2
     fail "docker-compose up --build failed; see $work/$profile.up.log"
@@ -723,10 +981,13 @@ run_profile() {
   wait_healthy 180
   say "up --build and healthy in $(($(date +%s) - t)) s"
   start_forwards
+  check_identities
   scenarios
+  check_prometheus
   no_warnings "from up to the end of the scenarios"
   # Data survives down + up (the named volumes stay).
   t=$(date +%s)
+  stop_quietly "after the scenarios"
   dc down >/dev/null 2>&1
   dc up -d >"$work/$profile.up2.log" 2>&1 || fail "second up failed; see $work/$profile.up2.log"
   wait_healthy 180
@@ -735,8 +996,11 @@ run_profile() {
   [ "$v" = 20 ] || fail "after down + up, acct-1 + 5 gave $v, expected 20 (data lost?)"
   say "down + up keeps the data (acct-1 = 20), $(($(date +%s) - t)) s"
   no_warnings "after down and up again"
+  rotate
   run_drills
+  stop_quietly "after the drills"
   stop_forwards
+  stop_importer
   dc down -v --remove-orphans >/dev/null 2>&1
   say "profile $profile: every promise held"
   profile=

@@ -22,8 +22,6 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-# scripts/compose-secrets.sh hashes digest ids with it (and its test runs it).
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer, which is C++.
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # Clock steps of one service's wall clock (testkit::clock).

@@ -65,10 +65,8 @@ pub struct Observer {
 const PATIENCE: Duration = Duration::from_secs(30);
 
 impl Observer {
-    /// Connects as the operator, whose credentials file is `credentials`.
-    pub async fn connect(zk: &str, credentials: &std::path::Path) -> Result<Observer> {
-        let auth = servicekit::auth::ZkAuth::from_file(credentials)
-            .with_context(|| format!("the operator's credentials, {}", credentials.display()))?;
+    /// Connects as the operator, `auth`.
+    pub async fn connect(zk: &str, auth: &servicekit::auth::ZkAuth) -> Result<Observer> {
         let client =
             Client::connect_authenticated(zk, Duration::from_secs(10), Duration::from_secs(15), auth.auth_packets())
                 .await

@@ -121,10 +121,19 @@ impl System {
         }
     }
 
-    pub fn operator_credentials(&self) -> PathBuf {
+    /// The operator's identity, which the drills observe as. Compose keeps
+    /// it in a volume only `init-acls` mounts: it is read through a one-off
+    /// container of that service, into memory, never into a host file.
+    pub fn operator_auth(&self) -> Result<servicekit::auth::ZkAuth> {
         match self {
-            System::Local(l) => l.operator_credentials.clone(),
-            System::Compose(c) => c.root.join(".secrets").join("operator.cred"),
+            System::Local(l) => servicekit::auth::ZkAuth::from_file(&l.operator_credentials)
+                .with_context(|| format!("the operator's credentials, {}", l.operator_credentials.display())),
+            System::Compose(c) => {
+                let text = c
+                    .output(&["run", "--rm", "--no-deps", "-T", "init-acls", "cat", "/run/identity/zk.cred"])
+                    .context("reading the operator's credentials from init-acls's volume")?;
+                servicekit::auth::ZkAuth::parse(&text).context("the operator's credentials, in init-acls's volume")
+            }
         }
     }
 

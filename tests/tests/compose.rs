@@ -80,6 +80,21 @@ fn help(bin: &str, args: &[String]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The project's image runs the workspace's binaries; the other services
+/// (broker, Prometheus, Grafana, ZooKeeper) run images of their own.
+const IMAGE: &str = "coordination-demo:latest";
+
+/// What a service runs: its `entrypoint` followed by its `command`.
+fn argv(svc: &Yaml) -> Vec<String> {
+    let mut out = strs(&svc["entrypoint"]);
+    out.extend(strs(&svc["command"]));
+    out
+}
+
+fn help_of(bin: &str) -> String {
+    help(bin, &[])
+}
+
 #[test]
 fn every_compose_service_runs_a_real_command_with_real_flags() {
     let doc = load("docker-compose.yml");
@@ -88,15 +103,19 @@ fn every_compose_service_runs_a_real_command_with_real_flags() {
         doc["volumes"].as_hash().expect("volumes:").keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
     let mut host_ports = BTreeSet::new();
     for (name, svc) in &svcs {
-        if let Some(command) = svc["command"].as_vec().map(|_| strs(&svc["command"])) {
+        if svc["image"].as_str() == Some(IMAGE) {
+            let command = argv(svc);
             let (bin, args) = command.split_first().unwrap_or_else(|| panic!("{name}: empty command"));
             let help = help(bin, args);
+            // A subcommand's --help leaves out the binary's own flags.
+            let top = help_of(bin);
             if let Some(env) = svc["environment"].as_hash() {
                 for key in env.keys().filter_map(|k| k.as_str()) {
                     if key == "RUST_LOG" {
                         continue; // read by tracing's filter, not by a flag
                     }
-                    assert!(help.contains(&format!("[env: {key}")), "{name}: {bin} does not read ${key}");
+                    let reads = |h: &str| h.contains(&format!("[env: {key}"));
+                    assert!(reads(&help) || reads(&top), "{name}: {bin} does not read ${key}");
                 }
             }
             // A published container port is one the command listens on.
@@ -116,8 +135,8 @@ fn every_compose_service_runs_a_real_command_with_real_flags() {
         for v in strs(&svc["volumes"]) {
             let source = v.split(':').next().expect("a volume");
             if let Some(file) = source.strip_prefix("./") {
-                // A file of the repository, bind-mounted read-only.
-                assert!(repo().join(file).is_file(), "{name} mounts {source}, which the repository lacks");
+                // A file or directory of the repository, bind-mounted read-only.
+                assert!(repo().join(file).exists(), "{name} mounts {source}, which the repository lacks");
                 assert!(v.ends_with(":ro"), "{name} mounts {source} writable");
                 continue;
             }
@@ -136,9 +155,18 @@ fn every_compose_service_runs_a_real_command_with_real_flags() {
             }
         }
     }
-    for needed in
-        ["coordinator", "rabbitmq", "system-a", "system-b-1", "system-b-2", "system-b-3", "ha-worker-1", "ha-worker-2"]
-    {
+    for needed in [
+        "identities",
+        "coordinator",
+        "rabbitmq",
+        "system-a",
+        "system-b-1",
+        "system-b-2",
+        "system-b-3",
+        "ha-worker-1",
+        "ha-worker-2",
+        "prometheus",
+    ] {
         assert!(svcs.contains_key(needed), "docker-compose.yml lacks {needed}");
     }
 }
@@ -202,37 +230,90 @@ fn ports_are_published_on_loopback_only() {
     }
 }
 
-/// Each service runs as its own identity, from a compose secret it alone
-/// mounts; the tree is laid out by the operator before any service starts.
+/// The identity volumes each service mounts: (volume, mount point).
+fn identity_mounts(svc: &Yaml) -> Vec<(String, String)> {
+    strs(&svc["volumes"])
+        .iter()
+        .filter_map(|v| {
+            let mut parts = v.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            source.starts_with("identity-").then(|| (source.to_string(), target.to_string()))
+        })
+        .collect()
+}
+
+/// Each service runs as its own identity, from a volume that it alone (and
+/// the one-shot `identities` service that fills it) mounts, read-only; the
+/// tree is laid out by the operator before any service starts; nothing
+/// needs a file from the host.
 #[test]
 fn every_zookeeper_client_has_its_own_identity() {
     let doc = load("docker-compose.yml");
-    let declared: BTreeSet<String> =
-        doc["secrets"].as_hash().expect("secrets:").keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
-    for (name, svc) in services(&doc) {
+    let svcs = services(&doc);
+    assert!(doc["secrets"].is_badvalue(), "identities come from volumes the first `up` fills, not host files");
+    let mut consumers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, svc) in &svcs {
+        if name == "identities" {
+            continue;
+        }
+        let mounts = identity_mounts(svc);
+        assert!(mounts.len() <= 1, "{name} mounts several identities: {mounts:?}");
+        for (volume, target) in &mounts {
+            assert_eq!(target, "/run/identity", "{name}");
+            assert!(
+                strs(&svc["volumes"]).contains(&format!("{volume}:{target}:ro")),
+                "{name} mounts {volume} writable"
+            );
+            consumers.entry(volume.clone()).or_default().push(name.clone());
+            let deps = &svc["depends_on"];
+            let waits = |dep: &str| deps[dep]["condition"].as_str() == Some("service_completed_successfully");
+            assert!(waits("identities") || waits("init-acls"), "{name} may start before its identity exists");
+        }
         if svc["environment"]["ZK_CONNECT"].is_badvalue() {
             continue;
         }
-        let command = strs(&svc["command"]);
+        let command = argv(svc);
         let at = command.iter().position(|a| a == "--zk-credentials-file");
-        let file = at.and_then(|i| command.get(i + 1)).unwrap_or_else(|| panic!("{name} runs without an identity"));
-        let secret = file.strip_prefix("/run/secrets/").unwrap_or_else(|| panic!("{name}: {file} is not a secret"));
-        assert!(declared.contains(secret), "{name} uses undeclared secret {secret}");
-        assert!(strs(&svc["secrets"]).contains(&secret.to_string()), "{name} does not mount {secret}");
-        let role = secret.trim_start_matches("zk-");
-        let expected = match name.as_str() {
+        let file = at
+            .and_then(|i| command.get(i + 1).cloned())
+            .or_else(|| svc["environment"]["ZK_CREDENTIALS_FILE"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("{name} runs without an identity"));
+        assert_eq!(file, "/run/identity/zk.cred", "{name}");
+        let role = match name.as_str() {
             "init-acls" => "operator",
             n if n.starts_with("system-b") => "system-b",
             n if n.starts_with("ha-worker") => "ha-worker",
             n => n,
         };
-        assert_eq!(role, expected, "{name} runs as {role}");
+        assert_eq!(mounts, [(format!("identity-{role}"), "/run/identity".to_string())], "{name} runs as {role}");
         if name != "init-acls" {
             let deps = svc["depends_on"].as_hash().expect("depends_on");
             let init = &deps[&Yaml::String("init-acls".into())];
             assert_eq!(init["condition"].as_str(), Some("service_completed_successfully"), "{name}");
         }
     }
+    // The identities service fills exactly the volumes `zkctl
+    // gen-identities` writes a directory for, and each has a consumer.
+    let ids = &svcs["identities"];
+    assert_eq!(ids["restart"].as_str(), Some("no"), "a one-shot");
+    let dir = e2e_tests::TempDir::new("compose-identities");
+    gen_identities(dir.path(), &[]);
+    let mut written: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("the set")
+        .map(|e| format!("identity-{}", e.expect("an entry").file_name().to_string_lossy()))
+        .collect();
+    written.sort();
+    let mut filled: Vec<String> = identity_mounts(ids)
+        .into_iter()
+        .map(|(volume, target)| {
+            assert_eq!(target, format!("/identities/{}", volume.trim_start_matches("identity-")));
+            volume
+        })
+        .collect();
+    filled.sort();
+    assert_eq!(filled, written, "the identities service's volumes are not the consumers' directories");
+    assert_eq!(consumers.keys().cloned().collect::<Vec<_>>(), written, "a volume nobody mounts, or one not filled");
+    assert_eq!(consumers["identity-operator"], ["init-acls"], "the operator's identity is init-acls's alone");
 }
 
 /// Each service that uses RabbitMQ logs in as its own broker user, from a
@@ -256,84 +337,123 @@ fn every_broker_client_has_its_own_broker_user() {
         }
     }
     let doc = load("docker-compose.yml");
-    let declared = &doc["secrets"];
     let mut users = BTreeSet::new();
     for (name, svc) in services(&doc) {
-        let mounted = strs(&svc["secrets"]);
-        let broker_secrets: Vec<&String> =
-            mounted.iter().filter(|s| s.starts_with("amqp-") || s.as_str() == "broker-definitions").collect();
+        let mounts: Vec<String> = identity_mounts(&svc).into_iter().map(|(v, _)| v).collect();
         if name == "rabbitmq" {
-            assert_eq!(broker_secrets, ["broker-definitions"], "the broker mounts the definitions only");
+            assert_eq!(mounts, ["identity-rabbitmq"], "the broker mounts its definitions only");
             assert!(strs(&svc["volumes"]).iter().any(|v| v.contains("/etc/rabbitmq/conf.d/")), "loads them at boot");
+            let conf = std::fs::read_to_string(repo().join("rabbitmq/definitions.conf")).expect("definitions.conf");
+            assert!(conf.contains("load_definitions = /run/identity/definitions.json"), "{conf}");
             continue;
         }
         if svc["environment"]["AMQP_URL"].is_badvalue() {
-            assert!(broker_secrets.is_empty(), "{name} uses no broker but mounts {broker_secrets:?}");
+            assert!(
+                name == "identities" || mounts.iter().all(|m| m != "identity-system-a" && m != "identity-system-b"),
+                "{name} uses no broker but mounts {mounts:?}"
+            );
             continue;
         }
         let command = strs(&svc["command"]);
         let at = command.iter().position(|a| a == "--amqp-credentials-file");
         let path = at.and_then(|i| command.get(i + 1)).unwrap_or_else(|| panic!("{name} has no broker user"));
-        let secret = path.strip_prefix("/run/secrets/").unwrap_or_else(|| panic!("{name}: {path} is not a secret"));
+        assert_eq!(path, "/run/identity/amqp.cred", "{name}");
         let role = if name.starts_with("system-b") { "system-b" } else { name.as_str() };
-        assert_eq!(secret, format!("amqp-{role}"), "{name} logs in as another service");
-        assert_eq!(broker_secrets, [secret], "{name} mounts another service's broker secret");
-        let file = declared[secret]["file"].as_str().unwrap_or_else(|| panic!("secret {secret} is not declared"));
-        assert_eq!(file, format!("./.secrets/broker-{role}.cred"), "{secret} is what compose-secrets.sh writes");
+        assert_eq!(mounts, [format!("identity-{role}")], "{name} mounts another service's identity");
         users.insert(role.to_string());
     }
     assert_eq!(users.into_iter().collect::<Vec<_>>(), servicekit::broker::ROLES, "every broker user is used");
 }
 
-/// scripts/compose-secrets.sh writes identities the services accept (each
-/// password matches its listed digest id, computed with openssl there and
-/// with the sha1 crate here), a fresh set each time, and never overwrites a
-/// deployment's set by accident.
+/// Runs `zkctl gen-identities DIR ARGS...`.
+fn gen_identities(dir: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(binary("zkctl")).arg("gen-identities").arg(dir).args(args).output().expect("run zkctl");
+    assert!(out.status.success(), "gen-identities {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// `zkctl gen-identities`, what the `identities` service runs on every
+/// `up`: identities the services accept (each password matches its listed
+/// digest id), each consumer's files private to the owner given, one admin
+/// token for its three holders, a broker set the definitions match; a
+/// second run changes nothing; a partial set is refused, not completed;
+/// `--rotate` makes a new set and keeps the old operator for the re-grant.
 #[test]
-fn compose_secrets_are_fresh_and_valid() {
-    let dir = e2e_tests::TempDir::new("compose-secrets");
-    let secrets = dir.path().join("secrets");
-    let run = |args: &[&str]| {
-        Command::new(repo().join("scripts/compose-secrets.sh"))
-            .args(args)
-            .env("SECRETS_DIR", &secrets)
-            .output()
-            .expect("run scripts/compose-secrets.sh")
-    };
-    let out = run(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let read = |role: &str| {
-        servicekit::auth::ZkAuth::from_file(&secrets.join(format!("{role}.cred")))
-            .unwrap_or_else(|e| panic!("{role}: {e}"))
+fn gen_identities_makes_a_set_once_and_rotates_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = e2e_tests::TempDir::new("gen-identities");
+    let root = dir.path().join("identities");
+    let me = std::fs::metadata("/proc/self").expect("/proc/self");
+    let owner = format!("{}:{}", me.uid(), me.gid());
+    gen_identities(&root, &["--owner", &owner]);
+    let read = |consumer: &str| {
+        servicekit::auth::ZkAuth::from_file(&root.join(consumer).join("zk.cred"))
+            .unwrap_or_else(|e| panic!("{consumer}: {e}"))
     };
     for role in servicekit::auth::ROLES {
         assert_eq!(read(role).credentials.expect("auth").user(), role);
     }
-    let token = std::fs::read_to_string(secrets.join("admin.token")).expect("admin.token");
-    assert_eq!(token.len(), 64, "32 random bytes, hex");
-    check_broker_set(&secrets);
-    assert!(!run(&[]).status.success(), "a second run overwrote the deployment's identities");
-    let before = read("system-b").ids;
-    assert!(run(&["--rotate"]).status.success());
-    assert_ne!(read("system-b").ids, before, "--rotate made the same identities");
+    let token = |consumer: &str| std::fs::read_to_string(root.join(consumer).join("admin.token")).expect("admin.token");
+    assert_eq!(token("operator").len(), 64, "32 random bytes, hex");
+    assert_eq!(token("coordinator"), token("operator"));
+    assert_eq!(token("dashboard"), token("operator"));
+    let mut files = Vec::new();
+    for consumer in std::fs::read_dir(&root).expect("the set") {
+        for f in std::fs::read_dir(consumer.expect("a consumer").path()).expect("a consumer's directory") {
+            files.push(f.expect("a file").path());
+        }
+    }
+    assert_eq!(files.len(), 11, "{files:?}");
+    for f in &files {
+        let m = std::fs::metadata(f).expect("stat");
+        let want = if f.ends_with("rabbitmq/definitions.json") { 0o644 } else { 0o600 };
+        assert_eq!(m.mode() & 0o777, want, "{}", f.display());
+        assert_eq!((m.uid(), m.gid()), (me.uid(), me.gid()), "{}", f.display());
+    }
+    check_broker_set(&root);
+
+    let before: Vec<(PathBuf, String)> =
+        files.iter().map(|f| (f.clone(), std::fs::read_to_string(f).expect("read"))).collect();
+    let out = gen_identities(&root, &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+    for (f, text) in &before {
+        assert_eq!(&std::fs::read_to_string(f).expect("read"), text, "a second run changed {}", f.display());
+    }
+
+    std::fs::remove_file(root.join("system-b/amqp.cred")).expect("rm");
+    let out = Command::new(binary("zkctl")).arg("gen-identities").arg(&root).output().expect("run zkctl");
+    assert!(!out.status.success(), "a partial set was completed with files that do not match the rest");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rotate"), "the refusal names the fix");
+
+    let old_operator = std::fs::read_to_string(root.join("operator/zk.cred")).expect("read");
+    let old_ids = read("system-b").ids;
+    gen_identities(&root, &["--rotate"]);
+    assert_ne!(read("system-b").ids, old_ids, "--rotate made the same identities");
+    assert_ne!(std::fs::read_to_string(root.join("operator/zk.cred")).expect("read"), old_operator, "not rotated");
+    assert_eq!(
+        std::fs::read_to_string(root.join("operator/previous-operator.cred")).expect("the old operator, kept"),
+        old_operator
+    );
+    check_broker_set(&root);
 }
 
-/// The broker set compose-secrets.sh writes in bash is the one
-/// `servicekit::broker::generate` writes for the queue `tasks`: the same
-/// permissions and topology, and each password hashed as RabbitMQ does.
-fn check_broker_set(secrets: &Path) {
-    let text = std::fs::read_to_string(secrets.join("broker-definitions.json")).expect("definitions");
-    let bash: serde_json::Value = serde_json::from_str(&text).expect("the definitions are JSON");
+/// The broker set in a set of identities: the definitions are what
+/// `servicekit::broker::generate` writes for the queue `tasks` (the same
+/// permissions and topology), and each service's password in its own
+/// directory is hashed there as RabbitMQ does.
+fn check_broker_set(root: &Path) {
+    let text = std::fs::read_to_string(root.join("rabbitmq/definitions.json")).expect("definitions");
+    let written: serde_json::Value = serde_json::from_str(&text).expect("the definitions are JSON");
     let rust: serde_json::Value =
         serde_json::from_str(&servicekit::broker::generate("tasks", "").definitions).expect("JSON");
     for key in ["vhosts", "permissions", "queues", "exchanges", "bindings"] {
-        assert_eq!(bash[key], rust[key], "{key} differ from servicekit::broker's");
+        assert_eq!(written[key], rust[key], "{key} differ from servicekit::broker's");
     }
     for role in servicekit::broker::ROLES {
-        let file = secrets.join(format!("broker-{role}.cred"));
+        let file = root.join(role).join("amqp.cred");
         let creds = servicekit::auth::ZkAuth::credentials_from_file(&file).expect("a broker credentials file");
         assert_eq!(creds.user(), role);
-        let user = bash["users"].as_array().and_then(|u| u.iter().find(|u| u["name"] == role)).expect("user");
+        let user = written["users"].as_array().and_then(|u| u.iter().find(|u| u["name"] == role)).expect("user");
         assert_eq!(user["hashing_algorithm"], "rabbit_password_hashing_sha256");
         let hash = user["password_hash"].as_str().expect("hash");
         let password = std::fs::read_to_string(&file).expect("read");
@@ -354,13 +474,14 @@ fn every_volume_of_the_image_is_writable_by_its_user() {
     let (before_user, _) = runtime.split_once("\nUSER ").expect("USER in the runtime stage");
     let user = runtime.split_once("\nUSER ").and_then(|(_, r)| r.split_whitespace().next()).expect("a user");
     for (name, svc) in services(&load("docker-compose.yml")) {
-        if svc["image"].as_str() != Some("coordination-demo:latest") {
+        // `identities` runs as root to give its files to the image's user.
+        if svc["image"].as_str() != Some(IMAGE) || svc["user"].as_str() == Some("0:0") {
             continue;
         }
         for v in strs(&svc["volumes"]) {
             let target = v.split(':').nth(1).expect("volume:path");
-            if target == "/data" {
-                continue; // the user's home, made by useradd --create-home
+            if target == "/data" || v.ends_with(":ro") {
+                continue; // the user's home (useradd --create-home), or only read
             }
             assert!(
                 before_user.contains("mkdir -p") && before_user.contains(target),
@@ -373,4 +494,74 @@ fn every_volume_of_the_image_is_writable_by_its_user() {
             assert!(chown.contains(&format!("{user}:")), "{target} is chowned to someone else than {user}: {chown}");
         }
     }
+}
+
+/// Prometheus scrapes the coordinator and every service that serves
+/// metrics, where each listens, on both profiles; on the ZooKeeper profile
+/// also each server of the ensemble, on the port its metrics provider is
+/// given.
+#[test]
+fn prometheus_scrapes_every_service() {
+    let targets = |file: &str| -> BTreeSet<String> {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let doc = YamlLoader::load_from_str(&text).expect("YAML").remove(0);
+        let mut out = BTreeSet::new();
+        for job in doc["scrape_configs"].as_vec().expect("scrape_configs") {
+            assert!(job["metrics_path"].is_badvalue(), "{file}: every target serves /metrics");
+            for sc in job["static_configs"].as_vec().expect("static_configs") {
+                out.extend(strs(&sc["targets"]));
+            }
+        }
+        out
+    };
+    let base = services(&load("docker-compose.yml"));
+    let mut want = BTreeSet::new();
+    for (name, svc) in &base {
+        if let Some(listen) = svc["environment"]["METRICS_LISTEN"].as_str() {
+            want.insert(format!("{name}:{}", listen.rsplit(':').next().expect("a port")));
+        }
+    }
+    let admin = argv(&base["coordinator"]);
+    let at = admin.iter().position(|a| a == "--admin-listen").expect("the coordinator's admin port");
+    want.insert(format!("coordinator:{}", admin[at + 1].rsplit(':').next().expect("a port")));
+    assert_eq!(want.len(), 7, "{want:?}");
+    assert_eq!(targets("prometheus/prometheus.yml"), want, "prometheus.yml");
+    let mounted = strs(&base["prometheus"]["volumes"]);
+    assert!(mounted.contains(&"./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro".to_string()));
+
+    let over = services(&load("docker-compose.zookeeper.yml"));
+    let mut zk_want = want.clone();
+    for (name, svc) in over.iter().filter(|(n, _)| n.starts_with("zk")) {
+        let extra = svc["environment"]["ZOO_CFG_EXTRA"].as_str().expect("ZOO_CFG_EXTRA");
+        assert!(extra.contains("metricsProvider.className=org.apache.zookeeper.metrics.prometheus."), "{name}");
+        let port = extra.split_whitespace().find_map(|kv| kv.strip_prefix("metricsProvider.httpPort="));
+        zk_want.insert(format!("{name}:{}", port.expect("metricsProvider.httpPort")));
+    }
+    assert_eq!(targets("prometheus/prometheus-zookeeper.yml"), zk_want, "prometheus-zookeeper.yml");
+    let mounted = strs(&over["prometheus"]["volumes"]);
+    assert_eq!(mounted, ["./prometheus/prometheus-zookeeper.yml:/etc/prometheus/prometheus.yml:ro"]);
+}
+
+/// The Grafana dashboard is provisioned from the repository, on Prometheus,
+/// and every panel has a query (scripts/compose-smoke.sh runs each one
+/// against a live Prometheus and wants data back).
+#[test]
+fn the_grafana_dashboard_is_provisioned() {
+    let grafana = &services(&load("docker-compose.yml"))["grafana"];
+    assert_eq!(strs(&grafana["profiles"]), ["grafana"], "optional: not run by the smoke");
+    let text = std::fs::read_to_string(repo().join("grafana/dashboards/coordination.json")).expect("the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut queries = 0;
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {} has no query", p["title"]));
+        for t in targets {
+            assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "panel {}: an empty query", p["title"]);
+            assert_eq!(t["datasource"]["uid"], "prometheus", "panel {}", p["title"]);
+            queries += 1;
+        }
+    }
+    assert!(queries >= 14, "{queries} queries");
+    let ds = std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yml")).expect("ds");
+    assert!(ds.contains("uid: prometheus") && ds.contains("url: http://prometheus:9090"), "{ds}");
 }

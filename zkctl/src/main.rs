@@ -20,6 +20,8 @@ use servicekit::layout::Layout;
 use zk_wire::path::join;
 use zookeeper_async::{CreateMode, WatchedEventType, ZkError, ZooKeeper};
 
+mod identities;
+
 const EXAMPLES: &str = "\
 Examples:
   zkctl tree /                         the whole tree, drawn
@@ -123,6 +125,27 @@ enum Cmd {
         #[arg(long, default_value = "")]
         user_prefix: String,
     },
+    /// Make one deployment's identities, a directory per consumer (what
+    /// docker-compose.yml's `identities` service runs on every `up`): the
+    /// ZooKeeper credentials of each role, the broker users of system-a and
+    /// system-b with the broker's definitions, and the admin token. Does
+    /// nothing when the set is complete.
+    GenIdentities {
+        /// Where the consumers' directories are (operator/, system-b/, ...).
+        dir: std::path::PathBuf,
+        /// Replace a complete set; the operator's old credentials are kept
+        /// as operator/previous-operator.cred for the re-grant
+        /// (docs/security.md, "Rotating credentials").
+        #[arg(long)]
+        rotate: bool,
+        /// Give every file to UID[:GID], the user the services run as
+        /// (needs root); by default the files stay the caller's.
+        #[arg(long, value_name = "UID[:GID]", value_parser = identities::parse_owner)]
+        owner: Option<(u32, u32)>,
+        /// The task queue the services use (`--queue` / TASK_QUEUE).
+        #[arg(long, default_value = "tasks")]
+        queue: String,
+    },
     /// List registered service instances (under /services) with their metadata.
     Services {
         /// Only this service.
@@ -202,11 +225,14 @@ async fn run(cli: Cli) -> Result<()> {
     if let Cmd::GenBrokerCredentials { dir, queue, user_prefix } = &cli.cmd {
         return gen_broker_credentials(dir, queue, user_prefix);
     }
+    if let Cmd::GenIdentities { dir, rotate, owner, queue } = &cli.cmd {
+        return identities::run(dir, *rotate, *owner, queue);
+    }
     let auth = cli.auth.load()?;
     let policy = auth.policy();
     let zk = connect(&cli.zk, &auth).await?;
     match cli.cmd {
-        Cmd::GenCredentials { .. } | Cmd::GenBrokerCredentials { .. } => {}
+        Cmd::GenCredentials { .. } | Cmd::GenBrokerCredentials { .. } | Cmd::GenIdentities { .. } => {}
         Cmd::Getacl { path } => {
             let (acl, _) = zk.get_acl(&path).await.map_err(on(&path))?;
             for a in acl {

@@ -71,7 +71,11 @@ pub struct Ctx {
 /// Runs `drill` on `system`; true when every promise held.
 pub async fn run(drill: Drill, system: System) -> bool {
     let report = Report::new(drill.name());
-    let obs = match Observer::connect(&system.zk(), &system.operator_credentials()).await {
+    let operator = match system.operator_auth() {
+        Ok(a) => a,
+        Err(e) => return report.abort(format!("{e:#}")),
+    };
+    let obs = match Observer::connect(&system.zk(), &operator).await {
         Ok(o) => o,
         Err(e) => return report.abort(format!("{e:#}")),
     };

@@ -243,6 +243,13 @@ impl ZkAuth {
     }
 }
 
+/// A fresh admin token for the coordinator's admin API: 256 bits from the
+/// OS-seeded CSPRNG, as 64 hex digits (what `scripts/run.sh` makes with
+/// `od`).
+pub fn generate_admin_token() -> String {
+    rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The flags that carry an identity: add to a binary's `Args` with
 /// `#[command(flatten)]`.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -30,7 +30,7 @@ pub mod init;
 pub mod policy;
 
 pub(crate) use credentials::warn_if_shared;
-pub use credentials::{digest_id, AuthArgs, AuthError, Credentials, ZkAuth};
+pub use credentials::{digest_id, generate_admin_token, AuthArgs, AuthError, Credentials, ZkAuth};
 pub use init::{init, planted, InitError, InitReport};
 pub use policy::{not_allowed, Policy};
 

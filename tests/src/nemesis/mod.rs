@@ -336,8 +336,11 @@ impl Deployment {
 
 /// The operator's view of the deployment (the registry, lock queues).
 async fn observer(d: &Deployment) -> drills::observe::Observer {
-    let mut o =
-        drills::observe::Observer::connect(&d.zk, &d.ids.file("operator")).await.expect("the operator connects");
+    let mut o = {
+        let operator = d.ids.file("operator");
+        let auth = servicekit::auth::ZkAuth::from_file(&operator).expect("the operator's credentials");
+        drills::observe::Observer::connect(&d.zk, &auth).await.expect("the operator connects")
+    };
     o.layout = servicekit::layout::Layout::new(&d.root);
     o
 }
