@@ -459,10 +459,17 @@ pub fn start_system_a_on(
 
 /// A system-a whose broker never answers (nothing listens on port 1): it
 /// accepts tasks, records them in its outbox and cannot publish them.
-/// Returns it and its gRPC address.
-pub fn start_unpublishing_system_a(zk: &str, root: &str, queue: &str, log_dir: &Path) -> (Proc, String) {
+/// Instance `a-no-broker`, so a system-a started beside it is another
+/// instance. Returns it and its gRPC address.
+pub fn start_unpublishing_system_a(
+    zk: &str,
+    root: &str,
+    queue: &str,
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> (Proc, String) {
     let creds = testkit::broker::provision(queue).file("system-a").to_string_lossy().into_owned();
-    let mut p = Proc::spawn(
+    let mut p = Proc::spawn_with_env(
         "system-a",
         &[
             "--zk",
@@ -478,8 +485,9 @@ pub fn start_unpublishing_system_a(zk: &str, root: &str, queue: &str, log_dir: &
             "--amqp-credentials-file",
             &creds,
             "--instance",
-            "a1",
+            "a-no-broker",
         ],
+        env,
         log_dir,
     );
     let addr = p.wait_line("system-a listening on", Duration::from_secs(30));

@@ -94,7 +94,7 @@ async fn a_system_a_an_hour_behind_publishes_what_the_outbox_holds() {
     let (dir, zk, c, root, queue, store) = (&s.dir, &s.zk, &s.client, &s.root, &s.queue, &s.store);
 
     // It accepts tasks and cannot publish them.
-    let (mut a1, a1_addr) = start_unpublishing_system_a(zk, root, queue, dir.path());
+    let (mut a1, a1_addr) = start_unpublishing_system_a(zk, root, queue, &[], dir.path());
     let mut calls = Vec::new();
     for i in 0..3 {
         let addr = a1_addr.clone();

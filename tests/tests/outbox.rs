@@ -40,7 +40,7 @@ async fn accepted_then_killed(zk: &str, dir: &Path) {
     tokio::time::timeout(Duration::from_secs(10), configured).await.expect("configured in time");
     let _b = start_system_b(zk, &root, &queue, &store, "b1", 4000, dir);
 
-    let (mut a1, a1_addr) = start_unpublishing_system_a(zk, &root, &queue, dir);
+    let (mut a1, a1_addr) = start_unpublishing_system_a(zk, &root, &queue, &[], dir);
     let grpc = TasksClient::connect(format!("http://{a1_addr}")).await.expect("gRPC");
     let mut calls = Vec::new();
     for _ in 0..5 {

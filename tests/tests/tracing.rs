@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_system_a_on, start_system_b_with_env, Place, Proc, TempDir};
+use e2e_tests::{
+    start_coordinator, start_system_a_on, start_system_b_with_env, start_unpublishing_system_a, Place, Proc, TempDir,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -371,36 +373,19 @@ async fn a_task_is_one_trace_from_system_a_through_rabbitmq_into_system_b() {
     // 4. The outbox: a task accepted by a system-a that cannot reach the
     //    broker is published by another system-a's drain, and still joins
     //    its Submit's trace.
-    let creds = testkit::broker::provision(&queue).file("system-a").to_string_lossy().into_owned();
-    let mut dark = Proc::spawn_with_env(
-        "system-a",
-        &[
-            "--zk",
-            &zk,
-            "--root",
-            &root,
-            "--queue",
-            &queue,
-            "--listen",
-            "127.0.0.1:0",
-            "--amqp",
-            "amqp://127.0.0.1:1/%2f",
-            "--amqp-credentials-file",
-            &creds,
-            "--instance",
-            "a-dark",
-        ],
-        &env_refs(&env),
-        dir.path(),
-    );
-    let dark_addr = dark.wait_line("system-a listening on", Duration::from_secs(30));
+    let (_dark, dark_addr) = start_unpublishing_system_a(&zk, &root, &queue, &env_refs(&env), dir.path());
     let mut dark_grpc = TasksClient::connect(format!("http://{dark_addr}")).await.expect("gRPC");
     let dark_trace = "0af7651916cd43dd8448eb211c80319c";
     let id = submit(&mut dark_grpc, "acct", Some(&format!("00-{dark_trace}-b7ad6b7169203331-01"))).await;
     let trace = receiver
         .wait_for("trace of the task published from the outbox", |spans| {
             let trace = trace_of(spans, &id);
-            (trace.iter().any(|s| s.name == "submit") && trace.iter().any(|s| s.name == "ack")).then_some(trace)
+            // The outbox's publish comes from the other system-a, in a
+            // batch of its own: wait for it too, not only for the ends.
+            let published =
+                trace.iter().any(|s| s.name == "publish" && s.attributes.get("from").is_some_and(|f| f == "outbox"));
+            (trace.iter().any(|s| s.name == "submit") && trace.iter().any(|s| s.name == "ack") && published)
+                .then_some(trace)
         })
         .await;
     let submit_span = trace.iter().find(|s| s.name == "submit").expect("the Submit's span");
