@@ -96,6 +96,12 @@ impl Place {
     }
 }
 
+/// An entity's value in system-b's store (0 while it has no file).
+pub fn entity_value(store: &Path, entity: &str) -> i64 {
+    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
+}
+
 /// Starts the coordinator binary on port 0 with `args`; returns it and the
 /// address it serves.
 pub fn start_coordinator(args: &[&str], log_dir: &Path) -> (Proc, String) {

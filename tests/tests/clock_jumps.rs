@@ -14,11 +14,12 @@
 //! steps one system-a's clock (`testkit::clock`, libfaketime) and checks
 //! the promise that step used to break.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    start_coordinator, start_system_a_on, start_system_b, start_unpublishing_system_a, Place, Proc, TempDir,
+    entity_value, start_coordinator, start_system_a_on, start_system_b, start_unpublishing_system_a, Place, Proc,
+    TempDir,
 };
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::{SubmitReply, SubmitRequest};
@@ -27,11 +28,6 @@ use zk_recipes::session::Client;
 
 const ONE_HOUR: i64 = 3600;
 const ONE_DAY: i64 = 24 * ONE_HOUR;
-
-fn entity_value(store: &Path, entity: &str) -> i64 {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
-}
 
 async fn children(c: &Client, path: &str) -> Vec<String> {
     tokio::time::timeout(Duration::from_secs(10), c.zk.get_children(path, false))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::ensemble::{Ensemble, Mode};
 use e2e_tests::stream::{percentile, submit_stream, Stream};
-use e2e_tests::{start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{entity_value, start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
 use zk_recipes::session::Client;
 
 const SESSION_MS: u64 = 6000;
@@ -30,11 +30,6 @@ async fn set_config(c: &Client, path: &str, body: &str) {
         c.zk.set_data(path, body.as_bytes().to_vec(), None).await.expect("set config");
     };
     tokio::time::timeout(Duration::from_secs(10), set).await.expect("config set in time");
-}
-
-fn entity_value(store: &Path, entity: &str) -> i64 {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
 }
 
 /// The task pipeline on a fresh ensemble of its own: two system-b (5 ms

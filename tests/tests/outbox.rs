@@ -7,17 +7,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{rabbitmq, start_coordinator, start_system_a, start_system_b, start_unpublishing_system_a, TempDir};
+use e2e_tests::{
+    entity_value, rabbitmq, start_coordinator, start_system_a, start_system_b, start_unpublishing_system_a, TempDir,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
 use zk_recipes::session::Client;
-
-fn entity_value(store: &Path, entity: &str) -> i64 {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
-}
 
 async fn children(c: &Client, path: &str) -> Vec<String> {
     tokio::time::timeout(Duration::from_secs(10), c.zk.get_children(path, false))

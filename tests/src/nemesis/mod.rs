@@ -39,7 +39,7 @@ use testkit::clock::SkewedClock;
 use testkit::netns::{Net, Relay, GATEWAY};
 
 use crate::ensemble::{Ensemble, Mode};
-use crate::{provision, Coordinator, Identities, Place, Proc};
+use crate::{entity_value, provision, Coordinator, Identities, Place, Proc};
 use check::Verdict;
 use history::{Entry, History};
 
@@ -666,9 +666,4 @@ async fn judge(d: &Deployment, history: &History, obs: &drills::observe::Observe
         check::config(last, &applied),
         check::registers(&entries, Duration::from_secs(60)).await,
     ]
-}
-
-fn entity_value(store: &Path, entity: &str) -> i64 {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
 }
