@@ -9,6 +9,7 @@
 #   scripts/rabbitmq.sh node          # prints the node name rabbitmqctl must use
 #   scripts/rabbitmq.sh stop          # stops only the private one
 #   scripts/rabbitmq.sh migrate-to-quorum QUEUE   # drops QUEUE and QUEUE.dlq if classic and empty
+#   scripts/rabbitmq.sh sweep-tests [PREFIX]   # deletes what the tests made (named e2e.*)
 #
 # The task queue and its dead-letter queue are quorum queues. A broker that
 # has them from an older release as classic queues keeps them so through
@@ -115,6 +116,29 @@ migrate-to-quorum)
     echo "rabbitmq.sh: dropped the empty classic queue '$q'; import the definitions to declare it a quorum queue" >&2
   done
   ;;
+sweep-tests)
+  # Every queue, exchange and user a test makes is named `e2e.` first
+  # (testkit::broker::queue_name). A test that is killed, or fails, leaves
+  # them behind, and each quorum queue is a Raft group the broker keeps
+  # running: a few hundred of them once wedged a broker. One rabbitmqctl
+  # eval deletes them all (a rabbitmqctl call per item costs ~0.7 s).
+  # Nothing else is touched: the deployment's `tasks` and its users stay.
+  # PREFIX narrows it (the suite's own test of the sweep uses one).
+  prefix=${2:-e2e.}
+  [[ $prefix =~ ^e2e\.[A-Za-z0-9._-]*$ ]] || { echo "rabbitmq.sh: sweep-tests PREFIX must start with e2e. and hold only [A-Za-z0-9._-]" >&2; exit 2; }
+  n=$(node_in_use)
+  rabbitmqctl ${n:+-n "$n"} -q eval '
+    Prefix = <<"'"$prefix"'">>,
+    Mine = fun(Name) -> binary:match(Name, Prefix) =:= {0, byte_size(Prefix)} end,
+    Who = <<"scripts/rabbitmq.sh sweep-tests">>,
+    Qs = [Q || Q <- rabbit_amqqueue:list(), Mine(element(4, amqqueue:get_name(Q)))],
+    [rabbit_amqqueue:delete(Q, false, false, Who) || Q <- Qs],
+    Xs = [element(2, X) || X <- rabbit_exchange:list(), Mine(element(4, element(2, X)))],
+    [rabbit_exchange:delete(X, false, Who) || X <- Xs],
+    Us = [U || P <- rabbit_auth_backend_internal:list_users(), U <- [proplists:get_value(user, P)], Mine(U)],
+    [rabbit_auth_backend_internal:delete_user(U, Who) || U <- Us],
+    io:format("rabbitmq.sh: swept ~b queues, ~b exchanges, ~b users left by tests~n", [length(Qs), length(Xs), length(Us)]).' | grep -v '^ok$' >&2
+  ;;
 node)
   node_in_use
   ;;
@@ -124,7 +148,7 @@ stop)
   fi
   ;;
 *)
-  echo "usage: $0 ensure|import FILE|node|stop|migrate-to-quorum QUEUE" >&2
+  echo "usage: $0 ensure|import FILE|node|stop|migrate-to-quorum QUEUE|sweep-tests [PREFIX]" >&2
   exit 2
   ;;
 esac

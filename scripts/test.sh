@@ -20,11 +20,16 @@ scripts/rabbitmq.sh ensure
 if rabbitmqctl -n coordination-demo@localhost status >/dev/null 2>&1; then
   export RABBITMQ_NODENAME=coordination-demo@localhost
 fi
+# What an earlier run left on the broker (a killed run, a failed test),
+# now and again at the end: queues, exchanges and users named e2e.*.
+scripts/rabbitmq.sh sweep-tests
+at_exit='scripts/rabbitmq.sh sweep-tests || true'
 zk_port=${ZK_ORACLE_PORT:-21810}
 # Stop the oracle at the end only if this run started it.
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$zk_port") 2>/dev/null; then
-  trap 'scripts/zookeeper.sh stop "$zk_port"' EXIT
+  at_exit="$at_exit; scripts/zookeeper.sh stop $zk_port"
 fi
+trap "$at_exit" EXIT
 scripts/zookeeper.sh start "$zk_port"
 export ZK_ORACLE_ADDR=127.0.0.1:$zk_port
 # The tests' own broker login: guest plays the observer and the attacker.

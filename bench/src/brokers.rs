@@ -53,7 +53,7 @@ pub async fn run(args: BrokersArgs) -> Result<()> {
     let single_url = testkit::broker::service_url();
     let mut rows = Vec::new();
     for (nodes, kind) in [(1, "classic"), (1, "quorum"), (3, "classic"), (3, "quorum")] {
-        let queue = testkit::unique("bench-brokers");
+        let queue = testkit::broker::queue_name("bench-brokers");
         let (users, urls): (BrokerUsers, String) = if nodes == 1 {
             let dir = scratch.join(&queue);
             testkit::broker::write_set(&dir, &queue)?;

@@ -45,7 +45,7 @@ fn wait_line(p: &mut Proc, prefix: &str, timeout: Duration) -> Result<String> {
 /// system-b instances and one system-a, on a queue and znode root of
 /// their own.
 pub async fn round_trip(zk: &str, log: &Path, sequential: usize, secs: u64) -> Result<Value> {
-    let queue = unique("bench-rt");
+    let queue = testkit::broker::queue_name("bench-rt");
     // Each service logs in as its own broker user, as deployed.
     let users = testkit::broker::try_provision(&queue)?;
     round_trip_on(zk, log, sequential, secs, &queue, users.flags("system-a"), users.flags("system-b")).await
@@ -62,7 +62,7 @@ pub async fn round_trip_on(
     a_broker: [String; 4],
     b_broker: [String; 4],
 ) -> Result<Value> {
-    let root = format!("/{}", unique("bench-rt"));
+    let root = format!("/{}", testkit::broker::queue_name("bench-rt"));
     let store = log.join(queue);
     std::fs::create_dir_all(&store)?;
     let store_s = store.to_string_lossy().to_string();

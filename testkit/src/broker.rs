@@ -89,6 +89,19 @@ pub fn broker_addr() -> std::net::SocketAddr {
         .unwrap_or_else(|| panic!("the broker's address {with_port:?} (AMQP_URL) does not resolve"))
 }
 
+/// What every queue, exchange and broker user a test makes is named
+/// with: the suite sweeps them all by it (`scripts/rabbitmq.sh
+/// sweep-tests`) at the start and the end of a run. Each quorum queue is a
+/// Raft group of its own on the broker, so leftovers are not harmless: a
+/// few hundred from runs that never cleaned up once wedged a broker.
+pub const TEST_PREFIX: &str = "e2e.";
+
+/// A fresh name for a test's task queue (its exchanges and users are
+/// named after it): `e2e.<kind>-<12 hex>`.
+pub fn queue_name(kind: &str) -> String {
+    format!("{TEST_PREFIX}{}", crate::unique(kind))
+}
+
 static PROVISIONED: Mutex<Option<HashMap<String, BrokerUsers>>> = Mutex::new(None);
 
 /// The users of `queue`, provisioned on first use; panics (fails the test)

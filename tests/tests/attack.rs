@@ -200,7 +200,7 @@ struct Bench {
 async fn bench(dir: &Path) -> Bench {
     let (server, zk) = start_coordinator(&[], dir);
     let root = format!("/{}", testkit::unique("attack"));
-    let queue = testkit::unique("attack-tasks");
+    let queue = testkit::broker::queue_name("attack-tasks");
     let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     tokio::time::timeout(Duration::from_secs(10), zk_recipes::ensure_path(&c.zk, &format!("{root}/tasks")))
         .await
@@ -327,7 +327,7 @@ async fn a_worker_refused_by_an_acl_fails_the_task_instead_of_looping() {
     let dir = TempDir::new("attack-noauth");
     let (server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("attack"));
-    let queue = testkit::unique("attack-tasks");
+    let queue = testkit::broker::queue_name("attack-tasks");
     let ids = e2e_tests::provision(&zk, &root, dir.path());
     let as_role = |role: &str| ZkAuth::from_file(&ids.file(role)).expect("credentials");
     let connect = |auth: ZkAuth| {
@@ -450,7 +450,7 @@ async fn a_result_refused_by_an_acl_is_dead_lettered_not_requeued() {
     let dir = TempDir::new("attack-noauth-report");
     let (_server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("attack"));
-    let queue = testkit::unique("attack-tasks");
+    let queue = testkit::broker::queue_name("attack-tasks");
     let ids = e2e_tests::provision(&zk, &root, dir.path());
     let a_auth = ZkAuth::from_file(&ids.file("system-a")).expect("credentials");
     let b_id = ZkAuth::from_file(&ids.file("system-b")).expect("credentials").ids["system-b"].clone();
@@ -522,7 +522,7 @@ async fn reconnects_mid_work_fail_no_task() {
     let dir = TempDir::new("attack-reauth");
     let (_server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("attack"));
-    let queue = testkit::unique("attack-tasks");
+    let queue = testkit::broker::queue_name("attack-tasks");
     let ids = e2e_tests::provision(&zk, &root, dir.path());
     let a_auth = ZkAuth::from_file(&ids.file("system-a")).expect("credentials");
     let connect =

@@ -65,7 +65,7 @@ where
 /// channel, which fails the confirm.
 /// Declares a queue of a fresh name: what neither service may do.
 async fn declare_planted(ch: lapin::Channel) -> lapin::Result<lapin::Queue> {
-    let name = testkit::unique("planted");
+    let name = testkit::broker::queue_name("planted");
     ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await
 }
 
@@ -96,7 +96,7 @@ async fn take(queue: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_a_publishes_tasks_and_nothing_else() {
-    let queue_name = testkit::unique("acl-a");
+    let queue_name = testkit::broker::queue_name("acl-a");
     let users = testkit::broker::provision(&queue_name);
     let a = connect_as(&users, "system-a").await;
     let names = [format!("{queue_name}.dlq"), format!("{queue_name}.dlx"), format!("{queue_name}.in")];
@@ -141,7 +141,7 @@ async fn system_a_publishes_tasks_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_b_consumes_tasks_and_cannot_touch_the_dead_letters_or_the_topology() {
-    let queue_name = testkit::unique("acl-b");
+    let queue_name = testkit::broker::queue_name("acl-b");
     let users = testkit::broker::provision(&queue_name);
     let b = connect_as(&users, "system-b").await;
     let names = [format!("{queue_name}.dlq"), format!("{queue_name}.dlx"), format!("{queue_name}.in")];
@@ -186,7 +186,7 @@ async fn system_b_consumes_tasks_and_cannot_touch_the_dead_letters_or_the_topolo
     .await;
     refused(&b, "system-b declares an exchange", |ch| async move {
         ch.exchange_declare(
-            testkit::unique("planted").as_str().into(),
+            testkit::broker::queue_name("planted").as_str().into(),
             lapin::ExchangeKind::Fanout,
             ExchangeDeclareOptions::default(),
             FieldTable::default(),
@@ -205,7 +205,7 @@ async fn system_b_consumes_tasks_and_cannot_touch_the_dead_letters_or_the_topolo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_or_an_unknown_user_is_refused_at_connect() {
-    let queue = testkit::unique("acl-login");
+    let queue = testkit::broker::queue_name("acl-login");
     let users = testkit::broker::provision(&queue);
     let dir = TempDir::new("acl-login");
     for (name, line) in [
@@ -240,7 +240,7 @@ async fn a_wrong_password_or_an_unknown_user_is_refused_at_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zkctl_writes_users_the_broker_accepts() {
     use std::os::unix::fs::PermissionsExt;
-    let queue = testkit::unique("acl-zkctl");
+    let queue = testkit::broker::queue_name("acl-zkctl");
     let dir = TempDir::new("acl-zkctl");
     let out = e2e_tests::zkctl(&[
         "gen-broker-credentials",
@@ -289,7 +289,7 @@ fn run_until_exit(binary: &str, queue: &str, broker_flags: &[&str], dir: &std::p
 #[test]
 fn a_service_refused_by_the_broker_exits_saying_what_to_fix() {
     let dir = TempDir::new("acl-exit");
-    let queue = testkit::unique("acl-exit");
+    let queue = testkit::broker::queue_name("acl-exit");
     let users = testkit::broker::provision(&queue);
     let url = testkit::broker::service_url();
     for role in ["system-a", "system-b"] {
@@ -319,7 +319,7 @@ fn a_service_refused_by_the_broker_exits_saying_what_to_fix() {
         assert!(log.contains("carries a user or password") && !log.contains("guest:guest"), "{role}: {log}");
 
         // A queue nobody provisioned: the fix, not a retry loop.
-        let missing = testkit::unique("never-provisioned");
+        let missing = testkit::broker::queue_name("never-provisioned");
         let flags = ["--amqp", &url, "--amqp-credentials-file", file.to_str().expect("utf-8")];
         let (code, log) = run_until_exit(role, &missing, &flags, dir.path());
         assert_ne!(code, 0);
@@ -334,7 +334,7 @@ async fn no_service_has_a_password_in_its_argv() {
     let dir = TempDir::new("acl-argv");
     let (_coordinator, zk) = e2e_tests::start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("argv"));
-    let queue = testkit::unique("argv");
+    let queue = testkit::broker::queue_name("argv");
     let ids = e2e_tests::provision(&zk, &root, dir.path());
     let store = dir.path().join("store");
     let b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());

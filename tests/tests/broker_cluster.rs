@@ -45,7 +45,7 @@ impl Pipeline {
     async fn start(prefix: &str) -> Pipeline {
         let dir = TempDir::new(prefix);
         let cluster = tokio::task::block_in_place(|| BrokerCluster::start(dir.path()));
-        let queue = testkit::unique("tasks");
+        let queue = testkit::broker::queue_name("tasks");
         let users = tokio::task::block_in_place(|| cluster.provision(&queue));
         let replicas = tokio::task::block_in_place(|| (cluster.queue_type(&queue), cluster.members(&queue)));
         assert_eq!(replicas, ("quorum".to_string(), vec![0, 1, 2]), "the task queue: a quorum queue on every node");

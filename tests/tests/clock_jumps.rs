@@ -55,7 +55,7 @@ impl System {
         let (coordinator, zk) = start_coordinator(&[], dir.path());
         let client = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
         let root = configured_root(&client, name, timeout_ms).await;
-        let queue = testkit::unique("tasks");
+        let queue = testkit::broker::queue_name("tasks");
         let store = dir.path().join("store");
         let system_b = start_system_b(&zk, &root, &queue, &store, "b1", 4000, dir.path());
         System { dir, zk, client, root, queue, store, _coordinator: coordinator, _system_b: system_b }

@@ -56,7 +56,7 @@ impl Pipeline {
         let ens = tokio::task::block_in_place(|| Ensemble::start(dir.path()));
         let zk = ens.connect_string();
         let root = format!("/{}", testkit::unique(root_prefix));
-        let queue = testkit::unique("tasks");
+        let queue = testkit::broker::queue_name("tasks");
         let store = dir.path().join("store");
         let c = client(&zk).await;
         set_config(&c, &format!("{root}/config/system-b"), r#"{"work_ms":5}"#).await;
@@ -268,7 +268,7 @@ async fn config_change_during_election_reaches_every_instance() {
     let mut ens = tokio::task::block_in_place(|| Ensemble::start(dir.path()));
     let zk = ens.connect_string();
     let root = format!("/{}", testkit::unique("enscfg"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.path().join("store");
     let c = client(&zk).await;
     let node = format!("{root}/config/system-b");

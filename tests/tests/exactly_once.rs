@@ -53,7 +53,7 @@ async fn a_crash_between_the_store_and_the_node_is_still_exactly_once() {
     let dir = TempDir::new("once-crash");
     let (_server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("once"));
-    let queue = testkit::unique("once-tasks");
+    let queue = testkit::broker::queue_name("once-tasks");
     let store = dir.path().join("store");
     let c = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     zk_recipes::ensure_path(&c.zk, &format!("{root}/tasks")).await.expect("tasks dir");

@@ -47,7 +47,7 @@ struct System {
 async fn system(zk: &str, dir: &Path) -> System {
     std::fs::create_dir_all(dir).expect("test dir");
     let root = format!("/{}", testkit::unique("rmq"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.join("store");
     let c = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     let configured = async {

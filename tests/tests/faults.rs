@@ -50,7 +50,7 @@ async fn coordinator_restart_mid_flow_loses_no_task() {
     let data = data.to_str().expect("utf-8");
     let (mut server, zk) = start_coordinator(&["--data-dir", data, "--tick-time", "500"], dir.path());
     let root = format!("/{}", testkit::unique("restart"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.path().join("store");
     configure(&zk, &root, 20, 60_000).await;
     let _b1 = system_b(&zk, &root, &queue, &store, "b1", dir.path());
@@ -90,7 +90,7 @@ async fn coordinator_restart_mid_flow_loses_no_task() {
 /// retried by a current holder: the entity ends exact.
 async fn stalled_holder(zk: &str, dir: &Path) {
     let root = format!("/{}", testkit::unique("stall"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.join("store");
     configure(zk, &root, 2500, 60_000).await;
     let bs = [system_b(zk, &root, &queue, &store, "b1", dir), system_b(zk, &root, &queue, &store, "b2", dir)];

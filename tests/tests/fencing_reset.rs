@@ -144,7 +144,7 @@ async fn run_task(a: &(Client, ZkAuth), root: &str, ch: &lapin::Channel, queue: 
 async fn system_b_is_not_fenced_for_ever_after_a_data_reset_and_alarms_when_it_cannot_advance() {
     let mut d = deployment("reset-b").await;
     let (zk, root, ids, dir) = (d.zk.clone(), d.root.clone(), d.ids.clone(), d.dir.path().to_path_buf());
-    let queue = testkit::unique("reset-tasks");
+    let queue = testkit::broker::queue_name("reset-tasks");
     let store = dir.join("store");
     let b = start_system_b(&zk, &root, &queue, &store, "b1", 3000, &dir);
     let (_amqp, ch) = rabbitmq_confirmed_channel().await;

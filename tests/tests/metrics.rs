@@ -125,7 +125,7 @@ const TASKS: usize = 12;
 
 async fn tasks_counted(zk: &str, dir: &Path) {
     let root = format!("/{}", testkit::unique("sys-metrics"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.join("store");
     provision(zk, &root, dir);
     let bs: Vec<_> =

@@ -25,7 +25,7 @@ async fn children(c: &Client, path: &str) -> Vec<String> {
 
 async fn accepted_then_killed(zk: &str, dir: &Path) {
     let root = format!("/{}", testkit::unique("outbox"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.join("store");
     let c = Client::connect(zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     let configured = async {

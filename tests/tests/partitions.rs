@@ -671,7 +671,7 @@ async fn services_on_hosts_reach_the_broker_through_the_relay() {
     let coordinator = Coordinator::start(&Place::on(&srv), &["--data-dir", data.to_str().expect("utf-8")], dir.path());
     let zk = coordinator.addr.clone();
     let root = format!("/{}", testkit::unique("partsvc"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.path().join("store");
     let _b = e2e_tests::start_system_b_on(
         &Place::with_broker(&b, &relay),

@@ -44,7 +44,7 @@ async fn a_task_on_an_unwritable_store_is_dead_lettered_after_bounded_attempts()
     let dir = TempDir::new("permanent-store");
     let (_server, zk) = start_coordinator(&["--tick-time", "500"], dir.path());
     let root = format!("/{}", testkit::unique("perm"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.path().join("store");
     std::fs::create_dir_all(&store).expect("store dir");
     // The entity's lock file cannot be opened for writing, by anyone.

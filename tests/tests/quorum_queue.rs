@@ -5,7 +5,9 @@
 //!   dead-letter queue: never lost, never looping;
 //! - a classic queue of the same name, left by an older release, is not
 //!   silently kept: the import stops and names the migration, which drops
-//!   only an empty classic queue.
+//!   only an empty classic queue;
+//! - what a test leaves on the broker (its queues, exchanges and users) is
+//!   swept by name, and nothing else is.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -45,7 +47,7 @@ fn rabbitmq_sh(args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_kills_its_consumer_is_dead_lettered_at_the_delivery_limit() {
-    let queue = testkit::unique("qq-crash");
+    let queue = testkit::broker::queue_name("qq-crash");
     let users = tokio::task::block_in_place(|| testkit::broker::provision(&queue));
     let args = tokio::task::block_in_place(|| queue_info(&queue, "arguments")).expect("the queue exists");
     assert_eq!(tokio::task::block_in_place(|| queue_info(&queue, "type")).as_deref(), Some("quorum"));
@@ -118,7 +120,7 @@ async fn a_message_that_kills_its_consumer_is_dead_lettered_at_the_delivery_limi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classic_queue_left_in_place_stops_the_import_with_the_migration() {
-    let queue = testkit::unique("qq-legacy");
+    let queue = testkit::broker::queue_name("qq-legacy");
     // What an older release provisioned: classic queues of the same names,
     // one message waiting in the task queue.
     let (observer, ch) = e2e_tests::rabbitmq_confirmed_channel().await;
@@ -156,4 +158,55 @@ async fn a_classic_queue_left_in_place_stops_the_import_with_the_migration() {
         assert_eq!(queue_info(&format!("{queue}.dlq"), "type").as_deref(), Some("quorum"));
     });
     let _ = observer.close(0, "bye".into()).await;
+}
+
+/// Every quorum queue is a Raft group the broker keeps running, so a
+/// suite that never deletes its queues wears the broker down run after run
+/// (a few hundred once wedged one). The sweep scripts/test.sh runs at its
+/// start and end deletes what tests made, by their `e2e.` prefix, and
+/// nothing else. Here it runs with a prefix of this test's own, since
+/// other tests' queues are in use meanwhile.
+#[test]
+fn the_sweep_deletes_what_tests_made_and_nothing_else() {
+    let mine = format!("{}.", testkit::broker::queue_name("sweep"));
+    let queue = format!("{mine}tasks");
+    let users = testkit::broker::provision(&queue);
+    let other = testkit::broker::queue_name("sweep-bystander");
+    testkit::broker::provision(&other);
+    let users_of = |q: &str| -> Vec<String> {
+        rabbitmqctl(&["-q", "list_users"])
+            .lines()
+            .filter_map(|l| l.split('\t').next())
+            .filter(|u| u.starts_with(q))
+            .map(str::to_string)
+            .collect()
+    };
+    let exchanges_of = |q: &str| -> Vec<String> {
+        rabbitmqctl(&["-q", "list_exchanges", "name"])
+            .lines()
+            .filter(|x| x.starts_with(q))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(queue_info(&queue, "type").as_deref(), Some("quorum"), "provisioned: {}", users.dir.display());
+    assert!(queue_info(&format!("{queue}.dlq"), "type").is_some());
+    assert!(!users_of(&queue).is_empty() && !exchanges_of(&queue).is_empty());
+
+    let (ok, said) = rabbitmq_sh(&["sweep-tests", &mine]);
+    assert!(ok, "{said}");
+    assert!(said.contains("swept 2 queues"), "{said}");
+    assert_eq!(queue_info(&queue, "type"), None, "{said}");
+    assert_eq!(queue_info(&format!("{queue}.dlq"), "type"), None, "{said}");
+    assert_eq!(users_of(&queue), Vec::<String>::new(), "{said}");
+    assert_eq!(exchanges_of(&queue), Vec::<String>::new(), "{said}");
+    // Another test's queue, users and exchanges are still there.
+    assert_eq!(queue_info(&other, "type").as_deref(), Some("quorum"));
+    assert!(!users_of(&other).is_empty() && !exchanges_of(&other).is_empty());
+
+    // A prefix outside the tests' names is refused: the sweep never
+    // reaches the deployment's `tasks`.
+    let (ok, said) = rabbitmq_sh(&["sweep-tests", "tasks"]);
+    assert!(!ok && said.contains("must start with e2e."), "{said}");
+    let (ok, said) = rabbitmq_sh(&["sweep-tests", &other]);
+    assert!(ok, "{said}");
 }

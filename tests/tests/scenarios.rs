@@ -35,7 +35,7 @@ struct System {
 
 async fn start(zk: &str, dir: &Path) -> System {
     let root = format!("/{}", testkit::unique("sys"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.join("store");
     let ids = e2e_tests::provision(zk, &root, dir);
     let packets: Vec<(String, Vec<u8>)> = ["operator", "dashboard"]
@@ -274,8 +274,13 @@ async fn an_unreadable_task_node_is_neither_finished_nor_reaped() {
         let path = format!("{tasks}/{name}");
         client.zk.create(&path, data, open.clone(), zookeeper_async::CreateMode::Persistent).await.expect("create");
     }
-    let (_a, addr) =
-        start_system_a_with(&zk, &root, &testkit::unique("tasks"), &["--task-retention-secs", "1"], dir.path());
+    let (_a, addr) = start_system_a_with(
+        &zk,
+        &root,
+        &testkit::broker::queue_name("tasks"),
+        &["--task-retention-secs", "1"],
+        dir.path(),
+    );
 
     let mut grpc = TasksClient::connect(format!("http://{addr}")).await.expect("connect to system-a");
     let mut updates =

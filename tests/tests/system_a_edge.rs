@@ -45,7 +45,7 @@ struct Bench {
 async fn bench(dir: &Path, workers: usize, extra: &[&str]) -> Bench {
     let (coordinator, zk) = start_coordinator(&[], dir);
     let root = format!("/{}", testkit::unique("edge"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let store = dir.join("store");
     let client = Client::connect(&zk, Duration::from_secs(10), Duration::from_secs(10)).await.expect("connect");
     zk_recipes::ensure_path(&client.zk, &format!("{root}/tasks")).await.expect("tasks dir");

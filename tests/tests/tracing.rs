@@ -231,7 +231,7 @@ async fn a_task_is_one_trace_from_system_a_through_rabbitmq_into_system_b() {
 
     let (_server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("traced"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     let env = traced(&endpoint);
     let b =
         start_system_b_with_env(&zk, &root, &queue, &dir.path().join("store"), "b1", 4000, &env_refs(&env), dir.path());
@@ -422,7 +422,7 @@ async fn with_no_endpoint_nothing_connects_and_with_no_collector_tasks_still_run
 
     let (_server, zk) = start_coordinator(&[], dir.path());
     let root = format!("/{}", testkit::unique("untraced"));
-    let queue = testkit::unique("tasks");
+    let queue = testkit::broker::queue_name("tasks");
     // Set but empty, whatever this test's own environment holds.
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),

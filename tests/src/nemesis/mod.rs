@@ -267,7 +267,7 @@ impl Deployment {
             dir: dir.to_path_buf(),
             zk,
             root,
-            queue: testkit::unique("nemesis-tasks"),
+            queue: testkit::broker::queue_name("nemesis-tasks"),
             store: dir.join("store"),
             journal: dir.join("ha-journal"),
             ids,
