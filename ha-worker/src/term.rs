@@ -138,18 +138,19 @@ impl Stand {
                     _ = stop.cancelled() => return Instant::now(),
                 }
             }
-            let leadership = tokio::select! {
-                // "standby" once our candidate node exists, not before: only
-                // then does a failover of the active find us in line.
-                l = self.election.campaign_then(|| println!("ha-worker standby")) => l,
-                _ = stop.cancelled() => return Instant::now(),
-            };
-            let leadership = match leadership {
-                Ok(l) => l,
+            // Not raced against the stop: the campaign sees the stop itself,
+            // where none of its requests is in flight (`campaign_until`).
+            // "standby" once our candidate node exists, not before: only
+            // then does a failover of the active find us in line.
+            let leadership = match self.election.campaign_until(|| println!("ha-worker standby"), stop).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return Instant::now(),
                 Err(e) => {
                     tracing::warn!("campaign failed ({e:?}); campaigning again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                        _ = stop.cancelled() => return Instant::now(),
+                    }
                 }
             };
             match self.lead(leadership, stop).await {

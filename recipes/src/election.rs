@@ -15,6 +15,7 @@
 //!   over at once instead of after a session timeout.
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::queue::{self, Candidate};
 use crate::session::Client;
@@ -48,19 +49,46 @@ impl Election {
     /// Joins the election and returns when we lead. An error means the
     /// session was lost while waiting: campaign again (on the new session).
     pub async fn campaign(&self) -> Result<Leadership, zookeeper_async::ZkError> {
-        self.campaign_then(|| {}).await
+        let never = CancellationToken::new();
+        // Never stopped, so never `None`.
+        self.campaign_until(|| {}, &never).await?.ok_or(zookeeper_async::ZkError::SystemError)
     }
 
-    /// [`Election::campaign`], calling `joined` once our candidate node
+    /// [`Election::campaign`] until `stop` (`Ok(None)` when the stop is
+    /// asked before we lead), calling `joined` once our candidate node
     /// exists: from then on we are in line, and a leader that goes away
     /// hands over to us. Before it, "standing by" would be a promise the
     /// election cannot keep (a failover then would find nobody in line).
-    pub async fn campaign_then(&self, joined: impl FnOnce()) -> Result<Leadership, zookeeper_async::ZkError> {
+    ///
+    /// Dropping a campaign future to stop it would be wrong: a step of it
+    /// may have a request in flight, whose answer then comes back to
+    /// nobody. So the stop is seen only where nothing is in flight (the
+    /// wait on a watch, the wait for a reconnect), and a request already
+    /// sent is read to its answer first. Then our candidate node is
+    /// deleted, if the connection is up.
+    pub async fn campaign_until(
+        &self,
+        joined: impl FnOnce(),
+        stop: &CancellationToken,
+    ) -> Result<Option<Leadership>, zookeeper_async::ZkError> {
         let me = queue::enter(&self.client, &self.dir, "n_", self.id.as_bytes(), &self.acl).await?;
         joined();
         let mut took_over_at = None;
-        match queue::wait_first_noting(&self.client, &self.dir, &me, None, &mut took_over_at).await {
-            Ok(_) => Ok(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me, took_over_at }),
+        let give_up = queue::GiveUp { deadline: None, stop: Some(stop) };
+        match queue::wait_first_noting(&self.client, &self.dir, &me, give_up, &mut took_over_at).await {
+            Ok(true) => {
+                Ok(Some(Leadership { client: self.client.clone(), lost: queue::lost(&self.client), me, took_over_at }))
+            }
+            Ok(false) => {
+                // Out of line at once: a worker started next must not queue
+                // behind a node of ours until our session ends. One try, and
+                // only on a live connection: a stop does not wait for a
+                // reconnect (the session's end removes the node then).
+                if self.client.is_live() {
+                    let _ = self.client.zk.delete(&me.path, None).await;
+                }
+                Ok(None)
+            }
             Err(e) => {
                 queue::leave(&self.client, &me.path).await;
                 Err(e)

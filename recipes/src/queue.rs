@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use zookeeper_async::{Acl, CreateMode, ZkError};
 
 use crate::join;
@@ -122,6 +123,45 @@ pub(crate) async fn enter(
     }
 }
 
+/// When a wait for our turn gives up. It gives up only between requests,
+/// never with one of ours in flight: a request dropped before its answer
+/// leaves an answer nobody reads (the ZooKeeper client logs it as an
+/// error), and a write dropped that way may still be applied.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct GiveUp<'a> {
+    /// A lock's acquire timeout.
+    pub deadline: Option<Instant>,
+    /// A stop asked of the process: a candidate shutting down.
+    pub stop: Option<&'a CancellationToken>,
+}
+
+impl GiveUp<'_> {
+    fn stop_asked(&self) -> bool {
+        self.stop.is_some_and(|s| s.is_cancelled())
+    }
+
+    /// Resolves when the deadline passes or the stop is asked; never if
+    /// there is neither.
+    async fn reached(&self) {
+        let deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            match self.stop {
+                Some(s) => s.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = deadline => {}
+            _ = stop => {}
+        }
+    }
+}
+
 /// Waits until `me` is first in its queue. `Ok(false)` when `deadline`
 /// passes first. A session that stops being live fails the wait: whatever
 /// place we had may be gone, and the caller decides whether to re-enter.
@@ -131,10 +171,10 @@ pub(crate) async fn wait_first(
     me: &Candidate,
     deadline: Option<Instant>,
 ) -> Result<bool, ZkError> {
-    wait_first_noting(client, dir, me, deadline, &mut None).await
+    wait_first_noting(client, dir, me, GiveUp { deadline, stop: None }, &mut None).await
 }
 
-/// [`wait_first`], noting in `woken` the last time the wait behind a
+/// [`wait_first`], giving up as `give_up` says (`Ok(false)`), and noting in `woken` the last time the wait behind a
 /// predecessor ended (its node went, or changed, or the connection did), or
 /// the predecessor was found gone: once we are first, that is when we
 /// learned the one ahead of us had left. Untouched when we were first at
@@ -143,11 +183,14 @@ pub(crate) async fn wait_first_noting(
     client: &Client,
     dir: &str,
     me: &Candidate,
-    deadline: Option<Instant>,
+    give_up: GiveUp<'_>,
     woken: &mut Option<Instant>,
 ) -> Result<bool, ZkError> {
     let mut states = client.states();
     loop {
+        if give_up.stop_asked() {
+            return Ok(false);
+        }
         if *states.borrow_and_update() == Session::Lost {
             return Err(ZkError::SessionExpired);
         }
@@ -157,7 +200,7 @@ pub(crate) async fn wait_first_noting(
         let queue = match ordered(client, dir).await {
             Ok(q) => q,
             Err(e) if retry::is_retryable(&e) => {
-                wait_reconnect(client, deadline).await?;
+                wait_reconnect(client, give_up).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -184,7 +227,7 @@ pub(crate) async fn wait_first_noting(
         let present = match present {
             Ok(p) => p,
             Err(e) if retry::is_retryable(&e) => {
-                wait_reconnect(client, deadline).await?;
+                wait_reconnect(client, give_up).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -193,18 +236,13 @@ pub(crate) async fn wait_first_noting(
             *woken = Some(Instant::now());
             continue; // it left between our listing and the watch: look again
         }
-        let timeout = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        // Waiting on a watch, nothing in flight: the one place to give up.
         tokio::select! {
             _ = rx => {}
             // zookeeper-async does not re-arm watches after a reconnect, so
             // any state change means: look at the queue again.
             _ = states.changed() => {}
-            _ = timeout => return Ok(false),
+            _ = give_up.reached() => return Ok(false),
         }
         *woken = Some(Instant::now());
     }
@@ -213,15 +251,20 @@ pub(crate) async fn wait_first_noting(
 /// After a lost connection: waits (a second at a time, and not past
 /// `deadline`) for the session to be live again, so the caller can look at
 /// the queue once more. `ConnectionLoss` once the deadline has passed.
-async fn wait_reconnect(client: &Client, deadline: Option<Instant>) -> Result<(), ZkError> {
-    let limit = match deadline {
+async fn wait_reconnect(client: &Client, give_up: GiveUp<'_>) -> Result<(), ZkError> {
+    let limit = match give_up.deadline {
         Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)),
         None => Duration::from_secs(1),
     };
     if limit.is_zero() {
         return Err(ZkError::ConnectionLoss);
     }
-    if !client.wait_live(limit).await {
+    let live = tokio::select! {
+        live = client.wait_live(limit) => live,
+        // The caller's loop sees the stop and gives up.
+        _ = give_up.reached(), if give_up.stop.is_some() => return Ok(()),
+    };
+    if !live {
         // Still away: pause briefly so the loop does not spin on a client
         // that answers every request with ConnectionLoss.
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use zookeeper_async::{Acl, CreateMode, ZkError};
 
 use crate::retry::{self, RetryPolicy};
@@ -25,6 +26,8 @@ pub struct Registration {
     client: Client,
     path: String,
     task: JoinHandle<()>,
+    /// Stops the task between requests (see [`Registration::deregister`]).
+    stop: CancellationToken,
     /// Keeps a fixed registration's data channel open (see [`register_with_acl`]).
     _fixed: Option<watch::Sender<Vec<u8>>>,
 }
@@ -37,9 +40,18 @@ impl Registration {
     /// Leaves the registry now (graceful shutdown). Bounded: with the
     /// server unreachable the node goes when the session expires anyway,
     /// and a shutdown must not hang on it.
-    pub async fn deregister(self) {
-        self.task.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.zk.delete(&self.path, None)).await;
+    ///
+    /// The task that keeps the node current is stopped, not aborted: an
+    /// update it has in flight is read to its answer first. Aborted, it
+    /// left that answer to nobody, which the ZooKeeper client logs as an
+    /// error at every stop that raced a status change.
+    pub async fn deregister(mut self) {
+        self.stop.cancel();
+        let leave = async {
+            let _ = (&mut self.task).await;
+            let _ = self.client.zk.delete(&self.path, None).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
     }
 }
 
@@ -121,6 +133,8 @@ pub async fn register_live(
     let first = data.borrow_and_update().clone();
     retry::retry(&RetryPolicy::default(), deadline, |_| put(client, &path, &first, acl)).await?;
     let (c, p, acl) = (client.clone(), path.clone(), acl.to_vec());
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let task = tokio::spawn(async move {
         let mut states = c.states();
         // The node was just made on the live session: only a change from
@@ -129,6 +143,8 @@ pub async fn register_live(
         let mut data_open = true;
         loop {
             tokio::select! {
+                // Between requests: the one place the task stops.
+                _ = stopped.cancelled() => return,
                 changed = states.changed() => {
                     if changed.is_err() {
                         return;
@@ -155,14 +171,17 @@ pub async fn register_live(
                     Ok(()) => break,
                     Err(e) => tracing::debug!(path = p, "registry update: {e:?}"),
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stopped.cancelled() => return,
+                }
                 if !c.is_live() {
                     break;
                 }
             }
         }
     });
-    Ok(Registration { client: client.clone(), path, task, _fixed: None })
+    Ok(Registration { client: client.clone(), path, task, stop, _fixed: None })
 }
 
 /// How long [`register`] keeps trying through connection loss.
