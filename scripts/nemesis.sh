@@ -7,8 +7,9 @@
 #                      [--runs N] [--seconds T] [--faults kind,kind,...]
 #
 # Fault kinds: kill-server, pause-server, kill-service, pause-service,
-# clock-jump, stall-lock-holder. A failed run keeps its history, verdicts
-# and logs under target/nemesis/<target>-<seed>/.
+# clock-jump, stall-lock-holder, partition, power-loss. A failed run keeps
+# its history, verdicts, logs (and, with power-loss, what the disks held)
+# under target/nemesis/<target>-<seed>/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -3,11 +3,13 @@
 //!
 //! And the checkers' own proof on the real system: with system-b's store
 //! made to ignore fencing tokens (a failpoint), stalling the lock holder
-//! past its session must fail the lock and task checkers.
+//! past its session must fail the lock and task checkers; with the
+//! store on a disk that lies about fsync, a power cut must fail the task
+//! checker.
 
 use std::time::Duration;
 
-use e2e_tests::nemesis::{self, FaultKind, Plan, Target};
+use e2e_tests::nemesis::{self, Disk, FaultKind, Plan, Target};
 
 async fn must_pass(plan: Plan) {
     let report = nemesis::run(&plan).await;
@@ -39,6 +41,26 @@ async fn a_store_that_ignores_fencing_tokens_fails_the_lock_checker() {
     assert!(
         failed.contains(&"lock: tokens order the writes"),
         "with fencing off, a stalled holder's write must show as a write under an older token:\n{}",
+        report.summary()
+    );
+    let _ = std::fs::remove_dir_all(&report.dir);
+}
+
+/// The durability half of the checkers, proven: system-b's store on a
+/// disk whose fsync persists nothing, and power cuts of that disk. Tasks
+/// acknowledged as done are then gone from the store after a cut, and the
+/// task checker must say so (a final value below what was acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn a_store_on_a_disk_that_lies_about_fsync_fails_the_task_checker() {
+    let mut plan = Plan::new(Target::Coordinator, 4, &[FaultKind::PowerLoss], Duration::from_secs(20));
+    plan.disks = vec![Disk::Store];
+    plan.lying_disk = Some(Disk::Store);
+    let report = nemesis::run(&plan).await;
+    println!("{}", report.summary());
+    let failed: Vec<&str> = report.verdicts.iter().filter(|v| !v.ok).map(|v| v.checker).collect();
+    assert!(
+        failed.contains(&"tasks: exactly once"),
+        "with the store's fsync a lie, a power cut must lose acknowledged tasks, and the checker must see it:\n{}",
         report.summary()
     );
     let _ = std::fs::remove_dir_all(&report.dir);

@@ -10,7 +10,8 @@
 //! namespace, `testkit::netns`), each service as its own identity and
 //! with a wall clock the nemesis can step; it starts the clients of
 //! [`workload`] and lets the nemesis strike: one fault at a time (kill -9,
-//! SIGSTOP, a stalled lock holder, a clock step, a partition), each held
+//! SIGSTOP, a stalled lock holder, a clock step, a partition, a power
+//! cut of a disk), each held
 //! 1-8 s, then healed, with quiet gaps between. The schedule is drawn from the seed, so a seed names a run.
 //! When the time is up every fault is healed, the clients finish what they
 //! started, and the [`check`]ers read the history and the state left
@@ -35,6 +36,7 @@ use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testkit::clock::SkewedClock;
+use testkit::crashfs::{Crash, CrashFs, CrashFsOptions};
 
 use testkit::netns::{Net, Relay, GATEWAY};
 
@@ -95,10 +97,17 @@ pub enum FaultKind {
     /// into a minority with a service and a majority with the rest, a
     /// one-way cut, or the active ha-worker or the lock holder cut off.
     Partition,
+    /// A power cut of a disk (`testkit::crashfs`): every process writing
+    /// it killed -9, then every write and directory change not made
+    /// durable by fsync lost, unsynced blocks torn half the time. The
+    /// disks: the coordinator's data dir, system-b's store (both
+    /// instances write it), ha-worker's journal (both instances). An
+    /// ensemble member's disk is not cut: Apache ZooKeeper's own.
+    PowerLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillServer,
         FaultKind::PauseServer,
         FaultKind::KillService,
@@ -106,6 +115,7 @@ impl FaultKind {
         FaultKind::ClockJump,
         FaultKind::StallLockHolder,
         FaultKind::Partition,
+        FaultKind::PowerLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +127,7 @@ impl FaultKind {
             FaultKind::ClockJump => "clock-jump",
             FaultKind::StallLockHolder => "stall-lock-holder",
             FaultKind::Partition => "partition",
+            FaultKind::PowerLoss => "power-loss",
         }
     }
 
@@ -140,11 +151,37 @@ pub struct Plan {
     /// The range of system-b's `work_ms` (how long applying a task takes)
     /// the config writer draws from: longer work, longer lock holds.
     pub work_ms: std::ops::Range<u64>,
+    /// The disks a power cut may strike (those the target has).
+    pub disks: Vec<Disk>,
+    /// A disk that lies: its fsync returns and persists nothing. To prove
+    /// the checkers catch a write a power cut took after it was
+    /// acknowledged.
+    pub lying_disk: Option<Disk>,
+}
+
+/// A disk a power cut strikes ([`FaultKind::PowerLoss`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    /// The coordinator's data dir: its log, snapshots and session secret.
+    Server,
+    /// system-b's store, which both instances write.
+    Store,
+    /// ha-worker's journal, which both instances write.
+    Journal,
 }
 
 impl Plan {
     pub fn new(target: Target, seed: u64, faults: &[FaultKind], duration: Duration) -> Plan {
-        Plan { target, seed, faults: faults.to_vec(), duration, system_b_env: Vec::new(), work_ms: 0..20 }
+        Plan {
+            target,
+            seed,
+            faults: faults.to_vec(),
+            duration,
+            system_b_env: Vec::new(),
+            work_ms: 0..20,
+            disks: vec![Disk::Server, Disk::Store, Disk::Journal],
+            lying_disk: None,
+        }
     }
 
     /// How to run this plan again from the shell.
@@ -234,6 +271,11 @@ struct Deployment {
     /// Where system-a listens now (it moves when system-a restarts).
     system_a: Arc<RwLock<String>>,
     system_b_env: Vec<(String, String)>,
+    /// The disks a power cut can strike (when the plan has power loss),
+    /// unmounted once every process above is gone.
+    disks: Option<Disks>,
+    /// The ones a power cut may strike.
+    cuttable: Vec<Disk>,
     // Dropped last: the hosts go when nothing runs on them any more.
     relay: Relay,
     net: Net,
@@ -242,9 +284,16 @@ struct Deployment {
 impl Deployment {
     fn start(plan: &Plan, dir: &Path) -> Deployment {
         let net = Net::create();
+        let disks = plan.faults.contains(&FaultKind::PowerLoss).then(|| Disks::mount(dir, plan));
+        let on_disk = |disk: Option<&CrashFs>, name: &str| match disk {
+            Some(fs) => fs.path().join(name),
+            None => dir.join(name),
+        };
+        let store = on_disk(disks.as_ref().map(|d| &d.store), "store");
+        let journal = on_disk(disks.as_ref().map(|d| &d.journal), "ha-journal");
         let servers = match plan.target {
             Target::Coordinator => {
-                let data = dir.join("coordinator-data");
+                let data = on_disk(disks.as_ref().and_then(|d| d.server.as_ref()), "coordinator-data");
                 let data = data.to_str().expect("utf-8 path");
                 let host = net.add_host("srv");
                 Servers::Coordinator(Coordinator::start(
@@ -268,13 +317,20 @@ impl Deployment {
             zk,
             root,
             queue: testkit::broker::queue_name("nemesis-tasks"),
-            store: dir.join("store"),
-            journal: dir.join("ha-journal"),
+            store,
+            journal,
             ids,
             servers,
             services: Vec::new(),
             system_a: Arc::new(RwLock::new(String::new())),
             system_b_env: plan.system_b_env.clone(),
+            disks,
+            cuttable: plan
+                .disks
+                .iter()
+                .copied()
+                .filter(|k| *k != Disk::Server || plan.target == Target::Coordinator)
+                .collect(),
             relay,
             net,
         };
@@ -332,6 +388,93 @@ impl Deployment {
             Servers::Ensemble(e) => (0..3).map(|i| e.host(i).to_string()).collect(),
         }
     }
+}
+
+/// The disks a power cut strikes, each a crash-able file system of its own.
+struct Disks {
+    /// The coordinator's data dir (on the coordinator target).
+    server: Option<CrashFs>,
+    /// system-b's store, which both instances write.
+    store: CrashFs,
+    /// ha-worker's journal, which both instances write.
+    journal: CrashFs,
+}
+
+impl Disks {
+    fn mount(dir: &Path, plan: &Plan) -> Disks {
+        let mount = |name: &str, disk: Disk| {
+            let at = dir.join(name);
+            let lies = plan.lying_disk == Some(disk);
+            let options = CrashFsOptions { ignore_file_fsync: lies, ignore_dir_fsync: lies, ..Default::default() };
+            CrashFs::mount(&at, options)
+                .unwrap_or_else(|e| panic!("mount crashfs on {}: {e} (needs root, /dev/fuse and fuse3)", at.display()))
+        };
+        Disks {
+            server: (plan.target == Target::Coordinator).then(|| mount("disk-coordinator", Disk::Server)),
+            store: mount("disk-store", Disk::Store),
+            journal: mount("disk-journal", Disk::Journal),
+        }
+    }
+
+    /// What the disks hold now, copied out (a failed run keeps it: the
+    /// mounts go with the run).
+    fn keep(&self, to: &Path) {
+        let all = [Some(&self.store), Some(&self.journal), self.server.as_ref()];
+        for fs in all.into_iter().flatten() {
+            let name = fs.path().file_name().unwrap_or_default();
+            let _ = copy_tree(fs.path(), &to.join(name));
+        }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts the power of one disk: kills -9 every process that writes it,
+/// drops what was not durable, starts them again on what is left.
+async fn power_loss(d: &mut Deployment, rng: &mut StdRng, hold: Duration) -> String {
+    let Some(disks) = &d.disks else { return "power loss: no crash-able disk in this plan".into() };
+    let mode = if rng.random_bool(0.5) { Crash::Torn { seed: rng.random() } } else { Crash::DropUnsynced };
+    if d.cuttable.is_empty() {
+        return "power loss: no disk to cut in this plan".into();
+    }
+    let disk = d.cuttable[rng.random_range(0..d.cuttable.len())];
+    if let (Disk::Server, Servers::Coordinator(c), Some(fs)) = (disk, &mut d.servers, &disks.server) {
+        c.kill9();
+        let report = fs.crash(mode);
+        tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
+        tokio::task::block_in_place(|| c.restart());
+        return format!("power loss coordinator ({mode:?}: {report:?})");
+    }
+    let (role, fs, what) = match disk {
+        Disk::Store => (Role::SystemB, &disks.store, "store"),
+        _ => (Role::HaWorker, &disks.journal, "journal"),
+    };
+    let writers: Vec<usize> = (0..d.services.len()).filter(|&i| d.services[i].role == role).collect();
+    for &i in &writers {
+        if let Some(mut p) = d.services[i].proc.take() {
+            p.kill9();
+        }
+    }
+    let report = fs.crash(mode);
+    tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
+    tokio::task::block_in_place(|| {
+        for &i in &writers {
+            d.start_service(i);
+        }
+    });
+    format!("power loss {what} ({mode:?}: {report:?})")
 }
 
 /// The operator's view of the deployment (the registry, lock queues).
@@ -447,6 +590,7 @@ async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &dri
             d.net.heal();
             format!("{what} for {} ms", hold.as_millis())
         }
+        FaultKind::PowerLoss => power_loss(d, rng, hold).await,
     }
 }
 
@@ -621,6 +765,11 @@ pub async fn run(plan: &Plan) -> Report {
     let report = Report { plan: plan.clone(), verdicts, faults, struck, dir: dir.clone() };
     let _ = history.save(&dir.join("history.jsonl"));
     let _ = std::fs::write(dir.join("verdict.txt"), report.summary());
+    if !report.passed() {
+        if let Some(disks) = &d.disks {
+            disks.keep(&dir.join("disks-at-end"));
+        }
+    }
     drop(d);
     if report.passed() {
         let _ = std::fs::remove_dir_all(&dir);
