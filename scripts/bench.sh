@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh [zkbench flags]     # e.g. --nodes 1000000 --secs 5
 #   scripts/bench.sh brokers --secs 5    # A→B→A on classic vs quorum queues, 1 node vs a 3-node cluster
+#   scripts/bench.sh disk                # writes against the disk's own fdatasync, requests per fsync
 #
 # Results: docs/bench/results.json, docs/bench/results.png (latency against
 # load), and Markdown tables with ratios on stdout (pasted into BENCHMARKS.md).

@@ -20,8 +20,12 @@
 //! `zkbench scale [sessions|watches|znodes|overload] [--quick]` ([`scale`])
 //! measures instead how cost grows: 1k-10k sessions, 100k-1M watches,
 //! 100k-5M znodes, and writes offered beyond what each server sustains.
+//! `zkbench brokers` ([`brokers`]) runs A→B→A on classic and quorum queues,
+//! one broker node and a cluster; `zkbench disk` ([`disk`]) puts a write's
+//! latency beside the disk's own fdatasync.
 
 mod brokers;
+mod disk;
 mod ops;
 mod plot;
 mod raw;
@@ -90,6 +94,9 @@ enum Cmd {
     Scale(scale::ScaleArgs),
     /// A→B→A on classic and quorum queues, one node and a 3-node cluster.
     Brokers(brokers::BrokersArgs),
+    /// Single-outstanding writes against the disk's own fdatasync, and
+    /// requests per fsync at 256 outstanding.
+    Disk(disk::DiskArgs),
 }
 
 /// Session timeout for the failover figure: the smallest both servers
@@ -172,6 +179,7 @@ async fn main() -> Result<()> {
     match args.cmd.take() {
         Some(Cmd::Scale(scale)) => return scale::run(scale).await,
         Some(Cmd::Brokers(brokers)) => return brokers::run(brokers).await,
+        Some(Cmd::Disk(disk)) => return disk::run(disk).await,
         None => {}
     }
     if args.replot {

@@ -140,7 +140,7 @@ async fn four_letter(addr: &str, word: &str) -> Result<(Duration, String)> {
 }
 
 /// One number from `mntr` (`zk_<key>\t<value>` lines).
-async fn mntr(addr: &str, key: &str) -> Result<Option<f64>> {
+pub(crate) async fn mntr(addr: &str, key: &str) -> Result<Option<f64>> {
     let (_, text) = four_letter(addr, "mntr").await?;
     Ok(text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('\t')?.trim().parse().ok()))
 }
