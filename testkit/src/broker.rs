@@ -126,6 +126,23 @@ pub fn try_provision(queue: &str) -> anyhow::Result<BrokerUsers> {
     Ok(users)
 }
 
+/// Deletes `queue`, its dead-letter queue, their exchanges and its users
+/// from the broker (`scripts/rabbitmq.sh sweep-tests <queue>`). The
+/// suite's own sweep runs only at its start and end; a process that makes
+/// a queue per run for an hour (the nemesis) removes each as it goes, or
+/// the broker is worn down by hundreds of Raft groups mid-batch.
+pub fn remove(queue: &str) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq.sh");
+    let out = Command::new(&script).args(["sweep-tests", queue]).output().context("run scripts/rabbitmq.sh")?;
+    if !out.status.success() {
+        bail!("{} sweep-tests {queue}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    if let Some(cache) = PROVISIONED.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        cache.remove(queue);
+    }
+    Ok(())
+}
+
 /// A fresh set for `queue` in `dir` (mode 0700, files 0600), as
 /// `zkctl gen-broker-credentials DIR --queue QUEUE --user-prefix QUEUE.` writes.
 pub fn write_set(dir: &Path, queue: &str) -> anyhow::Result<()> {

@@ -64,4 +64,14 @@ async fn a_store_on_a_disk_that_lies_about_fsync_fails_the_task_checker() {
         report.summary()
     );
     let _ = std::fs::remove_dir_all(&report.dir);
+    // A run leaves nothing on the broker: a batch of hundreds of runs that
+    // each left a quorum queue once wore the broker down mid-batch.
+    let out =
+        std::process::Command::new("rabbitmqctl").args(["-q", "list_queues", "name"]).output().expect("rabbitmqctl");
+    let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|q| q.starts_with(&report.queue))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the run's queues are still on the broker");
 }

@@ -206,6 +206,8 @@ pub struct Report {
     pub struck: Vec<FaultKind>,
     /// Where its history, verdicts and logs are kept.
     pub dir: PathBuf,
+    /// The run's task queue (removed from the broker when the run ends).
+    pub queue: String,
 }
 
 impl Report {
@@ -762,7 +764,7 @@ pub async fn run(plan: &Plan) -> Report {
     }
 
     let verdicts = judge(&d, &history, &obs, &config_path).await;
-    let report = Report { plan: plan.clone(), verdicts, faults, struck, dir: dir.clone() };
+    let report = Report { plan: plan.clone(), verdicts, faults, struck, dir: dir.clone(), queue: d.queue.clone() };
     let _ = history.save(&dir.join("history.jsonl"));
     let _ = std::fs::write(dir.join("verdict.txt"), report.summary());
     if !report.passed() {
@@ -771,6 +773,10 @@ pub async fn run(plan: &Plan) -> Report {
         }
     }
     drop(d);
+    // The run's queue goes with it (each is a Raft group on the broker).
+    if let Err(e) = testkit::broker::remove(&report.queue) {
+        eprintln!("nemesis: could not remove the run's queue: {e:#}");
+    }
     if report.passed() {
         let _ = std::fs::remove_dir_all(&dir);
     }
