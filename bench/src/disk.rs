@@ -3,12 +3,14 @@
 //! A write is acknowledged only once it is on disk, so no server can answer
 //! a single outstanding write faster than its disk completes a sync. This
 //! measures that floor first, on the file system the servers' data dirs
-//! are on: an 8 KiB append then `fdatasync`, the way etcd's hardware guide
-//! measures a disk with fio. Then, for each server in turn, with fsync on:
+//! are on: appends each followed by `fdatasync`, of 8 KiB (the way etcd's
+//! hardware guide measures a disk with fio) and of 1 KiB (about what one
+//! of the requests below appends to a server's log). Then, for each server
+//! in turn, with fsync on:
 //!
-//! - create and setData with one request outstanding: p50 and p99, and the
-//!   server's own overhead, p50 minus the disk's p50 (what the server adds
-//!   to the one sync it cannot avoid);
+//! - create and setData of 1 KiB with one request outstanding: p50 and
+//!   p99, and the server's own overhead, p50 minus the 1 KiB sync's p50
+//!   (what the server adds to the one sync it cannot avoid);
 //! - setData with 256 outstanding on one connection: how many requests
 //!   share each fsync (group commit), from the server's own count of its
 //!   log's fsyncs (`mntr`'s `zk_cnt_fsynctime`, which both servers keep).
@@ -36,12 +38,12 @@ pub struct DiskArgs {
     secs: u64,
 }
 
-/// The disk's own latency: `n` appends of 8 KiB to one file in `dir`, each
-/// made durable with fdatasync before the next.
-fn fdatasync_latency(dir: &Path, n: usize) -> Result<Value> {
+/// The disk's own latency: `n` appends of `size` bytes to one file in
+/// `dir`, each made durable with fdatasync before the next.
+fn fdatasync_latency(dir: &Path, n: usize, size: usize) -> Result<Value> {
     let path = dir.join("fdatasync-probe");
     let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-    let block = vec![0x5a_u8; 8192];
+    let block = vec![0x5a_u8; size];
     let mut h = histogram();
     for i in 0..n {
         let t = Instant::now();
@@ -87,8 +89,11 @@ async fn server_figures(kind: Kind, dir: &Path, secs: u64) -> Result<Value> {
 pub async fn run(args: DiskArgs) -> Result<()> {
     let scratch = std::env::temp_dir().join(testkit::unique("zkbench-disk"));
     std::fs::create_dir_all(&scratch)?;
-    let disk = fdatasync_latency(&scratch, args.syncs).context("the disk's fdatasync")?;
-    eprintln!("disk: 8 KiB append + fdatasync {disk}");
+    let disk = json!({
+        "append_8k": fdatasync_latency(&scratch, args.syncs, 8192).context("the disk's fdatasync")?,
+        "append_1k": fdatasync_latency(&scratch, args.syncs, 1024).context("the disk's fdatasync")?,
+    });
+    eprintln!("disk: append + fdatasync {disk}");
     let mut servers = Vec::new();
     for kind in [Kind::Coordinator, Kind::ZooKeeper] {
         let dir = scratch.join(kind.name());
@@ -108,14 +113,17 @@ fn us(v: &Value, key: &str) -> f64 {
 /// The table BENCHMARKS.md keeps: each server's single-outstanding write
 /// as the disk's sync plus the server's own overhead, and group commit.
 fn markdown(disk: &Value, servers: &[Value]) -> String {
-    let sync = us(disk, "p50_us");
+    let (big, small) = (&disk["append_8k"], &disk["append_1k"]);
+    let sync = us(small, "p50_us");
     let mut s = format!(
-        "8 KiB append + fdatasync on the data dirs' file system: p50 {:.0} µs, p99 {:.0} µs ({} syncs)\n\n\
-         | server | create p50 (µs) | overhead over the sync | setData p50 (µs) | overhead over the sync | \
+        "append + fdatasync on the data dirs' file system ({} syncs each): 8 KiB p50 {:.0} µs, p99 {:.0} µs; \
+         1 KiB p50 {sync:.0} µs, p99 {:.0} µs\n\n\
+         | server | create p50 (µs) | overhead over the 1 KiB sync | setData p50 (µs) | overhead over the 1 KiB sync | \
          requests per fsync at 256 outstanding |\n|---|---|---|---|---|---|\n",
-        sync,
-        us(disk, "p99_us"),
-        disk["samples"]
+        big["samples"],
+        us(big, "p50_us"),
+        us(big, "p99_us"),
+        us(small, "p99_us"),
     );
     for v in servers {
         let (c, st) = (us(&v["create_1"], "p50_us"), us(&v["set_1"], "p50_us"));
