@@ -42,7 +42,12 @@ fn check_journal(journal: &Path) -> Vec<(Token, String)> {
     entries
 }
 
-fn scenario(zk: &str, dir: &Path) {
+/// `expiry_tick_ms` is the granularity of the server's session expiry. A
+/// server checks deadlines on a tick and rounds each one up to the next:
+/// ZooKeeper's expiry queue to its `tickTime` (2 s here), the coordinator to
+/// its own tick. So a crashed active's session ends up to a tick after its
+/// timeout, and only then can the standby take over.
+fn scenario(zk: &str, dir: &Path, expiry_tick_ms: u64) {
     let root = format!("/{}", testkit::unique("ha"));
     let journal = dir.join("journal");
     // ACLs on, as deployed: the workers run as the ha-worker identity.
@@ -55,10 +60,13 @@ fn scenario(zk: &str, dir: &Path) {
     w2.wait_line("ha-worker standby", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
 
-    // Crash: the standby takes over within the session timeout (+1 s).
+    // Crash: the standby takes over once the server expires the crashed
+    // one's session: within the timeout, rounded up to the server's expiry
+    // tick, plus 1 s for the watch and a loaded machine.
     let crashed = Instant::now();
     w1.kill9();
-    let t2 = term(&w2.wait_line("ha-worker active", Duration::from_millis(SESSION_MS + 1000)));
+    let failover_bound = Duration::from_millis(SESSION_MS + expiry_tick_ms + 1000);
+    let t2 = term(&w2.wait_line("ha-worker active", failover_bound));
     println!("failover after kill -9: {:?}", crashed.elapsed());
     assert!(t2 > t1, "the new term's token is not larger");
 
@@ -107,17 +115,27 @@ fn scenario(zk: &str, dir: &Path) {
     }
 }
 
+/// The `tickTime` the ZooKeeper under test runs with, from its `conf`.
+fn zookeeper_tick_ms(zk: &str) -> u64 {
+    let conf = e2e_tests::ensemble::four_letter(zk, "conf").expect("ZooKeeper answers `conf`");
+    conf.lines()
+        .find_map(|l| l.strip_prefix("tickTime="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tickTime in ZooKeeper's conf:\n{conf}"))
+}
+
 #[test]
 fn scenario_4_active_standby_on_the_coordinator() {
     let dir = TempDir::new("ha-coordinator");
     let (_server, addr) = start_coordinator(&["--tick-time", "500"], dir.path());
-    scenario(&addr, dir.path());
+    scenario(&addr, dir.path(), 500);
 }
 
 #[test]
 fn scenario_4_active_standby_on_zookeeper() {
     let dir = TempDir::new("ha-zookeeper");
-    scenario(&testkit::zookeeper_addr().to_string(), dir.path());
+    let zk = testkit::zookeeper_addr().to_string();
+    scenario(&zk, dir.path(), zookeeper_tick_ms(&zk));
 }
 
 /// "standby" means "in line": printed once the worker's candidate node
