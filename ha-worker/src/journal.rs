@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 
 use zk_recipes::fencing::Token;
 
+/// The failpoint that makes the journal accept any term (a broken fence,
+/// for the nemesis's HA checker to prove it catches a deposed active's
+/// write).
+pub const IGNORE_TERMS: &str = "ha-worker/journal-ignores-terms";
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("fenced: our term {ours} is older than term {highest} already in the journal")]
@@ -222,7 +227,8 @@ impl Journal {
             );
             file.set_len(intact as u64).map_err(self.io())?;
         }
-        if let Some(highest) = entries.iter().map(|e| e.token).max().filter(|h| token < *h) {
+        let fenced = entries.iter().map(|e| e.token).max().filter(|h| token < *h);
+        if let Some(highest) = fenced.filter(|_| !servicekit::failpoint::is_armed(IGNORE_TERMS)) {
             return Err(JournalError::Fenced { ours: token, highest });
         }
         let record = Entry { token, instance: instance.to_string(), seq }.encode();

@@ -209,6 +209,10 @@ impl CommonArgs {
     }
 }
 
+/// The failpoint that makes [`live_config`] stop following after the first
+/// version it applies.
+pub const CONFIG_WATCH_ONCE: &str = "config/watch-once";
+
 /// Follows `/config/<service>` (JSON) and keeps the latest valid settings in
 /// a `watch`. A missing node means defaults; invalid JSON is logged and the
 /// last good settings stay, so a typo cannot take a running service down.
@@ -216,6 +220,11 @@ impl CommonArgs {
 /// valid write read is reported in `status` (`config_version`, its mzxid),
 /// so anyone can see which write each instance runs; `metrics` gets the
 /// same version (`config_version`).
+///
+/// The failpoint [`CONFIG_WATCH_ONCE`] breaks this on purpose, as the
+/// classic bug does: a one-shot watch taken for a subscription, so the
+/// first value is applied and no change after it. It exists so the
+/// nemesis's config checker can be shown to catch exactly that.
 pub fn live_config<T>(
     client: &Client,
     path: &str,
@@ -258,6 +267,11 @@ where
                     }
                 }
                 Err(e) => tracing::warn!(path, "ignoring invalid config (keeping the last good one): {e}"),
+            }
+            if version.is_some() && failpoint::is_armed(CONFIG_WATCH_ONCE) {
+                // Deaf from here on, the settings kept as they are (the
+                // sender lives on, so nobody sees the follower gone).
+                std::future::pending::<()>().await;
             }
             if raw.changed().await.is_err() {
                 return;

@@ -117,6 +117,8 @@ pub struct Coordinator {
     /// `host:port`, the same across restarts.
     pub addr: String,
     args: Vec<String>,
+    /// Extra environment, the same at every restart (e.g. `FAILPOINTS`).
+    env: Vec<(String, String)>,
     log_dir: PathBuf,
     pub proc: Option<Proc>,
 }
@@ -125,11 +127,17 @@ impl Coordinator {
     /// Starts it at `place` (on a host, at the host's address on port
     /// 2181; on loopback, on a port the OS picks) with `args`.
     pub fn start(place: &Place, args: &[&str], log_dir: &Path) -> Coordinator {
+        Coordinator::start_with_env(place, args, &[], log_dir)
+    }
+
+    /// [`Coordinator::start`] with extra environment for every start.
+    pub fn start_with_env(place: &Place, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Coordinator {
         let port = if matches!(place, Place::Loopback) { 0 } else { 2181 };
         let mut c = Coordinator {
             place: place.clone(),
             addr: std::net::SocketAddr::new(place.ip(), port).to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log_dir: log_dir.to_path_buf(),
             proc: None,
         };
@@ -142,7 +150,8 @@ impl Coordinator {
         assert!(self.proc.is_none(), "the coordinator runs");
         let mut all = vec!["--listen", self.addr.as_str()];
         all.extend(self.args.iter().map(String::as_str));
-        let mut p = self.place.spawn("coordinator", &all, &[], &self.log_dir);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut p = self.place.spawn("coordinator", &all, &env, &self.log_dir);
         self.addr = p.wait_line("coordinator listening on", Duration::from_secs(20));
         self.proc = Some(p);
     }

@@ -50,6 +50,12 @@ pub enum Outcome {
     Written(i32),
     /// setData was refused: BadVersion.
     BadVersion,
+    /// The server said the register does not exist. A register is
+    /// created before its history starts and never deleted, so no
+    /// sequential register answers this: it fits no order. It is what a
+    /// server that lost the register's node (with every write it had
+    /// acknowledged) answers after a crash.
+    NoNode,
     /// No reply: the operation may or may not have taken effect.
     Unknown,
 }

@@ -146,10 +146,17 @@ pub fn ha_journal(entries: &[(zk_recipes::fencing::Token, String)]) -> Verdict {
 }
 
 /// Config: every live instance applied the last version written.
-/// `applied`: each registered instance and the version it reports.
-pub fn config(last_written: Option<i64>, applied: &[(String, Option<i64>)]) -> Verdict {
+/// `acknowledged`: how many writes of the config the operator was told
+/// succeeded; `last_written`: the node's mzxid at the end (`None`: no
+/// node); `applied`: each registered instance and the version it reports.
+pub fn config(acknowledged: usize, last_written: Option<i64>, applied: &[(String, Option<i64>)]) -> Verdict {
     let Some(last) = last_written else {
-        return Verdict::new("config: converged", vec![], "no config written".into());
+        // Gone after writes were acknowledged: the server lost them.
+        let problems = (acknowledged > 0)
+            .then(|| format!("the config node is gone after {acknowledged} acknowledged writes of it"))
+            .into_iter()
+            .collect();
+        return Verdict::new("config: converged", problems, "no config written".into());
     };
     let problems: Vec<String> = applied
         .iter()
@@ -250,9 +257,11 @@ mod tests {
 
     #[test]
     fn config_catches_an_instance_left_behind() {
-        assert!(config(Some(7), &[("b1".into(), Some(7)), ("b2".into(), Some(7))]).ok);
-        assert!(!config(Some(7), &[("b1".into(), Some(7)), ("b2".into(), Some(5))]).ok);
-        assert!(!config(Some(7), &[]).ok, "nobody registered is not convergence");
+        assert!(config(3, Some(7), &[("b1".into(), Some(7)), ("b2".into(), Some(7))]).ok);
+        assert!(!config(3, Some(7), &[("b1".into(), Some(7)), ("b2".into(), Some(5))]).ok);
+        assert!(!config(3, Some(7), &[]).ok, "nobody registered is not convergence");
+        assert!(config(0, None, &[]).ok, "nothing written, nothing to converge on");
+        assert!(!config(3, None, &[("b1".into(), Some(7))]).ok, "acknowledged writes of a node now gone");
     }
 
     #[tokio::test]
@@ -278,5 +287,10 @@ mod tests {
             reg(lin::Op::Read, lin::Outcome::Read(lin::Reg { value: 0, version: 0 }), 20, 30),
         ];
         assert!(!registers(&stale, Duration::from_secs(5)).await.ok);
+        // The register gone after an acknowledged write (a server that
+        // lost its data): a definite answer no order explains.
+        let gone =
+            [reg(lin::Op::Write(5), lin::Outcome::Written(1), 0, 10), reg(lin::Op::Read, lin::Outcome::NoNode, 20, 30)];
+        assert!(!registers(&gone, Duration::from_secs(5)).await.ok);
     }
 }

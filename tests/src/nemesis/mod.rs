@@ -145,9 +145,11 @@ pub struct Plan {
     /// How long the nemesis strikes (the run takes longer: deploying,
     /// then healing and checking).
     pub duration: Duration,
-    /// Extra environment for every system-b, e.g. a failpoint that breaks
-    /// a promise on purpose to prove a checker catches it.
-    pub system_b_env: Vec<(String, String)>,
+    /// Failpoints armed in every process the run starts (servers and
+    /// services; each acts only on the names that are its own, such as
+    /// `system-b/store-ignores-fencing`): a promise broken on purpose, to
+    /// prove its checker catches the break.
+    pub failpoints: Vec<&'static str>,
     /// The range of system-b's `work_ms` (how long applying a task takes)
     /// the config writer draws from: longer work, longer lock holds.
     pub work_ms: std::ops::Range<u64>,
@@ -177,7 +179,7 @@ impl Plan {
             seed,
             faults: faults.to_vec(),
             duration,
-            system_b_env: Vec::new(),
+            failpoints: Vec::new(),
             work_ms: 0..20,
             disks: vec![Disk::Server, Disk::Store, Disk::Journal],
             lying_disk: None,
@@ -272,7 +274,8 @@ struct Deployment {
     services: Vec<Service>,
     /// Where system-a listens now (it moves when system-a restarts).
     system_a: Arc<RwLock<String>>,
-    system_b_env: Vec<(String, String)>,
+    /// `FAILPOINTS` for every process started, when the plan arms any.
+    failpoints: Option<String>,
     /// The disks a power cut can strike (when the plan has power loss),
     /// unmounted once every process above is gone.
     disks: Option<Disks>,
@@ -285,6 +288,7 @@ struct Deployment {
 
 impl Deployment {
     fn start(plan: &Plan, dir: &Path) -> Deployment {
+        let failpoints = (!plan.failpoints.is_empty()).then(|| plan.failpoints.join(","));
         let net = Net::create();
         let disks = plan.faults.contains(&FaultKind::PowerLoss).then(|| Disks::mount(dir, plan));
         let on_disk = |disk: Option<&CrashFs>, name: &str| match disk {
@@ -298,9 +302,11 @@ impl Deployment {
                 let data = on_disk(disks.as_ref().and_then(|d| d.server.as_ref()), "coordinator-data");
                 let data = data.to_str().expect("utf-8 path");
                 let host = net.add_host("srv");
-                Servers::Coordinator(Coordinator::start(
+                let env: Vec<(&str, &str)> = failpoints.iter().map(|f| ("FAILPOINTS", f.as_str())).collect();
+                Servers::Coordinator(Coordinator::start_with_env(
                     &Place::on(&host),
                     &["--data-dir", data, "--tick-time", "500"],
+                    &env,
                     dir,
                 ))
             }
@@ -325,7 +331,7 @@ impl Deployment {
             servers,
             services: Vec::new(),
             system_a: Arc::new(RwLock::new(String::new())),
-            system_b_env: plan.system_b_env.clone(),
+            failpoints,
             disks,
             cuttable: plan
                 .disks
@@ -358,6 +364,9 @@ impl Deployment {
         let s = &self.services[i];
         let place = Place::with_broker(&self.net.host(&s.name), &self.relay);
         let mut env: Vec<(&str, &str)> = s.clock.env().to_vec();
+        if let Some(armed) = &self.failpoints {
+            env.push(("FAILPOINTS", armed));
+        }
         let proc = match s.role {
             Role::SystemA => {
                 let (p, addr) = crate::start_system_a_on(&place, zk, root, queue, &[], &env, dir);
@@ -367,7 +376,6 @@ impl Deployment {
                 p
             }
             Role::SystemB => {
-                env.extend(self.system_b_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 crate::start_system_b_on(&place, zk, root, queue, &self.store, &s.name, session, &env, dir)
             }
             Role::HaWorker => {
@@ -696,7 +704,10 @@ pub async fn run(plan: &Plan) -> Report {
     let obs = observer(&d).await;
     let config_path = obs.layout.config("system-b");
     let first = format!(r#"{{"work_ms":{}}}"#, plan.work_ms.start);
-    obs.set(&config_path, first.as_bytes()).await.expect("the first config");
+    let at = Instant::now();
+    let (version, _) = obs.set(&config_path, first.as_bytes()).await.expect("the first config");
+    // Acknowledged like every later write: the config checker counts it.
+    history.push(Entry::Config { version, body: first, at });
     let obs = Arc::new(obs);
 
     // The registers: znodes of their own, open to the test's clients.
@@ -800,6 +811,7 @@ async fn judge(d: &Deployment, history: &History, obs: &drills::observe::Observe
     // (the last write, whichever attempt of it landed), given time to
     // catch up after the last fault.
     let last = obs.get(config_path).await.ok().flatten().map(|(_, mzxid, _)| mzxid);
+    let acknowledged = entries.iter().filter(|e| matches!(e, Entry::Config { .. })).count();
     let mut applied = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
@@ -808,7 +820,7 @@ async fn judge(d: &Deployment, history: &History, obs: &drills::observe::Observe
             .await
             .map(|ms| ms.iter().map(|m| (m.instance.clone(), m.config_version())).collect())
             .unwrap_or_default();
-        if check::config(last, &applied).ok && applied.len() == 2 {
+        if check::config(acknowledged, last, &applied).ok && applied.len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -818,7 +830,7 @@ async fn judge(d: &Deployment, history: &History, obs: &drills::observe::Observe
         check::tasks(&entries, &finals),
         check::lock_tokens(&entries),
         check::ha_journal(&journal),
-        check::config(last, &applied),
+        check::config(acknowledged, last, &applied),
         check::registers(&entries, Duration::from_secs(60)).await,
     ]
 }

@@ -154,6 +154,10 @@ pub async fn register_client(
                     }
                 }
             }
+            // NoNode is a definite answer, not a lost reply: the register
+            // is gone. Taken for "unknown", a server that lost its data
+            // would pass as one that merely failed to answer.
+            .or_else(|e| if e == ZkError::NoNode { Ok(lin::Outcome::NoNode) } else { Err(e) })
         })
         .await;
         let (outcome, returned) = match answer {
