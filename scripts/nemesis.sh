@@ -7,7 +7,7 @@
 #                      [--runs N] [--seconds T] [--faults kind,kind,...]
 #
 # Fault kinds: kill-server, pause-server, kill-service, pause-service,
-# clock-jump, stall-lock-holder, partition, power-loss. A failed run keeps
+# clock-jump, stall-lock-holder, partition, power-loss, slow-link. A failed run keeps
 # its history, verdicts, logs (and, with power-loss, what the disks held)
 # under target/nemesis/<target>-<seed>/.
 set -euo pipefail

@@ -21,8 +21,8 @@
 //!   on a host: a network namespace belongs to a thread, and a socket to
 //!   the namespace of the thread that opened it, so a test's ZooKeeper
 //!   client on a host is partitioned like any server.
-//! - [`Net::partition`], [`Net::cut_one_way`], [`Net::isolate`] and
-//!   [`Net::heal`] are the faults; [`Net::relay`] lets hosts reach a
+//! - [`Net::partition`], [`Net::cut_one_way`], [`Net::isolate`],
+//!   [`Net::slow`] and [`Net::heal`] are the faults; [`Net::relay`] lets hosts reach a
 //!   service of the root namespace (RabbitMQ) through the gateway, and can
 //!   be cut itself.
 //!
@@ -83,6 +83,8 @@ struct State {
     blocked: BTreeSet<(String, String)>,
     /// The rules in force on each host, as last applied.
     applied: BTreeMap<String, String>,
+    /// Hosts whose link is slowed ([`Net::slow`]).
+    slowed: BTreeSet<String>,
 }
 
 /// A host of a [`Net`]: a network namespace with one address.
@@ -246,11 +248,45 @@ impl Net {
         self.apply(&mut st);
     }
 
-    /// Ends every fault: all hosts reach each other again.
+    /// Every packet to and from `host` passes a token bucket of
+    /// `kbit_per_s` (the kernel's `tbf` qdisc, on both ends of the host's
+    /// link): a slow link, as a congested or long-haul one is. What is
+    /// sent faster queues behind what went before, up to half a second's
+    /// worth, and the rest is dropped (TCP sends it again), so a request
+    /// waits behind its host's other traffic and heavy traffic stalls.
+    /// This kernel has no `netem` for a fixed delay; `tbf` is the shaping
+    /// it has, and it works inside a namespace. Until [`Net::heal`].
+    pub fn slow(&self, host: &str, kbit_per_s: u32) {
+        let mut st = self.inner.state.lock();
+        let rate = format!("{kbit_per_s}kbit");
+        // One full frame fits the bucket, or nothing larger would pass.
+        let shape = ["root", "tbf", "rate", &rate, "burst", "1600", "latency", "500ms"];
+        for (ns, dev) in self.link_ends(&st, host) {
+            tc(&ns, &[&["qdisc", "replace", "dev", &dev], &shape[..]].concat())
+                .unwrap_or_else(|e| panic!("slowing host {host}: {e:#}"));
+        }
+        st.slowed.insert(host.to_string());
+    }
+
+    /// Ends every fault: all hosts reach each other again, at full speed.
     pub fn heal(&self) {
         let mut st = self.inner.state.lock();
         st.blocked.clear();
         self.apply(&mut st);
+        for host in std::mem::take(&mut st.slowed) {
+            for (ns, dev) in self.link_ends(&st, &host) {
+                tc(&ns, &["qdisc", "del", "dev", &dev, "root"])
+                    .unwrap_or_else(|e| panic!("restoring host {host}'s link: {e:#}"));
+            }
+        }
+    }
+
+    /// Both ends of `host`'s link, as (namespace, device): its own `eth0`
+    /// (what it sends) and its port on the switch (what it is sent).
+    fn link_ends(&self, st: &State, host: &str) -> [(String, String); 2] {
+        let i =
+            st.hosts.iter().position(|h| h.name == host).unwrap_or_else(|| panic!("the network has no host {host}"));
+        [(st.hosts[i].ns.clone(), "eth0".to_string()), (self.inner.id.clone(), format!("p{i}"))]
     }
 
     /// Writes each host's rules where they changed. A blocked packet is
@@ -426,6 +462,15 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `tc` (iproute2) with `args` in namespace `ns`.
+fn tc(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "tc"]).args(args).output().context("run tc (iproute2)")?;
+    if !out.status.success() {
+        bail!("tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Whether the root namespace already routes some of `subnet` (a real

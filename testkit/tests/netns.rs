@@ -1,6 +1,6 @@
 //! The network layer itself (`testkit::netns`): hosts talk, a partition
 //! stops them and a heal lets them talk again, a one-way cut blocks one
-//! direction only, the test's own code and programs run on a host, the
+//! direction only, a slowed link carries no more than its rate, the test's own code and programs run on a host, the
 //! relay reaches the root namespace and can be cut, and nothing is left
 //! behind. Needs root, as CI runs.
 
@@ -55,6 +55,70 @@ fn datagram_arrives(net: &Net, from: &str, to: &str) -> bool {
         .expect("thread");
     let mut buf = [0u8; 16];
     receiver.recv_from(&mut buf).is_ok()
+}
+
+/// A server on `host` at `port` that, for each connection, reads what the
+/// client sends until it shuts its side, then answers with `answer` bytes.
+fn serve_bulk(net: &Net, host: &str, port: u16, answer: usize) -> SocketAddr {
+    let addr = SocketAddr::from((net.host(host).ip(), port));
+    let listener = net
+        .host(host)
+        .run_on_thread(move || TcpListener::bind(addr).expect("bind on the host"))
+        .join()
+        .expect("thread");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = std::io::copy(&mut s, &mut std::io::sink());
+            let _ = s.write_all(&vec![7u8; answer]);
+        }
+    });
+    addr
+}
+
+/// How long host `from` takes to send `upload` bytes to `to` and read the
+/// whole answer.
+fn exchange(net: &Net, from: &str, to: SocketAddr, upload: usize) -> Duration {
+    net.host(from)
+        .run_on_thread(move || {
+            let started = std::time::Instant::now();
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
+            s.write_all(&vec![1u8; upload]).expect("send");
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).expect("read");
+            started.elapsed()
+        })
+        .join()
+        .expect("thread")
+}
+
+#[test]
+fn a_slowed_link_carries_no_more_than_its_rate_each_way_and_a_heal_restores_it() {
+    let net = Net::create();
+    net.add_host("a");
+    net.add_host("b");
+    net.add_host("c");
+    const BULK: usize = 32 * 1024;
+    let to_a = serve_bulk(&net, "b", 7000, BULK);
+    let from_a = serve_bulk(&net, "b", 7001, 0);
+    let healthy = exchange(&net, "a", to_a, 0);
+    assert!(healthy < Duration::from_millis(500), "{BULK} bytes took {healthy:?} on a healthy link");
+
+    // 128 kbit/s is 16 KB/s: 32 KiB takes 2 s, whichever way it goes.
+    net.slow("b", 128);
+    let down = exchange(&net, "a", to_a, 0);
+    let up = exchange(&net, "a", from_a, BULK);
+    for (way, took) in [("from b", down), ("to b", up)] {
+        assert!(took >= Duration::from_millis(1500), "{BULK} bytes {way} took {took:?} on a 128 kbit/s link");
+        assert!(took < Duration::from_secs(10), "{BULK} bytes {way} took {took:?}: stalled, not slowed");
+    }
+    // Only b's link: a and c still talk at full speed.
+    let elsewhere = serve_bulk(&net, "c", 7000, BULK);
+    assert!(exchange(&net, "a", elsewhere, 0) < Duration::from_millis(500), "a host not slowed was slowed");
+
+    net.heal();
+    let healed = exchange(&net, "a", to_a, 0);
+    assert!(healed < Duration::from_millis(500), "{BULK} bytes took {healed:?} after the heal");
 }
 
 #[test]

@@ -11,8 +11,9 @@
 //! with a wall clock the nemesis can step; it starts the clients of
 //! [`workload`] and lets the nemesis strike: one fault at a time (kill -9,
 //! SIGSTOP, a stalled lock holder, a clock step, a partition, a power
-//! cut of a disk), each held
-//! 1-8 s, then healed, with quiet gaps between. The schedule is drawn from the seed, so a seed names a run.
+//! cut of a disk, a slow link), each held 1-8 s, then healed, with quiet
+//! gaps between. The schedule is drawn from the seed, so a seed names a
+//! run.
 //! When the time is up every fault is healed, the clients finish what they
 //! started, and the [`check`]ers read the history and the state left
 //! behind: the store, the journal, the registry.
@@ -104,10 +105,15 @@ pub enum FaultKind {
     /// instances write it), ha-worker's journal (both instances). An
     /// ensemble member's disk is not cut: Apache ZooKeeper's own.
     PowerLoss,
+    /// A slow link: a server's (the leader half the time on an ensemble)
+    /// or a service's traffic held to 16-128 kbit/s each way
+    /// (`testkit::netns::Net::slow`), so its requests queue behind each
+    /// other, heavy traffic is dropped and resent, and timeouts race.
+    SlowLink,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillServer,
         FaultKind::PauseServer,
         FaultKind::KillService,
@@ -116,6 +122,7 @@ impl FaultKind {
         FaultKind::StallLockHolder,
         FaultKind::Partition,
         FaultKind::PowerLoss,
+        FaultKind::SlowLink,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +135,7 @@ impl FaultKind {
             FaultKind::StallLockHolder => "stall-lock-holder",
             FaultKind::Partition => "partition",
             FaultKind::PowerLoss => "power-loss",
+            FaultKind::SlowLink => "slow-link",
         }
     }
 
@@ -601,6 +609,21 @@ async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &dri
             format!("{what} for {} ms", hold.as_millis())
         }
         FaultKind::PowerLoss => power_loss(d, rng, hold).await,
+        FaultKind::SlowLink => {
+            let host = if rng.random_bool(0.5) {
+                match &d.servers {
+                    Servers::Coordinator(_) => "srv".to_string(),
+                    Servers::Ensemble(e) => e.host(member(e, rng)).to_string(),
+                }
+            } else {
+                d.services[rng.random_range(0..d.services.len())].name.clone()
+            };
+            let kbit = rng.random_range(16..=128);
+            d.net.slow(&host, kbit);
+            tokio::time::sleep(hold).await;
+            d.net.heal();
+            format!("slow {host} to {kbit} kbit/s for {} ms", hold.as_millis())
+        }
     }
 }
 
