@@ -17,9 +17,9 @@ fn connects(net: &Net, from: &str, to_addr: SocketAddr, limit: Duration) -> bool
     net.host(from).run_on_thread(move || TcpStream::connect_timeout(&to_addr, limit).is_ok()).join().expect("thread")
 }
 
-/// A TCP listener on `host` at `port` that accepts forever, answering each
-/// connection with `hello`.
-fn listen(net: &Net, host: &str, port: u16) -> SocketAddr {
+/// A TCP listener on `host` at `port` that accepts forever and hands
+/// each connection to `serve`.
+fn serve_on(net: &Net, host: &str, port: u16, serve: impl Fn(TcpStream) + Send + 'static) -> SocketAddr {
     let addr = SocketAddr::from((net.host(host).ip(), port));
     let listener = net
         .host(host)
@@ -27,11 +27,18 @@ fn listen(net: &Net, host: &str, port: u16) -> SocketAddr {
         .join()
         .expect("thread");
     std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(b"hello");
+        for s in listener.incoming().flatten() {
+            serve(s);
         }
     });
     addr
+}
+
+/// A listener on `host` at `port` answering each connection with `hello`.
+fn listen(net: &Net, host: &str, port: u16) -> SocketAddr {
+    serve_on(net, host, port, |mut s| {
+        let _ = s.write_all(b"hello");
+    })
 }
 
 /// Whether a datagram sent from `from` reaches `to` within 1 s.
@@ -60,19 +67,10 @@ fn datagram_arrives(net: &Net, from: &str, to: &str) -> bool {
 /// A server on `host` at `port` that, for each connection, reads what the
 /// client sends until it shuts its side, then answers with `answer` bytes.
 fn serve_bulk(net: &Net, host: &str, port: u16, answer: usize) -> SocketAddr {
-    let addr = SocketAddr::from((net.host(host).ip(), port));
-    let listener = net
-        .host(host)
-        .run_on_thread(move || TcpListener::bind(addr).expect("bind on the host"))
-        .join()
-        .expect("thread");
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = std::io::copy(&mut s, &mut std::io::sink());
-            let _ = s.write_all(&vec![7u8; answer]);
-        }
-    });
-    addr
+    serve_on(net, host, port, move |mut s| {
+        let _ = std::io::copy(&mut s, &mut std::io::sink());
+        let _ = s.write_all(&vec![7u8; answer]);
+    })
 }
 
 /// How long host `from` takes to send `upload` bytes to `to` and read the
@@ -214,13 +212,32 @@ fn dropping_the_network_leaves_nothing_behind() {
         net.add_host("y");
         // Something still running on a host when the network drops.
         orphan = net.command("x", "sleep").arg("60").spawn().expect("spawn");
-        let ours: Vec<String> = namespaces().into_iter().filter(|n| n.ends_with("-x") || n.ends_with("-y")).collect();
+        let mine = format!("zkt{:x}x", std::process::id());
+        let ours: Vec<String> = namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&mine) && (n.ends_with("-x") || n.ends_with("-y")))
+            .collect();
         assert!(ours.len() >= 2, "the hosts' namespaces are not there: {ours:?}");
+        // Running *on the host* first: `ip netns exec` enters the namespace,
+        // then execs. Dropped before it enters, the program never runs
+        // there at all (and iproute2 then exits 0, which would read as
+        // "not killed").
+        let x = ours.iter().find(|n| n.ends_with("-x")).expect("host x's namespace").clone();
+        let pid = orphan.id().to_string();
+        let inside = || {
+            let out = std::process::Command::new("ip").args(["netns", "pids", &x]).output().expect("ip netns pids");
+            String::from_utf8_lossy(&out.stdout).split_whitespace().any(|p| p == pid)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !inside() {
+            assert!(std::time::Instant::now() < deadline, "the program never entered host x");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         (ours, net.gateway())
     };
     // Killed with the network: reaped at once.
     let status = orphan.wait().expect("wait");
-    assert!(!status.success(), "what ran on the host was not killed");
+    assert!(!status.success(), "what ran on the host was not killed: {status:?}");
     let left: Vec<String> = namespaces().into_iter().filter(|n| hosts.contains(n)).collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     let out = std::process::Command::new("ip").args(["-4", "-o", "addr"]).output().expect("ip");
