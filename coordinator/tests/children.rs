@@ -1,8 +1,10 @@
 //! getChildren against a model, through everything that adds or takes away
 //! a child: creates (sequential or not, ephemeral or not), deletes,
 //! sessions closing and taking their ephemerals, multis that apply whole or
-//! roll back, and a snapshot read back in the middle of it all (recovery),
-//! after which the tree carries on from the recovered copy.
+//! roll back, a snapshot read back in the middle of it all (recovery),
+//! after which the tree carries on from the recovered copy, and snapshots
+//! written a chunk at a time while the rest goes on, which must read back
+//! as the tree was when they began.
 //!
 //! A parent keeps its children's names in one block that a delete leaves
 //! holes in and a rewrite closes up (`tree::names`); a listing copies the
@@ -17,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use coordinator::prep::{prepare, Ctx};
-use coordinator::tree::{DataTree, TxnResult};
+use coordinator::tree::{DataTree, Progress, TxnResult};
 use coordinator::txn::{Txn, TxnHeader};
 use proptest::prelude::*;
 use zk_wire::consts::{CreateMode, OpCode};
@@ -53,6 +55,12 @@ enum Op {
     Multi(Vec<Op>),
     /// Snapshot, and carry on from the tree read back from it.
     Recover,
+    /// Begin a snapshot that is written a chunk at a time while the other
+    /// ops go on (as the server writes one); once done, the tree read back
+    /// from it must list what the model held when it began.
+    BeginSnapshot,
+    /// Encode this many more bytes of the snapshot in progress.
+    Chunk(usize),
 }
 
 fn simple() -> impl Strategy<Value = Op> {
@@ -69,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..SESSIONS.len()).prop_map(Op::Close),
         2 => prop::collection::vec(simple(), 1..5).prop_map(Op::Multi),
         1 => Just(Op::Recover),
+        1 => Just(Op::BeginSnapshot),
+        3 => (1usize..300).prop_map(Op::Chunk),
     ]
 }
 
@@ -84,11 +94,14 @@ struct Run {
     tree: DataTree,
     zxid: i64,
     model: Model,
+    /// A snapshot in progress: its bytes so far, and the model as it was
+    /// when it began.
+    snapshot: Option<(Vec<u8>, Model)>,
 }
 
 impl Run {
     fn new() -> Self {
-        let mut run = Run { tree: DataTree::new(), zxid: 0, model: Model::default() };
+        let mut run = Run { tree: DataTree::new(), zxid: 0, model: Model::default(), snapshot: None };
         for s in SESSIONS {
             run.apply(s, &Txn::CreateSession { timeout_ms: 10_000 });
         }
@@ -199,42 +212,73 @@ impl Run {
                 }
             }
             Op::Recover => {
+                // Writing a whole snapshot abandons the one in progress.
+                self.snapshot = None;
                 let mut bytes = Vec::new();
                 self.tree.write_snapshot(&mut bytes).expect("snapshot");
                 self.tree = DataTree::read_snapshot(&bytes).expect("read back");
             }
+            Op::BeginSnapshot => {
+                if self.snapshot.is_none() {
+                    let mut bytes = Vec::new();
+                    self.tree.begin_snapshot().write(&mut bytes);
+                    self.snapshot = Some((bytes, self.model.clone()));
+                }
+            }
+            Op::Chunk(_) => {}
         }
     }
 
-    /// Each parent's listing, three ways, against the model.
-    fn check(&self) -> Result<(), TestCaseError> {
-        for (i, parent) in PARENTS.iter().enumerate() {
-            let node = self.tree.get(parent).ok_or_else(|| TestCaseError::fail(format!("{parent} gone")))?;
-            let expected: Vec<String> = self.model.children[i].keys().cloned().collect();
-            let children = node.children();
-            let mut listed: Vec<String> = children.iter().map(str::to_string).collect();
-            listed.sort();
-            prop_assert_eq!(&listed, &expected, "{} iterated", parent);
-            prop_assert_eq!(children.len(), expected.len());
-            prop_assert_eq!(node.stat().num_children as usize, expected.len());
-            let mut wire = Vec::new();
-            children.write(&mut wire);
-            prop_assert_eq!(wire.len(), children.encoded_len());
-            let Ok(Response::Children(reply)) = Response::decode(OpCode::GetChildren, &wire) else {
-                return Err(TestCaseError::fail(format!("{parent}: the listing does not decode")));
-            };
-            let mut replied = reply.children;
-            replied.sort();
-            prop_assert_eq!(&replied, &expected, "{} as replied", parent);
-            for (name, owner) in &self.model.children[i] {
-                let child = self.tree.get(&format!("{parent}/{name}"));
-                prop_assert!(child.is_some(), "{}/{} not found by its path", parent, name);
-                let owner_seen = child.map(|c| c.stat().ephemeral_owner).unwrap_or_default();
-                prop_assert_eq!(owner_seen, owner.unwrap_or(0), "{}/{} is another node", parent, name);
+    /// Encodes `n` more bytes of the snapshot in progress; once it is
+    /// done, checks the tree read back from it against the model as it
+    /// was when the snapshot began.
+    fn chunk(&mut self, n: usize) -> Result<(), TestCaseError> {
+        let Some((mut bytes, model)) = self.snapshot.take() else { return Ok(()) };
+        let budget = bytes.len().saturating_add(n);
+        match self.tree.snapshot_chunk(&mut bytes, budget) {
+            Ok(Progress::More) => self.snapshot = Some((bytes, model)),
+            Ok(Progress::Done) => {
+                let read = DataTree::read_snapshot(&bytes).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                check_tree(&read, &model)?;
             }
+            Err(e) => return Err(TestCaseError::fail(format!("snapshot: {e}"))),
         }
         Ok(())
     }
+
+    fn check(&self) -> Result<(), TestCaseError> {
+        check_tree(&self.tree, &self.model)
+    }
+}
+
+/// Each parent's listing, three ways, against the model.
+fn check_tree(tree: &DataTree, model: &Model) -> Result<(), TestCaseError> {
+    for (i, parent) in PARENTS.iter().enumerate() {
+        let node = tree.get(parent).ok_or_else(|| TestCaseError::fail(format!("{parent} gone")))?;
+        let expected: Vec<String> = model.children[i].keys().cloned().collect();
+        let children = node.children();
+        let mut listed: Vec<String> = children.iter().map(str::to_string).collect();
+        listed.sort();
+        prop_assert_eq!(&listed, &expected, "{} iterated", parent);
+        prop_assert_eq!(children.len(), expected.len());
+        prop_assert_eq!(node.stat().num_children as usize, expected.len());
+        let mut wire = Vec::new();
+        children.write(&mut wire);
+        prop_assert_eq!(wire.len(), children.encoded_len());
+        let Ok(Response::Children(reply)) = Response::decode(OpCode::GetChildren, &wire) else {
+            return Err(TestCaseError::fail(format!("{parent}: the listing does not decode")));
+        };
+        let mut replied = reply.children;
+        replied.sort();
+        prop_assert_eq!(&replied, &expected, "{} as replied", parent);
+        for (name, owner) in &model.children[i] {
+            let child = tree.get(&format!("{parent}/{name}"));
+            prop_assert!(child.is_some(), "{}/{} not found by its path", parent, name);
+            let owner_seen = child.map(|c| c.stat().ephemeral_owner).unwrap_or_default();
+            prop_assert_eq!(owner_seen, owner.unwrap_or(0), "{}/{} is another node", parent, name);
+        }
+    }
+    Ok(())
 }
 
 fn open() -> Vec<zk_wire::records::Acl> {
@@ -255,9 +299,13 @@ proptest! {
     fn listings_match_the_model_through_every_change_and_a_recovery(ops in prop::collection::vec(op(), 1..120)) {
         let mut run = Run::new();
         for op in &ops {
-            run.step(op);
+            match op {
+                Op::Chunk(n) => run.chunk(*n)?,
+                op => run.step(op),
+            }
             run.check()?;
         }
+        run.chunk(usize::MAX)?;
         // And once more from a snapshot of where it ended.
         run.step(&Op::Recover);
         run.check()?;
