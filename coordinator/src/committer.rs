@@ -270,7 +270,8 @@ mod tests {
         t.paths()
             .filter_map(|p| {
                 let n = t.get(&p)?;
-                let children = n.children().into_iter().map(str::to_string).collect();
+                let mut children: Vec<String> = n.children().iter().map(str::to_string).collect();
+                children.sort_unstable();
                 Some((p.clone(), (n.data().map(<[u8]>::to_vec), n.acl().as_ref().clone(), n.stat(), children)))
             })
             .collect()

@@ -5,9 +5,10 @@ use bytes::Bytes;
 use zk_wire::codec::Jute;
 use zk_wire::consts::NOTIFICATION_XID;
 use zk_wire::frame::{finish_frame, start_frame};
-use zk_wire::records::{ConnectResponse, ReplyHeader, WatcherEvent};
-use zk_wire::response::ChildrenView;
+use zk_wire::records::{ConnectResponse, ReplyHeader, Stat, WatcherEvent};
 use zk_wire::{ErrorCode, Response};
+
+use crate::tree::Children;
 
 /// A watch event's frame: the notification header (xid -1, no zxid), then
 /// the event.
@@ -43,13 +44,17 @@ pub fn connect_frame(reply: &ConnectResponse) -> Bytes {
     Bytes::from(out)
 }
 
-/// A successful getChildren or getChildren2 reply, written from names
-/// borrowed from the tree (see [`ChildrenView`]).
-pub(crate) fn listing(xid: i32, zxid: i64, view: ChildrenView<'_>) -> Bytes {
-    let mut out = Vec::with_capacity(64 + view.children.iter().map(|c| 4 + c.len()).sum::<usize>());
+/// A successful getChildren reply, or getChildren2's with its `stat`: the
+/// names are copied from the tree's block, already in jute's encoding
+/// (see [`Children::write`]).
+pub(crate) fn listing(xid: i32, zxid: i64, children: &Children<'_>, stat: Option<&Stat>) -> Bytes {
+    let mut out = Vec::with_capacity(96 + children.encoded_len());
     let at = start_frame(&mut out);
     ReplyHeader { xid, zxid, err: 0 }.write(&mut out);
-    view.write(&mut out);
+    children.write(&mut out);
+    if let Some(stat) = stat {
+        stat.write(&mut out);
+    }
     finish_frame(&mut out, at);
     Bytes::from(out)
 }

@@ -217,7 +217,10 @@ impl pb::admin_server::Admin for AdminService {
                 }
                 let s = node.stat();
                 if depth < req.depth {
-                    queue.extend(node.children().into_iter().map(|c| (path::join(&p, c), depth + 1)));
+                    // Sorted for the operator reading it; the tree keeps no order.
+                    let mut children: Vec<&str> = node.children().iter().collect();
+                    children.sort_unstable();
+                    queue.extend(children.into_iter().map(|c| (path::join(&p, c), depth + 1)));
                 }
                 nodes.push(Node {
                     path: p,

@@ -21,7 +21,7 @@ use zk_wire::{ErrorCode, Request};
 
 use crate::acl;
 use crate::path;
-use crate::tree::{DataTree, StatPersisted};
+use crate::tree::{names_fit, DataTree, StatPersisted};
 use crate::txn::{NodeKind, Txn, MAX_TTL};
 
 /// Who is asking, and the settings validation depends on.
@@ -39,6 +39,9 @@ struct View {
     stat: StatPersisted,
     acl: Arc<Vec<Acl>>,
     children: i32,
+    /// The bytes of the node's block of children's names, counting the
+    /// creates pending under it (deletes free none until applied).
+    names_len: usize,
 }
 
 /// The tree as the ops validated so far in this request would leave it.
@@ -56,7 +59,12 @@ impl Pending<'_> {
             None => self
                 .tree
                 .get(p)
-                .map(|n| View { stat: n.stat, acl: n.acl().clone(), children: n.num_children() as i32 })
+                .map(|n| View {
+                    stat: n.stat,
+                    acl: n.acl().clone(),
+                    children: n.num_children() as i32,
+                    names_len: n.children().block_len(),
+                })
                 .ok_or(ErrorCode::NoNode),
         }
     }
@@ -146,6 +154,15 @@ fn create(pending: &mut Pending<'_>, ctx: &Ctx<'_>, op: OpCode, r: &CreateTtlReq
     if matches!(NodeKind::from_owner(parent.stat.ephemeral_owner), NodeKind::Ephemeral(_)) {
         return Err(ErrorCode::NoChildrenForEphemerals);
     }
+    // A parent's names share one block whose offsets are 31-bit (see
+    // `tree::names`): past 2 GiB of them it takes no more children.
+    // ZooKeeper has no such limit; reaching it takes thousands of
+    // megabyte-long names under one node.
+    let name = path::name(&path);
+    if !names_fit(parent.names_len, 1, name.len()) {
+        return Err(ErrorCode::BadArguments);
+    }
+    parent.names_len += 4 + name.len();
     // The node's kind follows the opcode for containers and TTL nodes, and
     // the flags otherwise: exactly the txn ZooKeeper would log.
     let kind = match op {
@@ -171,7 +188,7 @@ fn create(pending: &mut Pending<'_>, ctx: &Ctx<'_>, op: OpCode, r: &CreateTtlReq
         pzxid: ctx.zxid,
         ..StatPersisted::default()
     };
-    pending.set(&path, Some(View { stat, acl: acl.clone(), children: 0 }));
+    pending.set(&path, Some(View { stat, acl: acl.clone(), children: 0, names_len: 0 }));
     Ok(Txn::Create { path, data: r.data.clone().map(Bytes::from), acl, kind, parent_cversion })
 }
 

@@ -40,29 +40,6 @@ impl MultiResult {
     }
 }
 
-/// The body of a getChildren or getChildren2 reply, borrowing the names
-/// instead of owning them: the same bytes as [`ChildrenResponse`] (no
-/// stat) or [`GetChildren2Response`] (with one), for a server that answers
-/// from its own tree. Copying each of a large node's children into a
-/// `String` first made listing 100,000 children half as slow again.
-#[derive(Debug, Clone, Copy)]
-pub struct ChildrenView<'a> {
-    pub children: &'a [&'a str],
-    pub stat: Option<&'a Stat>,
-}
-
-impl ChildrenView<'_> {
-    pub fn write(&self, out: &mut Vec<u8>) {
-        (self.children.len() as i32).write(out);
-        for name in self.children {
-            crate::codec::write_str(out, name);
-        }
-        if let Some(stat) = self.stat {
-            stat.write(out);
-        }
-    }
-}
-
 /// A decoded reply body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -158,35 +135,5 @@ fn read_multi_results(r: &mut Reader<'_>) -> Result<Vec<MultiResult>, DecodeErro
             OpCode::Error => MultiResult::Error(ErrorResponse::read(r)?.err),
             _ => return Err(DecodeError::BadMultiOp { op: h.op, context: "multi reply" }),
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The borrowed view writes exactly what the owned records write,
-        /// with and without the stat, and decodes as them.
-        #[test]
-        fn a_children_view_is_the_owned_records_bytes(
-            names in prop::collection::vec("[a-z0-9é]{0,12}", 0..40),
-            version in any::<i32>(),
-        ) {
-            let borrowed: Vec<&str> = names.iter().map(String::as_str).collect();
-            let stat = Stat { version, ..Stat::default() };
-            let mut view = Vec::new();
-            ChildrenView { children: &borrowed, stat: None }.write(&mut view);
-            let mut owned = Vec::new();
-            ChildrenResponse { children: names.clone() }.write(&mut owned);
-            prop_assert_eq!(&view, &owned);
-            prop_assert_eq!(Response::decode(OpCode::GetChildren, &view).unwrap(), Response::Children(ChildrenResponse { children: names.clone() }));
-            let mut view2 = Vec::new();
-            ChildrenView { children: &borrowed, stat: Some(&stat) }.write(&mut view2);
-            let mut owned2 = Vec::new();
-            GetChildren2Response { children: names, stat }.write(&mut owned2);
-            prop_assert_eq!(view2, owned2);
-        }
     }
 }

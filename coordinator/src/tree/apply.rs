@@ -142,6 +142,12 @@ impl DataTree {
         if self.arena.child(parent, name).is_some() {
             return Err(ErrorCode::NodeExists);
         }
+        // Validation refuses a name the parent's block has no room for;
+        // checked again here, before the parent changes, so that a log
+        // that holds one anyway fails the same way on every replay.
+        if !self.arena.has_room(parent, name) {
+            return Err(ErrorCode::BadArguments);
+        }
         if let Some(p) = self.arena.edit(parent) {
             if parent_cversion > p.stat.cversion {
                 p.stat.cversion = parent_cversion;
@@ -160,7 +166,10 @@ impl DataTree {
             pzxid: hdr.zxid,
         };
         let acl = self.acls.intern(acl);
-        let slot = self.add_node(parent, path, data, acl, stat);
+        let Some(slot) = self.add_node(parent, path, data, acl, stat) else {
+            self.acls.release(acl);
+            return Err(ErrorCode::BadArguments);
+        };
         let client_stat = self.arena.node(slot).map(Node::stat).unwrap_or_default();
         let parent_acl = self.arena.node(parent).map_or(acl, |p| p.acl);
         triggers.push(Trigger::Created(path.to_string(), self.acls.get(acl).clone()));
@@ -219,6 +228,8 @@ impl DataTree {
     /// Adds the node at `path` under `parent` (a create, or a node read
     /// from a snapshot): into the arena, and into the size count and the
     /// index of its kind (ephemerals by owner, containers, TTL nodes).
+    /// `None`, with nothing changed, when the parent's block of names has
+    /// no room for it.
     pub(super) fn add_node(
         &mut self,
         parent: u32,
@@ -226,8 +237,8 @@ impl DataTree {
         data: Option<&[u8]>,
         acl: u32,
         stat: StatPersisted,
-    ) -> u32 {
-        let slot = self.arena.insert(parent, path::name(path), data, acl, stat);
+    ) -> Option<u32> {
+        let slot = self.arena.insert(parent, path::name(path), data, acl, stat)?;
         self.data_size += path.len() as i64 + data.map_or(0, |d| d.len() as i64);
         match NodeKind::from_owner(stat.ephemeral_owner) {
             NodeKind::Ephemeral(owner) => {
@@ -241,7 +252,7 @@ impl DataTree {
             }
             NodeKind::Persistent => {}
         }
-        slot
+        Some(slot)
     }
 }
 

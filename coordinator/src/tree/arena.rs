@@ -1,6 +1,7 @@
-//! The arena: every node in a slot of one `Vec`, linked to its parent,
-//! children and siblings by slot number; the path index over it; and the
-//! copy-on-write that keeps a snapshot in progress exact.
+//! The arena: every node in a slot of one `Vec`, linked to its parent by
+//! slot number; each parent's block of children's names; the path index
+//! over them; and the copy-on-write that keeps a snapshot in progress
+//! exact.
 //!
 //! # Copy-on-write by construction
 //!
@@ -15,8 +16,8 @@
 //! change in one place: [`Arena::edit`], which preserves the node first.
 //! [`Arena::remove`] preserves too. Everything else the arena does to a
 //! node only moves its [`Links`] (a child added or removed changes the
-//! parent's first child and count, and its siblings' pointers), which a
-//! snapshot does not record: it writes paths, not links, and a node's path
+//! parent's count and block of names, and rewriting a block renumbers its
+//! children's offsets into it), which a snapshot does not record: it writes paths, not links, and a node's path
 //! is the same for its whole life (nodes are never renamed, and a parent
 //! outlives its children), so a record encoded early or late names the
 //! same node. The slots, the raw `node_mut` and the snapshot's state are
@@ -29,6 +30,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
+use super::names::Names;
 use super::node::{Links, Node, StatPersisted, NIL};
 use crate::path;
 
@@ -54,6 +56,11 @@ pub(super) struct Arena {
     /// A `None` slot is free and listed in `free`.
     slots: Vec<Option<Node>>,
     free: Vec<u32>,
+    /// The blocks of children's names, one per node that has children, by
+    /// the id in its `Links::names`. A block is freed (emptied and listed
+    /// in `free_names`) when its last child goes.
+    names: Vec<Names>,
+    free_names: Vec<u32>,
     /// (parent slot, name) → slot.
     index: HashTable<IndexEntry>,
     hasher: RandomState,
@@ -111,10 +118,12 @@ struct Frozen {
 impl Arena {
     /// An arena with just the root, with empty data and `root_acl`.
     pub(super) fn new(root_acl: u32) -> Self {
-        let root = Node::new("", Some(b""), root_acl, StatPersisted::default(), Links::under(NIL));
+        let root = Node::new(Some(b""), root_acl, StatPersisted::default(), Links::under(NIL, 0));
         Arena {
             slots: vec![Some(root)],
             free: Vec::new(),
+            names: Vec::new(),
+            free_names: Vec::new(),
             index: HashTable::new(),
             hasher: RandomState::new(),
             count: 1,
@@ -159,11 +168,26 @@ impl Arena {
         self.hasher.hash_one((parent, name)) as u32
     }
 
+    /// The block of `slot`'s children's names, if it has children.
+    pub(super) fn names_of(&self, slot: u32) -> Option<&Names> {
+        self.names.get(self.node(slot)?.links.names as usize)
+    }
+
+    /// The last component of the node's path ("" for the root): its entry
+    /// in its parent's block.
+    pub(super) fn name_of(&self, slot: u32) -> &[u8] {
+        let Some(links) = self.node(slot).map(|n| &n.links) else { return b"" };
+        self.names_of(links.parent).map_or(b"", |names| names.get(links.name_at))
+    }
+
     pub(super) fn child(&self, parent: u32, name: &str) -> Option<u32> {
+        let names = self.names_of(parent)?;
         let hash = self.hash(parent, name.as_bytes());
         let matches = |e: &IndexEntry| {
             e.hash == hash
-                && self.node(e.slot).is_some_and(|n| n.links.parent == parent && n.name_bytes() == name.as_bytes())
+                && self
+                    .node(e.slot)
+                    .is_some_and(|n| n.links.parent == parent && names.get(n.links.name_at) == name.as_bytes())
         };
         self.index.find(widen(hash), matches).map(|e| e.slot)
     }
@@ -177,11 +201,22 @@ impl Arena {
         path.strip_prefix('/')?.split('/').try_fold(ROOT, |at, name| self.child(at, name))
     }
 
-    pub(super) fn children_of(&self, slot: u32) -> impl Iterator<Item = (u32, &Node)> {
-        let first = self.node(slot).map_or(NIL, |n| n.links.first_child);
-        std::iter::successors(self.node(first).map(|n| (first, n)), |(_, n)| {
-            self.node(n.links.next_sibling).map(|next| (n.links.next_sibling, next))
-        })
+    /// The slots of `slot`'s children, each found through the index by its
+    /// name: for walks of a subtree, which are rare, and which a listing
+    /// (names only) never needs.
+    pub(super) fn children_of(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
+        let names = self.names_of(slot);
+        names.into_iter().flat_map(Names::live).filter_map(move |(at, name)| self.child_at(slot, at, name))
+    }
+
+    /// The child of `parent` whose entry is at `at` in its block, found by
+    /// its `name` without comparing names: the offset names one child.
+    fn child_at(&self, parent: u32, at: u32, name: &[u8]) -> Option<u32> {
+        let hash = self.hash(parent, name);
+        let matches = |e: &IndexEntry| {
+            e.hash == hash && self.node(e.slot).is_some_and(|n| n.links.parent == parent && n.links.name_at == at)
+        };
+        self.index.find(widen(hash), matches).map(|e| e.slot)
     }
 
     /// The full path of the node in `slot`: its names up to the root.
@@ -192,21 +227,30 @@ impl Arena {
             if n.links.parent == NIL {
                 break;
             }
-            names.push(n.name());
+            names.push(self.name_of(at));
             at = n.links.parent;
         }
         if names.is_empty() {
             return "/".to_string();
         }
-        let mut path = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+        let mut path = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
         for name in names.iter().rev() {
-            path.push('/');
-            path.push_str(name);
+            path.push(b'/');
+            path.extend_from_slice(name);
         }
-        path
+        // Names enter only as `&str`, so this never falls back.
+        String::from_utf8(path).unwrap_or_default()
     }
 
-    /// Puts a node into the arena, links it under `parent` and indexes it.
+    /// Whether `parent`'s block of names has room for `name` (see
+    /// `names::MAX_BYTES`).
+    pub(super) fn has_room(&self, parent: u32, name: &str) -> bool {
+        super::names::fits(self.names_of(parent).map_or(0, Names::len), 1, name.len())
+    }
+
+    /// Puts a node into the arena, names it in its parent's block, and
+    /// indexes it; `None`, with nothing changed, when the parent is missing
+    /// or its block has no room for the name ([`has_room`](Self::has_room)).
     /// Only links of other nodes change, so nothing is preserved: a node
     /// the snapshot must not see has a `czxid` above the snapshot's zxid,
     /// and a reused slot's old node was preserved when it was removed.
@@ -217,11 +261,28 @@ impl Arena {
         data: Option<&[u8]>,
         acl: u32,
         stat: StatPersisted,
-    ) -> u32 {
-        let mut links = Links::under(parent);
-        let first = self.node(parent).map_or(NIL, |p| p.links.first_child);
-        links.next_sibling = first;
-        let node = Node::new(name, data, acl, stat, links);
+    ) -> Option<u32> {
+        if !self.has_room(parent, name) {
+            return None;
+        }
+        let block = match self.node(parent)?.links.names {
+            NIL => {
+                let id = match self.free_names.pop() {
+                    Some(id) => id,
+                    None => {
+                        self.names.push(Names::default());
+                        (self.names.len() - 1) as u32
+                    }
+                };
+                if let Some(p) = self.node_mut(parent) {
+                    p.links.names = id;
+                }
+                id
+            }
+            id => id,
+        };
+        let name_at = self.names.get_mut(block as usize)?.push(name.as_bytes())?;
+        let node = Node::new(data, acl, stat, Links::under(parent, name_at));
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(node);
@@ -232,51 +293,75 @@ impl Arena {
                 (self.slots.len() - 1) as u32
             }
         };
-        if let Some(next) = self.node_mut(first) {
-            next.links.prev_sibling = slot;
-        }
         if let Some(p) = self.node_mut(parent) {
-            p.links.first_child = slot;
             p.links.num_children += 1;
         }
         let hash = self.hash(parent, name.as_bytes());
         self.index.insert_unique(widen(hash), IndexEntry { slot, hash }, |e| widen(e.hash));
         self.count += 1;
-        slot
+        Some(slot)
     }
 
     /// Takes out a node that is neither the root nor a parent (removing
-    /// either would orphan nodes): unlinks and unindexes it and frees its
-    /// slot. A snapshot in progress keeps the node first. The caller
-    /// releases what the node refers to (its ACL id).
+    /// either would orphan nodes): unindexes it, drops its name from its
+    /// parent's block and frees its slot. A snapshot in progress keeps the
+    /// node first. The caller releases what the node refers to (its ACL
+    /// id).
     pub(super) fn remove(&mut self, slot: u32) -> Option<Node> {
         if slot == ROOT || self.node(slot)?.links.num_children > 0 {
             return None;
         }
         self.preserve(slot);
+        let hash = self.hash(self.node(slot)?.links.parent, self.name_of(slot));
         let node = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
         self.count -= 1;
-        let links = &node.links;
-        let hash = self.hash(links.parent, node.name_bytes());
         if let Ok(entry) = self.index.find_entry(widen(hash), |e| e.slot == slot) {
             entry.remove();
         }
-        if let Some(next) = self.node_mut(links.next_sibling) {
-            next.links.prev_sibling = links.prev_sibling;
+        let parent = node.links.parent;
+        let Some(p) = self.node_mut(parent) else { return Some(node) };
+        p.links.num_children -= 1;
+        let (block, empty) = (p.links.names, p.links.num_children == 0);
+        if empty {
+            p.links.names = NIL;
         }
-        match self.node_mut(links.prev_sibling) {
-            Some(prev) => prev.links.next_sibling = links.next_sibling,
-            None => {
-                if let Some(p) = self.node_mut(links.parent) {
-                    p.links.first_child = links.next_sibling;
-                }
+        let Some(names) = self.names.get_mut(block as usize) else { return Some(node) };
+        if empty {
+            // Its memory goes back now: a queue's parent, emptied, holds none.
+            *names = Names::default();
+            self.free_names.push(block);
+        } else {
+            names.remove(node.links.name_at);
+            if names.needs_compaction() {
+                self.compact(parent);
             }
         }
-        if let Some(p) = self.node_mut(links.parent) {
-            p.links.num_children -= 1;
-        }
         Some(node)
+    }
+
+    /// Rewrites `parent`'s block without its dead entries and points each
+    /// child at its entry's new offset. Each child is found by its old
+    /// offset before any is moved; if one were missing (the index and the
+    /// block out of step, a bug) the block is left as it is, still right
+    /// for every child, rather than renumber children wrongly.
+    fn compact(&mut self, parent: u32) {
+        let Some(names) = self.names_of(parent) else { return };
+        let slots: Option<Vec<u32>> = names.live().map(|(at, name)| self.child_at(parent, at, name)).collect();
+        let Some(slots) = slots else {
+            debug_assert!(false, "a live name with no node under {parent}");
+            return;
+        };
+        let (fresh, offsets) = names.compacted();
+        for (slot, at) in slots.into_iter().zip(offsets) {
+            if let Some(n) = self.node_mut(slot) {
+                n.links.name_at = at;
+            }
+        }
+        let block = self.node(parent).map_or(NIL, |p| p.links.names);
+        if let Some(names) = self.names.get_mut(block as usize) {
+            *names = fresh;
+        }
     }
 
     // ---- the snapshot in progress ------------------------------------------
@@ -342,7 +427,7 @@ impl Arena {
             return;
         }
         let Some(node) = self.node(slot).filter(|n| n.stat.czxid <= snap.zxid) else { return };
-        let mut record = Vec::with_capacity(96 + node.blob_len());
+        let mut record = Vec::with_capacity(96 + node.data_len());
         (snap.encode)(&self.path_of(slot), node, &mut record);
         if let Some(snap) = &mut self.snapshot {
             snap.saved.insert(slot, record);
@@ -355,10 +440,10 @@ mod tests {
     use super::*;
 
     /// The layout is the memory budget (see the tree's module notes): a
-    /// slot is 112 bytes, and a free slot costs no more than a full one.
+    /// slot is 104 bytes, and a free slot costs no more than a full one.
     #[test]
     fn a_slot_stays_within_its_budget() {
-        assert!(std::mem::size_of::<Option<Node>>() <= 112, "{}", std::mem::size_of::<Option<Node>>());
+        assert!(std::mem::size_of::<Option<Node>>() <= 104, "{}", std::mem::size_of::<Option<Node>>());
         assert_eq!(std::mem::size_of::<IndexEntry>(), 8);
     }
 }

@@ -1,11 +1,13 @@
 //! One znode as the arena stores it: its content and its links.
 //!
-//! A node holds its content (stat, ACL id, name and data in one `blob`)
-//! and its [`Links`] to other slots. The content is changed through
+//! A node holds its content (stat, ACL id, data) and its [`Links`] to
+//! other slots and to its name, which its parent's block of children's
+//! names holds (see `names`). The content is changed through
 //! [`Arena::edit`](super::arena::Arena::edit), which keeps a snapshot in
 //! progress right; the links are the arena's to change.
 //!
-//! This is the tree's bottom layer: it names no other part of the tree, so
+//! This is the tree's bottom layer (with `names`): it names no other part
+//! of the tree, so
 //! the arena (which owns nodes) and the snapshot codec (which encodes
 //! them) can both build on it. The view readers get, which resolves a
 //! node's ACL and children through the tree, is
@@ -18,29 +20,35 @@ use crate::txn::NodeKind;
 /// "No node" in a slot link.
 pub(super) const NIL: u32 = u32::MAX;
 
-/// Where a node sits: its parent, its first child, its siblings, and how
-/// many children it has. A child list is intrusive, so adding or removing a
-/// child is O(1) and costs the parent nothing.
+/// Where a node sits: its parent, where its name is in the parent's block
+/// of names, its own block of children's names, and how many children it
+/// has. Adding a child appends its name to the parent's block; removing
+/// one marks its entry dead (see `names`). The children themselves are
+/// found through the path index by (parent, name), never by walking
+/// nodes: a listing reads the block alone.
 ///
-/// Only the arena writes these (in `Arena::insert` and `Arena::remove`,
-/// which keep the lists and the path index in step); the rest of the tree
-/// reads a node's parent and child count through the methods. The type
-/// lives here, not in the arena, because a node embeds it: were it the
-/// arena's, the arena and the node would each need the other.
+/// Only the arena writes these (in `Arena::insert`, `Arena::remove` and
+/// the compaction of a block, which keep the blocks and the path index in
+/// step); the rest of the tree reads a node's parent and child count
+/// through the methods. The type lives here, not in the arena, because a
+/// node embeds it: were it the arena's, the arena and the node would each
+/// need the other.
 #[derive(Debug, Clone)]
 pub(super) struct Links {
     pub(super) parent: u32,
-    pub(super) first_child: u32,
-    pub(super) next_sibling: u32,
-    pub(super) prev_sibling: u32,
+    /// The offset of the node's entry in its parent's block of names.
+    pub(super) name_at: u32,
+    /// The arena's id of the block of this node's children's names; `NIL`
+    /// while it has none.
+    pub(super) names: u32,
     pub(super) num_children: u32,
 }
 
 impl Links {
-    /// The links of a node just added under `parent`: no children, no
-    /// siblings yet.
-    pub(super) fn under(parent: u32) -> Self {
-        Links { parent, first_child: NIL, next_sibling: NIL, prev_sibling: NIL, num_children: 0 }
+    /// The links of a node just added under `parent`, its name at
+    /// `name_at` in the parent's block: no children yet.
+    pub(super) fn under(parent: u32, name_at: u32) -> Self {
+        Links { parent, name_at, names: NIL, num_children: 0 }
     }
 
     /// The parent's slot; `None` for the root.
@@ -71,65 +79,35 @@ pub struct StatPersisted {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub stat: StatPersisted,
-    /// The node's name, then its data: one allocation per node.
-    blob: Box<[u8]>,
-    name_len: u32,
+    /// Empty data takes no allocation. The name is not here but in the
+    /// parent's block: a listing reads names without touching nodes.
+    data: Box<[u8]>,
     /// Null data is distinct from empty: a node created with null data
     /// reads back as null.
     null_data: bool,
     /// An id in the tree's ACL table, which counts its users: whoever
     /// replaces it releases the old id.
     pub(super) acl: u32,
-    /// Parent, children and siblings, changed only by the arena (see
+    /// Parent, name and children, changed only by the arena (see
     /// [`Links`]).
     pub(super) links: Links,
 }
 
 impl Node {
-    pub(super) fn new(name: &str, data: Option<&[u8]>, acl: u32, stat: StatPersisted, links: Links) -> Self {
-        Node {
-            stat,
-            blob: Self::blob(name.as_bytes(), data),
-            name_len: name.len() as u32,
-            null_data: data.is_none(),
-            acl,
-            links,
-        }
-    }
-
-    fn blob(name: &[u8], data: Option<&[u8]>) -> Box<[u8]> {
-        let data = data.unwrap_or_default();
-        let mut blob = Vec::with_capacity(name.len() + data.len());
-        blob.extend_from_slice(name);
-        blob.extend_from_slice(data);
-        blob.into_boxed_slice()
-    }
-
-    pub(super) fn name_bytes(&self) -> &[u8] {
-        &self.blob[..self.name_len as usize]
-    }
-
-    /// The last component of the node's path ("" for the root).
-    pub fn name(&self) -> &str {
-        // Names enter only as `&str`, so this never falls back.
-        std::str::from_utf8(self.name_bytes()).unwrap_or_default()
+    pub(super) fn new(data: Option<&[u8]>, acl: u32, stat: StatPersisted, links: Links) -> Self {
+        Node { stat, data: data.unwrap_or_default().into(), null_data: data.is_none(), acl, links }
     }
 
     pub fn data(&self) -> Option<&[u8]> {
-        (!self.null_data).then(|| &self.blob[self.name_len as usize..])
+        (!self.null_data).then_some(&*self.data)
     }
 
     pub(super) fn data_len(&self) -> usize {
-        self.blob.len() - self.name_len as usize
-    }
-
-    /// The bytes the node holds on the heap (name and data).
-    pub(super) fn blob_len(&self) -> usize {
-        self.blob.len()
+        self.data.len()
     }
 
     pub(super) fn set_data(&mut self, data: Option<&[u8]>) {
-        self.blob = Self::blob(self.name_bytes(), data);
+        self.data = data.unwrap_or_default().into();
         self.null_data = data.is_none();
     }
 
