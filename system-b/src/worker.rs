@@ -258,20 +258,28 @@ impl Worker {
         }
     }
 
-    /// A message whose task we did not find. On an ensemble our server
-    /// may be a follower that has not yet applied system-a's create: the
-    /// message was published after the create committed, but a follower
-    /// applies commits a little later, and a read is answered from its
-    /// copy. Acked as a no-op, that task would never run. So before
-    /// believing "no such task", this session's server is brought up to
-    /// date ([`Worker::catch_up`]) and asked again. A node that is there
-    /// but final needs none of it: a final node never turns pending.
-    async fn read_missing_again(&self, id: &str) -> Result<Option<Task>, Failure> {
+    /// The second look at a task the first read did not find pending
+    /// (public so a test can force the race below). On an ensemble our
+    /// server may be a follower that has not yet applied system-a's create:
+    /// the message was published after the create committed, but a
+    /// follower applies commits a little later, and a read is answered
+    /// from its copy. Acked as a no-op, that task would never run. So
+    /// before believing "no such task", this session's server is brought
+    /// up to date ([`Worker::catch_up`]) and asked again.
+    ///
+    /// A node that is there now is read again, not taken for final: it may
+    /// have arrived between the first read and this look (the follower
+    /// applied the create meanwhile), pending. Taking "it exists" for "it
+    /// is answered" lost a task after a broker node's kill on the
+    /// scale-out profile: the first read said NoNode, the node was there a
+    /// moment later, and the message was acked as a no-op. A final node
+    /// still needs no catching up: it never turns pending.
+    pub async fn read_missing_again(&self, id: &str) -> Result<Option<Task>, Failure> {
         let path = self.layout.task(id);
         let deadline = Instant::now() + PATIENCE;
         let policy = RetryPolicy::default();
         match retry::retry(&policy, deadline, |_| self.client.zk.exists(&path, false)).await {
-            Ok(Some(_)) => return Ok(None),
+            Ok(Some(_)) => return Ok(self.read_pending(id).await?.map(|(task, _)| task)),
             Ok(None) => {}
             Err(e) => return Err(Failure::Retry(format!("reading {path}: {e:?}"))),
         }

@@ -222,6 +222,30 @@ async fn a_task_not_found_is_looked_for_again_after_catching_up() {
     assert_eq!(last.version, after.version, "a final node was caught up on");
 }
 
+/// The race the catch-up alone missed: the first read found no node (a
+/// follower behind system-a's create) and the node was there, pending, by
+/// the second look. The second look must find the task, not take "it
+/// exists" for "it is answered": that acked a pending task as a no-op, and
+/// the task was never done (a broker node killed on the scale-out
+/// profile, 1 of 54 tasks). The window is forced here by creating the
+/// node before the second look, as the follower's apply did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_appears_between_the_two_looks_is_run() {
+    let dir = TempDir::new("once-second-look");
+    let store_dir = fast_dir("once-second-look-store");
+    let status = servicekit::status::Status::new(serde_json::json!({"pid": 1}));
+    let (_server, c, root, worker) = in_process_worker(&dir, store_dir.path(), "b8", status).await;
+    let id = "appeared";
+    let pending = task_contract::TaskNode::pending("hot", task_contract::Op::Add, 1).encode();
+    c.zk.create(&format!("{root}/tasks/{id}"), pending, Acl::open_unsafe().clone(), CreateMode::Persistent)
+        .await
+        .expect("the task node");
+    let found = worker.read_missing_again(id).await.expect("the second look");
+    assert_eq!(found.map(|t| t.id), Some(id.to_string()), "a pending task was taken for an answered one");
+    // And the whole path runs it.
+    assert!(matches!(worker.handle(id, 1).await, Handled::Done { value: 1, .. }));
+}
+
 /// A coordinator, a client on it, a tasks dir under a fresh root, and an
 /// in-process system-b worker `instance` on a store in `store`: the task
 /// path without RabbitMQ, for tests that drive `Worker::handle` directly.
