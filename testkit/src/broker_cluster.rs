@@ -89,30 +89,42 @@ impl BrokerCluster {
             c.await_startup(i);
         }
         let booted = started.elapsed();
-        // Both joins at once: each is a stop_app, a join and a start_app
-        // on its own node.
-        std::thread::scope(|s| {
-            let c = &c;
-            let joins: Vec<_> = [1, 2].map(|i| s.spawn(move || c.join(i, 0))).into();
-            for j in joins {
-                if let Err(e) = j.join().expect("join thread") {
-                    panic!("clustering: {e:#}\n{}", c.logs());
-                }
+        // One join at a time. Two at once (each a stop_app, a join and a
+        // start_app on its own node) race in Mnesia's schema change: the
+        // second node's start_app failed with `{mnesia_app,start}` in about
+        // one run in a few here. A join costs a few seconds; a flaky
+        // harness costs a suite.
+        for i in [1, 2] {
+            if let Err(e) = c.join(i, 0) {
+                panic!("clustering: {e:#}\n{}", c.logs());
             }
-        });
+        }
         let running = c.running_nodes(0);
         assert_eq!(running.len(), 3, "the cluster runs {running:?}\n{}", c.logs());
         println!("broker cluster of 3 running after {:?} (nodes booted in {booted:?})", started.elapsed());
         c
     }
 
+    /// One of RabbitMQ's programs, run as the cluster's: its HOME holds
+    /// the cookie, its env file the node names' host. A program that dies
+    /// writes its Erlang crash dump into the cluster's dir, kept with the
+    /// nodes' logs, not into the test's working directory (where one was
+    /// once committed by mistake).
+    fn erlang(&self, program: &str) -> Command {
+        let mut command = Command::new(Path::new(BIN).join(program));
+        command
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+            .env("ERL_CRASH_DUMP", self.dir.join("erl_crash.dump"));
+        command
+    }
+
     fn spawn(&mut self, i: usize) {
         let home = self.dir.join(format!("nemo{}", i + 1));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(home.join("stdout.log")).expect("log");
-        let child = Command::new(Path::new(BIN).join("rabbitmq-server"))
-            .env("HOME", &self.dir)
+        let child = self
+            .erlang("rabbitmq-server")
             .env("RUNNING_UNDER_SYSTEMD", "true")
-            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
             .env("RABBITMQ_NODENAME", node_name(i))
             .env("RABBITMQ_DIST_PORT", (DIST_PORT + i as u16).to_string())
             .env("RABBITMQ_CONFIG_FILE", home.join("rabbitmq.conf"))
@@ -134,9 +146,8 @@ impl BrokerCluster {
     /// `rabbitmqctl -n <node i> args`, with the cluster's cookie: its
     /// stdout, or an error with what it said.
     pub fn ctl(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(Path::new(BIN).join("rabbitmqctl"))
-            .env("HOME", &self.dir)
-            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+        let out = self
+            .erlang("rabbitmqctl")
             .args(["-n", &node_name(i)])
             .args(args)
             .stdin(Stdio::null())
@@ -155,9 +166,8 @@ impl BrokerCluster {
 
     /// `rabbitmq-queues -n <node i> args`.
     fn queues_ctl(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(Path::new(BIN).join("rabbitmq-queues"))
-            .env("HOME", &self.dir)
-            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+        let out = self
+            .erlang("rabbitmq-queues")
             .args(["-n", &node_name(i)])
             .args(args)
             .stdin(Stdio::null())
@@ -244,9 +254,8 @@ impl BrokerCluster {
     pub fn import(&self, definitions: &Path) {
         let i = self.any_running();
         let input = std::fs::File::open(definitions).expect("definitions");
-        let out = Command::new(Path::new(BIN).join("rabbitmqctl"))
-            .env("HOME", &self.dir)
-            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+        let out = self
+            .erlang("rabbitmqctl")
             .args(["-n", &node_name(i), "-q", "import_definitions"])
             .stdin(Stdio::from(input))
             .output()
