@@ -106,16 +106,18 @@ impl BrokerCluster {
     }
 
     /// One of RabbitMQ's programs, run as the cluster's: its HOME holds
-    /// the cookie, its env file the node names' host. A program that dies
-    /// writes its Erlang crash dump into the cluster's dir, kept with the
-    /// nodes' logs, not into the test's working directory (where one was
-    /// once committed by mistake).
+    /// the cookie, its env file the node names' host. It runs in the
+    /// cluster's dir, so what a dying node or tool leaves behind (an
+    /// Erlang crash dump, a Mnesia core file) is kept with the nodes'
+    /// logs, not in the test's working directory, where both were once
+    /// committed by mistake.
     fn erlang(&self, program: &str) -> Command {
         let mut command = Command::new(Path::new(BIN).join(program));
         command
             .env("HOME", &self.dir)
             .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
-            .env("ERL_CRASH_DUMP", self.dir.join("erl_crash.dump"));
+            .env("ERL_CRASH_DUMP", self.dir.join("erl_crash.dump"))
+            .current_dir(&self.dir);
         command
     }
 
