@@ -635,11 +635,20 @@ async fn strike(d: &mut Deployment, kind: FaultKind, rng: &mut StdRng, obs: &dri
             format!("clock {} {offset:+} s{}", d.services[i].name, if stays { "" } else { " and back" })
         }
         FaultKind::StallLockHolder => {
-            let holder = obs.lock_holder("hot").await.ok().flatten().map(|(data, _)| data);
-            let Some(i) =
-                holder.and_then(|h| d.services.iter().position(|s| s.role == Role::SystemB && h.contains(&s.name)))
-            else {
-                return format!("{NO_FAULT}stall the lock holder: nobody held the hot entity's lock");
+            // The hot entity's lock is free between tasks; one look found it
+            // free in 6 of 11 strikes (batch 5), so look for up to 3 s.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            let i = loop {
+                let holder = obs.lock_holder("hot").await.ok().flatten().map(|(data, _)| data);
+                let found =
+                    holder.and_then(|h| d.services.iter().position(|s| s.role == Role::SystemB && h.contains(&s.name)));
+                match found {
+                    Some(i) => break i,
+                    None if tokio::time::Instant::now() >= deadline => {
+                        return format!("{NO_FAULT}stall the lock holder: nobody held the hot entity's lock for 3 s");
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
             };
             let hold = 2 * session + Duration::from_secs(1);
             d.signal_service(i, Signal::SIGSTOP);
