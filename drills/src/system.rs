@@ -130,15 +130,17 @@ impl System {
     /// The nodes of the broker cluster that run, as the first node that
     /// answers says (`rabbitmqctl cluster_status`).
     pub fn running_broker_nodes(&self) -> Result<Vec<String>> {
-        let status: serde_json::Value = serde_json::from_str(&self.rabbitmqctl(&["cluster_status", "--formatter", "json"])?)
-            .context("cluster_status's JSON")?;
+        let status: serde_json::Value =
+            serde_json::from_str(&self.rabbitmqctl(&["cluster_status", "--formatter", "json"])?)
+                .context("cluster_status's JSON")?;
         Ok(strings(&status["running_nodes"]))
     }
 
     /// `queue`'s type, leader and members, as the first node that answers
     /// says (`rabbitmqctl list_queues`).
     pub fn queue_state(&self, queue: &str) -> Result<QueueState> {
-        let out = self.rabbitmqctl(&["list_queues", "name", "type", "leader", "members", "online", "--formatter", "json"])?;
+        let out =
+            self.rabbitmqctl(&["list_queues", "name", "type", "leader", "members", "online", "--formatter", "json"])?;
         let queues: serde_json::Value = serde_json::from_str(&out).context("list_queues's JSON")?;
         let q = queues
             .as_array()
