@@ -1152,6 +1152,13 @@ run_profile() {
       >"$work/$profile.build.log" 2>&1 || fail "docker build failed; see $work/$profile.build.log"
     build=
   fi
+  # docker-compose v1's `up --build` makes sure of each service's image in
+  # dependency order, and `identities` (the project's image, with no
+  # `build:` of its own) comes before `coordinator`, which builds it: on an
+  # engine without the image, v1 tries to pull it and fails. Built first.
+  if [ -n "$build" ]; then
+    dc build >"$work/$profile.build.log" 2>&1 || fail "docker-compose build failed; see $work/$profile.build.log"
+  fi
   ports_free "$profile"
   [ "$profile" = coordinator ] && start_importer
   dc up -d $build >"$work/$profile.up.log" 2>&1 || {
