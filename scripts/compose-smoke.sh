@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The README's Docker section, run for real: the project's images in a real
-# Docker engine on this machine, on both profiles (the coordinator, and a
-# 3-node Apache ZooKeeper ensemble), driven through `docker-compose exec` the
-# way a user drives them. Fails loudly at the first broken promise.
+# Docker engine on this machine, on both profiles (the coordinator; and the
+# scale-out profile, a 3-node Apache ZooKeeper ensemble and a 3-node RabbitMQ
+# cluster), driven through `docker-compose exec` the way a user drives them.
+# Fails loudly at the first broken promise.
 #
 #   scripts/compose-smoke.sh                 # both profiles
-#   scripts/compose-smoke.sh coordinator     # or: zookeeper
+#   scripts/compose-smoke.sh coordinator     # or: scale-out (zookeeper, its old name)
 #   scripts/compose-smoke.sh --images-only   # build the stand-in base images
 #   scripts/compose-smoke.sh --rmi           # also remove every image it built
 #   SMOKE_COMPOSE=/path/to/compose-v2 scripts/compose-smoke.sh
@@ -21,7 +22,10 @@
 #   reachable from CI machines): debian:bookworm-slim by debootstrap from the
 #   host's Debian mirror; a Rust build image from the host's own toolchain
 #   (passed to the Dockerfile as RUST_IMAGE, so its tag says what it is);
-#   Apache ZooKeeper from Debian's `zookeeper` package; and a stand-in for the
+#   Apache ZooKeeper from Debian's `zookeeper` package; RabbitMQ from
+#   Debian's `rabbitmq-server` package (3.10), for the scale-out profile's
+#   three nodes, which are real nodes clustered as the compose file clusters
+#   them; and, on the coordinator profile, a stand-in for the single
 #   broker, since the broker image cannot be pulled either: a TCP proxy on
 #   the broker's own address (rabbitmq = 127.0.0.14:5672) to the host's
 #   RabbitMQ (127.0.0.1:5672), healthy once an AMQP handshake through it
@@ -38,16 +42,26 @@
 #   and the merged file is rendered with `docker-compose config` with its
 #   `ports:` removed (host networking refuses port bindings, and Compose v1
 #   appends an override's ports to the base file's instead of replacing them).
-#   The ZooKeeper servers take 127.0.0.11-13, the coordinator 127.0.0.1.
+#   The ZooKeeper servers take 127.0.0.11-13, the coordinator 127.0.0.1, the
+#   broker (or the cluster's three nodes) 127.0.0.14-16 on AMQP's 5672.
+#   Sharing one network, the broker nodes also need Erlang distribution
+#   ports of their own (25691-25693, not the host broker's 25672) and one
+#   port mapper (epmd) that no node's death takes down: a container of its
+#   own on port 4391 (not the host's 4369), with node names that differ
+#   before the @ (rabbit-1@rabbitmq ...), which one epmd requires.
 #   A published port whose host address and port differ from where the
 #   service listens (zk1-3's 2181 on 127.0.0.1:2182-2184) gets a forwarder
 #   on the host for the profile's run, as Docker's port publishing would.
 # - After the scenarios, every failure drill once on each profile
-#   (scripts/drill.sh --compose [--zookeeper] NAME, its Compose commands
+#   (scripts/drill.sh --compose [--scale-out] NAME, its Compose commands
 #   run as this script runs them: same Compose, project and rendered file,
 #   through a DRILL_COMPOSE wrapper): its VERDICT line in the output, all
 #   its evidence when it fails. The drill binary is built on the host
-#   first (cargo build --release -p drills).
+#   first (cargo build --release -p drills). On the scale-out profile, also
+#   broker-node-kill: kill -9 of the broker node that leads the task queue
+#   while 4 clients submit.
+# - On the scale-out profile, the cluster itself: three running nodes, the
+#   task queue a quorum queue with a member on each.
 # - Containers, volumes and the project's network are removed at the end;
 #   base images and the build cache are kept for the next run (--rmi removes
 #   them too).
@@ -62,6 +76,7 @@ rust_image=coordination-demo/rust-host:$rust_version
 # them does (a base image is rebuilt only when its tag is missing).
 zk_image=coordination-demo/zookeeper-debian:3.8-nometrics
 broker_image=coordination-demo/rabbitmq-proxy:definitions
+rabbitmq_image=coordination-demo/rabbitmq-debian:3.10-uid999
 prometheus_image=coordination-demo/prometheus-debian:2.42
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
 compose=${SMOKE_COMPOSE:-docker-compose}
@@ -78,13 +93,14 @@ images_only=0
 rmi=0
 for arg in "$@"; do
   case "$arg" in
-  coordinator | zookeeper) profiles+=("$arg") ;;
+  coordinator | scale-out) profiles+=("$arg") ;;
+  zookeeper) profiles+=(scale-out) ;;
   --images-only) images_only=1 ;;
   --rmi) rmi=1 ;;
   *) fail "unknown argument $arg" ;;
   esac
 done
-[ ${#profiles[@]} -gt 0 ] || profiles=(coordinator zookeeper)
+[ ${#profiles[@]} -gt 0 ] || profiles=(coordinator scale-out)
 
 # ---------------------------------------------------------------- engine ---
 ensure_engine() {
@@ -296,6 +312,52 @@ EOF
   rm -rf "$ctx"
 }
 
+# RabbitMQ from Debian's package, laid out as the official image is where
+# the compose file relies on it: the `rabbitmq` user is 999:999 (so the
+# cookie `identities` gives to 999 is the node's own), a
+# `docker-entrypoint.sh` that runs the server as that user after giving it
+# its data dir, the CLI tools on PATH working as root through
+# /root/.erlang.cookie (a link to the node's cookie), logs on the console,
+# and no plugins (the management UI would take the host broker's port
+# 15672).
+build_rabbitmq() {
+  have_image "$rabbitmq_image" && return
+  local ctx=$work/rabbitmq-ctx
+  say "building $rabbitmq_image from Debian's rabbitmq-server package"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cat >"$ctx/docker-entrypoint.sh" <<'EOF'
+#!/bin/bash
+set -euo pipefail
+if [[ "$1" == rabbitmq* ]] && [ "$(id -u)" = 0 ]; then
+  if [ "$1" = rabbitmq-server ]; then
+    find /var/lib/rabbitmq \! -user rabbitmq -exec chown rabbitmq '{}' +
+  fi
+  exec setpriv --reuid rabbitmq --regid rabbitmq --init-groups env HOME=/var/lib/rabbitmq "$BASH_SOURCE" "$@"
+fi
+exec "$@"
+EOF
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN groupadd --system --gid 999 rabbitmq \
+ && useradd --system --uid 999 --gid rabbitmq --home-dir /var/lib/rabbitmq --no-create-home rabbitmq \
+ && printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends rabbitmq-server \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /var/lib/rabbitmq /etc/rabbitmq/conf.d \
+ && chown rabbitmq:rabbitmq /var/lib/rabbitmq \
+ && ln -sf /var/lib/rabbitmq/.erlang.cookie /root/.erlang.cookie
+COPY docker-entrypoint.sh /usr/local/bin/
+RUN chmod +x /usr/local/bin/docker-entrypoint.sh
+ENV PATH=/usr/lib/rabbitmq/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin RABBITMQ_LOGS=-
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["rabbitmq-server"]
+EOF
+  docker build --network host -t "$rabbitmq_image" "$ctx" >"$work/rabbitmq-image.log" 2>&1 ||
+    fail "building $rabbitmq_image failed; see $work/rabbitmq-image.log"
+  rm -rf "$ctx"
+}
+
 build_prometheus() {
   have_image "$prometheus_image" && return
   local ctx=$work/prometheus-ctx
@@ -324,6 +386,7 @@ build_debian
 build_rust
 build_zookeeper
 build_broker
+build_rabbitmq
 build_prometheus
 say "base images ready"
 if [ "$images_only" = 1 ]; then
@@ -337,31 +400,52 @@ fi
 # port 2181 on 127.0.0.11-13.
 # Checked again before each profile's `up`: a build takes minutes, and a
 # system started meanwhile (scripts/run.sh, a test) takes the same ports.
-ports_free() {
-  local port
+ports_free() { # PROFILE
+  local port addr
   for port in 2181 8080 8081 9090 50051; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       fail "port $port on 127.0.0.1 is taken by another process; the compose services need it"
     fi
   done
+  # The broker's address (or the cluster nodes'): a broker listening on
+  # every address holds them already.
+  for addr in 127.0.0.14 127.0.0.15 127.0.0.16; do
+    if (exec 3<>"/dev/tcp/$addr/5672") 2>/dev/null; then
+      fail "$addr:5672 answers (a broker on 0.0.0.0?): the compose broker needs it; bind the host's RabbitMQ to 127.0.0.1"
+    fi
+  done
+  if [ "${1:-}" = scale-out ]; then
+    for port in 4391 25691 25692 25693; do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        fail "port $port is taken by another process; the broker cluster's nodes need it (epmd, distribution)"
+      fi
+    done
+  fi
 }
 ports_free
-(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || fail "no RabbitMQ on 127.0.0.1:5672 (scripts/rabbitmq.sh ensure starts one)"
-# The stand-in broker binds rabbitmq's own address; a broker listening on
-# every address holds it already.
-if (exec 3<>/dev/tcp/127.0.0.14/5672) 2>/dev/null; then
-  fail "127.0.0.14:5672 answers (a broker on 0.0.0.0?): the stand-in broker needs it; bind the host's RabbitMQ to 127.0.0.1"
+if [[ " ${profiles[*]} " == *" coordinator "* ]]; then
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || fail "no RabbitMQ on 127.0.0.1:5672 (scripts/rabbitmq.sh ensure starts one)"
 fi
 
 # Identities: none made here. The first `up` makes them (the `identities`
 # service), as for a user on a fresh checkout.
 
-hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.14", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
-override=$work/smoke-override.yml
-{
-  cat <<YAML
-# Generated by scripts/compose-smoke.sh: the project's services on the
-# host network with locally built base images.
+hosts='["coordinator:127.0.0.1", "rabbitmq:127.0.0.14", "rabbitmq-2:127.0.0.15", "rabbitmq-3:127.0.0.16", "zk1:127.0.0.11", "zk2:127.0.0.12", "zk3:127.0.0.13"]'
+# The profile's compose files, as a user names them.
+profile_files() { # PROFILE
+  echo "$root/docker-compose.yml"
+  [ "$1" = scale-out ] && echo "$root/docker-compose.scale-out.yml"
+  return 0
+}
+# The override that puts PROFILE's services on the host network with the
+# locally built base images: $work/smoke-override-PROFILE.yml.
+write_override() { # PROFILE
+  local profile=$1 out=$work/smoke-override-$1.yml files=() f s metrics_port=9100
+  while read -r f; do files+=(-f "$f"); done < <(profile_files "$profile")
+  {
+    cat <<YAML
+# Generated by scripts/compose-smoke.sh: the $profile profile's services on
+# the host network with locally built base images.
 x-host: &host
   network_mode: host
   extra_hosts: $hosts
@@ -375,6 +459,54 @@ services:
         RUST_IMAGE: $rust_image
     command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081",
               "--admin-token-file", "/run/identity/admin.token"]
+  prometheus:
+    <<: *host
+    image: $prometheus_image
+    command: ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+              "--web.listen-address=127.0.0.1:9090"]
+    volumes:
+      - $work/prometheus.yml:/etc/prometheus/prometheus.yml:ro
+YAML
+    if [ "$profile" = scale-out ]; then
+      # Real RabbitMQ nodes, each on its own address with its own
+      # distribution port, all registered with one epmd of their own.
+      cat <<YAML
+  epmd:
+    <<: *host
+    image: $rabbitmq_image
+    init: true
+    restart: unless-stopped
+    entrypoint: ["epmd", "-port", "4391"]
+    command: []
+  rabbitmq-cluster:
+    <<: *host
+    image: $rabbitmq_image
+    environment:
+      ERL_EPMD_PORT: "4391"
+YAML
+      local n addr
+      for n in 1 2 3; do
+        s=rabbitmq; [ "$n" = 1 ] || s=rabbitmq-$n
+        addr=127.0.0.$((13 + n))
+        cat <<YAML
+  $s:
+    <<: *host
+    image: $rabbitmq_image
+    environment:
+      ERL_EPMD_PORT: "4391"
+      RABBITMQ_NODE_IP_ADDRESS: $addr
+      RABBITMQ_DIST_PORT: "$((25690 + n))"
+    depends_on:
+      epmd:
+        condition: service_started
+YAML
+      done
+      for n in 1 2 3; do
+        printf '  zk%s:\n    <<: *host\n    image: %s\n' "$n" "$zk_image"
+      done
+    else
+      # The host's broker through a proxy (see the top of this file).
+      cat <<YAML
   rabbitmq:
     <<: *host
     image: $broker_image
@@ -386,41 +518,27 @@ services:
       interval: 2s
       timeout: 5s
       retries: 30
-  prometheus:
-    <<: *host
-    image: $prometheus_image
-    command: ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
-              "--web.listen-address=127.0.0.1:9090"]
-    volumes:
-      - $work/prometheus.yml:/etc/prometheus/prometheus.yml:ro
 YAML
-  # Every other service of the base file, so a service added there is on
-  # the host network here too (one left on the default network, which has
-  # no bridge, resolves nothing).
-  # Each service's metrics listen on 9100 in a network namespace of its
-  # own; sharing the host's, they need a port each (compose merges these
-  # into the base file's environment).
-  metrics_port=9100
-  for s in $("$compose" -f "$root/docker-compose.yml" config --services | grep -vxE 'coordinator|rabbitmq|prometheus|grafana'); do
-    printf '  %s:\n    <<: *host\n' "$s"
-    case $s in
-    system-a | system-b-* | ha-worker-*)
-      metrics_port=$((metrics_port + 1))
-      printf '    environment:\n      METRICS_LISTEN: 127.0.0.1:%s\n' "$metrics_port"
-      ;;
-    esac
-  done
-} >"$override"
-zk_override=$work/smoke-override-zookeeper.yml
-{
-  echo "x-host: &host"
-  echo "  network_mode: host"
-  echo "  extra_hosts: $hosts"
-  echo "services:"
-  for i in 1 2 3; do
-    printf '  zk%s:\n    <<: *host\n    image: %s\n' "$i" "$zk_image"
-  done
-} >"$zk_override"
+    fi
+    # Every other service of the profile's files, so a service added there
+    # is on the host network here too (one left on the default network,
+    # which has no bridge, resolves nothing).
+    # Each service's metrics listen on 9100 in a network namespace of its
+    # own; sharing the host's, they need a port each (compose merges these
+    # into the base file's environment).
+    for s in $("$compose" --project-directory "$root" "${files[@]}" config --services |
+      grep -vxE 'coordinator|rabbitmq(-[0-9]+|-cluster)?|zk[0-9]+|prometheus|grafana'); do
+      printf '  %s:\n    <<: *host\n' "$s"
+      case $s in
+      system-a | system-b-* | ha-worker-*)
+        metrics_port=$((metrics_port + 1))
+        printf '    environment:\n      METRICS_LISTEN: 127.0.0.1:%s\n' "$metrics_port"
+        ;;
+      esac
+    done
+  } >"$out"
+  echo "$out"
+}
 
 # Renders the merged files without `ports:` (host networking refuses port
 # bindings) into $work/<profile>.yml, and lists in $work/<profile>.forwards
@@ -429,13 +547,12 @@ zk_override=$work/smoke-override-zookeeper.yml
 # extra_hosts, else 127.0.0.1). The stand-in broker has no management UI to
 # publish.
 render() {
-  local profile=$1 files=(-f "$root/docker-compose.yml")
-  [ "$profile" = zookeeper ] && files+=(-f "$root/docker-compose.zookeeper.yml")
-  files+=(-f "$override")
-  [ "$profile" = zookeeper ] && files+=(-f "$zk_override")
+  local profile=$1 files=() f
+  while read -r f; do files+=(-f "$f"); done < <(profile_files "$profile")
+  files+=(-f "$(write_override "$profile")")
   "$compose" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
   local scrape=$root/prometheus/prometheus.yml
-  [ "$profile" = zookeeper ] && scrape=$root/prometheus/prometheus-zookeeper.yml
+  [ "$profile" = scale-out ] && scrape=$root/prometheus/prometheus-zookeeper.yml
   python3 - "$work/$profile.raw.yml" "$work/$profile.yml" "$work/$profile.forwards" "$scrape" "$work/prometheus.yml" <<'PY'
 import re, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))
@@ -446,7 +563,11 @@ doc["services"].pop("grafana", None)
 forwards = []
 for name, svc in doc["services"].items():
     ports = svc.pop("ports", None) or []
-    if name == "rabbitmq":
+    # On the host's network a container has the host's name: Docker
+    # refuses another (the broker nodes' names are RABBITMQ_NODENAME's).
+    svc.pop("hostname", None)
+    # The stand-in brokers serve no management UI to publish.
+    if name.startswith("rabbitmq"):
         continue
     hosts = svc.get("extra_hosts") or []
     if isinstance(hosts, dict):
@@ -558,7 +679,7 @@ stop_forwards() {
 
 # Every failure drill once against the running profile, through the same
 # Compose, project and files as dc(). The drill names the repository's files
-# itself (-f docker-compose.yml [-f docker-compose.zookeeper.yml]); here
+# itself (-f docker-compose.yml [-f docker-compose.scale-out.yml]); here
 # those files run rendered for the host network, and Compose v1 checks a
 # service's networks on `start`, so the files as written (on the default
 # network, which host networking never creates) fail with "network
@@ -567,7 +688,7 @@ stop_forwards() {
 # that they are this profile's.
 write_drill_compose() {
   local wrapper=$work/drill-compose want=docker-compose.yml
-  [ "$profile" = zookeeper ] && want="docker-compose.yml docker-compose.zookeeper.yml"
+  [ "$profile" = scale-out ] && want="docker-compose.yml docker-compose.scale-out.yml"
   {
     echo '#!/usr/bin/env bash'
     echo "# Generated by scripts/compose-smoke.sh for the $profile profile: dc()."
@@ -590,9 +711,13 @@ build_drill() {
 }
 run_drills() {
   local args=(--compose) d log t verdict drill_compose
-  [ "$profile" = zookeeper ] && args+=(--zookeeper)
+  local these=("${drills[@]}")
+  if [ "$profile" = scale-out ]; then
+    args+=(--scale-out)
+    these+=(broker-node-kill)
+  fi
   drill_compose=$(write_drill_compose)
-  for d in "${drills[@]}"; do
+  for d in "${these[@]}"; do
     log=$work/$profile.drill-$d.log
     t=$(date +%s)
     if COMPOSE_PROJECT_NAME=$project DRILL_COMPOSE=$drill_compose RUN_PROFILE=release \
@@ -625,7 +750,8 @@ cleanup() {
     dc down -v --remove-orphans >/dev/null 2>&1 || true
   fi
   if [ "$rmi" = 1 ]; then
-    docker rmi -f coordination-demo:latest "$rust_image" "$zk_image" "$broker_image" debian:bookworm-slim >/dev/null 2>&1 || true
+    docker rmi -f coordination-demo:latest "$rust_image" "$zk_image" "$broker_image" "$rabbitmq_image" "$prometheus_image" \
+      debian:bookworm-slim >/dev/null 2>&1 || true
     docker builder prune -af >/dev/null 2>&1 || true
   fi
   if [ -n "$started_dockerd" ]; then
@@ -660,7 +786,7 @@ wait_healthy() {
       "running healthy" | "running ") break ;;
       esac
       # identities and init-acls are one-shot: done once exited 0.
-      if [[ "$svc" =~ ^(identities|init-acls)$ ]] && [ "${state%% *}" = exited ]; then
+      if [[ "$svc" =~ ^(identities|init-acls|rabbitmq-cluster)$ ]] && [ "${state%% *}" = exited ]; then
         [ "$(docker inspect -f '{{.State.ExitCode}}' "$id")" = 0 ] || fail "$svc failed: $(dc logs --no-color "$svc" | tail -5)"
         break
       fi
@@ -747,7 +873,7 @@ scenarios() {
   operator zkctl set /config/system-b '{"work_ms":20}' >/dev/null || fail "zkctl set /config/system-b failed"
   for i in 1 2 3; do wait_log "system-b-$i" 'config applied {"work_ms":20}' 20; done
   say "config change applied by every system-b"
-  if [ "$profile" = zookeeper ]; then
+  if [ "$profile" = scale-out ]; then
     # The services and zkctl talk to the ensemble, not the idle coordinator.
     operator zkctl --zk zk2:2181 get /config/system-b | grep -qF '"work_ms":20' ||
       fail "the config is not on the ensemble"
@@ -810,7 +936,7 @@ scenarios() {
 # the project's own containers (the broker's and ZooKeeper's stand-ins log
 # as they do). A warning there must mean something is wrong.
 warning_lines() { grep -E '(^|[ |])(WARN|ERROR)[ :]|(^|[ |])warning:' | head -5 || true; }
-project_services() { dc config --services | grep -vxE 'rabbitmq|zk[0-9]|prometheus'; }
+project_services() { dc config --services | grep -vxE 'rabbitmq(-[0-9]+)?|epmd|zk[0-9]|prometheus'; }
 no_warnings() {
   local s lines=""
   for s in $(project_services); do
@@ -854,6 +980,7 @@ check_identities() {
     system-b-*) want="identity-system-b " ;;
     ha-worker-*) want="identity-ha-worker " ;;
     coordinator | dashboard | system-a | rabbitmq) want="identity-$s " ;;
+    rabbitmq-[0-9] | rabbitmq-cluster) want="identity-rabbitmq " ;;
     *) want="" ;;
     esac
     [ "$mounts" = "$want" ] || fail "$s mounts identities '$mounts', expected '$want'"
@@ -871,6 +998,59 @@ check_identities() {
     'if grep -rlsF -D skip -f /dev/stdin --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev /; then exit 1; fi' >"$work/leak" 2>&1 ||
     fail "system-b's container can read another role's password, in: $(cat "$work/leak")"
   say "each container mounts only its own identity; system-b's files are 0600 and 10001's; it can read no other role's password"
+}
+
+# rabbitmqctl ARGS on the first broker node that answers (one may be down).
+rabbitmqctl_any() {
+  local n
+  for n in rabbitmq rabbitmq-2 rabbitmq-3; do
+    dc exec -T "$n" rabbitmqctl -q "$@" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# The scale-out profile's broker cluster: its three nodes running as one
+# cluster; the task queue and its dead-letter queue quorum queues with a
+# member on each node, every member online; and one cookie on the three
+# nodes, owner-only and the node's own (compared by hash, never shown).
+check_cluster() { # WHEN
+  local status queues out n sums=""
+  status=$(rabbitmqctl_any cluster_status --formatter json) || fail "no broker node answers rabbitmqctl cluster_status"
+  out=$(python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["running_nodes"])))' <<<"$status") ||
+    fail "cluster_status is not what was expected: $status"
+  [ "$out" = "rabbit-1@rabbitmq rabbit-2@rabbitmq-2 rabbit-3@rabbitmq-3" ] ||
+    fail "$1: the broker cluster's running nodes are '$out', not the three"
+  say "broker cluster $1: 3 running nodes ($out)"
+  queues=$(rabbitmqctl_any list_queues name type members online leader --formatter json) ||
+    fail "no broker node answers rabbitmqctl list_queues"
+  out=$(python3 -c '
+import json, sys
+qs = {q["name"]: q for q in json.load(sys.stdin)}
+bad = []
+for name in ("tasks", "tasks.dlq"):
+    q = qs.get(name)
+    if not q:
+        bad.append(f"{name} missing"); continue
+    if q["type"] != "quorum" or len(q["members"]) != 3 or len(q["online"]) != 3:
+        bad.append(f"{name}: {q}")
+    members = ", ".join(sorted(q["members"]))
+    print("queue %s: %s, %d members (%s), %d online, leader %s" % (name, q["type"], len(q["members"]), members, len(q["online"]), q["leader"]))
+if bad:
+    print("BAD " + "; ".join(bad))' <<<"$queues") || fail "list_queues is not what was expected: $queues"
+  if grep -q '^BAD ' <<<"$out"; then
+    echo "$out" >&2
+    fail "$1: the queues are not quorum queues with a member online on each node (above)"
+  fi
+  while read -r line; do say "$line"; done <<<"$out"
+  for n in rabbitmq rabbitmq-2 rabbitmq-3; do
+    [ "$(dc exec -T "$n" stat -c '%a %U' /var/lib/rabbitmq/.erlang.cookie)" = "400 rabbitmq" ] ||
+      fail "$n's Erlang cookie is not 0400 and the rabbitmq user's"
+    sums+=$(dc exec -T "$n" sha256sum /var/lib/rabbitmq/.erlang.cookie | cut -d' ' -f1)" "
+  done
+  [ "$(tr ' ' '\n' <<<"$sums" | sort -u | grep -c .)" = 1 ] || fail "the nodes' Erlang cookies differ"
+  [ "$(dc exec -T rabbitmq stat -c '%a %u' /run/identity/erlang.cookie)" = "400 999" ] ||
+    fail "the cookie in the broker's identity volume is not 0400 and 999's"
+  say "one Erlang cookie on the three nodes, 0400 and the rabbitmq user's"
 }
 
 prom() { # PATH [CURL ARGS...]: Prometheus's HTTP API, from the host
@@ -972,14 +1152,22 @@ run_profile() {
       >"$work/$profile.build.log" 2>&1 || fail "docker build failed; see $work/$profile.build.log"
     build=
   fi
-  ports_free
-  start_importer
+  # docker-compose v1's `up --build` makes sure of each service's image in
+  # dependency order, and `identities` (the project's image, with no
+  # `build:` of its own) comes before `coordinator`, which builds it: on an
+  # engine without the image, v1 tries to pull it and fails. Built first.
+  if [ -n "$build" ]; then
+    dc build >"$work/$profile.build.log" 2>&1 || fail "docker-compose build failed; see $work/$profile.build.log"
+  fi
+  ports_free "$profile"
+  [ "$profile" = coordinator ] && start_importer
   dc up -d $build >"$work/$profile.up.log" 2>&1 || {
     tail -40 "$work/$profile.up.log" >&2
     fail "docker-compose up --build failed; see $work/$profile.up.log"
   }
   wait_healthy 180
   say "up --build and healthy in $(($(date +%s) - t)) s"
+  [ "$profile" = scale-out ] && check_cluster "after the first up"
   start_forwards
   check_identities
   scenarios
@@ -995,9 +1183,11 @@ run_profile() {
   v=$(submit acct-1 5)
   [ "$v" = 20 ] || fail "after down + up, acct-1 + 5 gave $v, expected 20 (data lost?)"
   say "down + up keeps the data (acct-1 = 20), $(($(date +%s) - t)) s"
+  [ "$profile" = scale-out ] && check_cluster "after down and up"
   no_warnings "after down and up again"
   rotate
   run_drills
+  [ "$profile" = scale-out ] && check_cluster "after the drills"
   stop_quietly "after the drills"
   stop_forwards
   stop_importer

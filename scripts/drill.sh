@@ -5,11 +5,12 @@
 #
 #   scripts/drill.sh NAME                        # the system scripts/run.sh started
 #   scripts/drill.sh --compose NAME              # docker compose up (coordinator)
-#   scripts/drill.sh --compose --zookeeper NAME  # docker compose, ZooKeeper ensemble
+#   scripts/drill.sh --compose --scale-out NAME  # docker compose, the scale-out profile
 #   scripts/drill.sh --list                      # the drills, one line each
 #
 # NAME: task-crash, lock-stall, config-change, active-crash, active-pause,
-# broker-outage, coordinator-restart. Each is explained, step by step
+# broker-outage, coordinator-restart, broker-node-kill (the scale-out
+# profile's broker cluster only). Each is explained, step by step
 # against the code, in docs/scenarios/.
 #
 # Builds the `drill` binary if needed (the profile run.sh used:
@@ -28,6 +29,7 @@ active-crash         kill -9 the active ha-worker: the standby takes over with a
 active-pause         SIGSTOP the active past its session: its old term's write is refused by the journal
 broker-outage        RabbitMQ stopped under submits: nothing refused, every task done once
 coordinator-restart  kill -9 the coordination server (or the ensemble's leader): sessions, locks, the active survive
+broker-node-kill     kill -9 the broker node leading the task queue (scale-out): nothing refused, every task done once
 LIST
   exit 0
 fi

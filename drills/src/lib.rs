@@ -2,7 +2,7 @@
 //! drive the scenario that shows the effect, and judge the promise.
 //!
 //! `scripts/drill.sh NAME` runs one against the system `scripts/run.sh`
-//! started; `scripts/drill.sh --compose [--zookeeper] NAME` against
+//! started; `scripts/drill.sh --compose [--scale-out] NAME` against
 //! `docker compose up`. Each prints its evidence as it goes and ends with
 //! one `VERDICT: PASS …` or `VERDICT: FAIL …` line; it exits non-zero when
 //! a promise broke. Every piece of evidence is read where any operator

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use drills::system::{Backend, System};
+use drills::system::System;
 use drills::Drill;
 
 #[derive(Parser)]
@@ -17,10 +17,11 @@ struct Args {
     /// Against `docker compose up` instead of scripts/run.sh.
     #[arg(long)]
     compose: bool,
-    /// With --compose: the ZooKeeper-ensemble profile
-    /// (docker-compose.zookeeper.yml on top of docker-compose.yml).
-    #[arg(long, requires = "compose")]
-    zookeeper: bool,
+    /// With --compose: the scale-out profile, a 3-node ZooKeeper ensemble
+    /// and a 3-node RabbitMQ cluster (docker-compose.scale-out.yml on top
+    /// of docker-compose.yml). `--zookeeper`, its old name, still works.
+    #[arg(long, requires = "compose", alias = "zookeeper")]
+    scale_out: bool,
     /// The compose command (e.g. "docker-compose"); by default `docker
     /// compose` when it answers, else docker-compose.
     #[arg(long, env = "DRILL_COMPOSE")]
@@ -41,13 +42,10 @@ async fn main() -> ExitCode {
             None => default_compose(),
         };
         command.extend(["-f".into(), "docker-compose.yml".into()]);
-        let backend = if args.zookeeper {
-            command.extend(["-f".into(), "docker-compose.zookeeper.yml".into()]);
-            Backend::ZooKeeper
-        } else {
-            Backend::Coordinator
-        };
-        System::compose(root, command, backend)
+        if args.scale_out {
+            command.extend(["-f".into(), "docker-compose.scale-out.yml".into()]);
+        }
+        System::compose(root, command, args.scale_out)
     } else {
         let run_dir = args.run_dir.unwrap_or_else(|| root.join(".run"));
         match System::local(root, run_dir) {

@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | kill -9 | `kill -KILL <pid>`; run.sh's supervisor starts it again | `compose kill -s SIGKILL`, then `compose start` (the restart policy's job) |
 //! | pause | `kill -STOP` / `kill -CONT` | `compose pause` / `unpause` (the cgroup freezer) |
-//! | broker outage | `rabbitmqctl stop_app` / `start_app` | `compose stop rabbitmq` / `start` |
+//! | broker outage | `rabbitmqctl stop_app` / `start_app` | `compose stop rabbitmq` / `start` (on the scale-out profile, one node of three) |
+//! | broker node kill | (one broker node: none) | `compose kill -s SIGKILL` of a node of the cluster, then `compose start` |
 //! | server restart | kill -9 the coordinator (or the ZooKeeper server), start it on its data | kill -9 the coordinator, or the ensemble's leader, and start it |
 //!
 //! Processes are named as run.sh and the compose file name them:
@@ -49,9 +50,23 @@ pub struct Local {
 pub struct Compose {
     pub backend: Backend,
     /// The compose command and its files, e.g. `docker compose -f
-    /// docker-compose.yml -f docker-compose.zookeeper.yml`.
+    /// docker-compose.yml -f docker-compose.scale-out.yml`.
     pub command: Vec<String>,
     pub root: PathBuf,
+    /// The services that run the broker's nodes: `rabbitmq`, or on the
+    /// scale-out profile the cluster's three.
+    pub brokers: Vec<String>,
+}
+
+/// What the broker says of a queue (`rabbitmqctl list_queues`).
+#[derive(Debug, Clone, Default)]
+pub struct QueueState {
+    /// `quorum`, `classic`.
+    pub kind: String,
+    /// The node that leads it (a quorum queue), e.g. `rabbit-1@rabbitmq`.
+    pub leader: String,
+    pub members: Vec<String>,
+    pub online: Vec<String>,
 }
 
 /// The process (or compose service) that runs `instance`.
@@ -91,8 +106,70 @@ impl System {
         }))
     }
 
-    pub fn compose(root: PathBuf, command: Vec<String>, backend: Backend) -> System {
-        System::Compose(Compose { backend, command, root })
+    /// The compose deployment `command` names; `scale_out`: the scale-out
+    /// profile (a ZooKeeper ensemble and a 3-node broker cluster).
+    pub fn compose(root: PathBuf, command: Vec<String>, scale_out: bool) -> System {
+        let (backend, brokers) = if scale_out {
+            (Backend::ZooKeeper, vec!["rabbitmq", "rabbitmq-2", "rabbitmq-3"])
+        } else {
+            (Backend::Coordinator, vec!["rabbitmq"])
+        };
+        let brokers = brokers.into_iter().map(str::to_string).collect();
+        System::Compose(Compose { backend, command, root, brokers })
+    }
+
+    /// The compose services that run broker nodes; none under run.sh,
+    /// whose broker is the host's.
+    pub fn broker_nodes(&self) -> Vec<String> {
+        match self {
+            System::Local(_) => Vec::new(),
+            System::Compose(c) => c.brokers.clone(),
+        }
+    }
+
+    /// The nodes of the broker cluster that run, as the first node that
+    /// answers says (`rabbitmqctl cluster_status`).
+    pub fn running_broker_nodes(&self) -> Result<Vec<String>> {
+        let status: serde_json::Value =
+            serde_json::from_str(&self.rabbitmqctl(&["cluster_status", "--formatter", "json"])?)
+                .context("cluster_status's JSON")?;
+        Ok(strings(&status["running_nodes"]))
+    }
+
+    /// `queue`'s type, leader and members, as the first node that answers
+    /// says (`rabbitmqctl list_queues`).
+    pub fn queue_state(&self, queue: &str) -> Result<QueueState> {
+        let out =
+            self.rabbitmqctl(&["list_queues", "name", "type", "leader", "members", "online", "--formatter", "json"])?;
+        let queues: serde_json::Value = serde_json::from_str(&out).context("list_queues's JSON")?;
+        let q = queues
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == queue))
+            .with_context(|| format!("no queue {queue} on the broker"))?;
+        Ok(QueueState {
+            kind: q["type"].as_str().unwrap_or_default().to_string(),
+            leader: q["leader"].as_str().unwrap_or_default().to_string(),
+            members: strings(&q["members"]),
+            online: strings(&q["online"]),
+        })
+    }
+
+    /// `rabbitmqctl -q ARGS` in the first broker node's container that
+    /// answers (a node may be the one a drill killed).
+    fn rabbitmqctl(&self, args: &[&str]) -> Result<String> {
+        let System::Compose(c) = self else {
+            bail!("the broker's cluster state is read through compose; run.sh's broker is one node");
+        };
+        let mut last = None;
+        for node in &c.brokers {
+            let mut argv = vec!["exec", "-T", node.as_str(), "rabbitmqctl", "-q"];
+            argv.extend_from_slice(args);
+            match c.output(&argv) {
+                Ok(out) => return Ok(out),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker node")))
     }
 
     pub fn backend(&self) -> Backend {
@@ -283,6 +360,11 @@ async fn zookeeper_leader() -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A JSON array of strings, as a vector (anything else: empty).
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
 /// The `srvr` four-letter word's answer from the server on `port`, within 2 s.

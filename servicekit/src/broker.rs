@@ -205,6 +205,18 @@ pub fn generate(queue: &str, user_prefix: &str) -> Generated {
     Generated { credentials, definitions }
 }
 
+/// A fresh Erlang cookie for the nodes of one RabbitMQ cluster: the
+/// shared secret with which Erlang nodes (and `rabbitmqctl`) authenticate
+/// to each other. Whoever holds it can run any code on every node, so it
+/// is as secret as a password. 40 uppercase letters from the OS-seeded
+/// CSPRNG (about 188 bits), the alphabet RabbitMQ's own generated cookies
+/// use: an Erlang atom that no shell, YAML or config file mangles.
+pub fn generate_erlang_cookie() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..40).map(|_| char::from(b'A' + rng.random_range(0..26u8))).collect()
+}
+
 /// How many times RabbitMQ hands one message out before it dead-letters
 /// it instead: the bound on a message whose handling kills its consumer
 /// (a crash, an OOM, a channel closed mid-task), which no header a worker

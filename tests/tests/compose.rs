@@ -171,10 +171,16 @@ fn every_compose_service_runs_a_real_command_with_real_flags() {
     }
 }
 
+/// The scale-out profile's file, on top of the base file.
+const SCALE_OUT: &str = "docker-compose.scale-out.yml";
+
+/// The broker cluster's nodes on the scale-out profile.
+const BROKER_NODES: [&str; 3] = ["rabbitmq", "rabbitmq-2", "rabbitmq-3"];
+
 #[test]
-fn the_zookeeper_override_points_every_service_at_the_ensemble() {
+fn the_scale_out_override_points_every_service_at_the_ensemble() {
     let base = services(&load("docker-compose.yml"));
-    let over = services(&load("docker-compose.zookeeper.yml"));
+    let over = services(&load(SCALE_OUT));
     let ensemble: BTreeSet<&str> = over.keys().filter(|k| k.starts_with("zk")).map(String::as_str).collect();
     assert_eq!(ensemble.len(), 3, "the override must run a 3-node ensemble");
     for (name, svc) in &base {
@@ -195,6 +201,154 @@ fn the_zookeeper_override_points_every_service_at_the_ensemble() {
             assert_eq!(cond.as_str(), Some("service_healthy"), "{name} does not wait for {member} to be healthy");
         }
     }
+}
+
+/// Every service that uses the task queue is given the cluster's three
+/// nodes (servicekit moves to the next when its node fails), and starts
+/// once the three are healthy and `rabbitmq-cluster` has put the quorum
+/// queues on all of them; the nodes are direct dependencies, so that
+/// `stop` stops these services before any node.
+#[test]
+fn the_scale_out_override_gives_every_broker_client_all_three_nodes() {
+    let base = services(&load("docker-compose.yml"));
+    let over = services(&load(SCALE_OUT));
+    let mut clients = 0;
+    for (name, svc) in &base {
+        if svc["environment"]["AMQP_URL"].is_badvalue() {
+            continue;
+        }
+        clients += 1;
+        let o = over.get(name).unwrap_or_else(|| panic!("{name} uses the broker but the override leaves it alone"));
+        let urls = o["environment"]["AMQP_URL"].as_str().unwrap_or_else(|| panic!("{name}: no AMQP_URL"));
+        let hosts: Vec<&str> = urls
+            .split(',')
+            .map(|u| {
+                assert!(u.starts_with("amqp://") && u.ends_with(":5672/%2f"), "{name}: {u}");
+                u.trim_start_matches("amqp://").split(':').next().expect("host")
+            })
+            .collect();
+        assert_eq!(hosts, BROKER_NODES, "{name} is not given every node of the cluster");
+        let deps = o["depends_on"].as_hash().expect("depends_on");
+        let cond = |dep: &str| deps[&Yaml::String(dep.into())]["condition"].as_str().map(str::to_string);
+        for node in BROKER_NODES {
+            assert_eq!(cond(node).as_deref(), Some("service_healthy"), "{name} does not wait for {node}");
+        }
+        assert_eq!(cond("rabbitmq-cluster").as_deref(), Some("service_completed_successfully"), "{name}");
+    }
+    assert_eq!(clients, 4, "system-a and three system-b");
+}
+
+/// Three RabbitMQ nodes clustered by the image's own means: each with a
+/// stable node name of its own (the host part its service's name, the
+/// name part distinct, so one epmd can serve them all), its own data
+/// volume, the definitions and the classic-config peer discovery file
+/// (which lists exactly these names), and the cookie `identities` made,
+/// installed where the image reads it; never the deprecated
+/// RABBITMQ_ERLANG_COOKIE. The one-shot `rabbitmq-cluster` waits for the
+/// three and grows the quorum queues onto each.
+#[test]
+fn the_scale_out_profile_runs_a_three_node_rabbitmq_cluster() {
+    let base_doc = load("docker-compose.yml");
+    let over_doc = load(SCALE_OUT);
+    let base = services(&base_doc);
+    let over = services(&over_doc);
+    let declared: BTreeSet<String> = [&base_doc, &over_doc]
+        .iter()
+        .flat_map(|d| d["volumes"].as_hash().expect("volumes:").keys().filter_map(|k| k.as_str().map(str::to_string)))
+        .collect();
+    let mut names = Vec::new();
+    let mut data = BTreeSet::new();
+    for node in BROKER_NODES {
+        let svc = over.get(node).unwrap_or_else(|| panic!("the scale-out profile lacks the broker node {node}"));
+        assert!(svc["image"].as_str().is_some_and(|i| i.starts_with("rabbitmq:3")), "{node}: {:?}", svc["image"]);
+        let name = svc["environment"]["RABBITMQ_NODENAME"].as_str().unwrap_or_else(|| panic!("{node}: no node name"));
+        let (alive, host) = name.split_once('@').unwrap_or_else(|| panic!("{node}: {name} is not NAME@HOST"));
+        assert_eq!(host, node, "{node}'s node name must resolve to it");
+        assert_eq!(svc["hostname"].as_str(), Some(node), "{node}");
+        assert!(!names.iter().any(|n: &String| n.starts_with(&format!("{alive}@"))), "{alive}@ is used twice");
+        names.push(name.to_string());
+        let volumes = strs(&svc["volumes"]);
+        for want in [
+            "./rabbitmq/definitions.conf:/etc/rabbitmq/conf.d/20-definitions.conf:ro",
+            "./rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/30-cluster.conf:ro",
+            "identity-rabbitmq:/run/identity:ro",
+        ] {
+            assert!(volumes.iter().any(|v| v == want), "{node} does not mount {want}: {volumes:?}");
+        }
+        let own = volumes
+            .iter()
+            .find_map(|v| v.strip_suffix(":/var/lib/rabbitmq"))
+            .unwrap_or_else(|| panic!("{node} has no data volume"));
+        assert!(declared.contains(own), "{node}'s data volume {own} is not declared");
+        assert!(data.insert(own.to_string()), "{own} is shared by two nodes");
+        // The cookie: from the broker's identity volume to the data dir's
+        // .erlang.cookie, owner-only, then the image's own entrypoint.
+        let entry = argv(svc).join(" ");
+        assert!(
+            entry.contains(
+                "install -m 0400 -o rabbitmq -g rabbitmq /run/identity/erlang.cookie /var/lib/rabbitmq/.erlang.cookie"
+            ) && entry.contains("exec docker-entrypoint.sh"),
+            "{node} does not install the shared cookie: {entry}"
+        );
+        assert_eq!(strs(&svc["command"]), ["rabbitmq-server"], "{node}");
+        assert!(!svc["healthcheck"].is_badvalue(), "{node} has no healthcheck");
+        if node != "rabbitmq" {
+            let deps = svc["depends_on"].as_hash().expect("depends_on");
+            let first = &deps[&Yaml::String("rabbitmq".into())]["condition"];
+            assert_eq!(first.as_str(), Some("service_healthy"), "{node} must join a running first node");
+        }
+    }
+    // The base file's broker is the first node: the override adds to it.
+    assert!(strs(&base["rabbitmq"]["volumes"]).iter().any(|v| v == "rabbitmq-data:/var/lib/rabbitmq"));
+    let conf = std::fs::read_to_string(repo().join("rabbitmq/cluster.conf")).expect("rabbitmq/cluster.conf");
+    let settings: BTreeMap<&str, &str> = conf
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once(" = "))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    assert_eq!(settings.get("cluster_formation.peer_discovery_backend"), Some(&"classic_config"), "{conf}");
+    let mut listed: Vec<&str> = settings
+        .iter()
+        .filter(|(k, _)| k.starts_with("cluster_formation.classic_config.nodes."))
+        .map(|(_, v)| *v)
+        .collect();
+    listed.sort_unstable();
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(listed, want, "cluster.conf lists other nodes than the compose file runs");
+    for file in ["docker-compose.yml", SCALE_OUT] {
+        let text = std::fs::read_to_string(repo().join(file)).expect("read");
+        assert!(!text.contains("RABBITMQ_ERLANG_COOKIE:"), "{file}: the cookie comes from the identities volume");
+    }
+
+    let cluster = over.get("rabbitmq-cluster").expect("the rabbitmq-cluster one-shot");
+    assert_eq!(cluster["restart"].as_str(), Some("no"), "a one-shot");
+    let deps = cluster["depends_on"].as_hash().expect("depends_on");
+    for node in BROKER_NODES {
+        let cond = &deps[&Yaml::String(node.into())]["condition"];
+        assert_eq!(cond.as_str(), Some("service_healthy"), "rabbitmq-cluster does not wait for {node}");
+    }
+    let listed: Vec<&str> = cluster["environment"]["RABBITMQ_CLUSTER_NODES"]
+        .as_str()
+        .expect("RABBITMQ_CLUSTER_NODES")
+        .split_whitespace()
+        .collect();
+    assert_eq!(listed, names, "rabbitmq-cluster waits for other nodes than the compose file runs");
+    assert!(strs(&cluster["volumes"]).iter().any(|v| v == "identity-rabbitmq:/run/identity:ro"), "the cookie");
+    let script = argv(cluster).last().cloned().expect("a script");
+    let mount = strs(&cluster["volumes"])
+        .into_iter()
+        .find(|v| v.contains(&format!(":{script}:")))
+        .unwrap_or_else(|| panic!("rabbitmq-cluster runs {script}, which it does not mount"));
+    let source = mount.split(':').next().expect("source").trim_start_matches("./");
+    let text = std::fs::read_to_string(repo().join(source)).expect("the cluster script");
+    assert!(text.contains("rabbitmq-queues") && text.contains(" grow "), "{source} does not grow the quorum queues");
+
+    // The cookie is the broker image's user's: 999 in the official image.
+    let ids = argv(&base["identities"]);
+    let at = ids.iter().position(|a| a == "--broker-owner").expect("identities --broker-owner");
+    assert_eq!(ids[at + 1], "999:999", "the official rabbitmq image's user");
 }
 
 #[test]
@@ -221,7 +375,7 @@ fn the_image_builds_with_a_toolchain_the_workspace_accepts() {
 /// interface, with ListTree and ExpireSession open to anyone who reached it.)
 #[test]
 fn ports_are_published_on_loopback_only() {
-    for file in ["docker-compose.yml", "docker-compose.zookeeper.yml"] {
+    for file in ["docker-compose.yml", SCALE_OUT] {
         for (name, svc) in services(&load(file)) {
             for port in strs(&svc["ports"]) {
                 assert!(port.starts_with("127.0.0.1:"), "{file}: {name} publishes {port} beyond the host's loopback");
@@ -322,7 +476,7 @@ fn every_zookeeper_client_has_its_own_identity() {
 /// definitions (the users' password hashes).
 #[test]
 fn every_broker_client_has_its_own_broker_user() {
-    for file in ["docker-compose.yml", "docker-compose.zookeeper.yml"] {
+    for file in ["docker-compose.yml", SCALE_OUT] {
         for (name, svc) in services(&load(file)) {
             let mut values = strs(&svc["command"]);
             if let Some(env) = svc["environment"].as_hash() {
@@ -330,8 +484,8 @@ fn every_broker_client_has_its_own_broker_user() {
             }
             for v in &values {
                 assert!(!v.contains("guest"), "{file}: {name} uses guest: {v}");
-                if v.starts_with("amqp") {
-                    assert_eq!(servicekit::rabbit::userinfo_of(v), None, "{file}: {name}'s URL has credentials: {v}");
+                for url in v.split(',').filter(|u| u.starts_with("amqp")) {
+                    assert_eq!(servicekit::rabbit::userinfo_of(url), None, "{file}: {name}'s URL has credentials: {v}");
                 }
             }
         }
@@ -403,10 +557,16 @@ fn gen_identities_makes_a_set_once_and_rotates_it() {
             files.push(f.expect("a file").path());
         }
     }
-    assert_eq!(files.len(), 11, "{files:?}");
+    assert_eq!(files.len(), 12, "{files:?}");
     for f in &files {
         let m = std::fs::metadata(f).expect("stat");
-        let want = if f.ends_with("rabbitmq/definitions.json") { 0o644 } else { 0o600 };
+        let want = if f.ends_with("rabbitmq/definitions.json") {
+            0o644
+        } else if f.ends_with("rabbitmq/erlang.cookie") {
+            0o400 // Erlang refuses a cookie others may read
+        } else {
+            0o600
+        };
         assert_eq!(m.mode() & 0o777, want, "{}", f.display());
         assert_eq!((m.uid(), m.gid()), (me.uid(), me.gid()), "{}", f.display());
     }
@@ -427,7 +587,13 @@ fn gen_identities_makes_a_set_once_and_rotates_it() {
 
     let old_operator = std::fs::read_to_string(root.join("operator/zk.cred")).expect("read");
     let old_ids = read("system-b").ids;
+    let cookie = std::fs::read_to_string(root.join("rabbitmq/erlang.cookie")).expect("the cookie");
     gen_identities(&root, &["--rotate"]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("rabbitmq/erlang.cookie")).expect("the cookie"),
+        cookie,
+        "--rotate must keep the broker cluster's cookie"
+    );
     assert_ne!(read("system-b").ids, old_ids, "--rotate made the same identities");
     assert_ne!(std::fs::read_to_string(root.join("operator/zk.cred")).expect("read"), old_operator, "not rotated");
     assert_eq!(
@@ -497,7 +663,7 @@ fn every_volume_of_the_image_is_writable_by_its_user() {
 }
 
 /// Prometheus scrapes the coordinator and every service that serves
-/// metrics, where each listens, on both profiles; on the ZooKeeper profile
+/// metrics, where each listens, on both profiles; on the scale-out profile
 /// also each server of the ensemble, on the port its metrics provider is
 /// given.
 #[test]
@@ -529,7 +695,7 @@ fn prometheus_scrapes_every_service() {
     let mounted = strs(&base["prometheus"]["volumes"]);
     assert!(mounted.contains(&"./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro".to_string()));
 
-    let over = services(&load("docker-compose.zookeeper.yml"));
+    let over = services(&load(SCALE_OUT));
     let mut zk_want = want.clone();
     for (name, svc) in over.iter().filter(|(n, _)| n.starts_with("zk")) {
         let extra = svc["environment"]["ZOO_CFG_EXTRA"].as_str().expect("ZOO_CFG_EXTRA");

@@ -87,7 +87,7 @@ fn every_drill_a_page_names_exists() {
         .expect("scripts/drill.sh --list");
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     let drills: Vec<&str> = listed.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert_eq!(drills.len(), 7, "{listed}");
+    assert_eq!(drills.len(), 8, "{listed}");
     for page in ["coordination.md", "lock.md", "config.md", "ha.md"] {
         let text = std::fs::read_to_string(repo().join("docs/scenarios").join(page)).expect("read the page");
         for named in text.split("drill.sh ").skip(1) {

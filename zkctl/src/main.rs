@@ -128,8 +128,9 @@ enum Cmd {
     /// Make one deployment's identities, a directory per consumer (what
     /// docker-compose.yml's `identities` service runs on every `up`): the
     /// ZooKeeper credentials of each role, the broker users of system-a and
-    /// system-b with the broker's definitions, and the admin token. Does
-    /// nothing when the set is complete.
+    /// system-b with the broker's definitions, the admin token, and the
+    /// Erlang cookie a RabbitMQ cluster's nodes share. Does nothing when
+    /// the set is complete.
     GenIdentities {
         /// Where the consumers' directories are (operator/, system-b/, ...).
         dir: std::path::PathBuf,
@@ -142,6 +143,12 @@ enum Cmd {
         /// (needs root); by default the files stay the caller's.
         #[arg(long, value_name = "UID[:GID]", value_parser = identities::parse_owner)]
         owner: Option<(u32, u32)>,
+        /// Give the broker's Erlang cookie (rabbitmq/erlang.cookie, 0400,
+        /// shared by a RabbitMQ cluster's nodes) to UID[:GID], the broker
+        /// image's user (999:999 in the official image); by default
+        /// --owner's. Made once and kept, --rotate included.
+        #[arg(long, value_name = "UID[:GID]", value_parser = identities::parse_owner)]
+        broker_owner: Option<(u32, u32)>,
         /// The task queue the services use (`--queue` / TASK_QUEUE).
         #[arg(long, default_value = "tasks")]
         queue: String,
@@ -225,8 +232,9 @@ async fn run(cli: Cli) -> Result<()> {
     if let Cmd::GenBrokerCredentials { dir, queue, user_prefix } = &cli.cmd {
         return gen_broker_credentials(dir, queue, user_prefix);
     }
-    if let Cmd::GenIdentities { dir, rotate, owner, queue } = &cli.cmd {
-        return identities::run(dir, *rotate, *owner, queue);
+    if let Cmd::GenIdentities { dir, rotate, owner, broker_owner, queue } = &cli.cmd {
+        let owners = identities::Owners { services: *owner, broker: *broker_owner };
+        return identities::run(dir, *rotate, owners, queue);
     }
     let auth = cli.auth.load()?;
     let policy = auth.policy();

@@ -4,6 +4,7 @@
 //! could read.
 
 mod active;
+mod broker_node_kill;
 mod broker_outage;
 mod config_change;
 mod coordinator_restart;
@@ -35,6 +36,9 @@ pub enum Drill {
     BrokerOutage,
     /// kill -9 and restart of the coordination server: sessions survive.
     CoordinatorRestart,
+    /// kill -9 the broker node leading the task queue (a 3-node cluster):
+    /// nothing refused, nothing lost, the node rejoins.
+    BrokerNodeKill,
 }
 
 impl Drill {
@@ -47,10 +51,11 @@ impl Drill {
             Drill::ActivePause => "active-pause",
             Drill::BrokerOutage => "broker-outage",
             Drill::CoordinatorRestart => "coordinator-restart",
+            Drill::BrokerNodeKill => "broker-node-kill",
         }
     }
 
-    pub const ALL: [Drill; 7] = [
+    pub const ALL: [Drill; 8] = [
         Drill::TaskCrash,
         Drill::LockStall,
         Drill::ConfigChange,
@@ -58,6 +63,7 @@ impl Drill {
         Drill::ActivePause,
         Drill::BrokerOutage,
         Drill::CoordinatorRestart,
+        Drill::BrokerNodeKill,
     ];
 }
 
@@ -91,6 +97,7 @@ pub async fn run(drill: Drill, system: System) -> bool {
         Drill::ActivePause => active::pause(&mut ctx).await,
         Drill::BrokerOutage => broker_outage::run(&mut ctx).await,
         Drill::CoordinatorRestart => coordinator_restart::run(&mut ctx).await,
+        Drill::BrokerNodeKill => broker_node_kill::run(&mut ctx).await,
     };
     match ran {
         Ok(()) => ctx.report.verdict(),
