@@ -496,6 +496,22 @@ impl BrokerCluster {
         }
     }
 
+    /// Copies every node's logs to a directory of their own that outlives
+    /// the test's scratch dir (under the system's temp dir), for a failure
+    /// whose cause is in the brokers; returns it.
+    pub fn keep_logs(&self) -> PathBuf {
+        let kept = std::env::temp_dir().join(crate::unique("broker-cluster-logs"));
+        for i in 0..3 {
+            let to = kept.join(format!("nemo{}", i + 1));
+            let _ = std::fs::create_dir_all(&to);
+            let _ = std::fs::copy(self.home(i).join("stdout.log"), to.join("stdout.log"));
+            for entry in std::fs::read_dir(self.home(i).join("log")).into_iter().flatten().flatten() {
+                let _ = std::fs::copy(entry.path(), to.join(entry.file_name()));
+            }
+        }
+        kept
+    }
+
     /// The last lines of each node's log.
     pub fn logs(&self) -> String {
         (0..3)
