@@ -54,6 +54,15 @@ impl Stream {
             .unwrap_or_default()
     }
 
+    /// The longest time without a submit completing (done) in the
+    /// stream, and when it began (since the stream started): the outage
+    /// the clients saw, whichever submits it fell on.
+    pub fn longest_gap(&self) -> (Duration, Duration) {
+        let mut done: Vec<Duration> = self.calls.iter().filter(|c| c.ok).map(|c| c.at + c.took).collect();
+        done.sort();
+        done.windows(2).map(|w| (w[1] - w[0], w[0])).max().unwrap_or_default()
+    }
+
     pub fn report(&self, what: &str, fault: Instant) -> String {
         let l = self.sorted_latencies();
         format!(
@@ -111,6 +120,11 @@ pub async fn submit_stream(a_addr: String, clients: usize, stop: Arc<AtomicBool>
             }
             (entity, ok, failed, calls)
         }));
+    }
+    // The loops run until `stop`, however long a test's fault takes;
+    // from then on each has a minute to end its last call.
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut s = Stream { started, calls: vec![], failed: vec![], per_entity: vec![] };
     for l in loops {

@@ -1,10 +1,12 @@
 //! The services on a 3-node RabbitMQ cluster with quorum queues, through
 //! the faults a cluster exists to absorb: the node holding the task
-//! queue's leader killed -9 mid-stream, and a node whose data dir is lost,
-//! rebuilt and rejoined. A fault a majority survives must cost latency
-//! only: no refused submit, nothing lost, nothing applied twice.
+//! queue's leader killed -9 mid-stream, a node whose data dir is lost,
+//! rebuilt and rejoined, and a node partitioned away from the other two
+//! (each node on a host of a test network, `testkit::netns`). A fault a
+//! majority survives must cost latency only: no refused submit, nothing
+//! lost, nothing applied twice.
 //!
-//! Each test starts its own cluster (tests/src/broker_cluster.rs), one at a
+//! Each test starts its own cluster (`testkit::broker_cluster`), one at a
 //! time, and a coordinator of its own; system-a and the two system-b are
 //! given the three nodes in a different order each, so a service is
 //! connected to every node and whichever dies takes a service's connection
@@ -16,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_tests::broker_cluster::{node_name, BrokerCluster};
+use e2e_tests::broker_cluster::BrokerCluster;
 use e2e_tests::stream::{submit_stream, Stream};
 use e2e_tests::{start_coordinator, Proc, TempDir};
+use testkit::netns::Net;
 use zk_recipes::session::Client;
 
 /// The task pipeline on a fresh broker cluster and coordinator: system-a
@@ -42,9 +45,15 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// The pipeline on a fresh loopback cluster.
     async fn start(prefix: &str) -> Pipeline {
         let dir = TempDir::new(prefix);
         let cluster = tokio::task::block_in_place(|| BrokerCluster::start(dir.path()));
+        Pipeline::on(cluster, dir).await
+    }
+
+    /// The pipeline on `cluster`, with its scratch files in `dir`.
+    async fn on(cluster: BrokerCluster, dir: TempDir) -> Pipeline {
         let queue = testkit::broker::queue_name("tasks");
         let users = tokio::task::block_in_place(|| cluster.provision(&queue));
         let replicas = tokio::task::block_in_place(|| (cluster.queue_type(&queue), cluster.members(&queue)));
@@ -157,8 +166,8 @@ async fn task_stream_survives_the_queue_leaders_node_killed() {
         s.report(
             &format!(
                 "task queue leader's node {} killed, {} leads (seen {elected:?} after)",
-                node_name(leader),
-                node_name(new_leader)
+                p.cluster.node_name(leader),
+                p.cluster.node_name(new_leader)
             ),
             killed
         )
@@ -192,7 +201,7 @@ async fn task_stream_survives_a_node_losing_its_data() {
     let s = p.stop_stream().await;
     println!(
         "{} (the rebuild took {rebuilt:?})",
-        s.report(&format!("{} lost its data dir and was rebuilt", node_name(lost)), fault)
+        s.report(&format!("{} lost its data dir and was rebuilt", p.cluster.node_name(lost)), fault)
     );
     p.assert_exactly_once(&s, "through the data loss and the rebuild").await;
     assert_eq!(members, vec![0, 1, 2], "the rebuilt node holds a replica of the task queue again");
@@ -208,4 +217,162 @@ async fn task_stream_survives_a_node_losing_its_data() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(left, Some(0), "every message consumed");
+}
+
+/// The node holding the task queue's Raft leader (and a service's
+/// connection) cut from the other two, in silence, for longer than the
+/// nodes take to notice (`net_ticktime`, 10 s on a test network), while 4
+/// clients submit; the services and the test stay in the root namespace
+/// and reach all three nodes throughout, as clients in another zone
+/// would. The two nodes elect a new leader; the cut node, a minority,
+/// pauses (`pause_minority`: it closes its clients' connections, so they
+/// move to the majority) and, after the heal, starts again by itself and
+/// rejoins. Every submit is done, each exactly once; afterwards every node
+/// sees all three running (no split cluster left behind) and the queue has
+/// its three replicas online and nothing left in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_stream_survives_a_minority_node_partitioned_away() {
+    let net = Net::create();
+    let dir = TempDir::new("bcl-partition");
+    let cluster = tokio::task::block_in_place(|| BrokerCluster::start_on(&net, dir.path()));
+    let mut p = Pipeline::on(cluster, dir).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cut = p.cluster.leader(&p.queue).expect("the task queue has a leader");
+    let majority: Vec<usize> = (0..3).filter(|&k| k != cut).collect();
+    let host = |i: usize| p.cluster.host(i).expect("a node on a host").to_string();
+    let (cut_host, majority_hosts) = (host(cut), majority.iter().map(|&k| host(k)).collect::<Vec<_>>());
+    let fault = Instant::now();
+    net.partition(&[&[cut_host.as_str()], &[majority_hosts[0].as_str(), majority_hosts[1].as_str()]]);
+    // The majority elects a leader of its own, and the cut node pauses:
+    // both within the failure detection and a few seconds. The pause is
+    // watched on a thread of its own (a TCP connect every 100 ms), as each
+    // question about the leader is a rabbitmqctl of a second or more.
+    let limit = Duration::from_secs(60);
+    let (new_leader, elected, paused) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let paused = scope.spawn(|| loop {
+                if !p.cluster.takes_connections(cut) {
+                    return Some(fault.elapsed());
+                }
+                if fault.elapsed() > limit {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            });
+            let leader = loop {
+                if let Some(l) = p.cluster.leader_seen_by(majority[0], &p.queue).filter(|&l| l != cut) {
+                    break Some((l, fault.elapsed()));
+                }
+                if fault.elapsed() > limit {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            let paused = paused.join().expect("the pause watch");
+            match (leader, paused) {
+                (Some((l, elected)), Some(paused)) => (l, elected, paused),
+                (leader, paused) => panic!(
+                    "{limit:?} into the cut: majority's leader {leader:?}, cut node paused {paused:?}\n{}",
+                    p.cluster.logs()
+                ),
+            }
+        })
+    });
+    // The majority alone carries the stream a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!p.cluster.takes_connections(cut), "the cut node, a minority, serves clients again before the heal");
+    let cut_for = fault.elapsed();
+    net.heal();
+    // The paused node starts again once it sees the majority, and its
+    // replica catches up. In about 1 run of 10 here RabbitMQ's own restart
+    // of a paused node hangs ("Starting broker...", its log ending in
+    // "Faking nodedown/nodeup" and stray `global_name_server` messages;
+    // RabbitMQ 3.10.8 on OTP 25, rabbitmq-server issues 8110 and 17319
+    // describe the like). That is the broker's, not a promise of ours: the
+    // test says so loudly, keeps the logs, and does what the runbook
+    // (docs/faults.md) tells an operator, a restart of that node, after
+    // which it must rejoin like any other. The task promises are checked
+    // either way.
+    let rejoined_by_itself = tokio::task::block_in_place(|| rejoin(&p, cut, majority[0], Duration::from_secs(60)));
+    let rejoined = match rejoined_by_itself {
+        Ok(after) => format!("rejoined {after:?} after the heal"),
+        Err(state) => {
+            let logs = p.cluster.keep_logs();
+            println!(
+                "RABBITMQ STUCK: {} has not rejoined by itself 60 s after the heal ({state}); its logs are kept in {}; \
+                 restarting it, as an operator would",
+                p.cluster.node_name(cut),
+                logs.display()
+            );
+            let restarting = Instant::now();
+            tokio::task::block_in_place(|| p.cluster.restart(cut));
+            let took = restarting.elapsed();
+            match tokio::task::block_in_place(|| rejoin(&p, cut, majority[0], Duration::from_secs(90))) {
+                Ok(after) => format!("stuck 60 s after the heal, restarted in {took:?}, rejoined {after:?} later"),
+                Err(state) => panic!(
+                    "{} has not rejoined 90 s after its restart either: {state}; the nodes' logs are kept in {}\n{}",
+                    p.cluster.node_name(cut),
+                    logs.display(),
+                    p.cluster.logs()
+                ),
+            }
+        }
+    };
+    // Submits through the rejoined cluster a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = p.stop_stream().await;
+    let (gap, gap_at) = s.longest_gap();
+    let fault_at = fault.duration_since(s.started);
+    println!(
+        "{} | cut for {cut_for:?}: {} led after {elected:?}, the cut node paused after {paused:?}, {rejoined}; \
+         longest time without a task done {gap:?}, from {:+.1} s of the cut",
+        s.report(&format!("{} (the queue's leader) partitioned away", p.cluster.node_name(cut)), fault),
+        p.cluster.node_name(new_leader),
+        gap_at.as_secs_f64() - fault_at.as_secs_f64(),
+    );
+    p.assert_exactly_once(&s, "through the partition").await;
+    assert!(s.ok() > 20, "too few submits to mean anything: {}", s.ok());
+    let after_cut = s.calls.iter().filter(|c| c.ok && c.at > fault_at + cut_for).count();
+    assert!(after_cut > 10, "too few submits after the heal to mean anything: {after_cut}");
+    // One cluster again, not two halves that each think they are it.
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            assert_eq!(p.cluster.running_nodes(i).len(), 3, "{} sees a split cluster", p.cluster.node_name(i));
+        }
+        assert_eq!(p.cluster.members(&p.queue), vec![0, 1, 2], "the task queue keeps its three replicas");
+    });
+    // Redelivered copies (deliveries to the cut node's consumer, returned
+    // when it was taken for gone) are consumed as no-ops; then the queue
+    // is empty.
+    let mut left = None;
+    for _ in 0..20 {
+        left = tokio::task::block_in_place(|| p.cluster.messages(&p.queue));
+        if left == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(left, Some(0), "every message consumed");
+}
+
+/// Waits up to `limit` for node `i` to be back in the cluster: taking
+/// connections, seeing all three nodes running, and (as `via` sees it)
+/// every replica of the task queue online. How long it took, or what was
+/// still missing.
+fn rejoin(p: &Pipeline, i: usize, via: usize, limit: Duration) -> Result<Duration, String> {
+    let since = Instant::now();
+    loop {
+        let takes = p.cluster.takes_connections(i);
+        let running = p.cluster.running_nodes(i);
+        let online = p.cluster.online_seen_by(via, &p.queue);
+        if takes && running.len() == 3 && online == vec![0, 1, 2] {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            return Err(format!(
+                "takes connections {takes}, sees running {running:?}, the queue's replicas online {online:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
