@@ -308,6 +308,9 @@ fn the_scale_out_profile_runs_a_three_node_rabbitmq_cluster() {
         .map(|(k, v)| (k.trim(), v.trim()))
         .collect();
     assert_eq!(settings.get("cluster_formation.peer_discovery_backend"), Some(&"classic_config"), "{conf}");
+    // The partition handling the partition test proves (testkit's cluster
+    // runs the same mode): a cut-off minority must pause, not serve.
+    assert_eq!(settings.get("cluster_partition_handling"), Some(&"pause_minority"), "{conf}");
     let mut listed: Vec<&str> = settings
         .iter()
         .filter(|(k, _)| k.starts_with("cluster_formation.classic_config.nodes."))
