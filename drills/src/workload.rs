@@ -61,6 +61,64 @@ pub fn spawn_add(system_a: &str, entity: &str) -> tokio::task::JoinHandle<Outcom
     tokio::spawn(async move { add(&a, &e, 1).await })
 }
 
+/// `clients` clients, each submitting "add 1" to `entity` one task after
+/// another until `submitting` has passed since `began`: what a drill runs
+/// its fault under. Each client's outcomes come with when each was sent
+/// (since `began`), so a drill can tell the tasks that crossed its fault.
+pub fn submit_for(
+    system_a: &str,
+    entity: &str,
+    clients: usize,
+    began: Instant,
+    submitting: Duration,
+) -> Vec<tokio::task::JoinHandle<Vec<(Duration, Outcome)>>> {
+    (0..clients)
+        .map(|_| {
+            let (a, e) = (system_a.to_string(), entity.to_string());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while began.elapsed() < submitting {
+                    let at = began.elapsed();
+                    mine.push((at, add(&a, &e, 1).await));
+                }
+                mine
+            })
+        })
+        .collect()
+}
+
+/// The verdicts a fault under [`submit_for`] must earn: no submit
+/// refused, some tasks in flight across `fault` (else the drill proved
+/// nothing), and every task done exactly once (`done` says what "done"
+/// had to survive).
+pub fn judge_stream(
+    report: &mut crate::report::Report,
+    outcomes: Vec<(Duration, Outcome)>,
+    crossed: usize,
+    fault: &str,
+    entity: &str,
+    done: &str,
+) {
+    let refused: Vec<&String> = outcomes.iter().filter_map(|(_, o)| o.reply.as_ref().err()).collect();
+    report.check(
+        refused.is_empty(),
+        format!("no submit refused ({} accepted)", outcomes.len()),
+        format!("{} submits failed: {:?}", refused.len(), refused.iter().take(3).collect::<Vec<_>>()),
+    );
+    report.check(
+        crossed > 0,
+        format!("{crossed} tasks crossed {fault}"),
+        format!("no task was in flight across {fault}: the drill proved nothing"),
+    );
+    let all: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+    let once = exactly_once(&all, all.len());
+    report.check(
+        once.is_ok(),
+        format!("{done}every task done exactly once ({entity} = {})", all.len()),
+        format!("exactly once: {}", once.err().unwrap_or_default()),
+    );
+}
+
 /// Submits `n` tasks of "add 1" to `entity`, `concurrency` at a time.
 pub async fn adds(system_a: &str, entity: &str, n: usize, concurrency: usize) -> Vec<Outcome> {
     use futures::StreamExt;

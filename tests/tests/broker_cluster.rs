@@ -104,6 +104,20 @@ impl Pipeline {
         tokio::time::timeout(Duration::from_secs(60), stream).await.expect("in time").expect("stream")
     }
 
+    /// The task queue empties within 10 s: the copies still in it (late
+    /// re-publishes, redeliveries) are consumed as no-ops, none is stuck.
+    async fn assert_queue_drains(&self) {
+        let mut left = None;
+        for _ in 0..20 {
+            left = tokio::task::block_in_place(|| self.cluster.messages(&self.queue));
+            if left == Some(0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(left, Some(0), "every message consumed");
+    }
+
     /// No submit of `s` failed; each entity's value is its count of
     /// successful submits, and the task nodes answered `done` are as many:
     /// nothing lost, nothing applied twice.
@@ -208,15 +222,7 @@ async fn task_stream_survives_a_node_losing_its_data() {
     assert!(s.ok() > 20, "too few submits to mean anything: {}", s.ok());
     // Late copies (outbox re-publishes whose first copy was confirmed after
     // all) are consumed as no-ops; then the queue is empty.
-    let mut left = None;
-    for _ in 0..20 {
-        left = tokio::task::block_in_place(|| p.cluster.messages(&p.queue));
-        if left == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(left, Some(0), "every message consumed");
+    p.assert_queue_drains().await;
 }
 
 /// The node holding the task queue's Raft leader (and a service's
@@ -344,15 +350,7 @@ async fn task_stream_survives_a_minority_node_partitioned_away() {
     // Redelivered copies (deliveries to the cut node's consumer, returned
     // when it was taken for gone) are consumed as no-ops; then the queue
     // is empty.
-    let mut left = None;
-    for _ in 0..20 {
-        left = tokio::task::block_in_place(|| p.cluster.messages(&p.queue));
-        if left == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(left, Some(0), "every message consumed");
+    p.assert_queue_drains().await;
 }
 
 /// Waits up to `limit` for node `i` to be back in the cluster: taking

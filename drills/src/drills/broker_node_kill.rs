@@ -50,19 +50,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let entity = fresh_entity("broker-node");
     let system_a = ctx.system.system_a();
     let began = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (a, e) = (system_a.clone(), entity.clone());
-            tokio::spawn(async move {
-                let mut mine: Vec<(Duration, Outcome)> = Vec::new();
-                while began.elapsed() < SUBMITTING {
-                    let at = began.elapsed();
-                    mine.push((at, workload::add(&a, &e, 1).await));
-                }
-                mine
-            })
-        })
-        .collect();
+    let clients = workload::submit_for(&system_a, &entity, CLIENTS, began, SUBMITTING);
     tokio::time::sleep(KILL_AT).await;
     ctx.report.saw(format!("kill -9 of {victim}, the node that leads `{QUEUE}`"));
     let killed = ctx.system.kill(&victim);
@@ -94,24 +82,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         during.len(),
         spread(&during)
     ));
-    let refused: Vec<&String> = outcomes.iter().filter_map(|(_, o)| o.reply.as_ref().err()).collect();
-    ctx.report.check(
-        refused.is_empty(),
-        format!("no submit refused ({} accepted)", outcomes.len()),
-        format!("{} submits failed: {:?}", refused.len(), refused.iter().take(3).collect::<Vec<_>>()),
-    );
-    ctx.report.check(
-        !during.is_empty(),
-        format!("{} tasks crossed the kill", during.len()),
-        "no task was in flight when the node died: the drill proved nothing",
-    );
-    let all: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
-    let once = workload::exactly_once(&all, all.len());
-    ctx.report.check(
-        once.is_ok(),
-        format!("every task done exactly once ({entity} = {})", all.len()),
-        format!("exactly once: {}", once.err().unwrap_or_default()),
-    );
+    let crossed = during.len();
+    workload::judge_stream(&mut ctx.report, outcomes, crossed, "the kill", &entity, "");
 
     // The node is back in the cluster, its member of the queue online.
     let rejoin = Instant::now();

@@ -22,19 +22,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let entity = fresh_entity("broker");
     let system_a = ctx.system.system_a();
     let began = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (a, e) = (system_a.clone(), entity.clone());
-            tokio::spawn(async move {
-                let mut mine: Vec<(Duration, Outcome)> = Vec::new();
-                while began.elapsed() < SUBMITTING {
-                    let at = began.elapsed();
-                    mine.push((at, workload::add(&a, &e, 1).await));
-                }
-                mine
-            })
-        })
-        .collect();
+    let clients = workload::submit_for(&system_a, &entity, CLIENTS, began, SUBMITTING);
     tokio::time::sleep(OUTAGE_AT).await;
     ctx.report.saw("stopping RabbitMQ");
     let stopped = ctx.system.stop_broker();
@@ -59,23 +47,14 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         during.len(),
         slowest.as_secs_f64()
     ));
-    let refused: Vec<&String> = outcomes.iter().filter_map(|(_, o)| o.reply.as_ref().err()).collect();
-    ctx.report.check(
-        refused.is_empty(),
-        format!("no submit refused ({} accepted)", outcomes.len()),
-        format!("{} submits failed: {:?}", refused.len(), refused.iter().take(3).collect::<Vec<_>>()),
-    );
-    ctx.report.check(
-        !during.is_empty(),
-        format!("{} tasks crossed the outage", during.len()),
-        "no task was in flight during the outage: the drill proved nothing",
-    );
-    let all: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
-    let once = workload::exactly_once(&all, all.len());
-    ctx.report.check(
-        once.is_ok(),
-        format!("every task was published once the broker was back, and done exactly once ({entity} = {})", all.len()),
-        format!("exactly once: {}", once.err().unwrap_or_default()),
+    let crossed = during.len();
+    workload::judge_stream(
+        &mut ctx.report,
+        outcomes,
+        crossed,
+        "the outage",
+        &entity,
+        "every task was published once the broker was back, and ",
     );
     Ok(())
 }
