@@ -128,7 +128,7 @@ impl BrokerCluster {
         );
         let dir = dir.join("rabbitmq-cluster");
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        write_private(&dir.join(".erlang.cookie"), &cookie());
+        write_private(&dir.join(".erlang.cookie"), &servicekit::broker::generate_erlang_cookie());
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         // An empty env file, so the host's /etc/rabbitmq/rabbitmq-env.conf
         // (its node name) does not apply.
@@ -305,8 +305,7 @@ impl BrokerCluster {
     /// a node that exits or does not boot fails the test with the logs.
     fn await_startup(&mut self, i: usize) {
         let started = Instant::now();
-        let addr = self.amqp_addr(i);
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        while !self.takes_connections(i) {
             if let Some(Ok(Some(status))) = self.nodes[i].as_mut().map(Child::try_wait) {
                 panic!("{} exited while booting ({status})\n{}", self.node_name(i), self.logs());
             }
@@ -546,14 +545,6 @@ impl Drop for BrokerCluster {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A fresh Erlang cookie: 32 random letters.
-fn cookie() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
-    bytes.iter().map(|b| (b'A' + b % 26) as char).collect()
 }
 
 /// Writes `text` to `path`, readable by its owner only (Erlang refuses a
