@@ -64,6 +64,13 @@ impl fmt::Debug for Broker {
 /// others.
 const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
+/// The AMQP heartbeat asked for when the URL names none (`?heartbeat=`).
+/// A connection to a node that went silent (stopped, hung, cut off by a
+/// firewall that drops packets) ends after two missed beats; at
+/// RabbitMQ's default of 60 s that is two minutes of a consumer waiting
+/// on a node that will not deliver. RabbitMQ's guide recommends 5 to 20 s.
+pub const HEARTBEAT_S: u16 = 10;
+
 impl Broker {
     /// `urls` (one `amqp://` URL, or a comma-separated list of a cluster's
     /// nodes, each without credentials: see [`userinfo_of`]) with the user
@@ -81,6 +88,7 @@ impl Broker {
             let mut uri: AMQPUri = url.parse().map_err(|e| format!("{url:?} is not an amqp:// URL: {e}"))?;
             uri.authority.userinfo.username = credentials.user().to_string();
             uri.authority.userinfo.password = credentials.password().to_string();
+            uri.query.heartbeat = uri.query.heartbeat.or(Some(HEARTBEAT_S));
             nodes.push((url.to_string(), uri));
         }
         if nodes.is_empty() {
@@ -379,6 +387,14 @@ mod tests {
         let single = Broker::new("amqp://127.0.0.1:5672/%2f", &c, Path::new("x")).expect("one URL");
         assert!(single.move_on(), "one node: every move is a full round");
         assert_eq!(single.url(), "amqp://127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn a_heartbeat_is_asked_for_unless_the_url_names_one() {
+        let c = Credentials::parse("system-b:pw").expect("credentials");
+        let b = Broker::new("amqp://n1/%2f,amqp://n2/%2f?heartbeat=30", &c, Path::new("x")).expect("nodes");
+        let beats: Vec<_> = b.nodes.iter().map(|(_, uri)| uri.query.heartbeat).collect();
+        assert_eq!(beats, [Some(HEARTBEAT_S), Some(30)]);
     }
 
     #[test]

@@ -469,6 +469,29 @@ impl BrokerCluster {
         }
     }
 
+    /// Stops node `i`'s Erlang VM (SIGSTOP) until [`BrokerCluster::resume`]:
+    /// a node that hangs (a stalled disk, a VM its hypervisor paused) with
+    /// its sockets open. The kernel still accepts what clients send it, so
+    /// nothing fails on their side: only answers stop coming.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// Lets node `i` run again after [`BrokerCluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
+    }
+
+    /// Sends `signal` to node `i`'s VM, the process its pid file names
+    /// (`rabbitmq-server` is a script that starts it).
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = std::fs::read_to_string(self.home(i).join("pid")).unwrap_or_default();
+        let pid = pid.trim();
+        assert!(!pid.is_empty(), "{} has no pid file", self.node_name(i));
+        let sent = Command::new("kill").args([&format!("-{signal}"), pid]).status();
+        assert!(matches!(sent, Ok(s) if s.success()), "kill -{signal} {pid} ({}): {sent:?}", self.node_name(i));
+    }
+
     /// Restarts node `i` on its own data (kill -9, then started again and
     /// waited for): what an operator does to a node stuck in its own
     /// restart.

@@ -1,8 +1,9 @@
 //! The services on a 3-node RabbitMQ cluster with quorum queues, through
 //! the faults a cluster exists to absorb: the node holding the task
 //! queue's leader killed -9 mid-stream, a node whose data dir is lost,
-//! rebuilt and rejoined, and a node partitioned away from the other two
-//! (each node on a host of a test network, `testkit::netns`). A fault a
+//! rebuilt and rejoined, a node partitioned away from the other two
+//! (each node on a host of a test network, `testkit::netns`), and the node
+//! system-a publishes through stopped, its sockets open and silent. A fault a
 //! majority survives must cost latency only: no refused submit, nothing
 //! lost, nothing applied twice.
 //!
@@ -27,7 +28,8 @@ use zk_recipes::session::Client;
 /// The task pipeline on a fresh broker cluster and coordinator: system-a
 /// and two system-b (5 ms of work a task), each given the three nodes
 /// starting from a different one, with a stream of submits from 4 clients
-/// running until [`Pipeline::stop_stream`].
+/// running until [`Pipeline::stop_stream`]. Where system-a publishes is
+/// the test's choice ([`Publisher`]).
 struct Pipeline {
     // Fields drop in order: the services stop before the servers under
     // them, and the scratch directory goes last.
@@ -39,25 +41,45 @@ struct Pipeline {
     root: String,
     queue: String,
     store: PathBuf,
+    /// The node system-a publishes through (first in its list).
+    a_node: usize,
     _coordinator: Proc,
     cluster: BrokerCluster,
     _dir: TempDir,
 }
 
+/// Which node system-a starts on, against the task queue's leader; the
+/// two system-b start on the other two nodes.
+#[derive(Clone, Copy)]
+enum Publisher {
+    /// The leader's: a fault of that node takes the queue's leader and
+    /// system-a's unconfirmed publishes at once.
+    OnTheLeadersNode,
+    /// Another (the second system-b then starts on the leader's): a fault
+    /// of system-a's node and a fault of the leader's are different faults.
+    AwayFromTheLeader,
+}
+
 impl Pipeline {
     /// The pipeline on a fresh loopback cluster.
-    async fn start(prefix: &str) -> Pipeline {
+    async fn start(prefix: &str, publisher: Publisher) -> Pipeline {
         let dir = TempDir::new(prefix);
         let cluster = tokio::task::block_in_place(|| BrokerCluster::start(dir.path()));
-        Pipeline::on(cluster, dir).await
+        Pipeline::on(cluster, dir, publisher).await
     }
 
     /// The pipeline on `cluster`, with its scratch files in `dir`.
-    async fn on(cluster: BrokerCluster, dir: TempDir) -> Pipeline {
+    async fn on(cluster: BrokerCluster, dir: TempDir, publisher: Publisher) -> Pipeline {
         let queue = testkit::broker::queue_name("tasks");
         let users = tokio::task::block_in_place(|| cluster.provision(&queue));
         let replicas = tokio::task::block_in_place(|| (cluster.queue_type(&queue), cluster.members(&queue)));
         assert_eq!(replicas, ("quorum".to_string(), vec![0, 1, 2]), "the task queue: a quorum queue on every node");
+        let leader = tokio::task::block_in_place(|| cluster.leader(&queue)).expect("the task queue has a leader");
+        let from = match publisher {
+            Publisher::OnTheLeadersNode => 0,
+            Publisher::AwayFromTheLeader => 1,
+        };
+        let [a_node, b1_node, b2_node] = [0, 1, 2].map(|k| (leader + from + k) % 3);
         let (coordinator, zk) = start_coordinator(&["--tick-time", "500"], dir.path());
         let root = format!("/{}", testkit::unique("bcl"));
         let store = dir.path().join("store");
@@ -78,7 +100,7 @@ impl Pipeline {
             args
         };
         let mut bs = Vec::new();
-        for (name, first) in [("b1", 1), ("b2", 2)] {
+        for (name, first) in [("b1", b1_node), ("b2", b2_node)] {
             let mut args = common(name, "system-b", first);
             args.extend(["--store-dir".to_string(), store.to_str().expect("utf-8").to_string()]);
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -86,7 +108,7 @@ impl Pipeline {
             p.wait_line("system-b ready", Duration::from_secs(30));
             bs.push(p);
         }
-        let mut args = common("a1", "system-a", 0);
+        let mut args = common("a1", "system-a", a_node);
         args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut a = Proc::spawn("system-a", &refs, dir.path());
@@ -94,7 +116,20 @@ impl Pipeline {
         a.wait_line("system-a connected to RabbitMQ", Duration::from_secs(30));
         let stop = Arc::new(AtomicBool::new(false));
         let stream = Some(tokio::spawn(submit_stream(a_addr, 4, stop.clone())));
-        Pipeline { _a: a, _bs: bs, c, stop, stream, root, queue, store, _coordinator: coordinator, cluster, _dir: dir }
+        Pipeline {
+            _a: a,
+            _bs: bs,
+            c,
+            stop,
+            stream,
+            root,
+            queue,
+            store,
+            a_node,
+            _coordinator: coordinator,
+            cluster,
+            _dir: dir,
+        }
     }
 
     /// Ends the stream of submits; what it saw.
@@ -159,7 +194,7 @@ impl Pipeline {
 /// done, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_stream_survives_the_queue_leaders_node_killed() {
-    let mut p = Pipeline::start("bcl-leader").await;
+    let mut p = Pipeline::start("bcl-leader", Publisher::OnTheLeadersNode).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leader = p.cluster.leader(&p.queue).expect("the task queue has a leader");
     let killed = Instant::now();
@@ -192,13 +227,55 @@ async fn task_stream_survives_the_queue_leaders_node_killed() {
     assert!(after_kill > 10, "too few submits after the kill to mean anything: {after_kill}");
 }
 
+/// The node system-a publishes through (no system-b's, and not the task
+/// queue's leader) stops (SIGSTOP) and stays stopped for 30 s while 4
+/// clients submit: its socket stays open and silent, so nothing closes
+/// system-a's connection for 20 s (two missed AMQP heartbeats; minutes at
+/// RabbitMQ's default). A confirm that does not come in time is system-a's sign
+/// to leave that node: it moves to the next, and the outbox publishes
+/// again what the silent node may have swallowed. Submits keep completing
+/// while the node is still stopped; after it resumes, every submit is done
+/// exactly once and the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_stream_survives_the_publishing_node_stopped() {
+    let mut p = Pipeline::start("bcl-pause", Publisher::AwayFromTheLeader).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = p.a_node;
+    let leader = p.cluster.leader(&p.queue);
+    assert_ne!(leader, Some(stopped), "the leader moved before the fault");
+    let paused = Instant::now();
+    p.cluster.pause(stopped);
+    const HELD: Duration = Duration::from_secs(30);
+    tokio::time::sleep(HELD).await;
+    p.cluster.resume(stopped);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = p.stop_stream().await;
+    println!(
+        "{}",
+        s.report(
+            &format!(
+                "{} (system-a's node; the queue's leader: {:?}) stopped for {HELD:?}",
+                p.cluster.node_name(stopped),
+                leader.map(|l| p.cluster.node_name(l))
+            ),
+            paused
+        )
+    );
+    // The second half of the pause: by then system-a must have moved.
+    let at = paused.duration_since(s.started);
+    let late = s.calls.iter().filter(|c| c.ok && c.at + c.took > at + HELD / 2 && c.at + c.took < at + HELD).count();
+    assert!(late > 10, "only {late} submits completed in the second half of the pause: system-a did not move");
+    p.assert_exactly_once(&s, "through the stopped node").await;
+    p.assert_queue_drains().await;
+}
+
 /// A node's data dir lost (kill -9, its mnesia dir deleted), then the node
 /// rebuilt as an operator does (forgotten, started empty, joined again,
 /// given its replica back): tasks flow throughout, none lost or doubled,
 /// and the task queue ends with a replica on every node again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_stream_survives_a_node_losing_its_data() {
-    let mut p = Pipeline::start("bcl-disk").await;
+    let mut p = Pipeline::start("bcl-disk", Publisher::OnTheLeadersNode).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The leader's node: the worst one to lose.
     let lost = p.cluster.leader(&p.queue).expect("the task queue has a leader");
@@ -225,7 +302,7 @@ async fn task_stream_survives_a_node_losing_its_data() {
     p.assert_queue_drains().await;
 }
 
-/// The node holding the task queue's Raft leader (and a service's
+/// The node holding the task queue's Raft leader (and system-a's
 /// connection) cut from the other two, in silence, for longer than the
 /// nodes take to notice (`net_ticktime`, 10 s on a test network), while 4
 /// clients submit; the services and the test stay in the root namespace
@@ -241,7 +318,7 @@ async fn task_stream_survives_a_minority_node_partitioned_away() {
     let net = Net::create();
     let dir = TempDir::new("bcl-partition");
     let cluster = tokio::task::block_in_place(|| BrokerCluster::start_on(&net, dir.path()));
-    let mut p = Pipeline::on(cluster, dir).await;
+    let mut p = Pipeline::on(cluster, dir, Publisher::OnTheLeadersNode).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cut = p.cluster.leader(&p.queue).expect("the task queue has a leader");
     let majority: Vec<usize> = (0..3).filter(|&k| k != cut).collect();
