@@ -846,7 +846,14 @@ scenarios() {
   done
   say "sequential submits exact (acct-1 = 15)"
   # Concurrent: 12 clients at once on one entity; every value distinct and
-  # the last one exact.
+  # the last one exact. Each task takes 500 ms at system-b for this, so the
+  # 12 overlap there and contend for the entity's lock: started through
+  # `docker-compose exec`, whose own start-up takes a core, they arrived
+  # 0.2 s apart on a 2-core machine, and a task of a few milliseconds was
+  # over before the next came (no lock handoff at all, which the
+  # Prometheus check below caught).
+  operator zkctl set /config/system-b '{"work_ms":500}' >/dev/null || fail "zkctl set /config/system-b failed"
+  for i in 1 2 3; do wait_log "system-b-$i" 'config applied {"work_ms":500}' 20; done
   local pids=()
   for i in $(seq 1 12); do
     submit acct-2 1 >"$work/concurrent.$i" &
