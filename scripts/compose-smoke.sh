@@ -450,13 +450,15 @@ x-host: &host
   network_mode: host
   extra_hosts: $hosts
 services:
-  coordinator:
+  identities:
     <<: *host
     build:
       context: $root
       network: host
       args:
         RUST_IMAGE: $rust_image
+  coordinator:
+    <<: *host
     command: ["coordinator", "--listen", "127.0.0.1:2181", "--data-dir", "/data/coordinator", "--admin-listen", "127.0.0.1:8081",
               "--admin-token-file", "/run/identity/admin.token"]
   prometheus:
@@ -527,7 +529,7 @@ YAML
     # own; sharing the host's, they need a port each (compose merges these
     # into the base file's environment).
     for s in $("$compose" --project-directory "$root" "${files[@]}" config --services |
-      grep -vxE 'coordinator|rabbitmq(-[0-9]+|-cluster)?|zk[0-9]+|prometheus|grafana'); do
+      grep -vxE 'identities|coordinator|rabbitmq(-[0-9]+|-cluster)?|zk[0-9]+|prometheus|grafana'); do
       printf '  %s:\n    <<: *host\n' "$s"
       case $s in
       system-a | system-b-* | ha-worker-*)
@@ -1158,13 +1160,6 @@ run_profile() {
     docker build --network host --build-arg "RUST_IMAGE=$rust_image" -t coordination-demo:latest "$root" \
       >"$work/$profile.build.log" 2>&1 || fail "docker build failed; see $work/$profile.build.log"
     build=
-  fi
-  # docker-compose v1's `up --build` makes sure of each service's image in
-  # dependency order, and `identities` (the project's image, with no
-  # `build:` of its own) comes before `coordinator`, which builds it: on an
-  # engine without the image, v1 tries to pull it and fails. Built first.
-  if [ -n "$build" ]; then
-    dc build >"$work/$profile.build.log" 2>&1 || fail "docker-compose build failed; see $work/$profile.build.log"
   fi
   ports_free "$profile"
   [ "$profile" = coordinator ] && start_importer
