@@ -552,7 +552,10 @@ render() {
   local profile=$1 files=() f
   while read -r f; do files+=(-f "$f"); done < <(profile_files "$profile")
   files+=(-f "$(write_override "$profile")")
-  "$compose" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
+  # The project's name too: Compose v2 writes every volume's full name into
+  # what it renders (the project's name before it), and without -p that is
+  # the directory's name, not the project dc() runs.
+  "$compose" -p "$project" --project-directory "$root" "${files[@]}" config >"$work/$profile.raw.yml"
   local scrape=$root/prometheus/prometheus.yml
   [ "$profile" = scale-out ] && scrape=$root/prometheus/prometheus-zookeeper.yml
   python3 - "$work/$profile.raw.yml" "$work/$profile.yml" "$work/$profile.forwards" "$scrape" "$work/prometheus.yml" <<'PY'

@@ -66,8 +66,15 @@ impl RetryPolicy {
 
 /// Whether `e` leaves the operation's outcome unknown, so that repeating a
 /// repeatable operation is the right answer.
+///
+/// `MarshallingError` is one of them: zookeeper-async pairs replies with
+/// requests by order, not by xid, and across a reconnect (an ensemble's
+/// leader killed) a request can be handed a reply that is not its own and
+/// fails to parse as its type. The request may or may not have been
+/// applied, exactly as with `ConnectionLoss` (a drill's observer saw it
+/// once, listing children right after the leader's kill).
 pub fn is_retryable(e: &ZkError) -> bool {
-    matches!(e, ZkError::ConnectionLoss | ZkError::OperationTimeout)
+    matches!(e, ZkError::ConnectionLoss | ZkError::OperationTimeout | ZkError::MarshallingError)
 }
 
 /// Runs `op` until it succeeds, fails with an error that is not
@@ -179,6 +186,18 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[test]
+    fn an_unknown_outcome_is_retried_and_an_answer_is_not() {
+        for unknown in [ZkError::ConnectionLoss, ZkError::OperationTimeout, ZkError::MarshallingError] {
+            assert!(is_retryable(&unknown), "{unknown:?}");
+        }
+        for answer in
+            [ZkError::NoNode, ZkError::NodeExists, ZkError::NoAuth, ZkError::BadVersion, ZkError::SessionExpired]
+        {
+            assert!(!is_retryable(&answer), "{answer:?}");
+        }
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy { first: Duration::from_millis(100), max: Duration::from_secs(1) }
