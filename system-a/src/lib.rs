@@ -39,7 +39,10 @@
 //!    (pending) with its watch armed. The task is now accepted.
 //! 4. `Submitter::publish` → [`publisher::publish`]; on a confirm,
 //!    [`outbox::confirmed`] deletes the entry, else [`outbox::drain`]
-//!    publishes it later.
+//!    publishes it later. A confirm missing for
+//!    [`publisher::CONFIRM_LIMIT`] also makes [`publisher::keep_channel`]
+//!    leave that broker node for the next (a node that hangs closes
+//!    nothing).
 //! 5. `Submitter::wait`: the watch fires on system-b's write;
 //!    [`edge::answer`] turns the node into the reply.
 //!
