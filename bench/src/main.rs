@@ -22,11 +22,13 @@
 //! 100k-5M znodes, and writes offered beyond what each server sustains.
 //! `zkbench brokers` ([`brokers`]) runs A→B→A on classic and quorum queues,
 //! one broker node and a cluster; `zkbench disk` ([`disk`]) puts a write's
-//! latency beside the disk's own fdatasync.
+//! latency beside the disk's own fdatasync; `zkbench pipeline`
+//! ([`pipeline`]) runs A→B→A at scale and shows where its time goes.
 
 mod brokers;
 mod disk;
 mod ops;
+mod pipeline;
 mod plot;
 mod raw;
 mod report;
@@ -97,6 +99,8 @@ enum Cmd {
     /// Single-outstanding writes against the disk's own fdatasync, and
     /// requests per fsync at 256 outstanding.
     Disk(disk::DiskArgs),
+    /// A→B→A at 1-6 system-b and 32-512 in flight, stage by stage.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Session timeout for the failover figure: the smallest both servers
@@ -180,6 +184,7 @@ async fn main() -> Result<()> {
         Some(Cmd::Scale(scale)) => return scale::run(scale).await,
         Some(Cmd::Brokers(brokers)) => return brokers::run(brokers).await,
         Some(Cmd::Disk(disk)) => return disk::run(disk).await,
+        Some(Cmd::Pipeline(p)) => return pipeline::run(p).await,
         None => {}
     }
     if args.replot {

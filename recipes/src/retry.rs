@@ -150,6 +150,31 @@ pub async fn create_owned(
     .await
 }
 
+/// [`create_owned`], making the missing parents (as `parent_acl`) only
+/// when the create says they are missing, as Curator's
+/// `creatingParentsIfNeeded` does. Checking each parent before every
+/// create cost one `exists` per level on every task, parents that exist
+/// for the life of the system: four round trips of eight on system-a's
+/// path for a Submit.
+pub async fn create_owned_in(
+    zk: &ZooKeeper,
+    path: &str,
+    data: &[u8],
+    acl: &[Acl],
+    parent_acl: &[Acl],
+    deadline: Instant,
+) -> Result<String, ZkError> {
+    match create_owned(zk, path, data, acl, deadline).await {
+        Err(ZkError::NoNode) => {
+            if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                ensure_path(zk, parent, parent_acl, deadline).await?;
+            }
+            create_owned(zk, path, data, acl, deadline).await
+        }
+        other => other,
+    }
+}
+
 /// Sets `path` to `data` if its version is still `version`, retrying until
 /// `deadline`. A `BadVersion` after a lost reply may be our own first
 /// attempt, applied: if the node now holds our bytes at `version + 1`, the

@@ -69,10 +69,7 @@ impl TaskStatus {
         acl: &[Acl],
         deadline: tokio::time::Instant,
     ) -> Result<TaskStatus, TaskError> {
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            retry::ensure_path(&client.zk, parent, acl, deadline).await?;
-        }
-        retry::create_owned(&client.zk, path, initial, acl, deadline).await?;
+        retry::create_owned_in(&client.zk, path, initial, acl, acl, deadline).await?;
         Self::existing(client, path, deadline).await
     }
 

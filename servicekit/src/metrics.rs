@@ -41,6 +41,7 @@ use axum::Router;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use zk_recipes::session::{Client, Session};
@@ -228,6 +229,41 @@ impl ByOutcome {
     }
 }
 
+/// Where a service's time goes on its hot path: one histogram per named
+/// stage (`stage` label from a fixed set), so the stages of a task can be
+/// read side by side, on a dashboard or by `zkbench scenarios`, which
+/// divides each `_sum` by its `_count` over a measured interval. Every
+/// series exists from the start, as with [`ByOutcome`].
+#[derive(Clone, Debug)]
+pub struct Stages(Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>);
+
+impl Stages {
+    pub fn new(stages: impl IntoIterator<Item = &'static str>) -> Stages {
+        let family: Family<_, _, fn() -> Histogram> = Family::new_with_constructor(|| Histogram::new(stage_buckets()));
+        for s in stages {
+            let _ = family.get_or_create(&[("stage", s)]);
+        }
+        Stages(family)
+    }
+
+    /// `stage` took `took`.
+    pub fn observe(&self, stage: &'static str, took: std::time::Duration) {
+        self.0.get_or_create(&[("stage", stage)]).observe(took.as_secs_f64());
+    }
+
+    /// What to register: the same series.
+    pub fn family(&self) -> Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram> {
+        self.0.clone()
+    }
+}
+
+/// Buckets for one stage of a task, from 100 µs to about 3 s, doubling: a
+/// stage on loopback is one round trip or one fsync (a fraction of a
+/// millisecond), and up to seconds when it waits behind others.
+pub fn stage_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)
+}
+
 /// Buckets for durations from 5 ms to about 40 s, doubling: a task's or a
 /// lock's time in this system spans milliseconds (loopback) to tens of
 /// seconds (a session timeout, a broker outage).
@@ -251,6 +287,29 @@ mod tests {
             "zk_session_reconnects_total 1",
             "zk_session_expiries_total 0",
             "config_version 4294967321",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_stage_is_exposed_from_the_start_and_sums_its_time() {
+        let mut m = Metrics::new();
+        let stages = Stages::new(["read", "write"]);
+        m.registry().sub_registry_with_prefix("svc").register_with_unit(
+            "stage",
+            "Each step",
+            prometheus_client::registry::Unit::Seconds,
+            stages.family(),
+        );
+        stages.observe("write", std::time::Duration::from_millis(250));
+        stages.observe("write", std::time::Duration::from_millis(500));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encode");
+        for line in [
+            "svc_stage_seconds_count{stage=\"read\"} 0",
+            "svc_stage_seconds_sum{stage=\"write\"} 0.75",
+            "svc_stage_seconds_count{stage=\"write\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

@@ -8,6 +8,7 @@
 //! | `system_a_submit_duration_seconds` | histogram | a Submit's call to system-b's result (done or failed) |
 //! | `system_a_outbox_entries` | gauge | tasks accepted and not yet confirmed by RabbitMQ, at the drain's last look |
 //! | `system_a_outbox_oldest_entry_age_seconds` | gauge | how long the oldest of them has waited |
+//! | `system_a_stage_seconds{stage}` | histogram | each step of a Submit ([`STAGES`]) |
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -16,13 +17,26 @@ use servicekit::metrics::prometheus_client::metrics::gauge::Gauge;
 use servicekit::metrics::prometheus_client::metrics::histogram::Histogram;
 use servicekit::metrics::prometheus_client::registry::{Registry, Unit};
 
-use servicekit::metrics::ByOutcome;
+use servicekit::metrics::{ByOutcome, Stages};
 
 use crate::edge::Outcome;
+
+/// The steps of a Submit, in order (`crate::submit`), as
+/// `system_a_stage_seconds` names them:
+///
+/// - `claim`: recording the request id (Submits that carry one);
+/// - `outbox_entry`: the outbox entry's create;
+/// - `task_node`: the task node's create, with its watch armed;
+/// - `publish`: the publish, until RabbitMQ's confirm;
+/// - `outbox_delete`: the confirmed entry's delete;
+/// - `wait`: from then until system-b's result is read.
+pub const STAGES: [&str; 6] = ["claim", "outbox_entry", "task_node", "publish", "outbox_delete", "wait"];
 
 #[derive(Clone)]
 pub struct Metrics {
     submits: ByOutcome,
+    /// Where a Submit's time goes, step by step ([`STAGES`]).
+    pub stages: Stages,
     submit_duration: Histogram,
     outbox_entries: Gauge,
     outbox_oldest_age: Gauge<f64, AtomicU64>,
@@ -33,6 +47,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             submits: ByOutcome::new(Outcome::ALL.map(Outcome::as_str)),
+            stages: Stages::new(STAGES),
             submit_duration: Histogram::new(servicekit::metrics::duration_buckets()),
             outbox_entries: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
@@ -45,6 +60,7 @@ impl Metrics {
             Unit::Seconds,
             m.submit_duration.clone(),
         );
+        r.register_with_unit("stage", "Each step of a Submit", Unit::Seconds, m.stages.family());
         r.register(
             "outbox_entries",
             "Accepted tasks not yet confirmed by RabbitMQ, as of the outbox drain's last look",

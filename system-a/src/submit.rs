@@ -120,22 +120,34 @@ impl Submitter {
             let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
             let deadline = Instant::now() + timeout;
             let retry = match &sub.request_id {
-                Some(key) => self.claim(key, &sub, deadline).await?,
+                Some(key) => {
+                    let t = Instant::now();
+                    let retry = self.claim(key, &sub, deadline).await?;
+                    self.metrics.stages.observe("claim", t.elapsed());
+                    retry
+                }
                 None => false,
             };
             let status = match retry {
                 true => self.first_attempts_task(&sub, deadline).await?,
                 false => None,
             };
-            let status = match status {
-                Some(status) => status,
+            let (status, confirmed) = match status {
+                Some(status) => (status, false),
                 None => {
                     let status = self.accept(&sub, &trace, deadline).await?;
-                    self.publish(&sub).instrument(tracing::info_span!("publish", otel.kind = "producer")).await;
-                    status
+                    let span = tracing::info_span!("publish", otel.kind = "producer");
+                    let confirmed = self.publish(&sub).instrument(span).await;
+                    (status, confirmed)
                 }
             };
-            self.wait(&sub, status, timeout, deadline).instrument(tracing::info_span!("wait_result")).await
+            // The confirmed entry's delete runs while system-b works: it
+            // is off the caller's path, and still done before the answer.
+            let t = Instant::now();
+            let waiting = self.wait(&sub, status, timeout, deadline).instrument(tracing::info_span!("wait_result"));
+            let (answer, ()) = tokio::join!(waiting, self.forget_entry(&sub, confirmed));
+            self.metrics.stages.observe("wait", t.elapsed());
+            answer
         }
         .instrument(span)
         .await;
@@ -171,11 +183,10 @@ impl Submitter {
         let record = zk_recipes::join(&self.outbox, &outbox::record_name(&sub.task_id));
         let asked = sub.node.encode();
         let zk = &self.client.zk;
-        let made = async {
-            zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
-            zk_recipes::retry::create_owned(zk, &record, &asked, &self.policy.outbox_entry(), deadline).await
-        };
-        match made.await {
+        let acl = self.policy.outbox_entry();
+        let made =
+            zk_recipes::retry::create_owned_in(zk, &record, &asked, &acl, &self.policy.outbox_dir(), deadline).await;
+        match made {
             Ok(_) => Ok(false),
             Err(ZkError::NodeExists) => {
                 let read =
@@ -223,14 +234,27 @@ impl Submitter {
         let zk = &self.client.zk;
         let body = outbox::Entry::new(TaskMessage::new(&sub.task_id), trace.clone()).encode();
         let entry = self.entry_path(sub);
+        let t = Instant::now();
+        // The outbox's node is made when a create finds it missing, not
+        // checked before every entry (`create_owned_in`).
+        let acl = self.policy.outbox_entry();
         let recorded = async {
-            zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
-            create_or_same(&self.client, &entry, &body, &self.policy.outbox_entry(), deadline).await
+            match create_or_same(&self.client, &entry, &body, &acl, deadline).await {
+                Err(ZkError::NoNode) => {
+                    zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
+                    create_or_same(&self.client, &entry, &body, &acl, deadline).await
+                }
+                other => other,
+            }
         };
         recorded.await.map_err(|e| edge::coordination_failure(sub, Accepted::No, &e))?;
+        self.metrics.stages.observe("outbox_entry", t.elapsed());
         let path = self.task_path(sub);
         let pending = sub.node.encode();
-        match TaskStatus::create_with_acl(&self.client, &path, &pending, &self.policy.task(), deadline).await {
+        let t = Instant::now();
+        let created = TaskStatus::create_with_acl(&self.client, &path, &pending, &self.policy.task(), deadline).await;
+        self.metrics.stages.observe("task_node", t.elapsed());
+        match created {
             Ok(status) => Ok(status),
             // Another copy of this request (same key, checked by `claim`)
             // created it first: it is this task.
@@ -250,15 +274,30 @@ impl Submitter {
     }
 
     /// Publishes the accepted task, confirmed and routed, with the current
-    /// span's trace context in its headers. If RabbitMQ is
-    /// away or the confirm is lost, the entry stays and the outbox drain
-    /// publishes it once the broker is back: the caller waits, it is not
-    /// refused.
-    async fn publish(&self, sub: &Submission) {
+    /// span's trace context in its headers: `true` once RabbitMQ confirmed
+    /// it. If RabbitMQ is away or the confirm is lost, the entry stays and
+    /// the outbox drain publishes it once the broker is back: the caller
+    /// waits, it is not refused.
+    async fn publish(&self, sub: &Submission) -> bool {
         let body = TaskMessage::new(&sub.task_id).encode();
-        match publisher::publish(&self.channel, &self.queue, &sub.task_id, &body).await {
-            Ok(()) => outbox::confirmed(&self.client, &self.entry_path(sub)).await,
-            Err(e) => tracing::warn!("not published yet ({e}); the outbox will publish it"),
+        let t = Instant::now();
+        let published = publisher::publish(&self.channel, &self.queue, &sub.task_id, &body).await;
+        self.metrics.stages.observe("publish", t.elapsed());
+        match published {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("not published yet ({e}); the outbox will publish it");
+                false
+            }
+        }
+    }
+
+    /// Deletes the outbox entry of a task RabbitMQ `confirmed`.
+    async fn forget_entry(&self, sub: &Submission, confirmed: bool) {
+        if confirmed {
+            let t = Instant::now();
+            outbox::confirmed(&self.client, &self.entry_path(sub)).await;
+            self.metrics.stages.observe("outbox_delete", t.elapsed());
         }
     }
 

@@ -9,13 +9,14 @@
 //! | `system_b_lock_hold_seconds` | histogram | from holding an entity's lock to its release |
 //! | `system_b_fenced_writes_total` | counter | reads and writes the store refused by fencing token (a stale holder) |
 //! | `system_b_redeliveries_total` | counter | deliveries RabbitMQ marked as redelivered |
+//! | `system_b_stage_seconds{stage}` | histogram | each step of a task ([`STAGES`]) |
 
 use std::time::Duration;
 
 use servicekit::metrics::prometheus_client::metrics::counter::Counter;
 use servicekit::metrics::prometheus_client::metrics::histogram::Histogram;
 use servicekit::metrics::prometheus_client::registry::{Registry, Unit};
-use servicekit::metrics::ByOutcome;
+use servicekit::metrics::{ByOutcome, Stages};
 
 /// How a delivery ended, as `system_b_tasks_total` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +64,27 @@ impl Outcome {
     }
 }
 
+/// The steps of a task, in order (`crate::worker`), as
+/// `system_b_stage_seconds` names them:
+///
+/// - `read`: the task's node, before the lock (what, on which entity);
+/// - `lock`: from asking for the entity's lock to holding it;
+/// - `read_again`: the node again under the lock (still pending? version),
+///   and the fencing epoch, read at once;
+/// - `fenced_read`: the store's record of the entity, read with the token;
+/// - `work`: the simulated work (`work_ms`);
+/// - `store_apply`: the store's write, fsynced;
+/// - `report`: the result written into the task's node;
+/// - `release`: the lock's node deleted;
+/// - `ack`: the delivery acked to RabbitMQ.
+pub const STAGES: [&str; 9] =
+    ["read", "lock", "read_again", "fenced_read", "work", "store_apply", "report", "release", "ack"];
+
 #[derive(Clone)]
 pub struct Metrics {
     tasks: ByOutcome,
+    /// Where a task's time goes, step by step ([`STAGES`]).
+    pub stages: Stages,
     lock_wait: Histogram,
     lock_hold: Histogram,
     fenced: Counter,
@@ -84,6 +103,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             tasks: ByOutcome::new(Outcome::ALL.map(Outcome::as_str)),
+            stages: Stages::new(STAGES),
             lock_wait: Histogram::new(servicekit::metrics::duration_buckets()),
             lock_hold: Histogram::new(servicekit::metrics::duration_buckets()),
             fenced: Counter::default(),
@@ -103,6 +123,7 @@ impl Metrics {
             Unit::Seconds,
             m.lock_hold.clone(),
         );
+        r.register_with_unit("stage", "Each step of a task", Unit::Seconds, m.stages.family());
         r.register(
             "fenced_writes",
             "Store accesses refused by fencing token: this instance held a lock that was no longer its",
@@ -118,6 +139,7 @@ impl Metrics {
 
     pub fn lock_waited(&self, took: Duration) {
         self.lock_wait.observe(took.as_secs_f64());
+        self.stages.observe("lock", took);
     }
 
     pub fn lock_held(&self, took: Duration) {

@@ -105,7 +105,10 @@ impl Worker {
     /// Runs the task `id` names, on its `attempt`-th delivery (1 for the
     /// first). Never panics and never leaves the lock held.
     pub async fn handle(&self, id: &str, attempt: i64) -> Handled {
-        let task = match self.read_pending(id).await {
+        let t = std::time::Instant::now();
+        let read = self.read_pending(id).await;
+        self.metrics.stages.observe("read", t.elapsed());
+        let task = match read {
             Ok(Some((task, _))) => task,
             Ok(None) => match self.read_missing_again(id).await {
                 Ok(Some(task)) => task,
@@ -147,7 +150,9 @@ impl Worker {
             // failure's look at the store and its write to the node.
             Err(failure) => self.fail(&task, failure, attempt).await,
         };
+        let t = std::time::Instant::now();
         guard.release().await;
+        self.metrics.stages.observe("release", t.elapsed());
         self.metrics.lock_held(held.elapsed());
         handled
     }
@@ -156,10 +161,18 @@ impl Worker {
     async fn apply_locked(&self, task: &Task, guard: &LockGuard) -> Result<Handled, Failure> {
         // Read again under the lock: the node may have been answered by a
         // copy of this message between our first look and the lock.
-        let Some((_, version)) = self.read_pending(&task.id).await? else {
+        // With it, the fencing epoch: two reads at once, one round trip
+        // under the lock instead of two (the epoch must be read after the
+        // lock node exists, which it does; see `fenced_read`).
+        let t = std::time::Instant::now();
+        let (pending, epoch) = tokio::join!(self.read_pending(&task.id), self.epoch.token(guard.token()));
+        self.metrics.stages.observe("read_again", t.elapsed());
+        let Some((_, version)) = pending? else {
             return Ok(Handled::NoOp("answered by another delivery meanwhile"));
         };
-        let (entity, token) = self.fenced_read(task, guard).await?;
+        let t = std::time::Instant::now();
+        let (entity, token) = self.fenced_read(task, guard, epoch.map_err(epoch_failure)?).await?;
+        self.metrics.stages.observe("fenced_read", t.elapsed());
         if let Some(last) = &entity.last {
             if last.task == task.id {
                 tracing::info!("redelivered task was applied before: reporting its recorded result");
@@ -175,6 +188,7 @@ impl Worker {
         let work = Duration::from_millis(self.settings.borrow().work_ms);
         if !work.is_zero() {
             tokio::time::sleep(work).await;
+            self.metrics.stages.observe("work", work);
         }
         let value = task.op.apply(entity.value, task.amount).ok_or_else(|| {
             Failure::Rejected(format!(
@@ -196,24 +210,29 @@ impl Worker {
             epoch: token.epoch,
             token: token.zxid,
         };
+        let t = std::time::Instant::now();
         tracing::info_span!("store_apply", %token)
             .in_scope(|| self.store.apply(&task.entity, token, applied))
             .map_err(|e| self.refused(e))?;
+        self.metrics.stages.observe("store_apply", t.elapsed());
         // The window exactly-once must survive: applied, not yet answered.
         servicekit::failpoint::crash_if_armed("system-b/after-store-apply");
         let node = TaskNode::done(value, &self.instance, token.epoch, token.zxid);
+        let t = std::time::Instant::now();
         self.report(&task.id, &node, version).await?;
+        self.metrics.stages.observe("report", t.elapsed());
         tracing::info!(value, %token, "applied");
         Ok(Handled::Done { value, token, fresh: true })
     }
 
-    /// Reads the entity as the lock's holder, fencing older tokens out. A
-    /// refusal by a token of a history this server never had (a reset) is
-    /// answered by advancing the epoch; see the module docs.
-    async fn fenced_read(&self, task: &Task, guard: &LockGuard) -> Result<(Entity, Token), Failure> {
-        // The epoch is read after the lock node exists, so an advance made
-        // before we hold is always seen.
-        let mut token = self.epoch.token(guard.token()).await.map_err(epoch_failure)?;
+    /// Reads the entity as the lock's holder with `token`, fencing older
+    /// tokens out. A refusal by a token of a history this server never had
+    /// (a reset) is answered by advancing the epoch; see the module docs.
+    ///
+    /// `token`'s epoch must have been read after the lock node existed
+    /// (`guard` is held), so an advance made before we hold is always seen.
+    async fn fenced_read(&self, task: &Task, guard: &LockGuard, token: Token) -> Result<(Entity, Token), Failure> {
+        let mut token = token;
         let mut advances = 0;
         loop {
             let seen = match self.store.read(&task.entity, token) {

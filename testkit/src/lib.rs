@@ -27,6 +27,7 @@ pub mod crashfs;
 pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -547,27 +547,7 @@ fn spawn_system_a(
     spawn_service_with_env(place, "system-a", zk, root, &args, extra, env, log_dir)
 }
 
-/// `GET path` from the HTTP server at `addr` (HTTP/1.0, so the server
-/// closes when done): the status code and the body. An error when nothing
-/// answers there.
-pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {raw:?}"));
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
-    Ok((code, body.to_string()))
-}
-
-/// The value of the sample `series` (a name with its labels, as exposed:
-/// `system_a_submits_total{outcome="done"}`) in a `/metrics` body.
-pub fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
-}
+pub use testkit::scrape::{http_get, sample};
 
 /// A connection to the RabbitMQ the suites run against
 /// (`testkit::rabbitmq_url`), made within 10 s.

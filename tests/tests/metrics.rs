@@ -156,6 +156,13 @@ async fn tasks_counted(zk: &str, dir: &Path) {
     assert_eq!(sample(&a, r#"system_a_submits_total{outcome="timeout"}"#), Some(0.0), "{a}");
     assert_eq!(sample(&a, "system_a_submit_duration_seconds_count"), Some(n), "{a}");
     assert_eq!(sample(&a, "zk_session_live"), Some(1.0), "{a}");
+    // Each step of each Submit timed once (no request id: nothing claimed).
+    for (stage, count) in
+        [("claim", 0.0), ("outbox_entry", n), ("task_node", n), ("publish", n), ("outbox_delete", n), ("wait", n)]
+    {
+        let series = format!(r#"system_a_stage_seconds_count{{stage="{stage}"}}"#);
+        assert_eq!(sample(&a, &series), Some(count), "{series}: {a}");
+    }
     // Every task was confirmed at once: the drain finds the outbox empty.
     wait_value(&a_metrics, "system_a_outbox_entries", 0.0, Duration::from_secs(5));
 
@@ -166,7 +173,14 @@ async fn tasks_counted(zk: &str, dir: &Path) {
         let bodies: Vec<String> = bs.iter().map(|(_, m)| scrape(m)).collect();
         let sum = |series: &str| bodies.iter().map(|b| sample(b, series).unwrap_or(0.0)).sum::<f64>();
         let done = sum(r#"system_b_tasks_total{outcome="done"}"#);
-        if done == n || started.elapsed() > Duration::from_secs(5) {
+        let stage = |s: &str| sum(&format!(r#"system_b_stage_seconds_count{{stage="{s}"}}"#));
+        // The ack is timed after the task is counted.
+        if (done == n && stage("ack") == n) || started.elapsed() > Duration::from_secs(5) {
+            // Each step of each task timed once; no work was asked for.
+            for s in ["read", "lock", "read_again", "fenced_read", "store_apply", "report", "release", "ack"] {
+                assert_eq!(stage(s), n, "stage {s}: {bodies:?}");
+            }
+            assert_eq!(stage("work"), 0.0, "{bodies:?}");
             assert_eq!(sum("system_b_lock_wait_seconds_count"), sum("system_b_lock_hold_seconds_count"));
             assert!(sum("system_b_lock_hold_seconds_count") >= n, "{bodies:?}");
             assert_eq!(sum("system_b_fenced_writes_total"), 0.0, "{bodies:?}");
