@@ -142,6 +142,7 @@ impl StoreError {
     }
 }
 
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
 }

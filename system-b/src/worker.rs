@@ -33,6 +33,7 @@
 //! issued (a data reset, a restore, a move), and the epoch is advanced
 //! past it, at most [`fencing::MAX_ADVANCES`] times before it is an alarm.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use task_contract::{Op, TaskNode, TaskState};
@@ -211,8 +212,9 @@ impl Worker {
             token: token.zxid,
         };
         let t = std::time::Instant::now();
-        tracing::info_span!("store_apply", %token)
-            .in_scope(|| self.store.apply(&task.entity, token, applied))
+        let (entity_name, span) = (task.entity.clone(), tracing::info_span!("store_apply", %token));
+        self.on_store(move |store| span.in_scope(|| store.apply(&entity_name, token, applied)))
+            .await
             .map_err(|e| self.refused(e))?;
         self.metrics.stages.observe("store_apply", t.elapsed());
         // The window exactly-once must survive: applied, not yet answered.
@@ -235,7 +237,8 @@ impl Worker {
         let mut token = token;
         let mut advances = 0;
         loop {
-            let seen = match self.store.read(&task.entity, token) {
+            let entity_name = task.entity.clone();
+            let seen = match self.on_store(move |store| store.read(&entity_name, token)).await {
                 Ok(entity) => return Ok((entity, token)),
                 Err(StoreError::Fenced { seen, .. }) => seen,
                 Err(e) => return Err(store_failure(e)),
@@ -376,6 +379,28 @@ impl Worker {
         }
     }
 
+    /// Runs a call on the store on tokio's blocking pool. Each is a file
+    /// lock and, but for a read by the newest holder, a write with two
+    /// fsyncs: 7-8 ms a call on this project's benchmark VM, and without
+    /// bound on a disk that stalls. On an async worker thread (there are
+    /// as many as cores) two such calls stall the whole instance meanwhile:
+    /// its session's pings and its broker heartbeats included, so a slow
+    /// disk could cost it its session and its lock.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || call(&store)).await {
+            Ok(result) => result,
+            // A panic in the call is a bug: it stays one. A call cancelled
+            // (the runtime is shutting down) did not happen as far as we
+            // know: a transient failure, the delivery goes back.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Io { path: PathBuf::from("store"), source: std::io::Error::other(e) }),
+        }
+    }
+
     /// Writes a final state into the task's node if it is still at
     /// `version` (the `pending` one read under the lock), retrying through
     /// connection loss. A `BadVersion` means someone answered it meanwhile
@@ -402,7 +427,9 @@ impl Worker {
     /// reported as done instead. Best effort: the message is dead-lettered
     /// either way.
     async fn report_failed(&self, task: &Task, error: &str) {
-        let applied = self.store.peek(&task.entity).ok().and_then(|e| e.last).filter(|l| l.task == task.id);
+        let entity_name = task.entity.clone();
+        let peeked = self.on_store(move |store| store.peek(&entity_name)).await;
+        let applied = peeked.ok().and_then(|e| e.last).filter(|l| l.task == task.id);
         let node = match &applied {
             Some(l) => TaskNode::done(l.value, &l.worker, l.epoch, l.token),
             None => TaskNode::failed(error),
