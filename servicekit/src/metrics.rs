@@ -235,11 +235,14 @@ impl ByOutcome {
 /// divides each `_sum` by its `_count` over a measured interval. Every
 /// series exists from the start, as with [`ByOutcome`].
 #[derive(Clone, Debug)]
-pub struct Stages(Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>);
+pub struct Stages(StageFamily);
+
+/// One histogram per `stage` label, each made with [`stage_buckets`].
+pub type StageFamily = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
 
 impl Stages {
     pub fn new(stages: impl IntoIterator<Item = &'static str>) -> Stages {
-        let family: Family<_, _, fn() -> Histogram> = Family::new_with_constructor(|| Histogram::new(stage_buckets()));
+        let family: StageFamily = Family::new_with_constructor(|| Histogram::new(stage_buckets()));
         for s in stages {
             let _ = family.get_or_create(&[("stage", s)]);
         }
@@ -252,7 +255,7 @@ impl Stages {
     }
 
     /// What to register: the same series.
-    pub fn family(&self) -> Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram> {
+    pub fn family(&self) -> StageFamily {
         self.0.clone()
     }
 }
