@@ -5,6 +5,7 @@
 #   scripts/bench.sh [zkbench flags]     # e.g. --nodes 1000000 --secs 5
 #   scripts/bench.sh brokers --secs 5    # A→B→A on classic vs quorum queues, 1 node vs a 3-node cluster
 #   scripts/bench.sh disk                # writes against the disk's own fdatasync, requests per fsync
+#   scripts/bench.sh pipeline --secs 4  # A→B→A at 1-6 system-b, 32-512 in flight: tasks/s, each stage, the limit
 #
 # Results: docs/bench/results.json, docs/bench/results.png (latency against
 # load), and Markdown tables with ratios on stdout (pasted into BENCHMARKS.md).

@@ -16,7 +16,7 @@
 //! - the limit the figures point at (see [`Limit`]).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
 use testkit::process::Proc;
 
-use crate::ops::{histogram, percentiles, record};
+use crate::ops::percentiles;
 use crate::servers::{cpu_time, free_port, repo_root, start, Kind};
 
 #[derive(clap::Args, Debug)]
@@ -38,10 +38,10 @@ pub struct PipelineArgs {
     /// Tasks in flight (concurrent callers).
     #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
     in_flight: Vec<usize>,
-    /// system-b's prefetch (unacked deliveries per instance); its default
-    /// when absent.
-    #[arg(long)]
-    prefetch: Option<u16>,
+    /// system-b's prefetch (unacked deliveries per instance), passed to
+    /// every instance; 8 is system-b's own default.
+    #[arg(long, default_value_t = 8)]
+    prefetch: u16,
     /// Run only against this server.
     #[arg(long, value_parser = ["coordinator", "zookeeper"])]
     only: Option<String>,
@@ -74,7 +74,7 @@ fn wait_line(p: &mut Proc, prefix: &str) -> Result<String> {
 }
 
 impl Deployment {
-    async fn start(zk: &str, instances: usize, prefetch: Option<u16>, log: &Path) -> Result<Deployment> {
+    async fn start(zk: &str, instances: usize, prefetch: u16, log: &Path) -> Result<Deployment> {
         let queue = testkit::broker::queue_name("bench-pipe");
         let users = testkit::broker::try_provision(&queue)?;
         let root = format!("/{queue}");
@@ -82,16 +82,13 @@ impl Deployment {
         std::fs::create_dir_all(&store)?;
         let store_s = store.to_string_lossy().to_string();
         let shared = ["--zk", zk, "--root", &root, "--queue", &queue, "--metrics-listen", "127.0.0.1:0"];
-        let prefetch = prefetch.map(|p| p.to_string());
+        let prefetch = prefetch.to_string();
         let mut bs = Vec::new();
         let mut b_metrics = Vec::new();
         for i in 0..instances {
             let name = format!("b{i}");
             let mut args: Vec<&str> = shared.to_vec();
-            args.extend(["--store-dir", &store_s, "--instance", &name]);
-            if let Some(p) = &prefetch {
-                args.extend(["--prefetch", p]);
-            }
+            args.extend(["--store-dir", &store_s, "--instance", &name, "--prefetch", &prefetch]);
             let flags = users.flags("system-b");
             args.extend(flags.iter().map(String::as_str));
             let mut b = spawn("system-b", &args, log)?;
@@ -190,6 +187,13 @@ enum Limit {
     /// One entity: its lock lets one task through at a time, so tasks/s ×
     /// the lock's hold ≈ 1.
     EntityLock { hold_ms: f64 },
+    /// system-b's prefetch: nearly every slot holds a task (Little's law:
+    /// tasks/s × a task's time in system-b), so a task waits in the queue
+    /// for a slot, and the rate is the slots over that time.
+    Prefetch { busy: f64, slots: usize, task_ms: f64 },
+    /// Fewer callers than slots: each caller waits for its answer before
+    /// it sends again, so the rate is the callers over a round trip.
+    Callers { in_flight: usize, slots: usize },
     /// The cores are used up; the biggest user named.
     Cpu { busiest: &'static str, cores: f64 },
     /// Neither: the longest stage, where tasks wait.
@@ -200,6 +204,10 @@ impl std::fmt::Display for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Limit::EntityLock { hold_ms } => write!(f, "the entity's lock (held {hold_ms:.2} ms a task)"),
+            Limit::Callers { in_flight, slots } => write!(f, "the callers ({in_flight} in flight, {slots} slots)"),
+            Limit::Prefetch { busy, slots, task_ms } => {
+                write!(f, "system-b's prefetch ({busy:.1} of {slots} slots busy, {task_ms:.1} ms a task)")
+            }
             Limit::Cpu { busiest, cores } => write!(f, "CPU (busiest: {busiest}, {cores:.2} cores)"),
             Limit::Stage { stage, ms } => write!(f, "{stage} ({ms:.1} ms)"),
         }
@@ -208,7 +216,16 @@ impl std::fmt::Display for Limit {
 
 /// One point: `in_flight` callers for `secs`, on their own entities or
 /// all on one.
-async fn point(d: &Deployment, server_pid: u32, server: &str, in_flight: usize, hot: bool, secs: u64) -> Result<Value> {
+/// `slots` is system-b's prefetch over all its instances.
+async fn point(
+    d: &Deployment,
+    slots: usize,
+    server_pid: u32,
+    server: &str,
+    in_flight: usize,
+    hot: bool,
+    secs: u64,
+) -> Result<Value> {
     let mut groups = d.pids();
     groups.push((if server == "coordinator" { "coordinator" } else { "zookeeper" }, server_pid));
     groups.extend(broker_pids().into_iter().map(|p| ("rabbitmq", p)));
@@ -217,37 +234,8 @@ async fn point(d: &Deployment, server_pid: u32, server: &str, in_flight: usize, 
     let b0 = stage_totals(&d.b_metrics, "system_b_stage_seconds")?;
     let hold0 = lock_hold_totals(&d.b_metrics)?;
     let cpu0 = cpu_by_group(&groups);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(secs);
-    let workers: Vec<_> = (0..in_flight)
-        .map(|w| {
-            let mut g = d.grpc.clone();
-            let entity = if hot { "hot".to_string() } else { format!("e{w}") };
-            tokio::spawn(async move {
-                let mut h = histogram();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let req =
-                        SubmitRequest { entity: entity.clone(), op: "add".into(), amount: 1, ..Default::default() };
-                    let reply = tokio::time::timeout(Duration::from_secs(60), g.submit(req))
-                        .await
-                        .context("no answer within 60 s")?
-                        .context("submit")?
-                        .into_inner();
-                    if reply.status != "done" {
-                        bail!("a task ended {:?}", reply.status);
-                    }
-                    record(&mut h, t.elapsed());
-                }
-                Ok::<_, anyhow::Error>(h)
-            })
-        })
-        .collect();
-    let mut all = histogram();
-    for w in workers {
-        all.add(w.await??)?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let entities = (0..in_flight).map(|w| if hot { "hot".to_string() } else { format!("e{w}") }).collect();
+    let (all, elapsed) = crate::scenarios::closed_loop(&d.grpc, entities, secs).await?;
     let cpu1 = cpu_by_group(&groups);
     let a = stage_means(&a0, &stage_totals(std::slice::from_ref(&d.a_metrics), "system_a_stage_seconds")?);
     let b = stage_means(&b0, &stage_totals(&d.b_metrics, "system_b_stage_seconds")?);
@@ -260,6 +248,8 @@ async fn point(d: &Deployment, server_pid: u32, server: &str, in_flight: usize, 
     let b_to_result: f64 =
         ["read", "lock", "read_again", "fenced_read", "work", "store_apply", "report"].iter().map(|s| ms(&b, s)).sum();
     let unaccounted = (ms(&a, "wait") - b_to_result).max(0.0);
+    let task_ms: f64 = b.iter().map(|s| s.1).sum();
+    let busy = tasks_per_sec * task_ms / 1000.0;
     let total_cores: f64 = cores.iter().map(|c| c.1).sum();
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let busiest = cores.iter().copied().fold(("", 0.0), |m, c| if c.1 > m.1 { c } else { m });
@@ -269,6 +259,10 @@ async fn point(d: &Deployment, server_pid: u32, server: &str, in_flight: usize, 
     let longest = stages.iter().cloned().fold((String::new(), 0.0), |m, s| if s.1 > m.1 { s } else { m });
     let limit = if hot && tasks_per_sec * hold / 1000.0 > 0.8 {
         Limit::EntityLock { hold_ms: hold }
+    } else if busy > 0.8 * slots as f64 {
+        Limit::Prefetch { busy, slots, task_ms }
+    } else if in_flight <= slots {
+        Limit::Callers { in_flight, slots }
     } else if total_cores > 0.85 * ncpu {
         Limit::Cpu { busiest: busiest.0, cores: busiest.1 }
     } else {
@@ -279,6 +273,8 @@ async fn point(d: &Deployment, server_pid: u32, server: &str, in_flight: usize, 
         "spread": if hot { "hot" } else { "many" },
         "tasks_per_sec": tasks_per_sec.round(),
         "lock_hold_ms": hold,
+        "system_b_busy_slots": busy,
+        "system_b_slots": slots,
         "system_a_ms": a.iter().map(|(s, v)| json!([s, v])).collect::<Vec<_>>(),
         "system_b_ms": b.iter().map(|(s, v)| json!([s, v])).collect::<Vec<_>>(),
         "broker_and_watch_ms": unaccounted,
@@ -323,7 +319,8 @@ pub async fn run(args: PipelineArgs) -> Result<()> {
                     continue;
                 }
                 for &f in &args.in_flight {
-                    let mut p = point(&d, server.pid, kind.name(), f, hot, args.secs)
+                    let slots = n * usize::from(args.prefetch);
+                    let mut p = point(&d, slots, server.pid, kind.name(), f, hot, args.secs)
                         .await
                         .with_context(|| format!("{}: {n} system-b, {f} in flight", kind.name()))?;
                     p["server"] = json!(kind.name());

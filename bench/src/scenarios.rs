@@ -91,21 +91,7 @@ pub async fn round_trip_on(
     wait_line(&mut a, "system-a connected to RabbitMQ", Duration::from_secs(30))?;
     let grpc = TasksClient::connect(format!("http://{addr}")).await.context("connect to system-a")?;
 
-    let submit = |mut g: TasksClient<tonic::transport::Channel>, entity: String| async move {
-        let t = Instant::now();
-        let reply = tokio::time::timeout(
-            Duration::from_secs(30),
-            g.submit(SubmitRequest { entity, op: "add".into(), amount: 1, ..Default::default() }),
-        )
-        .await
-        .context("no answer within 30 s")?
-        .context("submit")?
-        .into_inner();
-        if reply.status != "done" {
-            bail!("a task ended {:?}", reply.status);
-        }
-        Ok::<_, anyhow::Error>(t.elapsed())
-    };
+    let submit = |g: TasksClient<tonic::transport::Channel>, entity: String| submit_one(g, entity);
 
     // Warm up the connections and the queue, then one task at a time.
     for i in 0..10 {
@@ -117,29 +103,59 @@ pub async fn round_trip_on(
     }
 
     // 32 in flight, each on its own entity (the lock is measured apart).
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (many, elapsed) = closed_loop(&grpc, (0..32).map(|w| format!("par-{w}")).collect(), secs).await?;
+    let _ = std::fs::remove_dir_all(&store);
+    let mut concurrent = json!({"in_flight": 32, "tasks_per_sec": (many.len() as f64 / elapsed).round()});
+    merge(&mut concurrent, percentiles(&many));
+    Ok(json!({"one_at_a_time": percentiles(&one), "concurrent": concurrent}))
+}
+
+/// One "add 1" task on `entity`, submitted and answered "done": how long
+/// it took.
+pub async fn submit_one(mut g: TasksClient<tonic::transport::Channel>, entity: String) -> Result<Duration> {
+    let t = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        g.submit(SubmitRequest { entity, op: "add".into(), amount: 1, ..Default::default() }),
+    )
+    .await
+    .context("no answer within 60 s")?
+    .context("submit")?
+    .into_inner();
+    if reply.status != "done" {
+        bail!("a task ended {:?}", reply.status);
+    }
+    Ok(t.elapsed())
+}
+
+/// One caller per entry of `entities` (the same name twice is two callers
+/// on one entity), each submitting one task after another for `secs`: the
+/// latencies, and the seconds it took.
+pub async fn closed_loop(
+    grpc: &TasksClient<tonic::transport::Channel>,
+    entities: Vec<String>,
+    secs: u64,
+) -> Result<(hdrhistogram::Histogram<u64>, f64)> {
     let started = Instant::now();
-    let workers: Vec<_> = (0..32)
-        .map(|w| {
+    let deadline = started + Duration::from_secs(secs);
+    let callers: Vec<_> = entities
+        .into_iter()
+        .map(|entity| {
             let g = grpc.clone();
             tokio::spawn(async move {
                 let mut h = histogram();
                 while Instant::now() < deadline {
-                    record(&mut h, submit(g.clone(), format!("par-{w}")).await?);
+                    record(&mut h, submit_one(g.clone(), entity.clone()).await?);
                 }
                 Ok::<_, anyhow::Error>(h)
             })
         })
         .collect();
-    let mut many = histogram();
-    for w in workers {
-        many.add(w.await??)?;
+    let mut all = histogram();
+    for c in callers {
+        all.add(c.await??)?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&store);
-    let mut concurrent = json!({"in_flight": 32, "tasks_per_sec": (many.len() as f64 / elapsed).round()});
-    merge(&mut concurrent, percentiles(&many));
-    Ok(json!({"one_at_a_time": percentiles(&one), "concurrent": concurrent}))
+    Ok((all, started.elapsed().as_secs_f64()))
 }
 
 /// `contenders` sessions, each looping acquire → release on one lock for
