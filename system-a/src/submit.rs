@@ -184,8 +184,11 @@ impl Submitter {
         let asked = sub.node.encode();
         let zk = &self.client.zk;
         let acl = self.policy.outbox_entry();
-        let made =
-            zk_recipes::retry::create_owned_in(zk, &record, &asked, &acl, &self.policy.outbox_dir(), deadline).await;
+        let dir_acl = self.policy.outbox_dir();
+        let made = as_ourselves(&self.client, deadline, is_noauth, || {
+            zk_recipes::retry::create_owned_in(zk, &record, &asked, &acl, &dir_acl, deadline)
+        })
+        .await;
         match made {
             Ok(_) => Ok(false),
             Err(ZkError::NodeExists) => {
@@ -238,7 +241,7 @@ impl Submitter {
         // The outbox's node is made when a create finds it missing, not
         // checked before every entry (`create_owned_in`).
         let acl = self.policy.outbox_entry();
-        let recorded = async {
+        let recorded = as_ourselves(&self.client, deadline, is_noauth, || async {
             match create_or_same(&self.client, &entry, &body, &acl, deadline).await {
                 Err(ZkError::NoNode) => {
                     zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
@@ -246,13 +249,18 @@ impl Submitter {
                 }
                 other => other,
             }
-        };
+        });
         recorded.await.map_err(|e| edge::coordination_failure(sub, Accepted::No, &e))?;
         self.metrics.stages.observe("outbox_entry", t.elapsed());
         let path = self.task_path(sub);
         let pending = sub.node.encode();
         let t = Instant::now();
-        let created = TaskStatus::create_with_acl(&self.client, &path, &pending, &self.policy.task(), deadline).await;
+        let task_acl = self.policy.task();
+        let refused = |e: &TaskError| matches!(e, TaskError::Zk(ZkError::NoAuth));
+        let created = as_ourselves(&self.client, deadline, refused, || {
+            TaskStatus::create_with_acl(&self.client, &path, &pending, &task_acl, deadline)
+        })
+        .await;
         self.metrics.stages.observe("task_node", t.elapsed());
         match created {
             Ok(status) => Ok(status),
@@ -331,6 +339,42 @@ impl Submitter {
         }
         Ok(reply)
     }
+}
+
+/// Runs `op` as this service: once the session is live (after a reconnect
+/// that is once our identity has been added to the new connection), and
+/// again when it was `refused` (NOAUTH) on a connection that changed while
+/// it ran, until `deadline`.
+///
+/// A server keeps identities per connection, so a reconnected client is
+/// anonymous until it has sent its auth again (`zk_recipes::session`); a
+/// create sent in that moment is refused although the ACL lets us in. A
+/// Submit whose first request was such a create, right after the
+/// coordinator's restart, was refused as "coordination server refused
+/// system-a" (the coordinator-restart drill); it had been hidden by two
+/// `exists` calls (no ACL check) that used to go first. A NOAUTH on a
+/// connection that stayed the same is the ACL speaking, and is returned.
+async fn as_ourselves<T, E, Fut>(
+    client: &Client,
+    deadline: Instant,
+    refused: impl Fn(&E) -> bool,
+    op: impl Fn() -> Fut,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        client.wait_live(deadline.saturating_duration_since(Instant::now())).await;
+        let epoch = client.epoch();
+        match op().await {
+            Err(e) if refused(&e) && client.epoch() != epoch && Instant::now() < deadline => continue,
+            other => return other,
+        }
+    }
+}
+
+fn is_noauth(e: &ZkError) -> bool {
+    matches!(e, ZkError::NoAuth)
 }
 
 /// Creates the outbox entry `path` with `data`, or finds it already there
