@@ -150,12 +150,35 @@ pub async fn create_owned(
     .await
 }
 
-/// [`create_owned`], making the missing parents (as `parent_acl`) only
-/// when the create says they are missing, as Curator's
+/// Runs `create` (a create of `path`, however it treats a node already
+/// there), making the missing parents (as `parent_acl`) only when it says
+/// they are missing, then running it once more, as Curator's
 /// `creatingParentsIfNeeded` does. Checking each parent before every
 /// create cost one `exists` per level on every task, parents that exist
 /// for the life of the system: four round trips of eight on system-a's
 /// path for a Submit.
+pub async fn with_parents<T, Fut>(
+    zk: &ZooKeeper,
+    path: &str,
+    parent_acl: &[Acl],
+    deadline: Instant,
+    create: impl Fn() -> Fut,
+) -> Result<T, ZkError>
+where
+    Fut: Future<Output = Result<T, ZkError>>,
+{
+    match create().await {
+        Err(ZkError::NoNode) => {
+            if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                ensure_path(zk, parent, parent_acl, deadline).await?;
+            }
+            create().await
+        }
+        other => other,
+    }
+}
+
+/// [`create_owned`] [`with_parents`].
 pub async fn create_owned_in(
     zk: &ZooKeeper,
     path: &str,
@@ -164,15 +187,7 @@ pub async fn create_owned_in(
     parent_acl: &[Acl],
     deadline: Instant,
 ) -> Result<String, ZkError> {
-    match create_owned(zk, path, data, acl, deadline).await {
-        Err(ZkError::NoNode) => {
-            if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
-                ensure_path(zk, parent, parent_acl, deadline).await?;
-            }
-            create_owned(zk, path, data, acl, deadline).await
-        }
-        other => other,
-    }
+    with_parents(zk, path, parent_acl, deadline, || create_owned(zk, path, data, acl, deadline)).await
 }
 
 /// Sets `path` to `data` if its version is still `version`, retrying until

@@ -254,6 +254,14 @@ impl Stages {
         self.0.get_or_create(&[("stage", stage)]).observe(took.as_secs_f64());
     }
 
+    /// Runs `step`, timed as `stage`.
+    pub async fn time<T>(&self, stage: &'static str, step: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = step.await;
+        self.observe(stage, started.elapsed());
+        out
+    }
+
     /// What to register: the same series.
     pub fn family(&self) -> StageFamily {
         self.0.clone()

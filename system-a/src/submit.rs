@@ -120,12 +120,7 @@ impl Submitter {
             let timeout = Duration::from_millis(self.settings.borrow().timeout_ms.unwrap_or(10_000));
             let deadline = Instant::now() + timeout;
             let retry = match &sub.request_id {
-                Some(key) => {
-                    let t = Instant::now();
-                    let retry = self.claim(key, &sub, deadline).await?;
-                    self.metrics.stages.observe("claim", t.elapsed());
-                    retry
-                }
+                Some(key) => self.metrics.stages.time("claim", self.claim(key, &sub, deadline)).await?,
                 None => false,
             };
             let status = match retry {
@@ -143,11 +138,9 @@ impl Submitter {
             };
             // The confirmed entry's delete runs while system-b works: it
             // is off the caller's path, and still done before the answer.
-            let t = Instant::now();
             let waiting = self.wait(&sub, status, timeout, deadline).instrument(tracing::info_span!("wait_result"));
-            let (answer, ()) = tokio::join!(waiting, self.forget_entry(&sub, confirmed));
-            self.metrics.stages.observe("wait", t.elapsed());
-            answer
+            let both = async { tokio::join!(waiting, self.forget_entry(&sub, confirmed)).0 };
+            self.metrics.stages.time("wait", both).await
         }
         .instrument(span)
         .await;
@@ -237,31 +230,24 @@ impl Submitter {
         let zk = &self.client.zk;
         let body = outbox::Entry::new(TaskMessage::new(&sub.task_id), trace.clone()).encode();
         let entry = self.entry_path(sub);
-        let t = Instant::now();
         // The outbox's node is made when a create finds it missing, not
-        // checked before every entry (`create_owned_in`).
-        let acl = self.policy.outbox_entry();
-        let recorded = as_ourselves(&self.client, deadline, is_noauth, || async {
-            match create_or_same(&self.client, &entry, &body, &acl, deadline).await {
-                Err(ZkError::NoNode) => {
-                    zk_recipes::retry::ensure_path(zk, &self.outbox, &self.policy.outbox_dir(), deadline).await?;
-                    create_or_same(&self.client, &entry, &body, &acl, deadline).await
-                }
-                other => other,
-            }
+        // checked before every entry.
+        let (acl, dir_acl) = (self.policy.outbox_entry(), self.policy.outbox_dir());
+        let recorded = as_ourselves(&self.client, deadline, is_noauth, || {
+            zk_recipes::retry::with_parents(zk, &entry, &dir_acl, deadline, || {
+                create_or_same(&self.client, &entry, &body, &acl, deadline)
+            })
         });
-        recorded.await.map_err(|e| edge::coordination_failure(sub, Accepted::No, &e))?;
-        self.metrics.stages.observe("outbox_entry", t.elapsed());
+        let recorded = self.metrics.stages.time("outbox_entry", recorded).await;
+        recorded.map_err(|e| edge::coordination_failure(sub, Accepted::No, &e))?;
         let path = self.task_path(sub);
         let pending = sub.node.encode();
-        let t = Instant::now();
         let task_acl = self.policy.task();
         let refused = |e: &TaskError| matches!(e, TaskError::Zk(ZkError::NoAuth));
         let created = as_ourselves(&self.client, deadline, refused, || {
             TaskStatus::create_with_acl(&self.client, &path, &pending, &task_acl, deadline)
-        })
-        .await;
-        self.metrics.stages.observe("task_node", t.elapsed());
+        });
+        let created = self.metrics.stages.time("task_node", created).await;
         match created {
             Ok(status) => Ok(status),
             // Another copy of this request (same key, checked by `claim`)
@@ -288,9 +274,8 @@ impl Submitter {
     /// waits, it is not refused.
     async fn publish(&self, sub: &Submission) -> bool {
         let body = TaskMessage::new(&sub.task_id).encode();
-        let t = Instant::now();
-        let published = publisher::publish(&self.channel, &self.queue, &sub.task_id, &body).await;
-        self.metrics.stages.observe("publish", t.elapsed());
+        let publishing = publisher::publish(&self.channel, &self.queue, &sub.task_id, &body);
+        let published = self.metrics.stages.time("publish", publishing).await;
         match published {
             Ok(()) => true,
             Err(e) => {
@@ -303,9 +288,8 @@ impl Submitter {
     /// Deletes the outbox entry of a task RabbitMQ `confirmed`.
     async fn forget_entry(&self, sub: &Submission, confirmed: bool) {
         if confirmed {
-            let t = Instant::now();
-            outbox::confirmed(&self.client, &self.entry_path(sub)).await;
-            self.metrics.stages.observe("outbox_delete", t.elapsed());
+            let entry = self.entry_path(sub);
+            self.metrics.stages.time("outbox_delete", outbox::confirmed(&self.client, &entry)).await;
         }
     }
 

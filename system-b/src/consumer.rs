@@ -139,9 +139,7 @@ async fn handle(
         let ack = || delivery.acker.ack(BasicAckOptions::default()).instrument(tracing::info_span!("ack"));
         match handled {
             Handled::Done { .. } => {
-                let t = std::time::Instant::now();
-                let _ = ack().await;
-                worker.metrics.stages.observe("ack", t.elapsed());
+                let _ = worker.metrics.stages.time("ack", ack()).await;
             }
             Handled::NoOp(why) => {
                 tracing::info!("nothing to do: {why}");

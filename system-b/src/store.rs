@@ -158,6 +158,11 @@ impl Store {
 
     /// The entity's file and its lock file. The name rule is the task
     /// contract's: a name that passes cannot leave the directory.
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn paths(&self, entity: &str) -> Result<(PathBuf, PathBuf), StoreError> {
         task_contract::check_entity(entity)?;
         Ok((self.dir.join(format!("{entity}.json")), self.dir.join(format!("{entity}.lock"))))

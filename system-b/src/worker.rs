@@ -33,7 +33,6 @@
 //! issued (a data reset, a restore, a move), and the epoch is advanced
 //! past it, at most [`fencing::MAX_ADVANCES`] times before it is an alarm.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use task_contract::{Op, TaskNode, TaskState};
@@ -106,10 +105,7 @@ impl Worker {
     /// Runs the task `id` names, on its `attempt`-th delivery (1 for the
     /// first). Never panics and never leaves the lock held.
     pub async fn handle(&self, id: &str, attempt: i64) -> Handled {
-        let t = std::time::Instant::now();
-        let read = self.read_pending(id).await;
-        self.metrics.stages.observe("read", t.elapsed());
-        let task = match read {
+        let task = match self.metrics.stages.time("read", self.read_pending(id)).await {
             Ok(Some((task, _))) => task,
             Ok(None) => match self.read_missing_again(id).await {
                 Ok(Some(task)) => task,
@@ -151,9 +147,7 @@ impl Worker {
             // failure's look at the store and its write to the node.
             Err(failure) => self.fail(&task, failure, attempt).await,
         };
-        let t = std::time::Instant::now();
-        guard.release().await;
-        self.metrics.stages.observe("release", t.elapsed());
+        self.metrics.stages.time("release", guard.release()).await;
         self.metrics.lock_held(held.elapsed());
         handled
     }
@@ -165,15 +159,13 @@ impl Worker {
         // With it, the fencing epoch: two reads at once, one round trip
         // under the lock instead of two (the epoch must be read after the
         // lock node exists, which it does; see `fenced_read`).
-        let t = std::time::Instant::now();
-        let (pending, epoch) = tokio::join!(self.read_pending(&task.id), self.epoch.token(guard.token()));
-        self.metrics.stages.observe("read_again", t.elapsed());
+        let both = async { tokio::join!(self.read_pending(&task.id), self.epoch.token(guard.token())) };
+        let (pending, epoch) = self.metrics.stages.time("read_again", both).await;
         let Some((_, version)) = pending? else {
             return Ok(Handled::NoOp("answered by another delivery meanwhile"));
         };
-        let t = std::time::Instant::now();
-        let (entity, token) = self.fenced_read(task, guard, epoch.map_err(epoch_failure)?).await?;
-        self.metrics.stages.observe("fenced_read", t.elapsed());
+        let reading = self.fenced_read(task, guard, epoch.map_err(epoch_failure)?);
+        let (entity, token) = self.metrics.stages.time("fenced_read", reading).await?;
         if let Some(last) = &entity.last {
             if last.task == task.id {
                 tracing::info!("redelivered task was applied before: reporting its recorded result");
@@ -211,18 +203,13 @@ impl Worker {
             epoch: token.epoch,
             token: token.zxid,
         };
-        let t = std::time::Instant::now();
         let (entity_name, span) = (task.entity.clone(), tracing::info_span!("store_apply", %token));
-        self.on_store(move |store| span.in_scope(|| store.apply(&entity_name, token, applied)))
-            .await
-            .map_err(|e| self.refused(e))?;
-        self.metrics.stages.observe("store_apply", t.elapsed());
+        let applying = self.on_store(move |store| span.in_scope(|| store.apply(&entity_name, token, applied)));
+        self.metrics.stages.time("store_apply", applying).await.map_err(|e| self.refused(e))?;
         // The window exactly-once must survive: applied, not yet answered.
         servicekit::failpoint::crash_if_armed("system-b/after-store-apply");
         let node = TaskNode::done(value, &self.instance, token.epoch, token.zxid);
-        let t = std::time::Instant::now();
-        self.report(&task.id, &node, version).await?;
-        self.metrics.stages.observe("report", t.elapsed());
+        self.metrics.stages.time("report", self.report(&task.id, &node, version)).await?;
         tracing::info!(value, %token, "applied");
         Ok(Handled::Done { value, token, fresh: true })
     }
@@ -391,13 +378,14 @@ impl Worker {
         call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let store = self.store.clone();
+        let dir = self.store.dir().to_path_buf();
         match tokio::task::spawn_blocking(move || call(&store)).await {
             Ok(result) => result,
             // A panic in the call is a bug: it stays one. A call cancelled
             // (the runtime is shutting down) did not happen as far as we
             // know: a transient failure, the delivery goes back.
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Io { path: PathBuf::from("store"), source: std::io::Error::other(e) }),
+            Err(e) => Err(StoreError::Io { path: dir, source: std::io::Error::other(e) }),
         }
     }
 
