@@ -25,22 +25,53 @@
 //!   applying the first did.
 //!
 //! Each check-and-update takes an exclusive `flock` on the entity's lock
-//! file for the few microseconds it needs, and writes go to a temporary
-//! file renamed over the old one, so a crash never leaves a torn entity.
+//! file for the few microseconds it needs.
 //!
-//! Durability: the temporary file is fsync'd before the rename and the
-//! directory after it, because a rename lives in the directory, not in the
-//! file: without the second fsync a power loss shortly after a write could
-//! bring back the entity's previous file although the task was reported
-//! done and acked, silently losing an update. With both, a write that
-//! returned is on disk. A power loss can then cost only work in flight: a
-//! task not yet acked is redelivered and either applied (its write never
-//! reached the disk) or recognised as applied and reported again; and a
-//! leftover `<entity>.json.tmp`, overwritten by the next write. This holds
-//! as long as the disk honours fsync (no volatile write cache that lies).
+//! ## On disk: two slots, one sync a write
+//!
+//! An entity's file, `<entity>.entity`, is two slots of [`SLOT`] bytes.
+//! Each slot holds a record: a text header with a sequence number, the
+//! length and a CRC-32C of what follows, then the entity as JSON (so `cat`
+//! shows both, the higher `seq` being the entity now). A write puts the
+//! next record into the slot that does *not* hold the newest one, in
+//! place, and `fdatasync`s the file; a read takes the newest record whose
+//! CRC matches.
+//!
+//! Why not a new file renamed over the old one, as the store did before:
+//! the rename is a change to the directory, so a write cost an fsync of
+//! the temporary file, which allocates blocks (a journal commit), and an
+//! fsync of the directory (another): two syncs a write, four a task, and
+//! the file system's journal commits them one after another across every
+//! entity. The pipeline benchmark found system-b's tasks waiting on those
+//! syncs (`BENCHMARKS.md`, "The scenario at scale"). Overwriting blocks
+//! the file already has changes no metadata `fdatasync` must persist: one
+//! flush of the data, no journal commit, and writes to different entities
+//! no longer queue behind each other's.
+//!
+//! Durability, the same promise in fewer syncs. The slot being written
+//! never holds the newest record, so a power cut in the middle of a write
+//! leaves that slot torn (its CRC fails) and the other slot whole: the
+//! entity reads as it was before the write, which was never acknowledged.
+//! A write that returned is on disk. The first write of an entity creates
+//! its file whole (temporary file, fsync, rename, fsync of the directory),
+//! so the name never appears without a record behind it; an existing file
+//! with no whole record is therefore damage, reported as
+//! [`StoreError::Corrupt`], never read as an empty entity (which would
+//! undo every task it had applied). A power loss can cost only work in
+//! flight: a task not yet acked is redelivered and either applied (its
+//! write never reached the disk) or recognised as applied and reported
+//! again. This holds as long as the disk honours fsync (no volatile write
+//! cache that lies), and needs of it no more than that a sector written
+//! and synced stays written: a slot is a whole number of 4 KiB blocks at a
+//! block-aligned offset.
+//!
+//! Files of the store's earlier format, `<entity>.json` (one JSON
+//! document), are read until the entity's first write, which creates its
+//! `.entity` file and removes the old one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -114,8 +145,8 @@ pub enum StoreError {
     Fenced { entity: String, ours: Token, seen: Token },
     #[error("store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("store {path}: corrupt entity: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("store {path}: corrupt entity: {why}")]
+    Corrupt { path: PathBuf, why: String },
     #[error(transparent)]
     BadName(#[from] task_contract::ContractError),
 }
@@ -147,6 +178,30 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// Where an entity's newest record is, which decides how the next write
+/// goes.
+enum Place {
+    /// In slot `slot` of its `.entity` file, numbered `seq`.
+    Slot { slot: usize, seq: u64 },
+    /// Nowhere yet: no file, or only a file of the earlier format.
+    New,
+}
+
+/// An entity's files.
+struct Paths {
+    /// Its two slots.
+    file: PathBuf,
+    /// The flock taken around a check-and-update.
+    lock: PathBuf,
+    /// The earlier format's file, read until the first write.
+    legacy: PathBuf,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { path, source }
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         // Durably: a store directory whose own name a power cut took away
@@ -156,55 +211,115 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf() })
     }
 
-    /// The entity's file and its lock file. The name rule is the task
-    /// contract's: a name that passes cannot leave the directory.
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn paths(&self, entity: &str) -> Result<(PathBuf, PathBuf), StoreError> {
+    /// The entity's files. The name rule is the task contract's: a name
+    /// that passes cannot leave the directory.
+    fn paths(&self, entity: &str) -> Result<Paths, StoreError> {
         task_contract::check_entity(entity)?;
-        Ok((self.dir.join(format!("{entity}.json")), self.dir.join(format!("{entity}.lock"))))
+        Ok(Paths {
+            file: self.dir.join(format!("{entity}.entity")),
+            lock: self.dir.join(format!("{entity}.lock")),
+            legacy: self.dir.join(format!("{entity}.json")),
+        })
     }
 
-    fn load(path: &Path) -> Result<Entity, StoreError> {
-        let mut e: Entity = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StoreError::Corrupt { path: path.to_path_buf(), source })?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Entity::default(),
-            Err(source) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
+    /// The entity and where its newest record is: from its slots if it
+    /// has its file (`file`, opened by the caller), else from a file of
+    /// the earlier format, else a new entity.
+    fn load(paths: &Paths, file: Option<&File>) -> Result<(Entity, Place), StoreError> {
+        let Some(file) = file else {
+            let mut e: Entity = match std::fs::read(&paths.legacy) {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt { path: paths.legacy.clone(), why: e.to_string() })?,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Entity::default(),
+                Err(source) => return Err(StoreError::Io { path: paths.legacy.clone(), source }),
+            };
+            e.upgrade();
+            return Ok((e, Place::New));
         };
+        let corrupt = |why: String| StoreError::Corrupt { path: paths.file.clone(), why };
+        let mut bytes = vec![0; record::FILE];
+        let size = file.metadata().map_err(io_error(&paths.file))?.len();
+        if size != record::FILE as u64 {
+            return Err(corrupt(format!("{size} bytes, where an entity's file has {}", record::FILE)));
+        }
+        file.read_exact_at(&mut bytes, 0).map_err(io_error(&paths.file))?;
+        let (slot, seq, payload) =
+            record::newest(&bytes).ok_or_else(|| corrupt("no whole record in either slot".into()))?;
+        let mut e: Entity = serde_json::from_slice(payload).map_err(|e| corrupt(e.to_string()))?;
         e.upgrade();
-        Ok(e)
+        Ok((e, Place::Slot { slot, seq }))
+    }
+
+    /// Opens the entity's file if it has one (for reading, and for writing
+    /// when `write`).
+    fn open_entity(paths: &Paths, write: bool) -> Result<Option<File>, StoreError> {
+        match OpenOptions::new().read(true).write(write).open(&paths.file) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path: paths.file.clone(), source }),
+        }
     }
 
     /// Runs `f` on the entity under its file lock, saving it if `f` changed
     /// it (a read by the holder of the highest token writes nothing).
     fn with<T>(&self, entity: &str, f: impl FnOnce(&mut Entity) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let (path, lock_path) = self.paths(entity)?;
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Io { path: p, source }
-        };
-        let lock =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
-        lock.lock().map_err(io(&lock_path))?;
-        let before = Self::load(&path)?;
+        let paths = self.paths(entity)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&paths.lock)
+            .map_err(io_error(&paths.lock))?;
+        lock.lock().map_err(io_error(&paths.lock))?;
+        let file = Self::open_entity(&paths, true)?;
+        let (before, place) = Self::load(&paths, file.as_ref())?;
         let mut e = before.clone();
         let out = f(&mut e)?;
         if e == before {
             return Ok(out);
         }
-        let tmp = path.with_extension("json.tmp");
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        let bytes = serde_json::to_vec(&e).map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
-        file.write_all(&bytes).map_err(io(&tmp))?;
-        file.sync_data().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        servicekit::durable::sync_dir(&self.dir).map_err(io(&self.dir))?;
+        let json =
+            serde_json::to_vec(&e).map_err(|e| StoreError::Corrupt { path: paths.file.clone(), why: e.to_string() })?;
+        match (place, file) {
+            (Place::Slot { slot, seq }, Some(file)) => {
+                // In place, into the slot without the newest record: one
+                // data sync, no directory change (see the module docs).
+                let other = 1 - slot;
+                let rec = record::encode(seq + 1, &json)
+                    .map_err(|why| StoreError::Corrupt { path: paths.file.clone(), why })?;
+                file.write_all_at(&rec, (other * record::SLOT) as u64).map_err(io_error(&paths.file))?;
+                file.sync_data().map_err(io_error(&paths.file))?;
+            }
+            _ => self.create(&paths, &json)?,
+        }
         Ok(out)
         // `lock` closes here, releasing the flock.
+    }
+
+    /// An entity's first write: its file, whole, under its name, durably;
+    /// then the earlier format's file, if any, is no longer needed.
+    fn create(&self, paths: &Paths, json: &[u8]) -> Result<(), StoreError> {
+        let mut bytes = record::encode(1, json).map_err(|why| StoreError::Corrupt { path: paths.file.clone(), why })?;
+        bytes.resize(record::FILE, 0);
+        let tmp = paths.file.with_extension("entity.tmp");
+        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        file.write_all(&bytes).map_err(io_error(&tmp))?;
+        file.sync_data().map_err(io_error(&tmp))?;
+        std::fs::rename(&tmp, &paths.file).map_err(io_error(&paths.file))?;
+        servicekit::durable::sync_dir(&self.dir).map_err(io_error(&self.dir))?;
+        // Not synced: if a power cut brings the old file back, the new one
+        // (durable above) is still the one read.
+        match std::fs::remove_file(&paths.legacy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path: paths.legacy.clone(), source: e })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Refuses `token` if the entity has seen a higher one; records it as
@@ -240,10 +355,69 @@ impl Store {
     }
 
     /// The entity as it is now, without fencing anyone: for a worker that
-    /// gives up on a task and must know whether it was applied.
+    /// gives up on a task and must know whether it was applied, and for an
+    /// operator or a test that looks. A write in progress meanwhile is to
+    /// the other slot, so this reads the newest whole record without the
+    /// lock.
     pub fn peek(&self, entity: &str) -> Result<Entity, StoreError> {
-        let (path, _) = self.paths(entity)?;
-        Self::load(&path)
+        let paths = self.paths(entity)?;
+        let file = Self::open_entity(&paths, false)?;
+        Ok(Self::load(&paths, file.as_ref())?.0)
+    }
+}
+
+/// One slot's record: encoded, and found again.
+mod record {
+    /// Bytes a slot takes: one 4 KiB block, so a write to one slot never
+    /// touches a block of the other.
+    pub const SLOT: usize = 4096;
+    /// An entity's file: two slots.
+    pub const FILE: usize = 2 * SLOT;
+    const PREFIX: &str = "entity-record seq=";
+    /// `entity-record seq=<20 digits> len=<4 digits> crc32c=<8 hex>\n`
+    const HEADER: usize = PREFIX.len() + 20 + " len=".len() + 4 + " crc32c=".len() + 8 + 1;
+    /// The most JSON a record holds (it ends with a newline).
+    pub const MAX_JSON: usize = SLOT - HEADER - 1;
+
+    /// The checksum covers the sequence number and length as well as the
+    /// JSON, so a slot torn between two records never passes for either.
+    fn crc(seq: u64, json: &[u8]) -> u32 {
+        let head = crc32c::crc32c(&[seq.to_le_bytes().as_slice(), &(json.len() as u32).to_le_bytes()].concat());
+        crc32c::crc32c_append(head, json)
+    }
+
+    /// Record `seq` holding `json`, as the bytes of a slot.
+    pub fn encode(seq: u64, json: &[u8]) -> Result<Vec<u8>, String> {
+        if json.len() > MAX_JSON {
+            return Err(format!("a record of {} bytes does not fit a slot ({MAX_JSON} at most)", json.len()));
+        }
+        let mut out = format!("{PREFIX}{seq:020} len={:04} crc32c={:08x}\n", json.len(), crc(seq, json)).into_bytes();
+        out.extend_from_slice(json);
+        out.push(b'\n');
+        out.resize(SLOT, 0);
+        Ok(out)
+    }
+
+    /// The slot's record, if it is whole: its sequence number and JSON.
+    pub fn decode(slot: &[u8]) -> Option<(u64, &[u8])> {
+        let header = std::str::from_utf8(slot.get(..HEADER)?).ok()?;
+        let rest = header.strip_prefix(PREFIX)?.strip_suffix('\n')?;
+        let (seq, rest) = rest.split_once(" len=")?;
+        let (len, crc_hex) = rest.split_once(" crc32c=")?;
+        let (seq, len): (u64, usize) = (seq.parse().ok()?, len.parse().ok()?);
+        let want = u32::from_str_radix(crc_hex, 16).ok()?;
+        let json = slot.get(HEADER..HEADER + len)?;
+        (len <= MAX_JSON && slot.get(HEADER + len) == Some(&b'\n') && crc(seq, json) == want).then_some((seq, json))
+    }
+
+    /// The newest whole record of a file's two slots: which slot, its
+    /// sequence number, its JSON.
+    pub fn newest(file: &[u8]) -> Option<(usize, u64, &[u8])> {
+        file.chunks(SLOT)
+            .take(2)
+            .enumerate()
+            .filter_map(|(i, slot)| decode(slot).map(|(seq, json)| (i, seq, json)))
+            .max_by_key(|(_, seq, _)| *seq)
     }
 }
 
@@ -291,39 +465,102 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// The file holds one record however many tasks were applied.
+    /// The file holds one record however many tasks were applied, and
+    /// every write after the first is in place: the same inode, the same
+    /// size, no rename (which would need a sync of the directory).
     #[test]
-    fn the_entity_stays_small() {
+    fn the_entity_stays_small_and_is_written_in_place() {
+        use std::os::unix::fs::MetadataExt;
         let dir = scratch("small");
         let s = Store::open(&dir).unwrap();
-        let mut sizes = Vec::new();
+        let mut files = Vec::new();
         for i in 10..60 {
             let token = Token::new(1, i);
             s.apply("e", token, applied(&format!("task-{i}"), i, token)).unwrap();
-            sizes.push(std::fs::metadata(dir.join("e.json")).unwrap().len());
+            let m = std::fs::metadata(dir.join("e.entity")).unwrap();
+            files.push((m.ino(), m.len()));
         }
-        assert!(sizes.iter().all(|s| *s == sizes[0]), "the entity file grew: {sizes:?}");
+        assert!(files.iter().all(|f| *f == files[0]), "the entity's file changed: {files:?}");
+        assert_eq!(files[0].1, record::FILE as u64);
+        assert_eq!(s.peek("e").unwrap().value, 59);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// A read by the holder of the token already recorded writes nothing:
-    /// no fsync for a redelivery that only reports.
+    /// A write torn by a power cut damages only the slot it was writing,
+    /// which never holds the newest record: the entity reads as it was
+    /// before that write, and the next write goes on from there.
     #[test]
-    fn a_read_at_the_recorded_token_does_not_rewrite_the_file() {
-        let dir = scratch("noop");
+    fn a_torn_slot_reads_as_the_write_before_it() {
+        let dir = scratch("torn");
         let s = Store::open(&dir).unwrap();
-        let t = Token::new(1, 4);
-        s.read("e", t).unwrap();
-        let before = std::fs::metadata(dir.join("e.json")).unwrap().modified().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        s.read("e", t).unwrap();
-        assert_eq!(std::fs::metadata(dir.join("e.json")).unwrap().modified().unwrap(), before);
+        let (t1, t2, t3) = (Token::new(1, 1), Token::new(1, 2), Token::new(1, 3));
+        s.apply("e", t1, applied("a", 1, t1)).unwrap();
+        s.apply("e", t2, applied("b", 2, t2)).unwrap();
+        // "b" is in slot 1; tear it half-way, as a cut mid-write would.
+        let path = dir.join("e.entity");
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(record::newest(&bytes).map(|(slot, seq, _)| (slot, seq)), Some((1, 2)));
+        bytes[record::SLOT + 100..record::SLOT + 200].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = s.peek("e").unwrap();
+        assert_eq!((e.value, e.last.map(|l| l.task)), (1, Some("a".to_string())));
+        s.apply("e", t3, applied("c", 3, t3)).unwrap();
+        assert_eq!(s.peek("e").unwrap().value, 3);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// A file written by the previous format (every applied id, 800 KB at
-    /// 10,000 tasks) reads with its newest task as the last one, and is
-    /// written back small.
+    /// A file with no whole record is damage an operator must see: read as
+    /// a new entity, it would undo every task the entity had applied.
+    #[test]
+    fn a_file_with_no_whole_record_is_corrupt_not_empty() {
+        let dir = scratch("corrupt");
+        let s = Store::open(&dir).unwrap();
+        let t = Token::new(1, 1);
+        s.apply("e", t, applied("a", 5, t)).unwrap();
+        std::fs::write(dir.join("e.entity"), vec![7u8; record::FILE]).unwrap();
+        for result in [s.peek("e"), s.read("e", Token::new(1, 2))] {
+            let err = result.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }) && err.is_permanent(), "{err}");
+        }
+        // Cut short (not a size the store ever writes): damage as well.
+        std::fs::write(dir.join("e.entity"), b"entity-record").unwrap();
+        assert!(matches!(s.peek("e"), Err(StoreError::Corrupt { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a slot holds, decoding never panics; a record
+        /// reads back as written; and a change to any byte of its header
+        /// or JSON is refused, never read as some other record.
+        #[test]
+        fn a_slot_is_its_record_or_nothing(
+            seq in proptest::prelude::any::<u64>(),
+            json in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            at in 0usize..700,
+            flip in 1u8..=255,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..record::SLOT + 10),
+        ) {
+            let _ = record::decode(&noise);
+            let mut slot = record::encode(seq, &json).unwrap();
+            proptest::prop_assert_eq!(record::decode(&slot), Some((seq, json.as_slice())));
+            let end = slot.iter().rposition(|b| *b == b'\n').unwrap();
+            if at <= end {
+                slot[at] ^= flip;
+                proptest::prop_assert_eq!(record::decode(&slot), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_too_large_for_a_slot_is_refused() {
+        assert!(record::encode(1, &vec![b'x'; record::MAX_JSON]).is_ok());
+        assert!(record::encode(1, &vec![b'x'; record::MAX_JSON + 1]).is_err());
+    }
+
+    /// A file written by an earlier format (a JSON document that kept
+    /// every applied id, 800 KB at 10,000 tasks) reads with its newest
+    /// task as the last one; the first write moves the entity into its
+    /// slots and removes the old file.
     #[test]
     fn a_file_of_the_previous_format_is_upgraded() {
         let dir = scratch("upgrade");
@@ -335,8 +572,10 @@ mod tests {
         assert_eq!((e.value, e.seen()), (7, Token::new(0, 42)));
         assert_eq!(e.last.as_ref().map(|l| (l.task.as_str(), l.value)), Some(("t2", 7)));
         s.read("e", Token::new(1, 1)).unwrap();
-        let text = std::fs::read_to_string(dir.join("e.json")).unwrap();
+        assert!(!dir.join("e.json").exists(), "the old file outlived the first write");
+        let text = String::from_utf8_lossy(&std::fs::read(dir.join("e.entity")).unwrap()).into_owned();
         assert!(!text.contains("applied") && !text.contains("results") && text.contains("t2"), "{text}");
+        assert_eq!(s.peek("e").unwrap().seen(), Token::new(1, 1));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -367,8 +367,8 @@ impl Worker {
     }
 
     /// Runs a call on the store on tokio's blocking pool. Each is a file
-    /// lock and, but for a read by the newest holder, a write with two
-    /// fsyncs: 7-8 ms a call on this project's benchmark VM, and without
+    /// lock and, but for a read by the newest holder, a write and an
+    /// fdatasync: fractions of a millisecond on a quiet disk, and without
     /// bound on a disk that stalls. On an async worker thread (there are
     /// as many as cores) two such calls stall the whole instance meanwhile:
     /// its session's pings and its broker heartbeats included, so a slow

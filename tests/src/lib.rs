@@ -96,10 +96,20 @@ impl Place {
     }
 }
 
-/// An entity's value in system-b's store (0 while it has no file).
+/// An entity as system-b's store holds it, read through the store itself
+/// (`Store::peek`, which knows its format): a new entity while it has no
+/// record, or the store's directory does not exist yet.
+pub fn stored_entity(store: &Path, entity: &str) -> Result<system_b::store::Entity, system_b::store::StoreError> {
+    if !store.exists() {
+        return Ok(system_b::store::Entity::default());
+    }
+    system_b::store::Store::open(store)?.peek(entity)
+}
+
+/// An entity's value in system-b's store (0 while it has no record). A
+/// store that cannot be read fails the test, loudly.
 pub fn entity_value(store: &Path, entity: &str) -> i64 {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
+    stored_entity(store, entity).unwrap_or_else(|e| panic!("{entity} cannot be read from the store: {e}")).value
 }
 
 /// Starts the coordinator binary on port 0 with `args`; returns it and the

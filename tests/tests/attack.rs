@@ -178,10 +178,7 @@ async fn logged(p: &Proc, text: &str, n: usize, limit: Duration) {
 
 /// The value of `entity` in the store under `dir` (0 if never written).
 fn stored(dir: &Path, entity: &str) -> i64 {
-    match std::fs::read_to_string(dir.join("store").join(format!("{entity}.json"))) {
-        Ok(text) => serde_json::from_str::<serde_json::Value>(&text).expect("json")["value"].as_i64().expect("value"),
-        Err(_) => 0,
-    }
+    e2e_tests::entity_value(&dir.join("store"), entity)
 }
 
 /// A system-b on a fresh root and queue of the coordinator, and a channel
@@ -578,8 +575,7 @@ async fn reconnects_mid_work_fail_no_task() {
     assert_eq!(failed, 0, "tasks failed by reconnects: {statuses:?}\n{}", b.log_text());
     let mut total = 0;
     for e in 0..3 {
-        let text = std::fs::read_to_string(store.join(format!("e{e}.json"))).expect("entity");
-        total += serde_json::from_str::<serde_json::Value>(&text).expect("json")["value"].as_i64().expect("value");
+        total += e2e_tests::entity_value(&store, &format!("e{e}"));
     }
     assert_eq!(total, TASKS as i64, "tasks applied other than once");
     let _ = amqp.close(0, "bye".into()).await;

@@ -167,9 +167,7 @@ impl Pipeline {
         // on its way: give it the time to be (not) applied.
         tokio::time::sleep(Duration::from_secs(1)).await;
         for (entity, ok) in &s.per_entity {
-            let text = std::fs::read_to_string(self.store.join(format!("{entity}.json"))).unwrap_or_default();
-            let value =
-                serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0);
+            let value = e2e_tests::entity_value(&self.store, entity);
             assert_eq!(value, *ok, "{entity}: a task was lost or applied twice {during}");
         }
         let done = async {

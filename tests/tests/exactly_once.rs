@@ -43,9 +43,8 @@ async fn answer(c: &Client, path: &str) -> (String, i64) {
     (v["status"].as_str().unwrap_or("?").to_string(), v["value"].as_i64().unwrap_or(i64::MIN))
 }
 
-fn stored(store: &Path, entity: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).expect("entity file");
-    serde_json::from_str(&text).expect("json")
+fn stored(store: &Path, entity: &str) -> i64 {
+    e2e_tests::entity_value(store, entity)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,10 +64,10 @@ async fn a_crash_between_the_store_and_the_node_is_still_exactly_once() {
     let t1 = create_task(&c, &root, "t1", "acct", 5).await;
     publish(&ch, &queue, "t1").await;
     assert!(b1.wait_exit(Duration::from_secs(15)).is_some(), "the failpoint did not crash system-b");
-    assert_eq!(stored(&store, "acct")["value"], 5, "the crash came before the store's write");
+    assert_eq!(stored(&store, "acct"), 5, "the crash came before the store's write");
     let mut b2 = start_system_b(&zk, &root, &queue, &store, "b2", 4000, dir.path());
     assert_eq!(answer(&c, &t1).await, ("done".to_string(), 5));
-    assert_eq!(stored(&store, "acct")["value"], 5, "the redelivery applied the task again");
+    assert_eq!(stored(&store, "acct"), 5, "the redelivery applied the task again");
 
     // 2. The crash, then *another* task on the entity before the crashed
     //    one's redelivery: its worker answers the crashed task first, then
@@ -100,7 +99,7 @@ async fn a_crash_between_the_store_and_the_node_is_still_exactly_once() {
         assert!(started.elapsed() < Duration::from_secs(15), "the late redelivery was not taken");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(stored(&store, "acct")["value"], 115, "a task was applied other than once");
+    assert_eq!(stored(&store, "acct"), 115, "a task was applied other than once");
     assert_eq!(answer(&c, &u1).await, ("done".to_string(), 15));
 }
 
@@ -147,7 +146,7 @@ async fn a_redelivery_after_20000_tasks_on_its_entity_is_a_no_op() {
         })
         .await;
 
-    let file = store_dir.path().join("hot.json");
+    let file = store_dir.path().join("hot.entity");
     let mut first_size = 0;
     let started = Instant::now();
     let mut lap = Instant::now();
@@ -172,8 +171,7 @@ async fn a_redelivery_after_20000_tasks_on_its_entity_is_a_no_op() {
 
     // The first task's message again, long after any window of ids.
     assert_eq!(worker.handle("t0", 2).await, Handled::NoOp("no pending task by that id"));
-    let entity = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&file).expect("entity")).expect("json");
-    assert_eq!(entity["value"], tasks as i64, "a task was applied other than once");
+    assert_eq!(stored(store_dir.path(), "hot"), tasks as i64, "a task was applied other than once");
     // What made the old store slow down (222 → 101 tasks/s as its file
     // grew to 800 KB): the file is now one record, whatever the history.
     assert!(

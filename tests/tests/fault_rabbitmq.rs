@@ -130,8 +130,7 @@ async fn check(
     latencies.sort();
     // Let any duplicate publish settle, then count what the store applied.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let text = std::fs::read_to_string(sys.store.join("acct.json")).expect("entity");
-    let value = serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["value"].as_i64().expect("value");
+    let value = e2e_tests::entity_value(&sys.store, "acct");
     let count = async {
         let mut applied = 0;
         for t in sys.client.zk.get_children(&format!("{}/tasks", sys.root), false).await.expect("tasks") {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
+use e2e_tests::{entity_value, start_coordinator, start_ha_worker, start_system_a, start_system_b, Proc, TempDir};
 use nix::sys::signal::Signal;
 use system_a::proto::tasks_client::TasksClient;
 use system_a::proto::SubmitRequest;
@@ -32,11 +32,6 @@ async fn configure(zk: &str, root: &str, work_ms: u64, timeout_ms: u64) {
         c.zk.set_data(&path, body.into_bytes(), None).await.expect("set config");
     }
     let _ = c.zk.close().await;
-}
-
-fn entity_value(store: &Path, entity: &str) -> i64 {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).expect("entity file");
-    serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["value"].as_i64().expect("value")
 }
 
 /// The coordinator is killed and restarted on the same data dir while

@@ -174,9 +174,8 @@ async fn system_b_is_not_fenced_for_ever_after_a_data_reset_and_alarms_when_it_c
     init(&zk, &root, &ids);
     assert_eq!(run_task(&a, &root, &ch, &queue, "x2").await, ("done".into(), 6));
     assert_eq!(run_task(&a, &root, &ch, &queue, "x3").await, ("done".into(), 7));
-    let entity: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(store.join("acct.json")).expect("entity")).expect("json");
-    assert_eq!(entity["epoch"], 1, "{entity}");
+    let entity = e2e_tests::stored_entity(&store, "acct").expect("entity");
+    assert_eq!(entity.epoch, 1, "{entity:?}");
     assert_eq!(b.log_text().matches("fencing epoch advanced").count(), 1);
 }
 

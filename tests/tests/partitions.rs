@@ -690,7 +690,6 @@ async fn services_on_hosts_reach_the_broker_through_the_relay() {
     let mut grpc = TasksClient::connect(format!("http://{a_addr}")).await.expect("gRPC to system-a on its host");
     let submit = grpc.submit(SubmitRequest { entity: "e1".into(), op: "add".into(), amount: 5, ..Default::default() });
     tokio::time::timeout(Duration::from_secs(30), submit).await.expect("answered in time").expect("the task done");
-    let text = std::fs::read_to_string(store.join("e1.json")).expect("the entity's file");
-    let value = serde_json::from_str::<serde_json::Value>(&text).expect("json")["value"].as_i64();
-    assert_eq!(value, Some(5), "the task was not applied once: {text}");
+    let e = e2e_tests::stored_entity(&store, "e1").expect("the entity");
+    assert_eq!(e.value, 5, "the task was not applied once: {e:?}");
 }

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{start_coordinator, start_ha_worker, start_system_b, Proc, TempDir};
+use e2e_tests::{entity_value, start_coordinator, start_ha_worker, start_system_b, Proc, TempDir};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
@@ -32,11 +32,6 @@ async fn publish(ch: &lapin::Channel, queue: &str, body: serde_json::Value) {
     .expect("publish")
     .await
     .expect("confirm");
-}
-
-fn entity_value(store: &Path, entity: &str) -> Option<i64> {
-    let text = std::fs::read_to_string(store.join(format!("{entity}.json"))).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["value"].as_i64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,7 +67,7 @@ async fn a_task_on_an_unwritable_store_is_dead_lettered_after_bounded_attempts()
     // Another entity is not held up by the broken one.
     publish(&ch, &queue, serde_json::json!({"version": 2, "id": "t-fine"})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while entity_value(&store, "fine") != Some(7) {
+    while entity_value(&store, "fine") != 7 {
         assert!(Instant::now() < deadline, "a healthy entity was held up by the broken one");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -564,7 +564,8 @@ fn the_store_keeps_every_applied_task_exactly_once_across_power_cuts() {
 
 /// The checker catches a store whose renames are not made durable: on a
 /// disk that drops directory fsyncs (what skipping the store's directory
-/// fsync does to durability), acknowledged tasks come back undone.
+/// fsync does to durability), an entity created by an acknowledged task
+/// comes back without its file, as if nothing had been applied to it.
 #[test]
 fn the_store_checker_catches_renames_that_were_not_made_durable() {
     let seed = seed();
@@ -573,6 +574,21 @@ fn the_store_checker_catches_renames_that_were_not_made_durable() {
     match store_cuts(seed, 40, options) {
         Err(v) => println!("the broken variant's verdict: VIOLATION: {v}"),
         Ok(acked) => panic!("{acked} tasks on a disk that ignores directory fsyncs, and no violation reported"),
+    }
+}
+
+/// The checker catches a store whose writes in place are not synced: on a
+/// disk that drops file fsyncs (what skipping the store's `fdatasync`
+/// after it overwrites a slot does to durability), acknowledged tasks come
+/// back undone.
+#[test]
+fn the_store_checker_catches_writes_in_place_that_were_not_synced() {
+    let seed = seed();
+    let _rerun = Rerun::new("the_store_checker_catches_writes_in_place_that_were_not_synced", seed);
+    let options = CrashFsOptions { ignore_file_fsync: true, ..CrashFsOptions::default() };
+    match store_cuts(seed, 40, options) {
+        Err(v) => println!("the broken variant's verdict: VIOLATION: {v}"),
+        Ok(acked) => panic!("{acked} tasks on a disk that ignores file fsyncs, and no violation reported"),
     }
 }
 

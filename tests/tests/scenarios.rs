@@ -59,9 +59,7 @@ impl System {
     }
 
     fn value(&self, entity: &str) -> i64 {
-        let text = std::fs::read_to_string(self.store.join(format!("{entity}.json"))).expect("entity file");
-        let v: serde_json::Value = serde_json::from_str(&text).expect("entity JSON");
-        v["value"].as_i64().expect("value")
+        e2e_tests::entity_value(&self.store, entity)
     }
 
     /// Sets `/config/<service>` as the operator and waits until every

@@ -67,8 +67,7 @@ impl Bench {
     }
 
     fn value(&self, entity: &str) -> i64 {
-        let text = std::fs::read_to_string(self.store.join(format!("{entity}.json"))).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["value"].as_i64()).unwrap_or(0)
+        e2e_tests::entity_value(&self.store, entity)
     }
 
     /// Plants a task node as system-a would have written it.
