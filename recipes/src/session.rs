@@ -170,7 +170,59 @@ impl Client {
         let mut states = self.states();
         tokio::time::timeout(limit, states.wait_for(|s| *s == Session::Live)).await.map(|r| r.is_ok()).unwrap_or(false)
     }
+
+    /// Runs `op` as this client's identity, not as the anonymous one a
+    /// reconnect starts with: each try waits for the session to be live
+    /// (its auth re-added, see [`Client::authenticated`]), and an answer
+    /// that `refused` it (NOAUTH) is believed only when it is the ACL
+    /// speaking. Returns the first answer that is not a refusal, or the
+    /// refusal once it has come twice on a connection that did not change
+    /// while the request ran, after [`MAX_TRIES_AS_OURSELVES`] tries, or at
+    /// `deadline`.
+    ///
+    /// Why twice: the connection counter ([`Client::epoch`]) moves the
+    /// instant the client library reports a change, but the live state
+    /// follows a moment later, from the task that re-adds the auth. A
+    /// reconnect that completes inside that moment looks steady to a
+    /// request that read the counter after it, and is refused anonymously
+    /// once; the ACL refuses every time. Found twice, one in system-a (a
+    /// Submit's create refused right after the coordinator restarted, the
+    /// coordinator-restart drill) and one in system-b (a task failed for good
+    /// under load when two of its retries landed in re-auth windows,
+    /// `attack::reconnects_mid_work_fail_no_task`).
+    pub async fn as_ourselves<T, E, F>(
+        &self,
+        deadline: tokio::time::Instant,
+        refused: impl Fn(&E) -> bool,
+        op: impl Fn() -> F,
+    ) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let (mut steady_refusals, mut tries) = (0, 0);
+        loop {
+            self.wait_live(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+            let epoch = self.epoch();
+            let answer = op().await;
+            tries += 1;
+            match answer {
+                Err(e) if refused(&e) => {
+                    steady_refusals += u32::from(self.epoch() == epoch);
+                    let out_of_time = tokio::time::Instant::now() >= deadline;
+                    if steady_refusals >= 2 || tries >= MAX_TRIES_AS_OURSELVES || out_of_time {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
 }
+
+/// The most tries [`Client::as_ourselves`] gives a request that keeps
+/// being refused, reconnects included: a client that reconnects for ever
+/// must not hold a caller for ever.
+pub const MAX_TRIES_AS_OURSELVES: u32 = 10;
 
 /// Adds every identity to the connection that just came up, and keeps
 /// trying while that connection lasts; false once it is gone (the state

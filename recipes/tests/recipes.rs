@@ -301,3 +301,69 @@ async fn waiters_watch_only_their_predecessor_so_a_release_wakes_one() {
     })
     .await;
 }
+
+/// A reconnected connection is anonymous until the client has added its
+/// auth again, and a request sent in that moment is refused (NOAUTH)
+/// although the ACL lets the client in. `Client::as_ourselves` sends each
+/// request once the session is live and again when a refusal crossed a
+/// reconnect; a refusal on a steady connection is the ACL's answer and
+/// comes back after its second try, not after a loop.
+///
+/// Here the connection is cut right before every request: the request
+/// waits in the client for the reconnect and goes out on the new
+/// connection, racing the re-added auth. Sent plainly, 4-5 of these 30
+/// creates were refused on the coordinator and 3-9 on ZooKeeper (three
+/// runs each); through `as_ourselves` none may be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_that_crosses_a_reconnect_is_sent_as_ourselves() {
+    use zookeeper_async::{Acl, CreateMode, ZkError};
+    for_both(|addr| async move {
+        let proxy = ZkProxy::start(addr.parse().expect("addr")).await;
+        let auth = vec![("digest".to_string(), b"svc:secret".to_vec())];
+        let c = Client::connect_authenticated(&proxy.connect_string(), SESSION, Duration::from_secs(10), auth)
+            .await
+            .expect("connect as svc");
+        // Only svc may create under it; anyone may read.
+        let dir = format!("/{}", unique("ours"));
+        let mut acl = Acl::creator_all().clone();
+        acl.extend(Acl::read_unsafe().iter().cloned());
+        c.zk.create(&dir, vec![], acl, CreateMode::Persistent).await.expect("svc's node");
+        let noauth = |e: &ZkError| matches!(e, ZkError::NoAuth);
+        let policy = zk_recipes::retry::RetryPolicy::default();
+        for i in 0..30 {
+            proxy.cut();
+            proxy.restore();
+            let path = format!("{dir}/n{i}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let made = c
+                .as_ourselves(deadline, noauth, || {
+                    zk_recipes::retry::retry(&policy, deadline, |_| {
+                        c.zk.create(&path, vec![], Acl::open_unsafe().clone(), CreateMode::Persistent)
+                    })
+                })
+                .await;
+            match made {
+                Ok(_) | Err(ZkError::NodeExists) => {}
+                Err(e) => panic!("create {i} across a reconnect: {e:?}"),
+            }
+        }
+        // The ACL's own refusal: a node nobody may create under.
+        let shut = format!("{dir}-shut");
+        c.zk.create(&shut, vec![], Acl::read_unsafe().clone(), CreateMode::Persistent).await.expect("node");
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let under = format!("{shut}/x");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let refused = within(
+            "the ACL's refusal",
+            Duration::from_secs(5),
+            c.as_ourselves(deadline, noauth, || {
+                tries.fetch_add(1, Ordering::SeqCst);
+                c.zk.create(&under, vec![], Acl::open_unsafe().clone(), CreateMode::Persistent)
+            }),
+        )
+        .await;
+        assert!(matches!(refused, Err(ZkError::NoAuth)), "{refused:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), 2, "a steady refusal is tried twice, then believed");
+    })
+    .await;
+}

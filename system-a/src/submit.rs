@@ -178,10 +178,12 @@ impl Submitter {
         let zk = &self.client.zk;
         let acl = self.policy.outbox_entry();
         let dir_acl = self.policy.outbox_dir();
-        let made = as_ourselves(&self.client, deadline, is_noauth, || {
-            zk_recipes::retry::create_owned_in(zk, &record, &asked, &acl, &dir_acl, deadline)
-        })
-        .await;
+        let made = self
+            .client
+            .as_ourselves(deadline, is_noauth, || {
+                zk_recipes::retry::create_owned_in(zk, &record, &asked, &acl, &dir_acl, deadline)
+            })
+            .await;
         match made {
             Ok(_) => Ok(false),
             Err(ZkError::NodeExists) => {
@@ -233,7 +235,7 @@ impl Submitter {
         // The outbox's node is made when a create finds it missing, not
         // checked before every entry.
         let (acl, dir_acl) = (self.policy.outbox_entry(), self.policy.outbox_dir());
-        let recorded = as_ourselves(&self.client, deadline, is_noauth, || {
+        let recorded = self.client.as_ourselves(deadline, is_noauth, || {
             zk_recipes::retry::with_parents(zk, &entry, &dir_acl, deadline, || {
                 create_or_same(&self.client, &entry, &body, &acl, deadline)
             })
@@ -244,7 +246,7 @@ impl Submitter {
         let pending = sub.node.encode();
         let task_acl = self.policy.task();
         let refused = |e: &TaskError| matches!(e, TaskError::Zk(ZkError::NoAuth));
-        let created = as_ourselves(&self.client, deadline, refused, || {
+        let created = self.client.as_ourselves(deadline, refused, || {
             TaskStatus::create_with_acl(&self.client, &path, &pending, &task_acl, deadline)
         });
         let created = self.metrics.stages.time("task_node", created).await;
@@ -322,38 +324,6 @@ impl Submitter {
             tracing::info!(status = r.status, "task answered");
         }
         Ok(reply)
-    }
-}
-
-/// Runs `op` as this service: once the session is live (after a reconnect
-/// that is once our identity has been added to the new connection), and
-/// again when it was `refused` (NOAUTH) on a connection that changed while
-/// it ran, until `deadline`.
-///
-/// A server keeps identities per connection, so a reconnected client is
-/// anonymous until it has sent its auth again (`zk_recipes::session`); a
-/// create sent in that moment is refused although the ACL lets us in. A
-/// Submit whose first request was such a create, right after the
-/// coordinator's restart, was refused as "coordination server refused
-/// system-a" (the coordinator-restart drill); it had been hidden by two
-/// `exists` calls (no ACL check) that used to go first. A NOAUTH on a
-/// connection that stayed the same is the ACL speaking, and is returned.
-async fn as_ourselves<T, E, Fut>(
-    client: &Client,
-    deadline: Instant,
-    refused: impl Fn(&E) -> bool,
-    op: impl Fn() -> Fut,
-) -> Result<T, E>
-where
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    loop {
-        client.wait_live(deadline.saturating_duration_since(Instant::now())).await;
-        let epoch = client.epoch();
-        match op().await {
-            Err(e) if refused(&e) && client.epoch() != epoch && Instant::now() < deadline => continue,
-            other => return other,
-        }
     }
 }
 

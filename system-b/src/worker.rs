@@ -97,10 +97,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// queue (another instance is working on the entity meanwhile).
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// The most attempts a request refused with NOAUTH gets, counting those
-/// that crossed a reconnect (see [`Worker::refused_twice`]).
-const MAX_REFUSALS_TRIED: u32 = 10;
-
 impl Worker {
     /// Runs the task `id` names, on its `attempt`-th delivery (1 for the
     /// first). Never panics and never leaves the lock held.
@@ -122,11 +118,14 @@ impl Worker {
         }
         let lock_path = self.layout.lock(&task.entity);
         let lock = Lock::new(&self.client, lock_path.clone()).with_acl(self.policy.lock());
-        // A NOAUTH that survives the second try is an ACL that shuts
-        // system-b out: the task fails instead of going round for ever.
+        // A NOAUTH that is the ACL's answer (`Client::as_ourselves`) is an
+        // ACL that shuts system-b out: the task fails instead of going
+        // round for ever.
         let asked = std::time::Instant::now();
+        let refused = |e: &LockError| matches!(e, LockError::Zk(ZkError::NoAuth));
         let acquired = self
-            .refused_twice(|e| matches!(e, LockError::Zk(ZkError::NoAuth)), || lock.acquire(&self.instance, LOCK_WAIT))
+            .client
+            .as_ourselves(Instant::now() + LOCK_WAIT, refused, || lock.acquire(&self.instance, LOCK_WAIT))
             .instrument(tracing::info_span!("lock_wait", entity = %task.entity))
             .await;
         let guard = match acquired {
@@ -349,7 +348,10 @@ impl Worker {
         let deadline = Instant::now() + PATIENCE;
         let policy = RetryPolicy::default();
         let read = self
-            .refused_twice(is_noauth, || retry::retry(&policy, deadline, |_| self.client.zk.get_data(&path, false)))
+            .client
+            .as_ourselves(deadline, is_noauth, || {
+                retry::retry(&policy, deadline, |_| self.client.zk.get_data(&path, false))
+            })
             .await;
         let (data, stat) = match read {
             Ok(read) => read,
@@ -399,7 +401,10 @@ impl Worker {
         let body = node.encode();
         let deadline = Instant::now() + PATIENCE;
         let written = self
-            .refused_twice(is_noauth, || retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline))
+            .client
+            .as_ourselves(deadline, is_noauth, || {
+                retry::set_data_versioned(&self.client.zk, &path, &body, version, deadline)
+            })
             .instrument(tracing::info_span!("result_write", status = node.status().as_str()))
             .await;
         match written {
@@ -438,40 +443,6 @@ impl Worker {
             self.report_failed(task, error).await;
         }
         Handled::NotDone(failure, disposition)
-    }
-
-    /// Runs `attempt` until its answer is not a NOAUTH, or is one that
-    /// means it. A reconnect starts anonymous until the client has added
-    /// its auth again, so a request that crossed a reconnect can be refused
-    /// by a server that would let it through a moment later: such a
-    /// refusal (the client's epoch changed while it ran) is tried again
-    /// once the session is live, without counting. Only a NOAUTH on a
-    /// connection that stayed authenticated throughout counts, and two of
-    /// those are an ACL that shuts system-b out, which no redelivery can
-    /// fix. Bounded: at most [`MAX_REFUSALS_TRIED`] attempts in all.
-    async fn refused_twice<T, E, F>(&self, refused: impl Fn(&E) -> bool, attempt: impl Fn() -> F) -> Result<T, E>
-    where
-        F: std::future::Future<Output = Result<T, E>>,
-    {
-        let mut counted = 0;
-        let mut tries = 0;
-        loop {
-            let epoch = self.client.epoch();
-            let result = attempt().await;
-            tries += 1;
-            match result {
-                Err(e) if refused(&e) => {
-                    self.client.wait_live(Duration::from_secs(5)).await;
-                    if self.client.epoch() == epoch {
-                        counted += 1;
-                    }
-                    if counted >= 2 || tries >= MAX_REFUSALS_TRIED {
-                        return Err(e);
-                    }
-                }
-                other => return other,
-            }
-        }
     }
 }
 
