@@ -562,19 +562,29 @@ fn the_store_keeps_every_applied_task_exactly_once_across_power_cuts() {
     assert!(acked > 0, "no task was acknowledged: the checker checked nothing");
 }
 
+/// Runs the store's checker on a disk broken as `options` say, which must
+/// report a violation (`test` names the rerun; `disk` says what is broken).
+fn store_checker_catches(test: &'static str, options: CrashFsOptions, disk: &str) {
+    let seed = seed();
+    let _rerun = Rerun::new(test, seed);
+    match store_cuts(seed, 40, options) {
+        Err(v) => println!("the broken variant's verdict: VIOLATION: {v}"),
+        Ok(acked) => panic!("{acked} tasks on a disk that {disk}, and no violation reported"),
+    }
+}
+
 /// The checker catches a store whose renames are not made durable: on a
 /// disk that drops directory fsyncs (what skipping the store's directory
 /// fsync does to durability), an entity created by an acknowledged task
 /// comes back without its file, as if nothing had been applied to it.
 #[test]
 fn the_store_checker_catches_renames_that_were_not_made_durable() {
-    let seed = seed();
-    let _rerun = Rerun::new("the_store_checker_catches_renames_that_were_not_made_durable", seed);
     let options = CrashFsOptions { ignore_dir_fsync: true, ..CrashFsOptions::default() };
-    match store_cuts(seed, 40, options) {
-        Err(v) => println!("the broken variant's verdict: VIOLATION: {v}"),
-        Ok(acked) => panic!("{acked} tasks on a disk that ignores directory fsyncs, and no violation reported"),
-    }
+    store_checker_catches(
+        "the_store_checker_catches_renames_that_were_not_made_durable",
+        options,
+        "ignores directory fsyncs",
+    );
 }
 
 /// The checker catches a store whose writes in place are not synced: on a
@@ -583,13 +593,12 @@ fn the_store_checker_catches_renames_that_were_not_made_durable() {
 /// back undone.
 #[test]
 fn the_store_checker_catches_writes_in_place_that_were_not_synced() {
-    let seed = seed();
-    let _rerun = Rerun::new("the_store_checker_catches_writes_in_place_that_were_not_synced", seed);
     let options = CrashFsOptions { ignore_file_fsync: true, ..CrashFsOptions::default() };
-    match store_cuts(seed, 40, options) {
-        Err(v) => println!("the broken variant's verdict: VIOLATION: {v}"),
-        Ok(acked) => panic!("{acked} tasks on a disk that ignores file fsyncs, and no violation reported"),
-    }
+    store_checker_catches(
+        "the_store_checker_catches_writes_in_place_that_were_not_synced",
+        options,
+        "ignores file fsyncs",
+    );
 }
 
 // ---- ha-worker's journal --------------------------------------------------
