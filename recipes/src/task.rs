@@ -39,6 +39,10 @@ pub struct TaskStatus {
     events_tx: mpsc::UnboundedSender<()>,
     current: Vec<u8>,
     mzxid: i64,
+    /// The client's connection ([`Client::epoch`]) when the watch was last
+    /// armed: a watch lives on its connection, and zookeeper-async does
+    /// not set it again on the next one.
+    armed_on: u64,
 }
 
 impl TaskStatus {
@@ -90,6 +94,7 @@ impl TaskStatus {
             events_tx,
             current: vec![],
             mzxid: -1,
+            armed_on: client.epoch(),
         };
         // A read, safe to repeat; a watch left armed by an attempt whose
         // reply was lost only adds a spurious event, and every event is
@@ -116,6 +121,9 @@ impl TaskStatus {
     /// Reads the data and re-arms the watch in the same call.
     async fn reread(&mut self) -> Result<bool, TaskError> {
         let tx = self.events_tx.clone();
+        // Read before the request: a connection that changes while it is
+        // in flight makes the next wait look again.
+        self.armed_on = self.client.epoch();
         match self
             .client
             .zk
@@ -141,19 +149,32 @@ impl TaskStatus {
 
     /// Waits for the next value different from the last one read (a
     /// stream of status updates is a loop over this).
+    ///
+    /// It reads again on a watch event, and after the connection changed
+    /// (the watch did not survive it). Only a change it has not seen
+    /// counts: the session's state as it is now is marked seen first, then
+    /// the connection compared with the one the watch was armed on, so a
+    /// reconnect before this call is caught by the comparison and one
+    /// after it by the state. Waking on the state as it already was cost
+    /// every Submit a read for nothing (tests/tests/round_trips.rs).
     pub async fn next_change(&mut self, timeout: Duration) -> Result<Vec<u8>, TaskError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut states = self.client.states();
+        states.borrow_and_update();
+        let mut look_now = self.client.epoch() != self.armed_on;
         loop {
-            tokio::select! {
-                _ = self.events.recv() => {}
-                _ = states.changed() => {
-                    if !self.client.is_live() {
-                        continue; // wait for the reconnect, then re-read
+            if !look_now {
+                tokio::select! {
+                    _ = self.events.recv() => {}
+                    _ = states.changed() => {
+                        if !self.client.is_live() {
+                            continue; // wait for the reconnect, then re-read
+                        }
                     }
+                    _ = tokio::time::sleep_until(deadline) => return Err(TaskError::Timeout(timeout)),
                 }
-                _ = tokio::time::sleep_until(deadline) => return Err(TaskError::Timeout(timeout)),
             }
+            look_now = false;
             match self.reread().await {
                 Ok(true) => return Ok(self.current.clone()),
                 Ok(false) => {}

@@ -241,6 +241,41 @@ async fn task_status_sees_an_update_made_right_after_creation() {
     .await;
 }
 
+/// A watch lives on its connection: after a reconnect the server has no
+/// watch for the node any more (zookeeper-async does not set it again).
+/// A wait that starts after the reconnect must look at the node itself,
+/// not wait for an event that cannot come; a wait that started before it
+/// looks again when the state changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_status_sees_an_answer_written_after_a_reconnect() {
+    for_both(|addr| async move {
+        let proxy = ZkProxy::start(addr.parse().expect("addr")).await;
+        let (a, b) = (client(&proxy.connect_string()).await, client(&addr).await);
+        let dir = format!("/{}/tasks", unique("task"));
+        for (i, wait_first) in [(1, false), (2, true)] {
+            let path = format!("{dir}/t{i}");
+            let mut status = TaskStatus::create(&a, &path, br#"{"status":"pending"}"#).await.expect("create");
+            let answer = async {
+                proxy.cut();
+                proxy.restore();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(a.wait_live(Duration::from_secs(10)).await, "a did not reconnect");
+                b.zk.set_data(&path, br#"{"status":"done","result":5}"#.to_vec(), None).await.expect("set");
+            };
+            let done = |d: &[u8]| String::from_utf8_lossy(d).contains("done");
+            let got = if wait_first {
+                let (got, ()) = tokio::join!(status.wait_until(Duration::from_secs(10), done), answer);
+                got
+            } else {
+                answer.await;
+                status.wait_until(Duration::from_secs(10), done).await
+            };
+            assert_eq!(got.expect("the answer, seen"), br#"{"status":"done","result":5}"#.to_vec(), "t{i}");
+        }
+    })
+    .await;
+}
+
 /// The server's own view of who watches what (`wchp`), for paths under `dir`:
 /// (path, number of watching sessions).
 fn watches_under(addr: &str, dir: &str) -> Vec<(String, usize)> {
