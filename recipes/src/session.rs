@@ -219,6 +219,12 @@ impl Client {
     }
 }
 
+/// The `refused` of [`Client::as_ourselves`] for a plain request: its
+/// answer is NOAUTH.
+pub fn is_noauth(e: &zookeeper_async::ZkError) -> bool {
+    matches!(e, zookeeper_async::ZkError::NoAuth)
+}
+
 /// The most tries [`Client::as_ourselves`] gives a request that keeps
 /// being refused, reconnects included: a client that reconnects for ever
 /// must not hold a caller for ever.

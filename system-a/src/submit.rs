@@ -56,7 +56,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::Instrument;
-use zk_recipes::session::Client;
+use zk_recipes::session::{is_noauth, Client};
 use zk_recipes::task::{TaskError, TaskStatus};
 use zk_recipes::ZkError;
 
@@ -325,10 +325,6 @@ impl Submitter {
         }
         Ok(reply)
     }
-}
-
-fn is_noauth(e: &ZkError) -> bool {
-    matches!(e, ZkError::NoAuth)
 }
 
 /// Creates the outbox entry `path` with `data`, or finds it already there

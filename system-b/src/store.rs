@@ -29,7 +29,7 @@
 //!
 //! ## On disk: two slots, one sync a write
 //!
-//! An entity's file, `<entity>.entity`, is two slots of [`SLOT`] bytes.
+//! An entity's file, `<entity>.entity`, is two slots of 4 KiB.
 //! Each slot holds a record: a text header with a sequence number, the
 //! length and a CRC-32C of what follows, then the entity as JSON (so `cat`
 //! shows both, the higher `seq` being the entity now). A write puts the
@@ -202,6 +202,10 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { path, source }
 }
 
+fn corrupt(path: &Path, why: impl ToString) -> StoreError {
+    StoreError::Corrupt { path: path.to_path_buf(), why: why.to_string() }
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         // Durably: a store directory whose own name a power cut took away
@@ -233,24 +237,22 @@ impl Store {
     fn load(paths: &Paths, file: Option<&File>) -> Result<(Entity, Place), StoreError> {
         let Some(file) = file else {
             let mut e: Entity = match std::fs::read(&paths.legacy) {
-                Ok(bytes) => serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt { path: paths.legacy.clone(), why: e.to_string() })?,
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(&paths.legacy, e))?,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => Entity::default(),
                 Err(source) => return Err(StoreError::Io { path: paths.legacy.clone(), source }),
             };
             e.upgrade();
             return Ok((e, Place::New));
         };
-        let corrupt = |why: String| StoreError::Corrupt { path: paths.file.clone(), why };
         let mut bytes = vec![0; record::FILE];
         let size = file.metadata().map_err(io_error(&paths.file))?.len();
         if size != record::FILE as u64 {
-            return Err(corrupt(format!("{size} bytes, where an entity's file has {}", record::FILE)));
+            return Err(corrupt(&paths.file, format!("{size} bytes, where an entity's file has {}", record::FILE)));
         }
         file.read_exact_at(&mut bytes, 0).map_err(io_error(&paths.file))?;
         let (slot, seq, payload) =
-            record::newest(&bytes).ok_or_else(|| corrupt("no whole record in either slot".into()))?;
-        let mut e: Entity = serde_json::from_slice(payload).map_err(|e| corrupt(e.to_string()))?;
+            record::newest(&bytes).ok_or_else(|| corrupt(&paths.file, "no whole record in either slot"))?;
+        let mut e: Entity = serde_json::from_slice(payload).map_err(|e| corrupt(&paths.file, e))?;
         e.upgrade();
         Ok((e, Place::Slot { slot, seq }))
     }
@@ -283,15 +285,13 @@ impl Store {
         if e == before {
             return Ok(out);
         }
-        let json =
-            serde_json::to_vec(&e).map_err(|e| StoreError::Corrupt { path: paths.file.clone(), why: e.to_string() })?;
+        let json = serde_json::to_vec(&e).map_err(|e| corrupt(&paths.file, e))?;
         match (place, file) {
             (Place::Slot { slot, seq }, Some(file)) => {
                 // In place, into the slot without the newest record: one
                 // data sync, no directory change (see the module docs).
                 let other = 1 - slot;
-                let rec = record::encode(seq + 1, &json)
-                    .map_err(|why| StoreError::Corrupt { path: paths.file.clone(), why })?;
+                let rec = record::encode(seq + 1, &json).map_err(|why| corrupt(&paths.file, why))?;
                 file.write_all_at(&rec, (other * record::SLOT) as u64).map_err(io_error(&paths.file))?;
                 file.sync_data().map_err(io_error(&paths.file))?;
             }
@@ -304,7 +304,7 @@ impl Store {
     /// An entity's first write: its file, whole, under its name, durably;
     /// then the earlier format's file, if any, is no longer needed.
     fn create(&self, paths: &Paths, json: &[u8]) -> Result<(), StoreError> {
-        let mut bytes = record::encode(1, json).map_err(|why| StoreError::Corrupt { path: paths.file.clone(), why })?;
+        let mut bytes = record::encode(1, json).map_err(|why| corrupt(&paths.file, why))?;
         bytes.resize(record::FILE, 0);
         let tmp = paths.file.with_extension("entity.tmp");
         let mut file = File::create(&tmp).map_err(io_error(&tmp))?;

@@ -42,7 +42,7 @@ use tracing::Instrument;
 use zk_recipes::fencing::{self, Epoch, Refusal, Token};
 use zk_recipes::lock::{Lock, LockError, LockGuard};
 use zk_recipes::retry::{self, RetryPolicy};
-use zk_recipes::session::Client;
+use zk_recipes::session::{is_noauth, Client};
 use zk_recipes::ZkError;
 
 use crate::outcome::{self, Disposition, Failure};
@@ -449,10 +449,6 @@ impl Worker {
 fn not_done(failure: Failure, attempt: i64) -> Handled {
     let disposition = outcome::disposition(&failure, attempt);
     Handled::NotDone(failure, disposition)
-}
-
-fn is_noauth(e: &ZkError) -> bool {
-    matches!(e, ZkError::NoAuth)
 }
 
 /// A store error as the failure it is: a newer holder is transient, a
